@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The one command that runs the checks: private services, rustfmt, clippy, all tests.
+#   bash scripts/test.sh
+# Exits non-zero if any step fails (all steps run, so one report shows every failure).
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$ROOT"
+
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Was Postgres provided from outside? Then the tests' pg-stop/pg-start do not touch it.
+PRIVATE_PG=1
+if [ -n "${DATABASE_URL:-}" ]; then PRIVATE_PG=0; fi
+
+envs=$(bash "$ROOT/scripts/services.sh")
+eval "$envs"
+export REDIS_URL DATABASE_URL
+export STAMPEDE_TEST_SERVICES="$ROOT/scripts/services.sh"
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+# A test that simulates a Postgres outage may fail half-way: leave Postgres running afterwards.
+restore_pg() {
+    if [ "$PRIVATE_PG" -eq 1 ]; then
+        bash "$ROOT/scripts/services.sh" pg-start >/dev/null 2>&1 ||
+            echo "[test] warning: could not restart the private postgres" >&2
+    fi
+}
+trap restore_pg EXIT
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || {
+    echo "[test] ERROR: cargo not found; install Rust 1.95 from https://rustup.rs" >&2
+    exit 1
+}
+for comp in fmt clippy; do
+    if ! cargo "$comp" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            name=$comp
+            [ "$comp" = fmt ] && name=rustfmt
+            echo "[test] installing rustup component $name" >&2
+            rustup component add "$name" >&2
+        else
+            echo "[test] ERROR: cargo $comp is not installed" >&2
+            exit 1
+        fi
+    fi
+done
+
+failed=()
+step() {
+    local name=$1
+    shift
+    echo "[test] ==> $*" >&2
+    if "$@"; then
+        echo "[test] ok: $name" >&2
+    else
+        echo "[test] FAILED: $name" >&2
+        failed+=("$name")
+    fi
+}
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step test cargo test --workspace --all-targets
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "[test] FAILED steps: ${failed[*]}" >&2
+    exit 1
+fi
+echo "[test] all checks passed" >&2

@@ -1,0 +1,192 @@
+//! Start-up and wiring: connect, migrate, load scripts, bind, then serve and
+//! flush until told to stop. Build and run are separate so tests can learn
+//! the bound port before serving (`App::build` then `run_until_stopped`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::clients::Pool;
+use fred::interfaces::ClientLike;
+use fred::types::Builder;
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::keyspace::Keyspace;
+use crate::limits::{POSTGRES_STATEMENT_TIMEOUT, REDIS_COMMAND_TIMEOUT};
+use crate::outbox::{FlushError, Flusher};
+use crate::scripts::{LuaScript, ScriptError};
+use crate::{sale, server, telemetry};
+
+/// How long start-up waits for Postgres to accept connections.
+const POSTGRES_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Config,
+    pub clock: SharedClock,
+    pub redis: Pool,
+    pub postgres: PgPool,
+    pub keys: Keyspace,
+    pub flusher: Arc<Flusher>,
+    pub metrics: PrometheusHandle,
+}
+
+pub struct App {
+    state: Arc<AppState>,
+    listeners: Vec<TcpListener>,
+    redis_builder: Builder,
+}
+
+/// Every script the engine calls, loaded at start so the first request does
+/// not pay for SCRIPT LOAD.
+fn all_scripts() -> [&'static LuaScript; 3] {
+    [
+        &sale::scripts::CHECKOUT,
+        &sale::scripts::PURCHASE,
+        &crate::outbox::flusher::OUTBOX_ACK,
+    ]
+}
+
+impl App {
+    pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
+        let metrics = telemetry::metrics_handle();
+        let redis_builder = redis_builder(&config.redis_url)?;
+        let redis = redis_builder.build_pool(config.redis_pool_size)?;
+        redis.init().await?;
+        for script in all_scripts() {
+            script.load(&redis).await?;
+        }
+
+        let postgres = connect_postgres(&config).await?;
+        sqlx::migrate!("./migrations").run(&postgres).await?;
+
+        let keys = Keyspace::new(config.key_prefix.clone());
+        let flusher = Arc::new(Flusher::new(
+            redis.clone(),
+            postgres.clone(),
+            keys.clone(),
+            config.flush.clone(),
+        ));
+        flusher.ensure_groups().await?;
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let listener = server::bind(*addr).map_err(|source| StartupError::Bind { addr: *addr, source })?;
+            listeners.push(listener);
+        }
+        Ok(Self {
+            state: Arc::new(AppState {
+                config,
+                clock,
+                redis,
+                postgres,
+                keys,
+                flusher,
+                metrics,
+            }),
+            listeners,
+            redis_builder,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves and flushes until `shutdown` resolves; then stops accepting,
+    /// finishes in-flight requests, drains the outbox into Postgres (bounded
+    /// by the shutdown grace) and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let state = self.state;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let flushing = tokio::spawn(state.flusher.clone().run(self.redis_builder, stop_rx.clone()));
+        let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone(), stop_rx));
+        tracing::info!(listen = ?state.config.listen, "serving");
+
+        server::serve(self.listeners, state.clone(), shutdown).await;
+
+        let _ = stop_tx.send(true);
+        let _ = flushing.await;
+        let _ = upkeep.await;
+        let deadline = Instant::now() + state.config.shutdown_grace;
+        match state.flusher.drain(deadline).await {
+            Ok(flushed) => tracing::info!(flushed, "outbox drained"),
+            Err(e) => tracing::warn!(error = %e, "outbox not drained; it stays in Redis and flushes at next start"),
+        }
+        let _ = state.redis.quit().await;
+        state.postgres.close().await;
+    }
+}
+
+fn redis_builder(url: &str) -> Result<Builder, StartupError> {
+    let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
+    builder
+        .with_performance_config(|perf| perf.default_command_timeout = REDIS_COMMAND_TIMEOUT)
+        .with_connection_config(|conn| conn.connection_timeout = REDIS_COMMAND_TIMEOUT)
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
+}
+
+async fn connect_postgres(config: &Config) -> Result<PgPool, StartupError> {
+    let statement_timeout = POSTGRES_STATEMENT_TIMEOUT.as_millis().to_string();
+    let options: PgConnectOptions = config.database_url.parse::<PgConnectOptions>()?.options([
+        ("statement_timeout", statement_timeout.as_str()),
+        ("lock_timeout", statement_timeout.as_str()),
+    ]);
+    let deadline = Instant::now() + POSTGRES_STARTUP_WAIT;
+    loop {
+        let connected = PgPoolOptions::new()
+            .max_connections(config.postgres_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await;
+        match connected {
+            Ok(pool) => return Ok(pool),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "postgres not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::limits::METRICS_UPKEEP_INTERVAL);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = stop.changed() => {}
+        }
+    }
+}

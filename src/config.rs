@@ -1,0 +1,221 @@
+//! Configuration from environment variables, validated once at start-up.
+//! A bad value stops the engine with a message naming the variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is required ({hint})")]
+    Missing { var: &'static str, hint: &'static str },
+    #[error("{var}={value:?} is invalid: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The rules of every sale.
+#[derive(Debug, Clone)]
+pub struct SaleConfig {
+    pub period_secs: u64,
+    pub items: u32,
+    pub per_user_limit: u32,
+    pub checkout_ttl_secs: u64,
+}
+
+/// How the write-behind flusher batches.
+#[derive(Debug, Clone)]
+pub struct FlushConfig {
+    /// Most outbox entries written to Postgres in one transaction.
+    pub batch_rows: usize,
+    /// How long a partial batch waits for more entries before it is written.
+    pub linger: Duration,
+    /// Entries pending this long on another consumer are taken over.
+    pub claim_idle: Duration,
+    /// This engine's consumer name in the outbox consumer group. Stable across
+    /// restarts on one host, so a restarted engine resumes its own pending
+    /// entries at once.
+    pub consumer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub redis_url: String,
+    pub database_url: String,
+    pub key_prefix: String,
+    pub sale: SaleConfig,
+    pub flush: FlushConfig,
+    pub redis_pool_size: usize,
+    pub postgres_pool_size: u32,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let listen = env.listen("STAMPEDE_LISTEN", "0.0.0.0:8080")?;
+        let database_url = env.get("DATABASE_URL").ok_or(ConfigError::Missing {
+            var: "DATABASE_URL",
+            hint: "e.g. postgres://postgres@127.0.0.1:5441/stampede",
+        })?;
+        let key_prefix = env.get("STAMPEDE_KEY_PREFIX").unwrap_or_else(|| "stampede".into());
+        if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                var: "STAMPEDE_KEY_PREFIX",
+                value: key_prefix,
+                reason: "must be non-empty and must not contain '{' or '}' (they mark hash tags)".into(),
+            });
+        }
+        let consumer = env.get("STAMPEDE_CONSUMER").unwrap_or_else(default_consumer_name);
+        Ok(Self {
+            listen,
+            redis_url: env
+                .get("REDIS_URL")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            database_url,
+            key_prefix,
+            sale: SaleConfig {
+                period_secs: env.number("SALE_PERIOD_SECS", 3600, 1, limits::SALE_PERIOD_SECS_MAX)?,
+                items: env.number("ITEMS_PER_SALE", 10_000, 1, limits::ITEMS_PER_SALE_MAX)?,
+                per_user_limit: env.number("PER_USER_LIMIT", 10, 1, 1_000_000)?,
+                checkout_ttl_secs: env.number("CHECKOUT_TTL_SECS", 600, 1, limits::SALE_PERIOD_SECS_MAX)?,
+            },
+            flush: FlushConfig {
+                batch_rows: env.number("STAMPEDE_FLUSH_BATCH_ROWS", 5000, 1, limits::FLUSH_BATCH_ROWS_MAX)?,
+                linger: Duration::from_millis(env.number("STAMPEDE_FLUSH_LINGER_MS", 5, 0, 10_000)?),
+                claim_idle: Duration::from_millis(env.number(
+                    "STAMPEDE_FLUSH_CLAIM_IDLE_MS",
+                    30_000,
+                    100,
+                    3_600_000,
+                )?),
+                consumer,
+            },
+            redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
+            postgres_pool_size: env.number("STAMPEDE_PG_POOL", 8, 2, 256)?,
+            max_connections: env.number("STAMPEDE_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
+            header_read_timeout: Duration::from_millis(env.number(
+                "STAMPEDE_HEADER_READ_TIMEOUT_MS",
+                5_000,
+                50,
+                600_000,
+            )?),
+            shutdown_grace: Duration::from_millis(env.number(
+                "STAMPEDE_SHUTDOWN_GRACE_MS",
+                10_000,
+                0,
+                600_000,
+            )?),
+        })
+    }
+}
+
+fn default_consumer_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "stampede".into())
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            var,
+            value: raw.clone(),
+            reason,
+        };
+        let value: T = raw
+            .trim()
+            .parse()
+            .map_err(|_| invalid("not a whole number".into()))?;
+        if value < min || value > max {
+            return Err(invalid(format!("must be between {min} and {max}")));
+        }
+        Ok(value)
+    }
+
+    fn listen(&self, var: &'static str, default: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+        let raw = self.get(var).unwrap_or_else(|| default.into());
+        let addrs: Result<Vec<SocketAddr>, _> = raw.split(',').map(|a| a.trim().parse()).collect();
+        match addrs {
+            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+            _ => Err(ConfigError::Invalid {
+                var,
+                value: raw,
+                reason: "expected host:port, or several separated by commas".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_specs() {
+        let c = config(&[("DATABASE_URL", "postgres://x/y")]).expect("valid");
+        assert_eq!(c.sale.period_secs, 3600);
+        assert_eq!(c.sale.items, 10_000);
+        assert_eq!(c.sale.per_user_limit, 10);
+        assert_eq!(c.sale.checkout_ttl_secs, 600);
+        assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().expect("addr")]);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "DATABASE_URL"),
+            (&[("DATABASE_URL", "x"), ("ITEMS_PER_SALE", "many")], "ITEMS_PER_SALE"),
+            (&[("DATABASE_URL", "x"), ("PER_USER_LIMIT", "0")], "PER_USER_LIMIT"),
+            (&[("DATABASE_URL", "x"), ("STAMPEDE_LISTEN", "nope")], "STAMPEDE_LISTEN"),
+            (&[("DATABASE_URL", "x"), ("STAMPEDE_KEY_PREFIX", "a{b")], "STAMPEDE_KEY_PREFIX"),
+            (&[("DATABASE_URL", "x"), ("STAMPEDE_FLUSH_BATCH_ROWS", "100000")], "STAMPEDE_FLUSH_BATCH_ROWS"),
+        ];
+        for (vars, var) in cases {
+            let err = config(vars).expect_err("must be refused").to_string();
+            assert!(err.starts_with(var), "{err:?} should name {var}");
+        }
+    }
+
+    #[test]
+    fn several_listen_addresses() {
+        let c = config(&[("DATABASE_URL", "x"), ("STAMPEDE_LISTEN", "127.0.0.1:1, 127.0.0.1:2")]).expect("valid");
+        assert_eq!(c.listen.len(), 2);
+    }
+}

@@ -1,0 +1,81 @@
+//! Every bound the engine enforces, named with its unit, with the reason for
+//! its value. Values that operators may tune live in [`crate::config`] and are
+//! checked against the hard ceilings here at start-up.
+
+use std::time::Duration;
+
+/// Longest `user_id` accepted. Bounds the key and field sizes a user can make
+/// Redis store, and the `user_id` column.
+pub const USER_ID_BYTES_MAX: usize = 64;
+
+/// Longest checkout code accepted on input. Real codes are far shorter
+/// (sale id + 32 hex digits); anything longer is garbage, refused before Redis.
+pub const CHECKOUT_CODE_BYTES_MAX: usize = 64;
+
+/// Random bits in a checkout code: guessing one is hopeless (2^-128).
+pub const CHECKOUT_CODE_RANDOM_BYTES: usize = 16;
+
+/// Largest request body read. The only body we accept is
+/// `{"checkout_code": "..."}`; 16 KiB leaves room for clients that pad.
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Longest request URI. A query holds two short parameters.
+pub const REQUEST_URI_BYTES_MAX: usize = 2 * 1024;
+
+/// How long a client may take to send a body once its headers arrived.
+pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Codes one user may hold per sale. Each live code is a Redis hash; without a
+/// cap one client could pin unbounded memory by checking out in a loop.
+pub const CHECKOUT_CODES_PER_USER_MAX: u32 = 1_000;
+
+/// Outbox shards: each sale's keys and its outbox live under the hash tag
+/// `{sale_id % OUTBOX_SHARDS}`, so a cluster spreads consecutive sales over
+/// nodes. Fixed, because changing it moves keys: drain the outbox first.
+pub const OUTBOX_SHARDS: u64 = 8;
+
+/// Unflushed entries one outbox shard may hold before scripts shed new writes
+/// with 503. At ~200 bytes an entry this is ~200 MiB of Redis per shard,
+/// hours of a sale's traffic while Postgres is away.
+pub const OUTBOX_ENTRIES_MAX: u64 = 1_000_000;
+
+/// Ceiling for `STAMPEDE_FLUSH_BATCH_ROWS`: the ack script passes a batch's
+/// ids to `unpack`, and Lua's C stack takes at most ~8000 values.
+pub const FLUSH_BATCH_ROWS_MAX: usize = 7_000;
+
+/// Longest the flusher backs off between retries while Postgres is down.
+pub const FLUSH_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// First back-off after a failed flush; doubles up to the maximum.
+pub const FLUSH_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+
+/// Every Postgres statement the flusher runs must finish within this.
+pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a Redis command may wait for its reply (including a reconnect)
+/// before the request fails with 503 instead of hanging.
+pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sale keys are kept this long after the sale ends, so late purchases of old
+/// codes get a clear `SALE_OVER` and operators can inspect a finished sale.
+pub const SALE_RETENTION_AFTER_END: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest sale period accepted: a day; sale ids stay small and retention sane.
+pub const SALE_PERIOD_SECS_MAX: u64 = 24 * 3600;
+
+/// Largest sale accepted. The sold bitmap is items/8 bytes; 10M items is 1.25 MB.
+pub const ITEMS_PER_SALE_MAX: u32 = 10_000_000;
+
+/// Listen backlog. A flash sale opens ~1000 connections at once; tokio's
+/// default (128) drops SYNs, which clients retry after ~200 ms.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// How often metrics upkeep runs (histogram rotation in the exporter).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the outbox backlog gauge is refreshed when the flusher is idle.
+pub const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
+const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
+const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());

@@ -1,0 +1,159 @@
+//! HTTP handlers of the sale. Each parses its input into domain types, makes
+//! exactly one script call, and shapes the reply.
+
+use fred::interfaces::HashesInterface;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::SaleError;
+use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
+use super::scripts::{self, CheckoutRequest, SaleKeys};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::scripts::ScriptError;
+use crate::server::RequestError;
+use crate::server::http::{HttpResponse, Query, json, read_body};
+
+#[derive(Serialize)]
+struct CheckoutIssued<'a> {
+    code: &'a str,
+    /// The same code under the name the `003` spec's clients read.
+    checkout_code: &'a str,
+    expires_at: String,
+    sale_id: u64,
+    item_id: u32,
+    user_id: &'a str,
+}
+
+pub async fn checkout(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let query = Query::parse(req.uri().query());
+    let user = UserId::parse(query.get(&["user_id"]))?;
+    let item = ItemId::parse(query.get(&["id", "item_id"]))?;
+
+    let now_ms = state.clock.now_ms();
+    let sale = &state.config.sale;
+    let window = SaleWindow::at(now_ms, sale.period_secs);
+    // A code never outlives its sale: past the end it could not be spent.
+    let expires_ms = (now_ms + (sale.checkout_ttl_secs * 1000) as i64).min(window.ends_ms);
+    let code = CheckoutCode::generate(window.sale_id);
+    scripts::checkout(
+        &state.redis,
+        &state.keys,
+        CheckoutRequest {
+            window,
+            items: sale.items,
+            per_user_limit: sale.per_user_limit,
+            user: &user,
+            item,
+            code: &code,
+            now_ms,
+            expires_ms,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &CheckoutIssued {
+        code: code.as_str(),
+        checkout_code: code.as_str(),
+        expires_at: rfc3339(expires_ms),
+        sale_id: window.sale_id,
+        item_id: item.get(),
+        user_id: user.as_str(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PurchaseBody {
+    checkout_code: Option<String>,
+    code: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Purchased {
+    status: &'static str,
+    success: bool,
+    message: &'static str,
+    sale_id: u64,
+    item_id: i64,
+    user_purchases: i64,
+    items_sold: i64,
+    purchased_at: String,
+}
+
+pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let from_query = Query::parse(req.uri().query()).get(&["code", "checkout_code"]).map(str::to_owned);
+    let raw = match from_query {
+        Some(code) => Some(code),
+        None => {
+            let body = read_body(req).await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                let parsed: PurchaseBody =
+                    serde_json::from_slice(&body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+                parsed.checkout_code.or(parsed.code)
+            }
+        }
+    };
+    let code = CheckoutCode::parse(raw.as_deref())?;
+
+    let now_ms = state.clock.now_ms();
+    let active = SaleWindow::at(now_ms, state.config.sale.period_secs);
+    let done = scripts::purchase(&state.redis, &state.keys, &code, active, now_ms).await?;
+    Ok(json(StatusCode::OK, &Purchased {
+        status: "success",
+        success: true,
+        message: "Item purchased successfully",
+        sale_id: code.sale_id(),
+        item_id: done.item_id,
+        user_purchases: done.user_purchases,
+        items_sold: done.items_sold,
+        purchased_at: rfc3339(now_ms),
+    }))
+}
+
+#[derive(Serialize)]
+struct CurrentSale {
+    sale_id: u64,
+    starts_at: String,
+    ends_at: String,
+    /// False until the sale's first checkout opens it.
+    opened: bool,
+    items_total: u64,
+    items_sold: u64,
+    items_left: u64,
+    per_user_limit: u64,
+}
+
+/// A read of the sale's meta hash: no state changes, so no script.
+pub async fn current(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
+    let keys = SaleKeys::new(&state.keys, window.sale_id);
+    let stored: (Option<u64>, Option<u64>, Option<u64>) = state
+        .redis
+        .hmget(&keys.meta, vec!["items", "limit", "sold"])
+        .await
+        .map_err(|e| SaleError::Script(ScriptError::Redis(e)))?;
+    let (items, limit, sold) = stored;
+    let items_total = items.unwrap_or(u64::from(state.config.sale.items));
+    let items_sold = sold.unwrap_or(0);
+    Ok(json(StatusCode::OK, &CurrentSale {
+        sale_id: window.sale_id,
+        starts_at: rfc3339(window.starts_ms),
+        ends_at: rfc3339(window.ends_ms),
+        opened: items.is_some(),
+        items_total,
+        items_sold,
+        items_left: items_total.saturating_sub(items_sold),
+        per_user_limit: limit.unwrap_or(u64::from(state.config.sale.per_user_limit)),
+    }))
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
+}

@@ -1,0 +1,167 @@
+//! Rust bindings of the sale's scripts: typed arguments in, typed outcomes
+//! out. The scripts' reply strings are decoded here and nowhere else.
+
+use std::sync::LazyLock;
+
+use fred::clients::Pool;
+use fred::types::Value;
+
+use super::SaleError;
+use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
+use crate::keyspace::{Keyspace, Shard};
+use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, OUTBOX_ENTRIES_MAX, SALE_RETENTION_AFTER_END};
+use crate::scripts::{LuaScript, reply_i64, reply_str};
+
+pub static CHECKOUT: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("checkout", include_str!("../../lua/checkout.lua")));
+pub static PURCHASE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("purchase", include_str!("../../lua/purchase.lua")));
+
+/// The keys of one sale; all in the sale's shard, so one hash slot.
+pub struct SaleKeys {
+    pub meta: String,
+    pub sold: String,
+    pub users: String,
+    pub outbox: String,
+    shard: Shard,
+    keyspace_code_prefix: String,
+}
+
+impl SaleKeys {
+    pub fn new(keys: &Keyspace, sale_id: u64) -> Self {
+        let shard = Shard::of_sale(sale_id);
+        Self {
+            meta: keys.key(shard, format_args!("sale:{sale_id}")),
+            sold: keys.key(shard, format_args!("sale:{sale_id}:sold")),
+            users: keys.key(shard, format_args!("sale:{sale_id}:users")),
+            outbox: keys.outbox(shard),
+            shard,
+            keyspace_code_prefix: keys.key(shard, format_args!("code:")),
+        }
+    }
+
+    pub fn code(&self, code: &CheckoutCode) -> String {
+        let mut key = self.keyspace_code_prefix.clone();
+        key.push_str(code.as_str());
+        key
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+}
+
+/// A refusal either script can give, decoded from its reply.
+fn refusal(script: &LuaScript, outcome: &str) -> SaleError {
+    match outcome {
+        "ITEM_NOT_FOUND" => SaleError::ItemNotFound,
+        "ITEM_SOLD" => SaleError::ItemSold,
+        "USER_LIMIT_REACHED" => SaleError::UserLimitReached,
+        "TOO_MANY_CHECKOUTS" => SaleError::TooManyCheckouts,
+        "CODE_NOT_FOUND" => SaleError::CodeNotFound,
+        "CODE_USED" => SaleError::CodeUsed,
+        "CODE_EXPIRED" => SaleError::CodeExpired,
+        "SALE_OVER" => SaleError::SaleOver,
+        "OUTBOX_FULL" => SaleError::OutboxFull,
+        other => SaleError::Script(script.unexpected(format!("unknown outcome {other:?}"))),
+    }
+}
+
+pub struct CheckoutRequest<'a> {
+    pub window: SaleWindow,
+    pub items: u32,
+    pub per_user_limit: u32,
+    pub user: &'a UserId,
+    pub item: ItemId,
+    pub code: &'a CheckoutCode,
+    pub now_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// Runs checkout.lua. `Ok` means a code was issued; every other outcome is a
+/// refusal, and was recorded in the outbox all the same.
+pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -> Result<(), SaleError> {
+    let sale_keys = SaleKeys::new(keys, req.window.sale_id);
+    let code_key = sale_keys.code(req.code);
+    let code_ttl_ms = (req.expires_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
+    let sale_ttl_ms = (req.window.ends_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
+    let args: Vec<Value> = vec![
+        req.now_ms.into(),
+        (req.window.sale_id as i64).into(),
+        req.window.starts_ms.into(),
+        req.window.ends_ms.into(),
+        i64::from(req.items).into(),
+        i64::from(req.per_user_limit).into(),
+        i64::from(req.item.get()).into(),
+        req.user.as_str().into(),
+        req.code.as_str().into(),
+        req.expires_ms.into(),
+        code_ttl_ms.into(),
+        sale_ttl_ms.into(),
+        i64::from(CHECKOUT_CODES_PER_USER_MAX).into(),
+        (OUTBOX_ENTRIES_MAX as i64).into(),
+    ];
+    let script = &*CHECKOUT;
+    let reply = script
+        .call(
+            redis,
+            vec![sale_keys.meta, sale_keys.sold, sale_keys.users, code_key, sale_keys.outbox],
+            args,
+        )
+        .await?;
+    let outcome = reply_str(script, &reply, 0)?;
+    crate::telemetry::script_outcome(script.name(), &outcome);
+    match outcome.as_str() {
+        "OK" => Ok(()),
+        other => Err(refusal(script, other)),
+    }
+}
+
+/// What a successful purchase reports back.
+#[derive(Debug, Clone, Copy)]
+pub struct Purchased {
+    pub item_id: i64,
+    pub user_purchases: i64,
+    pub items_sold: i64,
+}
+
+/// Runs purchase.lua: spends the code if everything still holds.
+pub async fn purchase(
+    redis: &Pool,
+    keys: &Keyspace,
+    code: &CheckoutCode,
+    active: SaleWindow,
+    now_ms: i64,
+) -> Result<Purchased, SaleError> {
+    let sale_keys = SaleKeys::new(keys, code.sale_id());
+    let code_key = sale_keys.code(code);
+    // The code's own sale decides which keys are read; the active sale id is
+    // passed so the script can refuse codes of a finished sale.
+    let window_of_code_sale_end = (code.sale_id() as i64 + 1) * (active.ends_ms - active.starts_ms);
+    let sale_ttl_ms = (window_of_code_sale_end - now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
+    let args: Vec<Value> = vec![
+        now_ms.into(),
+        (active.sale_id as i64).into(),
+        code.as_str().into(),
+        (OUTBOX_ENTRIES_MAX as i64).into(),
+        sale_ttl_ms.into(),
+    ];
+    let script = &*PURCHASE;
+    let reply = script
+        .call(
+            redis,
+            vec![code_key, sale_keys.meta, sale_keys.sold, sale_keys.users, sale_keys.outbox],
+            args,
+        )
+        .await?;
+    let outcome = reply_str(script, &reply, 0)?;
+    crate::telemetry::script_outcome(script.name(), &outcome);
+    match outcome.as_str() {
+        "OK" => Ok(Purchased {
+            item_id: reply_i64(script, &reply, 2)?,
+            user_purchases: reply_i64(script, &reply, 3)?,
+            items_sold: reply_i64(script, &reply, 4)?,
+        }),
+        other => Err(refusal(script, other)),
+    }
+}

@@ -1,0 +1,74 @@
+//! Lua scripts: embedded at build time from `lua/`, loaded at start, called by
+//! EVALSHA. A NOSCRIPT reply (Redis restarted, `SCRIPT FLUSH`) reloads the
+//! script and retries once, so callers never see it.
+
+use fred::clients::Pool;
+use fred::types::scripts::Script;
+use fred::types::{MultipleKeys, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("script {script} replied with an unexpected shape: {detail}")]
+    UnexpectedReply { script: &'static str, detail: String },
+}
+
+/// One script of `lua/`, with the SHA1 it is called by.
+pub struct LuaScript {
+    name: &'static str,
+    script: Script,
+}
+
+impl LuaScript {
+    pub fn new(name: &'static str, lua: &'static str) -> Self {
+        Self {
+            name,
+            script: Script::from_lua(lua),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub async fn load(&self, redis: &Pool) -> Result<(), ScriptError> {
+        self.script.load(redis.next()).await?;
+        Ok(())
+    }
+
+    /// One EVALSHA; the reply is the script's array.
+    pub async fn call<K>(&self, redis: &Pool, keys: K, args: Vec<Value>) -> Result<Vec<Value>, ScriptError>
+    where
+        K: Into<MultipleKeys> + Send,
+    {
+        let reply: Value = self.script.evalsha_with_reload(redis.next(), keys, args).await?;
+        match reply {
+            Value::Array(values) if !values.is_empty() => Ok(values),
+            other => Err(self.unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub fn unexpected(&self, detail: impl Into<String>) -> ScriptError {
+        ScriptError::UnexpectedReply {
+            script: self.name,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Reads reply element `index` as a string.
+pub fn reply_str(script: &LuaScript, reply: &[Value], index: usize) -> Result<String, ScriptError> {
+    reply
+        .get(index)
+        .and_then(|v| v.as_string())
+        .ok_or_else(|| script.unexpected(format!("element {index} of {reply:?} is not a string")))
+}
+
+/// Reads reply element `index` as an integer.
+pub fn reply_i64(script: &LuaScript, reply: &[Value], index: usize) -> Result<i64, ScriptError> {
+    reply
+        .get(index)
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| script.unexpected(format!("element {index} of {reply:?} is not an integer")))
+}

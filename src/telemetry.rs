@@ -1,0 +1,109 @@
+//! Logs and metrics. Every metric the engine emits is named here, so the
+//! Grafana dashboard and this file are the two places to read together.
+//! Labels stay low-cardinality: routes, statuses, outcomes; never user ids.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (tests build several apps) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Rendered by
+/// our own `/metrics` route: the exporter's listener is not used.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency_buckets = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let rows_buckets = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 7000.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("stampede_flush_batch_rows".into()), &rows_buckets));
+            match builder {
+                Ok(builder) => {
+                    let recorder = builder.build_recorder();
+                    let handle = recorder.handle();
+                    // Fails only if another recorder is installed; then ours
+                    // renders empty, which is visible at once on /metrics.
+                    let _ = metrics::set_global_recorder(recorder);
+                    handle
+                }
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) {
+    counter!("stampede_http_requests_total", "route" => route, "status" => status_label(status)).increment(1);
+    histogram!("stampede_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        414 => "414",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+/// Counts a script's outcome; unknown strings are folded so a bug cannot
+/// explode the label set.
+pub fn script_outcome(script: &'static str, outcome: &str) {
+    const KNOWN: &[&str] = &[
+        "OK",
+        "ITEM_NOT_FOUND",
+        "ITEM_SOLD",
+        "USER_LIMIT_REACHED",
+        "TOO_MANY_CHECKOUTS",
+        "CODE_NOT_FOUND",
+        "CODE_USED",
+        "CODE_EXPIRED",
+        "SALE_OVER",
+        "OUTBOX_FULL",
+    ];
+    let label = KNOWN.iter().find(|k| **k == outcome).copied().unwrap_or("UNKNOWN");
+    counter!("stampede_script_outcomes_total", "script" => script, "outcome" => label).increment(1);
+}
+
+pub fn flushed(rows: usize, elapsed: Duration) {
+    counter!("stampede_flushed_events_total").increment(rows as u64);
+    histogram!("stampede_flush_batch_rows").record(rows as f64);
+    histogram!("stampede_flush_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn flush_failed() {
+    counter!("stampede_flush_errors_total").increment(1);
+}
+
+pub fn outbox_backlog(entries: u64) {
+    gauge!("stampede_outbox_backlog").set(entries as f64);
+}
+
+pub fn connection_opened() {
+    gauge!("stampede_connections_open").increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!("stampede_connections_open").decrement(1.0);
+}
