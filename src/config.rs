@@ -82,9 +82,7 @@ impl Config {
         let consumer = env.get("STAMPEDE_CONSUMER").unwrap_or_else(default_consumer_name);
         Ok(Self {
             listen,
-            redis_url: env
-                .get("REDIS_URL")
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             database_url,
             key_prefix,
             sale: SaleConfig {
@@ -113,12 +111,7 @@ impl Config {
                 50,
                 600_000,
             )?),
-            shutdown_grace: Duration::from_millis(env.number(
-                "STAMPEDE_SHUTDOWN_GRACE_MS",
-                10_000,
-                0,
-                600_000,
-            )?),
+            shutdown_grace: Duration::from_millis(env.number("STAMPEDE_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?),
         })
     }
 }
@@ -153,10 +146,7 @@ impl Env<'_> {
             value: raw.clone(),
             reason,
         };
-        let value: T = raw
-            .trim()
-            .parse()
-            .map_err(|_| invalid("not a whole number".into()))?;
+        let value: T = raw.trim().parse().map_err(|_| invalid("not a whole number".into()))?;
         if value < min || value > max {
             return Err(invalid(format!("must be between {min} and {max}")));
         }
@@ -204,8 +194,14 @@ mod tests {
             (&[("DATABASE_URL", "x"), ("ITEMS_PER_SALE", "many")], "ITEMS_PER_SALE"),
             (&[("DATABASE_URL", "x"), ("PER_USER_LIMIT", "0")], "PER_USER_LIMIT"),
             (&[("DATABASE_URL", "x"), ("STAMPEDE_LISTEN", "nope")], "STAMPEDE_LISTEN"),
-            (&[("DATABASE_URL", "x"), ("STAMPEDE_KEY_PREFIX", "a{b")], "STAMPEDE_KEY_PREFIX"),
-            (&[("DATABASE_URL", "x"), ("STAMPEDE_FLUSH_BATCH_ROWS", "100000")], "STAMPEDE_FLUSH_BATCH_ROWS"),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_KEY_PREFIX", "a{b")],
+                "STAMPEDE_KEY_PREFIX",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_FLUSH_BATCH_ROWS", "100000")],
+                "STAMPEDE_FLUSH_BATCH_ROWS",
+            ),
         ];
         for (vars, var) in cases {
             let err = config(vars).expect_err("must be refused").to_string();

@@ -20,11 +20,14 @@ pub fn index() -> HttpResponse {
         .iter()
         .map(|(method, path, description)| json!({"method": method, "path": path, "description": description}))
         .collect();
-    json(StatusCode::OK, &json!({
-        "name": "stampede",
-        "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": endpoints,
-    }))
+    json(
+        StatusCode::OK,
+        &json!({
+            "name": "stampede",
+            "version": env!("CARGO_PKG_VERSION"),
+            "endpoints": endpoints,
+        }),
+    )
 }
 
 #[derive(Serialize)]
@@ -59,12 +62,15 @@ pub async fn health(state: &AppState) -> HttpResponse {
         (true, false) => (StatusCode::OK, "degraded"),
         (true, true) => (StatusCode::OK, "ok"),
     };
-    json(status, &Health {
-        status: word,
-        redis: if redis_ok { "ok" } else { "unreachable" },
-        postgres: if postgres_ok { "ok" } else { "unreachable" },
-        outbox_backlog: backlog,
-    })
+    json(
+        status,
+        &Health {
+            status: word,
+            redis: if redis_ok { "ok" } else { "unreachable" },
+            postgres: if postgres_ok { "ok" } else { "unreachable" },
+            outbox_backlog: backlog,
+        },
+    )
 }
 
 pub fn metrics(state: &AppState) -> HttpResponse {

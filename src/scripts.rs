@@ -1,8 +1,11 @@
 //! Lua scripts: embedded at build time from `lua/`, loaded at start, called by
-//! EVALSHA. A NOSCRIPT reply (Redis restarted, `SCRIPT FLUSH`) reloads the
-//! script and retries once, so callers never see it.
+//! EVALSHA. On a NOSCRIPT reply (Redis restarted, `SCRIPT FLUSH`) the call is
+//! repeated as EVAL with the embedded source, which runs the script and caches
+//! it again in one step: unlike SCRIPT LOAD then EVALSHA, no flush can slip in
+//! between, so callers never see NOSCRIPT.
 
 use fred::clients::Pool;
+use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
 
@@ -17,6 +20,7 @@ pub enum ScriptError {
 /// One script of `lua/`, with the SHA1 it is called by.
 pub struct LuaScript {
     name: &'static str,
+    lua: &'static str,
     script: Script,
 }
 
@@ -24,6 +28,7 @@ impl LuaScript {
     pub fn new(name: &'static str, lua: &'static str) -> Self {
         Self {
             name,
+            lua,
             script: Script::from_lua(lua),
         }
     }
@@ -42,7 +47,12 @@ impl LuaScript {
     where
         K: Into<MultipleKeys> + Send,
     {
-        let reply: Value = self.script.evalsha_with_reload(redis.next(), keys, args).await?;
+        let keys: MultipleKeys = keys.into();
+        let client = redis.next();
+        let reply: Value = match self.script.evalsha(client, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => client.eval(self.lua, keys, args).await?,
+            other => other?,
+        };
         match reply {
             Value::Array(values) if !values.is_empty() => Ok(values),
             other => Err(self.unexpected(format!("{other:?}"))),

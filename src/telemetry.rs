@@ -28,7 +28,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let rows_buckets = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 7000.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("stampede_flush_batch_rows".into()), &rows_buckets));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("stampede_flush_batch_rows".into()), &rows_buckets)
+                });
             match builder {
                 Ok(builder) => {
                     let recorder = builder.build_recorder();

@@ -113,7 +113,7 @@ pub fn decode_read_reply(shard: Shard, reply: Value) -> Result<Vec<OutboxEvent>,
 }
 
 fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err("odd number of field values".into());
     }
     let mut out = Vec::with_capacity(flat.len() / 2);
@@ -139,7 +139,10 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             s("p:{3}:outbox"),
             Value::Array(vec![
-                Value::Array(vec![s("1-0"), Value::Array(vec![s("kind"), s("purchase"), s("sale"), s("7")])]),
+                Value::Array(vec![
+                    s("1-0"),
+                    Value::Array(vec![s("kind"), s("purchase"), s("sale"), s("7")]),
+                ]),
                 Value::Array(vec![s("2-0"), Value::Null]),
             ]),
         ])]);
@@ -149,6 +152,10 @@ mod tests {
         assert_eq!(events[0].kind(), "purchase");
         assert_eq!(events[0].int::<i64>("sale").expect("int"), 7);
         assert_eq!(events[1].kind(), "");
-        assert!(decode_read_reply(Shard::of_sale(0), Value::Null).expect("nil").is_empty());
+        assert!(
+            decode_read_reply(Shard::of_sale(0), Value::Null)
+                .expect("nil")
+                .is_empty()
+        );
     }
 }

@@ -117,9 +117,13 @@ impl Flusher {
     async fn flush_from(&self, shard: Shard, reader: &Client, block: Option<Duration>) -> Result<usize, FlushError> {
         let outbox = self.keys.outbox(shard);
         // Own pending entries first: what a crash or a failed write left behind.
-        let mut batch = self.read(shard, reader, &outbox, "0", self.config.batch_rows, None).await?;
+        let mut batch = self
+            .read(shard, reader, &outbox, "0", self.config.batch_rows, None)
+            .await?;
         if batch.is_empty() {
-            batch = self.read(shard, reader, &outbox, ">", self.config.batch_rows, block).await?;
+            batch = self
+                .read(shard, reader, &outbox, ">", self.config.batch_rows, block)
+                .await?;
             if batch.is_empty() {
                 return Ok(0);
             }

@@ -187,7 +187,15 @@ mod tests {
         let parsed = CheckoutCode::parse(Some(code.as_str())).expect("own code parses");
         assert_eq!(parsed.sale_id(), 493_013);
         assert_eq!(code.as_str().len(), "493013-".len() + 32);
-        for garbage in ["", "x", "a1b2c3d4e5f6g7h8", "CHK_219b6c54_5175", "12-zz", "-abc", &"1".repeat(65)] {
+        for garbage in [
+            "",
+            "x",
+            "a1b2c3d4e5f6g7h8",
+            "CHK_219b6c54_5175",
+            "12-zz",
+            "-abc",
+            &"1".repeat(65),
+        ] {
             assert!(CheckoutCode::parse(Some(garbage)).is_err(), "{garbage:?}");
         }
     }

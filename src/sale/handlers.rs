@@ -52,14 +52,17 @@ pub async fn checkout(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
         },
     )
     .await?;
-    Ok(json(StatusCode::OK, &CheckoutIssued {
-        code: code.as_str(),
-        checkout_code: code.as_str(),
-        expires_at: rfc3339(expires_ms),
-        sale_id: window.sale_id,
-        item_id: item.get(),
-        user_id: user.as_str(),
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &CheckoutIssued {
+            code: code.as_str(),
+            checkout_code: code.as_str(),
+            expires_at: rfc3339(expires_ms),
+            sale_id: window.sale_id,
+            item_id: item.get(),
+            user_id: user.as_str(),
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -81,7 +84,9 @@ struct Purchased {
 }
 
 pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let from_query = Query::parse(req.uri().query()).get(&["code", "checkout_code"]).map(str::to_owned);
+    let from_query = Query::parse(req.uri().query())
+        .get(&["code", "checkout_code"])
+        .map(str::to_owned);
     let raw = match from_query {
         Some(code) => Some(code),
         None => {
@@ -100,16 +105,19 @@ pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
     let now_ms = state.clock.now_ms();
     let active = SaleWindow::at(now_ms, state.config.sale.period_secs);
     let done = scripts::purchase(&state.redis, &state.keys, &code, active, now_ms).await?;
-    Ok(json(StatusCode::OK, &Purchased {
-        status: "success",
-        success: true,
-        message: "Item purchased successfully",
-        sale_id: code.sale_id(),
-        item_id: done.item_id,
-        user_purchases: done.user_purchases,
-        items_sold: done.items_sold,
-        purchased_at: rfc3339(now_ms),
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &Purchased {
+            status: "success",
+            success: true,
+            message: "Item purchased successfully",
+            sale_id: code.sale_id(),
+            item_id: done.item_id,
+            user_purchases: done.user_purchases,
+            items_sold: done.items_sold,
+            purchased_at: rfc3339(now_ms),
+        },
+    ))
 }
 
 #[derive(Serialize)]
@@ -137,21 +145,25 @@ pub async fn current(state: &AppState) -> Result<HttpResponse, ApiError> {
     let (items, limit, sold) = stored;
     let items_total = items.unwrap_or(u64::from(state.config.sale.items));
     let items_sold = sold.unwrap_or(0);
-    Ok(json(StatusCode::OK, &CurrentSale {
-        sale_id: window.sale_id,
-        starts_at: rfc3339(window.starts_ms),
-        ends_at: rfc3339(window.ends_ms),
-        opened: items.is_some(),
-        items_total,
-        items_sold,
-        items_left: items_total.saturating_sub(items_sold),
-        per_user_limit: limit.unwrap_or(u64::from(state.config.sale.per_user_limit)),
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &CurrentSale {
+            sale_id: window.sale_id,
+            starts_at: rfc3339(window.starts_ms),
+            ends_at: rfc3339(window.ends_ms),
+            opened: items.is_some(),
+            items_total,
+            items_sold,
+            items_left: items_total.saturating_sub(items_sold),
+            per_user_limit: limit.unwrap_or(u64::from(state.config.sale.per_user_limit)),
+        },
+    ))
 }
 
 /// RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(format).ok())

@@ -105,7 +105,13 @@ pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -
     let reply = script
         .call(
             redis,
-            vec![sale_keys.meta, sale_keys.sold, sale_keys.users, code_key, sale_keys.outbox],
+            vec![
+                sale_keys.meta,
+                sale_keys.sold,
+                sale_keys.users,
+                code_key,
+                sale_keys.outbox,
+            ],
             args,
         )
         .await?;
@@ -150,7 +156,13 @@ pub async fn purchase(
     let reply = script
         .call(
             redis,
-            vec![code_key, sale_keys.meta, sale_keys.sold, sale_keys.users, sale_keys.outbox],
+            vec![
+                code_key,
+                sale_keys.meta,
+                sale_keys.sold,
+                sale_keys.users,
+                sale_keys.outbox,
+            ],
             args,
         )
         .await?;

@@ -3,7 +3,7 @@
 
 use sqlx::PgConnection;
 
-use crate::outbox::{SinkError, OutboxEvent};
+use crate::outbox::{OutboxEvent, SinkError};
 
 pub const KINDS: &[&str] = &["sale_opened", "checkout", "purchase"];
 
@@ -127,7 +127,11 @@ impl AttemptRows {
         let code = e.text("code")?;
         self.code.push((!code.is_empty()).then(|| code.to_owned()));
         let expires = e.text("expires_ms")?;
-        self.expires_ms.push(if expires.is_empty() { None } else { Some(e.int("expires_ms")?) });
+        self.expires_ms.push(if expires.is_empty() {
+            None
+        } else {
+            Some(e.int("expires_ms")?)
+        });
         self.at_ms.push(e.int("at")?);
         Ok(())
     }

@@ -93,9 +93,12 @@ pub fn error_response(error: &ApiError) -> HttpResponse {
     } else {
         Cow::Owned(error.to_string())
     };
-    let mut response = json(status, &ErrorBody {
-        error: ErrorDetail { code, message },
-    });
+    let mut response = json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail { code, message },
+        },
+    );
     if let Some(secs) = error.retry_after_secs() {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }

@@ -18,10 +18,26 @@ use crate::{ops, sale, telemetry};
 /// Every route: method, path, what it does. Served as the index at `GET /`
 /// and used to answer 405 with the right `Allow` header.
 pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("POST", "/checkout", "Get a checkout code: ?user_id=U&id=I (or item_id=I)"),
-    ("POST", "/purchase", "Spend a checkout code: ?code=C or JSON {\"checkout_code\": C}"),
-    ("GET", "/sales/current", "The current sale: window, items total and sold, per-user limit"),
-    ("GET", "/health", "Redis, Postgres and outbox backlog; 503 when Redis is unreachable"),
+    (
+        "POST",
+        "/checkout",
+        "Get a checkout code: ?user_id=U&id=I (or item_id=I)",
+    ),
+    (
+        "POST",
+        "/purchase",
+        "Spend a checkout code: ?code=C or JSON {\"checkout_code\": C}",
+    ),
+    (
+        "GET",
+        "/sales/current",
+        "The current sale: window, items total and sold, per-user limit",
+    ),
+    (
+        "GET",
+        "/health",
+        "Redis, Postgres and outbox backlog; 503 when Redis is unreachable",
+    ),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/", "This index"),
 ];

@@ -1,0 +1,282 @@
+//! Nothing a client was told succeeded is lost: not when the engine is
+//! killed, not while Postgres is down, not when Redis forgets its scripts.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::interfaces::ClientLike;
+use hyper::{Method, StatusCode};
+
+use crate::helpers::{
+    buy, create_database, database_url, delete_keys, drop_database, free_port, http_client, outbox_backlog,
+    redis_client, redis_url, send, spawn_app, spawn_app_on, unique_name,
+};
+
+/// The engine as a separate process, so it can be killed with SIGKILL.
+struct EngineProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl EngineProcess {
+    async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
+        command
+            .arg("serve")
+            .env("REDIS_URL", redis_url())
+            .env("DATABASE_URL", db_url)
+            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STAMPEDE_KEY_PREFIX", prefix)
+            .env("STAMPEDE_CONSUMER", consumer)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("engine binary starts");
+        let engine = Self {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        };
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
+                && reply.status == StatusCode::OK
+            {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("engine exits")
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -9` while the outbox holds entries (some delivered to the dead
+/// consumer, some never read), then a restart as another consumer: Postgres
+/// ends with exactly what Redis committed, every acknowledged purchase
+/// included, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_with_unflushed_outbox_loses_nothing() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    // A long linger keeps the first batch pending and the rest unread.
+    let mut first = EngineProcess::start(&db_url, &name, "engine-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
+
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let http = http_client();
+    let mut buyers = Vec::new();
+    for buyer in 0..100u32 {
+        let (http, acknowledged, done, addr) = (http.clone(), acknowledged.clone(), done.clone(), first.addr);
+        buyers.push(tokio::spawn(async move {
+            for k in 0..10u32 {
+                let item = buyer * 10 + k + 1;
+                match buy(&http, addr, &format!("u{buyer}"), item).await {
+                    Ok(reply) if reply.status == StatusCode::OK => {
+                        acknowledged.lock().expect("lock").push(item);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(reply) => panic!("purchase refused before the kill: {:?}", reply.body),
+                    Err(_) => return, // the engine died under us: outcome unknown
+                }
+            }
+        }));
+    }
+    while done.load(Ordering::SeqCst) < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        outbox_backlog(&redis, &name).await > 0,
+        "outbox holds entries at the kill"
+    );
+    first.kill_9();
+    for buyer in buyers {
+        buyer.await.expect("buyer task");
+    }
+    let acknowledged: HashSet<u32> = acknowledged.lock().expect("lock").iter().copied().collect();
+
+    let mut second = EngineProcess::start(&db_url, &name, "engine-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_backlog(&redis, &name).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let sale: i64 = {
+        let db = sqlx::PgPool::connect(&db_url).await.expect("db");
+        let items: Vec<(i64, i64)> = sqlx::query_as("SELECT sale_id, item_id FROM purchases")
+            .fetch_all(&db)
+            .await
+            .expect("purchases");
+        let in_postgres: HashSet<u32> = items.iter().map(|(_, item)| *item as u32).collect();
+        assert_eq!(in_postgres.len(), items.len(), "no purchase twice");
+        assert!(
+            acknowledged.is_subset(&in_postgres),
+            "acknowledged purchases missing from Postgres: {:?}",
+            acknowledged.difference(&in_postgres).collect::<Vec<_>>()
+        );
+        let sale = items.first().map(|(sale, _)| *sale).expect("some purchases");
+        let sold_in_redis: i64 = redis
+            .custom(
+                fred::cmd!("BITCOUNT"),
+                vec![format!(
+                    "{name}:{{{}}}:sale:{sale}:sold",
+                    sale as u64 % stampede::limits::OUTBOX_SHARDS
+                )],
+            )
+            .await
+            .expect("BITCOUNT");
+        assert_eq!(
+            sold_in_redis,
+            items.len() as i64,
+            "Postgres holds exactly what Redis committed"
+        );
+        let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM checkout_attempts WHERE outcome = 'OK'")
+            .fetch_one(&db)
+            .await
+            .expect("attempts");
+        assert!(attempts >= items.len() as i64);
+        db.close().await;
+        sale
+    };
+    assert!(sale > 0);
+    assert!(second.terminate().success(), "SIGTERM exits 0");
+    drop_database(&database_url(), &name).await;
+    delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}
+
+/// Postgres stopped for 10 s during purchases: every purchase still answers
+/// 200, /health reports the backlog, and it drains once Postgres is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purchases_continue_while_postgres_is_down() {
+    let services = std::env::var("STAMPEDE_TEST_SERVICES")
+        .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
+    let port = free_port().to_string();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-outage-{port}"));
+    let postgres = |action: &str| {
+        let status = Command::new("bash")
+            .arg(&services)
+            .arg(action)
+            .env("STAMPEDE_PG_DIR", &dir)
+            .env("STAMPEDE_PG_PORT", &port)
+            .stdout(Stdio::null())
+            .status()
+            .expect("services.sh runs");
+        assert!(status.success(), "services.sh {action} failed");
+    };
+    postgres("pg-start");
+    let server_url = format!("postgres://postgres@127.0.0.1:{port}/stampede");
+    let app = spawn_app_on(&server_url, &[]).await;
+
+    let mut bought = 0u32;
+    let mut item = 0u32;
+    let mut next_purchase = |bought: &mut u32| {
+        item += 1;
+        *bought += 1;
+        (format!("user-{}", item / 10), item)
+    };
+    for _ in 0..20 {
+        let (user, item) = next_purchase(&mut bought);
+        assert_eq!(
+            buy(&app.http, app.addr, &user, item).await.expect("answer").status,
+            StatusCode::OK
+        );
+    }
+
+    postgres("pg-stop");
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(10) {
+        let (user, item) = next_purchase(&mut bought);
+        let started = Instant::now();
+        let reply = buy(&app.http, app.addr, &user, item).await.expect("answer");
+        assert_eq!(reply.status, StatusCode::OK, "purchase during outage: {:?}", reply.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "purchase stalled on Postgres"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = app.get("/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body["status"], "degraded");
+    assert_eq!(health.body["postgres"], "unreachable");
+    assert!(
+        health.body["outbox_backlog"].as_u64().unwrap_or(0) > 0,
+        "{:?}",
+        health.body
+    );
+
+    postgres("pg-start");
+    app.wait_flushed(Duration::from_secs(30)).await;
+    assert_eq!(app.purchases_in_postgres().await, i64::from(bought));
+    assert_eq!(app.sold_in_redis(app.sale_id()).await, i64::from(bought));
+    app.finish().await;
+    postgres("pg-stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SCRIPT FLUSH while buyers are buying: the engine reloads scripts on
+/// NOSCRIPT and no client sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_cache_flush_mid_run_is_invisible_to_clients() {
+    let app = Arc::new(spawn_app(&[]).await);
+    let flusher = {
+        let redis = redis_client().await;
+        tokio::spawn(async move {
+            for _ in 0..25 {
+                let _: () = redis
+                    .custom(fred::cmd!("SCRIPT"), vec!["FLUSH"])
+                    .await
+                    .expect("SCRIPT FLUSH");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut buyers = Vec::new();
+    for buyer in 0..100u32 {
+        let app = app.clone();
+        buyers.push(tokio::spawn(async move {
+            for k in 0..5u32 {
+                let reply = buy(&app.http, app.addr, &format!("u{buyer}"), buyer * 5 + k + 1)
+                    .await
+                    .expect("answer");
+                assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            }
+        }));
+    }
+    for buyer in buyers {
+        buyer.await.expect("buyer");
+    }
+    flusher.await.expect("flusher");
+    app.wait_flushed(Duration::from_secs(10)).await;
+    assert_eq!(app.purchases_in_postgres().await, 500);
+    Arc::into_inner(app).expect("done").finish().await;
+}

@@ -1,0 +1,361 @@
+//! The test harness: each test gets the real engine on a random port, its own
+//! Postgres database and its own Redis key prefix, against the real services
+//! that `scripts/test.sh` starts (REDIS_URL, DATABASE_URL).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::Client as RedisClient;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::Config as RedisConfig;
+use fred::types::scan::Scanner;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
+use stampede::app::{App, AppState};
+use stampede::clock::ManualClock;
+use stampede::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect("REDIS_URL must be set: run the tests with scripts/test.sh")
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL must be set: run the tests with scripts/test.sh")
+}
+
+/// A unique name for this test's database and Redis key prefix.
+pub fn unique_name() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a fresh database on the server of `server_url`; returns its URL.
+pub async fn create_database(server_url: &str, name: &str) -> String {
+    let options: PgConnectOptions = server_url.parse().expect("DATABASE_URL parses");
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .expect("connect to the postgres database");
+    admin
+        .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .await
+        .expect("create test database");
+    let mut url = url_without_database(server_url);
+    url.push('/');
+    url.push_str(name);
+    url
+}
+
+fn url_without_database(url: &str) -> String {
+    // postgres://user@host:port/db?params -> postgres://user@host:port
+    let (scheme, rest) = url.split_once("://").expect("URL has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+pub async fn drop_database(server_url: &str, name: &str) {
+    let options: PgConnectOptions = server_url.parse().expect("DATABASE_URL parses");
+    if let Ok(mut admin) = PgConnection::connect_with(&options.database("postgres")).await {
+        let _ = admin
+            .execute(AssertSqlSafe(format!(
+                r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+            )))
+            .await;
+    }
+}
+
+/// Start of the real current sale window plus a second, so tests start inside
+/// a sale with the whole period ahead of them.
+pub fn clock_at_sale_start(period_secs: u64) -> Arc<ManualClock> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after epoch")
+        .as_millis() as i64;
+    let period_ms = period_secs as i64 * 1000;
+    ManualClock::new(now / period_ms * period_ms + 1000)
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub state: Arc<AppState>,
+    pub prefix: String,
+    pub db_name: String,
+    pub db: PgPool,
+    pub redis: RedisClient,
+    pub http: HttpClient,
+    server_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<JoinHandle<()>>,
+}
+
+/// Starts the engine with the test defaults plus `overrides` (env var names).
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(&database_url(), overrides).await
+}
+
+pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestApp {
+    stampede::telemetry::init_tracing();
+    let name = unique_name();
+    let db_url = create_database(server_url, &name).await;
+    let mut vars: HashMap<String, String> = [
+        ("REDIS_URL", redis_url()),
+        ("DATABASE_URL", db_url.clone()),
+        ("STAMPEDE_LISTEN", "127.0.0.1:0".into()),
+        ("STAMPEDE_KEY_PREFIX", name.clone()),
+        ("STAMPEDE_CONSUMER", format!("{name}-consumer")),
+        ("STAMPEDE_FLUSH_LINGER_MS", "2".into()),
+        ("STAMPEDE_SHUTDOWN_GRACE_MS", "5000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test config is valid");
+    let clock = clock_at_sale_start(config.sale.period_secs);
+    let app = App::build(config, clock.clone()).await.expect("engine starts");
+    let addr = app.local_addrs()[0];
+    let state = app.state();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+
+    let redis = redis_client().await;
+    let db = PgPool::connect(&db_url).await.expect("test database connects");
+    let http = http_client();
+    TestApp {
+        addr,
+        clock,
+        state,
+        prefix: name.clone(),
+        db_name: name,
+        db,
+        redis,
+        http,
+        server_url: server_url.to_owned(),
+        stop: Some(stop_tx),
+        running: Some(running),
+    }
+}
+
+/// A reply: status and JSON body (Null when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// One request; `Err` when the connection failed (an engine killed mid-test).
+pub async fn send(
+    http: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: Option<&str>,
+) -> Result<Reply, String> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path_and_query}"));
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let req = builder
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .map_err(|e| e.to_string())?;
+    let res = http.request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    })
+}
+
+/// Checkout then purchase; the purchased item on success.
+pub async fn buy(http: &HttpClient, addr: SocketAddr, user: &str, item: u32) -> Result<Reply, String> {
+    let checkout = send(
+        http,
+        addr,
+        Method::POST,
+        &format!("/checkout?user_id={user}&id={item}"),
+        None,
+    )
+    .await?;
+    let Some(code) = checkout.body["code"].as_str() else {
+        return Ok(checkout);
+    };
+    send(http, addr, Method::POST, &format!("/purchase?code={code}"), None).await
+}
+
+/// A port that was free a moment ago, for engines started as a process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+pub async fn redis_client() -> RedisClient {
+    let redis = RedisClient::new(
+        RedisConfig::from_url(&redis_url()).expect("REDIS_URL parses"),
+        None,
+        None,
+        None,
+    );
+    redis.init().await.expect("test redis client connects");
+    redis
+}
+
+/// Entries left in all outbox shards of `prefix`.
+pub async fn outbox_backlog(redis: &RedisClient, prefix: &str) -> u64 {
+    let mut total = 0;
+    for shard in 0..stampede::limits::OUTBOX_SHARDS {
+        let len: u64 = redis
+            .custom(fred::cmd!("XLEN"), vec![format!("{prefix}:{{{shard}}}:outbox")])
+            .await
+            .expect("XLEN");
+        total += len;
+    }
+    total
+}
+
+impl TestApp {
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub async fn request(&self, method: Method, path_and_query: &str, body: Option<&str>) -> Reply {
+        send(&self.http, self.addr, method, path_and_query, body)
+            .await
+            .expect("engine answers")
+    }
+
+    pub async fn post(&self, path_and_query: &str) -> Reply {
+        self.request(Method::POST, path_and_query, None).await
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Reply {
+        self.request(Method::GET, path_and_query, None).await
+    }
+
+    pub async fn checkout(&self, user: &str, item: u32) -> Reply {
+        self.post(&format!("/checkout?user_id={user}&id={item}")).await
+    }
+
+    /// Checks out and returns the code; panics unless the checkout succeeded.
+    pub async fn code_for(&self, user: &str, item: u32) -> String {
+        let reply = self.checkout(user, item).await;
+        assert_eq!(reply.status, StatusCode::OK, "checkout {user}/{item}: {:?}", reply.body);
+        reply.body["code"].as_str().expect("code in reply").to_owned()
+    }
+
+    pub async fn purchase(&self, code: &str) -> Reply {
+        self.post(&format!("/purchase?code={code}")).await
+    }
+
+    pub fn sale_id(&self) -> u64 {
+        let period_ms = self.state.config.sale.period_secs as i64 * 1000;
+        use stampede::clock::Clock;
+        (self.clock.now_ms() / period_ms) as u64
+    }
+
+    /// Redis key of the current sale's `suffix` (e.g. ":sold").
+    pub fn sale_key(&self, sale_id: u64, suffix: &str) -> String {
+        format!(
+            "{}:{{{}}}:sale:{sale_id}{suffix}",
+            self.prefix,
+            sale_id % stampede::limits::OUTBOX_SHARDS
+        )
+    }
+
+    pub async fn sold_in_redis(&self, sale_id: u64) -> i64 {
+        let key = self.sale_key(sale_id, ":sold");
+        self.redis
+            .custom::<i64, _>(fred::cmd!("BITCOUNT"), vec![key])
+            .await
+            .expect("BITCOUNT")
+    }
+
+    pub async fn purchases_in_postgres(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM purchases")
+            .fetch_one(&self.db)
+            .await
+            .expect("count purchases")
+    }
+
+    /// Waits until the outbox is empty (everything committed in Postgres).
+    pub async fn wait_flushed(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let backlog = self.state.flusher.backlog().await.expect("backlog readable");
+            if backlog == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outbox still holds {backlog} entries after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the engine (graceful: drains the outbox) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), running)
+                .await
+                .expect("engine stops within 30 s")
+                .expect("engine task did not panic");
+        }
+    }
+
+    /// Stops the engine and removes the test's database and Redis keys.
+    pub async fn finish(mut self) {
+        self.stop().await;
+        self.db.close().await;
+        drop_database(&self.server_url, &self.db_name).await;
+        delete_keys(&self.redis, &self.prefix).await;
+        let _ = self.redis.quit().await;
+    }
+}
+
+pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
+    let mut scan = redis.scan(format!("{prefix}:*"), Some(1000), None);
+    while let Some(Ok(mut page)) = scan.next().await {
+        if let Some(keys) = page.take_results()
+            && !keys.is_empty()
+        {
+            let _: Result<i64, _> = redis.del(keys).await;
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! All API tests in one binary: they share one build and run in parallel,
+//! each against its own engine, database and Redis key prefix.
+
+mod bad_input;
+mod durability;
+mod helpers;
+mod sale;
+mod server;

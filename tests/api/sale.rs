@@ -1,0 +1,340 @@
+//! The flash sale's rules, through the real engine against real Redis and Postgres.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use rand::RngExt;
+use stampede::clock::Clock;
+
+use crate::helpers::spawn_app;
+
+/// 1000 buyers race over 10,000 items. Each starts near its own share but
+/// with a random overlap into its neighbours', walks forward until it holds
+/// 10 items or has seen every item sold. So any item left unsold would mean
+/// some buyer stopped early, and any double sale shows up below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_buyers_sell_exactly_ten_thousand_items() {
+    const BUYERS: u32 = 1000;
+    const ITEMS: u32 = 10_000;
+    const LIMIT: usize = 10;
+    let app = Arc::new(spawn_app(&[]).await);
+    let mut buyers = Vec::new();
+    for buyer in 0..BUYERS {
+        let app = app.clone();
+        buyers.push(tokio::spawn(async move {
+            let user = format!("buyer-{buyer}");
+            let start = (buyer * 10 + rand::rng().random_range(0..30)) % ITEMS;
+            let mut bought = Vec::new();
+            let mut seen_sold = 0;
+            let mut offset = 0;
+            while bought.len() < LIMIT && seen_sold < ITEMS {
+                let item = (start + offset) % ITEMS + 1;
+                offset += 1;
+                let checkout = app.checkout(&user, item).await;
+                match checkout.error_code() {
+                    "" => {}
+                    "ITEM_SOLD" => {
+                        seen_sold += 1;
+                        continue;
+                    }
+                    other => panic!("{user} checkout {item}: unexpected {other} {:?}", checkout.body),
+                }
+                let code = checkout.body["code"].as_str().expect("code").to_owned();
+                let purchase = app.purchase(&code).await;
+                match purchase.error_code() {
+                    "" => bought.push(item),
+                    "ITEM_SOLD" => seen_sold += 1,
+                    other => panic!("{user} purchase {item}: unexpected {other}"),
+                }
+            }
+            // Over the limit is refused at checkout.
+            let over = app.checkout(&user, (start + offset) % ITEMS + 1).await;
+            assert!(
+                matches!(over.error_code(), "USER_LIMIT_REACHED" | "ITEM_SOLD"),
+                "{user} past the limit: {:?}",
+                over.body
+            );
+            (user, bought)
+        }));
+    }
+    let mut owner_of: HashMap<u32, String> = HashMap::new();
+    let mut total = 0;
+    for buyer in buyers {
+        let (user, bought) = buyer.await.expect("buyer task");
+        assert!(bought.len() <= LIMIT, "{user} bought {}", bought.len());
+        total += bought.len();
+        for item in bought {
+            if let Some(first) = owner_of.insert(item, user.clone()) {
+                panic!("item {item} sold twice: {first} and {user}");
+            }
+        }
+    }
+    assert_eq!(total, ITEMS as usize, "every item sold exactly once");
+    let sale = app.sale_id();
+    assert_eq!(app.sold_in_redis(sale).await, i64::from(ITEMS));
+
+    app.wait_flushed(Duration::from_secs(30)).await;
+    let (count, distinct, max_per_user): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT item_id),
+                (SELECT COALESCE(max(n), 0) FROM (SELECT count(*) AS n FROM purchases GROUP BY user_id) u)
+         FROM purchases WHERE sale_id = $1",
+    )
+    .bind(sale as i64)
+    .fetch_one(&app.db)
+    .await
+    .expect("query purchases");
+    assert_eq!((count, distinct), (i64::from(ITEMS), i64::from(ITEMS)));
+    assert!(max_per_user <= LIMIT as i64);
+    Arc::into_inner(app).expect("all buyers done").finish().await;
+}
+
+/// 200 concurrent purchases of one code: exactly one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_is_spent_once_under_200_concurrent_purchases() {
+    let app = Arc::new(spawn_app(&[]).await);
+    let code = app.code_for("alice", 7).await;
+    let mut attempts = Vec::new();
+    for _ in 0..200 {
+        let (app, code) = (app.clone(), code.clone());
+        attempts.push(tokio::spawn(async move { app.purchase(&code).await }));
+    }
+    let mut by_status: HashMap<StatusCode, usize> = HashMap::new();
+    for attempt in attempts {
+        let reply = attempt.await.expect("task");
+        if reply.status == StatusCode::CONFLICT {
+            assert_eq!(reply.error_code(), "CODE_USED");
+        }
+        *by_status.entry(reply.status).or_default() += 1;
+    }
+    assert_eq!(by_status.get(&StatusCode::OK), Some(&1), "{by_status:?}");
+    assert_eq!(by_status.get(&StatusCode::CONFLICT), Some(&199), "{by_status:?}");
+    Arc::into_inner(app).expect("done").finish().await;
+}
+
+/// One user holding 15 codes, purchasing all at once, gets exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_purchases_never_overrun_the_user_limit() {
+    let app = Arc::new(spawn_app(&[]).await);
+    let mut codes = Vec::new();
+    for item in 1..=15 {
+        codes.push(app.code_for("greedy", item).await);
+    }
+    let mut purchases = Vec::new();
+    for code in codes {
+        let app = app.clone();
+        purchases.push(tokio::spawn(async move { app.purchase(&code).await }));
+    }
+    let mut ok = 0;
+    for purchase in purchases {
+        let reply = purchase.await.expect("task");
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::FORBIDDEN => assert_eq!(reply.error_code(), "USER_LIMIT_REACHED"),
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!(ok, 10);
+    let refused = app.checkout("greedy", 100).await;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (StatusCode::FORBIDDEN, "USER_LIMIT_REACHED")
+    );
+    Arc::into_inner(app).expect("done").finish().await;
+}
+
+#[tokio::test]
+async fn an_expired_code_is_gone() {
+    let app = spawn_app(&[("CHECKOUT_TTL_SECS", "60")]).await;
+    let code = app.code_for("bob", 3).await;
+    app.clock.advance_ms(60_000);
+    let reply = app.purchase(&code).await;
+    assert_eq!((reply.status, reply.error_code()), (StatusCode::GONE, "CODE_EXPIRED"));
+    // The item was never sold: a fresh code buys it.
+    let fresh = app.code_for("bob", 3).await;
+    assert_eq!(app.purchase(&fresh).await.status, StatusCode::OK);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_code_just_before_expiry_still_buys() {
+    let app = spawn_app(&[("CHECKOUT_TTL_SECS", "60")]).await;
+    let code = app.code_for("bob", 3).await;
+    app.clock.advance_ms(59_999);
+    assert_eq!(app.purchase(&code).await.status, StatusCode::OK);
+    app.finish().await;
+}
+
+/// Sale N+1 starts with fresh stock and refuses codes of sale N.
+#[tokio::test]
+async fn a_sale_rollover_invalidates_old_codes_and_restocks() {
+    let app = spawn_app(&[("SALE_PERIOD_SECS", "60"), ("ITEMS_PER_SALE", "5")]).await;
+    let first_sale = app.sale_id();
+    let sold_code = app.code_for("carol", 1).await;
+    assert_eq!(app.purchase(&sold_code).await.status, StatusCode::OK);
+    let stale_code = app.code_for("carol", 2).await;
+    let sold_out = app.checkout("dave", 1).await;
+    assert_eq!(
+        (sold_out.status, sold_out.error_code()),
+        (StatusCode::CONFLICT, "ITEM_SOLD")
+    );
+
+    app.clock.advance_ms(60_000);
+    let second_sale = app.sale_id();
+    assert_eq!(second_sale, first_sale + 1);
+    let stale = app.purchase(&stale_code).await;
+    assert_eq!((stale.status, stale.error_code()), (StatusCode::GONE, "SALE_OVER"));
+    let code = app.code_for("dave", 1).await;
+    let bought = app.purchase(&code).await;
+    assert_eq!(bought.status, StatusCode::OK);
+    assert_eq!(bought.body["sale_id"], second_sale);
+    let current = app.get("/sales/current").await;
+    assert_eq!(current.body["sale_id"], second_sale);
+    assert_eq!(current.body["items_sold"], 1);
+    assert_eq!(current.body["items_total"], 5);
+
+    app.wait_flushed(Duration::from_secs(10)).await;
+    let sales: Vec<i64> = sqlx::query_scalar("SELECT sale_id FROM sales ORDER BY sale_id")
+        .fetch_all(&app.db)
+        .await
+        .expect("sales");
+    assert_eq!(sales, vec![first_sale as i64, second_sale as i64]);
+    app.finish().await;
+}
+
+/// Contest rule: every checkout attempt, accepted or refused, lands in
+/// Postgres with its outcome.
+#[tokio::test]
+async fn every_checkout_attempt_reaches_postgres() {
+    let app = spawn_app(&[("ITEMS_PER_SALE", "3"), ("PER_USER_LIMIT", "1")]).await;
+    let code = app.code_for("erin", 1).await;
+    assert_eq!(app.purchase(&code).await.status, StatusCode::OK);
+    let expected: [(&str, u32, &str); 5] = [
+        ("erin", 1, "OK"),
+        ("frank", 1, "ITEM_SOLD"),
+        ("frank", 4, "ITEM_NOT_FOUND"),
+        ("erin", 2, "USER_LIMIT_REACHED"),
+        ("frank", 2, "OK"),
+    ];
+    for (user, item, _) in &expected[1..] {
+        app.checkout(user, *item).await;
+    }
+    app.wait_flushed(Duration::from_secs(10)).await;
+    let rows: Vec<(String, i64, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT user_id, item_id, outcome, code, expires_at IS NOT NULL FROM checkout_attempts ORDER BY attempted_at, event_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("attempts");
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for ((user, item, outcome, code, has_expiry), (want_user, want_item, want_outcome)) in rows.iter().zip(expected) {
+        assert_eq!(
+            (user.as_str(), *item, outcome.as_str()),
+            (want_user, i64::from(want_item), want_outcome)
+        );
+        assert_eq!(code.is_some(), want_outcome == "OK");
+        assert_eq!(*has_expiry, want_outcome == "OK");
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn purchase_accepts_the_json_body_of_the_second_spec() {
+    let app = spawn_app(&[]).await;
+    // `item_id=item1` is how that spec's examples name items.
+    let checkout = app.post("/checkout?user_id=user1&item_id=item1").await;
+    assert_eq!(checkout.status, StatusCode::OK);
+    assert_eq!(checkout.body["item_id"], 1);
+    let code = checkout.body["checkout_code"]
+        .as_str()
+        .expect("checkout_code")
+        .to_owned();
+    let body = format!(r#"{{"checkout_code": "{code}"}}"#);
+    let reply = app.request(hyper::Method::POST, "/purchase", Some(&body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["success"], true);
+    assert_eq!(reply.body["item_id"], 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn current_sale_health_and_index_report() {
+    let app = spawn_app(&[]).await;
+    let current = app.get("/sales/current").await;
+    assert_eq!(current.status, StatusCode::OK);
+    assert_eq!(current.body["items_total"], 10_000);
+    assert_eq!(current.body["items_sold"], 0);
+    assert_eq!(current.body["per_user_limit"], 10);
+    assert_eq!(current.body["opened"], false);
+    let health = app.get("/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body["status"], "ok");
+    assert_eq!(health.body["outbox_backlog"], 0);
+    let index = app.get("/").await;
+    let paths: HashSet<&str> = index.body["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains("/checkout") && paths.contains("/purchase"));
+    let code = app.code_for("gina", 9).await;
+    app.purchase(&code).await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics").parse().expect("uri"))
+        .await
+        .expect("metrics answer");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = http_body_util::BodyExt::collect(metrics.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    for name in [
+        "stampede_http_requests_total",
+        "stampede_http_request_duration_seconds_bucket",
+        "stampede_script_outcomes_total",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}");
+    }
+    assert!(!text.contains("gina"), "user ids never appear in metrics");
+    let _ = app.clock.now_ms();
+    app.finish().await;
+}
+
+/// Checkouts and purchases racing for a few items: exactly one buyer each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contention_for_few_items_sells_each_once() {
+    let app = Arc::new(spawn_app(&[("ITEMS_PER_SALE", "20")]).await);
+    let mut racers = Vec::new();
+    for racer in 0..300 {
+        let app = app.clone();
+        racers.push(tokio::spawn(async move {
+            let user = format!("racer-{racer}");
+            let item = racer % 20 + 1;
+            let checkout = app.checkout(&user, item).await;
+            if checkout.status != StatusCode::OK {
+                assert_eq!(checkout.error_code(), "ITEM_SOLD");
+                return None;
+            }
+            let code = checkout.body["code"].as_str().expect("code").to_owned();
+            let reply = app.purchase(&code).await;
+            match reply.status {
+                StatusCode::OK => Some(item),
+                _ => {
+                    assert_eq!(reply.error_code(), "ITEM_SOLD");
+                    None
+                }
+            }
+        }));
+    }
+    let mut sold = Vec::new();
+    for racer in racers {
+        sold.extend(racer.await.expect("task"));
+    }
+    sold.sort_unstable();
+    assert_eq!(sold, (1..=20).collect::<Vec<_>>(), "each item sold exactly once");
+    Arc::into_inner(app).expect("done").finish().await;
+}
