@@ -2,7 +2,7 @@
 # The one command that runs the engine: private Redis + Postgres, then `stampede serve`.
 #   bash scripts/run.sh
 # Honours REDIS_URL / DATABASE_URL (external services) and every STAMPEDE_* variable
-# (see /tmp/contract.md). Listens on 0.0.0.0:8080 and 0.0.0.0:8032 unless STAMPEDE_LISTEN is set.
+# (see README.md). Listens on 0.0.0.0:8080 and 0.0.0.0:8032 unless STAMPEDE_LISTEN is set.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
