@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Private Redis + Postgres for stampede (see /tmp/contract.md, "Private services").
+# Private Redis + Postgres for stampede (see README.md, "The two commands").
 #
 #   eval "$(bash scripts/services.sh)"     # make sure both run; prints export lines
 #   bash scripts/services.sh stop           # stop both private instances

@@ -280,3 +280,102 @@ async fn script_cache_flush_mid_run_is_invisible_to_clients() {
     assert_eq!(app.purchases_in_postgres().await, 500);
     Arc::into_inner(app).expect("done").finish().await;
 }
+
+/// A private redis-server, so a test can crash it without disturbing others.
+struct PrivateRedis {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/services.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// Redis killed with SIGKILL and restarted from its AOF: while it is down the
+/// engine answers 503 (health included) without hanging; afterwards every
+/// acknowledged purchase is still there (fsync always), the scripts are
+/// reloaded without a client seeing NOSCRIPT, and the outbox flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_crash_and_restart_keeps_acknowledged_purchases() {
+    let port = free_port();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-crash-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut redis = PrivateRedis::start(port, &dir);
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app(&[("REDIS_URL", url.as_str()), ("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
+    for item in 1..=20 {
+        let reply = buy(&app.http, app.addr, &format!("survivor-{}", item % 3), item).await;
+        assert_eq!(reply.expect("answer").status, StatusCode::OK);
+    }
+
+    redis.crash();
+    let started = Instant::now();
+    let health = app.get("/health").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.body["redis"], "unreachable");
+    let refused = app.checkout("survivor", 50).await;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "requests hung on a dead Redis"
+    );
+
+    let _restarted = PrivateRedis::start(port, &redis.dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = buy(&app.http, app.addr, "late", 30).await.expect("answer");
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "engine did not recover: {:?}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sold: i64 = app
+        .state
+        .redis
+        .custom(fred::cmd!("BITCOUNT"), vec![app.sale_key(app.sale_id(), ":sold")])
+        .await
+        .expect("BITCOUNT");
+    assert_eq!(
+        sold, 21,
+        "the 20 acknowledged purchases survived the crash, plus one after"
+    );
+    app.wait_flushed(Duration::from_secs(30)).await;
+    assert_eq!(app.purchases_in_postgres().await, 21);
+    app.finish().await;
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
