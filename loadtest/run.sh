@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
+# One command for a load run against a freshly started engine.
+#
+#   loadtest/run.sh contest|sustained|contention [extra loadtest flags]
+#
+# Environment (optional):
+#   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
+#   LOAD_PORT             port of the engine under test (18080)
+#   KEEP_DATA=1           keep the load database and the Redis keys afterwards
+#   RUST_LOG              engine log level (warn)
+#   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
+#
+# Output: the loadtest report on stdout; JSON summary and engine log in .data/loadtest/.
+# Exit code: the loadtest's (0 all invariants passed, 1 an invariant failed, 2 setup error).
+set -euo pipefail
+
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention [loadtest flags]" >&2; exit 2; }
+[[ $# -ge 1 ]] || usage
+SCENARIO=$1
+shift
+
+case "$SCENARIO" in
+  contest)    USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000} ;;
+  sustained)  USERS=${USERS:-20000}; ITEMS=${ITEMS:-200000} ;;
+  contention) USERS=${USERS:-2000};  ITEMS=${ITEMS:-20} ;;
+  *) usage ;;
+esac
+LIMIT=${LIMIT:-10}
+LOAD_PORT=${LOAD_PORT:-18080}
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+# Private Redis/Postgres (or the ones already in REDIS_URL/DATABASE_URL).
+if [[ -f scripts/services.sh ]]; then
+  services_env=$(bash scripts/services.sh)
+  eval "$services_env"
+elif [[ -z ${REDIS_URL:-} || -z ${DATABASE_URL:-} ]]; then
+  echo "run.sh: scripts/services.sh is missing and REDIS_URL/DATABASE_URL are not set" >&2
+  exit 2
+fi
+: "${REDIS_URL:?services.sh did not set REDIS_URL}"
+: "${DATABASE_URL:?services.sh did not set DATABASE_URL}"
+
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "run.sh: open files limit $(ulimit -n)" >&2
+
+cargo build --release --workspace
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+EPOCH=$(date +%s)
+PREFIX=lt$EPOCH
+LOAD_DB=stampede_load_$EPOCH
+OUT_DIR=$ROOT/.data/loadtest
+mkdir -p "$OUT_DIR"
+ENGINE_LOG=$OUT_DIR/engine-$SCENARIO-$EPOCH.log
+JSON_OUT=$OUT_DIR/$SCENARIO-$EPOCH.json
+
+# postgres://user@host:port/db?params -> same server, other database.
+url_no_query=${DATABASE_URL%%\?*}
+query=""
+[[ $DATABASE_URL == *\?* ]] && query="?${DATABASE_URL#*\?}"
+server=${url_no_query%/*}
+if [[ $server != *://* ]]; then
+  echo "run.sh: cannot find the database name in DATABASE_URL" >&2
+  exit 2
+fi
+ADMIN_URL=$server/postgres$query
+LOAD_URL=$server/$LOAD_DB$query
+
+ENGINE_PID=""
+DB_CREATED=""
+
+stop_engine() {
+  [[ -n $ENGINE_PID ]] || return 0
+  if kill -0 "$ENGINE_PID" 2>/dev/null; then
+    kill -TERM "$ENGINE_PID" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+      kill -0 "$ENGINE_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$ENGINE_PID" 2>/dev/null; then
+      echo "run.sh: engine did not stop within 30 s of SIGTERM: SIGKILL" >&2
+      kill -KILL "$ENGINE_PID" 2>/dev/null || true
+    fi
+  fi
+  wait "$ENGINE_PID" 2>/dev/null || true
+  ENGINE_PID=""
+}
+
+cleanup() {
+  local rc=$?
+  stop_engine
+  if [[ -n ${KEEP_DATA:-} ]]; then
+    echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:*" >&2
+  else
+    if [[ -n $DB_CREATED ]]; then
+      psql "$ADMIN_URL" -qX -c "DROP DATABASE IF EXISTS $LOAD_DB WITH (FORCE)" >/dev/null 2>&1 \
+        || echo "run.sh: could not drop database $LOAD_DB" >&2
+    fi
+    if command -v redis-cli >/dev/null; then
+      timeout 60 redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX:*" 2>/dev/null \
+        | timeout 60 xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$LOAD_PORT/health"; then
+  echo "run.sh: something already listens on 127.0.0.1:$LOAD_PORT (set LOAD_PORT)" >&2
+  exit 2
+fi
+
+psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
+DB_CREATED=1
+
+echo "run.sh: engine on 127.0.0.1:$LOAD_PORT, database $LOAD_DB, key prefix $PREFIX, log $ENGINE_LOG" >&2
+STAMPEDE_LISTEN=127.0.0.1:$LOAD_PORT \
+  REDIS_URL=$REDIS_URL \
+  DATABASE_URL=$LOAD_URL \
+  STAMPEDE_KEY_PREFIX=$PREFIX \
+  ITEMS_PER_SALE=$ITEMS \
+  PER_USER_LIMIT=$LIMIT \
+  SALE_PERIOD_SECS=3600 \
+  RUST_LOG=${RUST_LOG:-warn} \
+  "$BIN/stampede" serve >"$ENGINE_LOG" 2>&1 &
+ENGINE_PID=$!
+
+healthy=""
+for _ in $(seq 1 300); do
+  if ! kill -0 "$ENGINE_PID" 2>/dev/null; then
+    echo "run.sh: the engine exited during startup; last log lines:" >&2
+    tail -n 20 "$ENGINE_LOG" >&2
+    exit 2
+  fi
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$LOAD_PORT/health" || true)
+  if [[ $code == 200 ]]; then
+    healthy=1
+    break
+  fi
+  sleep 0.1
+done
+if [[ -z $healthy ]]; then
+  echo "run.sh: GET /health did not answer 200 within 30 s; last log lines:" >&2
+  tail -n 20 "$ENGINE_LOG" >&2
+  exit 2
+fi
+
+set +e
+"$BIN/loadtest" "$SCENARIO" \
+  --url "http://127.0.0.1:$LOAD_PORT" \
+  --users "$USERS" --items "$ITEMS" --limit "$LIMIT" \
+  --redis-url "$REDIS_URL" --database-url "$LOAD_URL" \
+  --key-prefix "$PREFIX" --lua-dir "$ROOT/lua" \
+  --json "$JSON_OUT" \
+  "$@"
+rc=$?
+set -e
+
+stop_engine
+if [[ -f $JSON_OUT ]]; then
+  echo "run.sh: JSON summary $JSON_OUT, engine log $ENGINE_LOG" >&2
+else
+  echo "run.sh: engine log $ENGINE_LOG" >&2
+fi
+exit "$rc"

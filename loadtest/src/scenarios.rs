@@ -1,0 +1,435 @@
+//! The load itself: connection tasks, virtual users, the two scenarios.
+//!
+//! Each connection task opens one keep-alive connection, waits on a shared
+//! barrier (so connection setup stays outside the measured window) and then
+//! runs its virtual users one after another.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use rand::RngExt;
+use serde_json::Value;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use crate::client::{Conn, Outcome, Target, encode_query_value};
+use crate::stats::{EndpointStats, Progress, RunStats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every user buys its own disjoint share of the items: no conflicts, pure throughput.
+    Contest,
+    /// Many users race for a few items.
+    Contention,
+}
+
+impl Scenario {
+    /// Status keys that are a normal part of the scenario, per endpoint.
+    pub fn expected_statuses(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Scenario::Contest => (&["200"], &["200"]),
+            Scenario::Contention => (
+                &[
+                    "200",
+                    "409 ITEM_SOLD",
+                    "403 USER_LIMIT_REACHED",
+                    "429 TOO_MANY_CHECKOUTS",
+                ],
+                &["200", "409 ITEM_SOLD", "403 USER_LIMIT_REACHED"],
+            ),
+        }
+    }
+}
+
+pub struct LoadConfig {
+    pub scenario: Scenario,
+    pub target: Target,
+    pub users: usize,
+    pub items: usize,
+    pub limit: u64,
+    pub connections: usize,
+    pub user_prefix: String,
+    /// Contention: checkout attempts per user before giving up.
+    pub attempts: usize,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Budget for the whole load phase (connecting included).
+    pub max_duration: Duration,
+    /// Live counters for the flush watcher.
+    pub progress: Arc<Progress>,
+}
+
+pub struct LoadResult {
+    pub stats: RunStats,
+    /// Barrier released: all connections were up.
+    pub start: Instant,
+    /// All connection tasks finished (or were aborted).
+    pub end: Instant,
+    pub connect_duration: Duration,
+    /// Set when tasks had to be aborted or the connect phase never finished.
+    pub aborted: Option<String>,
+}
+
+/// Users handled by connection `c` of `conns`: contiguous, as even as possible.
+pub fn users_of_connection(c: usize, conns: usize, users: usize) -> Range<usize> {
+    (c * users / conns)..((c + 1) * users / conns)
+}
+
+pub async fn run_load(cfg: Arc<LoadConfig>) -> LoadResult {
+    let conns = cfg.connections;
+    let phase_start = Instant::now();
+    let deadline = phase_start + cfg.max_duration;
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let mut tasks = JoinSet::new();
+    for c in 0..conns {
+        let users = users_of_connection(c, conns, cfg.users);
+        tasks.spawn(connection_task(cfg.clone(), barrier.clone(), users, deadline));
+    }
+
+    let mut stats = RunStats::new();
+    if tokio::time::timeout_at(deadline.into(), barrier.wait()).await.is_err() {
+        tasks.abort_all();
+        let now = Instant::now();
+        return LoadResult {
+            stats,
+            start: now,
+            end: now,
+            connect_duration: now - phase_start,
+            aborted: Some("connect phase did not finish before --max-secs".into()),
+        };
+    }
+    let start = Instant::now();
+    let connect_duration = start - phase_start;
+
+    // Tasks stop by themselves at `deadline`; this is the backstop.
+    let hard_stop = deadline + cfg.request_timeout + Duration::from_secs(5);
+    let mut aborted = None;
+    loop {
+        match tokio::time::timeout_at(hard_stop.into(), tasks.join_next()).await {
+            Ok(Some(Ok(task_stats))) => stats.merge(task_stats),
+            Ok(Some(Err(e))) => stats.note_error(format!("connection task failed: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                let left = tasks.len();
+                tasks.abort_all();
+                aborted = Some(format!(
+                    "{left} connection tasks still running at the hard stop: aborted"
+                ));
+                break;
+            }
+        }
+    }
+    LoadResult {
+        stats,
+        start,
+        end: Instant::now(),
+        connect_duration,
+        aborted,
+    }
+}
+
+async fn connection_task(
+    cfg: Arc<LoadConfig>,
+    barrier: Arc<Barrier>,
+    users: Range<usize>,
+    deadline: Instant,
+) -> RunStats {
+    let mut stats = RunStats::new();
+    let conn = match Conn::connect(&cfg.target, cfg.connect_timeout).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            stats.connect_errors += 1;
+            stats.note_error(e);
+            None
+        }
+    };
+    // Always reach the barrier, even without a connection, or everybody waits forever.
+    barrier.wait().await;
+
+    let mut vu = Vu {
+        cfg,
+        conn,
+        stats,
+        deadline,
+        gave_up: false,
+    };
+    for user in users {
+        if vu.gave_up {
+            vu.stats.abandoned_users += 1;
+            continue;
+        }
+        match vu.cfg.scenario {
+            Scenario::Contest => vu.contest_user(user).await,
+            Scenario::Contention => vu.contention_user(user).await,
+        }
+        if vu.gave_up {
+            vu.stats.abandoned_users += 1;
+        }
+    }
+    vu.stats
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Checkout,
+    Purchase,
+}
+
+/// A parsed HTTP answer.
+struct Reply {
+    status: u16,
+    /// `error.code` of an error body, if any.
+    error_code: Option<String>,
+    json: Option<Value>,
+}
+
+/// The state of one connection task while it plays its users.
+struct Vu {
+    cfg: Arc<LoadConfig>,
+    conn: Option<Conn>,
+    stats: RunStats,
+    deadline: Instant,
+    /// Set once the deadline passed or the connection could not be re-established.
+    gave_up: bool,
+}
+
+impl Vu {
+    fn endpoint_stats(&mut self, endpoint: Endpoint) -> &mut EndpointStats {
+        match endpoint {
+            Endpoint::Checkout => &mut self.stats.checkout,
+            Endpoint::Purchase => &mut self.stats.purchase,
+        }
+    }
+
+    /// Sends one POST. `None` means the request was not made or got no answer;
+    /// `gave_up` tells whether this task should stop altogether.
+    async fn post(&mut self, endpoint: Endpoint, path: &str) -> Option<Reply> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            self.stats.deadline_hit = true;
+            self.gave_up = true;
+            return None;
+        }
+        let timeout = self.cfg.request_timeout.min(self.deadline - now);
+
+        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+            let had_conn = self.conn.is_some();
+            match Conn::connect(&self.cfg.target, self.cfg.connect_timeout).await {
+                Ok(conn) => {
+                    if had_conn {
+                        self.stats.reconnects += 1;
+                    }
+                    self.conn = Some(conn);
+                }
+                Err(e) => {
+                    self.conn = None;
+                    self.stats.connect_errors += 1;
+                    self.stats.note_error(e);
+                    self.gave_up = true;
+                    return None;
+                }
+            }
+        }
+        let cfg = self.cfg.clone();
+        let conn = self.conn.as_mut()?;
+        let outcome = conn.request(&cfg.target, Method::POST, path, timeout).await;
+        match outcome {
+            Outcome::Response { status, body, latency } => {
+                let json: Option<Value> = serde_json::from_slice(&body).ok();
+                let error_code = json
+                    .as_ref()
+                    .and_then(|v| v.pointer("/error/code"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let key = match (&error_code, status) {
+                    (_, 200) => "200".to_string(),
+                    (Some(code), _) => format!("{status} {code}"),
+                    (None, _) => status.to_string(),
+                };
+                if status != 200 && self.cfg.scenario == Scenario::Contest {
+                    let text = String::from_utf8_lossy(&body);
+                    let text: String = text.chars().take(200).collect();
+                    self.stats.note_error(format!("{path} -> {status} {text}"));
+                }
+                self.endpoint_stats(endpoint).record_response(key, latency);
+                Some(Reply {
+                    status,
+                    error_code,
+                    json,
+                })
+            }
+            Outcome::Timeout => {
+                self.conn = None;
+                self.endpoint_stats(endpoint).record_failure("timeout");
+                self.stats.note_error(format!("{path}: no answer within {timeout:?}"));
+                if timeout < self.cfg.request_timeout {
+                    // The timeout was cut short by the run deadline: stop here.
+                    self.stats.deadline_hit = true;
+                    self.gave_up = true;
+                }
+                None
+            }
+            Outcome::Transport(e) => {
+                self.conn = None;
+                self.endpoint_stats(endpoint).record_failure("transport");
+                self.stats.note_error(format!("{path}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// POST /checkout. On 200 returns the code; the reply is returned either way.
+    async fn checkout(&mut self, user_id: &str, item: usize) -> Option<(Reply, Option<String>)> {
+        let path = format!("/checkout?user_id={}&id={item}", encode_query_value(user_id));
+        let reply = self.post(Endpoint::Checkout, &path).await?;
+        if reply.status != 200 {
+            return Some((reply, None));
+        }
+        let code = reply
+            .json
+            .as_ref()
+            .and_then(|v| v.get("code"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match &code {
+            Some(_) => {
+                self.stats.successful_checkouts += 1;
+                if let Some(sale) = reply.json.as_ref().and_then(|v| json_i64(v, "sale_id")) {
+                    self.stats.sale_ids.insert(sale);
+                }
+            }
+            None => {
+                self.stats.bad_bodies += 1;
+                self.stats.note_error(format!("{path}: 200 without a \"code\" field"));
+            }
+        }
+        Some((reply, code))
+    }
+
+    /// POST /purchase. Records the success (time, item, sale) on 200.
+    async fn purchase(&mut self, code: &str, item: usize) -> Option<Reply> {
+        let path = format!("/purchase?code={}", encode_query_value(code));
+        let reply = self.post(Endpoint::Purchase, &path).await?;
+        if reply.status == 200 {
+            self.stats.purchases += 1;
+            self.stats.last_purchase = Some(Instant::now());
+            let json = reply.json.as_ref();
+            let sale = json.and_then(|v| json_i64(v, "sale_id"));
+            self.cfg.progress.record_purchase(sale);
+            let item_id = json.and_then(|v| json_i64(v, "item_id")).unwrap_or(item as i64);
+            self.stats.purchased_items.push(item_id);
+            if let Some(sale) = sale {
+                self.stats.sale_ids.insert(sale);
+            }
+        }
+        Some(reply)
+    }
+
+    /// Contest: user `u` buys items u*k+1 ..= u*k+k, one after another.
+    async fn contest_user(&mut self, user: usize) {
+        let k = self.cfg.items / self.cfg.users;
+        let user_id = format!("{}-{user}", self.cfg.user_prefix);
+        let mut bought = 0u64;
+        for item in (user * k + 1)..=(user * k + k) {
+            let Some((_, code)) = self.checkout(&user_id, item).await else {
+                if self.gave_up {
+                    return;
+                }
+                continue;
+            };
+            let Some(code) = code else { continue };
+            match self.purchase(&code, item).await {
+                Some(reply) if reply.status == 200 => bought += 1,
+                _ if self.gave_up => break,
+                _ => {}
+            }
+        }
+        self.stats.max_user_purchases = self.stats.max_user_purchases.max(bought);
+    }
+
+    /// Contention: try random items not yet known to be sold until all are
+    /// sold (as far as this user knows), the limit is reached or attempts run out.
+    async fn contention_user(&mut self, user: usize) {
+        let user_id = format!("{}-{user}", self.cfg.user_prefix);
+        let mut unknown: Vec<usize> = (1..=self.cfg.items).collect();
+        let mut bought = 0u64;
+        let mut attempts = 0;
+        while !unknown.is_empty() && attempts < self.cfg.attempts && bought < self.cfg.limit {
+            attempts += 1;
+            let idx = rand::rng().random_range(0..unknown.len());
+            let item = unknown[idx];
+            let Some((reply, code)) = self.checkout(&user_id, item).await else {
+                if self.gave_up {
+                    break;
+                }
+                continue;
+            };
+            match (reply.status, reply.error_code.as_deref(), code) {
+                (200, _, Some(code)) => {
+                    let Some(reply) = self.purchase(&code, item).await else {
+                        if self.gave_up {
+                            break;
+                        }
+                        continue;
+                    };
+                    match (reply.status, reply.error_code.as_deref()) {
+                        (200, _) => {
+                            bought += 1;
+                            unknown.swap_remove(idx);
+                        }
+                        (409, Some("ITEM_SOLD")) => {
+                            unknown.swap_remove(idx);
+                        }
+                        (403, _) => break,
+                        _ => {}
+                    }
+                }
+                (409, Some("ITEM_SOLD"), _) => {
+                    unknown.swap_remove(idx);
+                }
+                (403, _, _) | (429, _, _) => break,
+                _ => {}
+            }
+        }
+        self.stats.max_user_purchases = self.stats.max_user_purchases.max(bought);
+    }
+}
+
+/// Reads an integer field that may be a JSON number or a numeric string.
+fn json_i64(v: &Value, field: &str) -> Option<i64> {
+    match v.get(field)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_cover_all_users_once() {
+        for (conns, users) in [(1000, 1000), (1000, 20000), (7, 100), (3, 2)] {
+            let conns = conns.min(users);
+            let mut next = 0;
+            for c in 0..conns {
+                let r = users_of_connection(c, conns, users);
+                assert_eq!(r.start, next);
+                next = r.end;
+            }
+            assert_eq!(next, users);
+        }
+    }
+
+    #[test]
+    fn reads_numbers_and_numeric_strings() {
+        let v: Value = serde_json::json!({"a": 5, "b": "7", "c": "x"});
+        assert_eq!(json_i64(&v, "a"), Some(5));
+        assert_eq!(json_i64(&v, "b"), Some(7));
+        assert_eq!(json_i64(&v, "c"), None);
+        assert_eq!(json_i64(&v, "d"), None);
+    }
+}
