@@ -9,6 +9,8 @@
 #   LOAD_PORT             port of the engine under test (18080)
 #   KEEP_DATA=1           keep the load database and the Redis keys afterwards
 #   RUST_LOG              engine log level (warn)
+#   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
+#                         Redis and Postgres, and one thread costs it the least CPU per request)
 #   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
 #
 # Output: the loadtest report on stdout; JSON summary and engine log in .data/loadtest/.
@@ -157,6 +159,7 @@ set +e
   --redis-url "$REDIS_URL" --database-url "$LOAD_URL" \
   --key-prefix "$PREFIX" --lua-dir "$ROOT/lua" \
   --json "$JSON_OUT" \
+  --threads "${DRIVER_THREADS:-1}" \
   "$@"
 rc=$?
 set -e

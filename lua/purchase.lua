@@ -8,33 +8,32 @@
 -- Redis does not roll back a script that fails half-way, so every read and
 -- check happens before the first write.
 --
--- KEYS: 1 code hash, 2 sale meta hash, 3 sold bitmap, 4 per-user counters
---       hash, 5 outbox stream (all share one hash tag).
--- ARGV: 1 now_ms, 2 active sale_id, 3 code, 4 outbox_max_len, 5 sale_ttl_ms
--- Reply: {'OK', outbox_entry_id, item_id, user_purchases, items_sold} or {refusal}.
-local code_key, meta, sold, users, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now = tonumber(ARGV[1])
+-- KEYS: 1 code string, 2 sold bitmap, 3 per-user counters hash,
+--       4 outbox stream (all share one hash tag).
+-- ARGV: 1 now_ms, 2 active sale_id, 3 code, 4 outbox_max_len
+-- Reply: {'OK', outbox_entry_id, item_id, user_purchases} or {refusal}.
+local code_key, sold, users, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
-local c = redis.call('HMGET', code_key, 'sale', 'user', 'item', 'expires_ms', 'used')
-local sale, user, item, expires, used = c[1], c[2], c[3], c[4], c[5]
-if not sale then
+local stored = redis.call('GET', code_key)
+if not stored then
   return {'CODE_NOT_FOUND'}
 end
+-- "sale|user|item|expires|limit", then "|used_at" once spent (see checkout.lua).
+local f = {}
+for part in string.gmatch(stored, '[^\31]+') do
+  f[#f + 1] = part
+end
+local sale, user, item, expires, limit, used = f[1], f[2], f[3], f[4], f[5], f[6]
 if used then
   return {'CODE_USED'}
 end
 if sale ~= ARGV[2] then
   return {'SALE_OVER'}
 end
-if now >= tonumber(expires) then
+if tonumber(ARGV[1]) >= tonumber(expires) then
   return {'CODE_EXPIRED'}
 end
-local limit = redis.call('HGET', meta, 'limit')
-if not limit then
-  -- The sale's keys outlived their retention: nothing left to sell from.
-  return {'SALE_OVER'}
-end
-if redis.call('GETBIT', sold, tonumber(item)) == 1 then
+if redis.call('GETBIT', sold, item) == 1 then
   return {'ITEM_SOLD'}
 end
 local bought = tonumber(redis.call('HGET', users, 'p:' .. user) or '0')
@@ -47,11 +46,9 @@ if redis.call('XLEN', outbox) >= tonumber(ARGV[4]) then
 end
 
 -- Writes start here.
-redis.call('SETBIT', sold, tonumber(item), 1)
-redis.call('PEXPIRE', sold, ARGV[5])
+redis.call('SETBIT', sold, item, 1)
 redis.call('HINCRBY', users, 'p:' .. user, 1)
-local items_sold = redis.call('HINCRBY', meta, 'sold', 1)
-redis.call('HSET', code_key, 'used', ARGV[1])
+redis.call('SET', code_key, stored .. '\31' .. ARGV[1], 'KEEPTTL')
 local entry = redis.call('XADD', outbox, '*', 'kind', 'purchase', 'sale', sale,
   'user', user, 'item', item, 'code', ARGV[3], 'at', ARGV[1])
-return {'OK', entry, tonumber(item), bought + 1, items_sold}
+return {'OK', entry, tonumber(item), bought + 1}

@@ -204,6 +204,8 @@ redis_start() {
         --appendonly yes \
         --appendfsync always \
         --save "" \
+        --latency-tracking no \
+        --auto-aof-rewrite-min-size 1gb \
         --pidfile "$REDIS_PIDFILE" \
         --logfile "$REDIS_LOG" \
         --daemonize yes \

@@ -56,6 +56,12 @@ pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// before the request fails with 503 instead of hanging.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A checkout code's key is kept this long past the code's expiry, so a late
+/// purchase gets `CODE_EXPIRED` or `CODE_USED` rather than `CODE_NOT_FOUND`.
+/// Codes are the bulk of Redis memory in a sale (one per checkout), so this
+/// stays short; codes of finished sales are refused from the clock alone.
+pub const CODE_RETENTION_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+
 /// Sale keys are kept this long after the sale ends, so late purchases of old
 /// codes get a clear `SALE_OVER` and operators can inspect a finished sale.
 pub const SALE_RETENTION_AFTER_END: Duration = Duration::from_secs(24 * 3600);

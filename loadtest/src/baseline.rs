@@ -158,9 +158,8 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
     let command: Vec<String> = vec![
         "EVALSHA".into(),
         sha.clone(),
-        "5".into(),
+        "4".into(),
         format!("{p}:{{7}}:code:nonexistent"),
-        format!("{p}:{{7}}:sale:0"),
         format!("{p}:{{7}}:sale:0:sold"),
         format!("{p}:{{7}}:sale:0:users"),
         format!("{p}:{{7}}:outbox-bench"),

@@ -1,7 +1,7 @@
 //! HTTP handlers of the sale. Each parses its input into domain types, makes
 //! exactly one script call, and shapes the reply.
 
-use fred::interfaces::HashesInterface;
+use fred::interfaces::{ClientLike, HashesInterface};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,6 @@ struct Purchased {
     sale_id: u64,
     item_id: i64,
     user_purchases: i64,
-    items_sold: i64,
     purchased_at: String,
 }
 
@@ -104,6 +103,12 @@ pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
 
     let now_ms = state.clock.now_ms();
     let active = SaleWindow::at(now_ms, state.config.sale.period_secs);
+    // A code of another sale can never be spent; its key may be gone already
+    // (see CODE_RETENTION_AFTER_EXPIRY), so answer from the clock. The script
+    // checks the same again, atomically, for codes of the active sale.
+    if code.sale_id() != active.sale_id {
+        return Err(SaleError::SaleOver.into());
+    }
     let done = scripts::purchase(&state.redis, &state.keys, &code, active, now_ms).await?;
     Ok(json(
         StatusCode::OK,
@@ -114,7 +119,6 @@ pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
             sale_id: code.sale_id(),
             item_id: done.item_id,
             user_purchases: done.user_purchases,
-            items_sold: done.items_sold,
             purchased_at: rfc3339(now_ms),
         },
     ))
@@ -133,18 +137,24 @@ struct CurrentSale {
     per_user_limit: u64,
 }
 
-/// A read of the sale's meta hash: no state changes, so no script.
+/// Reads of the sale's meta hash and sold bitmap: no state changes, so no
+/// script. Items sold are counted from the bitmap rather than kept in a
+/// counter, which would cost every purchase one more write.
 pub async fn current(state: &AppState) -> Result<HttpResponse, ApiError> {
     let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
     let keys = SaleKeys::new(&state.keys, window.sale_id);
-    let stored: (Option<u64>, Option<u64>, Option<u64>) = state
+    let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
+    let (items, limit): (Option<u64>, Option<u64>) = state
         .redis
-        .hmget(&keys.meta, vec!["items", "limit", "sold"])
+        .hmget(&keys.meta, vec!["items", "limit"])
         .await
-        .map_err(|e| SaleError::Script(ScriptError::Redis(e)))?;
-    let (items, limit, sold) = stored;
+        .map_err(redis_error)?;
+    let items_sold: u64 = state
+        .redis
+        .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
+        .await
+        .map_err(redis_error)?;
     let items_total = items.unwrap_or(u64::from(state.config.sale.items));
-    let items_sold = sold.unwrap_or(0);
     Ok(json(
         StatusCode::OK,
         &CurrentSale {

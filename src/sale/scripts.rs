@@ -9,7 +9,9 @@ use fred::types::Value;
 use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use crate::keyspace::{Keyspace, Shard};
-use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, OUTBOX_ENTRIES_MAX, SALE_RETENTION_AFTER_END};
+use crate::limits::{
+    CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, OUTBOX_ENTRIES_MAX, SALE_RETENTION_AFTER_END,
+};
 use crate::scripts::{LuaScript, reply_i64, reply_str};
 
 pub static CHECKOUT: LazyLock<LuaScript> =
@@ -83,7 +85,7 @@ pub struct CheckoutRequest<'a> {
 pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -> Result<(), SaleError> {
     let sale_keys = SaleKeys::new(keys, req.window.sale_id);
     let code_key = sale_keys.code(req.code);
-    let code_ttl_ms = (req.expires_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
+    let code_ttl_ms = (req.expires_ms - req.now_ms).max(1) + CODE_RETENTION_AFTER_EXPIRY.as_millis() as i64;
     let sale_ttl_ms = (req.window.ends_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
     let args: Vec<Value> = vec![
         req.now_ms.into(),
@@ -128,7 +130,6 @@ pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -
 pub struct Purchased {
     pub item_id: i64,
     pub user_purchases: i64,
-    pub items_sold: i64,
 }
 
 /// Runs purchase.lua: spends the code if everything still holds.
@@ -143,26 +144,17 @@ pub async fn purchase(
     let code_key = sale_keys.code(code);
     // The code's own sale decides which keys are read; the active sale id is
     // passed so the script can refuse codes of a finished sale.
-    let window_of_code_sale_end = (code.sale_id() as i64 + 1) * (active.ends_ms - active.starts_ms);
-    let sale_ttl_ms = (window_of_code_sale_end - now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
     let args: Vec<Value> = vec![
         now_ms.into(),
         (active.sale_id as i64).into(),
         code.as_str().into(),
         (OUTBOX_ENTRIES_MAX as i64).into(),
-        sale_ttl_ms.into(),
     ];
     let script = &*PURCHASE;
     let reply = script
         .call(
             redis,
-            vec![
-                code_key,
-                sale_keys.meta,
-                sale_keys.sold,
-                sale_keys.users,
-                sale_keys.outbox,
-            ],
+            vec![code_key, sale_keys.sold, sale_keys.users, sale_keys.outbox],
             args,
         )
         .await?;
@@ -172,7 +164,6 @@ pub async fn purchase(
         "OK" => Ok(Purchased {
             item_id: reply_i64(script, &reply, 2)?,
             user_purchases: reply_i64(script, &reply, 3)?,
-            items_sold: reply_i64(script, &reply, 4)?,
         }),
         other => Err(refusal(script, other)),
     }

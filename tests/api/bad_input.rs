@@ -112,10 +112,17 @@ async fn bad_requests_get_stable_error_codes() {
         ),
         (
             Method::POST,
-            "/purchase?code=1-00000000000000000000000000000000".into(),
+            format!("/purchase?code={}-{}", app.sale_id(), "0".repeat(32)),
             None,
             404,
             "CODE_NOT_FOUND",
+        ),
+        (
+            Method::POST,
+            format!("/purchase?code=1-{}", "0".repeat(32)),
+            None,
+            410,
+            "SALE_OVER",
         ),
         (Method::POST, "/purchase".into(), Some("{not json"), 400, "INVALID_JSON"),
         (
