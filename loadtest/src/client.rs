@@ -1,17 +1,22 @@
-//! A minimal HTTP/1.1 keep-alive client on top of `hyper::client::conn::http1`.
+//! A minimal raw HTTP/1.1 keep-alive client.
 //!
-//! One `Conn` is one TCP connection; requests are sent strictly one after
-//! another (no pipelining), which is what a virtual user does.
+//! One `Conn` is one TCP connection owned by the task that uses it: no
+//! connection task, no channel. A request is one `write_all` of a reused
+//! buffer, then reads into a reused buffer until the response is complete.
+//! Requests are sent strictly one after another (no pipelining), which is
+//! what a virtual user does.
+//!
+//! Only what the engine sends is supported: a response framed by
+//! `Content-Length` (chunked or unframed responses are an error, not a guess).
+//! The driver runs on the machine it measures, so every request should cost
+//! as little CPU as possible.
 
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_LENGTH, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Where the engine listens, resolved once.
@@ -57,6 +62,19 @@ fn has_port(authority: &str) -> bool {
     }
 }
 
+/// The request method (only the ones the driver sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method(&'static str);
+
+impl Method {
+    pub const GET: Method = Method("GET");
+    pub const POST: Method = Method("POST");
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
 /// What happened to one request.
 #[derive(Debug)]
 pub enum Outcome {
@@ -72,26 +90,43 @@ pub enum Outcome {
     Transport(String),
 }
 
+/// Initial size of the read buffer; an engine answer is a few hundred bytes.
+const READ_BUF_BYTES: usize = 8 * 1024;
+/// Free space guaranteed before each read.
+const READ_CHUNK_BYTES: usize = 4 * 1024;
+/// A response head larger than this is refused.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A response body larger than this is refused.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Headers parsed per response (the engine sends about five).
+const MAX_HEADERS: usize = 32;
+
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    stream: TcpStream,
+    /// Read buffer. A body is split off it without copying; once the caller
+    /// drops the body, the next `reserve` reclaims the same allocation.
+    buf: BytesMut,
+    /// The bytes of the request being sent, rebuilt in place each time.
+    req: Vec<u8>,
+    /// Not reusable: the server said `Connection: close`, or the last
+    /// exchange failed or was cancelled (timeout) half-way.
+    closed: bool,
 }
 
 impl Conn {
-    /// Opens a TCP connection (TCP_NODELAY) and performs the HTTP/1 handshake.
+    /// Opens a TCP connection (TCP_NODELAY).
     pub async fn connect(target: &Target, timeout: Duration) -> Result<Conn, String> {
         let connect = async {
             let stream = TcpStream::connect(target.addr)
                 .await
                 .map_err(|e| format!("connect {}: {e}", target.addr))?;
             stream.set_nodelay(true).map_err(|e| format!("set_nodelay: {e}"))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            // The connection task ends when the sender is dropped or the peer closes.
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Conn { sender })
+            Ok(Conn {
+                stream,
+                buf: BytesMut::with_capacity(READ_BUF_BYTES),
+                req: Vec::with_capacity(256),
+                closed: false,
+            })
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(result) => result,
@@ -99,9 +134,30 @@ impl Conn {
         }
     }
 
-    /// True if the connection can no longer be used (peer closed it).
+    /// True if the connection can no longer be used: the server asked to
+    /// close it, an exchange failed, or the server closed it (or sent
+    /// something unasked) while it was idle.
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        if self.closed {
+            return true;
+        }
+        // Between two requests the server has nothing to say, so any read
+        // readiness means EOF, an error or stray bytes. The readiness is what
+        // the reactor already saw: no system call unless it is set.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readiness may be stale (the last read filled the buffer): look.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                match self.stream.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                    // Ok(0): EOF; Ok(_): bytes nobody asked for; Err: reset.
+                    _ => true,
+                }
+            }
+        }
     }
 
     /// Sends one request and reads the whole body, bounded by `timeout`.
@@ -112,33 +168,19 @@ impl Conn {
         path_and_query: &str,
         timeout: Duration,
     ) -> Outcome {
-        let req = match Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(HOST, target.authority.as_str())
-            .header(CONTENT_LENGTH, "0")
-            .body(Empty::<Bytes>::new())
-        {
-            Ok(req) => req,
-            Err(e) => return Outcome::Transport(format!("bad request {path_and_query:?}: {e}")),
-        };
+        if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Outcome::Transport(format!("bad request {path_and_query:?}: not an origin-form path"));
+        }
+        self.req.clear();
+        self.req.extend_from_slice(method.as_str().as_bytes());
+        self.req.push(b' ');
+        self.req.extend_from_slice(path_and_query.as_bytes());
+        self.req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        self.req.extend_from_slice(target.authority.as_bytes());
+        self.req.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+
         let start = Instant::now();
-        let exchange = async {
-            self.sender
-                .ready()
-                .await
-                .map_err(|e| format!("connection not ready: {e}"))?;
-            let resp = self.sender.send_request(req).await.map_err(|e| format!("send: {e}"))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout(timeout, self.exchange()).await {
             Ok(Ok((status, body))) => Outcome::Response {
                 status,
                 body,
@@ -148,29 +190,163 @@ impl Conn {
             Err(_) => Outcome::Timeout,
         }
     }
+
+    /// Writes `self.req` and reads one response. Leaves `closed` set unless
+    /// the exchange completed and the server keeps the connection open.
+    async fn exchange(&mut self) -> Result<(u16, Bytes), String> {
+        if self.closed {
+            return Err("connection closed".into());
+        }
+        // Cleared only on success: an error or a cancelled exchange (timeout)
+        // leaves the connection in an unknown state.
+        self.closed = true;
+        // No pipelining: nothing may be left over from the previous answer.
+        self.buf.clear();
+        self.stream
+            .write_all(&self.req)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+
+        let mut head: Option<Head> = None;
+        loop {
+            if head.is_none() && !self.buf.is_empty() {
+                head = parse_head(&self.buf)?;
+                if head.is_none() && self.buf.len() > MAX_HEAD_BYTES {
+                    return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"));
+                }
+            }
+            if let Some(h) = &head
+                && self.buf.len() >= h.head_len + h.body_len
+            {
+                self.buf.advance(h.head_len);
+                let body = self.buf.split_to(h.body_len).freeze();
+                // Bytes after the answer were not asked for (no pipelining):
+                // the connection cannot be trusted any more.
+                self.closed = h.close || !self.buf.is_empty();
+                return Ok((h.status, body));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
+                // Reclaims the buffer when the previous body is gone.
+                self.buf.reserve(READ_CHUNK_BYTES);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| format!("receive: {e}"))?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    "connection closed before the response".into()
+                } else {
+                    "connection closed in the middle of the response".into()
+                });
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    /// Bytes of the status line and headers, blank line included.
+    head_len: usize,
+    body_len: usize,
+    /// The server closes the connection after this response.
+    close: bool,
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad response head: {e}")),
+    };
+    let status = resp.code.ok_or("bad response head: no status")?;
+    // HTTP/1.0 closes unless asked to keep alive; 1.1 keeps alive unless told to close.
+    let http10 = resp.version == Some(0);
+    let mut close = http10;
+    let mut content_length: Option<usize> = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let len = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| format!("bad Content-Length {:?}", String::from_utf8_lossy(h.value)))?;
+            if content_length.is_some_and(|prev| prev != len) {
+                return Err("conflicting Content-Length headers".into());
+            }
+            content_length = Some(len);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(format!(
+                "unsupported framing: Transfer-Encoding {:?}",
+                String::from_utf8_lossy(h.value)
+            ));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+    }
+    let body_len = match (status, content_length) {
+        (100..=199, _) => return Err(format!("unsupported framing: interim response {status}")),
+        // Never a body, whatever the headers say.
+        (204 | 304, _) => 0,
+        (_, Some(len)) if len > MAX_BODY_BYTES => {
+            return Err(format!("response body of {len} bytes is over {MAX_BODY_BYTES}"));
+        }
+        (_, Some(len)) => len,
+        (_, None) => return Err(format!("unsupported framing: {status} response without Content-Length")),
+    };
+    Ok(Some(Head {
+        status,
+        head_len,
+        body_len,
+        close,
+    }))
+}
+
+/// Appends `value` percent-encoded for a query string (everything but RFC 3986 unreserved).
+pub fn push_query_value(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    }
 }
 
 /// Percent-encodes a query-string value (everything but RFC 3986 unreserved).
 pub fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    push_query_value(&mut out, value);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[test]
     fn encodes_reserved_characters() {
         assert_eq!(encode_query_value("lt-12"), "lt-12");
         assert_eq!(encode_query_value("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+        assert_eq!(encode_query_value("é "), "%C3%A9%20");
     }
 
     #[test]
@@ -179,5 +355,148 @@ mod tests {
         assert!(!has_port("localhost"));
         assert!(has_port("[::1]:80"));
         assert!(!has_port("[::1]"));
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\
+date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n{\"code\":1}\n";
+
+    #[test]
+    fn parses_a_complete_head() {
+        let head = parse_head(OK).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body_len, 11);
+        assert_eq!(&OK[head.head_len..], b"{\"code\":1}\n");
+        assert!(!head.close);
+    }
+
+    #[test]
+    fn head_split_anywhere_is_incomplete_not_an_error() {
+        let end = OK.len() - 11;
+        for cut in 0..end {
+            assert_eq!(parse_head(&OK[..cut]), Ok(None), "cut at {cut}");
+        }
+        // The head alone is enough to know the framing; the body may follow later.
+        assert_eq!(parse_head(&OK[..end]).unwrap().unwrap().head_len, end);
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let close = b"HTTP/1.1 503 Service Unavailable\r\nConnection: keep-alive, Close\r\ncontent-length: 2\r\n\r\n{}";
+        let head = parse_head(close).unwrap().unwrap();
+        assert_eq!((head.status, head.body_len, head.close), (503, 2, true));
+        let old = b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse_head(old).unwrap().unwrap().close);
+        let old_ka = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
+        assert!(!parse_head(old_ka).unwrap().unwrap().close);
+    }
+
+    #[test]
+    fn unsupported_framing_is_an_error() {
+        let missing = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello";
+        assert!(parse_head(missing).unwrap_err().contains("unsupported framing"));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert!(parse_head(chunked).unwrap_err().contains("unsupported framing"));
+        let bad = b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n";
+        assert!(parse_head(bad).is_err());
+        let twice = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n";
+        assert!(parse_head(twice).is_err());
+        // 204 has no body even without Content-Length.
+        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parse_head(empty).unwrap().unwrap().body_len, 0);
+    }
+
+    /// A server on 127.0.0.1 that, per accepted connection, reads one request
+    /// head per element of `answers` and writes that answer in the given pieces.
+    async fn serve(answers: Vec<Vec<&'static [u8]>>) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for pieces in answers {
+                // Read up to the end of one request head.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "client closed early");
+                    seen.extend_from_slice(&chunk[..n]);
+                }
+                let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let req = String::from_utf8(seen.drain(..end).collect()).unwrap();
+                assert!(req.starts_with("POST /x?a=1 HTTP/1.1\r\nHost: "), "{req}");
+                assert!(req.ends_with("\r\nContent-Length: 0\r\n\r\n"), "{req}");
+                for piece in pieces {
+                    sock.write_all(piece).await.unwrap();
+                    sock.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            // Dropping the socket closes the connection.
+        });
+        Target {
+            addr,
+            authority: addr.to_string(),
+        }
+    }
+
+    async fn post(conn: &mut Conn, target: &Target) -> Result<(u16, Bytes), String> {
+        match conn
+            .request(target, Method::POST, "/x?a=1", Duration::from_secs(5))
+            .await
+        {
+            Outcome::Response { status, body, .. } => Ok((status, body)),
+            Outcome::Timeout => Err("timeout".into()),
+            Outcome::Transport(e) => Err(e),
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_whole_and_split_responses() {
+        let target = serve(vec![
+            vec![OK],
+            // Split inside the status line, the headers and the body.
+            vec![&OK[..7], &OK[7..40], &OK[40..OK.len() - 4], &OK[OK.len() - 4..]],
+            vec![OK],
+        ])
+        .await;
+        let mut conn = Conn::connect(&target, Duration::from_secs(5)).await.unwrap();
+        for _ in 0..3 {
+            assert!(!conn.is_closed());
+            let (status, body) = post(&mut conn, &target).await.unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(&body[..], b"{\"code\":1}\n");
+        }
+        // The server has gone away: noticed while idle, before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn connection_close_marks_the_connection_closed() {
+        const CLOSE: &[u8] = b"HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+        let target = serve(vec![vec![CLOSE]]).await;
+        let mut conn = Conn::connect(&target, Duration::from_secs(5)).await.unwrap();
+        let (status, body) = post(&mut conn, &target).await.unwrap();
+        assert_eq!((status, &body[..]), (409, &b"{}"[..]));
+        assert!(conn.is_closed());
+        assert!(post(&mut conn, &target).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn missing_content_length_is_a_transport_error() {
+        const UNFRAMED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello";
+        let target = serve(vec![vec![UNFRAMED]]).await;
+        let mut conn = Conn::connect(&target, Duration::from_secs(5)).await.unwrap();
+        let err = post(&mut conn, &target).await.unwrap_err();
+        assert!(err.contains("unsupported framing"), "{err}");
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn eof_mid_response_is_an_error() {
+        let target = serve(vec![vec![&OK[..OK.len() - 3]]]).await;
+        let mut conn = Conn::connect(&target, Duration::from_secs(5)).await.unwrap();
+        let err = post(&mut conn, &target).await.unwrap_err();
+        assert!(err.contains("middle of the response"), "{err}");
     }
 }

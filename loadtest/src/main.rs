@@ -20,12 +20,11 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use hyper::Method;
 use serde_json::Value;
 
 use crate::baseline::{BaselineConfig, default_lua_dir};
 use crate::checks::Expected;
-use crate::client::{Conn, Outcome, Target};
+use crate::client::{Conn, Method, Outcome, Target};
 use crate::report::{Invariant, Summary};
 use crate::scenarios::{LoadConfig, LoadResult, Scenario};
 use crate::stats::Progress;
@@ -451,6 +450,18 @@ async fn run(args: Args) -> Result<bool, String> {
         limit: args.limit,
         purchases: load.stats.purchases,
         successful_checkouts: load.stats.successful_checkouts,
+        recorded_checkouts: load
+            .stats
+            .checkout
+            .statuses
+            .iter()
+            .filter(|(status, _)| {
+                ["200", "403", "404", "409", "429"]
+                    .iter()
+                    .any(|s| status.starts_with(s))
+            })
+            .map(|(_, n)| *n)
+            .sum(),
         last_purchase: load.stats.last_purchase,
     });
 

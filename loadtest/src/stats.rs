@@ -26,11 +26,17 @@ impl EndpointStats {
         }
     }
 
-    pub fn record_response(&mut self, status_key: String, latency: Duration) {
+    pub fn record_response(&mut self, status_key: &str, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
         self.latency_us.saturating_record(us);
         self.requests += 1;
-        *self.statuses.entry(status_key).or_insert(0) += 1;
+        // The key is allocated once per distinct status, not per request.
+        match self.statuses.get_mut(status_key) {
+            Some(count) => *count += 1,
+            None => {
+                self.statuses.insert(status_key.to_string(), 1);
+            }
+        }
     }
 
     pub fn record_failure(&mut self, kind: &str) {
