@@ -47,8 +47,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) {
-    counter!("stampede_http_requests_total", "route" => route, "status" => status_label(status)).increment(1);
-    histogram!("stampede_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    let status = status_label(status);
+    counter!("stampede_http_requests_total", "route" => route, "status" => status).increment(1);
+    histogram!("stampede_http_request_duration_seconds", "route" => route, "status" => status)
+        .record(elapsed.as_secs_f64());
 }
 
 fn status_label(status: StatusCode) -> &'static str {
