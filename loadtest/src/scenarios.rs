@@ -5,13 +5,12 @@
 //! runs its virtual users one after another.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
@@ -245,7 +244,7 @@ impl Vu {
             Outcome::Response { status, body, latency } => {
                 // Not JSON (or not an object): no fields, as before.
                 let fields: BodyFields = serde_json::from_slice(&body).unwrap_or_default();
-                let error_code = fields.error_code.map(Cow::into_owned);
+                let error_code = fields.error.and_then(|e| e.code).map(str::to_owned);
                 let key = match (&error_code, status) {
                     (_, 200) => Cow::Borrowed("200"),
                     (Some(code), _) => Cow::Owned(format!("{status} {code}")),
@@ -260,7 +259,7 @@ impl Vu {
                 Some(Reply {
                     status,
                     error_code,
-                    code: fields.code.map(Cow::into_owned),
+                    code: fields.code.map(str::to_owned),
                     sale_id: fields.sale_id,
                     item_id: fields.item_id,
                 })
@@ -400,225 +399,24 @@ impl Vu {
 }
 
 /// The body fields the driver reads: `code`, `sale_id`, `item_id` and
-/// `error.code`. Everything else is skipped while parsing (still checked to be
-/// JSON, but no tree is built), and strings are borrowed from the body when
-/// they have no escapes. A field of an unexpected type reads as absent, as does
-/// everything when the body is not a JSON object (`unwrap_or_default` when it
-/// is not JSON at all); a repeated field keeps its last value.
-#[derive(Debug, Default, PartialEq)]
+/// `error.code`. serde skips everything else without building a tree, and the
+/// strings are borrowed from the body: the engine's codes and error codes never
+/// need JSON escapes. A body of another shape reads as all-absent, which the
+/// driver counts as a bad body.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct BodyFields<'a> {
-    code: Option<Cow<'a, str>>,
+    code: Option<&'a str>,
     sale_id: Option<i64>,
     item_id: Option<i64>,
-    error_code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error: Option<ErrorFields<'a>>,
 }
 
-/// Keys of [`BodyFields`], matched without allocating.
-enum Key {
-    Code,
-    SaleId,
-    ItemId,
-    Error,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "code" => Key::Code,
-                    "sale_id" => Key::SaleId,
-                    "item_id" => Key::ItemId,
-                    "error" => Key::Error,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// Skips every element of a sequence (a field of an unexpected type).
-fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// Skips every entry of a map (a field of an unexpected type).
-fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// Generates the visitor methods that turn any other JSON type into `$none`.
-macro_rules! other_types_are {
-    ($none:expr) => {
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok($none)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            skip_seq(seq).map(|()| $none)
-        }
-    };
-}
-
-/// A string field; anything else reads as `None`.
-struct StrField<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Deserialize<'de> for StrField<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StrField<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(StrField(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(StrField(Some(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(StrField(None))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(StrField(None))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(StrField(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                skip_map(map).map(|()| StrField(None))
-            }
-            other_types_are!(StrField(None));
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// An integer field given as a JSON number or a numeric string; anything
-/// else (a float, an integer beyond i64, another type) reads as `None`.
-struct IntField(Option<i64>);
-
-impl<'de> Deserialize<'de> for IntField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IntField;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(IntField(Some(v)))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(IntField(i64::try_from(v).ok()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(IntField(None))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(IntField(v.parse().ok()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                skip_map(map).map(|()| IntField(None))
-            }
-            other_types_are!(IntField(None));
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `error`: an object whose `code` is read; anything else reads as no code.
-struct ErrorField<'a>(Option<Cow<'a, str>>);
-
-impl<'de> Deserialize<'de> for ErrorField<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ErrorField<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut code = None;
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Code => code = map.next_value::<StrField>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(ErrorField(code))
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ErrorField(None))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ErrorField(None))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(ErrorField(None))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(ErrorField(None))
-            }
-            other_types_are!(ErrorField(None));
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for BodyFields<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BodyFields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = BodyFields::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Code => out.code = map.next_value::<StrField>()?.0,
-                        Key::SaleId => out.sale_id = map.next_value::<IntField>()?.0,
-                        Key::ItemId => out.item_id = map.next_value::<IntField>()?.0,
-                        Key::Error => out.error_code = map.next_value::<ErrorField>()?.0,
-                        Key::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(BodyFields::default())
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(BodyFields::default())
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(BodyFields::default())
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(BodyFields::default())
-            }
-            other_types_are!(BodyFields::default());
-        }
-        d.deserialize_any(V)
-    }
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ErrorFields<'a> {
+    code: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -639,74 +437,29 @@ mod tests {
         }
     }
 
-    /// The fields as the driver used to read them, from a `serde_json::Value`.
-    fn fields_via_value(body: &[u8]) -> (Option<String>, Option<i64>, Option<i64>, Option<String>) {
-        use serde_json::Value;
-        let json: Option<Value> = serde_json::from_slice(body).ok();
-        let int = |field: &str| match json.as_ref()?.get(field)? {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        };
-        let string = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-        (
-            string(json.as_ref().and_then(|v| v.get("code"))),
-            int("sale_id"),
-            int("item_id"),
-            string(json.as_ref().and_then(|v| v.pointer("/error/code"))),
-        )
-    }
-
     fn fields(body: &[u8]) -> (Option<String>, Option<i64>, Option<i64>, Option<String>) {
         let f: BodyFields = serde_json::from_slice(body).unwrap_or_default();
         (
-            f.code.map(Cow::into_owned),
+            f.code.map(str::to_owned),
             f.sale_id,
             f.item_id,
-            f.error_code.map(Cow::into_owned),
+            f.error.and_then(|e| e.code).map(str::to_owned),
         )
     }
 
     #[test]
-    fn body_fields_read_like_a_json_value() {
-        let bodies: &[&[u8]] = &[
-            br#"{"code":"498700-0a1b","checkout_code":"498700-0a1b","expires_at":"2026-01-01T00:00:00Z","sale_id":498700,"item_id":7,"user_id":"lt-0"}"#,
-            br#"{"status":"success","success":true,"message":"Item purchased successfully","sale_id":498700,"item_id":42,"user_purchases":1,"purchased_at":"x"}"#,
-            br#"{"error":{"code":"ITEM_SOLD","message":"item 3 is sold"}}"#,
-            br#"{"error":{"message":"m","code":"TOO_MANY_CHECKOUTS","extra":[1,{"a":null}]}}"#,
-            br#"{"sale_id":"17","item_id":"x","code":5}"#,
-            br#"{"sale_id":1.5,"item_id":18446744073709551615,"code":null}"#,
-            br#"{"sale_id":-3,"item_id":[1],"code":{"a":"b"},"error":"oops"}"#,
-            br#"{"code":"a\"b\u00e9","error":{"code":"X\nY"}}"#,
-            br#"{"co\u0064e":"escaped-key","sale_id":1,"sale_id":2}"#,
-            br#"{"code":"first","code":"second","item_id":"12"}"#,
-            br#"{"error":[{"code":"Z"}],"code":true}"#,
-            br#"{"error":{"code":1}}"#,
-            br#"[1,2,{"code":"x"}]"#,
-            br#""just a string""#,
-            b"42",
-            b"null",
-            b"",
-            b"not json",
-            br#"{"code":"x"} trailing"#,
-            br#"{"code":"x""#,
-            b"  {\"code\" : \"y\" }\n",
-        ];
-        for body in bodies {
-            assert_eq!(
-                fields(body),
-                fields_via_value(body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+    fn body_fields_of_the_engine_replies() {
+        let checkout = br#"{"code":"498700-0a1b","checkout_code":"498700-0a1b","expires_at":"2026-01-01T00:00:00Z","sale_id":498700,"item_id":7,"user_id":"lt-0"}"#;
+        assert_eq!(
+            fields(checkout),
+            (Some("498700-0a1b".into()), Some(498700), Some(7), None)
+        );
+        let purchase = br#"{"status":"success","success":true,"message":"ok","sale_id":498700,"item_id":42,"user_purchases":1,"purchased_at":"x"}"#;
+        assert_eq!(fields(purchase), (None, Some(498700), Some(42), None));
+        let refusal = br#"{"error":{"code":"ITEM_SOLD","message":"item already sold"}}"#;
+        assert_eq!(fields(refusal), (None, None, None, Some("ITEM_SOLD".into())));
+        for malformed in [&b"not json"[..], b"", b"[1]", br#"{"code":5}"#, br#"{"code":"x""#] {
+            assert_eq!(fields(malformed), (None, None, None, None), "{malformed:?}");
         }
-    }
-
-    #[test]
-    fn body_fields_borrow_unescaped_strings() {
-        let body = br#"{"code":"498700-0a1b","error":{"code":"ITEM_SOLD"}}"#;
-        let f: BodyFields = serde_json::from_slice(body).unwrap();
-        assert!(matches!(f.code, Some(Cow::Borrowed("498700-0a1b"))));
-        assert!(matches!(f.error_code, Some(Cow::Borrowed("ITEM_SOLD"))));
     }
 }
