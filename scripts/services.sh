@@ -14,6 +14,7 @@
 #                              (pg-stop/pg-start/stop always act on the private instance)
 #   STAMPEDE_DATA_DIR          data folder (default: <repo>/.data)
 #   STAMPEDE_REDIS_PORT        private Redis port (default 6391)
+#   STAMPEDE_REDIS_LOAD_WAIT_SECS  how long to wait for a restarted Redis to replay its AOF (default 600)
 #   STAMPEDE_PG_DIR            private Postgres data dir (default: $STAMPEDE_DATA_DIR/pg)
 #   STAMPEDE_PG_PORT           private Postgres port (default 5441)
 #   STAMPEDE_PG_SOCKDIR        Unix socket dir (default: $STAMPEDE_DATA_DIR/pg-sock)
@@ -38,6 +39,7 @@ abspath() { # absolute path of $1 (need not exist yet)
 
 DATA=$(abspath "${STAMPEDE_DATA_DIR:-$ROOT/.data}")
 REDIS_PORT=${STAMPEDE_REDIS_PORT:-6391}
+REDIS_LOAD_WAIT_SECS=${STAMPEDE_REDIS_LOAD_WAIT_SECS:-600}
 REDIS_DIR=$DATA/redis
 REDIS_PIDFILE=$REDIS_DIR/redis.pid
 REDIS_LOG=$REDIS_DIR/redis.log
@@ -173,10 +175,31 @@ take_lock() {
 # ---------------------------------------------------------------------------------------------
 # Redis
 
+redis_reply() {
+    timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null </dev/null || true
+}
+
 redis_ping() { # success only when the server answers PONG
-    local r
-    r=$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null </dev/null || true)
-    [ "$r" = "PONG" ]
+    [ "$(redis_reply)" = "PONG" ]
+}
+
+# A Redis replaying a large AOF answers LOADING until it is done: minutes for
+# gigabytes. Waiting for it (while it lives) beats starting a second server.
+redis_wait_loaded() {
+    local waited=0
+    while true; do
+        case "$(redis_reply)" in
+        PONG) log "redis finished loading its data (${waited} s)"; return 0 ;;
+        *LOADING*) ;;
+        *) return 1 ;;
+        esac
+        if [ "$waited" -ge "$REDIS_LOAD_WAIT_SECS" ]; then
+            die "redis still loading its data after ${REDIS_LOAD_WAIT_SECS} s (STAMPEDE_REDIS_LOAD_WAIT_SECS)"
+        fi
+        [ $((waited % 10)) -eq 0 ] && log "redis is loading its AOF (${waited} s so far)"
+        sleep 1
+        waited=$((waited + 1))
+    done
 }
 
 redis_pid_alive() {
@@ -193,6 +216,9 @@ redis_start() {
         log "redis already answers PING on 127.0.0.1:$REDIS_PORT"
         return 0
     fi
+    if redis_wait_loaded; then
+        return 0
+    fi
     mkdir -p "$REDIS_DIR"
     log "starting redis-server on 127.0.0.1:$REDIS_PORT (dir $REDIS_DIR)"
     # stdio goes to the log (early errors, before --logfile is opened); fd 9 (lock) is closed.
@@ -205,7 +231,7 @@ redis_start() {
         --appendfsync always \
         --save "" \
         --latency-tracking no \
-        --auto-aof-rewrite-min-size 1gb \
+        --auto-aof-rewrite-min-size 512mb \
         --pidfile "$REDIS_PIDFILE" \
         --logfile "$REDIS_LOG" \
         --daemonize yes \
@@ -218,6 +244,9 @@ redis_start() {
     for i in $(seq 1 100); do
         if redis_ping; then
             log "redis is up (${i}00 ms)"
+            return 0
+        fi
+        if redis_wait_loaded; then
             return 0
         fi
         sleep 0.1

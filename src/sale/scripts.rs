@@ -25,7 +25,6 @@ pub struct SaleKeys {
     pub sold: String,
     pub users: String,
     pub outbox: String,
-    shard: Shard,
     keyspace_code_prefix: String,
 }
 
@@ -37,7 +36,6 @@ impl SaleKeys {
             sold: keys.key(shard, format_args!("sale:{sale_id}:sold")),
             users: keys.key(shard, format_args!("sale:{sale_id}:users")),
             outbox: keys.outbox(shard),
-            shard,
             keyspace_code_prefix: keys.key(shard, format_args!("code:")),
         }
     }
@@ -46,10 +44,6 @@ impl SaleKeys {
         let mut key = self.keyspace_code_prefix.clone();
         key.push_str(code.as_str());
         key
-    }
-
-    pub fn shard(&self) -> Shard {
-        self.shard
     }
 }
 
