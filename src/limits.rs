@@ -22,6 +22,11 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 /// Longest request URI. A query holds two short parameters.
 pub const REQUEST_URI_BYTES_MAX: usize = 2 * 1024;
 
+/// Most bytes hyper buffers for a request head (request line and headers);
+/// beyond it the connection is closed. Our clients send a short URI and a few
+/// headers; 16 KiB leaves room for proxies' headers. hyper's floor is 8 KiB.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+
 /// How long a client may take to send a body once its headers arrived.
 pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -84,4 +89,5 @@ pub const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
+const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());

@@ -98,7 +98,7 @@ async fn accept_loop(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .max_buf_size(crate::limits::REQUEST_URI_BYTES_MAX.max(8192) * 4)
+        .max_buf_size(crate::limits::REQUEST_HEAD_BYTES_MAX)
         .keep_alive(true);
     loop {
         // At the connection bound, stop accepting: the kernel backlog holds
