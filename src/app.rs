@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
@@ -13,20 +13,16 @@ use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::keyspace::Keyspace;
-use crate::limits::{POSTGRES_STATEMENT_TIMEOUT, REDIS_COMMAND_TIMEOUT};
+use crate::limits::REDIS_COMMAND_TIMEOUT;
 use crate::outbox::{FlushError, Flusher};
 use crate::scripts::{LuaScript, ScriptError};
 use crate::{sale, server, telemetry};
-
-/// How long start-up waits for Postgres to accept connections.
-const POSTGRES_STARTUP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -55,6 +51,8 @@ pub struct AppState {
     pub keys: Keyspace,
     pub flusher: Arc<Flusher>,
     pub metrics: PrometheusHandle,
+    /// Uploads being ingested; bounded, as each holds a Postgres connection.
+    pub ingest_slots: Semaphore,
 }
 
 pub struct App {
@@ -83,7 +81,7 @@ impl App {
             script.load(&redis).await?;
         }
 
-        let postgres = connect_postgres(&config).await?;
+        let postgres = crate::postgres::connect(&config).await?;
         sqlx::migrate!("./migrations").run(&postgres).await?;
 
         let keys = Keyspace::new(config.key_prefix.clone());
@@ -109,6 +107,7 @@ impl App {
                 keys,
                 flusher,
                 metrics,
+                ingest_slots: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
             }),
             listeners,
             redis_builder,
@@ -155,30 +154,6 @@ fn redis_builder(url: &str) -> Result<Builder, StartupError> {
         .with_connection_config(|conn| conn.connection_timeout = REDIS_COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     Ok(builder)
-}
-
-async fn connect_postgres(config: &Config) -> Result<PgPool, StartupError> {
-    let statement_timeout = POSTGRES_STATEMENT_TIMEOUT.as_millis().to_string();
-    let options: PgConnectOptions = config.database_url.parse::<PgConnectOptions>()?.options([
-        ("statement_timeout", statement_timeout.as_str()),
-        ("lock_timeout", statement_timeout.as_str()),
-    ]);
-    let deadline = Instant::now() + POSTGRES_STARTUP_WAIT;
-    loop {
-        let connected = PgPoolOptions::new()
-            .max_connections(config.postgres_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
-            .await;
-        match connected {
-            Ok(pool) => return Ok(pool),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "postgres not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {

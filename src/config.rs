@@ -43,6 +43,15 @@ pub struct FlushConfig {
     pub consumer: String,
 }
 
+/// How `POST /ingest` batches and bounds an upload.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest upload accepted, multipart framing included.
+    pub max_bytes: u64,
+    /// Rows per Postgres transaction.
+    pub batch_rows: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
@@ -51,6 +60,7 @@ pub struct Config {
     pub key_prefix: String,
     pub sale: SaleConfig,
     pub flush: FlushConfig,
+    pub ingest: IngestConfig,
     pub redis_pool_size: usize,
     pub postgres_pool_size: u32,
     pub max_connections: usize,
@@ -103,6 +113,20 @@ impl Config {
                     3_600_000,
                 )?),
                 consumer,
+            },
+            ingest: IngestConfig {
+                max_bytes: env.number(
+                    "STAMPEDE_INGEST_MAX_BYTES",
+                    limits::INGEST_UPLOAD_BYTES_DEFAULT,
+                    1,
+                    limits::INGEST_UPLOAD_BYTES_CEILING,
+                )?,
+                batch_rows: env.number(
+                    "STAMPEDE_INGEST_BATCH_ROWS",
+                    limits::INGEST_BATCH_ROWS_DEFAULT,
+                    1,
+                    limits::INGEST_BATCH_ROWS_CEILING,
+                )?,
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
             postgres_pool_size: env.number("STAMPEDE_PG_POOL", 8, 2, 256)?,

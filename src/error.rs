@@ -3,6 +3,7 @@
 
 use hyper::StatusCode;
 
+use crate::ingest::IngestError;
 use crate::outbox::FlushError;
 use crate::sale::SaleError;
 use crate::sale::domain::Param;
@@ -19,6 +20,8 @@ pub enum ApiError {
     Script(#[from] ScriptError),
     #[error(transparent)]
     Flush(#[from] FlushError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
 }
 
 impl ApiError {
@@ -56,11 +59,28 @@ impl ApiError {
             },
             ApiError::Script(e) => script_status(e),
             ApiError::Flush(_) => (S::SERVICE_UNAVAILABLE, "BACKLOG_UNAVAILABLE"),
+            ApiError::Ingest(e) => match e {
+                IngestError::Busy => (S::TOO_MANY_REQUESTS, "INGEST_BUSY"),
+                IngestError::NotMultipart => (S::UNSUPPORTED_MEDIA_TYPE, "NOT_MULTIPART"),
+                IngestError::MissingFileField => (S::BAD_REQUEST, "MISSING_FILE_FIELD"),
+                IngestError::UnsupportedFileType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_FILE_TYPE"),
+                IngestError::EmptyFile => (S::BAD_REQUEST, "EMPTY_FILE"),
+                IngestError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "UPLOAD_TOO_LARGE"),
+                IngestError::Stalled { .. } => (S::REQUEST_TIMEOUT, "UPLOAD_STALLED"),
+                IngestError::Interrupted { .. } => (S::BAD_REQUEST, "UPLOAD_INTERRUPTED"),
+                IngestError::Malformed { .. } => (S::BAD_REQUEST, "MALFORMED_MULTIPART"),
+                IngestError::Store { .. } | IngestError::Postgres(_) => (S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+                IngestError::InvalidPlayerId(_) => (S::BAD_REQUEST, "INVALID_PLAYER_ID"),
+                IngestError::PlayerNotFound => (S::NOT_FOUND, "PLAYER_NOT_FOUND"),
+            },
         }
     }
 
     /// Seconds a client should wait before retrying, for refusals that pass.
     pub fn retry_after_secs(&self) -> Option<u32> {
+        if matches!(self, ApiError::Ingest(IngestError::Busy)) {
+            return Some(1);
+        }
         match self.status_and_code().0 {
             StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
@@ -72,7 +92,10 @@ impl ApiError {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            ApiError::Script(_) | ApiError::Flush(_) | ApiError::Sale(SaleError::Script(_))
+            ApiError::Script(_)
+                | ApiError::Flush(_)
+                | ApiError::Sale(SaleError::Script(_))
+                | ApiError::Ingest(IngestError::Postgres(_))
         )
     }
 }

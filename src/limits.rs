@@ -87,7 +87,53 @@ pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the outbox backlog gauge is refreshed when the flusher is idle.
 pub const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Longest NDJSON line accepted by `POST /ingest`. A purchase is ~300 bytes;
+/// 16 KiB leaves room for generous extras while bounding what one line may
+/// make the engine buffer.
+pub const INGEST_LINE_BYTES_MAX: usize = 16 * 1024;
+
+/// Longest identifier in a purchase line (transaction, player, item ids):
+/// platform ids are UUIDs or shorter; the bound keeps index entries small.
+pub const INGEST_ID_BYTES_MAX: usize = 128;
+
+/// Longest `item_name`.
+pub const INGEST_NAME_BYTES_MAX: usize = 512;
+
+/// Largest price, in minor units: 10^12 cents is ten billion dollars. Keeps a
+/// player's spend total far from `bigint` overflow.
+pub const INGEST_PRICE_MINOR_MAX: i64 = 1_000_000_000_000;
+
+/// Default and ceiling for `STAMPEDE_INGEST_MAX_BYTES`, the largest upload.
+/// A million purchases is ~300 MB.
+pub const INGEST_UPLOAD_BYTES_DEFAULT: u64 = 1 << 30;
+pub const INGEST_UPLOAD_BYTES_CEILING: u64 = 64 << 30;
+
+/// Default and ceiling for `STAMPEDE_INGEST_BATCH_ROWS`: rows per Postgres
+/// transaction. Larger batches amortise round trips; the ceiling bounds the
+/// engine memory one upload holds (two batches: one parsing, one writing).
+pub const INGEST_BATCH_ROWS_DEFAULT: usize = 5_000;
+pub const INGEST_BATCH_ROWS_CEILING: usize = 50_000;
+
+/// Batches parsed ahead of the one being written. One is enough to overlap
+/// parsing with Postgres; more would only hold memory.
+pub const INGEST_BATCHES_AHEAD: usize = 1;
+
+/// Uploads processed at once; more get 429. Each holds a Postgres connection
+/// for its whole duration.
+pub const INGEST_UPLOADS_MAX: usize = 2;
+
+/// Line errors listed in an ingest response; the counts stay exact beyond it.
+pub const INGEST_ERRORS_REPORTED_MAX: usize = 100;
+
+/// Longest an upload may go without sending a byte before it is abandoned.
+pub const INGEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest multipart field other than `file` (skipped, but read).
+pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;
+
 const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
 const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());
+const _: () = assert!(INGEST_BATCH_ROWS_DEFAULT <= INGEST_BATCH_ROWS_CEILING);
+const _: () = assert!(INGEST_UPLOAD_BYTES_DEFAULT <= INGEST_UPLOAD_BYTES_CEILING);

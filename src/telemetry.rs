@@ -23,7 +23,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency_buckets = [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                // Uploads (`POST /ingest`) take seconds to minutes; the rest, milliseconds.
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
             ];
             let rows_buckets = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 7000.0];
             let builder = PrometheusBuilder::new()
@@ -110,4 +111,30 @@ pub fn connection_opened() {
 
 pub fn connection_closed() {
     gauge!("stampede_connections_open").decrement(1.0);
+}
+
+/// An upload ended: `ok`, `refused` (bad input, client gone) or `store_failed`.
+pub fn ingest_upload(result: &'static str) {
+    counter!("stampede_ingest_uploads_total", "result" => result).increment(1);
+}
+
+/// Line outcomes of a finished upload.
+pub fn ingest_lines(created: u64, updated: u64, unchanged: u64, rejected: u64) {
+    for (outcome, lines) in [
+        ("created", created),
+        ("updated", updated),
+        ("unchanged", unchanged),
+        ("rejected", rejected),
+    ] {
+        counter!("stampede_ingest_lines_total", "outcome" => outcome).increment(lines);
+    }
+}
+
+pub fn ingest_batch(rows: usize, elapsed: Duration) {
+    counter!("stampede_ingest_committed_rows_total").increment(rows as u64);
+    histogram!("stampede_ingest_batch_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn ingest_batch_failed() {
+    counter!("stampede_ingest_batch_errors_total").increment(1);
 }

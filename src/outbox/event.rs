@@ -126,6 +126,15 @@ fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+impl crate::postgres::LostRace for SinkError {
+    fn postgres_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            SinkError::Postgres(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

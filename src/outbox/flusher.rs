@@ -21,6 +21,7 @@ use super::{CONSUMER_GROUP, OutboxEvent, SinkError, sinks};
 use crate::config::FlushConfig;
 use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN, POSTGRES_STATEMENT_TIMEOUT};
+use crate::postgres::{self, BatchError};
 use crate::scripts::{LuaScript, ScriptError};
 use crate::telemetry;
 
@@ -176,15 +177,15 @@ impl Flusher {
     }
 
     async fn write(&self, batch: &[OutboxEvent]) -> Result<(), FlushError> {
-        let commit = async {
-            let mut tx = self.postgres.begin().await.map_err(SinkError::from)?;
-            sinks::write_batch(&mut tx, batch).await?;
-            tx.commit().await.map_err(SinkError::from)?;
-            Ok::<(), FlushError>(())
-        };
-        tokio::time::timeout(POSTGRES_STATEMENT_TIMEOUT, commit)
-            .await
-            .map_err(|_| FlushError::Timeout(POSTGRES_STATEMENT_TIMEOUT))?
+        postgres::commit_batch(&self.postgres, POSTGRES_STATEMENT_TIMEOUT, batch, |tx, batch| {
+            Box::pin(sinks::write_batch(tx, batch))
+        })
+        .await
+        .map_err(|e| match e {
+            BatchError::Postgres(e) => FlushError::Sink(SinkError::Postgres(e)),
+            BatchError::Write(e) => FlushError::Sink(e),
+            BatchError::Timeout(limit) => FlushError::Timeout(limit),
+        })
     }
 
     /// Takes over entries that another consumer has held longer than the

@@ -13,7 +13,7 @@ use super::http::{HttpResponse, check_declared_size, error_response};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::limits::REQUEST_URI_BYTES_MAX;
-use crate::{ops, sale, telemetry};
+use crate::{ingest, ops, sale, telemetry};
 
 /// Every route: method, path, what it does. Served as the index at `GET /`
 /// and used to answer 405 with the right `Allow` header.
@@ -27,6 +27,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "POST",
         "/purchase",
         "Spend a checkout code: ?code=C or JSON {\"checkout_code\": C}",
+    ),
+    (
+        "POST",
+        "/ingest",
+        "Upload purchases as NDJSON: multipart/form-data, field `file`",
+    ),
+    (
+        "GET",
+        "/players/{id}",
+        "A player's loyalty: purchases, spend per currency, tier",
     ),
     (
         "GET",
@@ -54,11 +64,18 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Re
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > REQUEST_URI_BYTES_MAX {
         return ("unknown", Err(RequestError::UriTooLong.into()));
     }
-    // Refuse oversized bodies on every route, read or not, before anything else.
-    if let Err(e) = check_declared_size(&req) {
+    // Refuse oversized bodies on every route, read or not, before anything
+    // else; uploads have their own, larger bound.
+    if req.uri().path() != "/ingest"
+        && let Err(e) = check_declared_size(&req)
+    {
         return ("unknown", Err(e.into()));
     }
     match (req.method(), req.uri().path()) {
+        (&Method::POST, "/ingest") => ("ingest", ingest::handlers::ingest(state, req).await),
+        (&Method::GET, path) if path.starts_with(PLAYERS_PREFIX) => {
+            ("player", ingest::handlers::player(state, &path[PLAYERS_PREFIX.len()..]).await)
+        }
         (&Method::POST, "/checkout") => ("checkout", sale::handlers::checkout(state, req).await),
         (&Method::POST, "/purchase") => ("purchase", sale::handlers::purchase(state, req).await),
         (&Method::GET, "/sales/current") => ("sales_current", sale::handlers::current(state).await),
@@ -69,8 +86,11 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Re
     }
 }
 
+const PLAYERS_PREFIX: &str = "/players/";
+
 fn not_routed(path: &str) -> RequestError {
-    match ROUTES.iter().find(|(_, p, _)| *p == path) {
+    let pattern = if path.starts_with(PLAYERS_PREFIX) { "/players/{id}" } else { path };
+    match ROUTES.iter().find(|(_, p, _)| *p == pattern) {
         Some((method, _, _)) => RequestError::MethodNotAllowed { allow: method },
         None => RequestError::NotFound,
     }

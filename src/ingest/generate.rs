@@ -1,0 +1,1 @@
+//! `stampede gen-purchases`: realistic NDJSON purchase files.

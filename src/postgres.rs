@@ -1,0 +1,116 @@
+//! Postgres plumbing shared by every feature: the pool, and the batch writer
+//! that both the write-behind flusher and the ingest pipeline commit through.
+//!
+//! A batch is one transaction, bounded in time as a whole (the server-side
+//! `statement_timeout` bounds each statement; a batch is several). A batch
+//! that loses a deadlock or serialization race is rolled back whole and run
+//! again: it is all-or-nothing, so a retry cannot double-apply anything.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::Config;
+use crate::limits::POSTGRES_STATEMENT_TIMEOUT;
+
+/// How long start-up waits for Postgres to accept connections.
+const POSTGRES_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Attempts at a batch that keeps losing lock races to concurrent writers.
+const BATCH_ATTEMPTS_MAX: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError<E> {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("{0}")]
+    Write(E),
+    #[error("postgres did not commit the batch within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connects, retrying while Postgres starts. Every connection carries a
+/// statement and lock timeout, so no query can hang a request or the flusher.
+pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
+    let statement_timeout = POSTGRES_STATEMENT_TIMEOUT.as_millis().to_string();
+    let options: PgConnectOptions = config.database_url.parse::<PgConnectOptions>()?.options([
+        ("statement_timeout", statement_timeout.as_str()),
+        ("lock_timeout", statement_timeout.as_str()),
+    ]);
+    let deadline = Instant::now() + POSTGRES_STARTUP_WAIT;
+    loop {
+        let connected = PgPoolOptions::new()
+            .max_connections(config.postgres_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await;
+        match connected {
+            Ok(pool) => return Ok(pool),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "postgres not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `write` on `batch` in one transaction and commits, all within `timeout`.
+/// A deadlock or serialization failure rolls back and runs `write` again.
+pub async fn commit_batch<B: ?Sized, T, E>(
+    pool: &PgPool,
+    timeout: Duration,
+    batch: &B,
+    mut write: impl for<'c> FnMut(&'c mut PgConnection, &'c B) -> BoxFuture<'c, Result<T, E>>,
+) -> Result<T, BatchError<E>>
+where
+    E: LostRace,
+{
+    let mut attempt = 1;
+    loop {
+        let run = async {
+            let mut tx = pool.begin().await?;
+            let value = write(&mut tx, batch).await.map_err(BatchError::Write)?;
+            tx.commit().await?;
+            Ok::<T, BatchError<E>>(value)
+        };
+        let result = tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(BatchError::Timeout(timeout)));
+        match result {
+            Err(e) if attempt < BATCH_ATTEMPTS_MAX && e.lost_race() => {
+                tracing::info!(attempt, error = %e, "batch lost a lock race; retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that may carry a Postgres deadlock or serialization failure.
+pub trait LostRace: std::fmt::Display {
+    fn postgres_error(&self) -> Option<&sqlx::Error>;
+}
+
+impl LostRace for sqlx::Error {
+    fn postgres_error(&self) -> Option<&sqlx::Error> {
+        Some(self)
+    }
+}
+
+impl<E: LostRace> BatchError<E> {
+    fn lost_race(&self) -> bool {
+        let error = match self {
+            BatchError::Postgres(e) => Some(e),
+            BatchError::Write(e) => e.postgres_error(),
+            BatchError::Timeout(_) => None,
+        };
+        // 40P01 deadlock_detected, 40001 serialization_failure.
+        error
+            .and_then(|e| e.as_database_error())
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "40P01" || code == "40001")
+    }
+}
