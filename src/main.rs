@@ -1,4 +1,4 @@
-//! The `stampede` binary: `stampede serve`.
+//! The `stampede` binary: `stampede serve`, `stampede gen-purchases`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,12 +12,20 @@ use stampede::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: stampede serve\n\nConfiguration comes from environment variables; see README.md.";
+const USAGE: &str = "\
+usage: stampede serve
+       stampede gen-purchases [--count N] [--output FILE] [--seed S]
+
+serve          run the engine; configuration comes from environment variables (README.md)
+gen-purchases  write N purchase lines as NDJSON (default 1000) to FILE
+               (default data/test-YYYYMMDD-HHMMSS.ndjson); the same seed gives the same file,
+               different seeds give disjoint transaction ids (default: from the clock)";
 
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     match command.as_deref() {
         Some("serve") => serve(),
+        Some("gen-purchases") => gen_purchases(std::env::args().skip(2).collect()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -57,6 +65,54 @@ fn serve() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+fn gen_purchases(args: Vec<String>) -> ExitCode {
+    let now = time::OffsetDateTime::now_utc();
+    let mut count: u64 = 1000;
+    let mut seed: u64 = now.unix_timestamp_nanos() as u64;
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
+        .unwrap_or_default();
+    let mut output = std::path::PathBuf::from(format!("data/test-{stamp}.ndjson"));
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        let parsed = match (flag.as_str(), value.as_deref()) {
+            ("--count" | "-count", Some(v)) => v.parse().map(|v| count = v).is_ok(),
+            ("--seed" | "-seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
+            ("--output" | "-output", Some(v)) => {
+                output = v.into();
+                true
+            }
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("stampede gen-purchases: bad argument {flag:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let started = std::time::Instant::now();
+    match stampede::ingest::generate::generate(count, &output, seed) {
+        Ok(generated) => {
+            eprintln!(
+                "wrote {} lines ({} redeliveries, {} players, {:.1} MB) to {} in {:.1}s (seed {seed})",
+                generated.lines,
+                generated.redeliveries,
+                generated.players,
+                generated.bytes as f64 / 1e6,
+                output.display(),
+                started.elapsed().as_secs_f64(),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stampede gen-purchases: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// With one worker the engine runs on tokio's current-thread scheduler: on a

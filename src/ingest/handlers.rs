@@ -248,12 +248,7 @@ fn major_units(minor: i64, currency: &str) -> String {
         return minor.to_string();
     }
     let scale = 10_i64.pow(exponent);
-    format!(
-        "{}.{:0width$}",
-        minor / scale,
-        minor % scale,
-        width = exponent as usize
-    )
+    format!("{}.{:0width$}", minor / scale, minor % scale, width = exponent as usize)
 }
 
 #[cfg(test)]

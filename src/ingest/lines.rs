@@ -178,22 +178,38 @@ mod tests {
             ("plain", b"a\nb\n", vec![text(1, "a"), text(2, "b")]),
             ("no final newline", b"a\nb", vec![text(1, "a"), text(2, "b")]),
             ("crlf", b"a\r\nb\r\n", vec![text(1, "a"), text(2, "b")]),
-            ("blank lines keep numbering", b"a\n\n  \r\n\tb\n\n", vec![text(1, "a"), text(4, "\tb")]),
+            (
+                "blank lines keep numbering",
+                b"a\n\n  \r\n\tb\n\n",
+                vec![text(1, "a"), text(4, "\tb")],
+            ),
             ("bom", b"\xEF\xBB\xBFa\nb", vec![text(1, "a"), text(2, "b")]),
             ("bom only", b"\xEF\xBB\xBF", vec![]),
             ("short", b"a", vec![text(1, "a")]),
             ("partial bom is data", b"\xEF\xBBx\n", vec![text(1, "\u{FFFD}x")]),
             ("empty", b"", vec![]),
             ("only newlines", b"\n\n\n", vec![]),
-            ("bom not at start is data", b"a\n\xEF\xBB\xBFb", vec![text(1, "a"), text(2, "\u{FEFF}b")]),
-            ("at the bound", b"12345\n123456\n", vec![text(1, "12345"), Seen::TooLong(2)]),
+            (
+                "bom not at start is data",
+                b"a\n\xEF\xBB\xBFb",
+                vec![text(1, "a"), text(2, "\u{FEFF}b")],
+            ),
+            (
+                "at the bound",
+                b"12345\n123456\n",
+                vec![text(1, "12345"), Seen::TooLong(2)],
+            ),
             ("bound excludes cr", b"12345\r\n", vec![text(1, "12345")]),
             (
                 "too long in the middle",
                 b"a\n1234567890123\nb\n",
                 vec![text(1, "a"), Seen::TooLong(2), text(3, "b")],
             ),
-            ("too long at the end", b"a\n1234567890", vec![text(1, "a"), Seen::TooLong(2)]),
+            (
+                "too long at the end",
+                b"a\n1234567890",
+                vec![text(1, "a"), Seen::TooLong(2)],
+            ),
         ];
         for (name, input, expected) in cases {
             for chunk in [1, 2, 3, 7, 1024] {
@@ -208,6 +224,10 @@ mod tests {
         let huge = vec![b'x'; 1 << 20];
         splitter.push(b"{}\n", |_| Ok::<_, ()>(())).unwrap();
         splitter.push(&huge, |_| Ok::<_, ()>(())).unwrap();
-        assert!(splitter.pending.capacity() <= 1 << 10, "{}", splitter.pending.capacity());
+        assert!(
+            splitter.pending.capacity() <= 1 << 10,
+            "{}",
+            splitter.pending.capacity()
+        );
     }
 }

@@ -30,7 +30,10 @@ use crate::postgres::BatchError;
 /// idempotent.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("{} uploads are already being processed; retry shortly", crate::limits::INGEST_UPLOADS_MAX)]
+    #[error(
+        "{} uploads are already being processed; retry shortly",
+        crate::limits::INGEST_UPLOADS_MAX
+    )]
     Busy,
     #[error("expected a multipart/form-data upload with the file in field `file`")]
     NotMultipart,

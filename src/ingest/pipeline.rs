@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use super::lines::{Line, LineSplitter};
 use super::record::{LineError, PurchaseRecord, parse_line};
 use super::sink::{self, BatchCounts};
-use crate::limits::{INGEST_BATCHES_AHEAD, INGEST_ERRORS_REPORTED_MAX, INGEST_LINE_BYTES_MAX, POSTGRES_STATEMENT_TIMEOUT};
+use crate::limits::{
+    INGEST_BATCHES_AHEAD, INGEST_ERRORS_REPORTED_MAX, INGEST_LINE_BYTES_MAX, POSTGRES_STATEMENT_TIMEOUT,
+};
 use crate::postgres::{self, BatchError};
 use crate::telemetry;
 
@@ -71,7 +73,10 @@ pub struct Upload {
 /// Why feeding the upload stopped.
 pub enum FeedError {
     /// The writer failed; the upload cannot complete.
-    Store { committed: u64, source: BatchError<sqlx::Error> },
+    Store {
+        committed: u64,
+        source: BatchError<sqlx::Error>,
+    },
 }
 
 impl Upload {

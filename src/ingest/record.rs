@@ -177,8 +177,12 @@ pub const REQUIRED_FIELDS: [&str; 9] = [
 
 /// Parses and validates one line (without its line terminator).
 pub fn parse_line(line: &[u8]) -> Result<PurchaseRecord, LineError> {
-    let text = std::str::from_utf8(line)
-        .map_err(|e| LineError::new(LineErrorCode::InvalidUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    let text = std::str::from_utf8(line).map_err(|e| {
+        LineError::new(
+            LineErrorCode::InvalidUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
     let raw: RawRecord<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => LineError::new(LineErrorCode::NotAnObject, "a line must be a JSON object"),
         _ => LineError::new(LineErrorCode::InvalidJson, format!("invalid JSON: {e}")),
@@ -201,8 +205,17 @@ impl<'a> RawRecord<'a> {
                 format!("field `{}` appears twice", truncated(&name)),
             ));
         }
-        let [transaction_id, player_id, platform, item_id, item_name, item_type, price, currency, purchased_at] =
-            self.fields;
+        let [
+            transaction_id,
+            player_id,
+            platform,
+            item_id,
+            item_name,
+            item_type,
+            price,
+            currency,
+            purchased_at,
+        ] = self.fields;
         let currency = parse_currency(required_str("currency", currency)?.as_ref())?;
         Ok(PurchaseRecord {
             transaction_id: identifier("transaction_id", transaction_id)?,
@@ -223,7 +236,10 @@ fn required<'a>(name: &str, value: Option<&'a RawValue>) -> Result<&'a RawValue,
     match value {
         Some(raw) if raw.get() != "null" => Ok(raw),
         Some(_) => Err(LineError::new(LineErrorCode::MissingField, format!("`{name}` is null"))),
-        None => Err(LineError::new(LineErrorCode::MissingField, format!("`{name}` is missing"))),
+        None => Err(LineError::new(
+            LineErrorCode::MissingField,
+            format!("`{name}` is missing"),
+        )),
     }
 }
 
@@ -258,7 +274,10 @@ fn identifier(name: &str, value: Option<&RawValue>) -> Result<String, LineError>
 fn text_field(name: &str, value: Option<&RawValue>, bytes_max: usize) -> Result<String, LineError> {
     let text = required_str(name, value)?;
     if text.trim().is_empty() {
-        return Err(LineError::new(LineErrorCode::InvalidField, format!("`{name}` is empty")));
+        return Err(LineError::new(
+            LineErrorCode::InvalidField,
+            format!("`{name}` is empty"),
+        ));
     }
     if text.len() > bytes_max {
         return Err(LineError::new(
@@ -540,7 +559,10 @@ mod tests {
             ("[1,2]".into(), C::NotAnObject),
             ("\"a string\"".into(), C::NotAnObject),
             ("42".into(), C::NotAnObject),
-            (GOOD.replace("\"platform\":\"steam\"", "\"platform\":\"steam\",\"platform\":\"epic\""), C::DuplicateField),
+            (
+                GOOD.replace("\"platform\":\"steam\"", "\"platform\":\"steam\",\"platform\":\"epic\""),
+                C::DuplicateField,
+            ),
             (with("transaction_id", "<absent>"), C::MissingField),
             (with("purchased_at", "null"), C::MissingField),
             (with("player_id", "42"), C::InvalidFieldType),
@@ -548,7 +570,10 @@ mod tests {
             (with("transaction_id", "\"\""), C::InvalidField),
             (with("transaction_id", "\" t-1\""), C::InvalidField),
             (with("item_name", "\"a\\u0000b\""), C::InvalidField),
-            (with("player_id", &format!("\"{}\"", "p".repeat(INGEST_ID_BYTES_MAX + 1))), C::InvalidField),
+            (
+                with("player_id", &format!("\"{}\"", "p".repeat(INGEST_ID_BYTES_MAX + 1))),
+                C::InvalidField,
+            ),
             (with("platform", "\"dreamcast\""), C::UnknownPlatform),
             (with("item_type", "\"nft\""), C::UnknownItemType),
             (with("currency", "\"XYZ\""), C::UnknownCurrency),
@@ -572,7 +597,10 @@ mod tests {
         let line = GOOD.replace('}', r#","region":"EU","promo":{"code":"X","pct":10}}"#);
         let record = parse_line(line.as_bytes()).unwrap();
         let extras: serde_json::Value = serde_json::from_str(record.extras.as_deref().unwrap()).unwrap();
-        assert_eq!(extras, serde_json::json!({"region": "EU", "promo": {"code": "X", "pct": 10}}));
+        assert_eq!(
+            extras,
+            serde_json::json!({"region": "EU", "promo": {"code": "X", "pct": 10}})
+        );
     }
 
     #[test]

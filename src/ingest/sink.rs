@@ -53,7 +53,12 @@ pub async fn write(tx: &mut PgConnection, records: &[PurchaseRecord]) -> Result<
         }
         for (&index, existing) in round.iter().zip(&is_existing) {
             if !existing {
-                spend.add(&records[index].player_id, records[index].currency, 1, records[index].price_minor);
+                spend.add(
+                    &records[index].player_id,
+                    records[index].currency,
+                    1,
+                    records[index].price_minor,
+                );
             }
         }
         counts.created += (round.len() - existing.len()) as u64;
@@ -66,7 +71,12 @@ pub async fn write(tx: &mut PgConnection, records: &[PurchaseRecord]) -> Result<
         counts.unchanged += (candidates.len() - updated.len()) as u64;
         for (index, old) in updated {
             spend.add(&old.player_id, &old.currency, -1, -old.price_minor);
-            spend.add(&records[index].player_id, records[index].currency, 1, records[index].price_minor);
+            spend.add(
+                &records[index].player_id,
+                records[index].currency,
+                1,
+                records[index].price_minor,
+            );
         }
     }
     spend.write(tx).await?;
@@ -151,7 +161,11 @@ const INPUT: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::
 
 /// Inserts the rows whose id is new; returns the positions (in `round`) of
 /// those whose id already existed. Usually none, so usually no rows come back.
-async fn insert_new(tx: &mut PgConnection, records: &[PurchaseRecord], round: &[usize]) -> Result<Vec<usize>, sqlx::Error> {
+async fn insert_new(
+    tx: &mut PgConnection,
+    records: &[PurchaseRecord],
+    round: &[usize],
+) -> Result<Vec<usize>, sqlx::Error> {
     let sql = format!(
         "WITH input AS (SELECT * FROM {INPUT}),
          created AS (
@@ -243,27 +257,38 @@ impl SpendDeltas {
 
     async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         let mut deltas: Vec<_> = self.0.into_iter().filter(|(_, delta)| *delta != (0, 0)).collect();
-        if deltas.is_empty() {
-            return Ok(());
-        }
         // Same lock order in every transaction: no deadlock between uploads.
         deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let (keys, amounts): (Vec<_>, Vec<_>) = deltas.into_iter().unzip();
-        let (players, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-        let (purchases, minor): (Vec<i64>, Vec<i64>) = amounts.into_iter().unzip();
-        sqlx::query(
-            "INSERT INTO player_spend AS s (player_id, currency, purchases, total_minor)
+        // Postgres checks an upsert's proposed row against the CHECKs before
+        // it finds the conflict, so a negative delta cannot go through the
+        // upsert. Negative deltas come only from updated purchases, whose
+        // old spend row exists: a plain UPDATE takes them.
+        let (gains, losses): (Vec<_>, Vec<_>) = deltas.into_iter().partition(|(_, (n, m))| *n >= 0 && *m >= 0);
+        const UPSERT: &str = "INSERT INTO player_spend AS s (player_id, currency, purchases, total_minor)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
              ON CONFLICT (player_id, currency) DO UPDATE
              SET purchases = s.purchases + EXCLUDED.purchases,
-                 total_minor = s.total_minor + EXCLUDED.total_minor",
-        )
-        .bind(&players)
-        .bind(&currencies)
-        .bind(&purchases)
-        .bind(&minor)
-        .execute(&mut *tx)
-        .await?;
+                 total_minor = s.total_minor + EXCLUDED.total_minor";
+        const UPDATE: &str = "UPDATE player_spend AS s
+             SET purchases = s.purchases + d.purchases, total_minor = s.total_minor + d.total_minor
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+                  AS d(player_id, currency, purchases, total_minor)
+             WHERE s.player_id = d.player_id AND s.currency = d.currency";
+        for (sql, deltas) in [(UPSERT, gains), (UPDATE, losses)] {
+            if deltas.is_empty() {
+                continue;
+            }
+            let (keys, amounts): (Vec<_>, Vec<_>) = deltas.into_iter().unzip();
+            let (players, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+            let (purchases, minor): (Vec<i64>, Vec<i64>) = amounts.into_iter().unzip();
+            sqlx::query(sql)
+                .bind(&players)
+                .bind(&currencies)
+                .bind(&purchases)
+                .bind(&minor)
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(())
     }
 }

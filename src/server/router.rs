@@ -73,9 +73,10 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Re
     }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/ingest") => ("ingest", ingest::handlers::ingest(state, req).await),
-        (&Method::GET, path) if path.starts_with(PLAYERS_PREFIX) => {
-            ("player", ingest::handlers::player(state, &path[PLAYERS_PREFIX.len()..]).await)
-        }
+        (&Method::GET, path) if path.starts_with(PLAYERS_PREFIX) => (
+            "player",
+            ingest::handlers::player(state, &path[PLAYERS_PREFIX.len()..]).await,
+        ),
         (&Method::POST, "/checkout") => ("checkout", sale::handlers::checkout(state, req).await),
         (&Method::POST, "/purchase") => ("purchase", sale::handlers::purchase(state, req).await),
         (&Method::GET, "/sales/current") => ("sales_current", sale::handlers::current(state).await),
@@ -89,7 +90,11 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Re
 const PLAYERS_PREFIX: &str = "/players/";
 
 fn not_routed(path: &str) -> RequestError {
-    let pattern = if path.starts_with(PLAYERS_PREFIX) { "/players/{id}" } else { path };
+    let pattern = if path.starts_with(PLAYERS_PREFIX) {
+        "/players/{id}"
+    } else {
+        path
+    };
     match ROUTES.iter().find(|(_, p, _)| *p == pattern) {
         Some((method, _, _)) => RequestError::MethodNotAllowed { allow: method },
         None => RequestError::NotFound,
