@@ -225,7 +225,7 @@ pub fn write_lines(
         })?;
         generated.lines += 1;
         generated.bytes += line.len() as u64;
-        if generated.lines % 10_000 == 0 {
+        if generated.lines.is_multiple_of(10_000) {
             on_progress(generated.lines);
         }
     }
