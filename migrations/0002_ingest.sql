@@ -28,4 +28,4 @@ CREATE TABLE player_spend (
     purchases   bigint NOT NULL CHECK (purchases >= 0),
     total_minor bigint NOT NULL CHECK (total_minor >= 0),
     PRIMARY KEY (player_id, currency)
-);
+) WITH (fillfactor = 70);  -- room on each page, so most updates are HOT (no index write)

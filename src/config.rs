@@ -50,6 +50,8 @@ pub struct IngestConfig {
     pub max_bytes: u64,
     /// Rows per Postgres transaction.
     pub batch_rows: usize,
+    /// Postgres connections one upload writes through at once.
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +129,7 @@ impl Config {
                     1,
                     limits::INGEST_BATCH_ROWS_CEILING,
                 )?,
+                writers: env.number("STAMPEDE_INGEST_WRITERS", 2, 1, limits::INGEST_WRITERS_MAX)?,
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
             postgres_pool_size: env.number("STAMPEDE_PG_POOL", 8, 2, 256)?,

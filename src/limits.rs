@@ -118,8 +118,12 @@ pub const INGEST_BATCH_ROWS_CEILING: usize = 50_000;
 /// parsing with Postgres; more would only hold memory.
 pub const INGEST_BATCHES_AHEAD: usize = 1;
 
-/// Uploads processed at once; more get 429. Each holds a Postgres connection
-/// for its whole duration.
+/// Ceiling for `STAMPEDE_INGEST_WRITERS`, the Postgres connections one
+/// upload writes through: past the server's cores they only add lock waits.
+pub const INGEST_WRITERS_MAX: usize = 16;
+
+/// Uploads processed at once; more get 429. Each holds up to
+/// `STAMPEDE_INGEST_WRITERS` Postgres connections for its whole duration.
 pub const INGEST_UPLOADS_MAX: usize = 2;
 
 /// Line errors listed in an ingest response; the counts stay exact beyond it.

@@ -72,7 +72,8 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
     );
     let mut multipart = Multipart::with_constraints(body_chunks(req.into_body()), boundary, constraints);
 
-    let mut upload = Upload::start(state.postgres.clone(), state.config.ingest.batch_rows);
+    let ingest = &state.config.ingest;
+    let mut upload = Upload::start(state.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
     loop {
         let field = match multipart.next_field().await {

@@ -1,11 +1,17 @@
 //! One upload in flight: the request task splits and parses lines as chunks
-//! arrive and hands full batches to a writer task, which commits them one at
-//! a time, in order, while the next batch is being parsed.
+//! arrive and hands full batches to writer tasks, which commit them while the
+//! next batches are being parsed.
 //!
-//! Only whole batches are ever handed over, and the last, partial batch only
-//! once the whole upload has arrived intact. If the upload is cut off, the
-//! writer finishes the batch it is committing (a batch is one transaction:
-//! all of it or none) and starts no other.
+//! Lines are spread over the writers by a hash of their `transaction_id`: all
+//! lines of one id go to one writer, which commits its batches in file order,
+//! so every line is still compared with the state its predecessors left.
+//! Several writers let Postgres use more than one core, and one writer's
+//! commit (a WAL flush) overlap another's work.
+//!
+//! Only whole batches are ever handed over, and the last, partial batches
+//! only once the whole upload has arrived intact. If the upload is cut off,
+//! each writer finishes the batch it is committing (a batch is one
+//! transaction: all of it or none) and starts no other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,20 +65,22 @@ type WriterResult = Result<Written, (Written, BatchError<sqlx::Error>)>;
 pub struct Upload {
     splitter: LineSplitter,
     batch_rows: usize,
-    batch: Vec<PurchaseRecord>,
-    full: Vec<Vec<PurchaseRecord>>,
+    /// The batch being filled, per writer.
+    filling: Vec<Vec<PurchaseRecord>>,
+    /// Full batches waiting to be handed over: (writer, batch).
+    full: Vec<(usize, Vec<PurchaseRecord>)>,
     rejected: u64,
     errors: Vec<RejectedLine>,
-    to_writer: Option<mpsc::Sender<Vec<PurchaseRecord>>>,
-    writer: Option<JoinHandle<WriterResult>>,
+    to_writers: Vec<mpsc::Sender<Vec<PurchaseRecord>>>,
+    writers: Vec<JoinHandle<WriterResult>>,
     /// Set when the upload is abandoned (error or dropped request): the
-    /// writer then starts no further batch.
+    /// writers then start no further batch.
     abandoned: Arc<AtomicBool>,
 }
 
 /// Why feeding the upload stopped.
 pub enum FeedError {
-    /// The writer failed; the upload cannot complete.
+    /// A writer failed; the upload cannot complete.
     Store {
         committed: u64,
         source: BatchError<sqlx::Error>,
@@ -80,38 +88,47 @@ pub enum FeedError {
 }
 
 impl Upload {
-    pub fn start(postgres: PgPool, batch_rows: usize) -> Self {
-        let (to_writer, batches) = mpsc::channel(INGEST_BATCHES_AHEAD);
+    pub fn start(postgres: PgPool, batch_rows: usize, writers: usize) -> Self {
         let abandoned = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write_batches(postgres, batches, abandoned.clone()));
+        let (to_writers, writers): (Vec<_>, Vec<_>) = (0..writers.max(1))
+            .map(|_| {
+                let (to_writer, batches) = mpsc::channel(INGEST_BATCHES_AHEAD);
+                let writer = tokio::spawn(write_batches(postgres.clone(), batches, abandoned.clone()));
+                (to_writer, writer)
+            })
+            .unzip();
         Self {
             splitter: LineSplitter::new(INGEST_LINE_BYTES_MAX),
             batch_rows,
-            batch: Vec::with_capacity(batch_rows),
+            filling: (0..to_writers.len()).map(|_| Vec::with_capacity(batch_rows)).collect(),
             full: Vec::new(),
             rejected: 0,
             errors: Vec::new(),
-            to_writer: Some(to_writer),
-            writer: Some(writer),
+            to_writers,
+            writers,
             abandoned,
         }
     }
 
-    /// Parses the lines a chunk completes; hands full batches to the writer.
+    /// Parses the lines a chunk completes; hands full batches to the writers.
     pub async fn feed(&mut self, chunk: &[u8]) -> Result<(), FeedError> {
         let Self {
             splitter,
             batch_rows,
-            batch,
+            filling,
             full,
             rejected,
             errors,
             ..
         } = self;
         let _ = splitter.push(chunk, |line| {
-            take_line(line, batch, rejected, errors);
-            if batch.len() >= *batch_rows {
-                full.push(std::mem::replace(batch, Vec::with_capacity(*batch_rows)));
+            if let Some(record) = take_line(line, rejected, errors) {
+                let writer = writer_of(&record.transaction_id, filling.len());
+                filling[writer].push(record);
+                if filling[writer].len() >= *batch_rows {
+                    let batch = std::mem::replace(&mut filling[writer], Vec::with_capacity(*batch_rows));
+                    full.push((writer, batch));
+                }
             }
             Ok::<(), ()>(())
         });
@@ -122,23 +139,27 @@ impl Upload {
     pub async fn finish(mut self) -> Result<IngestReport, FeedError> {
         let Self {
             splitter,
-            batch,
+            filling,
             rejected,
             errors,
             ..
         } = &mut self;
         let _ = splitter.finish(|line| {
-            take_line(line, batch, rejected, errors);
+            if let Some(record) = take_line(line, rejected, errors) {
+                let writer = writer_of(&record.transaction_id, filling.len());
+                filling[writer].push(record);
+            }
             Ok::<(), ()>(())
         });
-        let last = std::mem::take(&mut self.batch);
-        if !last.is_empty() {
-            self.full.push(last);
+        for (writer, batch) in std::mem::take(&mut self.filling).into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.full.push((writer, batch));
+            }
         }
         self.hand_over_full().await?;
-        // Closing the channel tells the writer there is nothing more.
-        self.to_writer = None;
-        let written = self.join_writer().await?;
+        // Closing the channels tells the writers there is nothing more.
+        self.to_writers.clear();
+        let written = self.join_writers().await?;
         let counts = written.counts;
         let total = counts.created + counts.updated + counts.unchanged + self.rejected;
         Ok(IngestReport {
@@ -152,65 +173,88 @@ impl Upload {
         })
     }
 
-    /// Gives up on the upload: the writer completes the batch it is in (if
+    /// Gives up on the upload: each writer completes the batch it is in (if
     /// any) and stops. Returns the lines committed.
     pub async fn abandon(mut self) -> u64 {
         self.abandoned.store(true, Ordering::SeqCst);
-        self.to_writer = None;
-        match self.join_writer().await {
+        self.to_writers.clear();
+        match self.join_writers().await {
             Ok(written) => written.lines,
             Err(FeedError::Store { committed, .. }) => committed,
         }
     }
 
     async fn hand_over_full(&mut self) -> Result<(), FeedError> {
-        for batch in std::mem::take(&mut self.full) {
-            let sent = match &self.to_writer {
+        for (writer, batch) in std::mem::take(&mut self.full) {
+            let sent = match self.to_writers.get(writer) {
                 Some(to_writer) => to_writer.send(batch).await.is_ok(),
                 None => false,
             };
             if !sent {
-                // The writer stopped early: only a failure does that.
-                self.to_writer = None;
-                self.join_writer().await?;
+                // A writer stopped early: only a failure does that.
+                self.abandoned.store(true, Ordering::SeqCst);
+                self.to_writers.clear();
+                self.join_writers().await?;
             }
         }
         Ok(())
     }
 
-    async fn join_writer(&mut self) -> Result<Written, FeedError> {
-        let Some(writer) = self.writer.take() else {
-            return Ok(Written::default());
-        };
-        match writer.await {
-            Ok(Ok(written)) => Ok(written),
-            Ok(Err((written, source))) => Err(FeedError::Store {
+    /// Waits for every writer; the first failure wins, with the lines all
+    /// writers committed.
+    async fn join_writers(&mut self) -> Result<Written, FeedError> {
+        let mut written = Written::default();
+        let mut failure = None;
+        for writer in std::mem::take(&mut self.writers) {
+            let (part, error) = match writer.await {
+                Ok(Ok(part)) => (part, None),
+                Ok(Err((part, source))) => (part, Some(source)),
+                Err(join) => (
+                    Written::default(),
+                    Some(BatchError::Postgres(sqlx::Error::Protocol(format!(
+                        "ingest writer task failed: {join}"
+                    )))),
+                ),
+            };
+            written.counts.add(part.counts);
+            written.lines += part.lines;
+            if failure.is_none() {
+                failure = error;
+            }
+        }
+        match failure {
+            None => Ok(written),
+            Some(source) => Err(FeedError::Store {
                 committed: written.lines,
                 source,
-            }),
-            Err(join) => Err(FeedError::Store {
-                committed: 0,
-                source: BatchError::Postgres(sqlx::Error::Protocol(format!("ingest writer task failed: {join}"))),
             }),
         }
     }
 }
 
+/// Which writer takes an id: stable within an upload, spread evenly.
+fn writer_of(transaction_id: &str, writers: usize) -> usize {
+    // FNV-1a: cheap, and good enough to spread ids over a few writers.
+    let hash = transaction_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % writers as u64) as usize
+}
+
 impl Drop for Upload {
-    /// A request dropped mid-upload (the client went away) stops the writer
-    /// after its current batch.
+    /// A request dropped mid-upload (the client went away) stops the
+    /// writers after their current batch.
     fn drop(&mut self) {
         self.abandoned.store(true, Ordering::SeqCst);
     }
 }
 
-fn take_line(line: Line<'_>, batch: &mut Vec<PurchaseRecord>, rejected: &mut u64, errors: &mut Vec<RejectedLine>) {
+/// A parsed line, or `None` after counting and (within the cap) listing it
+/// as rejected.
+fn take_line(line: Line<'_>, rejected: &mut u64, errors: &mut Vec<RejectedLine>) -> Option<PurchaseRecord> {
     let (number, error) = match line {
         Line::Text { number, bytes } => match parse_line(bytes) {
-            Ok(record) => {
-                batch.push(record);
-                return;
-            }
+            Ok(record) => return Some(record),
             Err(error) => (number, error),
         },
         Line::TooLong { number } => (number, LineError::too_long(INGEST_LINE_BYTES_MAX)),
@@ -223,6 +267,7 @@ fn take_line(line: Line<'_>, batch: &mut Vec<PurchaseRecord>, rejected: &mut u64
             message: error.message,
         });
     }
+    None
 }
 
 async fn write_batches(
