@@ -75,12 +75,20 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
     let ingest = &state.config.ingest;
     let mut upload = Upload::start(state.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
+    let mut saw_field = false;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
+            Err(multer::Error::IncompleteStream) if !saw_field => {
+                return Err(IngestError::Malformed {
+                    reason: "no multipart part before the end of the body".into(),
+                    committed: upload.abandon().await,
+                });
+            }
             Err(e) => return Err(interrupted(e, limit, upload.abandon().await)),
         };
+        saw_field = true;
         let is_file = field.name() == Some(FILE_FIELD) && !saw_file;
         if is_file {
             saw_file = true;

@@ -4,5 +4,6 @@
 mod bad_input;
 mod durability;
 mod helpers;
+mod ingest;
 mod sale;
 mod server;
