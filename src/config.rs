@@ -52,6 +52,8 @@ pub struct IngestConfig {
     pub batch_rows: usize,
     /// Postgres connections one upload writes through at once.
     pub writers: usize,
+    /// An upload that sends nothing for this long is abandoned.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,12 @@ impl Config {
                     limits::INGEST_BATCH_ROWS_CEILING,
                 )?,
                 writers: env.number("STAMPEDE_INGEST_WRITERS", 2, 1, limits::INGEST_WRITERS_MAX)?,
+                idle_timeout: Duration::from_millis(env.number(
+                    "STAMPEDE_INGEST_IDLE_TIMEOUT_MS",
+                    limits::INGEST_BODY_IDLE_TIMEOUT_DEFAULT.as_millis() as u64,
+                    50,
+                    3_600_000,
+                )?),
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
             postgres_pool_size: env.number("STAMPEDE_PG_POOL", 8, 2, 256)?,

@@ -129,8 +129,10 @@ pub const INGEST_UPLOADS_MAX: usize = 2;
 /// Line errors listed in an ingest response; the counts stay exact beyond it.
 pub const INGEST_ERRORS_REPORTED_MAX: usize = 100;
 
-/// Longest an upload may go without sending a byte before it is abandoned.
-pub const INGEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `STAMPEDE_INGEST_IDLE_TIMEOUT_MS`: how long an upload may go
+/// without sending a byte before it is abandoned (it holds an upload slot and
+/// Postgres connections meanwhile).
+pub const INGEST_BODY_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Largest multipart field other than `file` (skipped, but read).
 pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;

@@ -1,6 +1,7 @@
 //! `POST /ingest` and `GET /players/{id}`.
 
 use std::error::Error as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -15,7 +16,7 @@ use super::IngestError;
 use super::pipeline::{FeedError, Upload};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::limits::{INGEST_BODY_IDLE_TIMEOUT, INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
+use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
 use crate::server::http::{HttpResponse, json};
 use crate::telemetry;
 
@@ -70,7 +71,8 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
             .per_field(INGEST_OTHER_FIELD_BYTES_MAX)
             .for_field(FILE_FIELD, limit),
     );
-    let mut multipart = Multipart::with_constraints(body_chunks(req.into_body()), boundary, constraints);
+    let idle = state.config.ingest.idle_timeout;
+    let mut multipart = Multipart::with_constraints(body_chunks(req.into_body(), idle), boundary, constraints);
 
     let ingest = &state.config.ingest;
     let mut upload = Upload::start(state.postgres.clone(), ingest.batch_rows, ingest.writers);
@@ -86,7 +88,7 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
                     committed: upload.abandon().await,
                 });
             }
-            Err(e) => return Err(interrupted(e, limit, upload.abandon().await)),
+            Err(e) => return Err(interrupted(e, limit, idle, upload.abandon().await)),
         };
         saw_field = true;
         let is_file = field.name() == Some(FILE_FIELD) && !saw_file;
@@ -106,7 +108,7 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
                 Ok(Some(chunk)) if is_file => upload.feed(&chunk).await.map_err(store_failed)?,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(e) => return Err(interrupted(e, limit, upload.abandon().await)),
+                Err(e) => return Err(interrupted(e, limit, idle, upload.abandon().await)),
             }
         }
     }
@@ -130,12 +132,12 @@ fn store_failed(e: FeedError) -> IngestError {
 
 /// Why the multipart stream stopped early, told apart so the client learns
 /// whether to shrink, speed up or fix its upload.
-fn interrupted(error: multer::Error, limit: u64, committed: u64) -> IngestError {
+fn interrupted(error: multer::Error, limit: u64, idle: Duration, committed: u64) -> IngestError {
     match error {
         multer::Error::StreamSizeExceeded { .. } => IngestError::TooLarge { limit, committed },
         multer::Error::FieldSizeExceeded { limit, .. } => IngestError::TooLarge { limit, committed },
         multer::Error::StreamReadFailed(cause) => match cause.downcast_ref::<BodyError>() {
-            Some(BodyError::Stalled) => IngestError::Stalled { committed },
+            Some(BodyError::Stalled) => IngestError::Stalled { idle, committed },
             _ => IngestError::Interrupted { committed },
         },
         multer::Error::IncompleteStream | multer::Error::IncompleteFieldData { .. } => {
@@ -150,7 +152,7 @@ fn interrupted(error: multer::Error, limit: u64, committed: u64) -> IngestError 
 
 #[derive(Debug, thiserror::Error)]
 enum BodyError {
-    #[error("no bytes received for {}s", INGEST_BODY_IDLE_TIMEOUT.as_secs())]
+    #[error("no bytes received within the idle timeout")]
     Stalled,
     #[error("reading the body: {0}")]
     Read(#[from] hyper::Error),
@@ -159,11 +161,11 @@ enum BodyError {
 /// The request body as a stream of data chunks, failing when the client
 /// sends nothing for the idle timeout (a stalled upload would otherwise hold
 /// an upload slot and a Postgres connection forever).
-fn body_chunks(body: Incoming) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
-    futures_util::stream::unfold(Some(body), |body| async move {
+fn body_chunks(body: Incoming, idle: Duration) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+    futures_util::stream::unfold(Some(body), move |body| async move {
         let mut body = body?;
         loop {
-            match tokio::time::timeout(INGEST_BODY_IDLE_TIMEOUT, body.frame()).await {
+            match tokio::time::timeout(idle, body.frame()).await {
                 Err(_) => return Some((Err(BodyError::Stalled), None)),
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => {

@@ -45,8 +45,8 @@ pub enum IngestError {
     EmptyFile,
     #[error("the upload exceeds {limit} bytes; {committed} lines were committed before it was refused")]
     TooLarge { limit: u64, committed: u64 },
-    #[error("the upload stalled for over {}s; {committed} lines were committed", crate::limits::INGEST_BODY_IDLE_TIMEOUT.as_secs())]
-    Stalled { committed: u64 },
+    #[error("the upload sent nothing for {idle:?}; {committed} lines were committed")]
+    Stalled { idle: std::time::Duration, committed: u64 },
     #[error("the upload ended early or was cut off; {committed} lines were committed")]
     Interrupted { committed: u64 },
     #[error("malformed multipart body: {reason}; {committed} lines were committed")]

@@ -541,3 +541,31 @@ async fn player_lookups_validate_the_id() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_with_408() {
+    let app = spawn_app(&[("STAMPEDE_INGEST_IDLE_TIMEOUT_MS", "300")]).await;
+    let whole = multipart(&file(&[line("s-1", "p-1", "1.00", "USD")]), "application/x-ndjson", &[]);
+    let mut stream = TcpStream::connect(app.addr).await.expect("connects");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        whole.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&whole[..whole.len() / 2]).await.unwrap();
+    // ... and nothing more, while keeping the connection open.
+    let mut reply = Vec::new();
+    let started = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("UPLOAD_STALLED"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rows(&app.db).await, 0);
+    app.finish().await;
+}
