@@ -569,3 +569,40 @@ async fn a_stalled_upload_is_abandoned_with_408() {
     assert_eq!(rows(&app.db).await, 0);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_third_concurrent_upload_is_told_to_retry() {
+    let app = spawn_app(&[]).await;
+    let whole = multipart(&file(&[line("b-1", "p-1", "1.00", "USD")]), "application/x-ndjson", &[]);
+    // Two uploads that started and are still sending hold both slots.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connects");
+        let head = format!(
+            "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             Content-Length: {}\r\n\r\n",
+            whole.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&whole[..10]).await.unwrap();
+        holders.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = upload(&app, &file(&[line("b-2", "p-1", "1.00", "USD")])).await;
+    assert_eq!(
+        (third.status, third.error_code()),
+        (StatusCode::TOO_MANY_REQUESTS, "INGEST_BUSY")
+    );
+    drop(holders);
+    // The slots come back once those clients are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let retry = upload(&app, &file(&[line("b-2", "p-1", "1.00", "USD")])).await;
+        if retry.status == StatusCode::OK || Instant::now() > deadline {
+            assert_eq!(counts(&retry), [1, 0, 0, 0, 1]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.finish().await;
+}
