@@ -606,3 +606,38 @@ async fn a_third_concurrent_upload_is_told_to_retry() {
     }
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_stuck_postgres_gives_503_not_a_hang() {
+    let app = spawn_app(&[]).await;
+    // Another session holds the table: every write waits for the lock.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE platform_purchases IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reply = upload(&app, &file(&[line("l-1", "p-1", "1.00", "USD")])).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
+    );
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("0 lines were committed"),
+        "{}",
+        reply.body
+    );
+    // Bounded by the lock/statement timeout, not by the blocker.
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        started.elapsed()
+    );
+    blocker.rollback().await.unwrap();
+    let retry = upload(&app, &file(&[line("l-1", "p-1", "1.00", "USD")])).await;
+    assert_eq!(counts(&retry), [1, 0, 0, 0, 1]);
+    app.finish().await;
+}
