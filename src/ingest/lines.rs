@@ -40,11 +40,6 @@ impl LineSplitter {
         }
     }
 
-    /// Lines seen so far, blank ones included.
-    pub fn lines_seen(&self) -> u64 {
-        self.number - 1
-    }
-
     /// Feeds a chunk; calls `on_line` for every line it completes.
     pub fn push<E>(&mut self, mut chunk: &[u8], mut on_line: impl FnMut(Line<'_>) -> Result<(), E>) -> Result<(), E> {
         if self.at_start {
