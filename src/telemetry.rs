@@ -138,3 +138,8 @@ pub fn ingest_batch(rows: usize, elapsed: Duration) {
 pub fn ingest_batch_failed() {
     counter!("stampede_ingest_batch_errors_total").increment(1);
 }
+
+/// A bulk copy lost a race to another upload and its round was upserted.
+pub fn ingest_copy_fallback() {
+    counter!("stampede_ingest_copy_fallbacks_total").increment(1);
+}

@@ -641,3 +641,35 @@ async fn a_stuck_postgres_gives_503_not_a_hang() {
     assert_eq!(counts(&retry), [1, 0, 0, 0, 1]);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn extras_and_names_survive_the_bulk_copy_verbatim() {
+    // Enough rows that the batch takes the COPY path, with every character
+    // COPY's text format treats specially.
+    let app = spawn_app(&[]).await;
+    let tricky = "{\"note\":\"tab\\there, back\\\\slash, new\\nline\",\t\"nested\":\r{\"n\": [1, 2.50, null]}}";
+    let lines: Vec<String> = (0..200)
+        .map(|i| {
+            line(&format!("c-{i:03}"), "p-1", "1.00", "USD")
+                .replace("Frozen Citadel", "Frozen \\\\ Citadel")
+                .replace('}', &format!(",\"meta\":{tricky}}}"))
+        })
+        .collect();
+    let reply = upload(&app, &file(&lines)).await;
+    assert_eq!(counts(&reply), [200, 0, 0, 0, 200]);
+    let (name, extras): (String, String) =
+        sqlx::query_as("SELECT item_name, extras::text FROM platform_purchases WHERE transaction_id = 'c-123'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(name, "Frozen \\ Citadel");
+    let extras: Value = serde_json::from_str(&extras).unwrap();
+    assert_eq!(
+        extras,
+        json!({"meta": {"note": "tab\there, back\\slash, new\nline", "nested": {"n": [1, 2.50, null]}}})
+    );
+    // Sent again, identical: the stored JSONB compares equal.
+    let again = upload(&app, &file(&lines)).await;
+    assert_eq!(counts(&again), [0, 0, 200, 0, 200]);
+    app.finish().await;
+}
