@@ -2,10 +2,14 @@
 # shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
 # One command for a load run against a freshly started engine.
 #
-#   loadtest/run.sh contest|sustained|contention [extra loadtest flags]
+#   loadtest/run.sh contest|sustained|contention|ingest [extra loadtest flags]
 #
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
+#   SMALL_LINES, LINES    ingest: lines of the small (memory reference) and large files
+#                         (100000 and 1000000; SMALL_LINES=0 uploads the large file only)
+#   SMALL_SEED, SEED      ingest: generator seeds of the two files (1 and 2: disjoint ids)
+#   REGEN=1               ingest: generate the files again even if they exist
 #   LOAD_PORT             port of the engine under test (18080)
 #   KEEP_DATA=1           keep the load database and the Redis keys afterwards
 #   RUST_LOG              engine log level (warn)
@@ -17,7 +21,7 @@
 # Exit code: the loadtest's (0 all invariants passed, 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -26,6 +30,10 @@ case "$SCENARIO" in
   contest)    USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000} ;;
   sustained)  USERS=${USERS:-20000}; ITEMS=${ITEMS:-200000} ;;
   contention) USERS=${USERS:-2000};  ITEMS=${ITEMS:-20} ;;
+  # The engine still needs a sale configured; nobody buys from it.
+  ingest)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
+              SMALL_LINES=${SMALL_LINES:-100000}; LINES=${LINES:-1000000}
+              SMALL_SEED=${SMALL_SEED:-1};        SEED=${SEED:-2} ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -58,6 +66,32 @@ OUT_DIR=$ROOT/.data/loadtest
 mkdir -p "$OUT_DIR"
 ENGINE_LOG=$OUT_DIR/engine-$SCENARIO-$EPOCH.log
 JSON_OUT=$OUT_DIR/$SCENARIO-$EPOCH.json
+
+# ingest: the NDJSON files, generated once per (lines, seed) and reused: the
+# generator is deterministic for a seed. Written under a temporary name, so
+# an interrupted generation is never mistaken for a file.
+purchases_file() {
+  local lines=$1 seed=$2
+  local file=$OUT_DIR/purchases-$lines-seed$seed.ndjson
+  if [[ -n ${REGEN:-} || ! -s $file ]]; then
+    echo "run.sh: generating $file" >&2
+    # Command substitution does not inherit set -e: check each step.
+    "$BIN/stampede" gen-purchases --count "$lines" --output "$file.partial" --seed "$seed" >&2 \
+      || { echo "run.sh: stampede gen-purchases failed" >&2; return 1; }
+    mv -f "$file.partial" "$file" || return 1
+  else
+    echo "run.sh: reusing $file (REGEN=1 to generate it again)" >&2
+  fi
+  printf '%s\n' "$file"
+}
+SMALL_FILE=""
+LARGE_FILE=""
+if [[ $SCENARIO == ingest ]]; then
+  if [[ $SMALL_LINES != 0 ]]; then
+    SMALL_FILE=$(purchases_file "$SMALL_LINES" "$SMALL_SEED")
+  fi
+  LARGE_FILE=$(purchases_file "$LINES" "$SEED")
+fi
 
 # postgres://user@host:port/db?params -> same server, other database.
 url_no_query=${DATABASE_URL%%\?*}
@@ -152,15 +186,31 @@ if [[ -z $healthy ]]; then
   exit 2
 fi
 
+if [[ $SCENARIO == ingest ]]; then
+  # $ENGINE_PID is the engine itself (bash execs a simple background command),
+  # so the driver reads its memory from /proc.
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --database-url "$LOAD_URL"
+    --engine-pid "$ENGINE_PID"
+    --file "$LARGE_FILE"
+    --json "$JSON_OUT"
+    --threads "${DRIVER_THREADS:-1}"
+  )
+  if [[ -n $SMALL_FILE ]]; then driver_args+=(--small-file "$SMALL_FILE"); fi
+else
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --users "$USERS" --items "$ITEMS" --limit "$LIMIT"
+    --redis-url "$REDIS_URL" --database-url "$LOAD_URL"
+    --key-prefix "$PREFIX" --lua-dir "$ROOT/lua"
+    --json "$JSON_OUT"
+    --threads "${DRIVER_THREADS:-1}"
+  )
+fi
+
 set +e
-"$BIN/loadtest" "$SCENARIO" \
-  --url "http://127.0.0.1:$LOAD_PORT" \
-  --users "$USERS" --items "$ITEMS" --limit "$LIMIT" \
-  --redis-url "$REDIS_URL" --database-url "$LOAD_URL" \
-  --key-prefix "$PREFIX" --lua-dir "$ROOT/lua" \
-  --json "$JSON_OUT" \
-  --threads "${DRIVER_THREADS:-1}" \
-  "$@"
+"$BIN/loadtest" "$SCENARIO" "${driver_args[@]}" "$@"
 rc=$?
 set -e
 

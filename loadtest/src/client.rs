@@ -95,7 +95,7 @@ const READ_BUF_BYTES: usize = 8 * 1024;
 /// Free space guaranteed before each read.
 const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// A response head larger than this is refused.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A response body larger than this is refused.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Headers parsed per response (the engine sends about five).
@@ -247,17 +247,17 @@ impl Conn {
 
 /// A parsed response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Head {
-    status: u16,
+pub struct Head {
+    pub status: u16,
     /// Bytes of the status line and headers, blank line included.
-    head_len: usize,
-    body_len: usize,
+    pub head_len: usize,
+    pub body_len: usize,
     /// The server closes the connection after this response.
-    close: bool,
+    pub close: bool,
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {

@@ -6,6 +6,7 @@
 mod baseline;
 mod checks;
 mod client;
+mod ingest;
 mod report;
 mod scenarios;
 mod stats;
@@ -31,11 +32,13 @@ use crate::stats::Progress;
 
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
+       loadtest ingest --file PATH [ingest flags]
 
 scenarios:
   contest      every user buys its own k = items/users items (k <= limit), all users start at once
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
+  ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
 
 flags (default):
   --url URL               engine base URL (http://127.0.0.1:8080)
@@ -58,6 +61,23 @@ flags (default):
   --bench-clients N       redis-benchmark -c (50)
   --threads N             tokio worker threads (number of CPUs)
   -h, --help              this text
+
+ingest flags (default):
+  --url URL               engine base URL (http://127.0.0.1:8080)
+  --file PATH             the large NDJSON file (required); its upload is compared with \\copy
+  --small-file PATH       a smaller file uploaded first: the memory reference (none)
+  --engine-pid PID        the engine's process, for its RSS and CPU (not measured if unset)
+  --database-url URL      the engine's Postgres, for checks and baseline ($DATABASE_URL; skipped if unset)
+  --psql PATH             psql binary for the baseline (psql)
+  --csv PATH              where the baseline CSV is written (<file stem>.copy.csv next to --file)
+  --keep-csv              keep the CSV afterwards (deleted by default)
+  --no-baseline           skip the \\copy baseline
+  --no-checkpoint         do not CHECKPOINT Postgres before each timed phase
+  --max-secs N            budget of one upload, and of the \\copy (1800)
+  --sample-ms N           RSS sampling period (20)
+  --enforce-targets       a missed target (RSS growth, \\copy ratio) makes the exit code 1
+  --json PATH             also write the JSON summary to PATH
+  --threads N             tokio worker threads (number of CPUs)
 
 exit code: 0 all invariants passed, 1 an invariant failed, 2 bad usage or setup error";
 
@@ -216,7 +236,23 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
+    let mut argv = std::env::args().skip(1).peekable();
+    // The ingest scenario has flags of its own.
+    if argv.peek().is_some_and(|s| s == "ingest") {
+        argv.next();
+        return match ingest::IngestArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, ingest::run(args)),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let args = match Args::parse(argv) {
         Ok(Some(args)) => args,
         Ok(None) => {
             println!("{USAGE}");
@@ -227,9 +263,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    block_on(args.threads, run(args))
+}
+
+/// Runs a scenario on a tokio runtime of `threads` workers; maps its result
+/// to the exit code (0 passed, 1 a check failed, 2 setup error).
+fn block_on(threads: Option<usize>, scenario: impl Future<Output = Result<bool, String>>) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(n) = args.threads {
+    if let Some(n) = threads {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {
@@ -239,7 +281,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(scenario) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -523,18 +565,7 @@ async fn run(args: Args) -> Result<bool, String> {
         baseline,
     };
     summary.print_human();
-    let json = summary.to_json();
-    let text = serde_json::to_string_pretty(&json).map_err(|e| format!("JSON: {e}"))?;
-    if let Some(path) = &args.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(e) = std::fs::write(path, format!("{text}\n")) {
-            eprintln!("warning: cannot write {}: {e}", path.display());
-        }
-    }
-    println!();
-    println!("{text}");
+    report::emit_json(args.json.as_deref(), &summary.to_json())?;
 
     if let Some(Ok(client)) = &redis {
         let _ = fred::prelude::ClientLike::quit(client).await;

@@ -1,5 +1,6 @@
 //! Human summary and JSON summary of a run.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -17,7 +18,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
@@ -256,6 +257,23 @@ impl Summary<'_> {
             "error_samples": s.error_samples,
         })
     }
+}
+
+/// Writes the JSON summary to `path` (a failure is only a warning: the
+/// summary is printed anyway), then prints it.
+pub fn emit_json(path: Option<&Path>, json: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(json).map_err(|e| format!("JSON: {e}"))?;
+    if let Some(path) = path {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+            eprintln!("warning: cannot write {}: {e}", path.display());
+        }
+    }
+    println!();
+    println!("{text}");
+    Ok(())
 }
 
 struct Latency {
