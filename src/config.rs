@@ -131,7 +131,7 @@ impl Config {
                     1,
                     limits::INGEST_BATCH_ROWS_CEILING,
                 )?,
-                writers: env.number("STAMPEDE_INGEST_WRITERS", 2, 1, limits::INGEST_WRITERS_MAX)?,
+                writers: env.number("STAMPEDE_INGEST_WRITERS", 3, 1, limits::INGEST_WRITERS_MAX)?,
                 idle_timeout: Duration::from_millis(env.number(
                     "STAMPEDE_INGEST_IDLE_TIMEOUT_MS",
                     limits::INGEST_BODY_IDLE_TIMEOUT_DEFAULT.as_millis() as u64,
@@ -140,7 +140,7 @@ impl Config {
                 )?),
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
-            postgres_pool_size: env.number("STAMPEDE_PG_POOL", 8, 2, 256)?,
+            postgres_pool_size: env.number("STAMPEDE_PG_POOL", 16, 2, 256)?,
             max_connections: env.number("STAMPEDE_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
             worker_threads: env.number("STAMPEDE_WORKER_THREADS", default_worker_threads(), 1, 1024)?,
             header_read_timeout: Duration::from_millis(env.number(
