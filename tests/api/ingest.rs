@@ -98,6 +98,25 @@ async fn assert_spend_matches_purchases(db: &PgPool) {
     assert_eq!(mismatches, 0, "player_spend disagrees with platform_purchases");
 }
 
+/// A generated file of `count` lines and how many of them are redeliveries.
+fn generated_file(count: u64, seed: u64) -> (Vec<u8>, u64) {
+    let mut content = Vec::new();
+    let generated = write_lines(count, seed, &mut content, |_| {}).expect("generates");
+    (content, generated.redeliveries)
+}
+
+/// Opens an upload of `content_length` bytes on a raw connection and sends
+/// its head; the caller sends (or withholds) the body.
+async fn start_raw_upload(addr: SocketAddr, content_length: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {content_length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+}
+
 async fn rows(db: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM platform_purchases")
         .fetch_one(db)
@@ -203,18 +222,17 @@ async fn duplicates_within_one_file_count_once_per_line_in_file_order() {
 #[tokio::test]
 async fn resending_the_same_file_changes_nothing() {
     let app = spawn_app(&[("STAMPEDE_INGEST_BATCH_ROWS", "500")]).await;
-    let mut content = Vec::new();
-    let generated = write_lines(3_000, 11, &mut content, |_| {}).unwrap();
+    let (content, redeliveries) = generated_file(3_000, 11);
     let distinct: HashSet<String> = content
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| parse_line(l).unwrap().transaction_id)
         .collect();
     let distinct = distinct.len() as u64;
-    assert_eq!(distinct, 3_000 - generated.redeliveries);
+    assert_eq!(distinct, 3_000 - redeliveries);
 
     let first = upload(&app, &content).await;
-    assert_eq!(counts(&first), [distinct, 0, generated.redeliveries, 0, 3_000]);
+    assert_eq!(counts(&first), [distinct, 0, redeliveries, 0, 3_000]);
     let spend_before: Vec<(String, String, i64, i64)> =
         sqlx::query_as("SELECT * FROM player_spend ORDER BY player_id, currency")
             .fetch_all(&app.db)
@@ -508,9 +526,8 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_half_written_batch() {
 #[tokio::test]
 async fn racing_uploads_of_the_same_rows_count_each_row_once() {
     let app = spawn_app(&[("STAMPEDE_INGEST_BATCH_ROWS", "250")]).await;
-    let mut content = Vec::new();
-    let generated = write_lines(4_000, 23, &mut content, |_| {}).unwrap();
-    let distinct = 4_000 - generated.redeliveries;
+    let (content, redeliveries) = generated_file(4_000, 23);
+    let distinct = 4_000 - redeliveries;
     let (a, b) = tokio::join!(upload(&app, &content), upload(&app, &content));
     let (a, b) = (counts(&a), counts(&b));
     assert_eq!(
@@ -546,13 +563,7 @@ async fn player_lookups_validate_the_id() {
 async fn a_stalled_upload_is_abandoned_with_408() {
     let app = spawn_app(&[("STAMPEDE_INGEST_IDLE_TIMEOUT_MS", "300")]).await;
     let whole = multipart(&file(&[line("s-1", "p-1", "1.00", "USD")]), "application/x-ndjson", &[]);
-    let mut stream = TcpStream::connect(app.addr).await.expect("connects");
-    let head = format!(
-        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-         Content-Length: {}\r\n\r\n",
-        whole.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = start_raw_upload(app.addr, whole.len()).await;
     stream.write_all(&whole[..whole.len() / 2]).await.unwrap();
     // ... and nothing more, while keeping the connection open.
     let mut reply = Vec::new();
@@ -577,13 +588,7 @@ async fn a_third_concurrent_upload_is_told_to_retry() {
     // Two uploads that started and are still sending hold both slots.
     let mut holders = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(app.addr).await.expect("connects");
-        let head = format!(
-            "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-             Content-Length: {}\r\n\r\n",
-            whole.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut stream = start_raw_upload(app.addr, whole.len()).await;
         stream.write_all(&whole[..10]).await.unwrap();
         holders.push(stream);
     }

@@ -11,6 +11,10 @@
 //!
 //! Validation is the engine's job: lines are assumed valid (the run checks
 //! that the engine rejected none). What cannot be converted is an error.
+//!
+//! This deliberately does not reuse the engine's parser, though it splits
+//! lines the same way: the row-by-row comparison is only a check if the
+//! baseline's conversion is written independently of the code it checks.
 
 use std::borrow::Cow;
 use std::fmt;
