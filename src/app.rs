@@ -51,7 +51,8 @@ pub struct AppState {
     pub keys: Keyspace,
     pub flusher: Arc<Flusher>,
     pub metrics: PrometheusHandle,
-    /// Uploads being ingested; bounded, as each holds a Postgres connection.
+    /// Uploads being ingested; bounded, as each holds Postgres connections
+    /// (`STAMPEDE_INGEST_WRITERS`) for its whole duration.
     pub ingest_slots: Semaphore,
 }
 

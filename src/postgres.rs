@@ -66,7 +66,7 @@ pub async fn commit_batch<B: ?Sized, T, E>(
     mut write: impl for<'c> FnMut(&'c mut PgConnection, &'c B) -> BoxFuture<'c, Result<T, E>>,
 ) -> Result<T, BatchError<E>>
 where
-    E: LostRace,
+    E: PostgresCause,
 {
     let mut attempt = 1;
     loop {
@@ -90,21 +90,21 @@ where
 }
 
 /// Errors that may carry a Postgres deadlock or serialization failure.
-pub trait LostRace: std::fmt::Display {
-    fn postgres_error(&self) -> Option<&sqlx::Error>;
+pub trait PostgresCause: std::fmt::Display {
+    fn postgres_cause(&self) -> Option<&sqlx::Error>;
 }
 
-impl LostRace for sqlx::Error {
-    fn postgres_error(&self) -> Option<&sqlx::Error> {
+impl PostgresCause for sqlx::Error {
+    fn postgres_cause(&self) -> Option<&sqlx::Error> {
         Some(self)
     }
 }
 
-impl<E: LostRace> BatchError<E> {
+impl<E: PostgresCause> BatchError<E> {
     fn lost_race(&self) -> bool {
         let error = match self {
             BatchError::Postgres(e) => Some(e),
-            BatchError::Write(e) => e.postgres_error(),
+            BatchError::Write(e) => e.postgres_cause(),
             BatchError::Timeout(_) => None,
         };
         // 40P01 deadlock_detected, 40001 serialization_failure.

@@ -13,7 +13,7 @@ use multer::{Constraints, Multipart, SizeLimit};
 use serde::Serialize;
 
 use super::IngestError;
-use super::pipeline::{FeedError, Upload};
+use super::pipeline::{IngestReport, Upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
@@ -53,9 +53,10 @@ pub async fn ingest(state: &AppState, req: Request<Incoming>) -> Result<HttpResp
     Ok(json(StatusCode::OK, &report))
 }
 
-async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipeline::IngestReport, IngestError> {
+async fn receive(state: &AppState, req: Request<Incoming>) -> Result<IngestReport, IngestError> {
     let _slot = state.ingest_slots.try_acquire().map_err(|_| IngestError::Busy)?;
-    let limit = state.config.ingest.max_bytes;
+    let ingest = &state.config.ingest;
+    let (limit, idle) = (ingest.max_bytes, ingest.idle_timeout);
     let boundary = req
         .headers()
         .get(CONTENT_TYPE)
@@ -71,15 +72,13 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
             .per_field(INGEST_OTHER_FIELD_BYTES_MAX)
             .for_field(FILE_FIELD, limit),
     );
-    let idle = state.config.ingest.idle_timeout;
     let mut multipart = Multipart::with_constraints(body_chunks(req.into_body(), idle), boundary, constraints);
 
-    let ingest = &state.config.ingest;
     let mut upload = Upload::start(state.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
     let mut saw_field = false;
     loop {
-        let field = match multipart.next_field().await {
+        let mut field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(multer::Error::IncompleteStream) if !saw_field => {
@@ -102,10 +101,9 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
         }
         // Other fields, and any second file, are read (within their bound)
         // and ignored.
-        let mut field = field;
         loop {
             match field.chunk().await {
-                Ok(Some(chunk)) if is_file => upload.feed(&chunk).await.map_err(store_failed)?,
+                Ok(Some(chunk)) if is_file => upload.feed(&chunk).await?,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => return Err(interrupted(e, limit, idle, upload.abandon().await)),
@@ -116,18 +114,12 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<super::pipe
         upload.abandon().await;
         return Err(IngestError::MissingFileField);
     }
-    let report = upload.finish().await.map_err(store_failed)?;
+    let report = upload.finish().await?;
     if report.total == 0 {
         return Err(IngestError::EmptyFile);
     }
     telemetry::ingest_lines(report.created, report.updated, report.unchanged, report.rejected);
     Ok(report)
-}
-
-fn store_failed(e: FeedError) -> IngestError {
-    match e {
-        FeedError::Store { committed, source } => IngestError::Store { committed, source },
-    }
 }
 
 /// Why the multipart stream stopped early, told apart so the client learns

@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::IngestError;
 use super::lines::{Line, LineSplitter};
 use super::record::{LineError, PurchaseRecord, parse_line};
 use super::sink::{self, BatchCounts};
@@ -78,15 +79,6 @@ pub struct Upload {
     abandoned: Arc<AtomicBool>,
 }
 
-/// Why feeding the upload stopped.
-pub enum FeedError {
-    /// A writer failed; the upload cannot complete.
-    Store {
-        committed: u64,
-        source: BatchError<sqlx::Error>,
-    },
-}
-
 impl Upload {
     pub fn start(postgres: PgPool, batch_rows: usize, writers: usize) -> Self {
         let abandoned = Arc::new(AtomicBool::new(false));
@@ -111,7 +103,7 @@ impl Upload {
     }
 
     /// Parses the lines a chunk completes; hands full batches to the writers.
-    pub async fn feed(&mut self, chunk: &[u8]) -> Result<(), FeedError> {
+    pub async fn feed(&mut self, chunk: &[u8]) -> Result<(), IngestError> {
         let Self {
             splitter,
             batch_rows,
@@ -136,7 +128,7 @@ impl Upload {
     }
 
     /// The upload arrived whole: commit the rest and report.
-    pub async fn finish(mut self) -> Result<IngestReport, FeedError> {
+    pub async fn finish(mut self) -> Result<IngestReport, IngestError> {
         let Self {
             splitter,
             filling,
@@ -159,7 +151,13 @@ impl Upload {
         self.hand_over_full().await?;
         // Closing the channels tells the writers there is nothing more.
         self.to_writers.clear();
-        let written = self.join_writers().await?;
+        let (written, failure) = self.join_writers().await;
+        if let Some(source) = failure {
+            return Err(IngestError::Store {
+                committed: written.lines,
+                source,
+            });
+        }
         let counts = written.counts;
         let total = counts.created + counts.updated + counts.unchanged + self.rejected;
         Ok(IngestReport {
@@ -178,13 +176,10 @@ impl Upload {
     pub async fn abandon(mut self) -> u64 {
         self.abandoned.store(true, Ordering::SeqCst);
         self.to_writers.clear();
-        match self.join_writers().await {
-            Ok(written) => written.lines,
-            Err(FeedError::Store { committed, .. }) => committed,
-        }
+        self.join_writers().await.0.lines
     }
 
-    async fn hand_over_full(&mut self) -> Result<(), FeedError> {
+    async fn hand_over_full(&mut self) -> Result<(), IngestError> {
         for (writer, batch) in std::mem::take(&mut self.full) {
             let sent = match self.to_writers.get(writer) {
                 Some(to_writer) => to_writer.send(batch).await.is_ok(),
@@ -194,15 +189,21 @@ impl Upload {
                 // A writer stopped early: only a failure does that.
                 self.abandoned.store(true, Ordering::SeqCst);
                 self.to_writers.clear();
-                self.join_writers().await?;
+                let (written, failure) = self.join_writers().await;
+                return Err(IngestError::Store {
+                    committed: written.lines,
+                    source: failure.unwrap_or_else(|| {
+                        BatchError::Postgres(sqlx::Error::Protocol("an ingest writer stopped early".into()))
+                    }),
+                });
             }
         }
         Ok(())
     }
 
-    /// Waits for every writer; the first failure wins, with the lines all
-    /// writers committed.
-    async fn join_writers(&mut self) -> Result<Written, FeedError> {
+    /// Waits for every writer: what they committed in all, and the first
+    /// failure if any.
+    async fn join_writers(&mut self) -> (Written, Option<BatchError<sqlx::Error>>) {
         let mut written = Written::default();
         let mut failure = None;
         for writer in std::mem::take(&mut self.writers) {
@@ -222,13 +223,7 @@ impl Upload {
                 failure = error;
             }
         }
-        match failure {
-            None => Ok(written),
-            Some(source) => Err(FeedError::Store {
-                committed: written.lines,
-                source,
-            }),
-        }
+        (written, failure)
     }
 }
 

@@ -23,8 +23,8 @@
 //! rounds run in file order. Each line is thus compared with the state left by
 //! the lines before it, as if the file were applied line by line.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
@@ -195,7 +195,7 @@ async fn copy_new(
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
-    let found: std::collections::HashSet<&str> = found.iter().map(String::as_str).collect();
+    let found: HashSet<&str> = found.iter().map(String::as_str).collect();
     let (existing, new): (Vec<usize>, Vec<usize>) =
         (0..round.len()).partition(|&position| found.contains(ids[position]));
     if new.is_empty() {
@@ -230,10 +230,7 @@ async fn copy_new(
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == "23505")
+    error.as_database_error().is_some_and(|db| db.is_unique_violation())
 }
 
 /// One row in `COPY`'s text format: tab-separated, `\N` for NULL.

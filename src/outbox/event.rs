@@ -126,8 +126,8 @@ fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-impl crate::postgres::LostRace for SinkError {
-    fn postgres_error(&self) -> Option<&sqlx::Error> {
+impl crate::postgres::PostgresCause for SinkError {
+    fn postgres_cause(&self) -> Option<&sqlx::Error> {
         match self {
             SinkError::Postgres(e) => Some(e),
             _ => None,

@@ -72,13 +72,13 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Re
         return ("unknown", Err(e.into()));
     }
     match (req.method(), req.uri().path()) {
+        (&Method::POST, "/checkout") => ("checkout", sale::handlers::checkout(state, req).await),
+        (&Method::POST, "/purchase") => ("purchase", sale::handlers::purchase(state, req).await),
         (&Method::POST, "/ingest") => ("ingest", ingest::handlers::ingest(state, req).await),
         (&Method::GET, path) if path.starts_with(PLAYERS_PREFIX) => (
             "player",
             ingest::handlers::player(state, &path[PLAYERS_PREFIX.len()..]).await,
         ),
-        (&Method::POST, "/checkout") => ("checkout", sale::handlers::checkout(state, req).await),
-        (&Method::POST, "/purchase") => ("purchase", sale::handlers::purchase(state, req).await),
         (&Method::GET, "/sales/current") => ("sales_current", sale::handlers::current(state).await),
         (&Method::GET, "/health") => ("health", Ok(ops::health(state).await)),
         (&Method::GET, "/metrics") => ("metrics", Ok(ops::metrics(state))),
