@@ -1,74 +1,99 @@
--- checkout.lua: decide one checkout attempt and record it, atomically.
+-- checkout.lua: decide a batch of checkout attempts, each atomically and in
+-- order, exactly as if each came alone, and record them.
 --
 -- Every attempt, accepted or refused, is appended to the shard's outbox so
--- Postgres ends up with the full attempt log (contest rule). The sale is
--- opened lazily here, on its first checkout, so that no background task has
--- to race the clock to create it.
+-- Postgres ends up with the full attempt log (contest rule). A sale is opened
+-- lazily here, on its first checkout, so that no background task has to race
+-- the clock to create it.
 --
--- Redis does not roll back a script that fails half-way, so every read and
--- check happens before the first write. Calls are kept few: this runs once
--- per checkout, and Redis is the shared bottleneck.
+-- Redis does not roll back a script that fails half-way, so each request's
+-- reads and checks come before its writes, and nothing here raises an error:
+-- inputs were validated by the engine. Calls are kept few: Redis is the
+-- shared bottleneck.
 --
--- KEYS: 1 sale meta hash, 2 sold bitmap, 3 per-user counters hash,
---       4 code string, 5 outbox stream (all share one hash tag).
--- ARGV: 1 now_ms, 2 sale_id, 3 starts_ms, 4 ends_ms, 5 items, 6 per_user_limit,
---       7 item_id, 8 user_id, 9 code, 10 expires_ms, 11 code_ttl_ms,
---       12 sale_ttl_ms, 13 max_codes_per_user, 14 outbox_max_len
--- Reply: {outcome, outbox_entry_id} or {'OUTBOX_FULL'}.
-local meta, sold, users, code_key, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, sale_id, item_arg, user, code = ARGV[1], ARGV[2], ARGV[7], ARGV[8], ARGV[9]
-
--- Shed rather than grow the outbox without bound while Postgres is away.
-if redis.call('XLEN', outbox) >= tonumber(ARGV[14]) then
-  return {'OUTBOX_FULL'}
+-- Batch protocol (src/executor.rs):
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
+--       sale meta hash, sold bitmap, per-user counters hash, code string.
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (13):
+--       now_ms, sale_id, starts_ms, ends_ms, items, per_user_limit, item_id,
+--       user_id, code, expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user.
+-- Reply: per request {outcome}. Events: sale_opened, checkout.
+local outbox, counter = KEYS[1], KEYS[2]
+local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pending = tonumber(redis.call('GET', counter) or '0')
+local events, replies = {}, {}
+local function emit(kind, ...)
+  events[#events + 1] = kind
+  events[#events + 1] = table.concat({...}, '\31')
 end
-
 -- A sale keeps the size and limit it opened with, even if the config changes.
-local stored = redis.call('HMGET', meta, 'items', 'limit')
-local opening = stored[1] == false
-local items = opening and ARGV[5] or stored[1]
-local limit = opening and ARGV[6] or stored[2]
-local item = tonumber(item_arg)
-local counts = redis.call('HMGET', users, 'p:' .. user, 'c:' .. user)
+-- Read once per batch, and updated when this batch opens the sale.
+local sales = {}
 
-local outcome = 'OK'
-if item > tonumber(items) then
-  outcome = 'ITEM_NOT_FOUND'
-elseif redis.call('GETBIT', sold, item) == 1 then
-  outcome = 'ITEM_SOLD'
-elseif tonumber(counts[1] or '0') >= tonumber(limit) then
-  outcome = 'USER_LIMIT_REACHED'
-elseif tonumber(counts[2] or '0') >= tonumber(ARGV[13]) then
-  -- Each live code costs memory; a per-user cap bounds what one user can pin.
-  outcome = 'TOO_MANY_CHECKOUTS'
+for r = 0, n - 1 do
+  local k, a = 2 + r * 4, 2 + r * 13
+  local meta, sold, users, code_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local now, sale_id, item_arg, user = ARGV[a + 1], ARGV[a + 2], ARGV[a + 7], ARGV[a + 8]
+
+  local outcome
+  -- Shed rather than grow the outbox without bound while Postgres is away:
+  -- an attempt is recorded even when refused, so all of them are shed.
+  if pending + #events / 2 >= bound then
+    outcome = 'OUTBOX_FULL'
+  else
+    local sale = sales[meta]
+    if not sale then
+      local stored = redis.call('HMGET', meta, 'items', 'limit')
+      sale = {opening = stored[1] == false, items = stored[1], limit = stored[2]}
+      sales[meta] = sale
+    end
+    local items = sale.opening and ARGV[a + 5] or sale.items
+    local limit = sale.opening and ARGV[a + 6] or sale.limit
+    local item = tonumber(item_arg)
+    local counts = redis.call('HMGET', users, 'p:' .. user, 'c:' .. user)
+
+    outcome = 'OK'
+    if item > tonumber(items) then
+      outcome = 'ITEM_NOT_FOUND'
+    elseif redis.call('GETBIT', sold, item) == 1 then
+      outcome = 'ITEM_SOLD'
+    elseif tonumber(counts[1] or '0') >= tonumber(limit) then
+      outcome = 'USER_LIMIT_REACHED'
+    elseif tonumber(counts[2] or '0') >= tonumber(ARGV[a + 13]) then
+      -- Each live code costs memory; a per-user cap bounds what one user can pin.
+      outcome = 'TOO_MANY_CHECKOUTS'
+    end
+
+    -- Writes start here.
+    if sale.opening then
+      -- Create every key of the sale now so each gets its expiry once,
+      -- instead of a PEXPIRE on every later write. Items are numbered from
+      -- 1, so bit 0 of the sold bitmap is free to create it.
+      redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', ARGV[a + 3], 'ends_ms', ARGV[a + 4])
+      redis.call('PEXPIRE', meta, ARGV[a + 12])
+      redis.call('SETBIT', sold, 0, 0)
+      redis.call('PEXPIRE', sold, ARGV[a + 12])
+      redis.call('HSET', users, '_', '')
+      redis.call('PEXPIRE', users, ARGV[a + 12])
+      sale.opening, sale.items, sale.limit = false, items, limit
+      emit('sale_opened', sale_id, ARGV[a + 3], ARGV[a + 4], items, limit, now)
+    end
+    local issued_code, expires = '', ''
+    if outcome == 'OK' then
+      issued_code, expires = ARGV[a + 9], ARGV[a + 10]
+      -- One string, "sale|user|item|expires|limit" with \31 (unit separator)
+      -- as the bar: user ids cannot contain control characters.
+      redis.call('SET', code_key, table.concat({sale_id, user, item_arg, expires, limit}, '\31'),
+        'PX', ARGV[a + 11])
+      redis.call('HINCRBY', users, 'c:' .. user, 1)
+    end
+    emit('checkout', sale_id, user, item_arg, outcome, issued_code, expires, now)
+  end
+  replies[r + 1] = {outcome}
 end
 
--- Writes start here.
-if opening then
-  -- Create every key of the sale now so each gets its expiry once, instead
-  -- of a PEXPIRE on every later write. Items are numbered from 1, so bit 0
-  -- of the sold bitmap is free to create it.
-  redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', ARGV[3], 'ends_ms', ARGV[4])
-  redis.call('PEXPIRE', meta, ARGV[12])
-  redis.call('SETBIT', sold, 0, 0)
-  redis.call('PEXPIRE', sold, ARGV[12])
-  redis.call('HSET', users, '_', '')
-  redis.call('PEXPIRE', users, ARGV[12])
-  redis.call('XADD', outbox, '*', 'kind', 'sale_opened', 'sale', sale_id,
-    'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'items', items, 'limit', limit, 'at', now)
+if #events > 0 then
+  redis.call('XADD', outbox, '*', unpack(events))
+  redis.call('INCRBY', counter, #events / 2)
 end
-
-local issued_code, expires = '', ''
-if outcome == 'OK' then
-  issued_code, expires = code, ARGV[10]
-  -- One string, "sale|user|item|expires|limit" with \31 (unit separator) as
-  -- the bar: user ids cannot contain control characters.
-  redis.call('SET', code_key, sale_id .. '\31' .. user .. '\31' .. item_arg .. '\31' .. expires .. '\31' .. limit,
-    'PX', ARGV[11])
-  redis.call('HINCRBY', users, 'c:' .. user, 1)
-end
-
-local entry = redis.call('XADD', outbox, '*', 'kind', 'checkout', 'sale', sale_id,
-  'user', user, 'item', item_arg, 'outcome', outcome,
-  'code', issued_code, 'expires_ms', expires, 'at', now)
-return {outcome, entry}
+return replies

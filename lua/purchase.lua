@@ -1,54 +1,76 @@
--- purchase.lua: spend a checkout code, atomically.
+-- purchase.lua: spend a batch of checkout codes, each atomically and in
+-- order, exactly as if each came alone.
 --
--- The code is spent, the item marked sold, the user's count raised and the
--- event appended to the outbox in one step, so no interleaving of concurrent
--- purchases can sell an item twice, overrun a user's limit or spend a code
--- twice. Refusals write nothing.
+-- A code is spent, its item marked sold, its user's count raised and the
+-- event appended to the outbox in one step, so no interleaving of purchases
+-- can sell an item twice, overrun a user's limit or spend a code twice; a
+-- later request in the batch sees what the earlier ones wrote. Refusals
+-- write nothing.
 --
--- Redis does not roll back a script that fails half-way, so every read and
--- check happens before the first write.
+-- Redis does not roll back a script that fails half-way, so each request's
+-- reads and checks come before its writes, and nothing here raises an error:
+-- inputs were validated by the engine.
 --
--- KEYS: 1 code string, 2 sold bitmap, 3 per-user counters hash,
---       4 outbox stream (all share one hash tag).
--- ARGV: 1 now_ms, 2 active sale_id, 3 code, 4 outbox_max_len
--- Reply: {'OK', outbox_entry_id, item_id, user_purchases} or {refusal}.
-local code_key, sold, users, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Batch protocol (src/executor.rs):
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
+--       code string, sold bitmap, per-user counters hash.
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (3):
+--       now_ms, active sale_id, code.
+-- Reply: per request {'OK', item_id, user_purchases} or {refusal}.
+-- Events: purchase.
+local outbox, counter = KEYS[1], KEYS[2]
+local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pending = tonumber(redis.call('GET', counter) or '0')
+local events, replies = {}, {}
 
-local stored = redis.call('GET', code_key)
-if not stored then
-  return {'CODE_NOT_FOUND'}
-end
--- "sale|user|item|expires|limit", then "|used_at" once spent (see checkout.lua).
-local f = {}
-for part in string.gmatch(stored, '[^\31]+') do
-  f[#f + 1] = part
-end
-local sale, user, item, expires, limit, used = f[1], f[2], f[3], f[4], f[5], f[6]
-if used then
-  return {'CODE_USED'}
-end
-if sale ~= ARGV[2] then
-  return {'SALE_OVER'}
-end
-if tonumber(ARGV[1]) >= tonumber(expires) then
-  return {'CODE_EXPIRED'}
-end
-if redis.call('GETBIT', sold, item) == 1 then
-  return {'ITEM_SOLD'}
-end
-local bought = tonumber(redis.call('HGET', users, 'p:' .. user) or '0')
-if bought >= tonumber(limit) then
-  return {'USER_LIMIT_REACHED'}
-end
--- Shed rather than grow the outbox without bound while Postgres is away.
-if redis.call('XLEN', outbox) >= tonumber(ARGV[4]) then
-  return {'OUTBOX_FULL'}
+local function purchase(code_key, sold, users, now, active_sale, code)
+  local stored = redis.call('GET', code_key)
+  if not stored then
+    return {'CODE_NOT_FOUND'}
+  end
+  -- "sale|user|item|expires|limit", then "|used_at" once spent (checkout.lua).
+  local f = {}
+  for part in string.gmatch(stored, '[^\31]+') do
+    f[#f + 1] = part
+  end
+  local sale, user, item, expires, limit, used = f[1], f[2], f[3], f[4], f[5], f[6]
+  if used then
+    return {'CODE_USED'}
+  end
+  if sale ~= active_sale then
+    return {'SALE_OVER'}
+  end
+  if tonumber(now) >= tonumber(expires) then
+    return {'CODE_EXPIRED'}
+  end
+  if redis.call('GETBIT', sold, item) == 1 then
+    return {'ITEM_SOLD'}
+  end
+  local bought = tonumber(redis.call('HGET', users, 'p:' .. user) or '0')
+  if bought >= tonumber(limit) then
+    return {'USER_LIMIT_REACHED'}
+  end
+  -- Shed rather than grow the outbox without bound while Postgres is away.
+  if pending + #events / 2 >= bound then
+    return {'OUTBOX_FULL'}
+  end
+
+  -- Writes start here.
+  redis.call('SETBIT', sold, item, 1)
+  redis.call('HINCRBY', users, 'p:' .. user, 1)
+  redis.call('SET', code_key, stored .. '\31' .. now, 'KEEPTTL')
+  events[#events + 1] = 'purchase'
+  events[#events + 1] = table.concat({sale, user, item, code, now}, '\31')
+  return {'OK', tonumber(item), bought + 1}
 end
 
--- Writes start here.
-redis.call('SETBIT', sold, item, 1)
-redis.call('HINCRBY', users, 'p:' .. user, 1)
-redis.call('SET', code_key, stored .. '\31' .. ARGV[1], 'KEEPTTL')
-local entry = redis.call('XADD', outbox, '*', 'kind', 'purchase', 'sale', sale,
-  'user', user, 'item', item, 'code', ARGV[3], 'at', ARGV[1])
-return {'OK', entry, tonumber(item), bought + 1}
+for r = 0, n - 1 do
+  local k, a = 2 + r * 3, 2 + r * 3
+  replies[r + 1] = purchase(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+end
+
+if #events > 0 then
+  redis.call('XADD', outbox, '*', unpack(events))
+  redis.call('INCRBY', counter, #events / 2)
+end
+return replies

@@ -1,6 +1,8 @@
-//! Start-up and wiring: connect, migrate, load scripts, bind, then serve and
-//! flush until told to stop. Build and run are separate so tests can learn
-//! the bound port before serving (`App::build` then `run_until_stopped`).
+//! Start-up and wiring, the top layer: connect, migrate, build the features,
+//! compose their routes, load their scripts, register their sinks, bind; then
+//! serve and flush until told to stop. Build and run are separate so tests
+//! can learn the bound port before serving (`App::build` then
+//! `run_until_stopped`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,17 +14,30 @@ use fred::interfaces::ClientLike;
 use fred::types::Builder;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::keyspace::Keyspace;
 use crate::limits::REDIS_COMMAND_TIMEOUT;
-use crate::outbox::{FlushError, Flusher};
+use crate::ops::Ops;
+use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
 use crate::scripts::{LuaScript, ScriptError};
-use crate::{sale, server, telemetry};
+use crate::server::feature::Feature;
+use crate::server::route::RouterError;
+use crate::server::{self, Router};
+use crate::services::Services;
+use crate::{ingest, sale, telemetry};
+
+/// Every feature of the engine: the one place a new feature is listed.
+fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
+    Ok(vec![
+        sale::Sale::new(services.clone()),
+        ingest::Ingest::new(services.clone()),
+    ])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -40,76 +55,98 @@ pub enum StartupError {
     Script(#[from] ScriptError),
     #[error(transparent)]
     Flush(#[from] FlushError),
-}
-
-/// What every handler can reach.
-pub struct AppState {
-    pub config: Config,
-    pub clock: SharedClock,
-    pub redis: Pool,
-    pub postgres: PgPool,
-    pub keys: Keyspace,
-    pub flusher: Arc<Flusher>,
-    pub metrics: PrometheusHandle,
-    /// Uploads being ingested; bounded, as each holds Postgres connections
-    /// (`STAMPEDE_INGEST_WRITERS`) for its whole duration.
-    pub ingest_slots: Semaphore,
+    #[error(transparent)]
+    Routes(#[from] RouterError),
+    #[error(transparent)]
+    Sinks(#[from] DuplicateKind),
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
 }
 
 pub struct App {
-    state: Arc<AppState>,
+    services: Arc<Services>,
+    features: Vec<Arc<dyn Feature>>,
+    router: Arc<Router>,
+    flusher: Arc<Flusher>,
+    metrics: PrometheusHandle,
     listeners: Vec<TcpListener>,
     redis_builder: Builder,
-}
-
-/// Every script the engine calls, loaded at start so the first request does
-/// not pay for SCRIPT LOAD.
-fn all_scripts() -> [&'static LuaScript; 3] {
-    [
-        &sale::scripts::CHECKOUT,
-        &sale::scripts::PURCHASE,
-        &crate::outbox::flusher::OUTBOX_ACK,
-    ]
 }
 
 impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
         let redis_builder = redis_builder(&config.redis_url)?;
-        let redis = redis_builder.build_pool(config.redis_pool_size)?;
+        let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         redis.init().await?;
-        for script in all_scripts() {
-            script.load(&redis).await?;
-        }
 
         let postgres = crate::postgres::connect(&config).await?;
         sqlx::migrate!("./migrations").run(&postgres).await?;
 
         let keys = Keyspace::new(config.key_prefix.clone());
-        let flusher = Arc::new(Flusher::new(
+        let executor = Executor::new(
             redis.clone(),
-            postgres.clone(),
             keys.clone(),
-            config.flush.clone(),
+            ExecutorConfig {
+                inflight: config.script_inflight,
+                outbox_events_max: config.outbox_events_max,
+            },
+        );
+        let services = Arc::new(Services {
+            config,
+            clock,
+            redis,
+            postgres,
+            keys,
+            executor,
+        });
+        let features = features(&services)?;
+
+        // Every script is loaded now, so the first request does not pay for it.
+        let mut batch_scripts = Vec::new();
+        let mut scripts: Vec<&'static LuaScript> = vec![&crate::outbox::flusher::OUTBOX_ACK];
+        let mut sinks = SinkRegistry::default();
+        let mut routes = Vec::new();
+        for feature in &features {
+            batch_scripts.extend(feature.batch_scripts());
+            scripts.extend(feature.scripts());
+            if let Some(sink) = feature.clone().sink() {
+                sinks.register(sink)?;
+            }
+            routes.extend(feature.clone().routes());
+            tracing::debug!(feature = feature.name(), "feature ready");
+        }
+        scripts.extend(batch_scripts.iter().map(|s| &s.lua));
+        for script in scripts {
+            script.load(&services.redis).await?;
+        }
+        services.executor.start(&batch_scripts)?;
+
+        let flusher = Arc::new(Flusher::new(
+            services.redis.clone(),
+            services.postgres.clone(),
+            services.keys.clone(),
+            services.config.flush.clone(),
+            sinks,
         ));
         flusher.ensure_groups().await?;
 
+        let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone());
+        routes.extend(ops.clone().routes());
+        let router = Arc::new(Router::new(routes)?);
+        ops.set_index(router.describe());
+
         let mut listeners = Vec::new();
-        for addr in &config.listen {
+        for addr in &services.config.listen {
             let listener = server::bind(*addr).map_err(|source| StartupError::Bind { addr: *addr, source })?;
             listeners.push(listener);
         }
         Ok(Self {
-            state: Arc::new(AppState {
-                config,
-                clock,
-                redis,
-                postgres,
-                keys,
-                flusher,
-                metrics,
-                ingest_slots: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
-            }),
+            services,
+            features,
+            router,
+            flusher,
+            metrics,
             listeners,
             redis_builder,
         })
@@ -119,32 +156,50 @@ impl App {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
+    pub fn services(&self) -> Arc<Services> {
+        self.services.clone()
+    }
+
+    pub fn flusher(&self) -> Arc<Flusher> {
+        self.flusher.clone()
+    }
+
+    /// Every route, as `GET /` lists them.
+    pub fn routes(&self) -> Vec<crate::server::route::RouteInfo> {
+        self.router.describe()
     }
 
     /// Serves and flushes until `shutdown` resolves; then stops accepting,
-    /// finishes in-flight requests, drains the outbox into Postgres (bounded
-    /// by the shutdown grace) and returns.
+    /// finishes in-flight requests, stops the features' background work,
+    /// drains the outbox into Postgres (bounded by the shutdown grace) and
+    /// returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        let state = self.state;
+        let services = self.services;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let flushing = tokio::spawn(state.flusher.clone().run(self.redis_builder, stop_rx.clone()));
-        let upkeep = tokio::spawn(metrics_upkeep(state.metrics.clone(), stop_rx));
-        tracing::info!(listen = ?state.config.listen, "serving");
+        let flushing = tokio::spawn(self.flusher.clone().run(self.redis_builder, stop_rx.clone()));
+        let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone(), stop_rx.clone()));
+        let background: Vec<_> = self
+            .features
+            .iter()
+            .flat_map(|f| f.clone().spawn_background(stop_rx.clone()))
+            .collect();
+        tracing::info!(listen = ?services.config.listen, "serving");
 
-        server::serve(self.listeners, state.clone(), shutdown).await;
+        server::serve(self.listeners, self.router, &services.config, shutdown).await;
 
         let _ = stop_tx.send(true);
+        for task in background {
+            let _ = task.await;
+        }
         let _ = flushing.await;
         let _ = upkeep.await;
-        let deadline = Instant::now() + state.config.shutdown_grace;
-        match state.flusher.drain(deadline).await {
+        let deadline = Instant::now() + services.config.shutdown_grace;
+        match self.flusher.drain(deadline).await {
             Ok(flushed) => tracing::info!(flushed, "outbox drained"),
             Err(e) => tracing::warn!(error = %e, "outbox not drained; it stays in Redis and flushes at next start"),
         }
-        let _ = state.redis.quit().await;
-        state.postgres.close().await;
+        let _ = services.redis.quit().await;
+        services.postgres.close().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Configuration from environment variables, validated once at start-up.
 //! A bad value stops the engine with a message naming the variable.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -58,6 +59,9 @@ pub struct IngestConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Every variable as it was read, so features parse their own settings
+    /// (`Config::env`) in their own folder.
+    pub vars: Vars,
     pub listen: Vec<SocketAddr>,
     pub redis_url: String,
     pub database_url: String,
@@ -72,16 +76,50 @@ pub struct Config {
     pub worker_threads: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Unflushed events per outbox shard before writes are shed (503).
+    pub outbox_events_max: u64,
+    /// Batched script calls in flight at once per script and shard.
+    pub script_inflight: usize,
+    /// `STAMPEDE_ADMIN_TOKEN`; `None` disables the admin routes.
+    pub admin_token: Option<Secret>,
+}
+
+/// A value that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The environment as read at start. Its `Debug` lists names only: values
+/// include secrets (the admin token, database passwords).
+#[derive(Clone, Default)]
+pub struct Vars(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_vars(std::env::vars().collect())
     }
 
     /// Builds the configuration from any variable source (tests pass a map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = Env { lookup: &lookup };
+    pub fn from_vars(vars: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let vars = Vars(vars);
+        let env = Env { vars: &vars };
         let listen = env.listen("STAMPEDE_LISTEN", "0.0.0.0:8080")?;
         let database_url = env.get("DATABASE_URL").ok_or(ConfigError::Missing {
             var: "DATABASE_URL",
@@ -96,7 +134,27 @@ impl Config {
             });
         }
         let consumer = env.get("STAMPEDE_CONSUMER").unwrap_or_else(default_consumer_name);
+        let outbox_events_max = env.number(
+            "STAMPEDE_OUTBOX_MAX_EVENTS",
+            limits::OUTBOX_EVENTS_DEFAULT,
+            1,
+            1_000_000_000,
+        )?;
+        let script_inflight = env.number("STAMPEDE_SCRIPT_INFLIGHT", 2, 1, 16)?;
+        let admin_token = env.get("STAMPEDE_ADMIN_TOKEN").map(|t| Secret(t.trim().to_owned()));
+        if let Some(Secret(token)) = &admin_token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::Invalid {
+                var: "STAMPEDE_ADMIN_TOKEN",
+                value: "(hidden)".into(),
+                reason: "must be at least 16 printable ASCII characters without spaces".into(),
+            });
+        }
         Ok(Self {
+            outbox_events_max,
+            script_inflight,
+            admin_token,
             listen,
             redis_url: env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             database_url,
@@ -150,7 +208,13 @@ impl Config {
                 600_000,
             )?),
             shutdown_grace: Duration::from_millis(env.number("STAMPEDE_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?),
+            vars,
         })
+    }
+
+    /// The variables, for a feature that reads its own settings.
+    pub fn env(&self) -> Env<'_> {
+        Env { vars: &self.vars }
     }
 }
 
@@ -169,16 +233,19 @@ fn default_consumer_name() -> String {
         .unwrap_or_else(|| "stampede".into())
 }
 
-struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
+/// Typed, bounded reads of variables; every error names its variable.
+pub struct Env<'a> {
+    vars: &'a Vars,
 }
 
 impl Env<'_> {
-    fn get(&self, var: &str) -> Option<String> {
-        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    /// The value, unless unset or blank.
+    pub fn get(&self, var: &str) -> Option<String> {
+        self.vars.0.get(var).filter(|v| !v.trim().is_empty()).cloned()
     }
 
-    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    /// A whole number in `min..=max`, or `default` when unset.
+    pub fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + std::fmt::Display + Copy,
     {
@@ -214,11 +281,9 @@ impl Env<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(|name| map.get(name).cloned())
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     #[test]

@@ -10,7 +10,21 @@ pub struct Shard(u64);
 
 impl Shard {
     pub fn of_sale(sale_id: u64) -> Self {
-        Self(sale_id % OUTBOX_SHARDS)
+        Self::of_number(sale_id)
+    }
+
+    /// The shard of an entity with a numeric id.
+    pub fn of_number(id: u64) -> Self {
+        Self(id % OUTBOX_SHARDS)
+    }
+
+    /// The shard of an entity with a text id (FNV-1a: stable across
+    /// processes and versions, unlike std's randomly keyed hasher).
+    pub fn of_text(id: &str) -> Self {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Self(hash % OUTBOX_SHARDS)
     }
 
     pub fn all() -> impl Iterator<Item = Shard> {
@@ -42,6 +56,13 @@ impl Keyspace {
     pub fn outbox(&self, shard: Shard) -> String {
         self.key(shard, format_args!("outbox"))
     }
+
+    /// Events in `shard`'s outbox not yet in Postgres. Kept by the scripts
+    /// that append and the one that acknowledges, so it bounds the backlog
+    /// in events whatever the entries hold.
+    pub fn outbox_events(&self, shard: Shard) -> String {
+        self.key(shard, format_args!("outbox:events"))
+    }
 }
 
 #[cfg(test)]
@@ -54,5 +75,13 @@ mod tests {
         let shard = Shard::of_sale(493_013);
         assert_eq!(keys.outbox(shard), "p:{5}:outbox");
         assert_eq!(keys.key(shard, format_args!("sale:{}", 493_013)), "p:{5}:sale:493013");
+        assert_eq!(keys.outbox_events(shard), "p:{5}:outbox:events");
+    }
+
+    #[test]
+    fn text_ids_spread_and_stay_put() {
+        assert_eq!(Shard::of_text("player-1"), Shard::of_text("player-1"));
+        let used: std::collections::HashSet<u64> = (0..200).map(|i| Shard::of_text(&format!("p{i}")).index()).collect();
+        assert_eq!(used.len() as u64, OUTBOX_SHARDS);
     }
 }

@@ -2,27 +2,28 @@
 //!
 //! # Layout
 //!
-//! Features, each owning its handlers, script bindings and Postgres sink:
-//! - [`sale`]: hourly flash sales, checkout codes, purchases.
-//! - [`ingest`]: NDJSON purchase uploads, upserted into Postgres, and the
-//!   player loyalty they feed.
+//! Layers, each importing only those below it:
 //!
-//! Shared infrastructure:
-//! - [`app`]: start-up and wiring (`App::build`, `run_until_stopped`).
-//! - [`server`]: listeners, connection bound, router, HTTP helpers.
-//! - [`scripts`]: Lua script loading and EVALSHA with reload.
-//! - [`outbox`]: the Redis Stream outboxes and the write-behind flusher.
-//! - [`postgres`]: the pool and the batch writer every feature commits through.
-//! - [`keyspace`]: Redis key names and hash tags.
-//! - [`config`], [`limits`], [`clock`], [`telemetry`], [`error`] (the one
-//!   place errors become HTTP), [`ops`] (index, health, metrics).
+//! 1. Infrastructure: [`config`], [`clock`], [`limits`], [`telemetry`],
+//!    [`keyspace`], [`postgres`], [`scripts`] (Lua loading, EVALSHA with
+//!    reload), [`executor`] (the batched script executor), [`outbox`] (the
+//!    Redis Stream outboxes, the flusher and its sink registry), and
+//!    [`services`] (what features may use).
+//! 2. The HTTP toolkit, [`server`]: listeners, routes as data, the router,
+//!    the error trait, request helpers, the admin guard and the `Feature`
+//!    contract. It names no feature.
+//! 3. Features, each owning its routes, errors, scripts and sink, importing
+//!    only the two layers above: [`sale`] (hourly flash sales, checkout
+//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty).
+//! 4. Wiring: [`app`] (start-up, the feature list) and [`ops`] (index,
+//!    health, metrics).
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 
 pub mod app;
 pub mod clock;
 pub mod config;
-pub mod error;
+pub mod executor;
 pub mod ingest;
 pub mod keyspace;
 pub mod limits;
@@ -32,4 +33,5 @@ pub mod postgres;
 pub mod sale;
 pub mod scripts;
 pub mod server;
+pub mod services;
 pub mod telemetry;

@@ -39,14 +39,28 @@ pub const CHECKOUT_CODES_PER_USER_MAX: u32 = 1_000;
 /// nodes. Fixed, because changing it moves keys: drain the outbox first.
 pub const OUTBOX_SHARDS: u64 = 8;
 
-/// Unflushed entries one outbox shard may hold before scripts shed new writes
-/// with 503. At ~200 bytes an entry this is ~200 MiB of Redis per shard,
-/// hours of a sale's traffic while Postgres is away.
-pub const OUTBOX_ENTRIES_MAX: u64 = 1_000_000;
+/// Default of `STAMPEDE_OUTBOX_MAX_EVENTS`: unflushed events one outbox shard
+/// may hold before scripts shed new writes with 503. At ~150 bytes an event
+/// this is ~150 MiB of Redis per shard, hours of a sale's traffic while
+/// Postgres is away.
+pub const OUTBOX_EVENTS_DEFAULT: u64 = 1_000_000;
 
-/// Ceiling for `STAMPEDE_FLUSH_BATCH_ROWS`: the ack script passes a batch's
-/// ids to `unpack`, and Lua's C stack takes at most ~8000 values.
+/// Ceiling for `STAMPEDE_FLUSH_BATCH_ROWS` (events per Postgres transaction,
+/// and so entries per ack): the ack script passes the entry ids to `unpack`,
+/// and Lua's C stack takes at most ~8000 values.
 pub const FLUSH_BATCH_ROWS_MAX: usize = 7_000;
+
+/// Requests one batched script call carries. Each request appends at most
+/// two events, each two values of the one `XADD`, which Lua passes through
+/// `unpack`: 4 × 256 values stay far below its ~8000. Larger batches gain
+/// little: at 256 the per-call overhead is already under 1% of the call.
+pub const SCRIPT_BATCH_REQUESTS_MAX: usize = 256;
+
+/// Requests that may wait for one script on one shard while its calls are in
+/// flight; beyond it requests are shed with 503 `OVERLOADED` rather than
+/// queued without limit. Above the default connection bound's share of one
+/// shard in practice: a flash sale puts all its traffic on one shard.
+pub const SCRIPT_QUEUE_DEPTH_MAX: usize = 16_384;
 
 /// Longest the flusher backs off between retries while Postgres is down.
 pub const FLUSH_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -140,6 +154,8 @@ pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;
 
 const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
+const _: () = assert!(2 + 4 * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
+const _: () = assert!(SCRIPT_BATCH_REQUESTS_MAX <= FLUSH_BATCH_ROWS_MAX);
 const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());
 const _: () = assert!(INGEST_BATCH_ROWS_DEFAULT <= INGEST_BATCH_ROWS_CEILING);

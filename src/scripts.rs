@@ -9,10 +9,12 @@ use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScriptError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    #[error("the engine is overloaded: too many requests are waiting for Redis; retry shortly")]
+    Overloaded,
     #[error("script {script} replied with an unexpected shape: {detail}")]
     UnexpectedReply { script: &'static str, detail: String },
 }

@@ -12,10 +12,8 @@ use hyper::{Request, StatusCode};
 use multer::{Constraints, Multipart, SizeLimit};
 use serde::Serialize;
 
-use super::IngestError;
 use super::pipeline::{IngestReport, Upload};
-use crate::app::AppState;
-use crate::error::ApiError;
+use super::{Ingest, IngestError};
 use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
 use crate::server::http::{HttpResponse, json};
 use crate::telemetry;
@@ -39,7 +37,7 @@ const FILE_CONTENT_TYPES: &[&str] = &[
     "text/x-ndjson",
 ];
 
-pub async fn ingest(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpResponse, IngestError> {
     let result = receive(state, req).await;
     if let Err(IngestError::Store { committed, source }) = &result {
         tracing::error!(committed, error = %source, "ingest stopped: postgres failed");
@@ -53,9 +51,9 @@ pub async fn ingest(state: &AppState, req: Request<Incoming>) -> Result<HttpResp
     Ok(json(StatusCode::OK, &report))
 }
 
-async fn receive(state: &AppState, req: Request<Incoming>) -> Result<IngestReport, IngestError> {
-    let _slot = state.ingest_slots.try_acquire().map_err(|_| IngestError::Busy)?;
-    let ingest = &state.config.ingest;
+async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport, IngestError> {
+    let _slot = state.uploads.try_acquire().map_err(|_| IngestError::Busy)?;
+    let ingest = &state.services.config.ingest;
     let (limit, idle) = (ingest.max_bytes, ingest.idle_timeout);
     let boundary = req
         .headers()
@@ -74,7 +72,7 @@ async fn receive(state: &AppState, req: Request<Incoming>) -> Result<IngestRepor
     );
     let mut multipart = Multipart::with_constraints(body_chunks(req.into_body(), idle), boundary, constraints);
 
-    let mut upload = Upload::start(state.postgres.clone(), ingest.batch_rows, ingest.writers);
+    let mut upload = Upload::start(state.services.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
     let mut saw_field = false;
     loop {
@@ -197,18 +195,17 @@ struct CurrencySpend {
 /// rank players across currencies without exchange rates).
 const TIERS: &[(i64, &str)] = &[(50, "platinum"), (20, "gold"), (5, "silver"), (1, "bronze")];
 
-pub async fn player(state: &AppState, raw_id: &str) -> Result<HttpResponse, ApiError> {
+pub async fn player(state: &Ingest, raw_id: &str) -> Result<HttpResponse, IngestError> {
     let player_id = percent_decoded(raw_id)?;
     let mut spend: Vec<CurrencySpend> = sqlx::query_as(
         "SELECT currency, purchases, total_minor FROM player_spend
          WHERE player_id = $1 AND purchases > 0 ORDER BY currency",
     )
     .bind(&player_id)
-    .fetch_all(&state.postgres)
-    .await
-    .map_err(IngestError::from)?;
+    .fetch_all(&state.services.postgres)
+    .await?;
     if spend.is_empty() {
-        return Err(IngestError::PlayerNotFound.into());
+        return Err(IngestError::PlayerNotFound);
     }
     for row in &mut spend {
         row.total = major_units(row.total_minor, &row.currency);

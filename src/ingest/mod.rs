@@ -22,10 +22,18 @@ mod pipeline;
 pub mod record;
 pub mod sink;
 
-use crate::postgres::BatchError;
+use std::sync::Arc;
 
-/// Why an upload or a player lookup was refused. Mapped to HTTP in
-/// `crate::error`. Where rows were committed before the failure, the message
+use hyper::{Method, StatusCode};
+use tokio::sync::Semaphore;
+
+use crate::postgres::BatchError;
+use crate::server::Route;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::feature::Feature;
+use crate::services::Services;
+
+/// Why an upload or a player lookup was refused. Where rows were committed before the failure, the message
 /// says how many lines: re-sending the file is safe, as the upsert is
 /// idempotent.
 #[derive(Debug, thiserror::Error)]
@@ -63,4 +71,82 @@ pub enum IngestError {
     PlayerNotFound,
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
+}
+
+impl ApiError for IngestError {
+    fn error_code(&self) -> ErrorCode {
+        use StatusCode as S;
+        match self {
+            IngestError::Busy => ErrorCode::new(S::TOO_MANY_REQUESTS, "INGEST_BUSY"),
+            IngestError::NotMultipart => ErrorCode::new(S::UNSUPPORTED_MEDIA_TYPE, "NOT_MULTIPART"),
+            IngestError::MissingFileField => ErrorCode::new(S::BAD_REQUEST, "MISSING_FILE_FIELD"),
+            IngestError::UnsupportedFileType(_) => ErrorCode::new(S::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_FILE_TYPE"),
+            IngestError::EmptyFile => ErrorCode::new(S::BAD_REQUEST, "EMPTY_FILE"),
+            IngestError::TooLarge { .. } => ErrorCode::new(S::PAYLOAD_TOO_LARGE, "UPLOAD_TOO_LARGE"),
+            IngestError::Stalled { .. } => ErrorCode::new(S::REQUEST_TIMEOUT, "UPLOAD_STALLED"),
+            IngestError::Interrupted { .. } => ErrorCode::new(S::BAD_REQUEST, "UPLOAD_INTERRUPTED"),
+            IngestError::Malformed { .. } => ErrorCode::new(S::BAD_REQUEST, "MALFORMED_MULTIPART"),
+            IngestError::Store { .. } | IngestError::Postgres(_) => {
+                ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
+            }
+            IngestError::InvalidPlayerId(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PLAYER_ID"),
+            IngestError::PlayerNotFound => ErrorCode::new(S::NOT_FOUND, "PLAYER_NOT_FOUND"),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            IngestError::Busy | IngestError::Store { .. } | IngestError::Postgres(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        matches!(self, IngestError::Postgres(_))
+    }
+}
+
+/// The ingest feature: what its handlers need.
+pub struct Ingest {
+    services: Arc<Services>,
+    /// Uploads being ingested; bounded, as each holds Postgres connections
+    /// (`STAMPEDE_INGEST_WRITERS`) for its whole duration.
+    uploads: Semaphore,
+}
+
+impl Ingest {
+    pub fn new(services: Arc<Services>) -> Arc<Self> {
+        Arc::new(Self {
+            services,
+            uploads: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
+        })
+    }
+}
+
+impl Feature for Ingest {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn routes(self: Arc<Self>) -> Vec<Route> {
+        vec![
+            Route::new(
+                Method::POST,
+                "/ingest",
+                "ingest",
+                "Upload purchases as NDJSON: multipart/form-data, field `file`",
+                self.clone(),
+                |ingest, req, _| async move { handlers::ingest(&ingest, req).await },
+            )
+            .with_own_body_limit(),
+            Route::new(
+                Method::GET,
+                "/players/{id}",
+                "player",
+                "A player's loyalty: purchases, spend per currency, tier",
+                self,
+                |ingest, _, params| async move { handlers::player(&ingest, params.get("id").unwrap_or("")).await },
+            ),
+        ]
+    }
 }

@@ -11,16 +11,18 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, Pool};
-use fred::interfaces::{ClientLike, StreamsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
 use fred::types::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::event::decode_read_reply;
-use super::{CONSUMER_GROUP, OutboxEvent, SinkError, sinks};
+use super::event::{decode_entry, decode_read_reply};
+use super::{CONSUMER_GROUP, OutboxEntry, OutboxEvent, SinkError, SinkRegistry};
 use crate::config::FlushConfig;
 use crate::keyspace::{Keyspace, Shard};
-use crate::limits::{FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN, POSTGRES_STATEMENT_TIMEOUT};
+use crate::limits::{
+    FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN, POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
+};
 use crate::postgres::{self, BatchError};
 use crate::scripts::{LuaScript, ScriptError};
 use crate::telemetry;
@@ -52,15 +54,17 @@ pub struct Flusher {
     postgres: PgPool,
     keys: Keyspace,
     config: FlushConfig,
+    sinks: Arc<SinkRegistry>,
 }
 
 impl Flusher {
-    pub fn new(redis: Pool, postgres: PgPool, keys: Keyspace, config: FlushConfig) -> Self {
+    pub fn new(redis: Pool, postgres: PgPool, keys: Keyspace, config: FlushConfig, sinks: SinkRegistry) -> Self {
         Self {
             redis,
             postgres,
             keys,
             config,
+            sinks: Arc::new(sinks),
         }
     }
 
@@ -84,12 +88,14 @@ impl Flusher {
         }
     }
 
-    /// Unflushed entries over all shards (the streams keep nothing else).
+    /// Unflushed events over all shards: the scripts count what they append
+    /// and the acknowledgement what it deletes, in the same atomic steps.
     pub async fn backlog(&self) -> Result<u64, FlushError> {
+        // One GET per shard: the counters live in different hash slots.
         let mut total = 0;
         for shard in Shard::all() {
-            let len: u64 = self.redis.xlen(self.keys.outbox(shard)).await?;
-            total += len;
+            let count: Option<i64> = self.redis.get(self.keys.outbox_events(shard)).await?;
+            total += count.unwrap_or(0).max(0) as u64;
         }
         Ok(total)
     }
@@ -118,31 +124,99 @@ impl Flusher {
     async fn flush_from(&self, shard: Shard, reader: &Client, block: Option<Duration>) -> Result<usize, FlushError> {
         let outbox = self.keys.outbox(shard);
         // Own pending entries first: what a crash or a failed write left behind.
-        let mut batch = self
-            .read(shard, reader, &outbox, "0", self.config.batch_rows, None)
-            .await?;
+        let mut batch = self.read_events(shard, reader, &outbox, "0", None).await?;
         if batch.is_empty() {
-            batch = self
-                .read(shard, reader, &outbox, ">", self.config.batch_rows, block)
-                .await?;
+            batch = self.read_events(shard, reader, &outbox, ">", block).await?;
             if batch.is_empty() {
                 return Ok(0);
             }
             // A partial batch lingers briefly so a burst is written as one.
-            if batch.len() < self.config.batch_rows && !self.config.linger.is_zero() {
+            let events = event_count(&batch);
+            if events < self.config.batch_rows && !self.config.linger.is_zero() {
                 tokio::time::sleep(self.config.linger).await;
-                let room = self.config.batch_rows - batch.len();
-                batch.extend(self.read(shard, reader, &outbox, ">", room, None).await?);
+                let more = self.read_more(shard, reader, &outbox, None, events).await?;
+                batch.extend(more);
             }
         }
         let started = Instant::now();
-        self.write(&batch).await?;
-        let ids: Vec<Value> = std::iter::once(Value::from(CONSUMER_GROUP))
-            .chain(batch.iter().map(|e| Value::from(e.entry_id())))
-            .collect();
-        OUTBOX_ACK.call(&self.redis, vec![outbox], ids).await?;
-        telemetry::flushed(batch.len(), started.elapsed());
-        Ok(batch.len())
+        let events: Vec<OutboxEvent> = batch.iter().flat_map(|e| e.events.iter().cloned()).collect();
+        self.write(&events).await?;
+        // Acked with each entry's event count, so the backlog counter drops
+        // by exactly what was deleted.
+        let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 2);
+        args.push(CONSUMER_GROUP.into());
+        for entry in &batch {
+            args.push(entry.entry_id.as_str().into());
+            args.push((entry.events.len() as i64).into());
+        }
+        OUTBOX_ACK
+            .call(&self.redis, vec![outbox, self.keys.outbox_events(shard)], args)
+            .await?;
+        telemetry::flushed(events.len(), started.elapsed());
+        Ok(events.len())
+    }
+
+    /// Reads up to a batch of events (`batch_rows`), entry by entry.
+    async fn read_events(
+        &self,
+        shard: Shard,
+        reader: &Client,
+        outbox: &str,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<OutboxEntry>, FlushError> {
+        // The first read may block; it takes what fits even if every entry
+        // it returns is a full script batch.
+        let first = self.entries_that_fit(0);
+        let mut batch = self.read(shard, reader, outbox, from, first, block).await?;
+        if batch.len() == first {
+            let events = event_count(&batch);
+            let after = match from {
+                ">" => None,
+                _ => batch.last().map(|e| e.entry_id.clone()),
+            };
+            let more = self.read_more(shard, reader, outbox, after.as_deref(), events).await?;
+            batch.extend(more);
+        }
+        Ok(batch)
+    }
+
+    /// Entries read after `events` are already in the batch, without blocking,
+    /// until the batch is full or there are no more. New entries continue
+    /// from `>`; pending ones from the last entry read (`after`).
+    async fn read_more(
+        &self,
+        shard: Shard,
+        reader: &Client,
+        outbox: &str,
+        after: Option<&str>,
+        mut events: usize,
+    ) -> Result<Vec<OutboxEntry>, FlushError> {
+        let mut more: Vec<OutboxEntry> = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        while events < self.config.batch_rows {
+            let count = self.entries_that_fit(events);
+            let from = cursor.as_deref().unwrap_or(">");
+            let read = self.read(shard, reader, outbox, from, count, None).await?;
+            let drained = read.len() < count;
+            events += event_count(&read);
+            if cursor.is_some()
+                && let Some(last) = read.last()
+            {
+                cursor = Some(last.entry_id.clone());
+            }
+            more.extend(read);
+            if drained {
+                break;
+            }
+        }
+        Ok(more)
+    }
+
+    /// How many entries can be read with `events` already in the batch and
+    /// the batch still bounded by `batch_rows`, whatever each entry holds.
+    fn entries_that_fit(&self, events: usize) -> usize {
+        (self.config.batch_rows.saturating_sub(events) / SCRIPT_BATCH_REQUESTS_MAX.max(1)).max(1)
     }
 
     async fn read(
@@ -153,7 +227,7 @@ impl Flusher {
         from: &str,
         count: usize,
         block: Option<Duration>,
-    ) -> Result<Vec<OutboxEvent>, FlushError> {
+    ) -> Result<Vec<OutboxEntry>, FlushError> {
         let reply: Result<Value, _> = reader
             .xreadgroup(
                 CONSUMER_GROUP,
@@ -173,12 +247,19 @@ impl Flusher {
             }
             other => other?,
         };
-        decode_read_reply(shard, reply).map_err(FlushError::Decode)
+        let raw = decode_read_reply(reply).map_err(FlushError::Decode)?;
+        let mut entries = Vec::with_capacity(raw.len());
+        for entry in raw {
+            entries.push(decode_entry(shard, entry, |kind| self.sinks.kind(kind))?);
+        }
+        Ok(entries)
     }
 
     async fn write(&self, batch: &[OutboxEvent]) -> Result<(), FlushError> {
-        postgres::commit_batch(&self.postgres, POSTGRES_STATEMENT_TIMEOUT, batch, |tx, batch| {
-            Box::pin(sinks::write_batch(tx, batch))
+        let sinks = self.sinks.clone();
+        postgres::commit_batch(&self.postgres, POSTGRES_STATEMENT_TIMEOUT, batch, move |tx, batch| {
+            let sinks = sinks.clone();
+            Box::pin(async move { sinks.write_batch(tx, batch).await })
         })
         .await
         .map_err(|e| match e {
@@ -276,4 +357,8 @@ async fn backlog_gauge(flusher: Arc<Flusher>, mut shutdown: watch::Receiver<bool
             _ = shutdown.changed() => {}
         }
     }
+}
+
+fn event_count(entries: &[OutboxEntry]) -> usize {
+    entries.iter().map(|e| e.events.len()).sum()
 }

@@ -1,24 +1,69 @@
-//! Which feature's sink writes which outbox event kind: the write-behind
-//! counterpart of the router. A new feature adds its sink here.
+//! Which sink writes which outbox event kind: the write-behind counterpart of
+//! the router. Features register their sinks at start; this names none.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{OutboxEvent, SinkError};
-use crate::sale;
+use super::{EventKind, OutboxEvent, SinkError};
 
-/// Writes one batch inside the caller's transaction.
-pub async fn write_batch(tx: &mut PgConnection, batch: &[OutboxEvent]) -> Result<(), SinkError> {
-    let mut sale_events = Vec::new();
-    for event in batch {
-        match event.kind() {
-            // Entries deleted while pending carry no fields; nothing to write.
-            "" => {}
-            kind if sale::sink::KINDS.contains(&kind) => sale_events.push(event),
-            kind => return Err(SinkError::UnknownKind(kind.to_owned())),
+/// Where a feature's outbox events land in Postgres. `write` runs inside the
+/// flusher's transaction and must be idempotent on the event id: a batch is
+/// written again after a crash between COMMIT and the acknowledgement.
+pub trait Sink: Send + Sync + 'static {
+    fn kinds(&self) -> &'static [EventKind];
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event kind {0:?} is registered by two sinks")]
+pub struct DuplicateKind(&'static str);
+
+#[derive(Default, Clone)]
+pub struct SinkRegistry {
+    sinks: Vec<Arc<dyn Sink>>,
+    kinds: HashMap<&'static str, (usize, EventKind)>,
+}
+
+impl SinkRegistry {
+    pub fn register(&mut self, sink: Arc<dyn Sink>) -> Result<(), DuplicateKind> {
+        let index = self.sinks.len();
+        for kind in sink.kinds() {
+            if self.kinds.insert(kind.name, (index, *kind)).is_some() {
+                return Err(DuplicateKind(kind.name));
+            }
         }
+        self.sinks.push(sink);
+        Ok(())
     }
-    if !sale_events.is_empty() {
-        sale::sink::write(tx, &sale_events).await?;
+
+    pub fn kind(&self, name: &str) -> Option<EventKind> {
+        self.kinds.get(name).map(|(_, kind)| *kind)
     }
-    Ok(())
+
+    /// Writes one batch inside the caller's transaction: each sink gets its
+    /// events in one call, in the order the sinks were registered.
+    pub async fn write_batch(&self, tx: &mut PgConnection, batch: &[OutboxEvent]) -> Result<(), SinkError> {
+        let mut per_sink: Vec<Vec<&OutboxEvent>> = vec![Vec::new(); self.sinks.len()];
+        for event in batch {
+            let (index, _) = self
+                .kinds
+                .get(event.kind())
+                .ok_or_else(|| SinkError::UnknownKind(event.kind().to_owned()))?;
+            per_sink[*index].push(event);
+        }
+        for (sink, events) in self.sinks.iter().zip(&per_sink) {
+            if !events.is_empty() {
+                sink.write(tx, events).await?;
+            }
+        }
+        Ok(())
+    }
 }

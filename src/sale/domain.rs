@@ -3,8 +3,8 @@
 
 use rand::RngExt;
 
+use super::SaleError;
 use crate::limits::{CHECKOUT_CODE_BYTES_MAX, CHECKOUT_CODE_RANDOM_BYTES, USER_ID_BYTES_MAX};
-use crate::server::RequestError;
 
 /// Which request parameter an input error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,16 +29,16 @@ impl std::fmt::Display for Param {
 pub struct UserId(String);
 
 impl UserId {
-    pub fn parse(raw: Option<&str>) -> Result<Self, RequestError> {
-        let raw = raw.ok_or(RequestError::Missing(Param::UserId))?;
+    pub fn parse(raw: Option<&str>) -> Result<Self, SaleError> {
+        let raw = raw.ok_or(SaleError::Missing(Param::UserId))?;
         if raw.is_empty() {
-            return Err(RequestError::Missing(Param::UserId));
+            return Err(SaleError::Missing(Param::UserId));
         }
         if raw.len() > USER_ID_BYTES_MAX {
-            return Err(RequestError::Invalid(Param::UserId, "longer than 64 bytes"));
+            return Err(SaleError::Invalid(Param::UserId, "longer than 64 bytes"));
         }
         if raw.chars().any(char::is_control) {
-            return Err(RequestError::Invalid(Param::UserId, "contains control characters"));
+            return Err(SaleError::Invalid(Param::UserId, "contains control characters"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -56,19 +56,19 @@ pub struct ItemId(u32);
 impl ItemId {
     /// Accepts `42` and, for clients of the seed spec that sends `item_id=item1`,
     /// `item42`.
-    pub fn parse(raw: Option<&str>) -> Result<Self, RequestError> {
-        let raw = raw.ok_or(RequestError::Missing(Param::ItemId))?;
+    pub fn parse(raw: Option<&str>) -> Result<Self, SaleError> {
+        let raw = raw.ok_or(SaleError::Missing(Param::ItemId))?;
         if raw.is_empty() {
-            return Err(RequestError::Missing(Param::ItemId));
+            return Err(SaleError::Missing(Param::ItemId));
         }
         let digits = raw.strip_prefix("item").unwrap_or(raw);
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(RequestError::Invalid(Param::ItemId, "must be a positive whole number"));
+            return Err(SaleError::Invalid(Param::ItemId, "must be a positive whole number"));
         }
         match digits.parse::<u32>() {
-            Ok(0) => Err(RequestError::Invalid(Param::ItemId, "items are numbered from 1")),
+            Ok(0) => Err(SaleError::Invalid(Param::ItemId, "items are numbered from 1")),
             Ok(n) => Ok(Self(n)),
-            Err(_) => Err(RequestError::Invalid(Param::ItemId, "out of range")),
+            Err(_) => Err(SaleError::Invalid(Param::ItemId, "out of range")),
         }
     }
 
@@ -95,16 +95,18 @@ impl CheckoutCode {
         }
     }
 
-    pub fn parse(raw: Option<&str>) -> Result<Self, RequestError> {
-        let raw = raw.map(str::trim).ok_or(RequestError::Missing(Param::Code))?;
+    pub fn parse(raw: Option<&str>) -> Result<Self, SaleError> {
+        let raw = raw.map(str::trim).ok_or(SaleError::Missing(Param::Code))?;
         if raw.is_empty() {
-            return Err(RequestError::Missing(Param::Code));
+            return Err(SaleError::Missing(Param::Code));
         }
-        let malformed = RequestError::Invalid(Param::Code, "not a checkout code issued by this engine");
+        let malformed = SaleError::Invalid(Param::Code, "not a checkout code issued by this engine");
         if raw.len() > CHECKOUT_CODE_BYTES_MAX {
             return Err(malformed);
         }
-        let (sale, random) = raw.split_once('-').ok_or(malformed.clone())?;
+        let Some((sale, random)) = raw.split_once('-') else {
+            return Err(malformed);
+        };
         let well_formed = !sale.is_empty()
             && sale.bytes().all(|b| b.is_ascii_digit())
             && random.len() == CHECKOUT_CODE_RANDOM_BYTES * 2

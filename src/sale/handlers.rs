@@ -1,16 +1,14 @@
 //! HTTP handlers of the sale. Each parses its input into domain types, makes
 //! exactly one script call, and shapes the reply.
 
-use fred::interfaces::{ClientLike, HashesInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::scripts::{self, CheckoutRequest, SaleKeys};
-use crate::app::AppState;
-use crate::error::ApiError;
+use super::{Sale, SaleError};
 use crate::scripts::ScriptError;
 use crate::server::RequestError;
 use crate::server::http::{HttpResponse, Query, json, read_body};
@@ -26,7 +24,8 @@ struct CheckoutIssued<'a> {
     user_id: &'a str,
 }
 
-pub async fn checkout(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
+    let state = &*feature.services;
     let query = Query::parse(req.uri().query());
     let user = UserId::parse(query.get(&["user_id"]))?;
     let item = ItemId::parse(query.get(&["id", "item_id"]))?;
@@ -38,7 +37,7 @@ pub async fn checkout(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
     let expires_ms = (now_ms + (sale.checkout_ttl_secs * 1000) as i64).min(window.ends_ms);
     let code = CheckoutCode::generate(window.sale_id);
     scripts::checkout(
-        &state.redis,
+        &state.executor,
         &state.keys,
         CheckoutRequest {
             window,
@@ -82,7 +81,8 @@ struct Purchased {
     purchased_at: String,
 }
 
-pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
+    let state = &*feature.services;
     let from_query = Query::parse(req.uri().query())
         .get(&["code", "checkout_code"])
         .map(str::to_owned);
@@ -107,9 +107,9 @@ pub async fn purchase(state: &AppState, req: Request<Incoming>) -> Result<HttpRe
     // (see CODE_RETENTION_AFTER_EXPIRY), so answer from the clock. The script
     // checks the same again, atomically, for codes of the active sale.
     if code.sale_id() != active.sale_id {
-        return Err(SaleError::SaleOver.into());
+        return Err(SaleError::SaleOver);
     }
-    let done = scripts::purchase(&state.redis, &state.keys, &code, active, now_ms).await?;
+    let done = scripts::purchase(&state.executor, &state.keys, &code, active, now_ms).await?;
     Ok(json(
         StatusCode::OK,
         &Purchased {
@@ -140,7 +140,8 @@ struct CurrentSale {
 /// Reads of the sale's meta hash and sold bitmap: no state changes, so no
 /// script. Items sold are counted from the bitmap rather than kept in a
 /// counter, which would cost every purchase one more write.
-pub async fn current(state: &AppState) -> Result<HttpResponse, ApiError> {
+pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
+    let state = &*feature.services;
     let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
     let keys = SaleKeys::new(&state.keys, window.sale_id);
     let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
@@ -166,6 +167,63 @@ pub async fn current(state: &AppState) -> Result<HttpResponse, ApiError> {
             items_sold,
             items_left: items_total.saturating_sub(items_sold),
             per_user_limit: limit.unwrap_or(u64::from(state.config.sale.per_user_limit)),
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct CodeState {
+    code: String,
+    /// `issued` (spendable until `expires_at`), `spent` or `expired`.
+    state: &'static str,
+    sale_id: u64,
+    item_id: u32,
+    expires_at: String,
+    /// When it was spent, for `spent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purchased_at: Option<String>,
+}
+
+/// `GET /codes/{code}`: what became of a code, read-only. After a 503 on
+/// purchase (the call may or may not have run), a client looks here rather
+/// than buying again. The code is the bearer's secret, so its holder may see
+/// its item; the user it was issued to is not shown.
+pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpResponse, SaleError> {
+    let state = &*feature.services;
+    let decoded = raw.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());
+    let code = CheckoutCode::parse(decoded.as_deref())?;
+    let key = SaleKeys::new(&state.keys, code.sale_id()).code(&code);
+    let stored: Option<String> = state
+        .redis
+        .get(key)
+        .await
+        .map_err(|e| SaleError::Script(ScriptError::Redis(e)))?;
+    let stored = stored.ok_or(SaleError::CodeNotFound)?;
+    // "sale|user|item|expires|limit[|used_at]", as checkout.lua writes it.
+    let fields: Vec<&str> = stored.split('\u{1f}').collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
+    let (Some(item), Some(expires_ms)) = (field(2), field(3)) else {
+        return Err(SaleError::Script(ScriptError::UnexpectedReply {
+            script: "code_state",
+            detail: "stored code has an unexpected shape".into(),
+        }));
+    };
+    let used_ms = field(5);
+    let now_ms = state.clock.now_ms();
+    let word = match used_ms {
+        Some(_) => "spent",
+        None if now_ms >= expires_ms => "expired",
+        None => "issued",
+    };
+    Ok(json(
+        StatusCode::OK,
+        &CodeState {
+            code: code.as_str().to_owned(),
+            state: word,
+            sale_id: code.sale_id(),
+            item_id: u32::try_from(item).unwrap_or_default(),
+            expires_at: rfc3339(expires_ms),
+            purchased_at: used_ms.map(rfc3339),
         },
     ))
 }

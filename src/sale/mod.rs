@@ -2,7 +2,8 @@
 //!
 //! - `domain`: input types (`UserId`, `ItemId`, `CheckoutCode`, `SaleWindow`).
 //! - `scripts`: bindings of `lua/checkout.lua` and `lua/purchase.lua`.
-//! - `handlers`: `POST /checkout`, `POST /purchase`, `GET /sales/current`.
+//! - `handlers`: `POST /checkout`, `POST /purchase`, `GET /sales/current`,
+//!   `GET /codes/{code}`.
 //! - `sink`: how the sale's outbox events land in Postgres.
 
 pub mod domain;
@@ -10,11 +11,26 @@ pub mod handlers;
 pub mod scripts;
 pub mod sink;
 
-use crate::scripts::ScriptError;
+use std::sync::Arc;
 
-/// Why a sale request was refused. Mapped to HTTP in `crate::error`.
+use hyper::{Method, StatusCode};
+
+use crate::executor::BatchScript;
+use crate::outbox::Sink;
+use crate::scripts::ScriptError;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::feature::Feature;
+use crate::server::{RequestError, Route};
+use crate::services::Services;
+use domain::Param;
+
+/// Why a sale request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SaleError {
+    #[error("missing parameter `{0}`")]
+    Missing(Param),
+    #[error("invalid `{0}`: {1}")]
+    Invalid(Param, &'static str),
     #[error("no such item in this sale")]
     ItemNotFound,
     #[error("item already sold")]
@@ -34,5 +50,118 @@ pub enum SaleError {
     #[error("the engine is shedding load until its backlog drains")]
     OutboxFull,
     #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
     Script(#[from] ScriptError),
+}
+
+impl SaleError {
+    /// The script outcome this refusal was decoded from, for the metric.
+    fn outcome_label(&self) -> &'static str {
+        match self {
+            SaleError::Script(_) | SaleError::Request(_) | SaleError::Missing(_) | SaleError::Invalid(..) => "UNKNOWN",
+            other => other.error_code().code,
+        }
+    }
+}
+
+impl ApiError for SaleError {
+    fn error_code(&self) -> ErrorCode {
+        use StatusCode as S;
+        match self {
+            SaleError::Missing(Param::UserId) => ErrorCode::new(S::BAD_REQUEST, "MISSING_USER_ID"),
+            SaleError::Missing(Param::ItemId) => ErrorCode::new(S::BAD_REQUEST, "MISSING_ITEM_ID"),
+            SaleError::Missing(Param::Code) => ErrorCode::new(S::BAD_REQUEST, "MISSING_CODE"),
+            SaleError::Invalid(Param::UserId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_USER_ID"),
+            SaleError::Invalid(Param::ItemId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ITEM_ID"),
+            SaleError::Invalid(Param::Code, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_CODE"),
+            SaleError::ItemNotFound => ErrorCode::new(S::NOT_FOUND, "ITEM_NOT_FOUND"),
+            SaleError::ItemSold => ErrorCode::new(S::CONFLICT, "ITEM_SOLD"),
+            SaleError::UserLimitReached => ErrorCode::new(S::FORBIDDEN, "USER_LIMIT_REACHED"),
+            SaleError::TooManyCheckouts => ErrorCode::new(S::TOO_MANY_REQUESTS, "TOO_MANY_CHECKOUTS"),
+            SaleError::CodeNotFound => ErrorCode::new(S::NOT_FOUND, "CODE_NOT_FOUND"),
+            SaleError::CodeUsed => ErrorCode::new(S::CONFLICT, "CODE_USED"),
+            SaleError::CodeExpired => ErrorCode::new(S::GONE, "CODE_EXPIRED"),
+            SaleError::SaleOver => ErrorCode::new(S::GONE, "SALE_OVER"),
+            SaleError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
+            SaleError::Request(e) => e.error_code(),
+            SaleError::Script(e) => e.error_code(),
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        match self {
+            SaleError::Script(e) => e.is_internal(),
+            _ => false,
+        }
+    }
+
+    fn allow(&self) -> Option<&str> {
+        match self {
+            SaleError::Request(e) => e.allow(),
+            _ => None,
+        }
+    }
+}
+
+/// The sale feature: what its handlers need.
+pub struct Sale {
+    services: Arc<Services>,
+}
+
+impl Sale {
+    pub fn new(services: Arc<Services>) -> Arc<Self> {
+        Arc::new(Self { services })
+    }
+}
+
+impl Feature for Sale {
+    fn name(&self) -> &'static str {
+        "sale"
+    }
+
+    fn routes(self: Arc<Self>) -> Vec<Route> {
+        vec![
+            Route::new(
+                Method::POST,
+                "/checkout",
+                "checkout",
+                "Get a checkout code: ?user_id=U&id=I (or item_id=I)",
+                self.clone(),
+                |sale, req, _| async move { handlers::checkout(&sale, req).await },
+            ),
+            Route::new(
+                Method::POST,
+                "/purchase",
+                "purchase",
+                "Spend a checkout code: ?code=C or JSON {\"checkout_code\": C}",
+                self.clone(),
+                |sale, req, _| async move { handlers::purchase(&sale, req).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/sales/current",
+                "sales_current",
+                "The current sale: window, items total and sold, per-user limit",
+                self.clone(),
+                |sale, _, _| async move { handlers::current(&sale).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/codes/{code}",
+                "code_state",
+                "A checkout code's state: issued, spent (with its purchase) or expired; read-only",
+                self,
+                |sale, _, params| async move { handlers::code_state(&sale, params.get("code")).await },
+            ),
+        ]
+    }
+
+    fn batch_scripts(&self) -> Vec<&'static BatchScript> {
+        vec![&scripts::CHECKOUT, &scripts::PURCHASE]
+    }
+
+    fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
+        Some(Arc::new(sink::SaleSink))
+    }
 }

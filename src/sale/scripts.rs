@@ -3,28 +3,26 @@
 
 use std::sync::LazyLock;
 
-use fred::clients::Pool;
 use fred::types::Value;
 
 use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
+use crate::executor::{BatchScript, Executor};
 use crate::keyspace::{Keyspace, Shard};
-use crate::limits::{
-    CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, OUTBOX_ENTRIES_MAX, SALE_RETENTION_AFTER_END,
-};
+use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
 use crate::scripts::{LuaScript, reply_i64, reply_str};
 
-pub static CHECKOUT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("checkout", include_str!("../../lua/checkout.lua")));
-pub static PURCHASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("purchase", include_str!("../../lua/purchase.lua")));
+pub static CHECKOUT: LazyLock<BatchScript> =
+    LazyLock::new(|| BatchScript::new("checkout", include_str!("../../lua/checkout.lua"), 4, 13));
+pub static PURCHASE: LazyLock<BatchScript> =
+    LazyLock::new(|| BatchScript::new("purchase", include_str!("../../lua/purchase.lua"), 3, 3));
 
 /// The keys of one sale; all in the sale's shard, so one hash slot.
 pub struct SaleKeys {
+    pub shard: Shard,
     pub meta: String,
     pub sold: String,
     pub users: String,
-    pub outbox: String,
     keyspace_code_prefix: String,
 }
 
@@ -32,10 +30,10 @@ impl SaleKeys {
     pub fn new(keys: &Keyspace, sale_id: u64) -> Self {
         let shard = Shard::of_sale(sale_id);
         Self {
+            shard,
             meta: keys.key(shard, format_args!("sale:{sale_id}")),
             sold: keys.key(shard, format_args!("sale:{sale_id}:sold")),
             users: keys.key(shard, format_args!("sale:{sale_id}:users")),
-            outbox: keys.outbox(shard),
             keyspace_code_prefix: keys.key(shard, format_args!("code:")),
         }
     }
@@ -47,20 +45,32 @@ impl SaleKeys {
     }
 }
 
-/// A refusal either script can give, decoded from its reply.
-fn refusal(script: &LuaScript, outcome: &str) -> SaleError {
-    match outcome {
-        "ITEM_NOT_FOUND" => SaleError::ItemNotFound,
-        "ITEM_SOLD" => SaleError::ItemSold,
-        "USER_LIMIT_REACHED" => SaleError::UserLimitReached,
-        "TOO_MANY_CHECKOUTS" => SaleError::TooManyCheckouts,
-        "CODE_NOT_FOUND" => SaleError::CodeNotFound,
-        "CODE_USED" => SaleError::CodeUsed,
-        "CODE_EXPIRED" => SaleError::CodeExpired,
-        "SALE_OVER" => SaleError::SaleOver,
-        "OUTBOX_FULL" => SaleError::OutboxFull,
-        other => SaleError::Script(script.unexpected(format!("unknown outcome {other:?}"))),
-    }
+/// Decodes a script's outcome: `Ok` or a refusal, counted either way.
+fn outcome(script: &LuaScript, reply: &[Value]) -> Result<(), SaleError> {
+    let text = reply_str(script, reply, 0)?;
+    let decoded = match text.as_str() {
+        "OK" => Ok(()),
+        "ITEM_NOT_FOUND" => Err(SaleError::ItemNotFound),
+        "ITEM_SOLD" => Err(SaleError::ItemSold),
+        "USER_LIMIT_REACHED" => Err(SaleError::UserLimitReached),
+        "TOO_MANY_CHECKOUTS" => Err(SaleError::TooManyCheckouts),
+        "CODE_NOT_FOUND" => Err(SaleError::CodeNotFound),
+        "CODE_USED" => Err(SaleError::CodeUsed),
+        "CODE_EXPIRED" => Err(SaleError::CodeExpired),
+        "SALE_OVER" => Err(SaleError::SaleOver),
+        "OUTBOX_FULL" => Err(SaleError::OutboxFull),
+        other => {
+            return Err(SaleError::Script(
+                script.unexpected(format!("unknown outcome {other:?}")),
+            ));
+        }
+    };
+    let label = match &decoded {
+        Ok(()) => "OK",
+        Err(e) => e.outcome_label(),
+    };
+    crate::telemetry::script_outcome(script.name(), label);
+    decoded
 }
 
 pub struct CheckoutRequest<'a> {
@@ -76,7 +86,7 @@ pub struct CheckoutRequest<'a> {
 
 /// Runs checkout.lua. `Ok` means a code was issued; every other outcome is a
 /// refusal, and was recorded in the outbox all the same.
-pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -> Result<(), SaleError> {
+pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest<'_>) -> Result<(), SaleError> {
     let sale_keys = SaleKeys::new(keys, req.window.sale_id);
     let code_key = sale_keys.code(req.code);
     let code_ttl_ms = (req.expires_ms - req.now_ms).max(1) + CODE_RETENTION_AFTER_EXPIRY.as_millis() as i64;
@@ -95,28 +105,17 @@ pub async fn checkout(redis: &Pool, keys: &Keyspace, req: CheckoutRequest<'_>) -
         code_ttl_ms.into(),
         sale_ttl_ms.into(),
         i64::from(CHECKOUT_CODES_PER_USER_MAX).into(),
-        (OUTBOX_ENTRIES_MAX as i64).into(),
     ];
     let script = &*CHECKOUT;
-    let reply = script
+    let reply = executor
         .call(
-            redis,
-            vec![
-                sale_keys.meta,
-                sale_keys.sold,
-                sale_keys.users,
-                code_key,
-                sale_keys.outbox,
-            ],
+            script,
+            sale_keys.shard,
+            vec![sale_keys.meta, sale_keys.sold, sale_keys.users, code_key],
             args,
         )
         .await?;
-    let outcome = reply_str(script, &reply, 0)?;
-    crate::telemetry::script_outcome(script.name(), &outcome);
-    match outcome.as_str() {
-        "OK" => Ok(()),
-        other => Err(refusal(script, other)),
-    }
+    outcome(&script.lua, &reply)
 }
 
 /// What a successful purchase reports back.
@@ -128,7 +127,7 @@ pub struct Purchased {
 
 /// Runs purchase.lua: spends the code if everything still holds.
 pub async fn purchase(
-    redis: &Pool,
+    executor: &Executor,
     keys: &Keyspace,
     code: &CheckoutCode,
     active: SaleWindow,
@@ -138,27 +137,19 @@ pub async fn purchase(
     let code_key = sale_keys.code(code);
     // The code's own sale decides which keys are read; the active sale id is
     // passed so the script can refuse codes of a finished sale.
-    let args: Vec<Value> = vec![
-        now_ms.into(),
-        (active.sale_id as i64).into(),
-        code.as_str().into(),
-        (OUTBOX_ENTRIES_MAX as i64).into(),
-    ];
+    let args: Vec<Value> = vec![now_ms.into(), (active.sale_id as i64).into(), code.as_str().into()];
     let script = &*PURCHASE;
-    let reply = script
+    let reply = executor
         .call(
-            redis,
-            vec![code_key, sale_keys.sold, sale_keys.users, sale_keys.outbox],
+            script,
+            sale_keys.shard,
+            vec![code_key, sale_keys.sold, sale_keys.users],
             args,
         )
         .await?;
-    let outcome = reply_str(script, &reply, 0)?;
-    crate::telemetry::script_outcome(script.name(), &outcome);
-    match outcome.as_str() {
-        "OK" => Ok(Purchased {
-            item_id: reply_i64(script, &reply, 2)?,
-            user_purchases: reply_i64(script, &reply, 3)?,
-        }),
-        other => Err(refusal(script, other)),
-    }
+    outcome(&script.lua, &reply)?;
+    Ok(Purchased {
+        item_id: reply_i64(&script.lua, &reply, 1)?,
+        user_purchases: reply_i64(&script.lua, &reply, 2)?,
+    })
 }

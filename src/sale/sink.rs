@@ -1,13 +1,44 @@
 //! Writes the sale's outbox events to Postgres. Each insert is keyed by the
 //! event id, so a batch replayed after a crash changes nothing.
 
+use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::outbox::{OutboxEvent, SinkError};
+use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError};
 
-pub const KINDS: &[&str] = &["sale_opened", "checkout", "purchase"];
+/// The sale's events, with their values in the order the scripts write them.
+const KINDS: &[EventKind] = &[
+    EventKind {
+        name: "sale_opened",
+        fields: &["sale", "starts_ms", "ends_ms", "items", "limit", "at"],
+    },
+    EventKind {
+        name: "checkout",
+        fields: &["sale", "user", "item", "outcome", "code", "expires_ms", "at"],
+    },
+    EventKind {
+        name: "purchase",
+        fields: &["sale", "user", "item", "code", "at"],
+    },
+];
 
-pub async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
+pub struct SaleSink;
+
+impl Sink for SaleSink {
+    fn kinds(&self) -> &'static [EventKind] {
+        KINDS
+    }
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(write(tx, events))
+    }
+}
+
+async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
     let mut sales = SaleRows::default();
     let mut attempts = AttemptRows::default();
     let mut purchases = PurchaseRows::default();

@@ -3,17 +3,27 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::RequestError;
-use crate::error::ApiError;
 use crate::limits::{REQUEST_BODY_BYTES_MAX, REQUEST_BODY_READ_TIMEOUT};
 
-pub type HttpResponse = Response<Full<Bytes>>;
+/// A response body: most are one buffer; event streams and CSV downloads
+/// are streamed, hence the box.
+pub type ResponseBody = BoxBody<Bytes, BodyError>;
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type HttpResponse = Response<ResponseBody>;
+
+/// A body of one buffer.
+pub fn full(body: Bytes) -> ResponseBody {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
 
 /// Query parameters, decoded once per request.
 pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
@@ -66,7 +76,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
 }
 
 pub fn with_content_type(status: StatusCode, body: Bytes, content_type: &'static str) -> HttpResponse {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -74,36 +84,14 @@ pub fn with_content_type(status: StatusCode, body: Bytes, content_type: &'static
     response
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: Cow<'a, str>,
-}
-
-pub fn error_response(error: &ApiError) -> HttpResponse {
-    let (status, code) = error.status_and_code();
-    let message: Cow<str> = if error.is_internal() {
-        tracing::error!(error = %error, code, "request failed");
-        Cow::Borrowed("the engine could not complete the request; retry later")
+/// Reads a bounded body and parses it as JSON of `T`. An empty body is
+/// parsed as `{}`, so a type whose fields are all optional accepts it.
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, RequestError> {
+    let body = read_body(req).await?;
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
     } else {
-        Cow::Owned(error.to_string())
+        &body
     };
-    let mut response = json(
-        status,
-        &ErrorBody {
-            error: ErrorDetail { code, message },
-        },
-    );
-    if let Some(secs) = error.retry_after_secs() {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if let ApiError::Request(RequestError::MethodNotAllowed { allow }) = error {
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-    }
-    response
+    serde_json::from_slice(text).map_err(|e| RequestError::InvalidJson(e.to_string()))
 }

@@ -1,9 +1,19 @@
-//! The HTTP server: listeners with a deep accept backlog, a bound on open
-//! connections, HTTP/1.1 keep-alive with a header-read timeout, and graceful
-//! shutdown (stop accepting, let in-flight requests finish, bounded wait).
+//! The HTTP toolkit. It names no feature: features build on it.
+//!
+//! - this module: listeners with a deep accept backlog, a bound on open
+//!   connections, HTTP/1.1 keep-alive with a header-read timeout, and graceful
+//!   shutdown (stop accepting, let in-flight requests finish, bounded wait);
+//! - `route`: routes as data and the router that composes them;
+//! - `error`: the trait through which an error becomes a response;
+//! - `http`: query, body and JSON helpers;
+//! - `auth`: the admin guard;
+//! - `feature`: the contract a feature implements.
 
+pub mod auth;
+pub mod error;
+pub mod feature;
 pub mod http;
-pub mod router;
+pub mod route;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,18 +26,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 
-use crate::app::AppState;
+pub use route::{Params, Route, Router};
+
+use crate::config::Config;
 use crate::limits::LISTEN_BACKLOG;
-use crate::sale::domain::Param;
 use crate::telemetry;
 
-/// Bad requests, before any feature logic runs. Mapped to HTTP in `crate::error`.
+/// Bad requests that any route may get, before feature logic runs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RequestError {
-    #[error("missing parameter `{0}`")]
-    Missing(Param),
-    #[error("invalid `{0}`: {1}")]
-    Invalid(Param, &'static str),
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("request body exceeds {} bytes", crate::limits::REQUEST_BODY_BYTES_MAX)]
@@ -41,7 +48,11 @@ pub enum RequestError {
     #[error("no such route")]
     NotFound,
     #[error("method not allowed; allowed: {allow}")]
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed { allow: String },
+    #[error("this route needs `Authorization: Bearer <admin token>`")]
+    Unauthorized,
+    #[error("admin routes are disabled: STAMPEDE_ADMIN_TOKEN is not set")]
+    AdminDisabled,
 }
 
 /// Binds with a listen backlog deep enough for a sale's opening burst.
@@ -58,15 +69,21 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then stops accepting and waits (bounded
 /// by the configured grace) for in-flight requests.
-pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    router: Arc<Router>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = Arc::new(GracefulShutdown::new());
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let slots = Arc::new(Semaphore::new(config.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
         accepting.spawn(accept_loop(
             listener,
-            state.clone(),
+            router.clone(),
+            config.header_read_timeout,
             graceful.clone(),
             slots.clone(),
             stop_rx.clone(),
@@ -76,7 +93,7 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
     let _ = stop_tx.send(true);
     // Listeners are dropped as their loops end: no new connections.
     while accepting.join_next().await.is_some() {}
-    let grace = state.config.shutdown_grace;
+    let grace = config.shutdown_grace;
     // The accept loops are done, so this is the last reference.
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         tokio::time::sleep(grace).await;
@@ -90,14 +107,15 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
 
 async fn accept_loop(
     listener: TcpListener,
-    state: Arc<AppState>,
+    router: Arc<Router>,
+    header_read_timeout: std::time::Duration,
     graceful: Arc<GracefulShutdown>,
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(crate::limits::REQUEST_HEAD_BYTES_MAX)
         .keep_alive(true);
     loop {
@@ -123,8 +141,8 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| router::route(state.clone(), req));
+        let router = router.clone();
+        let service = service_fn(move |req| router.clone().route(req));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         telemetry::connection_opened();
         tokio::spawn(async move {

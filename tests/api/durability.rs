@@ -364,7 +364,7 @@ async fn redis_crash_and_restart_keeps_acknowledged_purchases() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let sold: i64 = app
-        .state
+        .services
         .redis
         .custom(fred::cmd!("BITCOUNT"), vec![app.sale_key(app.sale_id(), ":sold")])
         .await

@@ -2,7 +2,7 @@
 //! Postgres database and its own Redis key prefix, against the real services
 //! that `scripts/test.sh` starts (REDIS_URL, DATABASE_URL).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,9 +21,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
-use stampede::app::{App, AppState};
+use stampede::app::App;
 use stampede::clock::ManualClock;
 use stampede::config::Config;
+use stampede::outbox::Flusher;
+use stampede::services::Services;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -88,7 +90,8 @@ pub fn clock_at_sale_start(period_secs: u64) -> Arc<ManualClock> {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
-    pub state: Arc<AppState>,
+    pub services: Arc<Services>,
+    pub flusher: Arc<Flusher>,
     pub prefix: String,
     pub db_name: String,
     pub db: PgPool,
@@ -108,7 +111,7 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
     stampede::telemetry::init_tracing();
     let name = unique_name();
     let db_url = create_database(server_url, &name).await;
-    let mut vars: HashMap<String, String> = [
+    let mut vars: BTreeMap<String, String> = [
         ("REDIS_URL", redis_url()),
         ("DATABASE_URL", db_url.clone()),
         ("STAMPEDE_LISTEN", "127.0.0.1:0".into()),
@@ -123,11 +126,12 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
-    let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test config is valid");
+    let config = Config::from_vars(vars).expect("test config is valid");
     let clock = clock_at_sale_start(config.sale.period_secs);
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
-    let state = app.state();
+    let services = app.services();
+    let flusher = app.flusher();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -139,7 +143,8 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
     TestApp {
         addr,
         clock,
-        state,
+        services,
+        flusher,
         prefix: name.clone(),
         db_name: name,
         db,
@@ -281,7 +286,7 @@ impl TestApp {
     }
 
     pub fn sale_id(&self) -> u64 {
-        let period_ms = self.state.config.sale.period_secs as i64 * 1000;
+        let period_ms = self.services.config.sale.period_secs as i64 * 1000;
         use stampede::clock::Clock;
         (self.clock.now_ms() / period_ms) as u64
     }
@@ -314,7 +319,7 @@ impl TestApp {
     pub async fn wait_flushed(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let backlog = self.state.flusher.backlog().await.expect("backlog readable");
+            let backlog = self.flusher.backlog().await.expect("backlog readable");
             if backlog == 0 {
                 return;
             }

@@ -1,0 +1,233 @@
+//! The batched script executor: one EVALSHA serves many requests.
+//!
+//! Calls of one script for one shard share a bounded queue. A worker takes
+//! every request waiting in it (up to `SCRIPT_BATCH_REQUESTS_MAX`) and sends
+//! them as one call of the script's batch form, which judges each request in
+//! order, each atomically, exactly as it would alone. While that call is in
+//! flight, new requests queue and ride the next one. There is no timer: at
+//! low load a batch holds one request and waits for nothing.
+//!
+//! The batch protocol every batch script follows:
+//! - KEYS: 1 the shard's outbox stream, 2 its unflushed-event counter, then
+//!   `keys_per_request` keys per request;
+//! - ARGV: 1 number of requests, 2 the outbox bound in events, then
+//!   `args_per_request` arguments per request;
+//! - reply: one array per request, in order;
+//! - events: at most one `XADD` per call, of `kind, values` pairs (see
+//!   `crate::outbox`), and `INCRBY` of the counter by the number of events.
+//!
+//! A call that fails (timeout, reset) fails every request in it with the
+//! same `ScriptError`: the client cannot tell whether it took effect, which
+//! is why features offer a read-only way to look a state up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use fred::clients::Pool;
+use fred::types::Value;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::keyspace::{Keyspace, Shard};
+use crate::limits::{SCRIPT_BATCH_REQUESTS_MAX, SCRIPT_QUEUE_DEPTH_MAX};
+use crate::scripts::{LuaScript, ScriptError};
+use crate::telemetry;
+
+/// A script in batch form, and the shape of one request in it.
+pub struct BatchScript {
+    pub lua: LuaScript,
+    pub keys_per_request: usize,
+    pub args_per_request: usize,
+}
+
+impl BatchScript {
+    pub fn new(name: &'static str, lua: &'static str, keys_per_request: usize, args_per_request: usize) -> Self {
+        Self {
+            lua: LuaScript::new(name, lua),
+            keys_per_request,
+            args_per_request,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorConfig {
+    /// Calls in flight at once per queue: with 2, Redis runs one batch while
+    /// the reply of the previous one travels back.
+    pub inflight: usize,
+    /// Unflushed events a shard's outbox may hold before writes are shed.
+    pub outbox_events_max: u64,
+}
+
+struct Job {
+    keys: Vec<String>,
+    args: Vec<Value>,
+    reply: oneshot::Sender<Result<Value, ScriptError>>,
+}
+
+/// Cheap to clone; the workers end when the last clone is dropped. Built
+/// before the features (they hold a clone), started once they are all known.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Pool,
+    keys: Keyspace,
+    config: ExecutorConfig,
+    queues: OnceLock<HashMap<(&'static str, Shard), mpsc::Sender<Job>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("script {0} is registered twice")]
+    Duplicate(&'static str),
+    #[error("the executor was started twice")]
+    StartedTwice,
+}
+
+impl Executor {
+    pub fn new(redis: Pool, keys: Keyspace, config: ExecutorConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                keys,
+                config,
+                queues: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Starts the workers of every script on every shard. Must run inside
+    /// the runtime that serves.
+    pub fn start(&self, scripts: &[&'static BatchScript]) -> Result<(), ExecutorError> {
+        let inner = &self.inner;
+        let mut queues = HashMap::new();
+        let mut workers = Vec::new();
+        for script in scripts {
+            for shard in Shard::all() {
+                let (tx, rx) = mpsc::channel(SCRIPT_QUEUE_DEPTH_MAX);
+                if queues.insert((script.lua.name(), shard), tx).is_some() {
+                    return Err(ExecutorError::Duplicate(script.lua.name()));
+                }
+                let rx = Arc::new(Mutex::new(rx));
+                let header = Header {
+                    outbox: inner.keys.outbox(shard),
+                    counter: inner.keys.outbox_events(shard),
+                    outbox_events_max: inner.config.outbox_events_max,
+                };
+                for _ in 0..inner.config.inflight.max(1) {
+                    workers.push((*script, header.clone(), rx.clone()));
+                }
+            }
+        }
+        inner.queues.set(queues).map_err(|_| ExecutorError::StartedTwice)?;
+        for (script, header, rx) in workers {
+            tokio::spawn(worker(script, inner.redis.clone(), header, rx));
+        }
+        Ok(())
+    }
+
+    /// Runs one request of `script` on `shard`; returns its reply array.
+    /// `keys` and `args` must have the script's per-request lengths.
+    pub async fn call(
+        &self,
+        script: &'static BatchScript,
+        shard: Shard,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, ScriptError> {
+        if keys.len() != script.keys_per_request || args.len() != script.args_per_request {
+            return Err(script.lua.unexpected(format!(
+                "request has {} keys and {} args; the script takes {} and {}",
+                keys.len(),
+                args.len(),
+                script.keys_per_request,
+                script.args_per_request
+            )));
+        }
+        let queue = self
+            .inner
+            .queues
+            .get()
+            .and_then(|queues| queues.get(&(script.lua.name(), shard)))
+            .ok_or_else(|| script.lua.unexpected("script not registered with the executor"))?;
+        let (reply, answer) = oneshot::channel();
+        // Full queue: shed at once instead of growing or waiting unbounded.
+        queue
+            .try_send(Job { keys, args, reply })
+            .map_err(|_| ScriptError::Overloaded)?;
+        match answer.await {
+            Ok(Ok(Value::Array(values))) if !values.is_empty() => Ok(values),
+            Ok(Ok(other)) => Err(script.lua.unexpected(format!("request reply {other:?}"))),
+            Ok(Err(e)) => Err(e),
+            // The worker is gone: the engine is shutting down.
+            Err(_) => Err(ScriptError::Overloaded),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Header {
+    outbox: String,
+    counter: String,
+    outbox_events_max: u64,
+}
+
+async fn worker(script: &'static BatchScript, redis: Pool, header: Header, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(SCRIPT_BATCH_REQUESTS_MAX);
+    loop {
+        {
+            // One worker waits on the queue at a time; the others are in
+            // flight. It takes all that waits, up to the batch bound.
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+            while jobs.len() < SCRIPT_BATCH_REQUESTS_MAX {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(script, &redis, &header, &mut jobs).await;
+    }
+}
+
+async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, jobs: &mut Vec<Job>) {
+    let n = jobs.len();
+    telemetry::script_batch(script.lua.name(), n);
+    let mut keys = Vec::with_capacity(2 + n * script.keys_per_request);
+    keys.push(header.outbox.clone());
+    keys.push(header.counter.clone());
+    let mut args: Vec<Value> = Vec::with_capacity(2 + n * script.args_per_request);
+    args.push((n as i64).into());
+    args.push((header.outbox_events_max as i64).into());
+    for job in jobs.iter_mut() {
+        keys.append(&mut job.keys);
+        args.append(&mut job.args);
+    }
+    match script.lua.call(redis, keys, args).await {
+        Ok(replies) if replies.len() == n => {
+            for (job, reply) in jobs.drain(..).zip(replies) {
+                // A client that hung up no longer waits; its effect stands.
+                let _ = job.reply.send(Ok(reply));
+            }
+        }
+        Ok(replies) => {
+            let error = script
+                .lua
+                .unexpected(format!("{} replies for {n} requests", replies.len()));
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! How an error becomes an HTTP response. The toolkit defines the trait; each
+//! feature's error enum implements it in the feature's own folder, so this
+//! module never names a feature and a new feature adds no line here.
+
+use std::borrow::Cow;
+
+use hyper::StatusCode;
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+
+use super::RequestError;
+use super::http::{HttpResponse, json};
+use crate::scripts::ScriptError;
+
+/// A status and the stable machine-readable code clients switch on.
+/// Declared with [`ErrorCode::new`] where an error maps itself, so a test can
+/// collect every code from the source and check the README lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub status: StatusCode,
+    pub code: &'static str,
+}
+
+impl ErrorCode {
+    pub const fn new(status: StatusCode, code: &'static str) -> Self {
+        Self { status, code }
+    }
+}
+
+/// An error a handler may return. The `Display` text is the message shown to
+/// the client, unless [`ApiError::is_internal`] says it is not for them.
+pub trait ApiError: std::error::Error + Send + Sync + 'static {
+    fn error_code(&self) -> ErrorCode;
+
+    /// Seconds a client should wait before retrying. Every 503 is a pass
+    /// that clears by itself (Redis back, backlog drained), so it says 1.
+    fn retry_after_secs(&self) -> Option<u32> {
+        (self.error_code().status == StatusCode::SERVICE_UNAVAILABLE).then_some(1)
+    }
+
+    /// Infrastructure errors are logged in full and answered with a generic
+    /// message: their text may name hosts, keys or SQL.
+    fn is_internal(&self) -> bool {
+        false
+    }
+
+    /// For 405: the methods the path does allow.
+    fn allow(&self) -> Option<&str> {
+        None
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: Cow<'a, str>,
+}
+
+/// `{"error":{"code":…,"message":…}}` with the error's status, `Retry-After`
+/// and `Allow` where they apply.
+pub fn error_response(error: &dyn ApiError) -> HttpResponse {
+    let ErrorCode { status, code } = error.error_code();
+    let message: Cow<str> = if error.is_internal() {
+        tracing::error!(error = %error, code, "request failed");
+        Cow::Borrowed("the engine could not complete the request; retry later")
+    } else {
+        Cow::Owned(error.to_string())
+    };
+    let mut response = json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail { code, message },
+        },
+    );
+    if let Some(secs) = error.retry_after_secs() {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(allow) = error.allow().and_then(|a| HeaderValue::from_str(a).ok()) {
+        response.headers_mut().insert(ALLOW, allow);
+    }
+    response
+}
+
+/// The response of a handler's result.
+pub fn respond<E: ApiError>(result: Result<HttpResponse, E>) -> HttpResponse {
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// For handlers that cannot fail.
+impl ApiError for std::convert::Infallible {
+    fn error_code(&self) -> ErrorCode {
+        match *self {}
+    }
+}
+
+impl ApiError for RequestError {
+    fn error_code(&self) -> ErrorCode {
+        use StatusCode as S;
+        match self {
+            RequestError::InvalidJson(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_JSON"),
+            RequestError::BodyTooLarge => ErrorCode::new(S::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
+            RequestError::BodyTimeout => ErrorCode::new(S::REQUEST_TIMEOUT, "BODY_TIMEOUT"),
+            RequestError::BodyRead => ErrorCode::new(S::BAD_REQUEST, "BODY_UNREADABLE"),
+            RequestError::UriTooLong => ErrorCode::new(S::URI_TOO_LONG, "URI_TOO_LONG"),
+            RequestError::NotFound => ErrorCode::new(S::NOT_FOUND, "NOT_FOUND"),
+            RequestError::MethodNotAllowed { .. } => ErrorCode::new(S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            RequestError::Unauthorized => ErrorCode::new(S::UNAUTHORIZED, "UNAUTHORIZED"),
+            RequestError::AdminDisabled => ErrorCode::new(S::FORBIDDEN, "ADMIN_DISABLED"),
+        }
+    }
+
+    fn allow(&self) -> Option<&str> {
+        match self {
+            RequestError::MethodNotAllowed { allow } => Some(allow),
+            _ => None,
+        }
+    }
+}
+
+impl ApiError for ScriptError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            ScriptError::Redis(_) => ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE"),
+            ScriptError::Overloaded => ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
+            ScriptError::UnexpectedReply { .. } => ErrorCode::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        !matches!(self, ScriptError::Overloaded)
+    }
+}

@@ -1,0 +1,195 @@
+//! Routes as data, and the router that composes them. A feature declares its
+//! routes (method, path pattern, metric name, description, handler); the
+//! router matches paths with `matchit`, answers 404 and 405 (with `Allow`)
+//! from the same list, and records the request metrics of every response.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use super::RequestError;
+use super::error::{ApiError, error_response, respond};
+use super::http::{HttpResponse, check_declared_size};
+use crate::limits::REQUEST_URI_BYTES_MAX;
+use crate::telemetry;
+
+/// The path parameters of a matched route, e.g. `id` of `/orders/{id}`,
+/// still percent-encoded as they came.
+#[derive(Debug, Default, Clone)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = Arc<dyn Fn(Request<Incoming>, Params) -> BoxFuture<'static, HttpResponse> + Send + Sync>;
+
+/// One route. `name` labels its metrics (low cardinality: never the path).
+#[derive(Clone)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Whether the handler bounds its own body (uploads); every other route
+    /// refuses a declared body over `REQUEST_BODY_BYTES_MAX` before it runs.
+    pub own_body_limit: bool,
+    handler: Handler,
+}
+
+impl Route {
+    /// A route whose handler gets `state` (the feature), the request and the
+    /// path parameters.
+    pub fn new<S, F, Fut, E>(
+        method: Method,
+        path: &'static str,
+        name: &'static str,
+        description: &'static str,
+        state: Arc<S>,
+        handler: F,
+    ) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, Request<Incoming>, Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HttpResponse, E>> + Send + 'static,
+        E: ApiError,
+    {
+        Self {
+            method,
+            path,
+            name,
+            description,
+            own_body_limit: false,
+            handler: Arc::new(move |req, params| {
+                let response = handler(state.clone(), req, params);
+                Box::pin(async move { respond(response.await) })
+            }),
+        }
+    }
+
+    /// For handlers that stream a body larger than the general bound.
+    pub fn with_own_body_limit(mut self) -> Self {
+        self.own_body_limit = true;
+        self
+    }
+}
+
+/// What `GET /` and the API description list of a route.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteInfo {
+    pub method: String,
+    pub path: &'static str,
+    pub description: &'static str,
+}
+
+/// Every route of every feature. Built once at start.
+pub struct Router {
+    paths: matchit::Router<usize>,
+    /// Per path pattern, its routes (one per method) and its `Allow` value.
+    entries: Vec<(Vec<Route>, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route {method} {path}: {source}")]
+    Insert {
+        method: Method,
+        path: &'static str,
+        source: matchit::InsertError,
+    },
+    #[error("route {method} {path} is declared twice")]
+    Duplicate { method: Method, path: &'static str },
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Result<Self, RouterError> {
+        let mut by_path: BTreeMap<&'static str, Vec<Route>> = BTreeMap::new();
+        let mut order: Vec<&'static str> = Vec::new();
+        for route in routes {
+            let same_path = by_path.entry(route.path).or_default();
+            if same_path.iter().any(|r| r.method == route.method) {
+                return Err(RouterError::Duplicate {
+                    method: route.method,
+                    path: route.path,
+                });
+            }
+            if same_path.is_empty() {
+                order.push(route.path);
+            }
+            same_path.push(route);
+        }
+        let mut paths = matchit::Router::new();
+        let mut entries = Vec::new();
+        for path in order {
+            let routes = by_path.remove(path).unwrap_or_default();
+            let allow = routes.iter().map(|r| r.method.as_str()).collect::<Vec<_>>().join(", ");
+            paths
+                .insert(path, entries.len())
+                .map_err(|source| RouterError::Insert {
+                    method: routes.first().map_or(Method::GET, |r| r.method.clone()),
+                    path,
+                    source,
+                })?;
+            entries.push((routes, allow));
+        }
+        Ok(Self { paths, entries })
+    }
+
+    /// Every route, in declaration order of their paths.
+    pub fn describe(&self) -> Vec<RouteInfo> {
+        self.entries
+            .iter()
+            .flat_map(|(routes, _)| routes.iter())
+            .map(|r| RouteInfo {
+                method: r.method.to_string(),
+                path: r.path,
+                description: r.description,
+            })
+            .collect()
+    }
+
+    /// Answers one request; every response passes through here, so the
+    /// request metrics see them all.
+    pub async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+        let started = Instant::now();
+        let (name, response) = match self.find(&req) {
+            Ok((route, params)) => (route.name, (route.handler)(req, params).await),
+            Err(e) => ("unknown", error_response(&e)),
+        };
+        telemetry::http_request(name, response.status(), started.elapsed());
+        Ok(response)
+    }
+
+    fn find(&self, req: &Request<Incoming>) -> Result<(&Route, Params), RequestError> {
+        if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > REQUEST_URI_BYTES_MAX {
+            return Err(RequestError::UriTooLong);
+        }
+        let matched = self.paths.at(req.uri().path()).map_err(|_| RequestError::NotFound)?;
+        let (routes, allow) = &self.entries[*matched.value];
+        let route = routes
+            .iter()
+            .find(|r| r.method == req.method())
+            .ok_or_else(|| RequestError::MethodNotAllowed { allow: allow.clone() })?;
+        // Oversized bodies are refused on every route, read or not, before
+        // the handler runs; uploads bound their own.
+        if !route.own_body_limit {
+            check_declared_size(req)?;
+        }
+        let params = Params(
+            matched
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        Ok((route, params))
+    }
+}
