@@ -6,6 +6,7 @@
 mod baseline;
 mod checks;
 mod client;
+mod cpu;
 mod ingest;
 mod report;
 mod scenarios;
