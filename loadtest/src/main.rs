@@ -6,6 +6,7 @@
 mod baseline;
 mod checks;
 mod client;
+mod compare;
 mod cpu;
 mod cpu_split;
 mod ingest;
@@ -36,12 +37,14 @@ use crate::stats::Progress;
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
+       loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
   contest      every user buys its own k = items/users items (k <= limit), all users start at once
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
+  compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
   --url URL               engine base URL (http://127.0.0.1:8080)
@@ -248,6 +251,22 @@ impl Args {
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1).peekable();
+    // compare reads two JSON summaries: no load, no runtime.
+    if argv.peek().is_some_and(|s| s == "compare") {
+        argv.next();
+        return match compare::CompareArgs::parse(argv).and_then(|a| a.map(compare::run).transpose()) {
+            Ok(Some(true)) => ExitCode::SUCCESS,
+            Ok(Some(false)) => ExitCode::from(1),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // The ingest scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "ingest") {
         argv.next();
