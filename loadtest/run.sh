@@ -4,6 +4,10 @@
 #
 #   loadtest/run.sh contest|sustained|contention|ingest [extra loadtest flags]
 #
+# contest and sustained then run the same scenario against the baseline server
+# (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
+# keys) and print each figure as a ratio engine / baseline server.
+#
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
 #   SMALL_LINES, LINES    ingest: lines of the small (memory reference) and large files
@@ -11,6 +15,9 @@
 #   SMALL_SEED, SEED      ingest: generator seeds of the two files (1 and 2: disjoint ids)
 #   REGEN=1               ingest: generate the files again even if they exist
 #   LOAD_PORT             port of the engine under test (18080)
+#   NO_BASELINE_SERVER=1  contest, sustained: skip the baseline server's run
+#   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
+#                         STAMPEDE_WORKER_THREADS and STAMPEDE_REDIS_POOL when they are set
 #   KEEP_DATA=1           keep the load database and the Redis keys afterwards
 #   RUST_LOG              engine log level (warn)
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
@@ -18,7 +25,8 @@
 #   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
 #
 # Output: the loadtest report on stdout; JSON summary and engine log in .data/loadtest/.
-# Exit code: the loadtest's (0 all invariants passed, 1 an invariant failed, 2 setup error).
+# Exit code: the loadtest's, the worse of the two runs (0 all invariants passed,
+# 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
 usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest [loadtest flags]" >&2; exit 2; }
@@ -38,6 +46,11 @@ case "$SCENARIO" in
 esac
 LIMIT=${LIMIT:-10}
 LOAD_PORT=${LOAD_PORT:-18080}
+BASELINE_PORT=${BASELINE_PORT:-$((LOAD_PORT + 1))}
+BASELINE_SERVER=""
+case "$SCENARIO" in
+  contest|sustained) [[ -n ${NO_BASELINE_SERVER:-} ]] || BASELINE_SERVER=1 ;;
+esac
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -66,6 +79,10 @@ OUT_DIR=$ROOT/.data/loadtest
 mkdir -p "$OUT_DIR"
 ENGINE_LOG=$OUT_DIR/engine-$SCENARIO-$EPOCH.log
 JSON_OUT=$OUT_DIR/$SCENARIO-$EPOCH.json
+# The baseline server sells from keys of its own: lt<epoch>b:{0}:...
+BASELINE_PREFIX=${PREFIX}b
+BASELINE_LOG=$OUT_DIR/baseline-server-$SCENARIO-$EPOCH.log
+BASELINE_JSON=$OUT_DIR/$SCENARIO-$EPOCH-baseline-server.json
 
 # ingest: the NDJSON files, generated once per (lines, seed) and reused: the
 # generator is deterministic for a seed. Written under a temporary name, so
@@ -106,38 +123,63 @@ ADMIN_URL=$server/postgres$query
 LOAD_URL=$server/$LOAD_DB$query
 
 ENGINE_PID=""
+BASELINE_PID=""
 DB_CREATED=""
 
-stop_engine() {
-  [[ -n $ENGINE_PID ]] || return 0
-  if kill -0 "$ENGINE_PID" 2>/dev/null; then
-    kill -TERM "$ENGINE_PID" 2>/dev/null || true
+# stop_pid NAME PID: SIGTERM, SIGKILL after 30 s.
+stop_pid() {
+  local name=$1 pid=$2
+  [[ -n $pid ]] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 300); do
-      kill -0 "$ENGINE_PID" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    if kill -0 "$ENGINE_PID" 2>/dev/null; then
-      echo "run.sh: engine did not stop within 30 s of SIGTERM: SIGKILL" >&2
-      kill -KILL "$ENGINE_PID" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "run.sh: $name did not stop within 30 s of SIGTERM: SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
-  wait "$ENGINE_PID" 2>/dev/null || true
-  ENGINE_PID=""
+  wait "$pid" 2>/dev/null || true
+}
+stop_engine() { stop_pid engine "$ENGINE_PID"; ENGINE_PID=""; }
+stop_baseline_server() { stop_pid baseline-server "$BASELINE_PID"; BASELINE_PID=""; }
+
+# wait_healthy NAME PID PORT LOG: until GET /health answers 200 (30 s at most).
+wait_healthy() {
+  local name=$1 pid=$2 port=$3 log=$4 code
+  for _ in $(seq 1 300); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "run.sh: the $name exited during startup; last log lines:" >&2
+      tail -n 20 "$log" >&2
+      return 1
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/health" || true)
+    [[ $code == 200 ]] && return 0
+    sleep 0.1
+  done
+  echo "run.sh: GET /health of the $name did not answer 200 within 30 s; last log lines:" >&2
+  tail -n 20 "$log" >&2
+  return 1
 }
 
 cleanup() {
   local rc=$?
   stop_engine
+  stop_baseline_server
   if [[ -n ${KEEP_DATA:-} ]]; then
-    echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:*" >&2
+    echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:* and $BASELINE_PREFIX:*" >&2
   else
     if [[ -n $DB_CREATED ]]; then
       psql "$ADMIN_URL" -qX -c "DROP DATABASE IF EXISTS $LOAD_DB WITH (FORCE)" >/dev/null 2>&1 \
         || echo "run.sh: could not drop database $LOAD_DB" >&2
     fi
     if command -v redis-cli >/dev/null; then
-      timeout 60 redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX:*" 2>/dev/null \
-        | timeout 60 xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+      for pattern in "$PREFIX:*" "$BASELINE_PREFIX:*"; do
+        timeout 60 redis-cli -u "$REDIS_URL" --scan --pattern "$pattern" 2>/dev/null \
+          | timeout 60 xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+      done
     fi
   fi
   exit "$rc"
@@ -148,6 +190,10 @@ trap 'exit 143' TERM
 
 if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$LOAD_PORT/health"; then
   echo "run.sh: something already listens on 127.0.0.1:$LOAD_PORT (set LOAD_PORT)" >&2
+  exit 2
+fi
+if [[ -n $BASELINE_SERVER ]] && curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BASELINE_PORT/health"; then
+  echo "run.sh: something already listens on 127.0.0.1:$BASELINE_PORT (set BASELINE_PORT)" >&2
   exit 2
 fi
 
@@ -165,26 +211,7 @@ STAMPEDE_LISTEN=127.0.0.1:$LOAD_PORT \
   RUST_LOG=${RUST_LOG:-warn} \
   "$BIN/stampede" serve >"$ENGINE_LOG" 2>&1 &
 ENGINE_PID=$!
-
-healthy=""
-for _ in $(seq 1 300); do
-  if ! kill -0 "$ENGINE_PID" 2>/dev/null; then
-    echo "run.sh: the engine exited during startup; last log lines:" >&2
-    tail -n 20 "$ENGINE_LOG" >&2
-    exit 2
-  fi
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$LOAD_PORT/health" || true)
-  if [[ $code == 200 ]]; then
-    healthy=1
-    break
-  fi
-  sleep 0.1
-done
-if [[ -z $healthy ]]; then
-  echo "run.sh: GET /health did not answer 200 within 30 s; last log lines:" >&2
-  tail -n 20 "$ENGINE_LOG" >&2
-  exit 2
-fi
+wait_healthy engine "$ENGINE_PID" "$LOAD_PORT" "$ENGINE_LOG" || exit 2
 
 if [[ $SCENARIO == ingest ]]; then
   # $ENGINE_PID is the engine itself (bash execs a simple background command),
@@ -199,8 +226,10 @@ if [[ $SCENARIO == ingest ]]; then
   )
   if [[ -n $SMALL_FILE ]]; then driver_args+=(--small-file "$SMALL_FILE"); fi
 else
+  # $ENGINE_PID is the engine itself (see above): its CPU per request.
   driver_args=(
     --url "http://127.0.0.1:$LOAD_PORT"
+    --server-pid "$ENGINE_PID"
     --users "$USERS" --items "$ITEMS" --limit "$LIMIT"
     --redis-url "$REDIS_URL" --database-url "$LOAD_URL"
     --key-prefix "$PREFIX" --lua-dir "$ROOT/lua"
@@ -215,9 +244,53 @@ rc=$?
 set -e
 
 stop_engine
+
+# The same scenario against the baseline server, once the engine is gone (it
+# would compete for the CPUs), on keys of its own. The driver finds Redis and
+# Postgres as for the engine (Postgres through DATABASE_URL: it checks nothing
+# there) and skips the checks and the redis-benchmark baseline that only make
+# sense for the engine.
+if [[ -n $BASELINE_SERVER ]]; then
+  baseline_server_args=(
+    --listen "127.0.0.1:$BASELINE_PORT" --redis-url "$REDIS_URL"
+    --prefix "$BASELINE_PREFIX" --items "$ITEMS" --limit "$LIMIT"
+  )
+  if [[ -n ${STAMPEDE_WORKER_THREADS:-} ]]; then baseline_server_args+=(--workers "$STAMPEDE_WORKER_THREADS"); fi
+  if [[ -n ${STAMPEDE_REDIS_POOL:-} ]]; then baseline_server_args+=(--redis-pool "$STAMPEDE_REDIS_POOL"); fi
+  echo "run.sh: baseline server on 127.0.0.1:$BASELINE_PORT, key prefix $BASELINE_PREFIX, log $BASELINE_LOG" >&2
+  "$BIN/baseline-server" "${baseline_server_args[@]}" >"$BASELINE_LOG" 2>&1 &
+  BASELINE_PID=$!
+  if wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+    set +e
+    "$BIN/loadtest" "$SCENARIO" \
+      --server baseline --server-pid "$BASELINE_PID" \
+      --url "http://127.0.0.1:$BASELINE_PORT" \
+      --users "$USERS" --items "$ITEMS" --limit "$LIMIT" \
+      --redis-url "$REDIS_URL" --database-url "$DATABASE_URL" \
+      --key-prefix "$BASELINE_PREFIX" \
+      --json "$BASELINE_JSON" \
+      --threads "${DRIVER_THREADS:-1}" \
+      "$@"
+    baseline_rc=$?
+    set -e
+  else
+    baseline_rc=2
+  fi
+  stop_baseline_server
+  if (( baseline_rc > rc )); then rc=$baseline_rc; fi
+  if [[ -f $JSON_OUT && -f $BASELINE_JSON ]]; then
+    # Exit code 1 only says an invariant failed, which rc already tells.
+    "$BIN/loadtest" compare --engine "$JSON_OUT" --baseline "$BASELINE_JSON" --json "$JSON_OUT" \
+      || [[ $? == 1 ]] || echo "run.sh: loadtest compare failed" >&2
+  fi
+fi
+
 if [[ -f $JSON_OUT ]]; then
   echo "run.sh: JSON summary $JSON_OUT, engine log $ENGINE_LOG" >&2
 else
   echo "run.sh: engine log $ENGINE_LOG" >&2
+fi
+if [[ -n $BASELINE_SERVER ]]; then
+  echo "run.sh: baseline server's own summary $BASELINE_JSON, log $BASELINE_LOG" >&2
 fi
 exit "$rc"

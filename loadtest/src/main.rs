@@ -6,6 +6,9 @@
 mod baseline;
 mod checks;
 mod client;
+mod compare;
+mod cpu;
+mod cpu_split;
 mod ingest;
 mod report;
 mod scenarios;
@@ -26,22 +29,27 @@ use serde_json::Value;
 use crate::baseline::{BaselineConfig, default_lua_dir};
 use crate::checks::Expected;
 use crate::client::{Conn, Method, Outcome, Target};
-use crate::report::{Invariant, Summary};
+use crate::cpu_split::CpuSplit;
+use crate::report::{Invariant, ServerKind, Summary};
 use crate::scenarios::{LoadConfig, LoadResult, Scenario};
 use crate::stats::Progress;
 
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
+       loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
   contest      every user buys its own k = items/users items (k <= limit), all users start at once
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
+  compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
   --url URL               engine base URL (http://127.0.0.1:8080)
+  --server KIND           engine, or baseline: the baseline server (no Postgres checks, no redis-benchmark) (engine)
+  --server-pid PID        the server's process, for CPU per request (not measured if unset)
   --users N               virtual users (contest 1000, sustained 20000, contention 2000)
   --items N               items in the sale (contest 10000, sustained 200000, contention 20)
   --limit N               per-user purchase limit of the engine (10)
@@ -100,6 +108,8 @@ struct Args {
     request_timeout_secs: u64,
     flush_wait_secs: u64,
     lua_dir: PathBuf,
+    server: ServerKind,
+    server_pid: Option<u32>,
     baseline: bool,
     bench_requests: u64,
     bench_clients: u32,
@@ -148,6 +158,8 @@ impl Args {
             request_timeout_secs: 10,
             flush_wait_secs: 30,
             lua_dir: PathBuf::new(),
+            server: ServerKind::Engine,
+            server_pid: None,
             baseline: true,
             bench_requests: 100_000,
             bench_clients: 50,
@@ -172,6 +184,8 @@ impl Args {
             };
             match flag.as_str() {
                 "--url" => a.url = value,
+                "--server" => a.server = ServerKind::parse(&value)?,
+                "--server-pid" => a.server_pid = Some(parse_num(&flag, &value)?),
                 "--users" => a.users = parse_num(&flag, &value)?,
                 "--items" => a.items = parse_num(&flag, &value)?,
                 "--limit" => a.limit = parse_num(&flag, &value)?,
@@ -237,6 +251,22 @@ impl Args {
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1).peekable();
+    // compare reads two JSON summaries: no load, no runtime.
+    if argv.peek().is_some_and(|s| s == "compare") {
+        argv.next();
+        return match compare::CompareArgs::parse(argv).and_then(|a| a.map(compare::run).transpose()) {
+            Ok(Some(true)) => ExitCode::SUCCESS,
+            Ok(Some(false)) => ExitCode::from(1),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // The ingest scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "ingest") {
         argv.next();
@@ -300,7 +330,7 @@ struct SaleInfo {
 async fn preflight(target: &Target, args: &Args) -> Result<SaleInfo, String> {
     let mut conn = Conn::connect(target, Duration::from_secs(5))
         .await
-        .map_err(|e| format!("engine not reachable at {}: {e}", args.url))?;
+        .map_err(|e| format!("{} not reachable at {}: {e}", args.server.label(), args.url))?;
     let outcome = conn
         .request(target, Method::GET, "/sales/current", Duration::from_secs(10))
         .await;
@@ -320,7 +350,8 @@ async fn preflight(target: &Target, args: &Args) -> Result<SaleInfo, String> {
     let num = |field: &str| v.get(field).and_then(Value::as_i64);
     let sale_id = num("sale_id");
     println!(
-        "engine: sale {}, items_total {}, items_sold {}, per_user_limit {}",
+        "{}: sale {}, items_total {}, items_sold {}, per_user_limit {}",
+        args.server.label(),
         fmt_opt(sale_id),
         fmt_opt(num("items_total")),
         fmt_opt(num("items_sold")),
@@ -440,14 +471,24 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(url) => Some(checks::connect_redis(url).await),
         None => None,
     };
-    let pg = match &args.database_url {
+    let mut pg = match &args.database_url {
         Some(url) => Some(checks::connect_pg(url).await),
         None => None,
     };
+    // The processes whose CPU is measured, found before the load.
+    let cpu_split = CpuSplit::discover(
+        args.server_pid,
+        redis.as_ref().and_then(|r| r.as_ref().ok()),
+        pg.as_mut().and_then(|p| p.as_mut().ok()),
+    )
+    .await;
+    // The baseline server writes nothing to Postgres: the connection above
+    // only found its processes.
+    let engine = args.server == ServerKind::Engine;
     let progress = Arc::new(Progress::new());
     let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
     let (mut pg, watcher) = match pg {
-        Some(Ok(conn)) => {
+        Some(Ok(conn)) if engine => {
             let handle = checks::spawn_flush_watch(conn, progress.clone(), args.items as u64, stop_rx);
             (None, Some(handle))
         }
@@ -469,10 +510,24 @@ async fn run(args: Args) -> Result<bool, String> {
         progress,
     });
     println!(
-        "loadtest {}: {} users, {} items, {} connections against {} ...",
-        args.scenario_name, args.users, args.items, args.connections, args.url
+        "loadtest {}: {} users, {} items, {} connections against the {} at {} ...",
+        args.scenario_name,
+        args.users,
+        args.items,
+        args.connections,
+        args.server.label(),
+        args.url
     );
-    let load = scenarios::run_load(cfg).await;
+    let (load, cpu_start) = scenarios::run_load(cfg, || cpu_split.snapshot()).await;
+    let cpu_end = cpu_split.snapshot();
+    let cpu = cpu_start.map(|start| {
+        cpu_split.report(
+            &start,
+            &cpu_end,
+            load.stats.total_requests(),
+            (load.end - load.start).as_secs_f64(),
+        )
+    });
     let _ = stop_watch.send(true);
     let mut early_flush = None;
     if let Some(handle) = watcher {
@@ -510,6 +565,10 @@ async fn run(args: Args) -> Result<bool, String> {
     // Postgres first: the flush lag is measured from the end of the load.
     let mut flush_lag = None;
     match (&mut pg, &expected) {
+        _ if !engine => invariants.push(Invariant::skip(
+            "postgres",
+            "the baseline server writes nothing to Postgres",
+        )),
         (None, _) => invariants.push(Invariant::skip("postgres", "no --database-url / DATABASE_URL")),
         (Some(Err(e)), _) => invariants.push(Invariant::fail("postgres", e.clone())),
         (Some(Ok(_)), None) => invariants.push(Invariant::fail("postgres", "no sale id known")),
@@ -529,6 +588,10 @@ async fn run(args: Args) -> Result<bool, String> {
     }
 
     let baseline = match (&redis, &args.redis_url) {
+        _ if !engine => Some(baseline::Baseline {
+            evalsha_per_sec: None,
+            note: "not run against the baseline server (run.sh runs it with the engine)".into(),
+        }),
         (Some(Ok(client)), Some(url)) if args.baseline => {
             println!("running the redis-benchmark baseline ...");
             Some(
@@ -554,6 +617,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     let summary = Summary {
         scenario: &args.scenario_name,
+        server: args.server,
         users: args.users,
         items: args.items,
         limit: args.limit,
@@ -563,6 +627,7 @@ async fn run(args: Args) -> Result<bool, String> {
         invariants,
         flush_lag,
         baseline,
+        cpu,
     };
     summary.print_human();
     report::emit_json(args.json.as_deref(), &summary.to_json())?;
@@ -606,6 +671,16 @@ mod tests {
         assert!(parse("contest --bogus 1").is_err());
         assert!(parse("nope").is_err());
         assert!(parse("contest --help").unwrap().is_none());
+    }
+
+    #[test]
+    fn server_kind_and_pid() {
+        let a = parse("contest --server baseline --server-pid 42").unwrap().unwrap();
+        assert_eq!((a.server, a.server_pid), (ServerKind::Baseline, Some(42)));
+        let a = parse("sustained").unwrap().unwrap();
+        assert_eq!((a.server, a.server_pid), (ServerKind::Engine, None));
+        assert!(parse("contest --server nginx").is_err());
+        assert!(parse("contest --server-pid x").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::baseline::Baseline;
 use crate::checks::ms;
+use crate::cpu_split::CpuReport;
 use crate::scenarios::LoadResult;
 use crate::stats::EndpointStats;
 
@@ -56,9 +57,45 @@ impl Invariant {
     }
 }
 
+/// What the driver loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The stampede engine: every check applies.
+    Engine,
+    /// `baseline-server`: no Postgres, no redis-benchmark baseline.
+    Baseline,
+}
+
+impl ServerKind {
+    pub fn parse(value: &str) -> Result<ServerKind, String> {
+        match value {
+            "engine" => Ok(ServerKind::Engine),
+            "baseline" => Ok(ServerKind::Baseline),
+            other => Err(format!("--server: engine or baseline, not {other:?}")),
+        }
+    }
+
+    /// The name in the JSON summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Engine => "engine",
+            ServerKind::Baseline => "baseline",
+        }
+    }
+
+    /// The name in the printed report.
+    pub fn label(self) -> &'static str {
+        match self {
+            ServerKind::Engine => "engine",
+            ServerKind::Baseline => "baseline server",
+        }
+    }
+}
+
 /// Everything the report needs.
 pub struct Summary<'a> {
     pub scenario: &'a str,
+    pub server: ServerKind,
     pub users: usize,
     pub items: usize,
     pub limit: u64,
@@ -68,6 +105,8 @@ pub struct Summary<'a> {
     pub invariants: Vec<Invariant>,
     pub flush_lag: Option<Duration>,
     pub baseline: Option<Baseline>,
+    /// CPU per request of the processes involved, over the measured phase.
+    pub cpu: Option<CpuReport>,
 }
 
 impl Summary<'_> {
@@ -110,7 +149,7 @@ impl Summary<'_> {
     pub fn print_human(&self) {
         let s = &self.load.stats;
         println!();
-        println!("== stampede loadtest: {} ==", self.scenario);
+        println!("== stampede loadtest: {} ({}) ==", self.scenario, self.server.label());
         println!(
             "users {}, items {}, limit {}, connections {}, sale {}",
             self.users,
@@ -190,6 +229,10 @@ impl Summary<'_> {
                 None => println!("baseline        skipped: {}", b.note),
             },
         }
+        match &self.cpu {
+            Some(cpu) => cpu.print_human(self.server.label()),
+            None => println!("cpu             - (no measured phase)"),
+        }
         println!();
         println!("invariants:");
         for inv in &self.invariants {
@@ -223,6 +266,7 @@ impl Summary<'_> {
         let baseline = self.baseline_rps();
         json!({
             "scenario": self.scenario,
+            "server": self.server.name(),
             "users": self.users,
             "items": self.items,
             "limit": self.limit,
@@ -254,6 +298,7 @@ impl Summary<'_> {
             "baseline_note": self.baseline.as_ref().map(|b| b.note.clone()),
             "ratio_purchases_to_baseline": Self::ratio(self.purchases_per_sec(), baseline),
             "ratio_requests_to_baseline": Self::ratio(self.requests_per_sec(), baseline),
+            "cpu": self.cpu.as_ref().map(CpuReport::to_json),
             "error_samples": s.error_samples,
         })
     }

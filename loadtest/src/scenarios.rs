@@ -77,7 +77,10 @@ pub fn users_of_connection(c: usize, conns: usize, users: usize) -> Range<usize>
     (c * users / conns)..((c + 1) * users / conns)
 }
 
-pub async fn run_load(cfg: Arc<LoadConfig>) -> LoadResult {
+/// Runs the load. `at_start` runs once all connections are up, just before
+/// the clock of the measured phase starts (the CPU readings); its result
+/// comes back with the load's, `None` if the connect phase never finished.
+pub async fn run_load<T>(cfg: Arc<LoadConfig>, at_start: impl FnOnce() -> T) -> (LoadResult, Option<T>) {
     let conns = cfg.connections;
     let phase_start = Instant::now();
     let deadline = phase_start + cfg.max_duration;
@@ -92,14 +95,18 @@ pub async fn run_load(cfg: Arc<LoadConfig>) -> LoadResult {
     if tokio::time::timeout_at(deadline.into(), barrier.wait()).await.is_err() {
         tasks.abort_all();
         let now = Instant::now();
-        return LoadResult {
+        let result = LoadResult {
             stats,
             start: now,
             end: now,
             connect_duration: now - phase_start,
             aborted: Some("connect phase did not finish before --max-secs".into()),
         };
+        return (result, None);
     }
+    // The connection tasks are released; with one driver thread they run only
+    // once this returns, with more the readings overlap their first ~1 ms.
+    let started = at_start();
     let start = Instant::now();
     let connect_duration = start - phase_start;
 
@@ -121,13 +128,14 @@ pub async fn run_load(cfg: Arc<LoadConfig>) -> LoadResult {
             }
         }
     }
-    LoadResult {
+    let result = LoadResult {
         stats,
         start,
         end: Instant::now(),
         connect_duration,
         aborted,
-    }
+    };
+    (result, Some(started))
 }
 
 async fn connection_task(

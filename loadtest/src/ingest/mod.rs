@@ -11,7 +11,6 @@
 //!    into a table like `platform_purchases` and time that;
 //! 5. report: invariants (exit code) and the two targets.
 
-mod cpu;
 mod csv;
 mod files;
 mod report;
@@ -24,6 +23,7 @@ use std::time::Duration;
 
 use crate::checks::connect_pg;
 use crate::client::{Conn, Method, Outcome, Target};
+use crate::cpu;
 use crate::report::Invariant;
 use crate::{env_nonempty, parse_num};
 
