@@ -28,5 +28,19 @@ export STAMPEDE_LISTEN=${STAMPEDE_LISTEN:-0.0.0.0:8080,0.0.0.0:8032}
 # A flash sale opens thousands of connections at once.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Admin routes (catalogue, bonuses, jobs, reconcile) need a bearer token. A
+# development token is made once and kept under the git-ignored .data/, so it
+# survives restarts; set STAMPEDE_ADMIN_TOKEN to use your own.
+if [ -z "${STAMPEDE_ADMIN_TOKEN:-}" ]; then
+    token_file="$ROOT/.data/admin-token"
+    if [ ! -s "$token_file" ]; then
+        mkdir -p "$ROOT/.data"
+        (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$token_file")
+    fi
+    STAMPEDE_ADMIN_TOKEN=$(cat "$token_file")
+    export STAMPEDE_ADMIN_TOKEN
+    echo "[run] development admin token (from $token_file): $STAMPEDE_ADMIN_TOKEN" >&2
+fi
+
 echo "[run] REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL STAMPEDE_LISTEN=$STAMPEDE_LISTEN" >&2
 exec cargo run --release --bin stampede -- serve "$@"

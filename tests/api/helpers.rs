@@ -37,6 +37,9 @@ pub fn database_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL must be set: run the tests with scripts/test.sh")
 }
 
+/// The admin token every test engine is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A unique name for this test's database and Redis key prefix.
 pub fn unique_name() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
@@ -119,6 +122,7 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
         ("STAMPEDE_CONSUMER", format!("{name}-consumer")),
         ("STAMPEDE_FLUSH_LINGER_MS", "2".into()),
         ("STAMPEDE_SHUTDOWN_GRACE_MS", "5000".into()),
+        ("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -161,6 +165,7 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
 pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
+    pub headers: hyper::HeaderMap,
 }
 
 impl Reply {
@@ -185,21 +190,38 @@ pub async fn send(
     path_and_query: &str,
     body: Option<&str>,
 ) -> Result<Reply, String> {
+    send_with(http, addr, method, path_and_query, body, &[]).await
+}
+
+/// One request with extra headers (`Authorization`, `Idempotency-Key`, …).
+pub async fn send_with(
+    http: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let mut builder = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path_and_query}"));
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     let req = builder
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
         .map_err(|e| e.to_string())?;
     let res = http.request(req).await.map_err(|e| e.to_string())?;
     let status = res.status();
+    let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Reply {
         status,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
     })
 }
 
@@ -260,6 +282,26 @@ impl TestApp {
         send(&self.http, self.addr, method, path_and_query, body)
             .await
             .expect("engine answers")
+    }
+
+    /// A request with extra headers.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        send_with(&self.http, self.addr, method, path_and_query, body, headers)
+            .await
+            .expect("engine answers")
+    }
+
+    /// A request as the admin (`Authorization: Bearer <ADMIN_TOKEN>`).
+    pub async fn admin(&self, method: Method, path_and_query: &str, body: Option<&str>) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.request_with(method, path_and_query, body, &[("authorization", auth.as_str())])
+            .await
     }
 
     pub async fn post(&self, path_and_query: &str) -> Reply {

@@ -63,10 +63,12 @@ async fn post_body(app: &TestApp, content_type: &str, body: Vec<u8>) -> Reply {
         .expect("request builds");
     let res = app.http.request(req).await.expect("engine answers");
     let status = res.status();
+    let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.expect("body reads").to_bytes();
     Reply {
         status,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
     }
 }
 
