@@ -166,6 +166,12 @@ async fn bad_requests_get_stable_error_codes() {
             reply.body
         );
         assert!(reply.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if status == 405 {
+            // Allow comes from the route list: the methods the path has.
+            let allow = reply.headers.get("allow").and_then(|v| v.to_str().ok());
+            let want = if path == "/health" { "GET" } else { "POST" };
+            assert_eq!(allow, Some(want), "{method} {path}");
+        }
     }
     // None of those sold anything or opened a code that could be spent.
     assert_eq!(app.sold_in_redis(app.sale_id()).await, 0);

@@ -285,6 +285,7 @@ impl TestApp {
     }
 
     /// A request with extra headers.
+    #[allow(dead_code)] // for the admin and idempotency tests of the features
     pub async fn request_with(
         &self,
         method: Method,
@@ -298,6 +299,7 @@ impl TestApp {
     }
 
     /// A request as the admin (`Authorization: Bearer <ADMIN_TOKEN>`).
+    #[allow(dead_code)] // for the admin routes of the features
     pub async fn admin(&self, method: Method, path_and_query: &str, body: Option<&str>) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         self.request_with(method, path_and_query, body, &[("authorization", auth.as_str())])
