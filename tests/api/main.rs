@@ -2,6 +2,7 @@
 //! each against its own engine, database and Redis key prefix.
 
 mod bad_input;
+mod batching;
 mod durability;
 mod helpers;
 mod ingest;
