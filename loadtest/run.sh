@@ -242,6 +242,13 @@ set +e
 "$BIN/loadtest" "$SCENARIO" "${driver_args[@]}" "$@"
 rc=$?
 set -e
+# Requests per script call: how much the batched executor shared each call.
+if command -v curl >/dev/null; then
+  curl -s "http://127.0.0.1:$LOAD_PORT/metrics" | awk '
+    /^stampede_script_batch_requests_sum/   { split($1, a, "\""); sum[a[2]] = $2 }
+    /^stampede_script_batch_requests_count/ { split($1, a, "\""); n[a[2]] = $2 }
+    END { for (s in n) if (n[s] > 0) printf "run.sh: script %s: %d calls, %.1f requests per call\n", s, n[s], sum[s] / n[s] }' >&2 || true
+fi
 
 stop_engine
 
