@@ -116,6 +116,10 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
         outbox_backlog(&redis, &name).await > 0,
         "outbox holds entries at the kill"
     );
+    assert!(
+        largest_outbox_entry(&redis, &name).await > 1,
+        "some unflushed entries hold a batch of several events"
+    );
     first.kill_9();
     for buyer in buyers {
         buyer.await.expect("buyer task");
@@ -171,6 +175,31 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
     drop_database(&database_url(), &name).await;
     delete_keys(&redis, &name).await;
     let _ = redis.quit().await;
+}
+
+/// The most events one entry of any outbox shard of `prefix` holds (a
+/// batched entry is `kind, values` pairs).
+async fn largest_outbox_entry(redis: &fred::clients::Client, prefix: &str) -> usize {
+    let mut largest = 0;
+    for shard in 0..stampede::limits::OUTBOX_SHARDS {
+        let entries: fred::types::Value = redis
+            .custom(
+                fred::cmd!("XRANGE"),
+                vec![format!("{prefix}:{{{shard}}}:outbox"), "-".into(), "+".into()],
+            )
+            .await
+            .expect("XRANGE");
+        if let fred::types::Value::Array(entries) = entries {
+            for entry in entries {
+                if let fred::types::Value::Array(parts) = entry
+                    && let Some(fred::types::Value::Array(fields)) = parts.get(1)
+                {
+                    largest = largest.max(fields.len() / 2);
+                }
+            }
+        }
+    }
+    largest
 }
 
 /// Postgres stopped for 10 s during purchases: every purchase still answers
