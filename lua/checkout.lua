@@ -22,10 +22,11 @@ local outbox, counter = KEYS[1], KEYS[2]
 local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
 local pending = tonumber(redis.call('GET', counter) or '0')
 local events, replies = {}, {}
-local function emit(kind, ...)
+local function emit(kind, values)
   events[#events + 1] = kind
-  events[#events + 1] = table.concat({...}, '\31')
+  events[#events + 1] = values
 end
+local S = '\31'
 -- A sale keeps the size and limit it opened with, even if the config changes.
 -- Read once per batch, and updated when this batch opens the sale.
 local sales = {}
@@ -76,18 +77,19 @@ for r = 0, n - 1 do
       redis.call('HSET', users, '_', '')
       redis.call('PEXPIRE', users, ARGV[a + 12])
       sale.opening, sale.items, sale.limit = false, items, limit
-      emit('sale_opened', sale_id, ARGV[a + 3], ARGV[a + 4], items, limit, now)
+      emit('sale_opened', sale_id .. S .. ARGV[a + 3] .. S .. ARGV[a + 4] .. S .. items .. S .. limit .. S .. now)
     end
     local issued_code, expires = '', ''
     if outcome == 'OK' then
       issued_code, expires = ARGV[a + 9], ARGV[a + 10]
       -- One string, "sale|user|item|expires|limit" with \31 (unit separator)
       -- as the bar: user ids cannot contain control characters.
-      redis.call('SET', code_key, table.concat({sale_id, user, item_arg, expires, limit}, '\31'),
+      redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit,
         'PX', ARGV[a + 11])
       redis.call('HINCRBY', users, 'c:' .. user, 1)
     end
-    emit('checkout', sale_id, user, item_arg, outcome, issued_code, expires, now)
+    emit('checkout', sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S ..
+      expires .. S .. now)
   end
   replies[r + 1] = {outcome}
 end

@@ -29,12 +29,16 @@ local function purchase(code_key, sold, users, now, active_sale, code)
     return {'CODE_NOT_FOUND'}
   end
   -- "sale|user|item|expires|limit", then "|used_at" once spent (checkout.lua).
-  local f = {}
-  for part in string.gmatch(stored, '[^\31]+') do
-    f[#f + 1] = part
-  end
-  local sale, user, item, expires, limit, used = f[1], f[2], f[3], f[4], f[5], f[6]
-  if used then
+  -- Split with plain finds: no pattern, no closure, per request.
+  local b1 = string.find(stored, '\31', 1, true)
+  local b2 = string.find(stored, '\31', b1 + 1, true)
+  local b3 = string.find(stored, '\31', b2 + 1, true)
+  local b4 = string.find(stored, '\31', b3 + 1, true)
+  local b5 = string.find(stored, '\31', b4 + 1, true)
+  local sale, user = string.sub(stored, 1, b1 - 1), string.sub(stored, b1 + 1, b2 - 1)
+  local item, expires = string.sub(stored, b2 + 1, b3 - 1), string.sub(stored, b3 + 1, b4 - 1)
+  local limit = string.sub(stored, b4 + 1, (b5 or 0) - 1)
+  if b5 then
     return {'CODE_USED'}
   end
   if sale ~= active_sale then
@@ -46,7 +50,8 @@ local function purchase(code_key, sold, users, now, active_sale, code)
   if redis.call('GETBIT', sold, item) == 1 then
     return {'ITEM_SOLD'}
   end
-  local bought = tonumber(redis.call('HGET', users, 'p:' .. user) or '0')
+  local field = 'p:' .. user
+  local bought = tonumber(redis.call('HGET', users, field) or '0')
   if bought >= tonumber(limit) then
     return {'USER_LIMIT_REACHED'}
   end
@@ -57,10 +62,11 @@ local function purchase(code_key, sold, users, now, active_sale, code)
 
   -- Writes start here.
   redis.call('SETBIT', sold, item, 1)
-  redis.call('HINCRBY', users, 'p:' .. user, 1)
-  redis.call('SET', code_key, stored .. '\31' .. now, 'KEEPTTL')
+  redis.call('HINCRBY', users, field, 1)
+  -- Marks the code spent in place; the key keeps its TTL.
+  redis.call('APPEND', code_key, '\31' .. now)
   events[#events + 1] = 'purchase'
-  events[#events + 1] = table.concat({sale, user, item, code, now}, '\31')
+  events[#events + 1] = sale .. '\31' .. user .. '\31' .. item .. '\31' .. code .. '\31' .. now
   return {'OK', tonumber(item), bought + 1}
 end
 
