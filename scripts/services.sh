@@ -502,8 +502,9 @@ emit() { printf 'export %s=%q\n' "$1" "$2"; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|status]
+usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
+  test-tools    install what the tests need besides the services (prometheus, promtool)
 EOF
 }
 
@@ -550,6 +551,16 @@ main() {
     redis-stop)
         take_lock
         redis_stop
+        ;;
+    test-tools)
+        # What the test command needs beyond the services: Prometheus and
+        # promtool for the dashboard and alert-rule test.
+        take_lock
+        if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+            apt_install prometheus
+            # The package may start its own service; the tests run their own.
+            as_root systemctl stop prometheus >/dev/null 2>&1 || true
+        fi
         ;;
     status)
         status

@@ -15,6 +15,7 @@ if [ -n "${DATABASE_URL:-}" ]; then PRIVATE_PG=0; fi
 
 envs=$(bash "$ROOT/scripts/services.sh")
 eval "$envs"
+bash "$ROOT/scripts/services.sh" test-tools
 export REDIS_URL DATABASE_URL
 export STAMPEDE_TEST_SERVICES="$ROOT/scripts/services.sh"
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}

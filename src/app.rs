@@ -76,6 +76,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
+        telemetry::register_rare_counters();
         let redis_builder = redis_builder(&config.redis_url)?;
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         redis.init().await?;

@@ -51,6 +51,18 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Counters of rare events exist from the start at zero, so a dashboard or
+/// an alert on their rate reads 0 rather than "no data".
+pub fn register_rare_counters() {
+    for name in [
+        "stampede_flush_errors_total",
+        "stampede_ingest_batch_errors_total",
+        "stampede_ingest_copy_fallbacks_total",
+    ] {
+        counter!(name).increment(0);
+    }
+}
+
 pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) {
     let status = status_label(status);
     counter!("stampede_http_requests_total", "route" => route, "status" => status).increment(1);

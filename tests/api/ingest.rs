@@ -21,13 +21,13 @@ use crate::helpers::{Reply, TestApp, spawn_app};
 const BOUNDARY: &str = "stampede-test-boundary-7f3a";
 
 /// A purchase line; `price` is raw JSON text so tests control its spelling.
-fn line(id: &str, player: &str, price: &str, currency: &str) -> String {
+pub fn line(id: &str, player: &str, price: &str, currency: &str) -> String {
     format!(
         r#"{{"transaction_id":"{id}","player_id":"{player}","platform":"steam","item_id":"dlc-1","item_name":"Frozen Citadel","item_type":"dlc","price":{price},"currency":"{currency}","purchased_at":"2026-11-01T10:00:00Z"}}"#
     )
 }
 
-fn file(lines: &[String]) -> Vec<u8> {
+pub fn file(lines: &[String]) -> Vec<u8> {
     let mut out = lines.join("\n").into_bytes();
     out.push(b'\n');
     out
@@ -72,7 +72,7 @@ async fn post_body(app: &TestApp, content_type: &str, body: Vec<u8>) -> Reply {
     }
 }
 
-async fn upload(app: &TestApp, content: &[u8]) -> Reply {
+pub async fn upload(app: &TestApp, content: &[u8]) -> Reply {
     let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
     post_body(app, &content_type, multipart(content, "application/x-ndjson", &[])).await
 }

@@ -1,0 +1,210 @@
+//! The Grafana dashboards and alert rules, proven against a real Prometheus:
+//! it scrapes a live engine under a short load of every feature, then every
+//! query of every panel is evaluated through Prometheus's HTTP API and must
+//! return data; the alert rules must pass `promtool check rules` and load.
+//!
+//! Needs `prometheus` and `promtool` (Debian's `prometheus` package, which
+//! `scripts/test.sh` installs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{TestApp, free_port, http_client, spawn_app};
+use crate::ingest::{file, line, upload};
+
+const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/dashboards");
+const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/alerts.yml");
+
+/// Grafana's variables, as a dashboard user would have them.
+fn with_variables(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$__range", "5m")
+        .replace("$__interval", "5s")
+        .replace("$route", ".*")
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(dir: &Path, target: &str) -> Prometheus {
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {ALERT_RULES}\n\
+             scrape_configs:\n  - job_name: stampede\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .expect("prometheus config writes");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts: install Debian's `prometheus` package (scripts/test.sh does)");
+    Prometheus { child, port }
+}
+
+async fn prometheus_get(port: u16, path_and_query: &str) -> Option<Value> {
+    let http = http_client();
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://127.0.0.1:{port}{path_and_query}"))
+        .body(Full::new(bytes::Bytes::new()))
+        .ok()?;
+    let res = http.request(req).await.ok()?;
+    if res.status() != StatusCode::OK {
+        return None;
+    }
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+fn encode(query: &str) -> String {
+    form_urlencoded::byte_serialize(query.as_bytes()).collect()
+}
+
+/// Every (dashboard, panel title, query) of `grafana/dashboards/*.json`.
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(DASHBOARDS)
+        .expect("dashboards folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("reads")).expect("JSON");
+        let name = dashboard["title"].as_str().unwrap_or("?").to_owned();
+        let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        for panel in panels {
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push((
+                        name.clone(),
+                        panel["title"].as_str().unwrap_or("?").to_owned(),
+                        expr.to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A little of everything the dashboards show: sales (bought, refused,
+/// unknown codes), bad requests, an upload, a player lookup, health.
+async fn some_load(app: &TestApp, round: u32) {
+    for k in 0..5u32 {
+        let item = round * 5 + k + 1;
+        let code = app.code_for(&format!("dash-{round}"), item).await;
+        assert_eq!(app.purchase(&code).await.status, StatusCode::OK);
+        // Someone else's later attempt at the same item: a refusal.
+        let _ = app.checkout(&format!("late-{round}"), item).await;
+    }
+    let _ = app.purchase(&format!("{}-{}", app.sale_id(), "0".repeat(32))).await;
+    let _ = app.get("/nope").await;
+    let lines = vec![line(&format!("dash-tx-{round}"), "dash-player", "1.00", "EUR")];
+    assert_eq!(upload(app, &file(&lines)).await.status, StatusCode::OK);
+    let _ = app.get("/players/dash-player").await;
+    let _ = app.get("/health").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
+    let rules = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(ALERT_RULES)
+        .output()
+        .expect("promtool runs: install Debian's `prometheus` package (scripts/test.sh does)");
+    assert!(
+        rules.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&rules.stdout),
+        String::from_utf8_lossy(&rules.stderr)
+    );
+
+    let app = spawn_app(&[]).await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", app.prefix));
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let prometheus = start_prometheus(&dir, &app.addr.to_string());
+
+    // Load for a while, so rates have several scrapes to work on.
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        some_load(&app, round).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let queries = panel_queries();
+    assert!(queries.len() > 20, "found only {} panel queries", queries.len());
+    let mut empty = Vec::new();
+    for (dashboard, panel, expr) in &queries {
+        let query = with_variables(expr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            let reply = prometheus_get(prometheus.port, &format!("/api/v1/query?query={}", encode(&query))).await;
+            let series = reply
+                .as_ref()
+                .and_then(|r| r["data"]["result"].as_array())
+                .map_or(0, Vec::len);
+            if series > 0 || Instant::now() > deadline {
+                break series;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        println!("panel {dashboard} / {panel}: {result} series  ({query})");
+        if result == 0 {
+            empty.push(format!("{dashboard} / {panel}: {query}"));
+        }
+    }
+
+    // The alert rules loaded and evaluate without error.
+    let rules = prometheus_get(prometheus.port, "/api/v1/rules")
+        .await
+        .expect("rules API");
+    let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
+    let evaluated: Vec<(String, String)> = groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("?").to_owned(),
+                r["health"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    println!("alert rules: {evaluated:?}");
+    assert!(!evaluated.is_empty(), "no alert rule loaded");
+    let broken: Vec<_> = evaluated.iter().filter(|(_, health)| health == "err").collect();
+    assert!(broken.is_empty(), "alert rules failing to evaluate: {broken:?}");
+
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
+    app.finish().await;
+    assert!(
+        empty.is_empty(),
+        "panels whose query returned no data:\n{}",
+        empty.join("\n")
+    );
+}
