@@ -136,6 +136,7 @@ impl App {
         routes.extend(ops.clone().routes());
         let router = Arc::new(Router::new(routes)?);
         ops.set_index(router.describe());
+        ops.set_api(features.iter().map(|f| f.api()));
 
         let mut listeners = Vec::new();
         for addr in &services.config.listen {

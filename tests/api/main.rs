@@ -7,5 +7,6 @@ mod dashboards;
 mod durability;
 mod helpers;
 mod ingest;
+mod openapi;
 mod sale;
 mod server;
