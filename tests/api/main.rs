@@ -5,5 +5,6 @@ mod bad_input;
 mod durability;
 mod helpers;
 mod ingest;
+mod orders;
 mod sale;
 mod server;
