@@ -43,9 +43,10 @@ CREATE TABLE orders (
     -- its row and changes nothing.
     event_id           TEXT NOT NULL UNIQUE
 );
-CREATE INDEX orders_product_status ON orders (product_id, status);
--- Not unique: a key may be used again once its retention
--- (STAMPEDE_IDEMPOTENCY_TTL_SECS) is over, as with Stripe. Within it, Redis
--- answers a repeated key from its record in the same script call that would
--- create the order, so no second order is made.
-CREATE INDEX orders_product_key ON orders (product_id, idempotency_key);
+-- No secondary indexes: every order row costs the flusher one heap insert
+-- and an entry in each index, on the machine that also runs Redis. Orders are
+-- read by id (the primary key); reconcile aggregates them all, a sequential
+-- scan either way. idempotency_key is not unique: a key may be used again
+-- once its retention (STAMPEDE_IDEMPOTENCY_TTL_SECS) is over, as with Stripe.
+-- Within it, Redis answers a repeated key from its record in the same script
+-- call that would create the order, so no second order is made.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use fred::interfaces::KeysInterface;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use rand::RngExt;
@@ -684,6 +685,17 @@ async fn kill_9_under_order_load_loses_no_order() {
         "{} acknowledged orders missing from Postgres",
         acknowledged.difference(&in_postgres).count()
     );
+    // Every order Redis holds is in Postgres, and nothing else is.
+    let mut in_redis = HashSet::new();
+    let mut scan = redis.scan(format!("{name}:*:order:*"), Some(1000), None);
+    while let Some(page) = scan.next().await {
+        let mut page = page.expect("SCAN");
+        for key in page.take_results().unwrap_or_default() {
+            let key = key.as_str().expect("key is text").to_owned();
+            in_redis.insert(key.rsplit(':').next().expect("order id").to_owned());
+        }
+    }
+    assert_eq!(in_redis, in_postgres, "Postgres orders = Redis orders");
     let p = send(&http, second.addr, Method::GET, &format!("/products/{id}"), None)
         .await
         .expect("product");
