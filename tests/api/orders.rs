@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::KeysInterface;
+use fred::types::scan::Scanner;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use rand::RngExt;
