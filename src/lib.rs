@@ -14,7 +14,9 @@
 //!    contract. It names no feature.
 //! 3. Features, each owning its routes, errors, scripts and sink, importing
 //!    only the two layers above: [`sale`] (hourly flash sales, checkout
-//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty).
+//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
+//!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
+//!    reconciliation).
 //! 4. Wiring: [`app`] (start-up, the feature list) and [`ops`] (index,
 //!    health, metrics).
 //!
@@ -28,6 +30,7 @@ pub mod ingest;
 pub mod keyspace;
 pub mod limits;
 pub mod ops;
+pub mod orders;
 pub mod outbox;
 pub mod postgres;
 pub mod sale;

@@ -41,9 +41,29 @@ clients switch on `code`. Any route may also answer `NOT_FOUND` (404, unknown ro
 `INTERNAL` (500)."
     ),
     paths(health_doc, metrics_doc, index_doc, openapi_doc),
-    components(schemas(HealthDoc, crate::server::error::ErrorBody))
+    components(schemas(HealthDoc, crate::server::error::ErrorBody)),
+    modifiers(&AdminScheme)
 )]
 struct OpsApi;
+
+/// The `admin` security scheme admin routes name: a bearer token.
+struct AdminScheme;
+
+impl utoipa::Modify for AdminScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("STAMPEDE_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// `/health`'s body, for the document.
 #[derive(utoipa::ToSchema)]

@@ -8,5 +8,6 @@ mod durability;
 mod helpers;
 mod ingest;
 mod openapi;
+mod orders;
 mod sale;
 mod server;
