@@ -133,6 +133,13 @@ impl App {
         ));
         flusher.ensure_groups().await?;
 
+        // The live page is wired like a feature (routes, document, shutdown),
+        // but reads every feature's metrics, so it lives at the top.
+        let live: Arc<dyn Feature> = crate::live::Live::new(services.clone(), flusher.clone(), metrics.clone());
+        routes.extend(live.clone().routes());
+        let mut features = features;
+        features.push(live);
+
         let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone());
         routes.extend(ops.clone().routes());
         let router = Arc::new(Router::new(routes)?);

@@ -17,8 +17,8 @@
 //!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
 //!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
 //!    reconciliation).
-//! 4. Wiring: [`app`] (start-up, the feature list) and [`ops`] (index,
-//!    health, metrics).
+//! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
+//!    metrics, the API document) and [`live`] (the live page).
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 
@@ -29,6 +29,7 @@ pub mod executor;
 pub mod ingest;
 pub mod keyspace;
 pub mod limits;
+pub mod live;
 pub mod ops;
 pub mod orders;
 pub mod outbox;
