@@ -7,3 +7,4 @@ mod helpers;
 mod ingest;
 mod sale;
 mod server;
+mod wallet;
