@@ -168,6 +168,21 @@ impl Conn {
         path_and_query: &str,
         timeout: Duration,
     ) -> Outcome {
+        self.request_with_body(target, method, path_and_query, "", b"", timeout)
+            .await
+    }
+
+    /// As `request`, with a body and extra header lines (each ending in
+    /// `\r\n`, e.g. `Content-Type: application/json\r\n`).
+    pub async fn request_with_body(
+        &mut self,
+        target: &Target,
+        method: Method,
+        path_and_query: &str,
+        headers: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Outcome {
         if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Outcome::Transport(format!("bad request {path_and_query:?}: not an origin-form path"));
         }
@@ -177,7 +192,11 @@ impl Conn {
         self.req.extend_from_slice(path_and_query.as_bytes());
         self.req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.req.extend_from_slice(target.authority.as_bytes());
-        self.req.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        self.req.extend_from_slice(b"\r\n");
+        self.req.extend_from_slice(headers.as_bytes());
+        self.req
+            .extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        self.req.extend_from_slice(body);
 
         let start = Instant::now();
         match tokio::time::timeout(timeout, self.exchange()).await {

@@ -13,6 +13,7 @@ mod ingest;
 mod report;
 mod scenarios;
 mod stats;
+mod wallet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,7 @@ use crate::stats::Progress;
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
+       loadtest wallet [wallet flags]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
@@ -44,6 +46,7 @@ scenarios:
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
+  wallet       players bet/win/refund with retried references while SSE clients listen (see wallet flags)
   compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
@@ -263,6 +266,21 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // The wallet scenario has flags of its own.
+    if argv.peek().is_some_and(|s| s == "wallet") {
+        argv.next();
+        return match wallet::WalletArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, wallet::run(args)),
+            Ok(None) => {
+                println!("{USAGE}\n\n{}", wallet::USAGE);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{}", wallet::USAGE);
                 ExitCode::from(2)
             }
         };
