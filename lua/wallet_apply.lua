@@ -45,7 +45,7 @@ local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
 local pending = tonumber(redis.call('GET', counter) or '0')
 local S = '\31'
 local events, replies = {}, {}
-local notify = {}   -- notify stream key -> {list of players, set}
+local notify = {}   -- notify stream key -> its entry's field/value list
 local seqs = {}     -- entry counter key -> {value, tag}
 local notify_maxlen = '10000'
 local TYPE_CODE = {deposit = 'd', withdrawal = 'w', bet = 'b', win = 'W', refund = 'r'}
@@ -94,20 +94,19 @@ end
 -- One event in the player's stream (the SSE feed), and the player's name
 -- in the shard's notify stream at the end of the call.
 local function publish(c, name, json)
-  redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'd', json)
+  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'd', json)
   if not c.stream_touched then
     redis.call('PEXPIRE', c.stream, c.ttl)
     c.stream_touched = true
   end
+  -- The same event, with its id, for the engines' fan-out readers.
   local nk = notify[c.notify]
   if not nk then
-    nk = {list = {}, seen = {}}
+    nk = {}
     notify[c.notify] = nk
   end
-  if not nk.seen[c.player] then
-    nk.seen[c.player] = true
-    nk.list[#nk.list + 1] = c.player
-  end
+  nk[#nk + 1] = 'e'
+  nk[#nk + 1] = table.concat({c.player, id, name, json}, S)
 end
 
 -- A ledger entry: outbox event and balance event. Returns the tx id.
@@ -431,6 +430,6 @@ for key, s in pairs(seqs) do
   redis.call('SET', key, int(s.value))
 end
 for key, nk in pairs(notify) do
-  redis.call('XADD', key, 'MAXLEN', '~', notify_maxlen, '*', 'p', table.concat(nk.list, S))
+  redis.call('XADD', key, 'MAXLEN', '~', notify_maxlen, '*', unpack(nk))
 end
 return replies

@@ -189,10 +189,17 @@ pub const WALLET_EVENTS_PER_PLAYER_MAX: u64 = 1_000;
 /// A player's event stream expires this long after its last event.
 pub const WALLET_EVENTS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-/// Entries kept in a shard's notify stream (which players changed). Only
-/// live fan-out readers use it, a second behind at most; 10,000 script
-/// calls is far more than that.
-pub const WALLET_NOTIFY_STREAM_MAX: u64 = 10_000;
+/// Entries kept in a shard's notify stream (one per script call, holding
+/// that call's events: ~300 bytes each, so a few KiB a call). Only live
+/// fan-out readers use it, which read up to `WALLET_NOTIFY_READ_COUNT`
+/// entries at a time; a reader that gets a full page may have been trimmed
+/// past, and resyncs its streams from their players' streams.
+pub const WALLET_NOTIFY_STREAM_MAX: u64 = 1_000;
+pub const WALLET_NOTIFY_READ_COUNT: u64 = 500;
+
+/// Events waiting for one stream's client; beyond it, the stream resyncs
+/// from the player's stream instead of queueing more.
+pub const WALLET_SSE_INBOX: usize = 256;
 
 /// How long the fan-out task's `XREAD BLOCK` waits before it checks for
 /// shutdown. Below the Redis command timeout.
@@ -240,3 +247,4 @@ const _: () = assert!(WALLET_BALANCE_MINOR_MAX < (1 << 53));
 const _: () = assert!(WALLET_NOTIFY_BLOCK.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
 const _: () = assert!(WALLET_SSE_STREAMS_DEFAULT <= WALLET_SSE_STREAMS_CEILING);
 const _: () = assert!(WALLET_HISTORY_LIMIT_DEFAULT <= WALLET_HISTORY_LIMIT_MAX);
+const _: () = assert!(WALLET_NOTIFY_READ_COUNT < WALLET_NOTIFY_STREAM_MAX);

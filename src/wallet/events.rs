@@ -3,17 +3,20 @@
 //! Events flow through Redis, so a client sees changes made through any
 //! engine. `wallet_apply.lua` appends each event to the player's stream
 //! (`XADD MAXLEN ~`; its entry ids are the SSE `id:`s) and, once per call,
-//! the changed players to its shard's notify stream. Per engine, one
-//! fan-out task per shard `XREAD BLOCK`s that notify stream on a connection
-//! of its own and wakes this engine's streams of those players; each then
-//! reads its player's stream from its last id with `XRANGE`. So an engine
-//! holds 8 blocking connections whatever its number of clients, and a
-//! client reconnecting with `Last-Event-ID` resumes from the stream without
-//! a gap, within its retention (`WALLET_EVENTS_PER_PLAYER_MAX`,
-//! `WALLET_EVENTS_RETENTION`).
+//! the same events with their ids to its shard's notify stream. Per engine,
+//! one fan-out task per shard `XREAD BLOCK`s that notify stream on a
+//! connection of its own and hands each event, framed once, to this
+//! engine's streams of that player. A stream reads the player's stream
+//! itself (`XRANGE` from its last id) only to resume (`Last-Event-ID`) or to
+//! resync when it may have missed a push (full inbox, failed or lagging
+//! fan-out read); it skips pushed events at or before its last id, so it
+//! never repeats or reorders one. So an engine holds 8 blocking
+//! connections whatever its number of clients, and a reconnecting client
+//! resumes without a gap within the player stream's retention
+//! (`WALLET_EVENTS_PER_PLAYER_MAX`, `WALLET_EVENTS_RETENTION`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,19 +36,29 @@ use super::domain::{PlayerId, parse_event_id};
 use super::scripts::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
 use crate::keyspace::Shard;
-use crate::limits::{WALLET_NOTIFY_BLOCK, WALLET_SSE_HEARTBEAT, WALLET_SSE_READ_BATCH};
+use crate::limits::{
+    WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT, WALLET_SSE_INBOX, WALLET_SSE_READ_BATCH,
+};
 use crate::scripts::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};
 use crate::services::Services;
 use crate::telemetry;
 
-/// The open streams of one player: (stream id, its wake-up).
-type Streams = Vec<(u64, Arc<Notify>)>;
+/// One open stream as the hub sees it: its id, where pushed events go, and
+/// how to tell it to resync from the player's stream.
+struct Registered {
+    id: u64,
+    inbox: mpsc::Sender<(String, Bytes)>,
+    resync: Arc<Notify>,
+    /// Set when a push did not fit: nothing more is pushed until the stream
+    /// has caught up from the player's stream, so it never skips one.
+    overflowed: Arc<AtomicBool>,
+}
 
 /// This engine's open event streams, by player, and their bound.
 pub struct Hub {
     slots: Arc<Semaphore>,
-    subscribers: Mutex<HashMap<String, Streams>>,
+    subscribers: Mutex<HashMap<String, Vec<Registered>>>,
     next_id: AtomicU64,
 }
 
@@ -54,7 +67,9 @@ struct Subscription {
     hub: Arc<Hub>,
     player: String,
     id: u64,
-    notify: Arc<Notify>,
+    inbox: mpsc::Receiver<(String, Bytes)>,
+    resync: Arc<Notify>,
+    overflowed: Arc<AtomicBool>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -71,38 +86,54 @@ impl Hub {
     fn subscribe(self: &Arc<Self>, player: &str) -> Option<Subscription> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let (tx, inbox) = mpsc::channel(WALLET_SSE_INBOX);
+        let resync = Arc::new(Notify::new());
+        let overflowed = Arc::new(AtomicBool::new(false));
         if let Ok(mut map) = self.subscribers.lock() {
-            map.entry(player.to_owned()).or_default().push((id, notify.clone()));
+            map.entry(player.to_owned()).or_default().push(Registered {
+                id,
+                inbox: tx,
+                resync: resync.clone(),
+                overflowed: overflowed.clone(),
+            });
         }
         telemetry::wallet_sse_streams(1.0);
         Some(Subscription {
             hub: self.clone(),
             player: player.to_owned(),
             id,
-            notify,
+            inbox,
+            resync,
+            overflowed,
             _slot: slot,
         })
     }
 
-    /// Wakes this engine's streams of `player` (a permit is kept if one is
-    /// busy, so no wake-up is lost).
-    fn wake(&self, player: &str) {
+    /// Hands an event to this engine's streams of `player`. A stream whose
+    /// inbox is full is told to resync instead (a `Notify` permit is kept,
+    /// so that wake-up is not lost).
+    fn deliver(&self, player: &str, id: &str, frame: &Bytes) {
         if let Ok(map) = self.subscribers.lock()
             && let Some(list) = map.get(player)
         {
-            for (_, notify) in list {
-                notify.notify_one();
+            for r in list {
+                if r.overflowed.load(Ordering::Acquire) {
+                    continue;
+                }
+                if r.inbox.try_send((id.to_owned(), frame.clone())).is_err() {
+                    r.overflowed.store(true, Ordering::Release);
+                    r.resync.notify_one();
+                }
             }
         }
     }
 
-    /// Wakes every stream: after a failed fan-out read, any of them may
-    /// have missed a notification.
-    fn wake_all(&self) {
+    /// Tells every stream to resync from its player's stream: after a failed
+    /// or possibly trimmed fan-out read, any of them may have missed events.
+    fn resync_all(&self) {
         if let Ok(map) = self.subscribers.lock() {
-            for (_, notify) in map.values().flatten() {
-                notify.notify_one();
+            for r in map.values().flatten() {
+                r.resync.notify_one();
             }
         }
     }
@@ -113,13 +144,19 @@ impl Drop for Subscription {
         if let Ok(mut map) = self.hub.subscribers.lock()
             && let Some(list) = map.get_mut(&self.player)
         {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|r| r.id != self.id);
             if list.is_empty() {
                 map.remove(&self.player);
             }
         }
         telemetry::wallet_sse_streams(-1.0);
     }
+}
+
+/// A stream id `<ms>-<n>` as a comparable pair.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), n.parse().unwrap_or(0))
 }
 
 /// `GET /wallet/{player_id}/events`.
@@ -219,13 +256,16 @@ struct Feed {
     shutdown: watch::Receiver<bool>,
 }
 
-/// One stream's task: waits for a wake-up, reads the player's new events,
-/// writes them as SSE frames; heartbeats when idle; ends on shutdown or
-/// when the client is gone (its body, the receiver, was dropped).
+/// One stream's task: writes the events the fan-out pushes (skipping any
+/// at or before its last id), reads the player's stream from its last id
+/// when told to resync (and first, when resuming), heartbeats when idle,
+/// and ends on shutdown or when the client is gone (its body, the
+/// receiver, was dropped).
 async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     pending.push_back(Bytes::from_static(b": connected\nretry: 1000\n\n"));
     let mut read = feed.read_first;
+    let mut last = id_key(&feed.last_id);
     let start = tokio::time::Instant::now() + WALLET_SSE_HEARTBEAT;
     let mut heartbeat = tokio::time::interval_at(start, WALLET_SSE_HEARTBEAT);
     loop {
@@ -246,6 +286,7 @@ async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
                     telemetry::wallet_sse_events(entries.len() as u64);
                     for (id, fields) in entries {
                         pending.push_back(frame(&id, &fields));
+                        last = id_key(&id);
                         feed.last_id = id;
                     }
                 }
@@ -259,7 +300,30 @@ async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
             continue;
         }
         tokio::select! {
-            _ = feed.subscription.notify.notified() => read = true,
+            pushed = feed.subscription.inbox.recv() => {
+                let Some((id, frame)) = pushed else { return };
+                let key = id_key(&id);
+                if key > last {
+                    last = key;
+                    feed.last_id = id;
+                    telemetry::wallet_sse_events(1);
+                    pending.push_back(frame);
+                }
+            }
+            _ = feed.subscription.resync.notified() => {
+                // What was pushed before an overflow comes first, in order;
+                // then pushes resume and the read covers the rest.
+                while let Ok((id, frame)) = feed.subscription.inbox.try_recv() {
+                    let key = id_key(&id);
+                    if key > last {
+                        last = key;
+                        feed.last_id = id;
+                        pending.push_back(frame);
+                    }
+                }
+                feed.subscription.overflowed.store(false, Ordering::Release);
+                read = true;
+            }
             _ = heartbeat.tick() => pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
             _ = tx.closed() => return,
             _ = feed.shutdown.changed() => return,
@@ -315,6 +379,7 @@ async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
 async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdown: watch::Receiver<bool>) {
     let key = notify_key(&services.keys, shard);
     let block_ms = WALLET_NOTIFY_BLOCK.as_millis().to_string();
+    let count = WALLET_NOTIFY_READ_COUNT.to_string();
     let mut client: Option<Client> = None;
     let mut last: Option<String> = None;
     while !*shutdown.borrow() {
@@ -340,7 +405,7 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
                     fred::cmd!("XREAD"),
                     vec![
                         "COUNT",
-                        "1000",
+                        count.as_str(),
                         "BLOCK",
                         block_ms.as_str(),
                         "STREAMS",
@@ -349,15 +414,26 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
                     ],
                 )
                 .await?;
-            // RESP2: [[stream, [[id, [p, players]], ...]]], or nil on timeout.
+            // RESP2: [[stream, [[id, [e, event, e, event, ...]], ...]]], or
+            // nil on timeout; each event is player␟id␟name␟json.
             if let Value::Array(mut streams) = reply
                 && let Some(Value::Array(mut pair)) = streams.pop()
                 && let Some(entries) = pair.pop()
             {
-                for (id, fields) in decode_entries(entries) {
-                    for (_, players) in fields.iter().filter(|(k, _)| k == "p") {
-                        for player in players.split('\u{1f}') {
-                            hub.wake(player);
+                let entries = decode_entries(entries);
+                if entries.len() as u64 >= WALLET_NOTIFY_READ_COUNT {
+                    // Behind by a full page: the stream may have been
+                    // trimmed past us, so every stream checks its own.
+                    hub.resync_all();
+                }
+                for (id, fields) in entries {
+                    for (_, event) in fields.iter().filter(|(k, _)| k == "e") {
+                        let mut parts = event.splitn(4, '\u{1f}');
+                        if let (Some(player), Some(event_id), Some(name), Some(data)) =
+                            (parts.next(), parts.next(), parts.next(), parts.next())
+                        {
+                            let frame = Bytes::from(format!("id: {event_id}\nevent: {name}\ndata: {data}\n\n"));
+                            hub.deliver(player, event_id, &frame);
                         }
                     }
                     last = Some(id);
@@ -372,7 +448,7 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
         if let Err(e) = result {
             tracing::warn!(error = %e, shard = shard.index(), "wallet fan-out read failed; retrying");
             telemetry::wallet_fanout_error();
-            hub.wake_all();
+            hub.resync_all();
             client = None;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
