@@ -34,7 +34,7 @@
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -48,14 +48,20 @@ case "$SCENARIO" in
   ingest)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
               SMALL_LINES=${SMALL_LINES:-100000}; LINES=${LINES:-1000000}
               SMALL_SEED=${SMALL_SEED:-1};        SEED=${SEED:-2} ;;
+  # Players bet, win and refund while SSE clients listen; the sale is idle.
+  wallet)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
+              PLAYERS=${PLAYERS:-2000}; SSE_CLIENTS=${SSE_CLIENTS:-1000}
+              CONNECTIONS=${CONNECTIONS:-200}; SECS=${SECS:-20} ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
+# Bonus grants need the admin token (wallet).
+export STAMPEDE_ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
 LOAD_PORT=${LOAD_PORT:-18080}
 BASELINE_PORT=${BASELINE_PORT:-$((LOAD_PORT + 1))}
 BASELINE_SERVER=""
 case "$SCENARIO" in
-  contest|sustained|orders) [[ -n ${NO_BASELINE_SERVER:-} ]] || BASELINE_SERVER=1 ;;
+  contest|sustained|orders|wallet) [[ -n ${NO_BASELINE_SERVER:-} ]] || BASELINE_SERVER=1 ;;
 esac
 # The admin token of the engine under test (orders creates its products).
 LOAD_ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
@@ -243,6 +249,16 @@ elif [[ $SCENARIO == orders ]]; then
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
+elif [[ $SCENARIO == wallet ]]; then
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --server-pid "$ENGINE_PID"
+    --players "$PLAYERS" --sse-clients "$SSE_CLIENTS"
+    --connections "$CONNECTIONS" --secs "$SECS"
+    --database-url "$LOAD_URL"
+    --json "$JSON_OUT"
+    --threads "${DRIVER_THREADS:-1}"
+  )
 else
   # $ENGINE_PID is the engine itself (see above): its CPU per request.
   driver_args=(
@@ -285,7 +301,14 @@ if [[ -n $BASELINE_SERVER ]]; then
   echo "run.sh: baseline server on 127.0.0.1:$BASELINE_PORT, key prefix $BASELINE_PREFIX, log $BASELINE_LOG" >&2
   "$BIN/baseline-server" "${baseline_server_args[@]}" >"$BASELINE_LOG" 2>&1 &
   BASELINE_PID=$!
-  if wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+  if [[ $SCENARIO == wallet ]] && wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+    set +e
+    "$BIN/loadtest" wallet --server baseline --url "http://127.0.0.1:$BASELINE_PORT" \
+      --connections "$CONNECTIONS" --secs "$SECS" --engine-json "$JSON_OUT" \
+      --json "$BASELINE_JSON" --threads "${DRIVER_THREADS:-1}"
+    baseline_rc=$?
+    set -e
+  elif [[ $SCENARIO != wallet ]] && wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
     set +e
     # orders: the contest against the baseline server; the orders flags are not its own.
     baseline_scenario=$SCENARIO
@@ -322,7 +345,7 @@ print(f"orders: {engine['orders_per_sec']:.0f} orders/s (p50 {engine['orders_p50
       f"p99 {engine['orders_p99_ms']:.2f} ms); baseline server {rps:.0f} requests/s; "
       f"ratio {ratio:.2f}" if ratio else "orders: no baseline figure")
 PY
-  elif [[ -f $JSON_OUT && -f $BASELINE_JSON ]]; then
+  elif [[ $SCENARIO != wallet && -f $JSON_OUT && -f $BASELINE_JSON ]]; then
     # Exit code 1 only says an invariant failed, which rc already tells.
     "$BIN/loadtest" compare --engine "$JSON_OUT" --baseline "$BASELINE_JSON" --json "$JSON_OUT" \
       || [[ $? == 1 ]] || echo "run.sh: loadtest compare failed" >&2

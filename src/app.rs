@@ -29,7 +29,7 @@ use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
 use crate::services::Services;
-use crate::{ingest, orders, sale, telemetry};
+use crate::{ingest, orders, sale, telemetry, wallet};
 
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
@@ -37,6 +37,7 @@ fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigErr
         sale::Sale::new(services.clone()),
         ingest::Ingest::new(services.clone()),
         orders::Orders::new(services.clone())?,
+        wallet::Wallet::new(services.clone())?,
     ])
 }
 
@@ -188,13 +189,21 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let flushing = tokio::spawn(self.flusher.clone().run(self.redis_builder, stop_rx.clone()));
         let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone(), stop_rx.clone()));
+        // Features hear of shutdown as soon as it begins, so long-lived
+        // responses (event streams) end instead of holding the grace period;
+        // the flusher runs until in-flight requests are done.
+        let (features_stop_tx, features_stop_rx) = watch::channel(false);
         let background: Vec<_> = self
             .features
             .iter()
-            .flat_map(|f| f.clone().spawn_background(stop_rx.clone()))
+            .flat_map(|f| f.clone().spawn_background(features_stop_rx.clone()))
             .collect();
         tracing::info!(listen = ?services.config.listen, "serving");
 
+        let shutdown = async {
+            shutdown.await;
+            let _ = features_stop_tx.send(true);
+        };
         server::serve(self.listeners, self.router, &services.config, shutdown).await;
 
         let _ = stop_tx.send(true);

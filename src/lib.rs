@@ -16,7 +16,8 @@
 //!    only the two layers above: [`sale`] (hourly flash sales, checkout
 //!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
 //!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
-//!    reconciliation).
+//!    reconciliation), [`wallet`] (player wallets, bonus wagering, live
+//!    events).
 //! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
 //!    metrics, the API document) and [`live`] (the live page).
 //!
@@ -39,3 +40,4 @@ pub mod scripts;
 pub mod server;
 pub mod services;
 pub mod telemetry;
+pub mod wallet;

@@ -211,6 +211,86 @@ const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
 const _: () = assert!(256 % OUTBOX_SHARDS == 0);
 // Every order script appends at most one event per request.
 const _: () = assert!(HOLDS_EXPIRED_PER_PASS_MAX <= SCRIPT_QUEUE_DEPTH_MAX);
+// ---- Wallet (src/wallet/) ----
+
+/// Longest player, reference or bonus id. Each reference is kept in Redis
+/// for ever (exactly once, however late the repeat), so its length is
+/// memory: ~100-160 bytes per UUID reference, see ARCHITECTURE.md.
+pub const WALLET_ID_BYTES_MAX: usize = 64;
+
+/// Longest game category (`slots`, `table`, `live`…).
+pub const WALLET_GAME_BYTES_MAX: usize = 32;
+
+/// Largest amount of one transaction or bonus, in minor units (10^12 cents
+/// is ten billion euros).
+pub const WALLET_AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000;
+
+/// Largest balance (cash + bonus) an account may reach; a credit beyond it
+/// is refused. Lua holds numbers as doubles, exact only below 2^53 (~9×10^15).
+pub const WALLET_BALANCE_MINOR_MAX: i64 = 1_000_000_000_000_000;
+
+/// Wagering multiplier bounds and default (the 1..=100, 10).
+pub const BONUS_WAGERING_MULTIPLIER_MAX: i64 = 100;
+pub const BONUS_WAGERING_MULTIPLIER_DEFAULT: i64 = 10;
+
+/// Longest bonus lifetime: a year.
+pub const BONUS_EXPIRES_IN_SECS_MAX: i64 = 365 * 24 * 3600;
+
+/// Games listed in one bonus's contributions; each is read by every bet.
+pub const BONUS_CONTRIBUTION_GAMES_MAX: usize = 16;
+
+/// Events kept per player stream for `Last-Event-ID` resumption (`XADD
+/// MAXLEN ~`, so a little more). Measured ~315 bytes each: ~320 KB per
+/// active player at most; streams of idle players expire after the retention
+/// below.
+pub const WALLET_EVENTS_PER_PLAYER_MAX: u64 = 1_000;
+
+/// A player's event stream expires this long after its last event.
+pub const WALLET_EVENTS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Entries kept in a shard's notify stream (one per script call, holding
+/// that call's events: ~300 bytes each, so a few KiB a call). Only live
+/// fan-out readers use it, which read up to `WALLET_NOTIFY_READ_COUNT`
+/// entries at a time; a reader that gets a full page may have been trimmed
+/// past, and resyncs its streams from their players' streams.
+pub const WALLET_NOTIFY_STREAM_MAX: u64 = 1_000;
+pub const WALLET_NOTIFY_READ_COUNT: u64 = 500;
+
+/// Events waiting for one stream's client; beyond it, the stream resyncs
+/// from the player's stream instead of queueing more.
+pub const WALLET_SSE_INBOX: usize = 256;
+
+/// How long the fan-out task's `XREAD BLOCK` waits before it checks for
+/// shutdown. Below the Redis command timeout.
+pub const WALLET_NOTIFY_BLOCK: Duration = Duration::from_millis(1_000);
+
+/// Default and ceiling of `STAMPEDE_SSE_STREAMS_MAX`, the open event
+/// streams per engine (503 beyond). Each costs a connection slot and a few
+/// KiB; the default leaves the connection bound room for requests.
+pub const WALLET_SSE_STREAMS_DEFAULT: usize = 5_000;
+pub const WALLET_SSE_STREAMS_CEILING: usize = 100_000;
+
+/// A heartbeat comment on an idle event stream: keeps proxies from closing
+/// it and finds clients that left.
+pub const WALLET_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Events one stream reads from Redis per `XRANGE`.
+pub const WALLET_SSE_READ_BATCH: usize = 100;
+
+/// How often the bonus expiry task looks for due bonuses, and how many it
+/// expires per shard per pass (the rest wait for the next pass; a bet
+/// expires a due bonus itself anyway).
+pub const WALLET_EXPIRY_TICK: Duration = Duration::from_millis(100);
+pub const WALLET_EXPIRY_BATCH: usize = 256;
+
+/// Default and ceiling of `limit` on the transaction history.
+pub const WALLET_HISTORY_LIMIT_DEFAULT: i64 = 50;
+pub const WALLET_HISTORY_LIMIT_MAX: i64 = 500;
+
+/// Most outbox events one wallet request appends: an expiry settled first
+/// (entry + state), then a bet (entry + state) that completes the bonus
+/// (entry + state).
+pub const WALLET_EVENTS_PER_REQUEST_MAX: usize = 6;
 
 const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
@@ -220,3 +300,10 @@ const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX >
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());
 const _: () = assert!(INGEST_BATCH_ROWS_DEFAULT <= INGEST_BATCH_ROWS_CEILING);
 const _: () = assert!(INGEST_UPLOAD_BYTES_DEFAULT <= INGEST_UPLOAD_BYTES_CEILING);
+const _: () = assert!(2 + 2 * WALLET_EVENTS_PER_REQUEST_MAX * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < WALLET_BALANCE_MINOR_MAX);
+const _: () = assert!(WALLET_BALANCE_MINOR_MAX < (1 << 53));
+const _: () = assert!(WALLET_NOTIFY_BLOCK.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
+const _: () = assert!(WALLET_SSE_STREAMS_DEFAULT <= WALLET_SSE_STREAMS_CEILING);
+const _: () = assert!(WALLET_HISTORY_LIMIT_DEFAULT <= WALLET_HISTORY_LIMIT_MAX);
+const _: () = assert!(WALLET_NOTIFY_READ_COUNT < WALLET_NOTIFY_STREAM_MAX);

@@ -172,6 +172,22 @@ impl Conn {
             .await
     }
 
+    /// As `request_with`, with the extra headers as preformatted lines
+    /// (each ending in `\r\n`, e.g. `Content-Type: application/json\r\n`).
+    pub async fn request_with_body(
+        &mut self,
+        target: &Target,
+        method: Method,
+        path_and_query: &str,
+        headers: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Outcome {
+        let pairs: Vec<(&str, &str)> = headers.split("\r\n").filter_map(|line| line.split_once(": ")).collect();
+        self.request_with(target, method, path_and_query, &pairs, body, timeout)
+            .await
+    }
+
     /// A request with extra headers (`name: value`, no CR/LF) and a body.
     pub async fn request_with(
         &mut self,

@@ -14,6 +14,7 @@ mod orders;
 mod report;
 mod scenarios;
 mod stats;
+mod wallet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
        loadtest orders [orders flags: loadtest orders --help]
+       loadtest wallet [wallet flags]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
@@ -47,6 +49,7 @@ scenarios:
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
   orders       buyers over products of limited stock: orders, holds (confirmed, cancelled, expired), keyed retries
+  wallet       players bet/win/refund with retried references while SSE clients listen (see wallet flags)
   compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
@@ -278,6 +281,21 @@ fn main() -> ExitCode {
             Ok(None) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // The wallet scenario has flags of its own.
+    if argv.peek().is_some_and(|s| s == "wallet") {
+        argv.next();
+        return match wallet::WalletArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, wallet::run(args)),
+            Ok(None) => {
+                println!("{USAGE}\n\n{}", wallet::USAGE);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{}", wallet::USAGE);
                 ExitCode::from(2)
             }
         };

@@ -42,7 +42,9 @@ pub trait Feature: Send + Sync + 'static {
     }
 
     /// Its background work (expiring holds, running jobs), which must end
-    /// when `shutdown` turns true.
+    /// when `shutdown` turns true. It turns true when shutdown begins, while
+    /// in-flight requests may still be finishing, so that long-lived
+    /// responses (event streams) can end.
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let _ = shutdown;
         Vec::new()

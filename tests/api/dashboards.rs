@@ -141,6 +141,48 @@ async fn some_orders(app: &TestApp, product: u64, round: u32) {
     }
 }
 
+/// Wallet: deposits, bets and wins, a repeated reference, and an event
+/// stream held open for a moment.
+async fn some_wallet(app: &TestApp, round: u32) {
+    let player = format!("dash-player-{}", round % 3);
+    // An event stream open while the money moves: it is pushed the events.
+    let listening = {
+        let (addr, player) = (app.addr, player.clone());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            let request = format!("GET /wallet/{player}/events HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut buf = [0u8; 4096];
+            let until = tokio::time::Instant::now() + Duration::from_millis(500);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (kind, extra) in [("deposit", ""), ("bet", r#","game":"slots""#)] {
+        let body = format!(
+            r#"{{"player_id":"{player}","currency":"EUR","type":"{kind}","amount_minor":100,"reference_id":"r{round}"{extra}}}"#
+        );
+        for _ in 0..2 {
+            let reply = app.request(Method::POST, "/wallet/transactions", Some(&body)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        }
+    }
+    let win = format!(
+        r#"{{"player_id":"{player}","currency":"EUR","type":"win","amount_minor":50,"reference_id":"w{round}","bet_reference_id":"r{round}"}}"#
+    );
+    let _ = app.request(Method::POST, "/wallet/transactions", Some(&win)).await;
+    let _ = app.get(&format!("/wallet/{player}?currency=EUR")).await;
+    let _ = app.get(&format!("/wallet/{player}/transactions?currency=EUR")).await;
+    let _ = listening.await;
+}
+
 /// A little of everything the dashboards show: sales (bought, refused,
 /// unknown codes), bad requests, an upload, a player lookup, health.
 async fn some_load(app: &TestApp, round: u32) {
@@ -186,6 +228,7 @@ async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     while started.elapsed() < Duration::from_secs(8) {
         some_load(&app, round).await;
         some_orders(&app, product, round).await;
+        some_wallet(&app, round).await;
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -11,3 +11,4 @@ mod openapi;
 mod orders;
 mod sale;
 mod server;
+mod wallet;

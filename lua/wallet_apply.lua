@@ -1,0 +1,435 @@
+-- wallet_apply.lua: apply a batch of wallet operations, each atomically and
+-- in order, exactly as if each came alone; a later request sees what the
+-- earlier ones wrote.
+--
+-- Operations: deposit, withdrawal, bet, win, refund (client transactions,
+-- exactly once per (reference, type) of a player), grant (a bonus), expire
+-- (the engine's bonus expiry). Every balance change is a ledger event in
+-- the outbox, an event in the player's event stream (SSE) and the player's
+-- name in the shard's notify stream, all in this call.
+--
+-- Redis does not roll back a script that fails half-way, so each request's
+-- reads and checks come before its writes, and nothing here raises an error:
+-- inputs were validated by the engine. Amounts are integers below 2^53
+-- (limits.rs), so Lua's doubles hold them exactly; they are written with
+-- %d, never tostring (which would print 1e+15).
+--
+-- Batch protocol (src/executor.rs):
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (6):
+--       account hash, player's reference hash, shard's bonus expiry zset,
+--       player's event stream, shard's notify stream, shard's entry counter.
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (15):
+--       op, now_ms, player, currency, reference (bonus id for grant), amount,
+--       detail (game of a bet, bet reference of a win/refund), max_bet,
+--       expires_ms, required, contributions (",slots=100,table=20,"),
+--       player stream maxlen, player stream ttl_ms, balance bound,
+--       notify stream maxlen.
+-- Reply per request:
+--   {'OK'|'REPLAY', tx_id, cash, bonus, bonus_id, bonus_status, wagered, required}
+--   {'REFERENCE_REUSED', field} | {refusal}
+--   grant: {'OK', bonus_id, cash, bonus}; expire: {'OK'|'NOOP'}
+-- Events: wallet_entry, bonus_state.
+--
+-- Account hash: cash, bonus, and while a bonus is active b_id, b_amt,
+-- b_req, b_wag, b_max (0: no cap), b_exp, b_con. The bonus balance is 0
+-- whenever no bonus is active.
+-- Reference hash: '<t>:<reference>' -> record (t: d deposit, w withdrawal,
+-- b bet, W win, r refund), fields joined by \31:
+--   1 currency, 2 amount, 3 detail, 4 tx_id, 5 cash, 6 bonus, 7 bonus_id,
+--   8 bonus_status, 9 wagered, 10 required [bet: 11 cash part, 12 bonus
+--   part, 13 contribution, 14 refunded 0/1]
+-- and 'B:<bonus_id>' -> final status of an ended bonus (for late wins and
+-- refunds of bets it funded). Kept for ever: see ARCHITECTURE.md.
+local outbox, counter = KEYS[1], KEYS[2]
+local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pending = tonumber(redis.call('GET', counter) or '0')
+local S = '\31'
+local events, replies = {}, {}
+local notify = {}   -- notify stream key -> its entry's field/value list
+local seqs = {}     -- entry counter key -> {value, tag}
+local notify_maxlen = '10000'
+local TYPE_CODE = {deposit = 'd', withdrawal = 'w', bet = 'b', win = 'W', refund = 'r'}
+local ACCOUNT = {'cash', 'bonus', 'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
+local BONUS_FIELDS = {'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
+
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function emit(kind, values)
+  events[#events + 1] = kind
+  events[#events + 1] = table.concat(values, S)
+end
+
+local function split(s)
+  local f = {}
+  for part in string.gmatch(s .. S, '([^\31]*)\31') do
+    f[#f + 1] = part
+  end
+  return f
+end
+
+-- The shard's next entry number and the transaction id "<shard>-<n>".
+-- Read once per call, written back once at the end.
+local function next_tx(c)
+  local s = seqs[c.seq]
+  if not s then
+    s = {value = tonumber(redis.call('GET', c.seq) or '0'), tag = string.match(c.seq, '{(%d+)}')}
+    seqs[c.seq] = s
+  end
+  s.value = s.value + 1
+  return s.value, s.tag .. '-' .. int(s.value)
+end
+
+local function load(key)
+  local v = redis.call('HMGET', key, unpack(ACCOUNT))
+  local a = {key = key, exists = v[1] ~= false, cash = tonumber(v[1] or '0'), bonus = tonumber(v[2] or '0')}
+  if v[3] then
+    a.b = {id = v[3], amt = tonumber(v[4]), req = tonumber(v[5]), wag = tonumber(v[6]),
+           max = tonumber(v[7]), exp = tonumber(v[8]), con = v[9], status = 'active'}
+  end
+  return a
+end
+
+-- One event in the player's stream (the SSE feed), and the player's name
+-- in the shard's notify stream at the end of the call.
+local function publish(c, name, json)
+  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'd', json)
+  if not c.stream_touched then
+    redis.call('PEXPIRE', c.stream, c.ttl)
+    c.stream_touched = true
+  end
+  -- The same event, with its id, for the engines' fan-out readers.
+  local nk = notify[c.notify]
+  if not nk then
+    nk = {}
+    notify[c.notify] = nk
+  end
+  nk[#nk + 1] = 'e'
+  nk[#nk + 1] = table.concat({c.player, id, name, json}, S)
+end
+
+-- A ledger entry: outbox event and balance event. Returns the tx id.
+local function entry(c, a, typ, ref, amount, cash_d, bonus_d, wag_d, detail, bonus_id)
+  local seq, tx = next_tx(c)
+  c.last_seq = seq
+  emit('wallet_entry', {tx, c.player, c.cur, typ, ref, int(amount), int(cash_d), int(bonus_d),
+    int(a.cash), int(a.bonus), bonus_id or '', int(wag_d), detail or '', c.now})
+  publish(c, 'balance', string.format(
+    '{"transaction_id":"%s","type":"%s","reference_id":"%s","currency":"%s","amount_minor":%d,'
+      .. '"cash_delta_minor":%d,"bonus_delta_minor":%d,"cash_minor":%d,"bonus_minor":%d,"at_ms":%s}',
+    tx, typ, ref, c.cur, amount, cash_d, bonus_d, a.cash, a.bonus, c.now))
+  return tx
+end
+
+-- The bonus's state as an outbox event (upserted into `bonuses`) and an
+-- event in the player's stream.
+local function bonus_state(c, a, b)
+  emit('bonus_state', {b.id, c.player, c.cur, b.status, int(b.amt), int(b.req), int(b.wag), int(b.max),
+    int(b.exp), b.con, int(c.last_seq), c.now})
+  publish(c, 'bonus', string.format(
+    '{"bonus_id":"%s","currency":"%s","status":"%s","wagered_minor":%d,"required_minor":%d,'
+      .. '"remaining_minor":%d,"bonus_minor":%d,"at_ms":%s}',
+    b.id, c.cur, b.status, b.wag, b.req, math.max(b.req - b.wag, 0), a.bonus, c.now))
+end
+
+-- Ends the active bonus: completed moves the bonus balance to cash; expired
+-- and forfeited drop it. One ledger entry either way.
+local function end_bonus(c, a, status)
+  local b = a.b
+  local amount = a.bonus
+  local cash_d = 0
+  if status == 'completed' then
+    cash_d = amount
+  end
+  a.cash, a.bonus, a.b = a.cash + cash_d, 0, nil
+  b.status = status
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', 0)
+  redis.call('HDEL', a.key, unpack(BONUS_FIELDS))
+  redis.call('ZREM', c.zset, c.member)
+  redis.call('HSET', c.refs, 'B:' .. b.id, status)
+  entry(c, a, 'bonus_' .. status, b.id, amount, cash_d, -amount, 0, '', b.id)
+  bonus_state(c, a, b)
+  c.ended = b
+end
+
+-- Where a late win or refund of a bonus-funded bet goes once the bet's
+-- bonus is no longer active: to cash if it completed (its balance became
+-- cash), nowhere if it expired or was forfeited (so were its funds).
+local function ended_status(c, bonus_id)
+  return redis.call('HGET', c.refs, 'B:' .. bonus_id)
+end
+
+local function balance_ok(c, a, credit)
+  return a.cash + a.bonus + credit <= c.balance_max
+end
+
+-- The client transactions. Each returns a refusal code, or nil and the
+-- extra record fields (bets) after writing.
+local ops = {}
+
+function ops.deposit(c, a, amount)
+  if not balance_ok(c, a, amount) then
+    return 'BALANCE_LIMIT_EXCEEDED'
+  end
+  a.cash = a.cash + amount
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  c.tx = entry(c, a, 'deposit', c.ref, amount, amount, 0, 0, '', a.b and a.b.id)
+end
+
+function ops.withdrawal(c, a, amount)
+  if amount > a.cash then
+    return 'INSUFFICIENT_FUNDS'
+  end
+  a.cash = a.cash - amount
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  c.tx = entry(c, a, 'withdrawal', c.ref, amount, -amount, 0, 0, '', a.b and a.b.id)
+  if a.b then
+    end_bonus(c, a, 'forfeited')
+  end
+end
+
+function ops.bet(c, a, amount, game)
+  local b = a.b
+  if b and b.max > 0 and amount > b.max then
+    return 'MAX_BET_EXCEEDED'
+  end
+  if amount > a.cash + a.bonus then
+    return 'INSUFFICIENT_FUNDS'
+  end
+  local cash_part = math.min(a.cash, amount)
+  local bonus_part = amount - cash_part
+  local contribution = 0
+  if b then
+    -- Games are [a-z0-9_] (validated), so no pattern magic in them.
+    local pct = tonumber(string.match(b.con, ',' .. game .. '=(%d+),') or '0')
+    contribution = math.floor(amount * pct / 100)
+    b.wag = b.wag + contribution
+  end
+  a.cash, a.bonus = a.cash - cash_part, a.bonus - bonus_part
+  if b then
+    redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_wag', int(b.wag))
+  else
+    redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  end
+  c.tx = entry(c, a, 'bet', c.ref, amount, -cash_part, -bonus_part, contribution, game, b and b.id)
+  if b then
+    if b.wag >= b.req then
+      -- The crossing bet converts the whole bonus balance in this call.
+      end_bonus(c, a, 'completed')
+    elseif contribution > 0 then
+      bonus_state(c, a, b)
+    end
+  end
+  return nil, {int(cash_part), int(bonus_part), int(contribution), '0'}
+end
+
+-- The bet a win or refund names, if it is a bet of this account.
+local function find_bet(c, bet_ref)
+  local stored = redis.call('HGET', c.refs, 'b:' .. bet_ref)
+  if not stored then
+    return nil
+  end
+  local f = split(stored)
+  if f[1] ~= c.cur then
+    return nil
+  end
+  return {fields = f, amount = tonumber(f[2]), bonus_id = f[7], cash_part = tonumber(f[11]),
+          bonus_part = tonumber(f[12]), contribution = tonumber(f[13]), refunded = f[14] == '1'}
+end
+
+function ops.win(c, a, amount, bet_ref)
+  local bet = find_bet(c, bet_ref)
+  if not bet then
+    return 'BET_NOT_FOUND'
+  end
+  if bet.refunded then
+    return 'BET_REFUNDED'
+  end
+  if not balance_ok(c, a, amount) then
+    return 'BALANCE_LIMIT_EXCEEDED'
+  end
+  local cash_d, bonus_d = amount, 0
+  if bet.bonus_part > 0 then
+    if a.b and a.b.id == bet.bonus_id then
+      cash_d, bonus_d = 0, amount
+    elseif ended_status(c, bet.bonus_id) ~= 'completed' then
+      cash_d = 0
+    end
+  end
+  a.cash, a.bonus = a.cash + cash_d, a.bonus + bonus_d
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  c.tx = entry(c, a, 'win', c.ref, amount, cash_d, bonus_d, 0, bet_ref, a.b and a.b.id)
+end
+
+function ops.refund(c, a, amount, bet_ref)
+  local bet = find_bet(c, bet_ref)
+  if not bet then
+    return 'BET_NOT_FOUND'
+  end
+  if bet.refunded then
+    return 'BET_REFUNDED'
+  end
+  if amount ~= bet.amount then
+    return 'REFUND_AMOUNT_MISMATCH'
+  end
+  local cash_d, bonus_d, wag_d = bet.cash_part, 0, 0
+  local b = a.b
+  local same_bonus = b and b.id == bet.bonus_id
+  if bet.bonus_part > 0 then
+    if same_bonus then
+      bonus_d = bet.bonus_part
+    elseif ended_status(c, bet.bonus_id) == 'completed' then
+      cash_d = cash_d + bet.bonus_part
+    end
+  end
+  if same_bonus and bet.contribution > 0 then
+    wag_d = -math.min(bet.contribution, b.wag)
+    b.wag = b.wag + wag_d
+  end
+  a.cash, a.bonus = a.cash + cash_d, a.bonus + bonus_d
+  if same_bonus then
+    redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_wag', int(b.wag))
+  else
+    redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  end
+  local f = bet.fields
+  f[14] = '1'
+  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
+  c.tx = entry(c, a, 'refund', c.ref, amount, cash_d, bonus_d, wag_d, bet_ref, b and b.id)
+  if wag_d ~= 0 then
+    bonus_state(c, a, b)
+  end
+end
+
+-- The answer of a transaction, as stored and as replied.
+local function answer(c, a)
+  local b = a.b or c.ended
+  if b then
+    return {c.tx, int(a.cash), int(a.bonus), b.id, b.status, int(b.wag), int(b.req)}
+  end
+  return {c.tx, int(a.cash), int(a.bonus), '', '', '0', '0'}
+end
+
+local function reply_of(outcome, ans)
+  return {outcome, ans[1], tonumber(ans[2]), tonumber(ans[3]), ans[4], ans[5], tonumber(ans[6]), tonumber(ans[7])}
+end
+
+local function transaction(c, op, amount, detail)
+  local code = TYPE_CODE[op]
+  local field = code .. ':' .. c.ref
+  local stored = redis.call('HGET', c.refs, field)
+  if stored then
+    -- Seen before: the same request gets the first answer; other content
+    -- is refused, naming the first field that differs.
+    local f = split(stored)
+    if f[1] ~= c.cur then
+      return {'REFERENCE_REUSED', 'currency'}
+    elseif f[2] ~= int(amount) then
+      return {'REFERENCE_REUSED', 'amount_minor'}
+    elseif f[3] ~= detail then
+      return {'REFERENCE_REUSED', op == 'bet' and 'game' or 'bet_reference_id'}
+    end
+    return reply_of('REPLAY', {f[4], f[5], f[6], f[7], f[8], f[9], f[10]})
+  end
+  -- Shed rather than grow the outbox without bound while Postgres is away.
+  if pending + #events / 2 >= bound then
+    return {'OUTBOX_FULL'}
+  end
+  local a = load(c.acct)
+  -- Writes may start here: a bonus past its expiry is expired first, as
+  -- the expiry task would have (it may simply not have run yet).
+  if a.b and tonumber(c.now) >= a.b.exp then
+    end_bonus(c, a, 'expired')
+  end
+  local refusal, extra = ops[op](c, a, amount, detail)
+  if refusal then
+    return {refusal}
+  end
+  local ans = answer(c, a)
+  local record = {c.cur, int(amount), detail, unpack(ans)}
+  if extra then
+    for _, v in ipairs(extra) do
+      record[#record + 1] = v
+    end
+  end
+  redis.call('HSET', c.refs, field, table.concat(record, S))
+  return reply_of('OK', ans)
+end
+
+local function grant(c, amount, required, max_bet, expires, contributions)
+  if pending + #events / 2 >= bound then
+    return {'OUTBOX_FULL'}
+  end
+  local a = load(c.acct)
+  if a.b and tonumber(c.now) >= a.b.exp then
+    end_bonus(c, a, 'expired')
+  end
+  if a.b then
+    return {'BONUS_ACTIVE'}
+  end
+  if not balance_ok(c, a, amount) then
+    return {'BALANCE_LIMIT_EXCEEDED'}
+  end
+  local b = {id = c.ref, amt = amount, req = required, wag = 0, max = max_bet, exp = expires,
+             con = contributions, status = 'active'}
+  a.bonus = a.bonus + amount
+  a.b = b
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_id', b.id, 'b_amt', int(amount),
+    'b_req', int(required), 'b_wag', 0, 'b_max', int(max_bet), 'b_exp', int(expires), 'b_con', contributions)
+  redis.call('ZADD', c.zset, expires, c.member)
+  entry(c, a, 'bonus_granted', b.id, amount, 0, amount, 0, '', b.id)
+  bonus_state(c, a, b)
+  return {'OK', b.id, a.cash, a.bonus}
+end
+
+local function expire(c)
+  local a = load(c.acct)
+  if not a.b then
+    -- A member left behind (the bonus ended another way): drop it.
+    redis.call('ZREM', c.zset, c.member)
+    return {'NOOP'}
+  end
+  if tonumber(c.now) < a.b.exp then
+    return {'NOOP'}
+  end
+  if pending + #events / 2 >= bound then
+    return {'OUTBOX_FULL'}
+  end
+  end_bonus(c, a, 'expired')
+  return {'OK'}
+end
+
+for r = 0, n - 1 do
+  local k, g = 2 + r * 6, 2 + r * 15
+  local c = {
+    acct = KEYS[k + 1], refs = KEYS[k + 2], zset = KEYS[k + 3], stream = KEYS[k + 4],
+    notify = KEYS[k + 5], seq = KEYS[k + 6],
+    now = ARGV[g + 2], player = ARGV[g + 3], cur = ARGV[g + 4], ref = ARGV[g + 5],
+    maxlen = ARGV[g + 12], ttl = ARGV[g + 13], balance_max = tonumber(ARGV[g + 14]),
+  }
+  notify_maxlen = ARGV[g + 15]
+  -- The expiry zset's member names the account: "<currency>:<player>".
+  c.member = c.cur .. ':' .. c.player
+  local op, amount, detail = ARGV[g + 1], tonumber(ARGV[g + 6]), ARGV[g + 7]
+  if op == 'grant' then
+    replies[r + 1] = grant(c, amount, tonumber(ARGV[g + 10]), tonumber(ARGV[g + 8]), tonumber(ARGV[g + 9]),
+      ARGV[g + 11])
+  elseif op == 'expire' then
+    replies[r + 1] = expire(c)
+  else
+    replies[r + 1] = transaction(c, op, amount, detail)
+  end
+end
+
+if #events > 0 then
+  redis.call('XADD', outbox, '*', unpack(events))
+  redis.call('INCRBY', counter, #events / 2)
+end
+for key, s in pairs(seqs) do
+  redis.call('SET', key, int(s.value))
+end
+for key, nk in pairs(notify) do
+  redis.call('XADD', key, 'MAXLEN', '~', notify_maxlen, '*', unpack(nk))
+end
+return replies

@@ -1,0 +1,462 @@
+//! Live progress: `GET /wallet/{player_id}/events` as Server-Sent Events.
+//!
+//! Events flow through Redis, so a client sees changes made through any
+//! engine. `wallet_apply.lua` appends each event to the player's stream
+//! (`XADD MAXLEN ~`; its entry ids are the SSE `id:`s) and, once per call,
+//! the same events with their ids to its shard's notify stream. Per engine,
+//! one fan-out task per shard `XREAD BLOCK`s that notify stream on a
+//! connection of its own and hands each event, framed once, to this
+//! engine's streams of that player. A stream reads the player's stream
+//! itself (`XRANGE` from its last id) only to resume (`Last-Event-ID`) or to
+//! resync when it may have missed a push (full inbox, failed or lagging
+//! fan-out read); it skips pushed events at or before its last id, so it
+//! never repeats or reorders one. So an engine holds 8 blocking
+//! connections whatever its number of clients, and a reconnecting client
+//! resumes without a gap within the player stream's retention
+//! (`WALLET_EVENTS_PER_PLAYER_MAX`, `WALLET_EVENTS_RETENTION`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, Pool};
+use fred::interfaces::ClientLike;
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::{Builder, Value};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::domain::{PlayerId, parse_event_id};
+use super::scripts::{AccountKeys, notify_key};
+use super::{Wallet, WalletError};
+use crate::keyspace::Shard;
+use crate::limits::{
+    WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT, WALLET_SSE_INBOX, WALLET_SSE_READ_BATCH,
+};
+use crate::scripts::ScriptError;
+use crate::server::http::{BodyError, HttpResponse};
+use crate::services::Services;
+use crate::telemetry;
+
+/// One open stream as the hub sees it: its id, where pushed events go, and
+/// how to tell it to resync from the player's stream.
+struct Registered {
+    id: u64,
+    inbox: mpsc::Sender<(String, Bytes)>,
+    resync: Arc<Notify>,
+    /// Set when a push did not fit: nothing more is pushed until the stream
+    /// has caught up from the player's stream, so it never skips one.
+    overflowed: Arc<AtomicBool>,
+}
+
+/// This engine's open event streams, by player, and their bound.
+pub struct Hub {
+    slots: Arc<Semaphore>,
+    subscribers: Mutex<HashMap<String, Vec<Registered>>>,
+    next_id: AtomicU64,
+}
+
+/// One open stream's registration; dropping it unregisters and frees its slot.
+struct Subscription {
+    hub: Arc<Hub>,
+    player: String,
+    id: u64,
+    inbox: mpsc::Receiver<(String, Bytes)>,
+    resync: Arc<Notify>,
+    overflowed: Arc<AtomicBool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Hub {
+    pub fn new(streams_max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(streams_max)),
+            subscribers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Registers a stream of `player`; `None` at the bound.
+    fn subscribe(self: &Arc<Self>, player: &str) -> Option<Subscription> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, inbox) = mpsc::channel(WALLET_SSE_INBOX);
+        let resync = Arc::new(Notify::new());
+        let overflowed = Arc::new(AtomicBool::new(false));
+        if let Ok(mut map) = self.subscribers.lock() {
+            map.entry(player.to_owned()).or_default().push(Registered {
+                id,
+                inbox: tx,
+                resync: resync.clone(),
+                overflowed: overflowed.clone(),
+            });
+        }
+        telemetry::wallet_sse_streams(1.0);
+        Some(Subscription {
+            hub: self.clone(),
+            player: player.to_owned(),
+            id,
+            inbox,
+            resync,
+            overflowed,
+            _slot: slot,
+        })
+    }
+
+    /// Hands an event to this engine's streams of `player`. A stream whose
+    /// inbox is full is told to resync instead (a `Notify` permit is kept,
+    /// so that wake-up is not lost).
+    fn deliver(&self, player: &str, id: &str, frame: &Bytes) {
+        if let Ok(map) = self.subscribers.lock()
+            && let Some(list) = map.get(player)
+        {
+            for r in list {
+                if r.overflowed.load(Ordering::Acquire) {
+                    continue;
+                }
+                if r.inbox.try_send((id.to_owned(), frame.clone())).is_err() {
+                    r.overflowed.store(true, Ordering::Release);
+                    r.resync.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Tells every stream to resync from its player's stream: after a failed
+    /// or possibly trimmed fan-out read, any of them may have missed events.
+    fn resync_all(&self) {
+        if let Ok(map) = self.subscribers.lock() {
+            for r in map.values().flatten() {
+                r.resync.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.hub.subscribers.lock()
+            && let Some(list) = map.get_mut(&self.player)
+        {
+            list.retain(|r| r.id != self.id);
+            if list.is_empty() {
+                map.remove(&self.player);
+            }
+        }
+        telemetry::wallet_sse_streams(-1.0);
+    }
+}
+
+/// A stream id `<ms>-<n>` as a comparable pair.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), n.parse().unwrap_or(0))
+}
+
+/// `GET /wallet/{player_id}/events`.
+pub async fn stream(
+    wallet: &Wallet,
+    req: Request<Incoming>,
+    player: Option<&str>,
+) -> Result<HttpResponse, WalletError> {
+    let decoded = player.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());
+    let player = PlayerId::parse(decoded.as_deref())?;
+    let resume = match req.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(parse_event_id(value.to_str().unwrap_or(""))?),
+    };
+    let services = &*wallet.services;
+    // Any currency: the stream key does not depend on it.
+    let key = AccountKeys::new(&services.keys, player.as_str(), "XXX").events;
+    let Some(subscription) = wallet.hub.subscribe(player.as_str()) else {
+        telemetry::wallet_sse_refused();
+        return Err(WalletError::StreamsFull);
+    };
+    // Registered before the start is read, so nothing after it is missed.
+    let (last_id, read_first) = match resume {
+        Some(id) => (id, true),
+        None => (latest_id(&services.redis, &key).await?, false),
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(feed(
+        Feed {
+            subscription,
+            redis: services.redis.clone(),
+            key,
+            last_id,
+            read_first,
+            shutdown: wallet.shutdown.clone(),
+        },
+        tx,
+    ));
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|frame| frame.map(|b| Ok::<_, BodyError>(Frame::data(b))))
+    }));
+    let mut response = Response::new(body.boxed());
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The newest id of a stream, or `0-0` when it has none.
+async fn latest_id(redis: &Pool, key: &str) -> Result<String, WalletError> {
+    let reply: Value = redis
+        .custom(fred::cmd!("XREVRANGE"), vec![key, "+", "-", "COUNT", "1"])
+        .await
+        .map_err(|e| WalletError::Script(ScriptError::Redis(e)))?;
+    Ok(decode_entries(reply)
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+}
+
+/// `[[id, [field, value, ...]], ...]` into ids and field maps.
+fn decode_entries(reply: Value) -> Vec<(String, Vec<(String, String)>)> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut parts) = entry else {
+                return None;
+            };
+            if parts.len() != 2 {
+                return None;
+            }
+            let fields = match parts.pop() {
+                Some(Value::Array(flat)) => flat
+                    .chunks(2)
+                    .filter_map(|kv| Some((kv.first()?.as_string()?, kv.get(1)?.as_string()?)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let id = parts.pop()?.as_string()?;
+            Some((id, fields))
+        })
+        .collect()
+}
+
+struct Feed {
+    subscription: Subscription,
+    redis: Pool,
+    key: String,
+    last_id: String,
+    read_first: bool,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One stream's task: writes the events the fan-out pushes (skipping any
+/// at or before its last id), reads the player's stream from its last id
+/// when told to resync (and first, when resuming), heartbeats when idle,
+/// and ends on shutdown or when the client is gone (its body, the
+/// receiver, was dropped).
+async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    pending.push_back(Bytes::from_static(b": connected\nretry: 1000\n\n"));
+    let mut read = feed.read_first;
+    let mut last = id_key(&feed.last_id);
+    let start = tokio::time::Instant::now() + WALLET_SSE_HEARTBEAT;
+    let mut heartbeat = tokio::time::interval_at(start, WALLET_SSE_HEARTBEAT);
+    loop {
+        while let Some(frame) = pending.pop_front() {
+            tokio::select! {
+                sent = tx.send(frame) => if sent.is_err() { return },
+                _ = feed.shutdown.changed() => return,
+            }
+        }
+        if *feed.shutdown.borrow() {
+            return;
+        }
+        if read {
+            match read_after(&feed.redis, &feed.key, &feed.last_id).await {
+                Ok(entries) => {
+                    // A full page: there may be more.
+                    read = entries.len() == WALLET_SSE_READ_BATCH;
+                    telemetry::wallet_sse_events(entries.len() as u64);
+                    for (id, fields) in entries {
+                        pending.push_back(frame(&id, &fields));
+                        last = id_key(&id);
+                        feed.last_id = id;
+                    }
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = feed.shutdown.changed() => return,
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            pushed = feed.subscription.inbox.recv() => {
+                let Some((id, frame)) = pushed else { return };
+                let key = id_key(&id);
+                if key > last {
+                    last = key;
+                    feed.last_id = id;
+                    telemetry::wallet_sse_events(1);
+                    pending.push_back(frame);
+                }
+            }
+            _ = feed.subscription.resync.notified() => {
+                // What was pushed before an overflow comes first, in order;
+                // then pushes resume and the read covers the rest.
+                while let Ok((id, frame)) = feed.subscription.inbox.try_recv() {
+                    let key = id_key(&id);
+                    if key > last {
+                        last = key;
+                        feed.last_id = id;
+                        pending.push_back(frame);
+                    }
+                }
+                feed.subscription.overflowed.store(false, Ordering::Release);
+                read = true;
+            }
+            _ = heartbeat.tick() => pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
+            _ = tx.closed() => return,
+            _ = feed.shutdown.changed() => return,
+        }
+    }
+}
+
+async fn read_after(
+    redis: &Pool,
+    key: &str,
+    last_id: &str,
+) -> Result<Vec<(String, Vec<(String, String)>)>, fred::error::Error> {
+    let from = format!("({last_id}");
+    let count = WALLET_SSE_READ_BATCH.to_string();
+    let reply: Value = redis
+        .custom(
+            fred::cmd!("XRANGE"),
+            vec![key, from.as_str(), "+", "COUNT", count.as_str()],
+        )
+        .await?;
+    Ok(decode_entries(reply))
+}
+
+/// `id:`, `event:` and `data:` of one stream entry (fields `e` and `d`).
+fn frame(id: &str, fields: &[(String, String)]) -> Bytes {
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+    Bytes::from(format!("id: {id}\nevent: {}\ndata: {}\n\n", get("e"), get("d")))
+}
+
+/// Starts one fan-out reader per shard.
+pub fn spawn_fanout(
+    services: &Arc<Services>,
+    hub: Arc<Hub>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    Shard::all()
+        .map(|shard| tokio::spawn(fanout(services.clone(), hub.clone(), shard, shutdown.clone())))
+        .collect()
+}
+
+/// A client of its own for blocking reads, which hold their connection.
+async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
+    let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
+    builder
+        .with_performance_config(|perf| perf.default_command_timeout = WALLET_NOTIFY_BLOCK * 3)
+        .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    let client = builder.build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdown: watch::Receiver<bool>) {
+    let key = notify_key(&services.keys, shard);
+    let block_ms = WALLET_NOTIFY_BLOCK.as_millis().to_string();
+    let count = WALLET_NOTIFY_READ_COUNT.to_string();
+    let mut client: Option<Client> = None;
+    let mut last: Option<String> = None;
+    while !*shutdown.borrow() {
+        let pass = async {
+            if client.is_none() {
+                client = Some(blocking_client(&services.config.redis_url).await?);
+            }
+            let Some(c) = client.as_ref() else {
+                return Ok(());
+            };
+            let from = match &last {
+                Some(id) => id.clone(),
+                None => {
+                    let id = latest_id(&services.redis, &key)
+                        .await
+                        .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::IO, "latest id"))?;
+                    last = Some(id.clone());
+                    id
+                }
+            };
+            let reply: Value = c
+                .custom(
+                    fred::cmd!("XREAD"),
+                    vec![
+                        "COUNT",
+                        count.as_str(),
+                        "BLOCK",
+                        block_ms.as_str(),
+                        "STREAMS",
+                        key.as_str(),
+                        from.as_str(),
+                    ],
+                )
+                .await?;
+            // RESP2: [[stream, [[id, [e, event, e, event, ...]], ...]]], or
+            // nil on timeout; each event is player␟id␟name␟json.
+            if let Value::Array(mut streams) = reply
+                && let Some(Value::Array(mut pair)) = streams.pop()
+                && let Some(entries) = pair.pop()
+            {
+                let entries = decode_entries(entries);
+                if entries.len() as u64 >= WALLET_NOTIFY_READ_COUNT {
+                    // Behind by a full page: the stream may have been
+                    // trimmed past us, so every stream checks its own.
+                    hub.resync_all();
+                }
+                for (id, fields) in entries {
+                    for (_, event) in fields.iter().filter(|(k, _)| k == "e") {
+                        let mut parts = event.splitn(4, '\u{1f}');
+                        if let (Some(player), Some(event_id), Some(name), Some(data)) =
+                            (parts.next(), parts.next(), parts.next(), parts.next())
+                        {
+                            let frame = Bytes::from(format!("id: {event_id}\nevent: {name}\ndata: {data}\n\n"));
+                            hub.deliver(player, event_id, &frame);
+                        }
+                    }
+                    last = Some(id);
+                }
+            }
+            Ok::<(), fred::error::Error>(())
+        };
+        let result = tokio::select! {
+            r = pass => r,
+            _ = shutdown.changed() => break,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, shard = shard.index(), "wallet fan-out read failed; retrying");
+            telemetry::wallet_fanout_error();
+            hub.resync_all();
+            client = None;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+    if let Some(c) = client {
+        let _ = c.quit().await;
+    }
+}

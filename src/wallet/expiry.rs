@@ -1,0 +1,92 @@
+//! Bonus expiry: every `WALLET_EXPIRY_TICK`, per shard, the accounts whose
+//! bonus is due (read from the shard's expiry zset) are expired by
+//! `wallet_apply.lua`, which checks again atomically, forfeits the bonus
+//! balance and writes the ledger entry. Any transaction on the account
+//! expires a due bonus too, so the tick only bounds how long an idle
+//! account shows a bonus past its expiry.
+
+use std::sync::Arc;
+
+use fred::interfaces::ClientLike;
+use fred::types::Value;
+use futures_util::future::join_all;
+use tokio::sync::watch;
+
+use super::domain::{Currency, PlayerId};
+use super::scripts::{self, expiry_key};
+use crate::keyspace::Shard;
+use crate::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
+use crate::services::Services;
+use crate::telemetry;
+
+pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(WALLET_EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        for shard in Shard::all() {
+            match pass(&services, shard).await {
+                Ok(expired) if expired > 0 => telemetry::wallet_bonus_expired(expired),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
+            }
+        }
+    }
+}
+
+/// Expires the due bonuses of one shard (up to a batch); returns how many.
+async fn pass(services: &Services, shard: Shard) -> Result<u64, String> {
+    let now_ms = services.clock.now_ms();
+    let due: Value = services
+        .redis
+        .custom(
+            fred::cmd!("ZRANGEBYSCORE"),
+            vec![
+                expiry_key(&services.keys, shard),
+                "-inf".into(),
+                now_ms.to_string(),
+                "LIMIT".into(),
+                "0".into(),
+                WALLET_EXPIRY_BATCH.to_string(),
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let Value::Array(members) = due else {
+        return Ok(0);
+    };
+    let accounts: Vec<(PlayerId, Currency)> = members
+        .iter()
+        .filter_map(|m| m.as_string())
+        .filter_map(|m| {
+            // "<currency>:<player>", as the script writes it.
+            let (currency, player) = m.split_once(':')?;
+            Some((
+                PlayerId::parse(Some(player)).ok()?,
+                Currency::parse(Some(currency)).ok()?,
+            ))
+        })
+        .collect();
+    // Concurrent calls ride one batched script call.
+    let results = join_all(
+        accounts
+            .iter()
+            .map(|(player, currency)| scripts::expire(&services.executor, &services.keys, player, *currency, now_ms)),
+    )
+    .await;
+    let mut expired = 0;
+    for result in results {
+        match result {
+            Ok(true) => expired += 1,
+            Ok(false) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(expired)
+}

@@ -1,0 +1,1055 @@
+//! The wallet: exact money movement by reference, bonus wagering with exact
+//! numbers, conservation between Redis and the Postgres ledger, live events
+//! over SSE (also across two engines), a crash under load, bad input.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::ClientLike;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, free_port,
+    http_client, redis_client, redis_url, send, spawn_app, unique_name,
+};
+
+fn tx_body(player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> String {
+    let mut body = json!({
+        "player_id": player, "currency": "EUR", "type": kind,
+        "amount_minor": amount, "reference_id": reference,
+    });
+    if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    body.to_string()
+}
+
+async fn post_tx(app: &TestApp, player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> Reply {
+    app.request(
+        Method::POST,
+        "/wallet/transactions",
+        Some(&tx_body(player, kind, amount, reference, extra)),
+    )
+    .await
+}
+
+async fn ok_tx(app: &TestApp, player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> Value {
+    let reply = post_tx(app, player, kind, amount, reference, extra).await;
+    assert_eq!(reply.status, StatusCode::OK, "{kind} {reference}: {:?}", reply.body);
+    reply.body
+}
+
+async fn grant(app: &TestApp, body: Value) -> Value {
+    let reply = app.admin(Method::POST, "/bonuses", Some(&body.to_string())).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "grant: {:?}", reply.body);
+    reply.body
+}
+
+async fn wallet(app: &TestApp, player: &str) -> Value {
+    let reply = app.get(&format!("/wallet/{player}?currency=EUR")).await;
+    assert_eq!(reply.status, StatusCode::OK, "wallet {player}: {:?}", reply.body);
+    reply.body
+}
+
+fn balances(body: &Value) -> (i64, i64) {
+    (
+        body["cash_minor"].as_i64().expect("cash"),
+        body["bonus_minor"].as_i64().expect("bonus"),
+    )
+}
+
+/// Every account in Postgres: the sums of its entries equal its Redis
+/// balances and its `wallet_accounts` row; the per-type sums add up to the
+/// balance too. Returns the number of accounts checked.
+async fn assert_conserved(app: &TestApp) -> usize {
+    app.wait_flushed(Duration::from_secs(30)).await;
+    let sums: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT player_id, currency::text, sum(cash_delta_minor)::bigint, sum(bonus_delta_minor)::bigint
+         FROM wallet_entries GROUP BY player_id, currency",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("sums");
+    for (player, currency, cash, bonus) in &sums {
+        let redis = app.get(&format!("/wallet/{player}?currency={currency}")).await;
+        assert_eq!(balances(&redis.body), (*cash, *bonus), "{player}: Redis vs ledger sums");
+        let by_type: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT type, sum(cash_delta_minor)::bigint, sum(bonus_delta_minor)::bigint
+             FROM wallet_entries WHERE player_id = $1 AND currency = $2 GROUP BY type",
+        )
+        .bind(player)
+        .bind(currency)
+        .fetch_all(&app.db)
+        .await
+        .expect("by type");
+        let cash_by_type: i64 = by_type.iter().map(|(_, c, _)| c).sum();
+        let bonus_by_type: i64 = by_type.iter().map(|(_, _, b)| b).sum();
+        assert_eq!(
+            (cash_by_type, bonus_by_type),
+            (*cash, *bonus),
+            "{player}: per-type sums"
+        );
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT cash_minor, bonus_minor FROM wallet_accounts WHERE player_id = $1 AND currency = $2",
+        )
+        .bind(player)
+        .bind(currency)
+        .fetch_one(&app.db)
+        .await
+        .expect("account row");
+        assert_eq!(row, (*cash, *bonus), "{player}: wallet_accounts");
+    }
+    sums.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_bets_on_500_never_overdraw() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "p1", "deposit", 500, "dep-1", json!({})).await;
+    let mut bets = Vec::new();
+    for i in 0..1000 {
+        let (http, addr) = (app.http.clone(), app.addr);
+        bets.push(tokio::spawn(async move {
+            let body = tx_body("p1", "bet", 1, &format!("bet-{i}"), json!({"game": "slots"}));
+            send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer")
+        }));
+    }
+    let mut ok = 0;
+    for bet in bets {
+        let reply = bet.await.expect("task");
+        match reply.status {
+            StatusCode::OK => {
+                ok += 1;
+                assert!(reply.body["cash_minor"].as_i64().expect("cash") >= 0);
+            }
+            StatusCode::CONFLICT => assert_eq!(reply.error_code(), "INSUFFICIENT_FUNDS"),
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!(ok, 500);
+    assert_eq!(balances(&wallet(&app, "p1").await), (0, 0));
+    assert_conserved(&app).await;
+    let (entries, min_after): (i64, i64) =
+        sqlx::query_as("SELECT count(*), min(cash_after_minor) FROM wallet_entries WHERE type = 'bet'")
+            .fetch_one(&app.db)
+            .await
+            .expect("entries");
+    assert_eq!(entries, 500);
+    assert_eq!(min_after, 0, "never negative");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_reference_one_effect_and_the_same_answer() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "p2", "deposit", 100, "dep-1", json!({})).await;
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (http, addr) = (app.http.clone(), app.addr);
+        calls.push(tokio::spawn(async move {
+            let body = tx_body("p2", "bet", 10, "bet-once", json!({"game": "slots"}));
+            send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer")
+        }));
+    }
+    let mut bodies = HashSet::new();
+    let mut replayed = 0;
+    for call in calls {
+        let reply = call.await.expect("task");
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        bodies.insert(reply.body.to_string());
+        if reply.headers.get("idempotent-replayed").is_some_and(|v| v == "true") {
+            replayed += 1;
+        }
+    }
+    assert_eq!(bodies.len(), 1, "50 identical answers: {bodies:?}");
+    assert_eq!(replayed, 49, "all but the first are replays");
+    assert_eq!(balances(&wallet(&app, "p2").await), (90, 0), "one effect");
+
+    // The same reference and type with other content: 422 naming the field.
+    for (extra, amount, field) in [
+        (json!({"game": "slots"}), 11, "amount_minor"),
+        (json!({"game": "table"}), 10, "game"),
+    ] {
+        let reply = post_tx(&app, "p2", "bet", amount, "bet-once", extra).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", reply.body);
+        assert_eq!(reply.error_code(), "REFERENCE_REUSED");
+        let message = reply.body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(field), "{message} names {field}");
+    }
+    let mut other_currency: Value =
+        serde_json::from_str(&tx_body("p2", "bet", 10, "bet-once", json!({"game":"slots"}))).expect("json");
+    other_currency["currency"] = json!("USD");
+    let reply = app
+        .request(Method::POST, "/wallet/transactions", Some(&other_currency.to_string()))
+        .await;
+    assert_eq!(reply.error_code(), "REFERENCE_REUSED");
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("currency")
+    );
+    // The same reference with another type is another transaction.
+    ok_tx(&app, "p2", "deposit", 5, "bet-once", json!({})).await;
+    // A refused request is not recorded: after funds arrive, it applies.
+    let refused = post_tx(&app, "p2", "withdrawal", 1000, "wd-1", json!({})).await;
+    assert_eq!(refused.error_code(), "INSUFFICIENT_FUNDS");
+    ok_tx(&app, "p2", "deposit", 1000, "dep-2", json!({})).await;
+    ok_tx(&app, "p2", "withdrawal", 1000, "wd-1", json!({})).await;
+    assert_eq!(balances(&wallet(&app, "p2").await), (95, 0));
+
+    assert_conserved(&app).await;
+    let bets: i64 = sqlx::query_scalar("SELECT count(*) FROM wallet_entries WHERE reference_id = 'bet-once'")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(bets, 2, "one bet and one deposit under that reference");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conservation_after_a_mixed_concurrent_run() {
+    let app = spawn_app(&[]).await;
+    let players = 20;
+    for p in 0..players {
+        ok_tx(&app, &format!("m{p}"), "deposit", 10_000, "seed", json!({})).await;
+        if p % 2 == 0 {
+            grant(
+                &app,
+                json!({"player_id": format!("m{p}"), "currency": "EUR", "amount_minor": 2_000,
+                       "wagering_multiplier": 3, "expires_in_secs": 3600,
+                       "contributions": {"slots": 100, "table": 20}}),
+            )
+            .await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for p in 0..players {
+        let (http, addr) = (app.http.clone(), app.addr);
+        tasks.push(tokio::spawn(async move {
+            let player = format!("m{p}");
+            for i in 0..60 {
+                let game = ["slots", "table", "live"][i % 3];
+                let bet_ref = format!("b{i}");
+                // Every request is sent twice: retried references.
+                let steps: Vec<String> = match i % 6 {
+                    0..=2 => vec![tx_body(&player, "bet", 150 + i as i64, &bet_ref, json!({"game": game}))],
+                    3 => vec![
+                        tx_body(&player, "bet", 90, &bet_ref, json!({"game": game})),
+                        tx_body(
+                            &player,
+                            "win",
+                            300,
+                            &format!("w{i}"),
+                            json!({"bet_reference_id": bet_ref}),
+                        ),
+                    ],
+                    4 => vec![
+                        tx_body(&player, "bet", 70, &bet_ref, json!({"game": game})),
+                        tx_body(
+                            &player,
+                            "refund",
+                            70,
+                            &format!("r{i}"),
+                            json!({"bet_reference_id": bet_ref}),
+                        ),
+                    ],
+                    _ => vec![tx_body(&player, "deposit", 500, &format!("d{i}"), json!({}))],
+                };
+                for body in steps {
+                    for _ in 0..2 {
+                        let reply = send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                            .await
+                            .expect("answer");
+                        assert!(
+                            reply.status == StatusCode::OK || reply.status == StatusCode::CONFLICT,
+                            "{:?}",
+                            reply.body
+                        );
+                    }
+                }
+            }
+            // One withdrawal forfeits whatever bonus is left.
+            let body = tx_body(&player, "withdrawal", 100, "wd", json!({}));
+            send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("player task");
+    }
+    assert_eq!(assert_conserved(&app).await, players);
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM wallet_entries GROUP BY player_id, reference_id, type HAVING count(*) > 1) d",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("dups");
+    assert_eq!(duplicates, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_crossing_bet_converts_the_bonus_with_contributions_counted() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "c1", "deposit", 2_000, "d1", json!({})).await;
+    let bonus = grant(
+        &app,
+        json!({"player_id": "c1", "currency": "EUR", "amount_minor": 500, "wagering_multiplier": 2,
+               "expires_in_secs": 3600, "contributions": {"slots": 100, "table": 20}}),
+    )
+    .await;
+    assert_eq!(bonus["required_minor"], 1_000);
+    assert_eq!(bonus["bonus_minor"], 500);
+    let id = bonus["id"].as_str().expect("id").to_owned();
+
+    let r = ok_tx(&app, "c1", "bet", 400, "b1", json!({"game": "slots"})).await; // 100%: +400
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus"]["wagered_minor"].as_i64()),
+        (Some(1_600), Some(400))
+    );
+    let r = ok_tx(&app, "c1", "bet", 500, "b2", json!({"game": "table"})).await; // 20%: +100
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus"]["wagered_minor"].as_i64()),
+        (Some(1_100), Some(500))
+    );
+    let r = ok_tx(&app, "c1", "bet", 300, "b3", json!({"game": "live"})).await; // unlisted: 0%
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus"]["wagered_minor"].as_i64()),
+        (Some(800), Some(500))
+    );
+    let r = ok_tx(&app, "c1", "bet", 499, "b4", json!({"game": "slots"})).await; // 999: not yet
+    assert_eq!(r["bonus"]["status"], "active");
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(301), Some(500))
+    );
+    let state = wallet(&app, "c1").await;
+    assert_eq!(state["bonus"]["remaining_minor"], 1);
+    assert_eq!(state["bonus"]["progress_percent"], 99);
+    assert_eq!(state["bonus"]["withdrawal_forfeits_minor"], 500);
+
+    // 401 on slots: 301 from cash, 100 from bonus; wagered 1,400 >= 1,000:
+    // the remaining bonus (400) becomes cash in the same call.
+    let r = ok_tx(&app, "c1", "bet", 401, "b5", json!({"game": "slots"})).await;
+    assert_eq!(r["bonus"]["status"], "completed");
+    assert_eq!(r["bonus"]["wagered_minor"], 1_400);
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(400), Some(0))
+    );
+    assert!(wallet(&app, "c1").await["bonus"].is_null());
+
+    assert_conserved(&app).await;
+    let (cash_d, bonus_d): (i64, i64) = sqlx::query_as(
+        "SELECT cash_delta_minor, bonus_delta_minor FROM wallet_entries WHERE type = 'bonus_completed' AND reference_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .expect("conversion entry");
+    assert_eq!((cash_d, bonus_d), (400, -400));
+    let (status, wagered): (String, i64) =
+        sqlx::query_as("SELECT status, wagered_minor FROM bonuses WHERE bonus_id = $1")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .expect("bonus row");
+    assert_eq!((status.as_str(), wagered), ("completed", 1_400));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_bet_cap_and_a_second_bonus_are_refused() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "k1", "deposit", 1_000, "d1", json!({})).await;
+    grant(
+        &app,
+        json!({"player_id": "k1", "currency": "EUR", "amount_minor": 100, "expires_in_secs": 60,
+               "max_bet_minor": 50, "contributions": {"slots": 100}}),
+    )
+    .await;
+    let refused = post_tx(&app, "k1", "bet", 51, "b1", json!({"game": "slots"})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.error_code(), "MAX_BET_EXCEEDED");
+    assert_eq!(balances(&wallet(&app, "k1").await), (1_000, 100), "nothing changed");
+    let r = ok_tx(&app, "k1", "bet", 50, "b2", json!({"game": "slots"})).await;
+    assert_eq!(r["bonus"]["wagered_minor"], 50);
+    let second = app
+        .admin(
+            Method::POST,
+            "/bonuses",
+            Some(&json!({"player_id": "k1", "currency": "EUR", "amount_minor": 10, "expires_in_secs": 60}).to_string()),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::CONFLICT);
+    assert_eq!(second.error_code(), "BONUS_ACTIVE");
+    // Another currency is another account.
+    let usd = app
+        .admin(
+            Method::POST,
+            "/bonuses",
+            Some(&json!({"player_id": "k1", "currency": "USD", "amount_minor": 10, "expires_in_secs": 60}).to_string()),
+        )
+        .await;
+    assert_eq!(usd.status, StatusCode::CREATED, "{:?}", usd.body);
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_bonus_is_forfeited_at_expiry_by_the_engine() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "e1", "deposit", 300, "d1", json!({})).await;
+    let bonus = grant(
+        &app,
+        json!({"player_id": "e1", "currency": "EUR", "amount_minor": 250, "expires_in_secs": 60}),
+    )
+    .await;
+    let id = bonus["id"].as_str().expect("id").to_owned();
+    app.clock.advance_ms(59_999);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(balances(&wallet(&app, "e1").await), (300, 250), "not yet due");
+    app.clock.advance_ms(1);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let state = wallet(&app, "e1").await;
+        if state["bonus"].is_null() {
+            assert_eq!(balances(&state), (300, 0), "the bonus balance is forfeited, cash kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bonus not expired by the engine");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_conserved(&app).await;
+    let (bonus_d,): (i64,) = sqlx::query_as(
+        "SELECT bonus_delta_minor FROM wallet_entries WHERE type = 'bonus_expired' AND reference_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .expect("expiry entry");
+    assert_eq!(bonus_d, -250);
+    let status: String = sqlx::query_scalar("SELECT status FROM bonuses WHERE bonus_id = $1")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .expect("bonus row");
+    assert_eq!(status, "expired");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_withdrawal_forfeits_the_active_bonus() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "f1", "deposit", 100, "d1", json!({})).await;
+    grant(
+        &app,
+        json!({"player_id": "f1", "currency": "EUR", "amount_minor": 50, "expires_in_secs": 600}),
+    )
+    .await;
+    // Cash only: 120 is more than the cash (100) though not than cash + bonus.
+    let refused = post_tx(&app, "f1", "withdrawal", 120, "w0", json!({})).await;
+    assert_eq!(refused.error_code(), "INSUFFICIENT_FUNDS");
+    assert_eq!(
+        wallet(&app, "f1").await["bonus"]["status"],
+        "active",
+        "a refusal forfeits nothing"
+    );
+    let r = ok_tx(&app, "f1", "withdrawal", 30, "w1", json!({})).await;
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(70), Some(0))
+    );
+    assert_eq!(r["bonus"]["status"], "forfeited");
+    assert_conserved(&app).await;
+    let forfeited: i64 =
+        sqlx::query_scalar("SELECT bonus_delta_minor FROM wallet_entries WHERE type = 'bonus_forfeited'")
+            .fetch_one(&app.db)
+            .await
+            .expect("forfeit entry");
+    assert_eq!(forfeited, -50);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_refund_undoes_the_split_and_the_contribution() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "r1", "deposit", 30, "d1", json!({})).await;
+    grant(
+        &app,
+        json!({"player_id": "r1", "currency": "EUR", "amount_minor": 100, "expires_in_secs": 600,
+               "contributions": {"slots": 50}}),
+    )
+    .await;
+    // 50 on slots: 30 cash then 20 bonus; contributes floor(50 × 50%) = 25.
+    let r = ok_tx(&app, "r1", "bet", 50, "b1", json!({"game": "slots"})).await;
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(0), Some(80))
+    );
+    assert_eq!(r["bonus"]["wagered_minor"], 25);
+    // 7 on slots contributes floor(3.5) = 3.
+    let r = ok_tx(&app, "r1", "bet", 7, "b2", json!({"game": "slots"})).await;
+    assert_eq!(r["bonus"]["wagered_minor"], 28);
+    let mismatch = post_tx(&app, "r1", "refund", 49, "rf1", json!({"bet_reference_id": "b1"})).await;
+    assert_eq!(mismatch.error_code(), "REFUND_AMOUNT_MISMATCH");
+    let r = ok_tx(&app, "r1", "refund", 50, "rf1", json!({"bet_reference_id": "b1"})).await;
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(30), Some(93))
+    );
+    assert_eq!(r["bonus"]["wagered_minor"], 3, "the bet's 25 are taken back");
+    let again = post_tx(&app, "r1", "refund", 50, "rf2", json!({"bet_reference_id": "b1"})).await;
+    assert_eq!(again.error_code(), "BET_REFUNDED");
+    let missing = post_tx(&app, "r1", "refund", 50, "rf3", json!({"bet_reference_id": "nope"})).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.error_code(), "BET_NOT_FOUND");
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_win_on_a_bonus_funded_bet_goes_to_the_bonus() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "w1", "deposit", 10, "d1", json!({})).await;
+    grant(
+        &app,
+        json!({"player_id": "w1", "currency": "EUR", "amount_minor": 100, "expires_in_secs": 600,
+               "contributions": {"slots": 100}}),
+    )
+    .await;
+    // 30: 10 from cash, 20 from bonus.
+    ok_tx(&app, "w1", "bet", 30, "b1", json!({"game": "slots"})).await;
+    let r = ok_tx(&app, "w1", "win", 200, "win1", json!({"bet_reference_id": "b1"})).await;
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(0), Some(280))
+    );
+    // A cash-only bet's win goes to cash.
+    ok_tx(&app, "w1", "deposit", 50, "d2", json!({})).await;
+    ok_tx(&app, "w1", "bet", 40, "b2", json!({"game": "slots"})).await;
+    let r = ok_tx(&app, "w1", "win", 75, "win2", json!({"bet_reference_id": "b2"})).await;
+    assert_eq!(
+        (r["cash_minor"].as_i64(), r["bonus_minor"].as_i64()),
+        (Some(85), Some(280))
+    );
+    let missing = post_tx(&app, "w1", "win", 5, "win3", json!({"bet_reference_id": "b9"})).await;
+    assert_eq!(missing.error_code(), "BET_NOT_FOUND");
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+/// A test SSE client: reads frames as they arrive.
+struct SseClient {
+    body: Incoming,
+    buffer: String,
+}
+
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: String,
+    event: String,
+    data: Value,
+}
+
+impl SseClient {
+    async fn connect(http: &HttpClient, addr: SocketAddr, player: &str, last_event_id: Option<&str>) -> Self {
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{addr}/wallet/{player}/events"));
+        if let Some(id) = last_event_id {
+            builder = builder.header("last-event-id", id);
+        }
+        let response = http
+            .request(builder.body(Full::new(Bytes::new())).expect("request"))
+            .await
+            .expect("stream opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut client = Self {
+            body: response.into_body(),
+            buffer: String::new(),
+        };
+        // The first frame is a comment: the stream is registered.
+        client
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("connected comment");
+        client
+    }
+
+    /// The next frame (event or comment) as text; `None` on timeout or end.
+    async fn next_frame(&mut self, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame = self.buffer[..end].to_owned();
+                self.buffer.drain(..end + 2);
+                return Some(frame);
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.ok()??.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    async fn next_event(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await?;
+            let (mut id, mut event, mut data) = (String::new(), String::new(), Value::Null);
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).expect("data is JSON");
+                }
+            }
+            if !id.is_empty() {
+                return Some(SseEvent { id, event, data });
+            }
+        }
+    }
+
+    /// Balance events until the one of `transaction_id`.
+    async fn until_transaction(&mut self, transaction_id: &str, within: Duration) -> Vec<SseEvent> {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next_event(within).await.expect("event arrives in time");
+            let done = event.data["transaction_id"] == transaction_id;
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_arrive_within_100ms_and_resume_from_last_event_id() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "s1", "deposit", 1_000, "d0", json!({})).await;
+    let mut sse = SseClient::connect(&app.http, app.addr, "s1", None).await;
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let reply = ok_tx(&app, "s1", "bet", 1, &format!("b{i}"), json!({"game": "slots"})).await;
+        let answered = Instant::now();
+        let tx = reply["transaction_id"].as_str().expect("tx");
+        let seen = sse.until_transaction(tx, Duration::from_secs(2)).await;
+        worst = worst.max(answered.elapsed());
+        let event = seen.last().expect("event");
+        assert_eq!(event.event, "balance");
+        assert_eq!(event.data["type"], "bet");
+        assert_eq!(event.data["cash_minor"], 1_000 - i - 1);
+    }
+    assert!(worst < Duration::from_millis(100), "slowest event took {worst:?}");
+
+    // Bonus progress is pushed too.
+    grant(
+        &app,
+        json!({"player_id": "s1", "currency": "EUR", "amount_minor": 100, "expires_in_secs": 600,
+               "contributions": {"slots": 100}}),
+    )
+    .await;
+    let reply = ok_tx(&app, "s1", "bet", 5, "bb", json!({"game": "slots"})).await;
+    let seen = sse
+        .until_transaction(reply["transaction_id"].as_str().expect("tx"), Duration::from_secs(2))
+        .await;
+    assert!(seen.iter().any(|e| e.event == "bonus" && e.data["status"] == "active"));
+    let progress = sse.next_event(Duration::from_secs(2)).await.expect("progress");
+    assert_eq!(progress.event, "bonus");
+    assert_eq!(progress.data["wagered_minor"], 5);
+    let last_seen = progress.id.clone();
+    drop(sse);
+
+    // Missed while disconnected, then replayed in order from Last-Event-ID.
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        let r = ok_tx(&app, "s1", "deposit", 10, &format!("late{i}"), json!({})).await;
+        missed.push(r["transaction_id"].as_str().expect("tx").to_owned());
+    }
+    let mut resumed = SseClient::connect(&app.http, app.addr, "s1", Some(&last_seen)).await;
+    for tx in &missed {
+        let event = resumed.next_event(Duration::from_secs(2)).await.expect("missed event");
+        assert_eq!(event.data["transaction_id"], tx.as_str(), "no gap, in order");
+        assert!(event.id > last_seen);
+    }
+    assert!(
+        resumed.next_event(Duration::from_millis(300)).await.is_none(),
+        "nothing else"
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_on_one_engine_sees_bets_made_through_another() {
+    let first = spawn_app(&[]).await;
+    // The second engine shares the first's Redis key prefix and database.
+    let db_url = {
+        let base = database_url();
+        let (scheme, rest) = base.split_once("://").expect("scheme");
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        format!("{scheme}://{authority}/{}", first.db_name)
+    };
+    let second = spawn_app(&[
+        ("STAMPEDE_KEY_PREFIX", first.prefix.as_str()),
+        ("DATABASE_URL", db_url.as_str()),
+        ("STAMPEDE_CONSUMER", "second-engine"),
+    ])
+    .await;
+    ok_tx(&first, "x1", "deposit", 100, "d0", json!({})).await;
+    let mut sse = SseClient::connect(&first.http, first.addr, "x1", None).await;
+    for i in 0..5 {
+        let reply = ok_tx(&second, "x1", "bet", 3, &format!("b{i}"), json!({"game": "slots"})).await;
+        let answered = Instant::now();
+        sse.until_transaction(reply["transaction_id"].as_str().expect("tx"), Duration::from_secs(2))
+            .await;
+        assert!(
+            answered.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            answered.elapsed()
+        );
+    }
+    drop(sse);
+    second.finish().await;
+    first.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_bounded_and_end_on_shutdown() {
+    let mut app = spawn_app(&[
+        ("STAMPEDE_SSE_STREAMS_MAX", "1"),
+        ("STAMPEDE_SHUTDOWN_GRACE_MS", "20000"),
+    ])
+    .await;
+    let mut sse = SseClient::connect(&app.http, app.addr, "h1", None).await;
+    let refused = app.get("/wallet/h2/events").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), "SSE_STREAMS_FULL");
+    assert!(refused.headers.get("retry-after").is_some());
+    let started = Instant::now();
+    let stopping = tokio::spawn(async move {
+        app.stop().await;
+        app
+    });
+    // The stream ends cleanly (end of body), long before the 20 s grace.
+    let end = sse.next_frame(Duration::from_secs(10)).await;
+    assert!(end.is_none(), "stream ended: {end:?}");
+    let app = stopping.await.expect("stopped");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bad_input_on_every_wallet_route_gets_a_stable_code() {
+    let app = spawn_app(&[]).await;
+    let long = "x".repeat(65);
+    let tx_cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "INVALID_JSON"),
+        (
+            r#"{"player_id":"p","currency":"EUR","type":"deposit","amount_minor":5,"reference_id":"r","extra":1}"#
+                .into(),
+            "INVALID_JSON",
+        ),
+        (
+            r#"{"currency":"EUR","type":"deposit","amount_minor":5,"reference_id":"r"}"#.into(),
+            "INVALID_PLAYER_ID",
+        ),
+        (tx_body(&long, "deposit", 5, "r", json!({})), "INVALID_PLAYER_ID"),
+        (tx_body("a b", "deposit", 5, "r", json!({})), "INVALID_PLAYER_ID"),
+        (
+            tx_body("p", "deposit", 5, "r", json!({"currency": "EURO"})),
+            "INVALID_CURRENCY",
+        ),
+        (
+            tx_body("p", "deposit", 5, "r", json!({"currency": "ZZZ"})),
+            "INVALID_CURRENCY",
+        ),
+        (tx_body("p", "transfer", 5, "r", json!({})), "INVALID_TYPE"),
+        (tx_body("p", "deposit", 0, "r", json!({})), "INVALID_AMOUNT"),
+        (tx_body("p", "deposit", -5, "r", json!({})), "INVALID_AMOUNT"),
+        (
+            tx_body("p", "deposit", 5, "r", json!({"amount_minor": 1.5})),
+            "INVALID_AMOUNT",
+        ),
+        (
+            tx_body("p", "deposit", 5, "r", json!({"amount_minor": "5"})),
+            "INVALID_AMOUNT",
+        ),
+        (
+            tx_body("p", "deposit", 1_000_000_000_001, "r", json!({})),
+            "INVALID_AMOUNT",
+        ),
+        (tx_body("p", "deposit", 5, "", json!({})), "INVALID_REFERENCE_ID"),
+        (tx_body("p", "deposit", 5, &long, json!({})), "INVALID_REFERENCE_ID"),
+        (tx_body("p", "bet", 5, "r", json!({})), "INVALID_GAME"),
+        (tx_body("p", "bet", 5, "r", json!({"game": "Slots!"})), "INVALID_GAME"),
+        (
+            tx_body("p", "deposit", 5, "r", json!({"game": "slots"})),
+            "INVALID_GAME",
+        ),
+        (tx_body("p", "win", 5, "r", json!({})), "INVALID_BET_REFERENCE_ID"),
+        (
+            tx_body("p", "bet", 5, "r", json!({"game": "slots", "bet_reference_id": "b"})),
+            "INVALID_BET_REFERENCE_ID",
+        ),
+    ];
+    for (body, code) in tx_cases {
+        let reply = app.request(Method::POST, "/wallet/transactions", Some(&body)).await;
+        assert!(reply.status.is_client_error(), "{body}: {:?}", reply.status);
+        assert_eq!(reply.error_code(), code, "{body}");
+    }
+    let bonus = |extra: Value| {
+        let mut body = json!({"player_id": "p", "currency": "EUR", "amount_minor": 100, "expires_in_secs": 60});
+        if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        body.to_string()
+    };
+    let bonus_cases: Vec<(String, &str)> = vec![
+        (bonus(json!({"wagering_multiplier": 0})), "INVALID_WAGERING_MULTIPLIER"),
+        (
+            bonus(json!({"wagering_multiplier": 101})),
+            "INVALID_WAGERING_MULTIPLIER",
+        ),
+        (bonus(json!({"expires_in_secs": 0})), "INVALID_EXPIRES_IN"),
+        (bonus(json!({"expires_in_secs": null})), "INVALID_EXPIRES_IN"),
+        (bonus(json!({"max_bet_minor": -1})), "INVALID_MAX_BET"),
+        (bonus(json!({"contributions": {"slots": 101}})), "INVALID_CONTRIBUTIONS"),
+        (bonus(json!({"contributions": {"Slots": 10}})), "INVALID_CONTRIBUTIONS"),
+        (bonus(json!({"contributions": [1]})), "INVALID_CONTRIBUTIONS"),
+        (bonus(json!({"amount_minor": 0})), "INVALID_AMOUNT"),
+        (bonus(json!({"currency": "XX"})), "INVALID_CURRENCY"),
+    ];
+    for (body, code) in bonus_cases {
+        let reply = app.admin(Method::POST, "/bonuses", Some(&body)).await;
+        assert!(reply.status.is_client_error(), "{body}: {:?}", reply.status);
+        assert_eq!(reply.error_code(), code, "{body}");
+    }
+    let unauthorized = app.request(Method::POST, "/bonuses", Some(&bonus(json!({})))).await;
+    assert_eq!(unauthorized.error_code(), "UNAUTHORIZED");
+    let reads: Vec<(&str, u16, &str)> = vec![
+        ("/wallet/p", 400, "INVALID_CURRENCY"),
+        ("/wallet/p?currency=EUR", 404, "ACCOUNT_NOT_FOUND"),
+        ("/wallet/a%20b?currency=EUR", 400, "INVALID_PLAYER_ID"),
+        ("/wallet/p/transactions", 400, "INVALID_CURRENCY"),
+        ("/wallet/p/transactions?currency=EUR&limit=0", 400, "INVALID_LIMIT"),
+        ("/wallet/p/transactions?currency=EUR&limit=501", 400, "INVALID_LIMIT"),
+        ("/wallet/p/transactions?currency=EUR&before=x", 400, "INVALID_BEFORE"),
+        ("/wallet/a%20b/events", 400, "INVALID_PLAYER_ID"),
+    ];
+    for (path, status, code) in reads {
+        let reply = app.get(path).await;
+        assert_eq!((reply.status.as_u16(), reply.error_code()), (status, code), "{path}");
+    }
+    let bad_resume = app
+        .request_with(Method::GET, "/wallet/p/events", None, &[("last-event-id", "nope")])
+        .await;
+    assert_eq!(bad_resume.error_code(), "INVALID_LAST_EVENT_ID");
+    // Nothing was created by any of it.
+    assert_eq!(
+        app.get("/wallet/p?currency=EUR").await.error_code(),
+        "ACCOUNT_NOT_FOUND"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn history_pages_newest_first() {
+    let app = spawn_app(&[]).await;
+    for i in 0..5 {
+        ok_tx(&app, "h1", "deposit", 10 + i, &format!("d{i}"), json!({})).await;
+    }
+    app.wait_flushed(Duration::from_secs(10)).await;
+    let page = app.get("/wallet/h1/transactions?currency=EUR&limit=3").await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+    let refs: Vec<&str> = page.body["transactions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["reference_id"].as_str())
+        .collect();
+    assert_eq!(refs, ["d4", "d3", "d2"]);
+    let before = page.body["next_before"].as_i64().expect("cursor");
+    let rest = app
+        .get(&format!("/wallet/h1/transactions?currency=EUR&limit=3&before={before}"))
+        .await;
+    let refs: Vec<&str> = rest.body["transactions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["reference_id"].as_str())
+        .collect();
+    assert_eq!(refs, ["d1", "d0"]);
+    assert!(rest.body["next_before"].is_null());
+    assert_eq!(rest.body["transactions"][0]["cash_minor"], 21);
+    app.finish().await;
+}
+
+/// The engine as a separate process, so it can be killed with SIGKILL.
+struct Engine {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Engine {
+    async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
+        command
+            .arg("serve")
+            .env("REDIS_URL", redis_url())
+            .env("DATABASE_URL", db_url)
+            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STAMPEDE_KEY_PREFIX", prefix)
+            .env("STAMPEDE_CONSUMER", consumer)
+            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let engine = Self {
+            child: command.spawn().expect("engine starts"),
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        };
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
+                && reply.status == StatusCode::OK
+            {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -9` under load with an unflushed outbox, then a restart as another
+/// consumer and every unanswered request retried: every acknowledged
+/// transaction is in the ledger once, and the ledger sums to the balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_leaves_the_ledger_intact() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    let mut first = Engine::start(&db_url, &name, "wallet-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
+    let http = http_client();
+    let acknowledged = Arc::new(std::sync::Mutex::new(HashMap::<String, String>::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut players = Vec::new();
+    for p in 0..50 {
+        let (http, acknowledged, done, addr) = (http.clone(), acknowledged.clone(), done.clone(), first.addr);
+        players.push(tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            for i in 0..40 {
+                let body = if i % 2 == 0 {
+                    tx_body(&format!("k{p}"), "deposit", 100, &format!("r{i}"), json!({}))
+                } else {
+                    tx_body(&format!("k{p}"), "bet", 60, &format!("r{i}"), json!({"game": "slots"}))
+                };
+                match send(&http, addr, Method::POST, "/wallet/transactions", Some(&body)).await {
+                    Ok(reply) if reply.status == StatusCode::OK => {
+                        let tx = reply.body["transaction_id"].as_str().expect("tx").to_owned();
+                        acknowledged.lock().expect("lock").insert(tx, body);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(reply) => panic!("refused before the kill: {:?}", reply.body),
+                    Err(_) => unanswered.push(body),
+                }
+            }
+            unanswered
+        }));
+    }
+    while done.load(Ordering::SeqCst) < 600 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().expect("SIGKILL");
+    let _ = first.child.wait();
+    let mut unanswered = Vec::new();
+    for player in players {
+        unanswered.extend(player.await.expect("player task"));
+    }
+
+    let second = Engine::start(&db_url, &name, "wallet-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
+    // Clients retry what got no answer: each applies once, or replays.
+    for body in &unanswered {
+        let reply = send(&http, second.addr, Method::POST, "/wallet/transactions", Some(body))
+            .await
+            .expect("answer after restart");
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::helpers::outbox_backlog(&redis, &name).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
+    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
+        .fetch_all(&db)
+        .await
+        .expect("entries")
+        .into_iter()
+        .collect();
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    for tx in acknowledged.keys() {
+        assert!(in_postgres.contains(tx), "acknowledged {tx} missing from the ledger");
+    }
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM wallet_entries")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(entries, 50 * 40, "every request exactly once");
+    let sums: Vec<(String, i64)> =
+        sqlx::query_as("SELECT player_id, sum(cash_delta_minor)::bigint FROM wallet_entries GROUP BY player_id")
+            .fetch_all(&db)
+            .await
+            .expect("sums");
+    assert_eq!(sums.len(), 50);
+    for (player, cash) in sums {
+        let reply = send(
+            &http,
+            second.addr,
+            Method::GET,
+            &format!("/wallet/{player}?currency=EUR"),
+            None,
+        )
+        .await
+        .expect("wallet");
+        assert_eq!(reply.body["cash_minor"].as_i64(), Some(cash), "{player}");
+        assert_eq!(cash, 20 * 100 - 20 * 60, "{player}");
+    }
+    db.close().await;
+    drop(second);
+    drop_database(&database_url(), &name).await;
+    delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}
