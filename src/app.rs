@@ -29,13 +29,14 @@ use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
 use crate::services::Services;
-use crate::{ingest, sale, telemetry};
+use crate::{ingest, sale, settlement, telemetry};
 
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
     Ok(vec![
         sale::Sale::new(services.clone()),
         ingest::Ingest::new(services.clone()),
+        settlement::Settlement::new(services.clone())?,
     ])
 }
 

@@ -14,7 +14,8 @@
 //!    contract. It names no feature.
 //! 3. Features, each owning its routes, errors, scripts and sink, importing
 //!    only the two layers above: [`sale`] (hourly flash sales, checkout
-//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty).
+//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
+//!    [`settlement`] (settlement jobs over merchants' transactions).
 //! 4. Wiring: [`app`] (start-up, the feature list) and [`ops`] (index,
 //!    health, metrics).
 //!
@@ -34,4 +35,5 @@ pub mod sale;
 pub mod scripts;
 pub mod server;
 pub mod services;
+pub mod settlement;
 pub mod telemetry;

@@ -9,3 +9,4 @@ mod helpers;
 mod ingest;
 mod sale;
 mod server;
+mod settlement;
