@@ -12,6 +12,7 @@ mod cpu_split;
 mod ingest;
 mod report;
 mod scenarios;
+mod settlement;
 mod stats;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use crate::stats::Progress;
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
+       loadtest settlement [settlement flags]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
@@ -44,6 +46,9 @@ scenarios:
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
+  settlement   times a settlement job (POST to COMPLETED plus the CSV) against psql's INSERT … GROUP BY and \\copy,
+               checks the rows and the CSV against SQL, watches the engine's RSS (flags: --url, --database-url,
+               --admin-token, --engine-pid, --from, --to, --small-from, --small-to, --runs 3, --psql, --json, --max-secs)
   compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
@@ -263,6 +268,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if argv.peek().is_some_and(|s| s == "settlement") {
+        argv.next();
+        return match settlement::SettlementArgs::parse(argv) {
+            Ok(Some(args)) => block_on(Some(1), settlement::run(args)),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{USAGE}");
                 ExitCode::from(2)
             }
         };

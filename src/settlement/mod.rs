@@ -164,7 +164,7 @@ impl SettlementConfig {
             )?,
             chunks_in_flight: env.number(
                 "STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT",
-                2,
+                3,
                 1,
                 limits::SETTLEMENT_CHUNKS_IN_FLIGHT_MAX,
             )?,
