@@ -637,3 +637,92 @@ async fn overlapping_jobs_on_two_engines_leave_settlements_correct() {
     db.close().await;
     drop_database(&database_url(), &name).await;
 }
+
+/// SIGTERM while a job runs: the engine stops promptly and hands the job
+/// back (still RUNNING, lease expired, the claim not counted as an attempt);
+/// the next engine takes it over at once and finishes it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_running_job_back() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    // A long lease: only the hand-back can make the job claimable soon.
+    let settings = [
+        ("STAMPEDE_SETTLEMENT_BATCH_ROWS", "150"),
+        ("STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT", "1"),
+        ("STAMPEDE_SETTLEMENT_LEASE_MS", "600000"),
+    ];
+    let mut first = Engine::start(&db_url, &name, &settings).await;
+    let db = PgPool::connect(&db_url).await.expect("db");
+    generate(&db_url, 200_000, 300, 14).await;
+    let http = http_client();
+    let id = post_job(&http, first.addr, "2025-01-01", "2025-01-31").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chunk_counts(&db, &id).await.0 < 5 {
+        assert!(Instant::now() < deadline, "job made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(first.child.id().to_string())
+        .status();
+    let exit = first.child.wait().expect("engine exits");
+    assert!(exit.success(), "SIGTERM exits 0");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    let (status, locked_by, attempts): (String, Option<String>, i32) =
+        sqlx::query_as("SELECT status, locked_by, attempts FROM jobs WHERE job_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .expect("job");
+    assert_eq!((status.as_str(), locked_by, attempts), ("RUNNING", None, 0));
+    let (done_at_stop, _) = chunk_counts(&db, &id).await;
+
+    let second = Engine::start(&db_url, &name, &settings).await;
+    let view = wait_status(&http, second.addr, &id, "COMPLETED", Duration::from_secs(120)).await;
+    assert_eq!(view["processed"], paid_in_range(&db, "2025-01-01", "2025-01-31").await);
+    let first_engine_chunks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM settlement_chunks WHERE job_id = $1::uuid AND done_by LIKE $2")
+            .bind(&id)
+            .bind(format!("%-{}-%", first.addr.port()))
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    assert_eq!(first_engine_chunks, done_at_stop);
+    assert_eq!(
+        settled_rows(&db, "2025-01-01", "2025-01-31").await,
+        expected_rows(&db, "2025-01-01", "2025-01-31").await
+    );
+    drop(second);
+    db.close().await;
+    drop_database(&database_url(), &name).await;
+}
+
+/// A job whose engine keeps dying is FAILED, not retried forever; a failed
+/// job cannot be cancelled and has no CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_too_often_fails() {
+    let app = spawn_app(&[("STAMPEDE_SETTLEMENT_POLL_MS", "20")]).await;
+    let id: String = sqlx::query_scalar(
+        "INSERT INTO jobs (from_date, to_date, status, locked_by, lease_until, attempts)
+         VALUES ('2025-01-01', '2025-01-31', 'RUNNING', 'a-dead-engine', now() - interval '1 second', 5)
+         RETURNING job_id::text",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("job");
+    let view = wait_status(&app.http, addr(&app), &id, "FAILED", Duration::from_secs(10)).await;
+    assert!(
+        view["error"].as_str().is_some_and(|e| e.contains("interrupted")),
+        "{view}"
+    );
+    let reply = app.admin(Method::POST, &format!("/jobs/{id}/cancel"), None).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code()), (409, "JOB_ALREADY_FAILED"));
+    let reply = app.admin(Method::GET, &format!("/downloads/{id}.csv"), None).await;
+    assert_eq!((reply.status.as_u16(), reply.error_code()), (409, "JOB_NOT_COMPLETED"));
+    app.finish().await;
+}
