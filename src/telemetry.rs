@@ -58,6 +58,7 @@ pub fn register_rare_counters() {
         "stampede_flush_errors_total",
         "stampede_ingest_batch_errors_total",
         "stampede_ingest_copy_fallbacks_total",
+        "stampede_settlement_job_failures_total",
     ] {
         counter!(name).increment(0);
     }

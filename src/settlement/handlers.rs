@@ -93,9 +93,13 @@ pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) ->
 /// Streams the settlements of a completed job's range, straight from a
 /// Postgres `COPY … TO STDOUT` into the response, in frames of about
 /// `SETTLEMENT_DOWNLOAD_FRAME_BYTES`, never holding the file.
-pub async fn download(state: &Settlement, req: Request<Incoming>, file: &str) -> Result<HttpResponse, SettlementError> {
+pub async fn download(
+    state: &Settlement,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
-    let id = JobId::parse(file.strip_suffix(".csv").ok_or(SettlementError::JobNotFound)?)?;
+    let id = JobId::parse(raw_id)?;
     let pool = &state.services.postgres;
     let (status, from, to) = queue::status_and_range(pool, &id)
         .await?

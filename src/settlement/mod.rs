@@ -237,11 +237,11 @@ impl Feature for Settlement {
             ),
             Route::new(
                 Method::GET,
-                "/downloads/{file}",
+                "/downloads/{job_id}.csv",
                 "settlement_download",
-                "A completed job's settlements as CSV: /downloads/{job_id}.csv; admin",
+                "A completed job's settlements as CSV, streamed; admin",
                 self,
-                |s, req, params| async move { handlers::download(&s, req, params.get("file").unwrap_or("")).await },
+                |s, req, params| async move { handlers::download(&s, req, params.get("job_id").unwrap_or("")).await },
             ),
         ]
     }

@@ -194,7 +194,7 @@ pub async fn claim(pool: &PgPool, engine: &str, lease_ms: i64) -> Result<Option<
         "WITH next AS (
              SELECT job_id FROM jobs
              WHERE status = 'QUEUED'
-                OR (status = 'RUNNING' AND (lease_until IS NULL OR lease_until < now()))
+                OR (status = 'RUNNING' AND (lease_until IS NULL OR lease_until < now()) AND attempts < $3)
              ORDER BY created_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED
@@ -211,6 +211,7 @@ pub async fn claim(pool: &PgPool, engine: &str, lease_ms: i64) -> Result<Option<
     )
     .bind(engine)
     .bind(lease_ms)
+    .bind(SETTLEMENT_ATTEMPTS_MAX)
     .fetch_optional(pool)
     .await?;
     row.map(|r| {

@@ -313,7 +313,7 @@ async fn bad_input_gets_stable_codes() {
     assert_eq!((reply.status.as_u16(), reply.error_code()), (404, "JOB_NOT_FOUND"));
     for path in [
         "/downloads/00000000-0000-4000-8000-000000000000.csv",
-        "/downloads/x.txt",
+        "/downloads/x.csv",
     ] {
         let reply = app.admin(Method::GET, path, None).await;
         assert_eq!(
@@ -322,6 +322,10 @@ async fn bad_input_gets_stable_codes() {
             "{path}"
         );
     }
+    let reply = app
+        .admin(Method::GET, "/downloads/00000000-0000-4000-8000-000000000000.txt", None)
+        .await;
+    assert_eq!((reply.status.as_u16(), reply.error_code()), (404, "NOT_FOUND"));
 
     // Idempotency: same key and body, same job; another body, 422.
     let app_ref = &app;
@@ -476,6 +480,9 @@ async fn kill_9_mid_job_resumes_from_the_checkpoint() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.kill_9();
+    // A COMMIT the dead engine had already sent still completes on the
+    // server: let its backends finish before reading what it left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (done_at_kill, total) = chunk_counts(&db, &id).await;
     let processed_at_kill: i64 = sqlx::query_scalar("SELECT processed_count FROM jobs WHERE job_id = $1::uuid")
         .bind(&id)
