@@ -2,14 +2,19 @@
 # shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
 # One command for a load run against a freshly started engine.
 #
-#   loadtest/run.sh contest|sustained|contention|ingest|settlement [extra loadtest flags]
+#   loadtest/run.sh contest|sustained|contention|ingest|orders|settlement [extra loadtest flags]
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
-# keys) and print each figure as a ratio engine / baseline server.
+# keys) and print each figure as a ratio engine / baseline server. orders runs
+# the contest scenario against the baseline server for its requests/s (one
+# request, one script call, like one order) and prints orders/s against it.
 #
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
+#                         (orders: the baseline server's contest size, 2000 users / 20000 items)
+#   PRODUCTS, STOCK, BUYERS, OPERATIONS, CONNECTIONS
+#                         orders: 20 products x 5000, 2000 buyers, 150000 operations, 200 connections
 #   SMALL_LINES, LINES    ingest: lines of the small (memory reference) and large files
 #                         (100000 and 1000000; SMALL_LINES=0 uploads the large file only)
 #   SMALL_SEED, SEED      ingest: generator seeds of the two files (1 and 2: disjoint ids)
@@ -33,7 +38,7 @@
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|settlement [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|settlement [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -42,6 +47,7 @@ case "$SCENARIO" in
   contest)    USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000} ;;
   sustained)  USERS=${USERS:-20000}; ITEMS=${ITEMS:-200000} ;;
   contention) USERS=${USERS:-2000};  ITEMS=${ITEMS:-20} ;;
+  orders)     USERS=${USERS:-2000};  ITEMS=${ITEMS:-20000} ;;
   # The engine still needs a sale configured; nobody buys from it.
   ingest)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
               SMALL_LINES=${SMALL_LINES:-100000}; LINES=${LINES:-1000000}
@@ -55,8 +61,10 @@ LOAD_PORT=${LOAD_PORT:-18080}
 BASELINE_PORT=${BASELINE_PORT:-$((LOAD_PORT + 1))}
 BASELINE_SERVER=""
 case "$SCENARIO" in
-  contest|sustained) [[ -n ${NO_BASELINE_SERVER:-} ]] || BASELINE_SERVER=1 ;;
+  contest|sustained|orders) [[ -n ${NO_BASELINE_SERVER:-} ]] || BASELINE_SERVER=1 ;;
 esac
+# The admin token of the engine under test (orders creates its products).
+LOAD_ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -206,7 +214,6 @@ fi
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
 DB_CREATED=1
 
-ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
 if [[ $SCENARIO == settlement ]]; then
   # Loaded before the engine starts, so the timed runs share the machine
   # with nothing else (gen-transactions migrates the database itself).
@@ -226,7 +233,7 @@ STAMPEDE_LISTEN=127.0.0.1:$LOAD_PORT \
   ITEMS_PER_SALE=$ITEMS \
   PER_USER_LIMIT=$LIMIT \
   SALE_PERIOD_SECS=3600 \
-  STAMPEDE_ADMIN_TOKEN=$ADMIN_TOKEN \
+  STAMPEDE_ADMIN_TOKEN=$LOAD_ADMIN_TOKEN \
   RUST_LOG=${RUST_LOG:-warn} \
   "$BIN/stampede" serve >"$ENGINE_LOG" 2>&1 &
 ENGINE_PID=$!
@@ -244,11 +251,20 @@ if [[ $SCENARIO == ingest ]]; then
     --threads "${DRIVER_THREADS:-1}"
   )
   if [[ -n $SMALL_FILE ]]; then driver_args+=(--small-file "$SMALL_FILE"); fi
+elif [[ $SCENARIO == orders ]]; then
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --admin-token "$LOAD_ADMIN_TOKEN"
+    --products "${PRODUCTS:-20}" --stock "${STOCK:-5000}" --buyers "${BUYERS:-2000}"
+    --operations "${OPERATIONS:-150000}" --connections "${CONNECTIONS:-200}"
+    --json "$JSON_OUT"
+    --threads "${DRIVER_THREADS:-1}"
+  )
 elif [[ $SCENARIO == settlement ]]; then
   driver_args=(
     --url "http://127.0.0.1:$LOAD_PORT"
     --database-url "$LOAD_URL"
-    --admin-token "$ADMIN_TOKEN"
+    --admin-token "$LOAD_ADMIN_TOKEN"
     --engine-pid "$ENGINE_PID"
     --from 2025-01-01 --to 2025-01-31
     --runs "$RUNS"
@@ -299,7 +315,11 @@ if [[ -n $BASELINE_SERVER ]]; then
   BASELINE_PID=$!
   if wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
     set +e
-    "$BIN/loadtest" "$SCENARIO" \
+    # orders: the contest against the baseline server; the orders flags are not its own.
+    baseline_scenario=$SCENARIO
+    baseline_extra=("$@")
+    if [[ $SCENARIO == orders ]]; then baseline_scenario=contest; baseline_extra=(); fi
+    "$BIN/loadtest" "$baseline_scenario" \
       --server baseline --server-pid "$BASELINE_PID" \
       --url "http://127.0.0.1:$BASELINE_PORT" \
       --users "$USERS" --items "$ITEMS" --limit "$LIMIT" \
@@ -307,7 +327,7 @@ if [[ -n $BASELINE_SERVER ]]; then
       --key-prefix "$BASELINE_PREFIX" \
       --json "$BASELINE_JSON" \
       --threads "${DRIVER_THREADS:-1}" \
-      "$@"
+      "${baseline_extra[@]}"
     baseline_rc=$?
     set -e
   else
@@ -315,7 +335,22 @@ if [[ -n $BASELINE_SERVER ]]; then
   fi
   stop_baseline_server
   if (( baseline_rc > rc )); then rc=$baseline_rc; fi
-  if [[ -f $JSON_OUT && -f $BASELINE_JSON ]]; then
+  if [[ $SCENARIO == orders && -f $JSON_OUT && -f $BASELINE_JSON ]]; then
+    # orders/s of the engine against requests/s of the baseline server.
+    python3 - "$JSON_OUT" "$BASELINE_JSON" <<'PY'
+import json, sys
+engine_path, baseline_path = sys.argv[1], sys.argv[2]
+engine = json.load(open(engine_path))
+rps = json.load(open(baseline_path)).get("requests_per_sec")
+engine["baseline_requests_per_sec"] = rps
+engine["ratio_orders_to_baseline"] = engine["orders_per_sec"] / rps if rps else None
+json.dump(engine, open(engine_path, "w"), indent=2)
+ratio = engine["ratio_orders_to_baseline"]
+print(f"orders: {engine['orders_per_sec']:.0f} orders/s (p50 {engine['orders_p50_ms']:.2f} ms, "
+      f"p99 {engine['orders_p99_ms']:.2f} ms); baseline server {rps:.0f} requests/s; "
+      f"ratio {ratio:.2f}" if ratio else "orders: no baseline figure")
+PY
+  elif [[ -f $JSON_OUT && -f $BASELINE_JSON ]]; then
     # Exit code 1 only says an invariant failed, which rc already tells.
     "$BIN/loadtest" compare --engine "$JSON_OUT" --baseline "$BASELINE_JSON" --json "$JSON_OUT" \
       || [[ $? == 1 ]] || echo "run.sh: loadtest compare failed" >&2

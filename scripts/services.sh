@@ -73,6 +73,7 @@ as_root() {
 }
 
 APT_UPDATED=0
+SCHEMATHESIS_VERSION=4.32.5
 apt_install() {
     command -v apt-get >/dev/null 2>&1 ||
         die "apt-get not found: install these packages by hand: $*"
@@ -554,12 +555,21 @@ main() {
         ;;
     test-tools)
         # What the test command needs beyond the services: Prometheus and
-        # promtool for the dashboard and alert-rule test.
+        # promtool for the dashboard and alert-rule test, schemathesis (in a
+        # venv under .data/) for the fuzzing run.
         take_lock
         if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
             apt_install prometheus
             # The package may start its own service; the tests run their own.
             as_root systemctl stop prometheus >/dev/null 2>&1 || true
+        fi
+        if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
+        if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3-venv; fi
+        if [ ! -x "$DATA/venv/bin/schemathesis" ]; then
+            log "installing schemathesis into $DATA/venv"
+            python3 -m venv "$DATA/venv" >&2
+            "$DATA/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 ||
+                die "pip install schemathesis failed"
         fi
         ;;
     status)

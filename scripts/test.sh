@@ -67,6 +67,7 @@ step() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace --all-targets
+step fuzz bash scripts/fuzz.sh
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "[test] FAILED steps: ${failed[*]}" >&2

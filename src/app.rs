@@ -29,13 +29,14 @@ use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
 use crate::services::Services;
-use crate::{ingest, sale, settlement, telemetry};
+use crate::{ingest, orders, sale, settlement, telemetry};
 
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
     Ok(vec![
         sale::Sale::new(services.clone()),
         ingest::Ingest::new(services.clone()),
+        orders::Orders::new(services.clone())?,
         settlement::Settlement::new(services.clone())?,
     ])
 }
@@ -133,10 +134,18 @@ impl App {
         ));
         flusher.ensure_groups().await?;
 
+        // The live page is wired like a feature (routes, document, shutdown),
+        // but reads every feature's metrics, so it lives at the top.
+        let live: Arc<dyn Feature> = crate::live::Live::new(services.clone(), flusher.clone(), metrics.clone());
+        routes.extend(live.clone().routes());
+        let mut features = features;
+        features.push(live);
+
         let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone());
         routes.extend(ops.clone().routes());
         let router = Arc::new(Router::new(routes)?);
         ops.set_index(router.describe());
+        ops.set_api(features.iter().map(|f| f.api()));
 
         let mut listeners = Vec::new();
         for addr in &services.config.listen {

@@ -15,9 +15,11 @@
 //! 3. Features, each owning its routes, errors, scripts and sink, importing
 //!    only the two layers above: [`sale`] (hourly flash sales, checkout
 //!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
+//!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
+//!    reconciliation),
 //!    [`settlement`] (settlement jobs over merchants' transactions).
-//! 4. Wiring: [`app`] (start-up, the feature list) and [`ops`] (index,
-//!    health, metrics).
+//! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
+//!    metrics, the API document) and [`live`] (the live page).
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 
@@ -28,7 +30,9 @@ pub mod executor;
 pub mod ingest;
 pub mod keyspace;
 pub mod limits;
+pub mod live;
 pub mod ops;
+pub mod orders;
 pub mod outbox;
 pub mod postgres;
 pub mod sale;

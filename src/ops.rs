@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::outbox::Flusher;
-use crate::server::Route;
 use crate::server::http::{HttpResponse, json, with_content_type};
 use crate::server::route::RouteInfo;
+use crate::server::{Route, apidoc};
 use crate::services::Services;
 
 /// Each dependency check answers within this, so /health never hangs.
@@ -26,7 +26,76 @@ pub struct Ops {
     flusher: Arc<Flusher>,
     metrics: PrometheusHandle,
     index: OnceLock<Vec<RouteInfo>>,
+    api: OnceLock<Bytes>,
 }
+
+/// The base of the API document: its description and the operational routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "stampede",
+        description = "A Redis-first flash-sale engine. Every error is JSON `{\"error\":{\"code\",\"message\"}}`; \
+clients switch on `code`. Any route may also answer `NOT_FOUND` (404, unknown route), `METHOD_NOT_ALLOWED` (405), \
+`BODY_TIMEOUT` (408), `BODY_TOO_LARGE` (413), `URI_TOO_LONG` (414); admin routes `UNAUTHORIZED` (401) and \
+`ADMIN_DISABLED` (403); script-backed routes `REDIS_UNAVAILABLE` and `OVERLOADED` (503, with `Retry-After`) and \
+`INTERNAL` (500)."
+    ),
+    paths(health_doc, metrics_doc, index_doc, openapi_doc),
+    components(schemas(HealthDoc, crate::server::error::ErrorBody)),
+    modifiers(&AdminScheme)
+)]
+struct OpsApi;
+
+/// The `admin` security scheme admin routes name: a bearer token.
+struct AdminScheme;
+
+impl utoipa::Modify for AdminScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("STAMPEDE_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `/health`'s body, for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes `Health` for the API document only
+struct HealthDoc {
+    /// `ok`, `degraded` (Postgres unreachable: sales go on) or `down`.
+    status: String,
+    redis: String,
+    postgres: String,
+    outbox_backlog: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/health", tag = "ops", summary = "Redis, Postgres and outbox backlog",
+    responses((status = 200, description = "up (`ok` or `degraded`)", body = HealthDoc),
+              (status = 503, description = "Redis unreachable (`down`)", body = HealthDoc)))]
+#[allow(dead_code)]
+fn health_doc() {}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops", summary = "Prometheus metrics",
+    responses((status = 200, description = "text exposition format", content_type = "text/plain", body = String)))]
+#[allow(dead_code)]
+fn metrics_doc() {}
+
+#[utoipa::path(get, path = "/", tag = "ops", summary = "The index of every route",
+    responses((status = 200, description = "name, version and every route with its description", body = Object)))]
+#[allow(dead_code)]
+fn index_doc() {}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "the OpenAPI document", body = Object)))]
+#[allow(dead_code)]
+fn openapi_doc() {}
 
 impl Ops {
     pub fn new(services: Arc<Services>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
@@ -35,7 +104,19 @@ impl Ops {
             flusher,
             metrics,
             index: OnceLock::new(),
+            api: OnceLock::new(),
         })
+    }
+
+    /// The API document: the operational routes' and every feature's parts.
+    pub fn set_api(&self, parts: impl IntoIterator<Item = utoipa::openapi::OpenApi>) {
+        let document = apidoc::assemble(<OpsApi as utoipa::OpenApi>::openapi(), parts);
+        match document.to_json() {
+            Ok(json) => {
+                let _ = self.api.set(Bytes::from(json));
+            }
+            Err(e) => tracing::error!(error = %e, "the API document does not serialize"),
+        }
     }
 
     /// The route list `GET /` serves, known once the router is built.
@@ -60,6 +141,17 @@ impl Ops {
                 "Prometheus metrics",
                 self.clone(),
                 |ops, _, _| async move { Ok::<_, Infallible>(ops.metrics()) },
+            ),
+            Route::new(
+                Method::GET,
+                "/openapi.json",
+                "openapi",
+                "The OpenAPI 3.1 document of every route, generated from the code",
+                self.clone(),
+                |ops, _, _| async move {
+                    let body = ops.api.get().cloned().unwrap_or_default();
+                    Ok::<_, Infallible>(with_content_type(StatusCode::OK, body, "application/json"))
+                },
             ),
             Route::new(Method::GET, "/", "index", "This index", self, |ops, _, _| async move {
                 Ok::<_, Infallible>(ops.index())

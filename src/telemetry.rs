@@ -159,6 +159,27 @@ pub fn ingest_copy_fallback() {
     counter!("stampede_ingest_copy_fallbacks_total").increment(1);
 }
 
+// ---- orders (src/orders/) ----
+
+/// Holds the expiry task returned to stock (`expired`), or found already
+/// settled by a confirm, a cancel or another engine (`settled`).
+pub fn holds_expired(outcome: &'static str, holds: u64) {
+    counter!("stampede_order_holds_expired_total", "outcome" => outcome).increment(holds);
+}
+
+/// An answer replayed for a repeated `Idempotency-Key`.
+pub fn idempotent_replay(route: &'static str) {
+    counter!("stampede_idempotent_replays_total", "route" => route).increment(1);
+}
+
+/// Mismatches between Redis and Postgres that one reconcile run found,
+/// per kind (`product`, `sale`): the gauge holds the last run, the counter
+/// every mismatch ever seen.
+pub fn reconcile_mismatches(kind: &'static str, mismatches: u64) {
+    gauge!("stampede_reconcile_mismatches", "kind" => kind).set(mismatches as f64);
+    counter!("stampede_reconcile_mismatches_total", "kind" => kind).increment(mismatches);
+}
+
 // ---- Settlement jobs ----
 
 /// Jobs queued and running, across every engine (read from the table).

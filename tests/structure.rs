@@ -14,7 +14,7 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
 
 /// The top layer: it may import anything.
-const WIRING: &[&str] = &["app", "ops", "main"];
+const WIRING: &[&str] = &["app", "ops", "live", "main"];
 /// The HTTP toolkit.
 const TOOLKIT: &str = "server";
 

@@ -168,8 +168,28 @@ impl Conn {
         path_and_query: &str,
         timeout: Duration,
     ) -> Outcome {
+        self.request_with(target, method, path_and_query, &[], b"", timeout)
+            .await
+    }
+
+    /// A request with extra headers (`name: value`, no CR/LF) and a body.
+    pub async fn request_with(
+        &mut self,
+        target: &Target,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Outcome {
         if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Outcome::Transport(format!("bad request {path_and_query:?}: not an origin-form path"));
+        }
+        if headers
+            .iter()
+            .any(|(k, v)| k.bytes().chain(v.bytes()).any(|b| b == b'\r' || b == b'\n'))
+        {
+            return Outcome::Transport("bad header: CR or LF".into());
         }
         self.req.clear();
         self.req.extend_from_slice(method.as_str().as_bytes());
@@ -177,7 +197,16 @@ impl Conn {
         self.req.extend_from_slice(path_and_query.as_bytes());
         self.req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.req.extend_from_slice(target.authority.as_bytes());
-        self.req.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        for (name, value) in headers {
+            self.req.extend_from_slice(b"\r\n");
+            self.req.extend_from_slice(name.as_bytes());
+            self.req.extend_from_slice(b": ");
+            self.req.extend_from_slice(value.as_bytes());
+        }
+        self.req.extend_from_slice(b"\r\nContent-Length: ");
+        self.req.extend_from_slice(body.len().to_string().as_bytes());
+        self.req.extend_from_slice(b"\r\n\r\n");
+        self.req.extend_from_slice(body);
 
         let start = Instant::now();
         match tokio::time::timeout(timeout, self.exchange()).await {

@@ -10,6 +10,7 @@ mod compare;
 mod cpu;
 mod cpu_split;
 mod ingest;
+mod orders;
 mod report;
 mod scenarios;
 mod settlement;
@@ -38,6 +39,7 @@ use crate::stats::Progress;
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
+       loadtest orders [orders flags: loadtest orders --help]
        loadtest settlement [settlement flags]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
@@ -46,6 +48,7 @@ scenarios:
   sustained    contest with 20000 users / 200000 items by default, over --connections connections
   contention   users race for a few items (random picks) until everything is sold
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
+  orders       buyers over products of limited stock: orders, holds (confirmed, cancelled, expired), keyed retries
   settlement   times a settlement job (POST to COMPLETED plus the CSV) against psql's INSERT … GROUP BY and \\copy,
                checks the rows and the CSV against SQL, watches the engine's RSS (flags: --url, --database-url,
                --admin-token, --engine-pid, --from, --to, --small-from, --small-to, --runs 3, --psql, --json, --max-secs)
@@ -282,6 +285,18 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("loadtest: {e}\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // The orders scenario has flags of its own.
+    if argv.peek().is_some_and(|s| s == "orders") {
+        argv.next();
+        return match orders::OrdersArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, orders::run(args)),
+            Ok(None) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
                 ExitCode::from(2)
             }
         };

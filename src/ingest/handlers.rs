@@ -12,10 +12,28 @@ use hyper::{Request, StatusCode};
 use multer::{Constraints, Multipart, SizeLimit};
 use serde::Serialize;
 
-use super::pipeline::{IngestReport, Upload};
+use super::pipeline::{IngestReport, RejectedLine, Upload};
 use super::{Ingest, IngestError};
 use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
+use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, json};
+
+/// Ingest's part of `GET /openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(ingest, player),
+    components(schemas(IngestReport, RejectedLine, PlayerLoyalty, CurrencySpend, ErrorBody))
+)]
+pub struct IngestApi;
+
+/// The multipart form `POST /ingest` takes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the request for the API document only
+struct IngestForm {
+    /// NDJSON, one purchase per line (README: "The purchase line").
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
 use crate::telemetry;
 
 /// The multipart field that carries the file, as in the spec's
@@ -37,6 +55,22 @@ const FILE_CONTENT_TYPES: &[&str] = &[
     "text/x-ndjson",
 ];
 
+#[utoipa::path(
+    post,
+    path = "/ingest",
+    tag = "ingest",
+    summary = "Upload purchases as NDJSON; upserted by transaction_id with exact counts",
+    request_body(content = IngestForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "every line committed or rejected", body = IngestReport),
+        (status = 400, description = "`MISSING_FILE_FIELD`, `EMPTY_FILE`, `MALFORMED_MULTIPART`, `UPLOAD_INTERRUPTED`", body = ErrorBody),
+        (status = 408, description = "`UPLOAD_STALLED`", body = ErrorBody),
+        (status = 413, description = "`UPLOAD_TOO_LARGE`", body = ErrorBody),
+        (status = 415, description = "`NOT_MULTIPART`, `UNSUPPORTED_FILE_TYPE`", body = ErrorBody),
+        (status = 429, description = "`INGEST_BUSY`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpResponse, IngestError> {
     let result = receive(state, req).await;
     if let Err(IngestError::Store { committed, source }) = &result {
@@ -173,7 +207,7 @@ fn body_chunks(body: Incoming, idle: Duration) -> impl Stream<Item = Result<Byte
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct PlayerLoyalty {
     player_id: String,
     purchase_count: i64,
@@ -181,7 +215,7 @@ struct PlayerLoyalty {
     spend: Vec<CurrencySpend>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct CurrencySpend {
     currency: String,
     purchases: i64,
@@ -195,6 +229,19 @@ struct CurrencySpend {
 /// rank players across currencies without exchange rates).
 const TIERS: &[(i64, &str)] = &[(50, "platinum"), (20, "gold"), (5, "silver"), (1, "bronze")];
 
+#[utoipa::path(
+    get,
+    path = "/players/{id}",
+    tag = "ingest",
+    summary = "A player's loyalty: purchases, spend per currency, tier",
+    params(("id" = String, Path, description = "player id, percent-encoded")),
+    responses(
+        (status = 200, description = "the player's loyalty", body = PlayerLoyalty),
+        (status = 400, description = "`INVALID_PLAYER_ID`", body = ErrorBody),
+        (status = 404, description = "`PLAYER_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn player(state: &Ingest, raw_id: &str) -> Result<HttpResponse, IngestError> {
     let player_id = percent_decoded(raw_id)?;
     let mut spend: Vec<CurrencySpend> = sqlx::query_as(

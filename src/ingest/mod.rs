@@ -128,6 +128,10 @@ impl Feature for Ingest {
         "ingest"
     }
 
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <handlers::IngestApi as utoipa::OpenApi>::openapi()
+    }
+
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
             Route::new(

@@ -34,7 +34,7 @@ use crate::telemetry;
 
 /// The response to a finished upload. Every non-blank line is counted
 /// exactly once: `total = created + updated + unchanged + rejected`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     pub created: u64,
     pub updated: u64,
@@ -47,7 +47,7 @@ pub struct IngestReport {
     pub errors_truncated: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectedLine {
     pub line: u64,
     pub code: &'static str,

@@ -5,15 +5,25 @@ use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::scripts::{self, CheckoutRequest, SaleKeys};
 use super::{Sale, SaleError};
 use crate::scripts::ScriptError;
 use crate::server::RequestError;
+use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, Query, json, read_body};
 
-#[derive(Serialize)]
+/// The sale's part of `GET /openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    paths(checkout, purchase, current, code_state),
+    components(schemas(CheckoutIssued, PurchaseBody, Purchased, CurrentSale, CodeState, ErrorBody))
+)]
+pub struct SaleApi;
+
+#[derive(Serialize, ToSchema)]
 struct CheckoutIssued<'a> {
     code: &'a str,
     /// The same code under the name the `003` spec's clients read.
@@ -24,6 +34,26 @@ struct CheckoutIssued<'a> {
     user_id: &'a str,
 }
 
+#[utoipa::path(
+    post,
+    path = "/checkout",
+    tag = "sale",
+    summary = "Get a checkout code for an item of the current sale",
+    params(
+        ("user_id" = String, Query, description = "1-64 bytes, no control characters"),
+        ("id" = Option<String>, Query, description = "item number 1..=ITEMS_PER_SALE (`item_id`, and `itemN`, accepted too)"),
+        ("item_id" = Option<String>, Query, description = "the same as `id`, as the 003 spec's clients send it"),
+    ),
+    responses(
+        (status = 200, description = "a code, bound to the sale, user and item", body = CheckoutIssued),
+        (status = 400, description = "`MISSING_USER_ID`, `INVALID_USER_ID`, `MISSING_ITEM_ID`, `INVALID_ITEM_ID`", body = ErrorBody),
+        (status = 403, description = "`USER_LIMIT_REACHED`", body = ErrorBody),
+        (status = 404, description = "`ITEM_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`ITEM_SOLD`", body = ErrorBody),
+        (status = 429, description = "`TOO_MANY_CHECKOUTS`", body = ErrorBody),
+        (status = 503, description = "`REDIS_UNAVAILABLE`, `OVERLOADED`, `OUTBOX_FULL`", body = ErrorBody),
+    )
+)]
 pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
     let state = &*feature.services;
     let query = Query::parse(req.uri().query());
@@ -64,13 +94,14 @@ pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     ))
 }
 
-#[derive(Deserialize)]
+/// The body `POST /purchase` accepts when the code is not in the query.
+#[derive(Deserialize, ToSchema)]
 struct PurchaseBody {
     checkout_code: Option<String>,
     code: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Purchased {
     status: &'static str,
     success: bool,
@@ -81,6 +112,23 @@ struct Purchased {
     purchased_at: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/purchase",
+    tag = "sale",
+    summary = "Spend a checkout code: the first purchase of an item wins",
+    params(("code" = Option<String>, Query, description = "the code (or in the body as `checkout_code`)")),
+    request_body(content = Option<PurchaseBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the item is the user's", body = Purchased),
+        (status = 400, description = "`MISSING_CODE`, `INVALID_CODE`, `INVALID_JSON`, `BODY_UNREADABLE`", body = ErrorBody),
+        (status = 403, description = "`USER_LIMIT_REACHED`", body = ErrorBody),
+        (status = 404, description = "`CODE_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`ITEM_SOLD`, `CODE_USED`", body = ErrorBody),
+        (status = 410, description = "`CODE_EXPIRED`, `SALE_OVER`", body = ErrorBody),
+        (status = 503, description = "`REDIS_UNAVAILABLE` (look the code up: `GET /codes/{code}`), `OVERLOADED`, `OUTBOX_FULL`", body = ErrorBody),
+    )
+)]
 pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
     let state = &*feature.services;
     let from_query = Query::parse(req.uri().query())
@@ -124,7 +172,7 @@ pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CurrentSale {
     sale_id: u64,
     starts_at: String,
@@ -140,6 +188,16 @@ struct CurrentSale {
 /// Reads of the sale's meta hash and sold bitmap: no state changes, so no
 /// script. Items sold are counted from the bitmap rather than kept in a
 /// counter, which would cost every purchase one more write.
+#[utoipa::path(
+    get,
+    path = "/sales/current",
+    tag = "sale",
+    summary = "The current sale, read live from Redis",
+    responses(
+        (status = 200, description = "window, items total / sold / left, per-user limit", body = CurrentSale),
+        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
     let state = &*feature.services;
     let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
@@ -171,7 +229,7 @@ pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CodeState {
     code: String,
     /// `issued` (spendable until `expires_at`), `spent` or `expired`.
@@ -188,6 +246,20 @@ struct CodeState {
 /// purchase (the call may or may not have run), a client looks here rather
 /// than buying again. The code is the bearer's secret, so its holder may see
 /// its item; the user it was issued to is not shown.
+#[utoipa::path(
+    get,
+    path = "/codes/{code}",
+    tag = "sale",
+    summary = "What became of a checkout code; read-only",
+    params(("code" = String, Path, description = "a code this engine issued")),
+    responses(
+        (status = 200, description = "`issued`, `spent` or `expired`", body = CodeState),
+        (status = 400, description = "`INVALID_CODE`, `MISSING_CODE`", body = ErrorBody),
+        (status = 404, description = "`CODE_NOT_FOUND`", body = ErrorBody),
+        (status = 500, description = "`INTERNAL`", body = ErrorBody),
+        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpResponse, SaleError> {
     let state = &*feature.services;
     let decoded = raw.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());

@@ -157,6 +157,10 @@ impl Feature for Sale {
         ]
     }
 
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <handlers::SaleApi as utoipa::OpenApi>::openapi()
+    }
+
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
         vec![&scripts::CHECKOUT, &scripts::PURCHASE]
     }

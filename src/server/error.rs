@@ -50,14 +50,18 @@ pub trait ApiError: std::error::Error + Send + Sync + 'static {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error: `{"error":{"code":"ITEM_SOLD","message":"item already sold"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable: clients switch on it.
     code: &'a str,
+    /// For people; may change.
+    #[schema(value_type = String)]
     message: Cow<'a, str>,
 }
 

@@ -20,6 +20,10 @@ pub trait Feature: Send + Sync + 'static {
     /// Its routes. The handlers hold what they need (an `Arc` of the feature).
     fn routes(self: Arc<Self>) -> Vec<Route>;
 
+    /// Its part of `GET /openapi.json`: every route, parameter, body,
+    /// response and error code (a test checks none is missing).
+    fn api(&self) -> utoipa::openapi::OpenApi;
+
     /// Its scripts called one request at a time (reads, admin steps),
     /// loaded at start so the first request does not pay for loading them.
     fn scripts(&self) -> Vec<&'static LuaScript> {

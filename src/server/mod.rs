@@ -7,8 +7,10 @@
 //! - `error`: the trait through which an error becomes a response;
 //! - `http`: query, body and JSON helpers;
 //! - `auth`: the admin guard;
+//! - `apidoc`: the API document assembled from the features' parts;
 //! - `feature`: the contract a feature implements.
 
+pub mod apidoc;
 pub mod auth;
 pub mod error;
 pub mod feature;

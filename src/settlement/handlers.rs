@@ -22,10 +22,28 @@ use crate::limits::{
     SETTLEMENT_CANCEL_POLL, SETTLEMENT_CANCEL_WAIT, SETTLEMENT_DOWNLOAD_BUFFER_FRAMES, SETTLEMENT_DOWNLOAD_FRAME_BYTES,
     SETTLEMENT_DOWNLOAD_STATEMENT_TIMEOUT,
 };
+use crate::server::error::ErrorBody;
 use crate::server::http::{BodyError, HttpResponse, json, read_json};
 use crate::telemetry;
 
-#[derive(Serialize)]
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create, job, cancel, download),
+    components(schemas(CreateJob, Queued, queue::JobView, ErrorBody))
+)]
+pub struct SettlementApi;
+
+/// The body of `POST /jobs/settlement`; no other field is accepted.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the request for the API document only
+struct CreateJob {
+    /// First UTC day, `YYYY-MM-DD`, inclusive.
+    from: String,
+    /// Last UTC day, `YYYY-MM-DD`, inclusive; at most 366 days after `from`.
+    to: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 struct Queued {
     job_id: String,
     status: String,
@@ -38,6 +56,22 @@ fn admin(state: &Settlement, req: Request<Incoming>) -> Result<Request<Incoming>
     Ok(Request::from_parts(parts, body))
 }
 
+#[utoipa::path(
+    post,
+    path = "/jobs/settlement",
+    tag = "settlement",
+    summary = "Queue a settlement job over an inclusive range of UTC days (admin)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key and range: the same job")),
+    request_body(content = CreateJob, content_type = "application/json"),
+    responses(
+        (status = 202, description = "queued (or the job of the same key)", body = Queued),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_BODY`, `UNKNOWN_FIELD`, `MISSING_FIELD`, `INVALID_DATE`, `FROM_AFTER_TO`, `RANGE_TOO_LONG`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpResponse, SettlementError> {
     let req = admin(state, req)?;
     let key = idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
@@ -51,6 +85,20 @@ pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpRe
     Ok(json(StatusCode::ACCEPTED, &Queued { job_id, status }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "settlement",
+    summary = "A settlement job: status, progress, processed, total, download_url (admin)",
+    params(("id" = String, Path, description = "the job id (a UUID)")),
+    responses(
+        (status = 200, description = "the job", body = queue::JobView),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
     let id = JobId::parse(raw_id)?;
@@ -63,6 +111,22 @@ pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Re
 /// Cancels, then waits (at most `SETTLEMENT_CANCEL_WAIT`) for the job's
 /// owner to stop it, so the answer usually says CANCELLED: 200 once
 /// cancelled, 202 if its owner has not stopped it yet.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "settlement",
+    summary = "Cancel a queued or running settlement job within 1 s (admin)",
+    params(("id" = String, Path, description = "the job id (a UUID)")),
+    responses(
+        (status = 200, description = "cancelled", body = queue::JobView),
+        (status = 202, description = "flagged; its engine has not stopped it yet", body = queue::JobView),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`JOB_ALREADY_COMPLETED`, `JOB_ALREADY_FAILED`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
     let id = JobId::parse(raw_id)?;
@@ -93,6 +157,22 @@ pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) ->
 /// Streams the settlements of a completed job's range, straight from a
 /// Postgres `COPY … TO STDOUT` into the response, in frames of about
 /// `SETTLEMENT_DOWNLOAD_FRAME_BYTES`, never holding the file.
+#[utoipa::path(
+    get,
+    path = "/downloads/{job_id}.csv",
+    tag = "settlement",
+    summary = "A completed job's settlements as CSV, streamed (admin)",
+    params(("job_id" = String, Path, description = "the job id (a UUID)")),
+    responses(
+        (status = 200, description = "merchant_id,date,gross_cents,fee_cents,net_cents,txn_count; sorted by merchant and date", content_type = "text/csv", body = String),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`JOB_NOT_COMPLETED`", body = ErrorBody),
+        (status = 429, description = "`DOWNLOADS_BUSY`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    )
+)]
 pub async fn download(
     state: &Settlement,
     req: Request<Incoming>,

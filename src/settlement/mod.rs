@@ -209,6 +209,10 @@ impl Feature for Settlement {
         "settlement"
     }
 
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <handlers::SettlementApi as utoipa::OpenApi>::openapi()
+    }
+
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
             Route::new(

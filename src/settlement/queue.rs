@@ -35,7 +35,7 @@ pub struct Claimed {
 }
 
 /// What `GET /jobs/{id}` shows.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub job_id: String,
     pub status: String,

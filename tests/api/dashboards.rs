@@ -109,6 +109,38 @@ fn panel_queries() -> Vec<(String, String, String)> {
     out
 }
 
+/// A product for the orders' share of the load; returns its id.
+async fn a_product(app: &TestApp) -> u64 {
+    let reply = app
+        .admin(
+            Method::POST,
+            "/products",
+            Some(r#"{"name":"dash","stock":100000,"price_cents":100,"merchant_id":1}"#),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body["id"].as_u64().expect("product id")
+}
+
+/// Orders: plain, held then confirmed or cancelled, and a retried key.
+async fn some_orders(app: &TestApp, product: u64, round: u32) {
+    let order = format!(r#"{{"product_id":{product},"quantity":1,"buyer_id":"dash-{round}"}}"#);
+    let key = format!("dash-key-{round}");
+    for _ in 0..2 {
+        let reply = app
+            .request_with(Method::POST, "/orders", Some(&order), &[("idempotency-key", &key)])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let hold = format!(r#"{{"product_id":{product},"quantity":1,"buyer_id":"dash-h{round}","hold_secs":60}}"#);
+    for action in ["confirm", "cancel"] {
+        let held = app.request(Method::POST, "/orders", Some(&hold)).await;
+        let id = held.body["id"].as_str().expect("order id").to_owned();
+        let _ = app.post(&format!("/orders/{id}/{action}")).await;
+        let _ = app.get(&format!("/orders/{id}")).await;
+    }
+}
+
 /// A little of everything the dashboards show: sales (bought, refused,
 /// unknown codes), bad requests, an upload, a player lookup, a settlement
 /// job and its CSV, health.
@@ -179,13 +211,17 @@ async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let prometheus = start_prometheus(&dir, &app.addr.to_string());
 
     // Load for a while, so rates have several scrapes to work on.
+    let product = a_product(&app).await;
     let started = Instant::now();
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(8) {
         some_load(&app, round).await;
+        some_orders(&app, product, round).await;
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let reconcile = app.admin(Method::GET, "/admin/reconcile", None).await;
+    assert_eq!(reconcile.status, StatusCode::OK, "{:?}", reconcile.body);
 
     let queries = panel_queries();
     assert!(queries.len() > 20, "found only {} panel queries", queries.len());

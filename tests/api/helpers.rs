@@ -101,6 +101,9 @@ pub struct TestApp {
     pub redis: RedisClient,
     pub http: HttpClient,
     server_url: String,
+    /// False for an engine that shares another's database and key prefix
+    /// (`spawn_app_sharing`): the first one removes them.
+    owns_data: bool,
     stop: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<()>>,
 }
@@ -114,6 +117,38 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
     stampede::telemetry::init_tracing();
     let name = unique_name();
     let db_url = create_database(server_url, &name).await;
+    start_engine(server_url, &name, db_url, None, overrides).await
+}
+
+/// A second engine on `other`'s Redis key prefix, database and clock, as
+/// another process of the same deployment would be (its own consumer name).
+#[allow(dead_code)] // for the multi-engine tests of the features
+pub async fn spawn_app_sharing(other: &TestApp, overrides: &[(&str, &str)]) -> TestApp {
+    let mut db_url = url_without_database(&other.server_url);
+    db_url.push('/');
+    db_url.push_str(&other.db_name);
+    let consumer = format!("{}-second-consumer", other.prefix);
+    let mut vars: Vec<(&str, &str)> = vec![("STAMPEDE_CONSUMER", &consumer)];
+    vars.extend_from_slice(overrides);
+    start_engine(
+        &other.server_url,
+        &other.prefix,
+        db_url,
+        Some(other.clock.clone()),
+        &vars,
+    )
+    .await
+}
+
+async fn start_engine(
+    server_url: &str,
+    name: &str,
+    db_url: String,
+    clock: Option<Arc<ManualClock>>,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    let owns_data = clock.is_none();
+    let name = name.to_owned();
     let mut vars: BTreeMap<String, String> = [
         ("REDIS_URL", redis_url()),
         ("DATABASE_URL", db_url.clone()),
@@ -131,7 +166,7 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
     let config = Config::from_vars(vars).expect("test config is valid");
-    let clock = clock_at_sale_start(config.sale.period_secs);
+    let clock = clock.unwrap_or_else(|| clock_at_sale_start(config.sale.period_secs));
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
     let services = app.services();
@@ -155,6 +190,7 @@ pub async fn spawn_app_on(server_url: &str, overrides: &[(&str, &str)]) -> TestA
         redis,
         http,
         server_url: server_url.to_owned(),
+        owns_data,
         stop: Some(stop_tx),
         running: Some(running),
     }
@@ -392,8 +428,10 @@ impl TestApp {
     pub async fn finish(mut self) {
         self.stop().await;
         self.db.close().await;
-        drop_database(&self.server_url, &self.db_name).await;
-        delete_keys(&self.redis, &self.prefix).await;
+        if self.owns_data {
+            drop_database(&self.server_url, &self.db_name).await;
+            delete_keys(&self.redis, &self.prefix).await;
+        }
         let _ = self.redis.quit().await;
     }
 }

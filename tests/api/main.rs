@@ -7,6 +7,8 @@ mod dashboards;
 mod durability;
 mod helpers;
 mod ingest;
+mod openapi;
+mod orders;
 mod sale;
 mod server;
 mod settlement;

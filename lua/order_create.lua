@@ -1,0 +1,118 @@
+-- order_create.lua: decide a batch of orders, each atomically and in order,
+-- exactly as if each came alone (a later order sees the stock an earlier one
+-- took).
+--
+-- One request is decided whole here: its idempotency key, the stock, the
+-- buyer's count, the order record, the hold's expiry entry and the outbox
+-- event. So a duplicate sent concurrently finds the first one's record and
+-- never runs twice, and the stock counters keep
+-- available + reserved + sold = stock_total after every step.
+--
+-- Redis does not roll back a script that fails half-way, so each request's
+-- checks come before its writes, and nothing here raises an error: inputs
+-- were validated by the engine.
+--
+-- Batch protocol (src/executor.rs):
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (5):
+--       product hash, product's buyers hash, order hash, shard's holds zset,
+--       idempotency record (a placeholder when there is no key).
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (10):
+--       now_ms, product_id, order_id, buyer_id, quantity, hold_ms (0: buy now),
+--       idempotency key ('' for none), request fingerprint, idempotency ttl_ms,
+--       order record ttl_ms.
+-- Reply: per request {outcome, replayed (0/1), id, product_id, quantity,
+--       buyer_id, status, total_cents, created_ms, expires_ms ('' for none)};
+--       the order fields are '' for refusals.
+-- Outcomes: OK, OUT_OF_STOCK, BUYER_LIMIT_REACHED, PRODUCT_NOT_FOUND (all
+--       stored under the idempotency key and replayed), IDEMPOTENCY_KEY_REUSED,
+--       OUTBOX_FULL (not stored: they change nothing).
+-- Events: order (id, product, buyer, quantity, total, status, created_ms,
+--       expires_ms, idempotency key, at_ms).
+local outbox, counter = KEYS[1], KEYS[2]
+local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pending = tonumber(redis.call('GET', counter) or '0')
+local events, replies = {}, {}
+local RECORD = {'fp', 'outcome', 'id', 'product', 'qty', 'buyer', 'status', 'total', 'created', 'expires'}
+
+local function order(product, buyers, order_key, holds, idem, now, product_id, order_id, buyer, qty_arg,
+                     hold_ms, key, fp, idem_ttl, order_ttl)
+  if key ~= '' then
+    local seen = redis.call('HMGET', idem, unpack(RECORD))
+    if seen[1] then
+      if seen[1] ~= fp then
+        return {'IDEMPOTENCY_KEY_REUSED', 0, '', '', '', '', '', '', '', ''}
+      end
+      return {seen[2], 1, seen[3], seen[4], seen[5], seen[6], seen[7], seen[8], seen[9], seen[10]}
+    end
+  end
+  -- Shed rather than grow the outbox without bound while Postgres is away.
+  if pending + #events / 2 >= bound then
+    return {'OUTBOX_FULL', 0, '', '', '', '', '', '', '', ''}
+  end
+
+  local qty = tonumber(qty_arg)
+  local p = redis.call('HMGET', product, 'available', 'price_cents', 'max_per_buyer')
+  local outcome = 'OK'
+  local bought = 0
+  if not p[1] then
+    outcome = 'PRODUCT_NOT_FOUND'
+  else
+    local limit = tonumber(p[3])
+    if limit > 0 then
+      bought = tonumber(redis.call('HGET', buyers, buyer) or '0')
+    end
+    if limit > 0 and bought + qty > limit then
+      outcome = 'BUYER_LIMIT_REACHED'
+    elseif tonumber(p[1]) < qty then
+      outcome = 'OUT_OF_STOCK'
+    end
+  end
+
+  local reply
+  if outcome ~= 'OK' then
+    reply = {outcome, 0, '', '', '', '', '', '', '', ''}
+  else
+    -- Writes start here.
+    local total = tostring(qty * tonumber(p[2]))
+    local status, expires = 'completed', ''
+    if tonumber(hold_ms) > 0 then
+      status, expires = 'reserved', tostring(tonumber(now) + tonumber(hold_ms))
+      redis.call('HINCRBY', product, 'reserved', qty)
+      redis.call('ZADD', holds, expires, product_id .. ':' .. order_id)
+    else
+      redis.call('HINCRBY', product, 'sold', qty)
+    end
+    redis.call('HINCRBY', product, 'available', -qty)
+    -- Counted only where a limit applies: the hash would otherwise grow by
+    -- one field per buyer for nothing.
+    if tonumber(p[3]) > 0 then
+      redis.call('HINCRBY', buyers, buyer, qty)
+    end
+    redis.call('HSET', order_key, 'product', product_id, 'qty', qty_arg, 'buyer', buyer, 'status', status,
+      'total', total, 'created', now, 'expires', expires, 'key', key, 'updated', now)
+    redis.call('PEXPIRE', order_key, order_ttl)
+    events[#events + 1] = 'order'
+    events[#events + 1] = table.concat({order_id, product_id, buyer, qty_arg, total, status, now, expires, key, now},
+      '\31')
+    reply = {'OK', 0, order_id, product_id, qty_arg, buyer, status, total, now, expires}
+  end
+  if key ~= '' then
+    redis.call('HSET', idem, 'fp', fp, 'outcome', reply[1], 'id', reply[3], 'product', reply[4], 'qty', reply[5],
+      'buyer', reply[6], 'status', reply[7], 'total', reply[8], 'created', reply[9], 'expires', reply[10])
+    redis.call('PEXPIRE', idem, idem_ttl)
+  end
+  return reply
+end
+
+for r = 0, n - 1 do
+  local k, a = 2 + r * 5, 2 + r * 10
+  replies[r + 1] = order(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8],
+    ARGV[a + 9], ARGV[a + 10])
+end
+
+if #events > 0 then
+  redis.call('XADD', outbox, '*', unpack(events))
+  redis.call('INCRBY', counter, #events / 2)
+end
+return replies

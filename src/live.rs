@@ -1,0 +1,335 @@
+//! `GET /live`: one page, no build step, that shows the engine at work (the
+//! current sale's sold and left, purchases/s, purchase p99, outbox backlog,
+//! orders and wallet activity), and `GET /live/events`, the Server-Sent
+//! Events stream that keeps it live: a JSON snapshot every
+//! `LIVE_TICK`. Part of the wiring layer: it reads the sale's keys and every
+//! feature's metrics by name.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::{ClientLike, HashesInterface};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::outbox::Flusher;
+use crate::sale::domain::SaleWindow;
+use crate::sale::scripts::SaleKeys;
+use crate::server::Route;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::feature::Feature;
+use crate::server::http::{HttpResponse, with_content_type};
+use crate::services::Services;
+
+/// How often a snapshot is pushed.
+const LIVE_TICK: Duration = Duration::from_millis(500);
+/// Open `/live/events` streams; each renders the metrics every tick.
+const LIVE_STREAMS_MAX: usize = 64;
+
+const PAGE: &str = include_str!("live.html");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("{LIVE_STREAMS_MAX} live streams are open already; retry shortly")]
+    TooManyStreams,
+}
+
+impl ApiError for LiveError {
+    fn error_code(&self) -> ErrorCode {
+        ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_STREAMS_FULL")
+    }
+}
+
+pub struct Live {
+    services: Arc<Services>,
+    flusher: Arc<Flusher>,
+    metrics: PrometheusHandle,
+    streams: Arc<Semaphore>,
+    shutdown: OnceLock<watch::Receiver<bool>>,
+}
+
+impl Live {
+    pub fn new(services: Arc<Services>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
+        Arc::new(Self {
+            services,
+            flusher,
+            metrics,
+            streams: Arc::new(Semaphore::new(LIVE_STREAMS_MAX)),
+            shutdown: OnceLock::new(),
+        })
+    }
+
+    fn events(self: Arc<Self>) -> Result<HttpResponse, LiveError> {
+        let permit = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LiveError::TooManyStreams)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+        let stop = self.shutdown.get().cloned();
+        tokio::spawn(self.push(tx, stop, permit));
+        let stream = tokio_stream_from(rx);
+        let body = StreamBody::new(stream)
+            .map_err(|never: Infallible| match never {})
+            .boxed();
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(response)
+    }
+
+    /// Pushes a snapshot every tick until the client goes or the engine stops.
+    async fn push(
+        self: Arc<Self>,
+        tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+        mut stop: Option<watch::Receiver<bool>>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let mut previous: Option<(Instant, Counters)> = None;
+        let mut tick = tokio::time::interval(LIVE_TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = async {
+                    match stop.as_mut() {
+                        Some(stop) => { let _ = stop.wait_for(|s| *s).await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => return,
+            }
+            let counters = Counters::read(&self.metrics.render());
+            let now = Instant::now();
+            let snapshot = self
+                .snapshot(&counters, previous.as_ref().map(|(at, c)| (now - *at, c)))
+                .await;
+            previous = Some((now, counters));
+            let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+            let frame = Frame::data(Bytes::from(format!("event: snapshot\ndata: {data}\n\n")));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn snapshot(&self, now: &Counters, before: Option<(Duration, &Counters)>) -> Snapshot {
+        let services = &self.services;
+        let window = SaleWindow::at(services.clock.now_ms(), services.config.sale.period_secs);
+        let keys = SaleKeys::new(&services.keys, window.sale_id);
+        let items: Option<u64> = services.redis.hget(&keys.meta, "items").await.ok().flatten();
+        let sold: u64 = services
+            .redis
+            .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
+            .await
+            .unwrap_or(0);
+        let items_total = items.unwrap_or(u64::from(services.config.sale.items));
+        let rate = |name: &str| -> f64 {
+            match before {
+                Some((elapsed, old)) if !elapsed.is_zero() => {
+                    (now.get(name) - old.get(name)).max(0.0) / elapsed.as_secs_f64()
+                }
+                _ => 0.0,
+            }
+        };
+        let purchase_p99_ms = before.and_then(|(_, old)| now.quantile_ms(old, PURCHASE_LATENCY, 0.99));
+        Snapshot {
+            sale_id: window.sale_id,
+            items_total,
+            items_sold: sold,
+            items_left: items_total.saturating_sub(sold),
+            purchases_per_sec: rate(PURCHASES),
+            purchase_p99_ms,
+            outbox_backlog: self.flusher.backlog().await.unwrap_or(0),
+            orders_per_sec: rate(ORDERS),
+            orders_total: now.get(ORDERS) as u64,
+            wallet_ops_per_sec: rate(WALLET_OPS),
+            wallet_ops_total: now.get(WALLET_OPS) as u64,
+        }
+    }
+}
+
+/// What the page shows; rates are over the last tick.
+#[derive(Serialize)]
+struct Snapshot {
+    sale_id: u64,
+    items_total: u64,
+    items_sold: u64,
+    items_left: u64,
+    purchases_per_sec: f64,
+    purchase_p99_ms: Option<f64>,
+    outbox_backlog: u64,
+    orders_per_sec: f64,
+    orders_total: u64,
+    wallet_ops_per_sec: f64,
+    wallet_ops_total: u64,
+}
+
+/// The series the page follows, as `name{label filter}` prefixes of the
+/// Prometheus exposition.
+const PURCHASES: &str = "stampede_script_outcomes_total{outcome=\"OK\",script=\"purchase\"}";
+const ORDERS: &str = "stampede_script_outcomes_total{outcome=\"OK\",script=\"order_create\"}";
+const WALLET_OPS: &str = "stampede_http_requests_total{route=\"wallet_";
+const PURCHASE_LATENCY: &str = "stampede_http_request_duration_seconds_bucket{route=\"purchase\"";
+
+/// Sums of the rendered metrics, by series text, for the page's few series.
+struct Counters {
+    values: HashMap<String, f64>,
+}
+
+impl Counters {
+    /// Parses the text exposition format: `name{labels} value`.
+    fn read(text: &str) -> Self {
+        let mut values = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((series, value)) = line.rsplit_once(' ')
+                && let Ok(value) = value.parse::<f64>()
+            {
+                values.insert(series.to_owned(), value);
+            }
+        }
+        Self { values }
+    }
+
+    /// The sum over series whose text starts with `prefix` (labels are
+    /// rendered sorted, so a prefix selects by the first labels).
+    fn get(&self, prefix: &str) -> f64 {
+        let (name, labels) = prefix.split_once('{').unwrap_or((prefix, ""));
+        let wanted: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .collect();
+        self.values
+            .iter()
+            .filter(|(series, _)| {
+                let (n, l) = series.split_once('{').unwrap_or((series.as_str(), ""));
+                n == name && wanted.iter().all(|w| l.contains(w.trim_end_matches('"')))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// A quantile of a histogram's observations between `old` and `self`,
+    /// from its cumulative buckets, in milliseconds.
+    fn quantile_ms(&self, old: &Counters, prefix: &str, q: f64) -> Option<f64> {
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for (series, value) in &self.values {
+            if !series.starts_with(prefix) {
+                continue;
+            }
+            let le = series.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let delta = value - old.values.get(series).copied().unwrap_or(0.0);
+            match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, count)) => *count += delta,
+                None => buckets.push((bound, delta)),
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= rank)
+            .map(|(bound, _)| if bound.is_finite() { bound * 1000.0 } else { f64::NAN })
+            .filter(|ms| ms.is_finite())
+    }
+}
+
+/// An mpsc receiver as a `Stream`, without another crate.
+fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+impl Feature for Live {
+    fn name(&self) -> &'static str {
+        "live"
+    }
+
+    fn routes(self: Arc<Self>) -> Vec<Route> {
+        vec![
+            Route::new(
+                Method::GET,
+                "/live",
+                "live",
+                "A live page of the engine at work (sale, orders, wallet), fed by /live/events",
+                self.clone(),
+                |_, _, _| async move {
+                    Ok::<_, Infallible>(with_content_type(
+                        StatusCode::OK,
+                        Bytes::from_static(PAGE.as_bytes()),
+                        "text/html; charset=utf-8",
+                    ))
+                },
+            ),
+            Route::new(
+                Method::GET,
+                "/live/events",
+                "live_events",
+                "Server-Sent Events: a snapshot of the engine every 500 ms",
+                self,
+                |live, _, _| async move { live.events() },
+            ),
+        ]
+    }
+
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <LiveApi as utoipa::OpenApi>::openapi()
+    }
+
+    fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let _ = self.shutdown.set(shutdown);
+        Vec::new()
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(live_doc, live_events_doc))]
+struct LiveApi;
+
+#[utoipa::path(get, path = "/live", tag = "ops", summary = "The live page",
+    responses((status = 200, description = "an HTML page", content_type = "text/html", body = String)))]
+#[allow(dead_code)]
+fn live_doc() {}
+
+#[utoipa::path(get, path = "/live/events", tag = "ops", summary = "Server-Sent Events feeding the live page",
+    responses(
+        (status = 200, description = "`event: snapshot` frames, JSON data", content_type = "text/event-stream", body = String),
+        (status = 503, description = "`LIVE_STREAMS_FULL`", body = crate::server::error::ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn live_events_doc() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE x counter\n\
+stampede_script_outcomes_total{outcome=\"OK\",script=\"purchase\"} 7\n\
+stampede_script_outcomes_total{outcome=\"ITEM_SOLD\",script=\"purchase\"} 3\n\
+stampede_http_request_duration_seconds_bucket{route=\"purchase\",status=\"200\",le=\"0.005\"} 90\n\
+stampede_http_request_duration_seconds_bucket{route=\"purchase\",status=\"200\",le=\"0.01\"} 99\n\
+stampede_http_request_duration_seconds_bucket{route=\"purchase\",status=\"200\",le=\"+Inf\"} 100\n";
+
+    #[test]
+    fn counters_and_quantiles_from_the_exposition() {
+        let now = Counters::read(TEXT);
+        assert_eq!(now.get(PURCHASES), 7.0);
+        let empty = Counters::read("");
+        assert_eq!(now.quantile_ms(&empty, PURCHASE_LATENCY, 0.5), Some(5.0));
+        assert_eq!(now.quantile_ms(&empty, PURCHASE_LATENCY, 0.99), Some(10.0));
+        assert_eq!(now.quantile_ms(&now, PURCHASE_LATENCY, 0.99), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! The orders' vocabulary, parsed at the edge: handlers turn raw bodies,
+//! paths and headers into these types, and nothing past them sees an
+//! unchecked value.
+
+use hyper::HeaderMap;
+use rand::RngExt;
+
+use super::OrdersError;
+use crate::keyspace::Shard;
+use crate::limits::{
+    HOLD_SECS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ORDER_QUANTITY_MAX, OUTBOX_SHARDS, PRODUCT_NAME_BYTES_MAX,
+    PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX, USER_ID_BYTES_MAX,
+};
+
+/// Which input an error is about; each has its own stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    ProductId,
+    Quantity,
+    BuyerId,
+    HoldSecs,
+    OrderId,
+    IdempotencyKey,
+    Name,
+    Stock,
+    PriceCents,
+    MerchantId,
+    MaxPerBuyer,
+    Add,
+}
+
+impl std::fmt::Display for Field {
+    /// The input's name on the wire.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Field::ProductId => "product_id",
+            Field::Quantity => "quantity",
+            Field::BuyerId => "buyer_id",
+            Field::HoldSecs => "hold_secs",
+            Field::OrderId => "order id",
+            Field::IdempotencyKey => "Idempotency-Key",
+            Field::Name => "name",
+            Field::Stock => "stock",
+            Field::PriceCents => "price_cents",
+            Field::MerchantId => "merchant_id",
+            Field::MaxPerBuyer => "max_per_buyer",
+            Field::Add => "add",
+        })
+    }
+}
+
+/// A whole number in `min..=max`, or the field's error.
+pub fn bounded(field: Field, value: i64, min: i64, max: i64) -> Result<i64, OrdersError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(OrdersError::Invalid(field, format!("must be between {min} and {max}")))
+    }
+}
+
+/// A product id: a positive integer (Postgres `bigserial`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductId(u64);
+
+impl ProductId {
+    pub fn new(raw: i64) -> Result<Self, OrdersError> {
+        Ok(Self(bounded(Field::ProductId, raw, 1, i64::MAX)? as u64))
+    }
+
+    /// From a path segment.
+    pub fn parse(raw: Option<&str>) -> Result<Self, OrdersError> {
+        let raw = raw.unwrap_or("");
+        if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(OrdersError::Invalid(
+                Field::ProductId,
+                "must be a positive whole number".into(),
+            ));
+        }
+        let value: i64 = raw
+            .parse()
+            .map_err(|_| OrdersError::Invalid(Field::ProductId, "out of range".into()))?;
+        Self::new(value)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The shard of the product's keys, its orders and their idempotency keys.
+    pub fn shard(self) -> Shard {
+        Shard::of_number(self.0)
+    }
+}
+
+/// A buyer id: 1 to 64 bytes, no control characters (they would break the
+/// outbox's value separator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuyerId(String);
+
+impl BuyerId {
+    pub fn parse(raw: String) -> Result<Self, OrdersError> {
+        let invalid = |why: &str| OrdersError::Invalid(Field::BuyerId, why.into());
+        if raw.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if raw.len() > USER_ID_BYTES_MAX {
+            return Err(invalid("longer than 64 bytes"));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(invalid("contains control characters"));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn quantity(raw: i64) -> Result<i64, OrdersError> {
+    bounded(Field::Quantity, raw, 1, ORDER_QUANTITY_MAX)
+}
+
+pub fn hold_secs(raw: Option<i64>) -> Result<Option<i64>, OrdersError> {
+    raw.map(|secs| bounded(Field::HoldSecs, secs, 1, HOLD_SECS_MAX))
+        .transpose()
+}
+
+/// An order id: a random (version 4) UUID whose last byte also names the
+/// order's shard (`byte % OUTBOX_SHARDS`), the shard of its product. So
+/// `GET /orders/{id}`, confirm and cancel find the order's keys from the id
+/// alone, with no index that would have to live in another hash slot. The
+/// id keeps 119 random bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderId {
+    text: String,
+    shard: Shard,
+}
+
+impl OrderId {
+    pub fn generate(shard: Shard) -> Self {
+        let mut bytes: [u8; 16] = rand::rng().random();
+        bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+        let shards = OUTBOX_SHARDS as u8;
+        bytes[15] = bytes[15] - bytes[15] % shards + shard.index() as u8;
+        let hex = hex::encode(bytes);
+        let text = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        );
+        Self { text, shard }
+    }
+
+    /// A canonical (lower-case, hyphenated) UUID; upper case is accepted.
+    pub fn parse(raw: Option<&str>) -> Result<Self, OrdersError> {
+        let malformed = || OrdersError::Invalid(Field::OrderId, "must be a UUID issued by this engine".into());
+        let raw = raw.ok_or_else(malformed)?.to_ascii_lowercase();
+        let well_formed = raw.len() == 36
+            && raw.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        if !well_formed {
+            return Err(malformed());
+        }
+        let last = u8::from_str_radix(&raw[34..36], 16).map_err(|_| malformed())?;
+        let shard = Shard::of_number(u64::from(last));
+        Ok(Self { text: raw, shard })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+}
+
+/// An `Idempotency-Key` header: 1 to 255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, OrdersError> {
+        let Some(value) = headers.get("idempotency-key") else {
+            return Ok(None);
+        };
+        let invalid = || {
+            OrdersError::Invalid(
+                Field::IdempotencyKey,
+                "must be 1 to 255 printable ASCII characters".into(),
+            )
+        };
+        let bytes = value.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > IDEMPOTENCY_KEY_BYTES_MAX
+            || !bytes.iter().all(|b| (0x20..=0x7e).contains(b))
+        {
+            return Err(invalid());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid())?;
+        Ok(Some(Self(text.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A new product's fields, checked.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub name: String,
+    pub stock: i64,
+    pub price_cents: i64,
+    pub merchant_id: i64,
+    pub max_per_buyer: i64,
+}
+
+impl NewProduct {
+    pub fn new(
+        name: String,
+        stock: i64,
+        price_cents: i64,
+        merchant_id: i64,
+        max_per_buyer: Option<i64>,
+    ) -> Result<Self, OrdersError> {
+        if name.trim().is_empty() || name.len() > PRODUCT_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+            return Err(OrdersError::Invalid(
+                Field::Name,
+                format!("must be 1 to {PRODUCT_NAME_BYTES_MAX} bytes without control characters"),
+            ));
+        }
+        Ok(Self {
+            name,
+            stock: bounded(Field::Stock, stock, 0, PRODUCT_STOCK_MAX)?,
+            price_cents: bounded(Field::PriceCents, price_cents, 0, PRODUCT_PRICE_CENTS_MAX)?,
+            merchant_id: bounded(Field::MerchantId, merchant_id, 0, i64::MAX)?,
+            max_per_buyer: bounded(
+                Field::MaxPerBuyer,
+                max_per_buyer.unwrap_or(0),
+                0,
+                ORDER_QUANTITY_MAX * 1000,
+            )?,
+        })
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_carry_their_shard_and_round_trip() {
+        for shard in Shard::all() {
+            for _ in 0..50 {
+                let id = OrderId::generate(shard);
+                let parsed = OrderId::parse(Some(id.as_str())).expect("own id parses");
+                assert_eq!(parsed.shard(), shard);
+                assert_eq!(parsed.as_str(), id.as_str());
+                assert_eq!(&id.as_str()[14..15], "4", "version 4: {}", id.as_str());
+            }
+        }
+        let upper = OrderId::generate(Shard::of_number(3)).as_str().to_ascii_uppercase();
+        assert_eq!(
+            OrderId::parse(Some(&upper)).expect("upper").shard(),
+            Shard::of_number(3)
+        );
+        for garbage in [
+            "",
+            "x",
+            "order-123",
+            "0000000000000000000000000000000000000",
+            "g0000000-0000-4000-8000-000000000000",
+        ] {
+            assert!(OrderId::parse(Some(garbage)).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn inputs_are_bounded() {
+        assert!(quantity(0).is_err());
+        assert!(quantity(1).is_ok());
+        assert!(quantity(ORDER_QUANTITY_MAX + 1).is_err());
+        assert!(hold_secs(Some(0)).is_err());
+        assert!(hold_secs(Some(3601)).is_err());
+        assert_eq!(hold_secs(None).expect("none"), None);
+        assert!(BuyerId::parse(String::new()).is_err());
+        assert!(BuyerId::parse("u".repeat(65)).is_err());
+        assert!(BuyerId::parse("a\u{1f}b".into()).is_err());
+        assert!(ProductId::parse(Some("0")).is_err());
+        assert!(ProductId::parse(Some("-1")).is_err());
+        assert!(ProductId::parse(Some("99999999999999999999")).is_err());
+        assert_eq!(ProductId::parse(Some("42")).expect("42").get(), 42);
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let headers = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "idempotency-key",
+                hyper::header::HeaderValue::from_bytes(v).expect("header value"),
+            );
+            h
+        };
+        assert!(
+            IdempotencyKey::from_headers(&HeaderMap::new())
+                .expect("absent")
+                .is_none()
+        );
+        assert!(
+            IdempotencyKey::from_headers(&headers(b"abc-123 x"))
+                .expect("ok")
+                .is_some()
+        );
+        assert!(
+            IdempotencyKey::from_headers(&headers(&[b'k'; 255]))
+                .expect("255")
+                .is_some()
+        );
+        assert!(IdempotencyKey::from_headers(&headers(&[b'k'; 256])).is_err());
+        assert!(IdempotencyKey::from_headers(&headers(b"")).is_err());
+        assert!(IdempotencyKey::from_headers(&headers(&[0xc3, 0xa9])).is_err());
+    }
+}

@@ -1,0 +1,401 @@
+//! The orders' routes. Every state change is one script call (see
+//! `scripts`); reads go to Redis, and to Postgres for old orders.
+
+use fred::interfaces::HashesInterface;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::domain::{self, BuyerId, Field, IdempotencyKey, NewProduct, OrderId, ProductId, rfc3339};
+use super::scripts::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
+use super::{Orders, OrdersError};
+use crate::limits::PRODUCT_STOCK_MAX;
+use crate::scripts::ScriptError;
+use crate::server::error::error_response;
+use crate::server::http::{HttpResponse, json, read_json};
+
+/// The header that marks a replayed answer.
+const REPLAYED: &str = "idempotent-replayed";
+
+#[derive(Serialize)]
+struct OrderView<'a> {
+    id: &'a str,
+    product_id: u64,
+    quantity: i64,
+    buyer_id: &'a str,
+    status: &'a str,
+    total_amount_cents: i64,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+fn order_json(status: StatusCode, order: &OrderRecord) -> HttpResponse {
+    json(
+        status,
+        &OrderView {
+            id: &order.id,
+            product_id: order.product_id,
+            quantity: order.quantity,
+            buyer_id: &order.buyer_id,
+            status: &order.status,
+            total_amount_cents: order.total_amount_cents,
+            created_at: rfc3339(order.created_ms),
+            expires_at: order.expires_ms.map(rfc3339),
+        },
+    )
+}
+
+/// The answer of a decided request. A replay answers exactly as the first
+/// time (status and body), plus `Idempotent-Replayed: true`.
+fn answer(decided: Decided, route: &'static str) -> Result<HttpResponse, OrdersError> {
+    if !decided.replayed {
+        return decided.result.map(|order| order_json(StatusCode::OK, &order));
+    }
+    crate::telemetry::idempotent_replay(route);
+    let mut response = match decided.result {
+        Ok(order) => order_json(StatusCode::OK, &order),
+        Err(refusal) => error_response(&refusal),
+    };
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderBody {
+    product_id: i64,
+    quantity: i64,
+    buyer_id: String,
+    hold_secs: Option<i64>,
+}
+
+/// `POST /orders`.
+pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let key = IdempotencyKey::from_headers(req.headers())?;
+    let body: OrderBody = read_json(req).await?;
+    let product = ProductId::new(body.product_id)?;
+    let quantity = domain::quantity(body.quantity)?;
+    let buyer = BuyerId::parse(body.buyer_id)?;
+    let hold_secs = domain::hold_secs(body.hold_secs)?;
+    let decided = scripts::create(
+        &state.executor,
+        &state.keys,
+        CreateRequest {
+            product,
+            quantity,
+            buyer: &buyer,
+            hold_secs,
+            key: key.as_ref(),
+            now_ms: state.clock.now_ms(),
+            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+        },
+    )
+    .await?;
+    answer(decided, "order_create")
+}
+
+/// `POST /orders/{id}/confirm` and `/cancel`.
+pub async fn update_order(
+    feature: &Orders,
+    req: Request<Incoming>,
+    raw_id: Option<&str>,
+    action: Action,
+) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let order = OrderId::parse(raw_id)?;
+    let key = IdempotencyKey::from_headers(req.headers())?;
+    // The product never changes for an order, so reading it before the
+    // script is safe; the script checks it again.
+    let product: Option<u64> = state
+        .redis
+        .hget(scripts::order_key(&state.keys, &order), "product")
+        .await
+        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
+    let Some(product) = product else {
+        return settled_in_postgres(feature, &order, action).await;
+    };
+    let decided = scripts::update(
+        &state.executor,
+        &state.keys,
+        UpdateRequest {
+            order: &order,
+            product: ProductId::new(product as i64)?,
+            action,
+            key: key.as_ref(),
+            now_ms: state.clock.now_ms(),
+            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+        },
+    )
+    .await?;
+    answer(
+        decided,
+        match action {
+            Action::Confirm => "order_confirm",
+            _ => "order_cancel",
+        },
+    )
+}
+
+/// Confirm or cancel of an order whose Redis record is past its retention:
+/// it is settled (holds never outlive the retention), so the answer follows
+/// from its final status.
+async fn settled_in_postgres(feature: &Orders, order: &OrderId, action: Action) -> Result<HttpResponse, OrdersError> {
+    let record = order_from_postgres(feature, order)
+        .await?
+        .ok_or(OrdersError::OrderNotFound)?;
+    match (action, record.status.as_str()) {
+        (Action::Confirm, "completed") | (Action::Cancel, "cancelled" | "expired") => {
+            Ok(order_json(StatusCode::OK, &record))
+        }
+        (Action::Confirm, "expired") => Err(OrdersError::OrderExpired),
+        (Action::Confirm, "cancelled") => Err(OrdersError::OrderCancelled),
+        (Action::Cancel, "completed") => Err(OrdersError::OrderCompleted),
+        // A reserved order past retention cannot happen: its hold expired
+        // long before. Say so rather than act on it.
+        _ => Err(OrdersError::OrderNotFound),
+    }
+}
+
+/// An `orders` row: id, product, quantity, buyer, status, total, created
+/// and expiry (ms).
+type OrderRow = (String, i64, i64, String, String, i64, i64, Option<i64>);
+
+async fn order_from_postgres(feature: &Orders, order: &OrderId) -> Result<Option<OrderRecord>, OrdersError> {
+    let row: Option<OrderRow> = sqlx::query_as(
+        "SELECT id::text, product_id, quantity::bigint, buyer_id, status, total_amount_cents,
+                (extract(epoch FROM created_at) * 1000)::bigint,
+                (extract(epoch FROM expires_at) * 1000)::bigint
+         FROM orders WHERE id = $1::uuid",
+    )
+    .bind(order.as_str())
+    .fetch_optional(&feature.services.postgres)
+    .await?;
+    Ok(row.map(
+        |(id, product, quantity, buyer_id, status, total, created_ms, expires_ms)| OrderRecord {
+            id,
+            product_id: product as u64,
+            quantity,
+            buyer_id,
+            status,
+            total_amount_cents: total,
+            created_ms,
+            expires_ms,
+        },
+    ))
+}
+
+/// `GET /orders/{id}`: Redis first (an order is there from the moment its
+/// 200 is sent), Postgres for orders past their Redis retention.
+pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let order = OrderId::parse(raw_id)?;
+    let fields: Vec<Option<String>> = state
+        .redis
+        .hmget(
+            scripts::order_key(&state.keys, &order),
+            vec!["product", "qty", "buyer", "status", "total", "created", "expires"],
+        )
+        .await
+        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
+    let int = |i: usize| fields.get(i).cloned().flatten().and_then(|v| v.parse::<i64>().ok());
+    let text = |i: usize| fields.get(i).cloned().flatten();
+    if let (Some(product), Some(quantity), Some(buyer_id), Some(status), Some(total), Some(created_ms)) =
+        (int(0), int(1), text(2), text(3), int(4), int(5))
+    {
+        let record = OrderRecord {
+            id: order.as_str().to_owned(),
+            product_id: product as u64,
+            quantity,
+            buyer_id,
+            status,
+            total_amount_cents: total,
+            created_ms,
+            expires_ms: int(6),
+        };
+        return Ok(order_json(StatusCode::OK, &record));
+    }
+    let record = order_from_postgres(feature, &order)
+        .await?
+        .ok_or(OrdersError::OrderNotFound)?;
+    Ok(order_json(StatusCode::OK, &record))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductBody {
+    name: String,
+    stock: i64,
+    price_cents: i64,
+    merchant_id: i64,
+    max_per_buyer: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ProductView<'a> {
+    id: u64,
+    name: &'a str,
+    price_cents: i64,
+    merchant_id: i64,
+    max_per_buyer: i64,
+    #[serde(flatten)]
+    stock: Stock,
+}
+
+/// `POST /products` (admin): the Postgres row first, then the live stock in
+/// Redis; both are durable before the 201. If the Redis step fails the
+/// answer is 503 and the product exists in Postgres only, unsellable
+/// (`PRODUCT_NOT_FOUND`) until a restock of it seeds Redis from its row.
+pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let (parts, body) = req.into_parts();
+    feature.admin.check(&parts)?;
+    let body: ProductBody = read_json(Request::from_parts(parts, body)).await?;
+    let product = NewProduct::new(
+        body.name,
+        body.stock,
+        body.price_cents,
+        body.merchant_id,
+        body.max_per_buyer,
+    )?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO products (name, price_cents, merchant_id, max_per_buyer, stock_total)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(&product.name)
+    .bind(product.price_cents)
+    .bind(product.merchant_id)
+    .bind(product.max_per_buyer as i32)
+    .bind(product.stock)
+    .fetch_one(&state.postgres)
+    .await?;
+    let id = ProductId::new(id)?;
+    let stock = scripts::stock(
+        &state.executor,
+        &state.keys,
+        StockRequest {
+            product: id,
+            name: &product.name,
+            stock_total: product.stock,
+            price_cents: product.price_cents,
+            merchant_id: product.merchant_id,
+            max_per_buyer: product.max_per_buyer,
+            add: None,
+            now_ms: state.clock.now_ms(),
+        },
+    )
+    .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &ProductView {
+            id: id.get(),
+            name: &product.name,
+            price_cents: product.price_cents,
+            merchant_id: product.merchant_id,
+            max_per_buyer: product.max_per_buyer,
+            stock,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestockBody {
+    add: i64,
+}
+
+/// `POST /products/{id}/stock` (admin): one script call adds to stock_total
+/// and available together (seeding the product first if its creation could
+/// not).
+pub async fn restock(
+    feature: &Orders,
+    req: Request<Incoming>,
+    raw_id: Option<&str>,
+) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let (parts, body) = req.into_parts();
+    feature.admin.check(&parts)?;
+    let id = ProductId::parse(raw_id)?;
+    let body: RestockBody = read_json(Request::from_parts(parts, body)).await?;
+    let add = domain::bounded(Field::Add, body.add, 1, PRODUCT_STOCK_MAX)?;
+    let row: Option<(String, i64, i64, i32, i64)> =
+        sqlx::query_as("SELECT name, price_cents, merchant_id, max_per_buyer, stock_total FROM products WHERE id = $1")
+            .bind(id.get() as i64)
+            .fetch_optional(&state.postgres)
+            .await?;
+    let (name, price_cents, merchant_id, max_per_buyer, stock_total) = row.ok_or(OrdersError::ProductNotFound)?;
+    let stock = scripts::stock(
+        &state.executor,
+        &state.keys,
+        StockRequest {
+            product: id,
+            name: &name,
+            stock_total,
+            price_cents,
+            merchant_id,
+            max_per_buyer: i64::from(max_per_buyer),
+            add: Some(add),
+            now_ms: state.clock.now_ms(),
+        },
+    )
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &ProductView {
+            id: id.get(),
+            name: &name,
+            price_cents,
+            merchant_id,
+            max_per_buyer: i64::from(max_per_buyer),
+            stock,
+        },
+    ))
+}
+
+/// `GET /products/{id}`: the live counters, read from Redis in one HMGET.
+pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
+    let state = &*feature.services;
+    let id = ProductId::parse(raw_id)?;
+    let fields: Vec<Option<String>> = state
+        .redis
+        .hmget(
+            scripts::product_key(&state.keys, id),
+            vec![
+                "name",
+                "price_cents",
+                "merchant_id",
+                "max_per_buyer",
+                "stock_total",
+                "available",
+                "reserved",
+                "sold",
+            ],
+        )
+        .await
+        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
+    let int = |i: usize| fields.get(i).cloned().flatten().and_then(|v| v.parse::<i64>().ok());
+    let name = fields.first().cloned().flatten().ok_or(OrdersError::ProductNotFound)?;
+    let (Some(price_cents), Some(merchant_id), Some(max_per_buyer)) = (int(1), int(2), int(3)) else {
+        return Err(OrdersError::ProductNotFound);
+    };
+    Ok(json(
+        StatusCode::OK,
+        &ProductView {
+            id: id.get(),
+            name: &name,
+            price_cents,
+            merchant_id,
+            max_per_buyer,
+            stock: Stock {
+                stock_total: int(4).unwrap_or(0),
+                available: int(5).unwrap_or(0),
+                reserved: int(6).unwrap_or(0),
+                sold: int(7).unwrap_or(0),
+            },
+        },
+    ))
+}

@@ -1,0 +1,255 @@
+//! Limited-stock orders: products with live stock in Redis, orders decided
+//! by one script call each, holds that expire, idempotency keys, and the
+//! reconciliation of Redis's live counts with Postgres's history.
+//!
+//! - `domain`: input types (`ProductId`, `BuyerId`, `OrderId` which carries
+//!   its shard, `IdempotencyKey`, `NewProduct`).
+//! - `scripts`: bindings of `lua/order_create.lua`, `lua/order_update.lua`
+//!   and `lua/product_stock.lua`.
+//! - `handlers`: the routes.
+//! - `expiry`: the background task that expires due holds.
+//! - `reconcile`: `GET /admin/reconcile`.
+//! - `sink`: how the orders' outbox events land in Postgres.
+
+pub mod api;
+pub mod domain;
+pub mod expiry;
+pub mod handlers;
+pub mod reconcile;
+pub mod scripts;
+pub mod sink;
+
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ConfigError;
+use crate::executor::BatchScript;
+use crate::limits::{IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
+use crate::outbox::Sink;
+use crate::scripts::ScriptError;
+use crate::server::auth::AdminGuard;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::feature::Feature;
+use crate::server::{RequestError, Route};
+use crate::services::Services;
+use domain::Field;
+
+/// Why an orders request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OrdersError {
+    #[error("invalid `{0}`: {1}")]
+    Invalid(Field, String),
+    #[error("no such product")]
+    ProductNotFound,
+    #[error("fewer than the requested quantity are available")]
+    OutOfStock,
+    #[error("this order would pass the product's per-buyer limit")]
+    BuyerLimitReached,
+    #[error("no such order")]
+    OrderNotFound,
+    #[error("the hold expired before it was confirmed; its stock was returned")]
+    OrderExpired,
+    #[error("the order was cancelled")]
+    OrderCancelled,
+    #[error("the order is completed and cannot be cancelled")]
+    OrderCompleted,
+    #[error("this Idempotency-Key was used with another request")]
+    IdempotencyKeyReused,
+    #[error("the restock would take the product's stock past the ceiling")]
+    StockLimit,
+    #[error("the engine is shedding load until its backlog drains")]
+    OutboxFull,
+    #[error("the outbox backlog did not drain in time; reconcile compares flushed history only")]
+    BacklogNotFlushed,
+    #[error("postgres: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+}
+
+impl OrdersError {
+    /// The script outcome this refusal was decoded from, for the metric.
+    fn outcome_label(&self) -> &'static str {
+        match self {
+            OrdersError::Script(_)
+            | OrdersError::Request(_)
+            | OrdersError::Invalid(..)
+            | OrdersError::Store(_)
+            | OrdersError::BacklogNotFlushed => "UNKNOWN",
+            other => other.error_code().code,
+        }
+    }
+}
+
+impl ApiError for OrdersError {
+    fn error_code(&self) -> ErrorCode {
+        use StatusCode as S;
+        match self {
+            OrdersError::Invalid(Field::ProductId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PRODUCT_ID"),
+            OrdersError::Invalid(Field::Quantity, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_QUANTITY"),
+            OrdersError::Invalid(Field::BuyerId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_BUYER_ID"),
+            OrdersError::Invalid(Field::HoldSecs, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_HOLD_SECS"),
+            OrdersError::Invalid(Field::OrderId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ORDER_ID"),
+            OrdersError::Invalid(Field::IdempotencyKey, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY"),
+            OrdersError::Invalid(Field::Name, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_NAME"),
+            OrdersError::Invalid(Field::Stock, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_STOCK"),
+            OrdersError::Invalid(Field::PriceCents, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PRICE"),
+            OrdersError::Invalid(Field::MerchantId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_MERCHANT_ID"),
+            OrdersError::Invalid(Field::MaxPerBuyer, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_MAX_PER_BUYER"),
+            OrdersError::Invalid(Field::Add, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ADD"),
+            OrdersError::ProductNotFound => ErrorCode::new(S::NOT_FOUND, "PRODUCT_NOT_FOUND"),
+            OrdersError::OutOfStock => ErrorCode::new(S::CONFLICT, "OUT_OF_STOCK"),
+            OrdersError::BuyerLimitReached => ErrorCode::new(S::FORBIDDEN, "BUYER_LIMIT_REACHED"),
+            OrdersError::OrderNotFound => ErrorCode::new(S::NOT_FOUND, "ORDER_NOT_FOUND"),
+            OrdersError::OrderExpired => ErrorCode::new(S::GONE, "ORDER_EXPIRED"),
+            OrdersError::OrderCancelled => ErrorCode::new(S::CONFLICT, "ORDER_CANCELLED"),
+            OrdersError::OrderCompleted => ErrorCode::new(S::CONFLICT, "ORDER_COMPLETED"),
+            OrdersError::IdempotencyKeyReused => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
+            OrdersError::StockLimit => ErrorCode::new(S::CONFLICT, "STOCK_LIMIT"),
+            OrdersError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
+            OrdersError::BacklogNotFlushed => ErrorCode::new(S::SERVICE_UNAVAILABLE, "BACKLOG_NOT_FLUSHED"),
+            OrdersError::Store(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+            OrdersError::Request(e) => e.error_code(),
+            OrdersError::Script(e) => e.error_code(),
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        match self {
+            OrdersError::Script(e) => e.is_internal(),
+            OrdersError::Store(_) => true,
+            _ => false,
+        }
+    }
+
+    fn allow(&self) -> Option<&str> {
+        match self {
+            OrdersError::Request(e) => e.allow(),
+            _ => None,
+        }
+    }
+}
+
+/// The orders feature: what its handlers and its expiry task need.
+pub struct Orders {
+    services: Arc<Services>,
+    admin: AdminGuard,
+    /// `STAMPEDE_IDEMPOTENCY_TTL_SECS`, in milliseconds.
+    idempotency_ttl_ms: i64,
+}
+
+impl Orders {
+    pub fn new(services: Arc<Services>) -> Result<Arc<Self>, ConfigError> {
+        let ttl_secs: u64 = services.config.env().number(
+            "STAMPEDE_IDEMPOTENCY_TTL_SECS",
+            IDEMPOTENCY_TTL_SECS_DEFAULT,
+            1,
+            IDEMPOTENCY_TTL_SECS_MAX,
+        )?;
+        Ok(Arc::new(Self {
+            admin: AdminGuard::new(services.config.admin_token.as_ref()),
+            services,
+            idempotency_ttl_ms: (ttl_secs * 1000) as i64,
+        }))
+    }
+}
+
+impl Feature for Orders {
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <api::OrdersApi as utoipa::OpenApi>::openapi()
+    }
+
+    fn name(&self) -> &'static str {
+        "orders"
+    }
+
+    fn routes(self: Arc<Self>) -> Vec<Route> {
+        vec![
+            Route::new(
+                Method::POST,
+                "/orders",
+                "order_create",
+                "Order: {\"product_id\", \"quantity\", \"buyer_id\"[, \"hold_secs\"]}; optional Idempotency-Key",
+                self.clone(),
+                |f, req, _| async move { handlers::create_order(&f, req).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/orders/{id}",
+                "order_get",
+                "An order with its current status (Redis, then Postgres for old orders)",
+                self.clone(),
+                |f, _, params| async move { handlers::get_order(&f, params.get("id")).await },
+            ),
+            Route::new(
+                Method::POST,
+                "/orders/{id}/confirm",
+                "order_confirm",
+                "Confirm a hold; optional Idempotency-Key",
+                self.clone(),
+                |f, req, params| async move {
+                    handlers::update_order(&f, req, params.get("id"), scripts::Action::Confirm).await
+                },
+            ),
+            Route::new(
+                Method::POST,
+                "/orders/{id}/cancel",
+                "order_cancel",
+                "Cancel a hold, returning its stock; optional Idempotency-Key",
+                self.clone(),
+                |f, req, params| async move {
+                    handlers::update_order(&f, req, params.get("id"), scripts::Action::Cancel).await
+                },
+            ),
+            Route::new(
+                Method::POST,
+                "/products",
+                "product_create",
+                "Admin: create a product {\"name\", \"stock\", \"price_cents\", \"merchant_id\"[, \"max_per_buyer\"]}",
+                self.clone(),
+                |f, req, _| async move { handlers::create_product(&f, req).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/products/{id}",
+                "product_get",
+                "A product with its live stock: stock_total, available, reserved, sold",
+                self.clone(),
+                |f, _, params| async move { handlers::get_product(&f, params.get("id")).await },
+            ),
+            Route::new(
+                Method::POST,
+                "/products/{id}/stock",
+                "product_restock",
+                "Admin: restock a product {\"add\": N}",
+                self.clone(),
+                |f, req, params| async move { handlers::restock(&f, req, params.get("id")).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/admin/reconcile",
+                "reconcile",
+                "Admin: compare Redis's live counts with Postgres's history, per product and per flash sale",
+                self,
+                |f, req, _| async move { reconcile::reconcile(&f, req).await },
+            ),
+        ]
+    }
+
+    fn batch_scripts(&self) -> Vec<&'static BatchScript> {
+        vec![&scripts::ORDER_CREATE, &scripts::ORDER_UPDATE, &scripts::PRODUCT_STOCK]
+    }
+
+    fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
+        Some(Arc::new(sink::OrdersSink))
+    }
+
+    fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        vec![tokio::spawn(expiry::run(self, shutdown))]
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /openapi.json` describes every route of the route list and every
+//! error code the code declares: it is generated from the code, and this
+//! test fails the moment a route or a code is added without its description.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use hyper::StatusCode;
+
+use crate::helpers::spawn_app;
+
+/// Every `ErrorCode::new(StatusCode::X, "CODE")` in the source.
+fn error_codes() -> BTreeSet<String> {
+    let mut codes = BTreeSet::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("source folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for call in text.split("ErrorCode::new(").skip(1) {
+                let call: String = call.chars().take_while(|c| *c != ')').collect();
+                if let Some(code) = call.split('"').nth(1) {
+                    codes.insert(code.to_owned());
+                }
+            }
+        }
+    }
+    codes
+}
+
+#[tokio::test]
+async fn the_document_describes_every_route_and_error_code() {
+    let app = spawn_app(&[]).await;
+    let reply = app.get("/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.body;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        "OpenAPI 3.1: {:?}",
+        doc["openapi"]
+    );
+
+    let index = app.get("/").await.body;
+    let routes = index["endpoints"].as_array().expect("route list");
+    assert!(routes.len() >= 10);
+    let mut undocumented = Vec::new();
+    for route in routes {
+        let (method, path) = (
+            route["method"].as_str().expect("method").to_lowercase(),
+            route["path"].as_str().expect("path"),
+        );
+        let operation = &doc["paths"][path][&method];
+        if !operation.is_object() || operation["responses"].as_object().is_none_or(|r| r.is_empty()) {
+            undocumented.push(format!("{method} {path}"));
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from /openapi.json: {undocumented:?}"
+    );
+
+    let text = doc.to_string();
+    let missing: Vec<_> = error_codes()
+        .into_iter()
+        .filter(|code| !text.contains(&format!("`{code}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "error codes missing from /openapi.json: {missing:?}"
+    );
+    app.finish().await;
+}
