@@ -2,7 +2,7 @@
 # shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
 # One command for a load run against a freshly started engine.
 #
-#   loadtest/run.sh contest|sustained|contention|ingest|orders [extra loadtest flags]
+#   loadtest/run.sh contest|sustained|contention|ingest|orders|settlement [extra loadtest flags]
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
@@ -19,6 +19,10 @@
 #                         (100000 and 1000000; SMALL_LINES=0 uploads the large file only)
 #   SMALL_SEED, SEED      ingest: generator seeds of the two files (1 and 2: disjoint ids)
 #   REGEN=1               ingest: generate the files again even if they exist
+#   TXNS, SMALL_TXNS      settlement: transactions of the large range (Jan 2025, 1000 merchants) and of
+#                         the small one (Mar 2025, the memory reference): 1000000 and 100000
+#   RUNS                  settlement: timed runs, each with its psql baseline (3)
+#   STAMPEDE_SETTLEMENT_* settlement: the engine's settings (workers, batch rows, chunks in flight)
 #   LOAD_PORT             port of the engine under test (18080)
 #   NO_BASELINE_SERVER=1  contest, sustained: skip the baseline server's run
 #   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
@@ -34,7 +38,7 @@
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -52,6 +56,8 @@ case "$SCENARIO" in
   wallet)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
               PLAYERS=${PLAYERS:-2000}; SSE_CLIENTS=${SSE_CLIENTS:-1000}
               CONNECTIONS=${CONNECTIONS:-200}; SECS=${SECS:-20} ;;
+  settlement) USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
+              TXNS=${TXNS:-1000000}; SMALL_TXNS=${SMALL_TXNS:-100000}; RUNS=${RUNS:-3} ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -214,6 +220,17 @@ fi
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
 DB_CREATED=1
 
+if [[ $SCENARIO == settlement ]]; then
+  # Loaded before the engine starts, so the timed runs share the machine
+  # with nothing else (gen-transactions migrates the database itself).
+  DATABASE_URL=$LOAD_URL "$BIN/stampede" gen-transactions --count "$TXNS" --merchants 1000 \
+    --from 2025-01-01 --to 2025-01-31 --seed 1 >&2
+  if [[ $SMALL_TXNS != 0 ]]; then
+    DATABASE_URL=$LOAD_URL "$BIN/stampede" gen-transactions --count "$SMALL_TXNS" --merchants 1000 \
+      --from 2025-03-01 --to 2025-03-31 --seed 2 >&2
+  fi
+fi
+
 echo "run.sh: engine on 127.0.0.1:$LOAD_PORT, database $LOAD_DB, key prefix $PREFIX, log $ENGINE_LOG" >&2
 STAMPEDE_LISTEN=127.0.0.1:$LOAD_PORT \
   REDIS_URL=$REDIS_URL \
@@ -259,6 +276,17 @@ elif [[ $SCENARIO == wallet ]]; then
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
+elif [[ $SCENARIO == settlement ]]; then
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --database-url "$LOAD_URL"
+    --admin-token "$LOAD_ADMIN_TOKEN"
+    --engine-pid "$ENGINE_PID"
+    --from 2025-01-01 --to 2025-01-31
+    --runs "$RUNS"
+    --json "$JSON_OUT"
+  )
+  if [[ $SMALL_TXNS != 0 ]]; then driver_args+=(--small-from 2025-03-01 --small-to 2025-03-31); fi
 else
   # $ENGINE_PID is the engine itself (see above): its CPU per request.
   driver_args=(

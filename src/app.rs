@@ -29,7 +29,7 @@ use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
 use crate::services::Services;
-use crate::{ingest, orders, sale, telemetry, wallet};
+use crate::{ingest, orders, sale, settlement, telemetry, wallet};
 
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
@@ -38,6 +38,7 @@ fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigErr
         ingest::Ingest::new(services.clone()),
         orders::Orders::new(services.clone())?,
         wallet::Wallet::new(services.clone())?,
+        settlement::Settlement::new(services.clone())?,
     ])
 }
 

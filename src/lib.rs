@@ -17,7 +17,8 @@
 //!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
 //!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
 //!    reconciliation), [`wallet`] (player wallets, bonus wagering, live
-//!    events).
+//!    events), [`settlement`] (settlement jobs over merchants'
+//!    transactions).
 //! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
 //!    metrics, the API document) and [`live`] (the live page).
 //!
@@ -39,5 +40,6 @@ pub mod sale;
 pub mod scripts;
 pub mod server;
 pub mod services;
+pub mod settlement;
 pub mod telemetry;
 pub mod wallet;

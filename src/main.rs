@@ -1,4 +1,5 @@
-//! The `stampede` binary: `stampede serve`, `stampede gen-purchases`.
+//! The `stampede` binary: `stampede serve`, `stampede gen-purchases`,
+//! `stampede gen-transactions`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,17 +16,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "\
 usage: stampede serve
        stampede gen-purchases [--count N] [--output FILE] [--seed S]
+       stampede gen-transactions [--count N] [--merchants M] [--from DATE --to DATE] [--seed S]
 
 serve          run the engine; configuration comes from environment variables (README.md)
 gen-purchases  write N purchase lines as NDJSON (default 1000) to FILE
                (default data/test-YYYYMMDD-HHMMSS.ndjson); the same seed gives the same file,
-               different seeds give disjoint transaction ids (default: from the clock)";
+               different seeds give disjoint transaction ids (default: from the clock)
+gen-transactions  load N merchant transactions (default 1000000) into the `transactions` table of
+               DATABASE_URL by COPY: M merchants (default 1000), paid from DATE to DATE inclusive
+               (default 2025-01-01 to 2025-01-31), about 90% PAID, 1% on a UTC day boundary;
+               the same seed gives the same rows (default: from the clock)";
 
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     match command.as_deref() {
         Some("serve") => serve(),
         Some("gen-purchases") => gen_purchases(std::env::args().skip(2).collect()),
+        Some("gen-transactions") => gen_transactions(std::env::args().skip(2).collect()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -110,6 +117,66 @@ fn gen_purchases(args: Vec<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("stampede gen-purchases: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_transactions(args: Vec<String>) -> ExitCode {
+    use stampede::settlement::domain::parse_date;
+    use stampede::settlement::generate::{Options, run};
+    let mut options = Options {
+        count: 1_000_000,
+        merchants: 1000,
+        from: time::macros::date!(2025 - 01 - 01),
+        to: time::macros::date!(2025 - 01 - 31),
+        seed: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64,
+    };
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        let parsed = match (flag.as_str(), value.as_deref()) {
+            ("--count", Some(v)) => v.parse().map(|v| options.count = v).is_ok(),
+            ("--merchants", Some(v)) => v.parse().map(|v| options.merchants = v).is_ok(),
+            ("--seed", Some(v)) => v.parse().map(|v| options.seed = v).is_ok(),
+            ("--from", Some(v)) => parse_date(v).map(|d| options.from = d).is_some(),
+            ("--to", Some(v)) => parse_date(v).map(|d| options.to = d).is_some(),
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("stampede gen-transactions: bad argument {flag:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let Ok(database_url) = std::env::var("DATABASE_URL") else {
+        eprintln!("stampede gen-transactions: DATABASE_URL is required");
+        return ExitCode::from(2);
+    };
+    let runtime = match runtime(1) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("stampede: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    match runtime.block_on(run(&database_url, options)) {
+        Ok(generated) => {
+            eprintln!(
+                "loaded {} transactions ({} PAID, {} on a day boundary) for {} merchants, {} to {}, in {:.1}s (seed {})",
+                generated.rows,
+                generated.paid,
+                generated.on_boundary,
+                options.merchants,
+                options.from,
+                options.to,
+                started.elapsed().as_secs_f64(),
+                options.seed,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stampede gen-transactions: {e}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ mod ingest;
 mod orders;
 mod report;
 mod scenarios;
+mod settlement;
 mod stats;
 mod wallet;
 
@@ -41,6 +42,7 @@ usage: loadtest <contest|sustained|contention> [flags]
        loadtest ingest --file PATH [ingest flags]
        loadtest orders [orders flags: loadtest orders --help]
        loadtest wallet [wallet flags]
+       loadtest settlement [settlement flags]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
@@ -50,6 +52,9 @@ scenarios:
   ingest       uploads NDJSON files to POST /ingest, watches the engine's RSS, times psql \\copy of the same rows
   orders       buyers over products of limited stock: orders, holds (confirmed, cancelled, expired), keyed retries
   wallet       players bet/win/refund with retried references while SSE clients listen (see wallet flags)
+  settlement   times a settlement job (POST to COMPLETED plus the CSV) against psql's INSERT … GROUP BY and \\copy,
+               checks the rows and the CSV against SQL, watches the engine's RSS (flags: --url, --database-url,
+               --admin-token, --engine-pid, --from, --to, --small-from, --small-to, --runs 3, --psql, --json, --max-secs)
   compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
@@ -269,6 +274,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if argv.peek().is_some_and(|s| s == "settlement") {
+        argv.next();
+        return match settlement::SettlementArgs::parse(argv) {
+            Ok(Some(args)) => block_on(Some(1), settlement::run(args)),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{USAGE}");
                 ExitCode::from(2)
             }
         };

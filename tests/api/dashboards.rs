@@ -184,7 +184,8 @@ async fn some_wallet(app: &TestApp, round: u32) {
 }
 
 /// A little of everything the dashboards show: sales (bought, refused,
-/// unknown codes), bad requests, an upload, a player lookup, health.
+/// unknown codes), bad requests, an upload, a player lookup, a settlement
+/// job and its CSV, health.
 async fn some_load(app: &TestApp, round: u32) {
     for k in 0..5u32 {
         let item = round * 5 + k + 1;
@@ -198,7 +199,37 @@ async fn some_load(app: &TestApp, round: u32) {
     let lines = vec![line(&format!("dash-tx-{round}"), "dash-player", "1.00", "EUR")];
     assert_eq!(upload(app, &file(&lines)).await.status, StatusCode::OK);
     let _ = app.get("/players/dash-player").await;
+    settlement_job(app, round).await;
     let _ = app.get("/health").await;
+}
+
+/// A transaction, a settlement job over its day, its status until
+/// completed, and its CSV.
+async fn settlement_job(app: &TestApp, round: u32) {
+    sqlx::query(
+        "INSERT INTO transactions (merchant_id, amount_cents, fee_cents, status, paid_at)
+         VALUES ($1, 1000, 30, 'PAID', '2025-01-01 12:00:00')",
+    )
+    .bind(round as i32 + 1)
+    .execute(&app.db)
+    .await
+    .expect("transaction");
+    let created = app
+        .admin(
+            Method::POST,
+            "/jobs/settlement",
+            Some(r#"{"from":"2025-01-01","to":"2025-01-01"}"#),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{:?}", created.body);
+    let id = created.body["job_id"].as_str().expect("job id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.admin(Method::GET, &format!("/jobs/{id}"), None).await.body["status"] != "COMPLETED" {
+        assert!(Instant::now() < deadline, "settlement job not completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let csv = app.admin(Method::GET, &format!("/downloads/{id}.csv"), None).await;
+    assert_eq!(csv.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

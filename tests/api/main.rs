@@ -11,4 +11,5 @@ mod openapi;
 mod orders;
 mod sale;
 mod server;
+mod settlement;
 mod wallet;

@@ -14,7 +14,7 @@
 mod csv;
 mod files;
 mod report;
-mod rss;
+pub mod rss;
 mod store;
 mod upload;
 

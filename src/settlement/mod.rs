@@ -1,0 +1,260 @@
+//! Settlement jobs: per-merchant, per-UTC-day totals of PAID transactions,
+//! computed by background workers from a durable Postgres queue, with exact
+//! progress, cancel, crash resume and a streamed CSV.
+//!
+//! - `domain`: the request body, dates, job ids, idempotency keys.
+//! - `queue`: the `jobs` table as a queue: claim (`FOR UPDATE SKIP LOCKED`),
+//!   lease, heartbeat, the final transitions.
+//! - `worker`: the workers: plan a job into chunks, run the chunks, each one
+//!   transaction that also advances the checkpoint.
+//! - `handlers`: `POST /jobs/settlement`, `GET /jobs/{id}`,
+//!   `POST /jobs/{id}/cancel`, `GET /downloads/{job_id}.csv`.
+//! - `generate`: `stampede gen-transactions`, test data loaded by `COPY`.
+//!
+//! Nothing here passes through Redis: a job is minutes of Postgres work on
+//! Postgres rows, and its state (queue, lease, checkpoint) lives in the same
+//! database, so it commits in the same transactions as the results.
+//!
+//! Where completed orders become transactions: once the orders feature has
+//! landed, its outbox sink (the transaction that inserts a completed order)
+//! is the place to insert the order's `transactions` row (its product's
+//! merchant, `amount_cents`, a fee of `STAMPEDE_FEE_BPS` basis points rounded
+//! down, status `PAID`, `paid_at` = the order's time in UTC). That link is
+//! not built here: orders is another feature, and features never import
+//! each other; the `transactions` table is the contract between them.
+
+pub mod domain;
+pub mod generate;
+mod handlers;
+mod queue;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::ConfigError;
+use crate::limits;
+use crate::server::auth::AdminGuard;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::feature::Feature;
+use crate::server::{RequestError, Route};
+use crate::services::Services;
+use domain::Field;
+
+/// Why a settlement request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettlementError {
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("unknown field `{0}`; the body takes `from` and `to` only")]
+    UnknownField(String),
+    #[error("missing field `{0}`")]
+    MissingField(Field),
+    #[error("`{0}` must be a date written YYYY-MM-DD")]
+    InvalidDate(Field),
+    #[error("`from` is after `to`")]
+    FromAfterTo,
+    #[error("the range spans {0} days; at most {max} are allowed", max = limits::SETTLEMENT_RANGE_DAYS_MAX)]
+    RangeTooLong(i64),
+    #[error(
+        "Idempotency-Key must be 1 to {} printable ASCII characters",
+        limits::SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX
+    )]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with another body")]
+    IdempotencyKeyReused,
+    #[error("no such job")]
+    JobNotFound,
+    #[error("the job is {0}; its CSV exists once it is COMPLETED")]
+    JobNotCompleted(String),
+    #[error("the job already completed; there is nothing to cancel")]
+    JobAlreadyCompleted,
+    #[error("the job already failed; there is nothing to cancel")]
+    JobAlreadyFailed,
+    #[error(
+        "{} downloads are already streaming; retry shortly",
+        limits::SETTLEMENT_DOWNLOADS_MAX
+    )]
+    DownloadsBusy,
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+}
+
+impl ApiError for SettlementError {
+    fn error_code(&self) -> ErrorCode {
+        use StatusCode as S;
+        match self {
+            SettlementError::NotAnObject => ErrorCode::new(S::BAD_REQUEST, "INVALID_BODY"),
+            SettlementError::UnknownField(_) => ErrorCode::new(S::BAD_REQUEST, "UNKNOWN_FIELD"),
+            SettlementError::MissingField(_) => ErrorCode::new(S::BAD_REQUEST, "MISSING_FIELD"),
+            SettlementError::InvalidDate(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_DATE"),
+            SettlementError::FromAfterTo => ErrorCode::new(S::BAD_REQUEST, "FROM_AFTER_TO"),
+            SettlementError::RangeTooLong(_) => ErrorCode::new(S::BAD_REQUEST, "RANGE_TOO_LONG"),
+            SettlementError::InvalidIdempotencyKey => ErrorCode::new(S::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY"),
+            SettlementError::IdempotencyKeyReused => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
+            SettlementError::JobNotFound => ErrorCode::new(S::NOT_FOUND, "JOB_NOT_FOUND"),
+            SettlementError::JobNotCompleted(_) => ErrorCode::new(S::CONFLICT, "JOB_NOT_COMPLETED"),
+            SettlementError::JobAlreadyCompleted => ErrorCode::new(S::CONFLICT, "JOB_ALREADY_COMPLETED"),
+            SettlementError::JobAlreadyFailed => ErrorCode::new(S::CONFLICT, "JOB_ALREADY_FAILED"),
+            SettlementError::DownloadsBusy => ErrorCode::new(S::TOO_MANY_REQUESTS, "DOWNLOADS_BUSY"),
+            SettlementError::Request(e) => e.error_code(),
+            SettlementError::Postgres(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            SettlementError::DownloadsBusy | SettlementError::Postgres(_) => Some(1),
+            SettlementError::Request(e) => e.retry_after_secs(),
+            _ => None,
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        matches!(self, SettlementError::Postgres(_))
+    }
+
+    fn allow(&self) -> Option<&str> {
+        match self {
+            SettlementError::Request(e) => e.allow(),
+            _ => None,
+        }
+    }
+}
+
+/// The feature's settings (README, "Configuration").
+#[derive(Debug, Clone)]
+pub struct SettlementConfig {
+    /// Jobs run at once by this engine (`STAMPEDE_SETTLEMENT_WORKERS`).
+    pub workers: usize,
+    /// About this many transactions per chunk (`STAMPEDE_SETTLEMENT_BATCH_ROWS`).
+    pub batch_rows: i64,
+    /// Chunks of one job committed at once (`STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT`).
+    pub chunks_in_flight: usize,
+    /// A running job whose owner has not renewed its lease for this long is
+    /// taken over (`STAMPEDE_SETTLEMENT_LEASE_MS`).
+    pub lease: Duration,
+    /// How often idle workers look for jobs queued by other engines
+    /// (`STAMPEDE_SETTLEMENT_POLL_MS`); jobs queued here wake them at once.
+    pub poll: Duration,
+}
+
+impl SettlementConfig {
+    fn from_services(services: &Services) -> Result<Self, ConfigError> {
+        let env = services.config.env();
+        let lease_ms: u64 = env.number(
+            "STAMPEDE_SETTLEMENT_LEASE_MS",
+            limits::SETTLEMENT_LEASE_DEFAULT.as_millis() as u64,
+            limits::SETTLEMENT_LEASE_MIN.as_millis() as u64,
+            3_600_000,
+        )?;
+        Ok(Self {
+            workers: env.number("STAMPEDE_SETTLEMENT_WORKERS", 2, 0, limits::SETTLEMENT_WORKERS_MAX)?,
+            batch_rows: env.number(
+                "STAMPEDE_SETTLEMENT_BATCH_ROWS",
+                limits::SETTLEMENT_BATCH_ROWS_DEFAULT,
+                1,
+                limits::SETTLEMENT_BATCH_ROWS_CEILING,
+            )?,
+            chunks_in_flight: env.number(
+                "STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT",
+                3,
+                1,
+                limits::SETTLEMENT_CHUNKS_IN_FLIGHT_MAX,
+            )?,
+            lease: Duration::from_millis(lease_ms),
+            poll: Duration::from_millis(env.number("STAMPEDE_SETTLEMENT_POLL_MS", 500, 10, 60_000)?),
+        })
+    }
+}
+
+/// The settlement feature: what its handlers and workers need.
+pub struct Settlement {
+    services: Arc<Services>,
+    config: SettlementConfig,
+    guard: AdminGuard,
+    /// Names this engine's workers in `jobs.locked_by`: the consumer name
+    /// plus a random part, so a restarted engine never mistakes a dead
+    /// engine's lease for its own.
+    engine_id: String,
+    /// Wakes an idle worker when a job is queued on this engine.
+    wake: Notify,
+    /// Downloads streaming at once; each holds a Postgres connection.
+    downloads: Arc<Semaphore>,
+}
+
+impl Settlement {
+    pub fn new(services: Arc<Services>) -> Result<Arc<Self>, ConfigError> {
+        let config = SettlementConfig::from_services(&services)?;
+        let engine_id = format!("{}-{:016x}", services.config.flush.consumer, rand::random::<u64>());
+        Ok(Arc::new(Self {
+            guard: AdminGuard::new(services.config.admin_token.as_ref()),
+            services,
+            config,
+            engine_id,
+            wake: Notify::new(),
+            downloads: Arc::new(Semaphore::new(limits::SETTLEMENT_DOWNLOADS_MAX)),
+        }))
+    }
+}
+
+impl Feature for Settlement {
+    fn name(&self) -> &'static str {
+        "settlement"
+    }
+
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        <handlers::SettlementApi as utoipa::OpenApi>::openapi()
+    }
+
+    fn routes(self: Arc<Self>) -> Vec<Route> {
+        vec![
+            Route::new(
+                Method::POST,
+                "/jobs/settlement",
+                "settlement_create",
+                "Queue a settlement job over {\"from\",\"to\"} (inclusive UTC dates); admin; Idempotency-Key",
+                self.clone(),
+                |s, req, _| async move { handlers::create(&s, req).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/jobs/{id}",
+                "settlement_job",
+                "A settlement job: status, progress, processed, total, download_url; admin",
+                self.clone(),
+                |s, req, params| async move { handlers::job(&s, req, params.get("id").unwrap_or("")).await },
+            ),
+            Route::new(
+                Method::POST,
+                "/jobs/{id}/cancel",
+                "settlement_cancel",
+                "Cancel a queued or running settlement job (takes effect within 1 s); admin",
+                self.clone(),
+                |s, req, params| async move { handlers::cancel(&s, req, params.get("id").unwrap_or("")).await },
+            ),
+            Route::new(
+                Method::GET,
+                "/downloads/{job_id}.csv",
+                "settlement_download",
+                "A completed job's settlements as CSV, streamed; admin",
+                self,
+                |s, req, params| async move { handlers::download(&s, req, params.get("job_id").unwrap_or("")).await },
+            ),
+        ]
+    }
+
+    fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut tasks: Vec<JoinHandle<()>> = (0..self.config.workers)
+            .map(|n| tokio::spawn(worker::run(self.clone(), n, shutdown.clone())))
+            .collect();
+        tasks.push(tokio::spawn(worker::gauges(self, shutdown)));
+        tasks
+    }
+}
