@@ -74,6 +74,7 @@ as_root() {
 
 APT_UPDATED=0
 SCHEMATHESIS_VERSION=4.32.5
+PLAYWRIGHT_VERSION=1.65.1
 apt_install() {
     command -v apt-get >/dev/null 2>&1 ||
         die "apt-get not found: install these packages by hand: $*"
@@ -505,7 +506,8 @@ usage() {
     cat >&2 <<EOF
 usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
-  test-tools    install what the tests need besides the services (prometheus, promtool)
+  test-tools    install what the tests need besides the services (prometheus, promtool,
+                chromium, playwright-core, schemathesis)
 EOF
 }
 
@@ -565,6 +567,16 @@ main() {
         fi
         if ! command -v curl >/dev/null 2>&1; then apt_install curl; fi
         if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3-venv; fi
+        # The live page's browser test: Debian's Chromium, driven by
+        # playwright-core from npm (it never downloads a browser of its own).
+        if ! command -v chromium >/dev/null 2>&1; then apt_install chromium; fi
+        if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
+        if [ ! -d "$DATA/node/node_modules/playwright-core" ]; then
+            log "installing playwright-core into $DATA/node"
+            mkdir -p "$DATA/node"
+            npm install --prefix "$DATA/node" --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >&2 ||
+                die "npm install playwright-core failed"
+        fi
         if [ ! -x "$DATA/venv/bin/schemathesis" ]; then
             log "installing schemathesis into $DATA/venv"
             python3 -m venv "$DATA/venv" >&2
