@@ -180,6 +180,10 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;
 pub const IDEMPOTENCY_TTL_SECS_MAX: u64 = 7 * 86_400;
 
+/// Default of `STAMPEDE_FEE_BPS`: the fee, in basis points, of the
+/// transaction a completed order becomes for settlement (2.5%).
+pub const FEE_BPS_DEFAULT: i64 = 250;
+
 /// How long an order's Redis record lives after its last change. Within it
 /// `GET /orders/{id}` answers from Redis, confirm and cancel act; later,
 /// reads go to Postgres. One record is ~250 B: a million orders a day keep

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::executor::BatchScript;
-use crate::limits::{IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
+use crate::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::outbox::Sink;
 use crate::scripts::ScriptError;
 use crate::server::auth::AdminGuard;
@@ -141,6 +141,8 @@ pub struct Orders {
     admin: AdminGuard,
     /// `STAMPEDE_IDEMPOTENCY_TTL_SECS`, in milliseconds.
     idempotency_ttl_ms: i64,
+    /// `STAMPEDE_FEE_BPS`: the fee of a completed order's transaction.
+    fee_bps: i64,
 }
 
 impl Orders {
@@ -151,7 +153,12 @@ impl Orders {
             1,
             IDEMPOTENCY_TTL_SECS_MAX,
         )?;
+        let fee_bps = services
+            .config
+            .env()
+            .number("STAMPEDE_FEE_BPS", FEE_BPS_DEFAULT, 0, 10_000)?;
         Ok(Arc::new(Self {
+            fee_bps,
             admin: AdminGuard::new(services.config.admin_token.as_ref()),
             services,
             idempotency_ttl_ms: (ttl_secs * 1000) as i64,
@@ -246,7 +253,7 @@ impl Feature for Orders {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::OrdersSink))
+        Some(Arc::new(sink::OrdersSink { fee_bps: self.fee_bps }))
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {

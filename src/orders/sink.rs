@@ -37,7 +37,14 @@ const KINDS: &[EventKind] = &[
     },
 ];
 
-pub struct OrdersSink;
+/// Also the link to settlement: every completed order becomes a PAID row of
+/// `transactions` (the settlement feature's table, the contract between the
+/// two) for its product's merchant, with a fee of `fee_bps` basis points
+/// rounded down, in the same transaction as the order row. Keyed by the
+/// order id, so a replay inserts nothing twice.
+pub struct OrdersSink {
+    pub fee_bps: i64,
+}
 
 impl Sink for OrdersSink {
     fn kinds(&self) -> &'static [EventKind] {
@@ -49,7 +56,7 @@ impl Sink for OrdersSink {
         tx: &'a mut PgConnection,
         events: &'a [&'a OutboxEvent],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(write(tx, events))
+        Box::pin(write(tx, events, self.fee_bps))
     }
 }
 
@@ -77,7 +84,7 @@ struct RestockRows {
     at_ms: Vec<i64>,
 }
 
-async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
+async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> Result<(), SinkError> {
     // One row per order per statement (Postgres refuses to upsert a row twice
     // in one INSERT): the last event of an order in the batch is its newest.
     let mut latest: HashMap<&str, &OutboxEvent> = HashMap::new();
@@ -148,6 +155,22 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
         .bind(&orders.at_ms)
         .bind(&orders.key)
         .bind(&orders.event_id)
+        .execute(&mut *tx)
+        .await?;
+        // The seed's `transactions` columns are 32-bit: an order beyond them
+        // (over ~21 million in one order) is left out rather than failing
+        // every batch after it.
+        sqlx::query(
+            "INSERT INTO transactions (id, merchant_id, amount_cents, fee_cents, status, paid_at)
+             SELECT o.id, p.merchant_id::int, o.total_amount_cents::int,
+                    (o.total_amount_cents * $2 / 10000)::int, 'PAID', o.updated_at AT TIME ZONE 'UTC'
+             FROM orders o JOIN products p ON p.id = o.product_id
+             WHERE o.id = ANY($1::text[]::uuid[]) AND o.status = 'completed'
+               AND o.total_amount_cents <= 2147483647 AND p.merchant_id <= 2147483647
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&orders.id)
+        .bind(fee_bps)
         .execute(&mut *tx)
         .await?;
     }

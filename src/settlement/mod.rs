@@ -15,13 +15,11 @@
 //! Postgres rows, and its state (queue, lease, checkpoint) lives in the same
 //! database, so it commits in the same transactions as the results.
 //!
-//! Where completed orders become transactions: once the orders feature has
-//! landed, its outbox sink (the transaction that inserts a completed order)
-//! is the place to insert the order's `transactions` row (its product's
-//! merchant, `amount_cents`, a fee of `STAMPEDE_FEE_BPS` basis points rounded
-//! down, status `PAID`, `paid_at` = the order's time in UTC). That link is
-//! not built here: orders is another feature, and features never import
-//! each other; the `transactions` table is the contract between them.
+//! Completed orders become transactions in the orders feature's sink, in
+//! the transaction that writes the order row (its product's merchant, a fee
+//! of `STAMPEDE_FEE_BPS` basis points rounded down, `PAID`, `paid_at` the
+//! completion time in UTC): features never import each other, and the
+//! `transactions` table is the contract between them.
 
 pub mod domain;
 pub mod generate;

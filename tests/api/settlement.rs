@@ -733,3 +733,58 @@ async fn a_job_interrupted_too_often_fails() {
     assert_eq!((reply.status.as_u16(), reply.error_code()), (409, "JOB_NOT_COMPLETED"));
     app.finish().await;
 }
+
+/// Completed orders become PAID transactions of their product's merchant,
+/// with a fee of STAMPEDE_FEE_BPS rounded down, so a settlement covers the
+/// engine's own sales; holds that are cancelled never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_orders_are_settled_for_their_merchant() {
+    let app = spawn_app(&[("STAMPEDE_FEE_BPS", "333")]).await;
+    let product = app
+        .admin(
+            Method::POST,
+            "/products",
+            Some(r#"{"name":"mug","stock":100,"price_cents":1234,"merchant_id":4242}"#),
+        )
+        .await;
+    assert_eq!(product.status, StatusCode::CREATED, "{:?}", product.body);
+    let id = product.body["id"].as_u64().expect("product id");
+    let order = |qty: u32, hold: &str| format!(r#"{{"product_id":{id},"quantity":{qty},"buyer_id":"b{qty}"{hold}}}"#);
+    assert_eq!(
+        app.request(Method::POST, "/orders", Some(&order(3, ""))).await.status,
+        StatusCode::OK
+    );
+    for (qty, action) in [(2, "confirm"), (5, "cancel")] {
+        let held = app
+            .request(Method::POST, "/orders", Some(&order(qty, r#","hold_secs":60"#)))
+            .await;
+        let order_id = held.body["id"].as_str().expect("order id").to_owned();
+        let reply = app.post(&format!("/orders/{order_id}/{action}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    app.wait_flushed(Duration::from_secs(10)).await;
+
+    let rows: Vec<(i32, i32, i32, String)> =
+        sqlx::query_as("SELECT merchant_id, amount_cents, fee_cents, status FROM transactions ORDER BY amount_cents")
+            .fetch_all(&app.db)
+            .await
+            .expect("transactions");
+    // 2 × 1234 = 2468, fee floor(2468 × 333 / 10000) = 82; 3 × 1234 = 3702, fee 123.
+    assert_eq!(
+        rows,
+        vec![
+            (4242, 2468, 82, "PAID".to_owned()),
+            (4242, 3702, 123, "PAID".to_owned())
+        ]
+    );
+
+    let today: String = sqlx::query_scalar("SELECT to_char(paid_at, 'YYYY-MM-DD') FROM transactions LIMIT 1")
+        .fetch_one(&app.db)
+        .await
+        .expect("date");
+    let job_id = post_job(&app.http, addr(&app), &today, &today).await;
+    wait_status(&app.http, addr(&app), &job_id, "COMPLETED", Duration::from_secs(30)).await;
+    let settled = settled_rows(&app.db, &today, &today).await;
+    assert_eq!(settled, vec![(4242, today.clone(), 6170, 205, 5965, 2)]);
+    app.finish().await;
+}
