@@ -190,6 +190,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let flushing = tokio::spawn(self.flusher.clone().run(self.redis_builder, stop_rx.clone()));
         let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone(), stop_rx.clone()));
+        let probing = tokio::spawn(probe_dependencies(services.clone(), stop_rx.clone()));
         // Features hear of shutdown as soon as it begins, so long-lived
         // responses (event streams) end instead of holding the grace period;
         // the flusher runs until in-flight requests are done.
@@ -213,6 +214,7 @@ impl App {
         }
         let _ = flushing.await;
         let _ = upkeep.await;
+        let _ = probing.await;
         let deadline = Instant::now() + services.config.shutdown_grace;
         match self.flusher.drain(deadline).await {
             Ok(flushed) => tracing::info!(flushed, "outbox drained"),
@@ -237,6 +239,24 @@ async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool
     while !*stop.borrow() {
         tokio::select! {
             _ = tick.tick() => handle.run_upkeep(),
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Probes Redis and Postgres every `DEPENDENCY_PROBE_INTERVAL`, so their
+/// reachability is a metric (dashboards and alerts), not only `/health`.
+async fn probe_dependencies(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::limits::DEPENDENCY_PROBE_INTERVAL);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {
+                let timeout = crate::limits::DEPENDENCY_PROBE_INTERVAL;
+                let redis = tokio::time::timeout(timeout, services.redis.ping::<String>(None)).await;
+                telemetry::dependency_up("redis", matches!(redis, Ok(Ok(_))));
+                let postgres = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&services.postgres)).await;
+                telemetry::dependency_up("postgres", matches!(postgres, Ok(Ok(_))));
+            }
             _ = stop.changed() => {}
         }
     }

@@ -180,6 +180,10 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;
 pub const IDEMPOTENCY_TTL_SECS_MAX: u64 = 7 * 86_400;
 
+/// How often Redis and Postgres are probed for `stampede_dependency_up`
+/// (one PING and one `SELECT 1` a second: nothing next to the traffic).
+pub const DEPENDENCY_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Default of `STAMPEDE_FEE_BPS`: the fee, in basis points, of the
 /// transaction a completed order becomes for settlement (2.5%).
 pub const FEE_BPS_DEFAULT: i64 = 250;

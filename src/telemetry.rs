@@ -51,6 +51,11 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Whether Redis or Postgres answered the last probe (1) or not (0).
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    gauge!("stampede_dependency_up", "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
+}
+
 /// Counters of rare events exist from the start at zero, so a dashboard or
 /// an alert on their rate reads 0 rather than "no data".
 pub fn register_rare_counters() {
