@@ -109,6 +109,7 @@ pub async fn run_load<T>(cfg: Arc<LoadConfig>, at_start: impl FnOnce() -> T) -> 
     let started = at_start();
     let start = Instant::now();
     let connect_duration = start - phase_start;
+    let bar = progress_bar(cfg.clone());
 
     // Tasks stop by themselves at `deadline`; this is the backstop.
     let hard_stop = deadline + cfg.request_timeout + Duration::from_secs(5);
@@ -128,6 +129,7 @@ pub async fn run_load<T>(cfg: Arc<LoadConfig>, at_start: impl FnOnce() -> T) -> 
             }
         }
     }
+    bar.abort();
     let result = LoadResult {
         stats,
         start,
@@ -136,6 +138,28 @@ pub async fn run_load<T>(cfg: Arc<LoadConfig>, at_start: impl FnOnce() -> T) -> 
         aborted,
     };
     (result, Some(started))
+}
+
+/// Purchases so far out of the items on sale, on a terminal only (indicatif
+/// draws nothing when stderr is not one, so logs and CI stay clean).
+fn progress_bar(cfg: Arc<LoadConfig>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(cfg.items as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} purchases ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            bar.set_position(cfg.progress.purchases());
+            if bar.position() >= cfg.items as u64 {
+                bar.finish_and_clear();
+                return;
+            }
+        }
+    })
 }
 
 async fn connection_task(
