@@ -8,74 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 
 use crate::helpers::{
-    buy, create_database, database_url, delete_keys, drop_database, free_port, http_client, outbox_backlog,
-    redis_client, redis_url, send, spawn_app, spawn_app_on, unique_name,
+    EngineProcess, buy, create_database, database_url, delete_keys, drop_database, free_port, http_client,
+    outbox_backlog, redis_client, spawn_app, spawn_app_on, unique_name,
 };
-
-/// The engine as a separate process, so it can be killed with SIGKILL.
-pub(crate) struct EngineProcess {
-    child: Child,
-    pub(crate) addr: std::net::SocketAddr,
-}
-
-impl EngineProcess {
-    pub(crate) async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
-        command
-            .arg("serve")
-            .env("REDIS_URL", redis_url())
-            .env("DATABASE_URL", db_url)
-            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("STAMPEDE_KEY_PREFIX", prefix)
-            .env("STAMPEDE_CONSUMER", consumer)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("engine binary starts");
-        let engine = Self {
-            child,
-            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-        };
-        let http = http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
-                && reply.status == StatusCode::OK
-            {
-                return engine;
-            }
-            assert!(Instant::now() < deadline, "engine did not become healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub(crate) fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().expect("engine exits")
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `kill -9` while the outbox holds entries (some delivered to the dead
 /// consumer, some never read), then a restart as another consumer: Postgres

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -444,5 +445,74 @@ pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
         {
             let _: Result<i64, _> = redis.del(keys).await;
         }
+    }
+}
+
+/// The engine as a separate process, so it can be killed with SIGKILL.
+pub struct EngineProcess {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl EngineProcess {
+    /// `consumer` names it in the outbox consumer group; empty: unique to
+    /// this process (`<prefix>-<port>`).
+    pub async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let consumer = match consumer {
+            "" => format!("{prefix}-{port}"),
+            named => named.to_owned(),
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
+        command
+            .arg("serve")
+            .env("REDIS_URL", redis_url())
+            .env("DATABASE_URL", db_url)
+            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STAMPEDE_KEY_PREFIX", prefix)
+            .env("STAMPEDE_CONSUMER", &consumer)
+            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("engine binary starts");
+        let engine = Self {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        };
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
+                && reply.status == StatusCode::OK
+            {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("engine exits")
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -13,7 +13,7 @@ use hyper::{Method, StatusCode};
 use rand::RngExt;
 use serde_json::{Value, json};
 
-use crate::durability::EngineProcess;
+use crate::helpers::EngineProcess;
 use crate::helpers::{
     ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
     redis_client, send, send_with, spawn_app, spawn_app_sharing, unique_name,

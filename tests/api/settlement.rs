@@ -2,7 +2,6 @@
 //! SQL's GROUP BY, cancel within a second, `kill -9` resumes from the
 //! checkpoint, overlapping jobs and two engines on one database, bad input.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,8 +13,8 @@ use stampede::settlement::generate::{Options, load};
 use time::macros::date;
 
 use crate::helpers::{
-    ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, drop_database, free_port, http_client,
-    redis_url, send_with, spawn_app, unique_name,
+    EngineProcess, HttpClient, Reply, TestApp, create_database, database_url, drop_database, http_client, send_with,
+    spawn_app, unique_name,
 };
 
 const AUTH: &str = "Bearer test-admin-token-0123456789";
@@ -386,61 +385,6 @@ async fn bad_input_gets_stable_codes() {
     app.finish().await;
 }
 
-/// The engine as a separate process, so it can be killed with SIGKILL.
-struct Engine {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Engine {
-    async fn start(db_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
-        command
-            .arg("serve")
-            .env("REDIS_URL", redis_url())
-            .env("DATABASE_URL", db_url)
-            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("STAMPEDE_KEY_PREFIX", prefix)
-            .env("STAMPEDE_CONSUMER", format!("{prefix}-{port}"))
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("engine binary starts");
-        let engine = Self {
-            child,
-            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-        };
-        let http = http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(reply) = crate::helpers::send(&http, engine.addr, Method::GET, "/health", None).await
-                && reply.status == StatusCode::OK
-            {
-                return engine;
-            }
-            assert!(Instant::now() < deadline, "engine did not become healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Chunks of a job: (done, total).
 async fn chunk_counts(db: &PgPool, id: &str) -> (i64, i64) {
     sqlx::query_as("SELECT count(done_at), count(*) FROM settlement_chunks WHERE job_id = $1::uuid")
@@ -464,7 +408,7 @@ const SLOW_JOB: &[(&str, &str)] = &[
 async fn kill_9_mid_job_resumes_from_the_checkpoint() {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
-    let mut first = Engine::start(&db_url, &name, SLOW_JOB).await;
+    let mut first = EngineProcess::start(&db_url, &name, "", SLOW_JOB).await;
     let db = PgPool::connect(&db_url).await.expect("db");
     generate(&db_url, 200_000, 300, 11).await;
     let http = http_client();
@@ -491,7 +435,7 @@ async fn kill_9_mid_job_resumes_from_the_checkpoint() {
         .expect("processed");
     assert!(done_at_kill > 0 && processed_at_kill > 0);
 
-    let second = Engine::start(&db_url, &name, SLOW_JOB).await;
+    let second = EngineProcess::start(&db_url, &name, "", SLOW_JOB).await;
     let view = wait_status(&http, second.addr, &id, "COMPLETED", Duration::from_secs(120)).await;
     let paid = paid_in_range(&db, "2025-01-01", "2025-01-31").await;
     assert_eq!(view["processed"], paid, "nothing counted twice, nothing missed");
@@ -542,7 +486,7 @@ async fn kill_9_mid_job_resumes_from_the_checkpoint() {
 async fn cancel_stops_a_running_job_within_a_second() {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
-    let mut engine = Engine::start(&db_url, &name, SLOW_JOB).await;
+    let mut engine = EngineProcess::start(&db_url, &name, "", SLOW_JOB).await;
     let db = PgPool::connect(&db_url).await.expect("db");
     generate(&db_url, 200_000, 300, 12).await;
     let http = http_client();
@@ -574,7 +518,7 @@ async fn cancel_stops_a_running_job_within_a_second() {
     assert_eq!(status, StatusCode::CONFLICT);
 
     engine.kill_9();
-    let engine = Engine::start(&db_url, &name, SLOW_JOB).await;
+    let engine = EngineProcess::start(&db_url, &name, "", SLOW_JOB).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let view = job(&http, engine.addr, &id).await;
     assert_eq!(view["status"], "CANCELLED", "{view}");
@@ -601,8 +545,8 @@ async fn overlapping_jobs_on_two_engines_leave_settlements_correct() {
         ("STAMPEDE_SETTLEMENT_WORKERS", "2"),
         ("STAMPEDE_SETTLEMENT_POLL_MS", "20"),
     ];
-    let a = Engine::start(&db_url, &name, &settings).await;
-    let b = Engine::start(&db_url, &name, &settings).await;
+    let a = EngineProcess::start(&db_url, &name, "", &settings).await;
+    let b = EngineProcess::start(&db_url, &name, "", &settings).await;
     let db = PgPool::connect(&db_url).await.expect("db");
     generate(&db_url, 60_000, 200, 13).await;
     let http = http_client();
@@ -658,7 +602,7 @@ async fn sigterm_hands_a_running_job_back() {
         ("STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT", "1"),
         ("STAMPEDE_SETTLEMENT_LEASE_MS", "600000"),
     ];
-    let mut first = Engine::start(&db_url, &name, &settings).await;
+    let mut first = EngineProcess::start(&db_url, &name, "", &settings).await;
     let db = PgPool::connect(&db_url).await.expect("db");
     generate(&db_url, 200_000, 300, 14).await;
     let http = http_client();
@@ -669,11 +613,7 @@ async fn sigterm_hands_a_running_job_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stopping = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(first.child.id().to_string())
-        .status();
-    let exit = first.child.wait().expect("engine exits");
+    let exit = first.terminate();
     assert!(exit.success(), "SIGTERM exits 0");
     assert!(
         stopping.elapsed() < Duration::from_secs(5),
@@ -689,7 +629,7 @@ async fn sigterm_hands_a_running_job_back() {
     assert_eq!((status.as_str(), locked_by, attempts), ("RUNNING", None, 0));
     let (done_at_stop, _) = chunk_counts(&db, &id).await;
 
-    let second = Engine::start(&db_url, &name, &settings).await;
+    let second = EngineProcess::start(&db_url, &name, "", &settings).await;
     let view = wait_status(&http, second.addr, &id, "COMPLETED", Duration::from_secs(120)).await;
     assert_eq!(view["processed"], paid_in_range(&db, "2025-01-01", "2025-01-31").await);
     let first_engine_chunks: i64 =

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,8 +16,8 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, free_port,
-    http_client, redis_client, redis_url, send, spawn_app, unique_name,
+    EngineProcess, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
+    redis_client, send, spawn_app, unique_name,
 };
 
 fn tx_body(player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> String {
@@ -904,55 +903,6 @@ async fn history_pages_newest_first() {
     app.finish().await;
 }
 
-/// The engine as a separate process, so it can be killed with SIGKILL.
-struct Engine {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Engine {
-    async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
-        command
-            .arg("serve")
-            .env("REDIS_URL", redis_url())
-            .env("DATABASE_URL", db_url)
-            .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("STAMPEDE_KEY_PREFIX", prefix)
-            .env("STAMPEDE_CONSUMER", consumer)
-            .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let engine = Self {
-            child: command.spawn().expect("engine starts"),
-            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-        };
-        let http = http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
-                && reply.status == StatusCode::OK
-            {
-                return engine;
-            }
-            assert!(Instant::now() < deadline, "engine did not become healthy");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `kill -9` under load with an unflushed outbox, then a restart as another
 /// consumer and every unanswered request retried: every acknowledged
 /// transaction is in the ledger once, and the ledger sums to the balances.
@@ -961,7 +911,7 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
     let redis = redis_client().await;
-    let mut first = Engine::start(&db_url, &name, "wallet-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
+    let mut first = EngineProcess::start(&db_url, &name, "wallet-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
     let http = http_client();
     let acknowledged = Arc::new(std::sync::Mutex::new(HashMap::<String, String>::new()));
     let done = Arc::new(AtomicUsize::new(0));
@@ -992,14 +942,13 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
     while done.load(Ordering::SeqCst) < 600 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    first.child.kill().expect("SIGKILL");
-    let _ = first.child.wait();
+    first.kill_9();
     let mut unanswered = Vec::new();
     for player in players {
         unanswered.extend(player.await.expect("player task"));
     }
 
-    let second = Engine::start(&db_url, &name, "wallet-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
+    let second = EngineProcess::start(&db_url, &name, "wallet-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
     // Clients retry what got no answer: each applies once, or replays.
     for body in &unanswered {
         let reply = send(&http, second.addr, Method::POST, "/wallet/transactions", Some(body))
