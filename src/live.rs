@@ -296,7 +296,10 @@ impl Feature for Live {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(live_doc, live_events_doc))]
+#[openapi(
+    paths(live_doc, live_events_doc),
+    components(schemas(crate::server::apidoc::SseEvent))
+)]
 struct LiveApi;
 
 #[utoipa::path(get, path = "/live", tag = "ops", summary = "The live page",
@@ -306,7 +309,7 @@ fn live_doc() {}
 
 #[utoipa::path(get, path = "/live/events", tag = "ops", summary = "Server-Sent Events feeding the live page",
     responses(
-        (status = 200, description = "`event: snapshot` frames, JSON data", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`event: snapshot` frames, JSON data", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
         (status = 503, description = "`LIVE_STREAMS_FULL`", body = crate::server::error::ErrorBody),
     ))]
 #[allow(dead_code)]

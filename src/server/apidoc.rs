@@ -7,6 +7,19 @@
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
+/// One Server-Sent Event, as a `text/event-stream` response's schema: a
+/// client (and schemathesis) checks each event against it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the event stream for the API document only
+pub struct SseEvent {
+    /// The event type (`event:`).
+    pub event: Option<String>,
+    /// The payload (`data:`), JSON text.
+    pub data: String,
+    /// The event id (`id:`), for `Last-Event-ID`.
+    pub id: Option<String>,
+}
+
 /// Answers the toolkit gives on any route, whatever the feature.
 const TOOLKIT_ANSWERS: &[(&str, &str)] = &[
     (

@@ -180,7 +180,7 @@ fn history() {}
     params(("player_id" = String, Path, description = "percent-encoded"),
            ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
     responses(
-        (status = 200, description = "an event stream; each event has an `id:`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "an event stream; each event has an `id:`", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
         (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_LAST_EVENT_ID`", body = ErrorBody),
         (status = 503, description = "`SSE_STREAMS_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
