@@ -47,7 +47,7 @@ function tx(body) {
 
 export function setup() {
   for (let p = 0; p < PLAYERS; p++) {
-    tx({ player_id: player(p), currency: 'EUR', type: 'deposit', amount_minor: 1000000, reference_id: 'seed' });
+    tx({ player_id: player(p), currency: 'EUR', type: 'deposit', amount_minor: 1000000, reference_id: `seed-${player(p)}` });
   }
 }
 

@@ -125,7 +125,7 @@ pub async fn run(args: WalletArgs) -> Result<bool, String> {
     let mut conn = Conn::connect(&target, TIMEOUT).await?;
     for p in 0..args.players {
         let body = json!({"player_id": player(p), "currency": "EUR", "type": "deposit",
-                          "amount_minor": 1_000_000, "reference_id": "seed"});
+                          "amount_minor": 1_000_000, "reference_id": format!("{}-seed", player(p))});
         expect_ok(&mut conn, &target, "/wallet/transactions", "", &body).await?;
         if p % 2 == 0
             && let Some(token) = &args.admin_token
@@ -361,7 +361,9 @@ async fn worker(
                 break;
             }
             n += 1;
-            let bet_ref = format!("b{n}");
+            // References are unique across players (the engine refuses a
+            // reference another player holds), so each carries its player.
+            let bet_ref = format!("{player}-b{n}");
             let amount = 10 + (n % 50) as i64;
             // Bodies as text: the driver shares the CPUs with the engine.
             let game = games[(n % 3) as usize];
@@ -370,11 +372,11 @@ async fn worker(
             )];
             match n % 10 {
                 0..=3 => steps.push(format!(
-                    r#"{{"player_id":"{player}","currency":"EUR","type":"win","amount_minor":{},"reference_id":"w{n}","bet_reference_id":"{bet_ref}"}}"#,
+                    r#"{{"player_id":"{player}","currency":"EUR","type":"win","amount_minor":{},"reference_id":"{player}-w{n}","bet_reference_id":"{bet_ref}"}}"#,
                     amount * 2
                 )),
                 4 => steps.push(format!(
-                    r#"{{"player_id":"{player}","currency":"EUR","type":"refund","amount_minor":{amount},"reference_id":"r{n}","bet_reference_id":"{bet_ref}"}}"#
+                    r#"{{"player_id":"{player}","currency":"EUR","type":"refund","amount_minor":{amount},"reference_id":"{player}-r{n}","bet_reference_id":"{bet_ref}"}}"#
                 )),
                 _ => {}
             }
@@ -543,11 +545,11 @@ async fn baseline(args: &WalletArgs, target: &Target) -> Result<bool, String> {
     }
     let rps = count.load(Ordering::SeqCst) as f64 / started.elapsed().as_secs_f64();
     println!(
-        "wallet baseline: baseline server {rps:.0} requests/s over {} connections",
-        args.connections
+        "baseline server: {rps:.0} requests/s (POST /checkout) over {} connections for {} s",
+        args.connections, args.secs
     );
-    let mut summary = json!({"scenario": "wallet", "server": "baseline", "requests_per_sec": rps,
-                             "connections": args.connections});
+    let mut summary = json!({"scenario": "baseline-load", "server": "baseline", "requests_per_sec": rps,
+                             "connections": args.connections, "secs": args.secs});
     if let Some(path) = &args.engine_json {
         let engine: Value = std::fs::read(path)
             .ok()

@@ -34,6 +34,9 @@ pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     let body: TransactionBody = read_json(req).await?;
     let tx = body.validate()?;
     let services = &*wallet.services;
+    // (reference, type) is unique across players: the reference's shard
+    // settles whose it is before the player's shard decides the transaction.
+    scripts::claim(&services.executor, &services.keys, &tx).await?;
     let now_ms = services.clock.now_ms();
     let answer = scripts::apply(&services.executor, &services.keys, &tx, now_ms).await?;
     let mut response = json(

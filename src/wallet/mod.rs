@@ -229,7 +229,7 @@ impl Feature for Wallet {
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&scripts::WALLET_APPLY]
+        vec![&scripts::WALLET_CLAIM, &scripts::WALLET_APPLY]
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {

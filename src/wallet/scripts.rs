@@ -18,6 +18,11 @@ use crate::scripts::{LuaScript, reply_i64, reply_str};
 pub static WALLET_APPLY: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("wallet_apply", include_str!("../../lua/wallet_apply.lua"), 6, 15));
 
+/// Claims a transaction's `(reference, type)` for its account, on the
+/// reference's own shard: see `lua/wallet_claim.lua`.
+pub static WALLET_CLAIM: LazyLock<BatchScript> =
+    LazyLock::new(|| BatchScript::new("wallet_claim", include_str!("../../lua/wallet_claim.lua"), 1, 2));
+
 /// The keys of one account; all in the player's shard, so one hash slot for
 /// every currency of the player.
 pub struct AccountKeys {
@@ -154,6 +159,32 @@ fn args(
         WALLET_BALANCE_MINOR_MAX.into(),
         (WALLET_NOTIFY_STREAM_MAX as i64).into(),
     ]
+}
+
+/// Makes `(tx.reference, tx.kind)` belong to the transaction's account, or
+/// refuses because another account holds it. Passing says nothing about the
+/// transaction itself: [`apply`] decides that, on the player's shard.
+pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Result<(), WalletError> {
+    let reference = tx.reference.as_str();
+    let shard = Shard::of_text(reference);
+    let key = keys.key(shard, format_args!("wallet:claim:{}:{reference}", tx.kind.as_str()));
+    let args = vec![tx.player.as_str().into(), tx.currency.code().into()];
+    let script = &*WALLET_CLAIM;
+    let reply = executor.call(script, shard, vec![key], args).await?;
+    match reply_str(&script.lua, &reply, 0)?.as_str() {
+        "OK" => Ok(()),
+        "REFERENCE_REUSED" => {
+            let field = match reply_str(&script.lua, &reply, 1)?.as_str() {
+                "player_id" => "player_id",
+                _ => "currency",
+            };
+            crate::telemetry::wallet_outcome("REFERENCE_REUSED");
+            Err(WalletError::ReferenceReused(field))
+        }
+        other => Err(WalletError::Script(
+            script.lua.unexpected(format!("unknown claim outcome {other:?}")),
+        )),
+    }
 }
 
 /// Applies one client transaction (or replays its first answer).

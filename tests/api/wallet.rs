@@ -218,12 +218,88 @@ async fn one_reference_one_effect_and_the_same_answer() {
     app.finish().await;
 }
 
+/// `(reference_id, type)` is unique across players, as the spec says: the
+/// first account to use a reference owns it, even under a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reference_belongs_to_one_player() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "ref-a", "deposit", 100, "shared-1", json!({})).await;
+    let other = post_tx(&app, "ref-b", "deposit", 100, "shared-1", json!({})).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", other.body);
+    assert_eq!(other.error_code(), "REFERENCE_REUSED");
+    let message = other.body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("player_id"), "{message} names player_id");
+    let untouched = app.get("/wallet/ref-b?currency=EUR").await;
+    assert_eq!(
+        untouched.error_code(),
+        "ACCOUNT_NOT_FOUND",
+        "no account was made for ref-b"
+    );
+    // The owner repeating it is a replay; another type is another transaction.
+    let again = post_tx(&app, "ref-a", "deposit", 100, "shared-1", json!({})).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    ok_tx(&app, "ref-b", "deposit", 50, "ref-b-dep", json!({})).await;
+    ok_tx(&app, "ref-b", "bet", 10, "shared-1", json!({"game": "slots"})).await;
+
+    // 50 players race for one reference: exactly one deposit lands.
+    let mut calls = Vec::new();
+    for p in 0..50 {
+        let (http, addr) = (app.http.clone(), app.addr);
+        calls.push(tokio::spawn(async move {
+            let body = tx_body(&format!("racer-{p}"), "deposit", 10, "race-1", json!({}));
+            send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer")
+        }));
+    }
+    let (mut ok, mut reused) = (0, 0);
+    for call in calls {
+        let reply = call.await.expect("task");
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::UNPROCESSABLE_ENTITY if reply.error_code() == "REFERENCE_REUSED" => reused += 1,
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!((ok, reused), (1, 49));
+    let mut credited = 0;
+    for p in 0..50 {
+        let reply = app.get(&format!("/wallet/racer-{p}?currency=EUR")).await;
+        if reply.status == StatusCode::OK {
+            credited += balances(&reply.body).0;
+        }
+    }
+    assert_eq!(credited, 10, "one deposit of 10 across all racers");
+
+    assert_conserved(&app).await;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM wallet_entries WHERE reference_id IN ('shared-1', 'race-1') AND type = 'deposit'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("count");
+    assert_eq!(rows, 2, "one deposit row per reference");
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conservation_after_a_mixed_concurrent_run() {
     let app = spawn_app(&[]).await;
     let players = 20;
     for p in 0..players {
-        ok_tx(&app, &format!("m{p}"), "deposit", 10_000, "seed", json!({})).await;
+        ok_tx(
+            &app,
+            &format!("m{p}"),
+            "deposit",
+            10_000,
+            &format!("m{p}-seed"),
+            json!({}),
+        )
+        .await;
         if p % 2 == 0 {
             grant(
                 &app,
@@ -241,7 +317,8 @@ async fn conservation_after_a_mixed_concurrent_run() {
             let player = format!("m{p}");
             for i in 0..60 {
                 let game = ["slots", "table", "live"][i % 3];
-                let bet_ref = format!("b{i}");
+                // References are unique across players: each carries its player.
+                let bet_ref = format!("{player}-b{i}");
                 // Every request is sent twice: retried references.
                 let steps: Vec<String> = match i % 6 {
                     0..=2 => vec![tx_body(&player, "bet", 150 + i as i64, &bet_ref, json!({"game": game}))],
@@ -251,7 +328,7 @@ async fn conservation_after_a_mixed_concurrent_run() {
                             &player,
                             "win",
                             300,
-                            &format!("w{i}"),
+                            &format!("{player}-w{i}"),
                             json!({"bet_reference_id": bet_ref}),
                         ),
                     ],
@@ -261,11 +338,11 @@ async fn conservation_after_a_mixed_concurrent_run() {
                             &player,
                             "refund",
                             70,
-                            &format!("r{i}"),
+                            &format!("{player}-r{i}"),
                             json!({"bet_reference_id": bet_ref}),
                         ),
                     ],
-                    _ => vec![tx_body(&player, "deposit", 500, &format!("d{i}"), json!({}))],
+                    _ => vec![tx_body(&player, "deposit", 500, &format!("{player}-d{i}"), json!({}))],
                 };
                 for body in steps {
                     for _ in 0..2 {
@@ -281,7 +358,7 @@ async fn conservation_after_a_mixed_concurrent_run() {
                 }
             }
             // One withdrawal forfeits whatever bonus is left.
-            let body = tx_body(&player, "withdrawal", 100, "wd", json!({}));
+            let body = tx_body(&player, "withdrawal", 100, &format!("{player}-wd"), json!({}));
             send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
                 .await
                 .expect("answer");
@@ -922,9 +999,15 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
             let mut unanswered = Vec::new();
             for i in 0..40 {
                 let body = if i % 2 == 0 {
-                    tx_body(&format!("k{p}"), "deposit", 100, &format!("r{i}"), json!({}))
+                    tx_body(&format!("k{p}"), "deposit", 100, &format!("k{p}-r{i}"), json!({}))
                 } else {
-                    tx_body(&format!("k{p}"), "bet", 60, &format!("r{i}"), json!({"game": "slots"}))
+                    tx_body(
+                        &format!("k{p}"),
+                        "bet",
+                        60,
+                        &format!("k{p}-r{i}"),
+                        json!({"game": "slots"}),
+                    )
                 };
                 match send(&http, addr, Method::POST, "/wallet/transactions", Some(&body)).await {
                     Ok(reply) if reply.status == StatusCode::OK => {
