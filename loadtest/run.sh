@@ -6,13 +6,15 @@
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
-# keys) and print each figure as a ratio engine / baseline server. orders runs
-# the contest scenario against the baseline server for its requests/s (one
-# request, one script call, like one order) and prints orders/s against it.
+# keys) and print each figure as a ratio engine / baseline server. orders and
+# wallet then drive the baseline server's POST /checkout (one request, one
+# script call, like one order or one wallet operation) over the same
+# connection count, for as long as the engine's run, and print the engine's
+# orders/s or operations/s against its requests/s.
 #
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
-#                         (orders: the baseline server's contest size, 2000 users / 20000 items)
+#                         (orders: the baseline server's items, 20000)
 #   PRODUCTS, STOCK, BUYERS, OPERATIONS, CONNECTIONS
 #                         orders: 20 products x 5000, 2000 buyers, 150000 operations, 200 connections
 #   SMALL_LINES, LINES    ingest: lines of the small (memory reference) and large files
@@ -329,19 +331,26 @@ if [[ -n $BASELINE_SERVER ]]; then
   echo "run.sh: baseline server on 127.0.0.1:$BASELINE_PORT, key prefix $BASELINE_PREFIX, log $BASELINE_LOG" >&2
   "$BIN/baseline-server" "${baseline_server_args[@]}" >"$BASELINE_LOG" 2>&1 &
   BASELINE_PID=$!
-  if [[ $SCENARIO == wallet ]] && wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+  if [[ $SCENARIO == wallet || $SCENARIO == orders ]] &&
+     wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+    # Like for like: the baseline server under the engine run's connection
+    # count, for as long as the engine's run lasted (at least 10 s: a 1 s
+    # contest at 1000 connections swung 26k-42k requests/s between runs).
+    baseline_secs=${SECS:-20}
+    if [[ $SCENARIO == orders ]]; then
+      baseline_secs=$(python3 -c 'import json,math,sys; print(max(10, math.ceil(json.load(open(sys.argv[1]))["elapsed_secs"])))' "$JSON_OUT" 2>/dev/null || echo 10)
+    fi
     set +e
     "$BIN/loadtest" wallet --server baseline --url "http://127.0.0.1:$BASELINE_PORT" \
-      --connections "$CONNECTIONS" --secs "$SECS" --engine-json "$JSON_OUT" \
+      --connections "${CONNECTIONS:-200}" --secs "$baseline_secs" --engine-json "$JSON_OUT" \
       --json "$BASELINE_JSON" --threads "${DRIVER_THREADS:-1}"
     baseline_rc=$?
     set -e
-  elif [[ $SCENARIO != wallet ]] && wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
+  elif [[ $SCENARIO != wallet && $SCENARIO != orders ]] &&
+       wait_healthy baseline-server "$BASELINE_PID" "$BASELINE_PORT" "$BASELINE_LOG"; then
     set +e
-    # orders: the contest against the baseline server; the orders flags are not its own.
     baseline_scenario=$SCENARIO
     baseline_extra=("$@")
-    if [[ $SCENARIO == orders ]]; then baseline_scenario=contest; baseline_extra=(); fi
     "$BIN/loadtest" "$baseline_scenario" \
       --server baseline --server-pid "$BASELINE_PID" \
       --url "http://127.0.0.1:$BASELINE_PORT" \
