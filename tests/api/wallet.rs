@@ -1022,7 +1022,15 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
             unanswered
         }));
     }
+    // Fail, not hang, if the players stop (a refusal panics their task) first.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::SeqCst) < 600 {
+        let stopped = players.iter().all(|player| player.is_finished());
+        assert!(
+            !stopped && Instant::now() < deadline,
+            "only {} transactions acknowledged before the kill",
+            done.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill_9();
