@@ -92,6 +92,17 @@ pub struct Answer {
     pub replayed: bool,
 }
 
+/// The field a `REFERENCE_REUSED` reply of either script names.
+fn reused_field(field: &str) -> &'static str {
+    match field {
+        "player_id" => "player_id",
+        "currency" => "currency",
+        "amount_minor" => "amount_minor",
+        "game" => "game",
+        _ => "bet_reference_id",
+    }
+}
+
 /// Decodes a refusal, counting every outcome.
 fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, WalletError> {
     let text = reply_str(script, reply, 0)?;
@@ -112,12 +123,7 @@ fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, Wallet
         "BALANCE_LIMIT_EXCEEDED" => WalletError::BalanceLimitExceeded,
         "BONUS_ACTIVE" => WalletError::BonusActive,
         "OUTBOX_FULL" => WalletError::OutboxFull,
-        "REFERENCE_REUSED" => WalletError::ReferenceReused(match reply_str(script, reply, 1)?.as_str() {
-            "currency" => "currency",
-            "amount_minor" => "amount_minor",
-            "game" => "game",
-            _ => "bet_reference_id",
-        }),
+        "REFERENCE_REUSED" => WalletError::ReferenceReused(reused_field(&reply_str(script, reply, 1)?)),
         other => {
             return Err(WalletError::Script(
                 script.unexpected(format!("unknown outcome {other:?}")),
@@ -174,12 +180,9 @@ pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Re
     match reply_str(&script.lua, &reply, 0)?.as_str() {
         "OK" => Ok(()),
         "REFERENCE_REUSED" => {
-            let field = match reply_str(&script.lua, &reply, 1)?.as_str() {
-                "player_id" => "player_id",
-                _ => "currency",
-            };
-            crate::telemetry::wallet_outcome("REFERENCE_REUSED");
-            Err(WalletError::ReferenceReused(field))
+            let error = WalletError::ReferenceReused(reused_field(&reply_str(&script.lua, &reply, 1)?));
+            crate::telemetry::wallet_outcome(error.outcome_label());
+            Err(error)
         }
         other => Err(WalletError::Script(
             script.lua.unexpected(format!("unknown claim outcome {other:?}")),
