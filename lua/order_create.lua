@@ -21,8 +21,9 @@
 --       idempotency key ('' for none), request fingerprint, idempotency ttl_ms,
 --       order record ttl_ms.
 -- Reply: per request {outcome, replayed (0/1), id, product_id, quantity,
---       buyer_id, status, total_cents, created_ms, expires_ms ('' for none)};
---       the order fields are '' for refusals.
+--       buyer_id, status, total_cents, created_ms, expires_ms ('' for none)}
+--       for an order, {outcome, replayed} for a refusal (most answers once a
+--       product sells out: the short reply is less to encode and decode).
 -- Outcomes: OK, OUT_OF_STOCK, BUYER_LIMIT_REACHED, PRODUCT_NOT_FOUND (all
 --       stored under the idempotency key and replayed), IDEMPOTENCY_KEY_REUSED,
 --       OUTBOX_FULL (not stored: they change nothing).
@@ -40,14 +41,17 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     local seen = redis.call('HMGET', idem, unpack(RECORD))
     if seen[1] then
       if seen[1] ~= fp then
-        return {'IDEMPOTENCY_KEY_REUSED', 0, '', '', '', '', '', '', '', ''}
+        return {'IDEMPOTENCY_KEY_REUSED', 0}
+      end
+      if seen[2] ~= 'OK' then
+        return {seen[2], 1}
       end
       return {seen[2], 1, seen[3], seen[4], seen[5], seen[6], seen[7], seen[8], seen[9], seen[10]}
     end
   end
   -- Shed rather than grow the outbox without bound while Postgres is away.
   if pending + #events / 2 >= bound then
-    return {'OUTBOX_FULL', 0, '', '', '', '', '', '', '', ''}
+    return {'OUTBOX_FULL', 0}
   end
 
   local qty = tonumber(qty_arg)
@@ -70,7 +74,7 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
 
   local reply
   if outcome ~= 'OK' then
-    reply = {outcome, 0, '', '', '', '', '', '', '', ''}
+    reply = {outcome, 0}
   else
     -- Writes start here.
     local total = tostring(qty * tonumber(p[2]))
@@ -97,8 +101,12 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     reply = {'OK', 0, order_id, product_id, qty_arg, buyer, status, total, now, expires}
   end
   if key ~= '' then
-    redis.call('HSET', idem, 'fp', fp, 'outcome', reply[1], 'id', reply[3], 'product', reply[4], 'qty', reply[5],
-      'buyer', reply[6], 'status', reply[7], 'total', reply[8], 'created', reply[9], 'expires', reply[10])
+    if outcome == 'OK' then
+      redis.call('HSET', idem, 'fp', fp, 'outcome', 'OK', 'id', reply[3], 'product', reply[4], 'qty', reply[5],
+        'buyer', reply[6], 'status', reply[7], 'total', reply[8], 'created', reply[9], 'expires', reply[10])
+    else
+      redis.call('HSET', idem, 'fp', fp, 'outcome', outcome)
+    end
     redis.call('PEXPIRE', idem, idem_ttl)
   end
   return reply

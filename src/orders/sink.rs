@@ -157,20 +157,27 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
         .bind(&orders.event_id)
         .execute(&mut *tx)
         .await?;
+        // Straight from the batch's completed events, without reading the
+        // rows back: a completed order is terminal, so its event carries the
+        // row's final values, and a replay conflicts on the id.
         // The seed's `transactions` columns are 32-bit: an order beyond them
         // (over ~21 million in one order) is left out rather than failing
         // every batch after it.
         sqlx::query(
             "INSERT INTO transactions (id, merchant_id, amount_cents, fee_cents, status, paid_at)
-             SELECT o.id, p.merchant_id::int, o.total_amount_cents::int,
-                    (o.total_amount_cents * $2 / 10000)::int, 'PAID', o.updated_at AT TIME ZONE 'UTC'
-             FROM orders o JOIN products p ON p.id = o.product_id
-             WHERE o.id = ANY($1::text[]::uuid[]) AND o.status = 'completed'
-               AND o.total_amount_cents <= 2147483647 AND p.merchant_id <= 2147483647
+             SELECT o.i::uuid, p.merchant_id::int, o.t::int, (o.t * $4 / 10000)::int, 'PAID',
+                    (to_timestamp(0) + o.a * interval '1 millisecond') AT TIME ZONE 'UTC'
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $5::bigint[], $6::text[]) AS o(i, p, t, a, s)
+             JOIN products p ON p.id = o.p
+             WHERE o.s = 'completed' AND o.t <= 2147483647 AND p.merchant_id <= 2147483647
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&orders.id)
+        .bind(&orders.product)
+        .bind(&orders.total)
         .bind(fee_bps)
+        .bind(&orders.at_ms)
+        .bind(&orders.status)
         .execute(&mut *tx)
         .await?;
     }

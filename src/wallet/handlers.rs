@@ -244,7 +244,7 @@ struct HistoryReply {
 
 /// `GET /wallet/{player_id}/transactions?currency=&limit=&before=`: the
 /// ledger from Postgres, newest first. It trails Redis by the flusher's
-/// linger plus one batch write (milliseconds normally; longer while
+/// linger plus one batch write (~100 ms normally; longer while
 /// Postgres is away).
 pub async fn history(
     wallet: &Wallet,
