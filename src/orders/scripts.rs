@@ -10,7 +10,7 @@ use super::domain::{BuyerId, IdempotencyKey, OrderId, ProductId};
 use crate::executor::{BatchScript, Executor};
 use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
-use crate::scripts::{LuaScript, ScriptError, reply_i64, reply_str};
+use crate::scripts::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
 
 pub static ORDER_CREATE: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("order_create", include_str!("../../lua/order_create.lua"), 5, 10));
@@ -106,14 +106,14 @@ fn decide(script: &LuaScript, reply: &[Value]) -> Result<Decided, OrdersError> {
             replayed,
         });
     }
-    let s = |i| reply_str(script, reply, i);
+    let s = |i| reply_text(script, reply, i);
     let expires = s(9)?;
     let record = OrderRecord {
-        id: s(2)?,
+        id: s(2)?.into_owned(),
         product_id: int(script, &s(3)?, "product")? as u64,
         quantity: int(script, &s(4)?, "quantity")?,
-        buyer_id: s(5)?,
-        status: s(6)?,
+        buyer_id: s(5)?.into_owned(),
+        status: s(6)?.into_owned(),
         total_amount_cents: int(script, &s(7)?, "total")?,
         created_ms: int(script, &s(8)?, "created")?,
         expires_ms: if expires.is_empty() {

@@ -1,8 +1,10 @@
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use fred::types::Value;
 
 use crate::keyspace::Shard;
+use crate::scripts::value_text;
 
 /// Why a batch could not be written. The batch stays pending and is retried.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,9 @@ pub fn decode_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
             let fields = parts.pop().unwrap_or(Value::Null);
             let entry_id = parts
                 .pop()
-                .and_then(|v| v.as_string())
+                .as_ref()
+                .and_then(value_text)
+                .map(Cow::into_owned)
                 .ok_or("entry id is not a string")?;
             let fields = match fields {
                 Value::Null => None,
@@ -193,8 +197,8 @@ fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let k = k.as_string().ok_or("field name is not a string")?;
-        let v = v.as_string().ok_or("field value is not a string")?;
+        let k = value_text(&k).ok_or("field name is not a string")?.into_owned();
+        let v = value_text(&v).ok_or("field value is not a string")?.into_owned();
         out.push((k, v));
     }
     Ok(out)
