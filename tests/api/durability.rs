@@ -47,7 +47,15 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
             }
         }));
     }
+    // Fail, not hang, if the buyers stop (a refusal panics their task) first.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::SeqCst) < 300 {
+        let stopped = buyers.iter().all(|buyer| buyer.is_finished());
+        assert!(
+            !stopped && Instant::now() < deadline,
+            "only {} purchases acknowledged before the kill",
+            done.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(

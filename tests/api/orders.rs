@@ -634,7 +634,15 @@ async fn kill_9_under_order_load_loses_no_order() {
             }
         }));
     }
+    // Fail, not hang, if the buyers stop (a refusal panics their task) first.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::SeqCst) < 1_000 {
+        let stopped = buyers.iter().all(|buyer| buyer.is_finished());
+        assert!(
+            !stopped && Instant::now() < deadline,
+            "only {} orders acknowledged before the kill",
+            done.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     engine.kill_9();
@@ -653,7 +661,14 @@ async fn kill_9_under_order_load_loses_no_order() {
         ],
     )
     .await;
+    // Each reconcile waits up to 5 s for the backlog; the restarted engine
+    // claims the dead one's entries after 500 ms, so a minute is ample.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let reconcile = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not flushed within a minute of the restart"
+        );
         let reply = send_with(
             &http,
             second.addr,
