@@ -12,7 +12,7 @@ use hyper::StatusCode;
 
 use crate::helpers::{
     EngineProcess, buy, create_database, database_url, delete_keys, drop_database, free_port, http_client,
-    outbox_backlog, redis_client, spawn_app, spawn_app_on, unique_name,
+    outbox_backlog, redis_client, spawn_app, spawn_app_on, unique_name, wait_for_acknowledged,
 };
 
 /// `kill -9` while the outbox holds entries (some delivered to the dead
@@ -47,17 +47,7 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
             }
         }));
     }
-    // Fail, not hang, if the buyers stop (a refusal panics their task) first.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::SeqCst) < 300 {
-        let stopped = buyers.iter().all(|buyer| buyer.is_finished());
-        assert!(
-            !stopped && Instant::now() < deadline,
-            "only {} purchases acknowledged before the kill",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acknowledged(&done, 300, &buyers, "purchases").await;
     assert!(
         outbox_backlog(&redis, &name).await > 0,
         "outbox holds entries at the kill"

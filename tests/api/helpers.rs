@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -279,6 +280,22 @@ pub async fn buy(http: &HttpClient, addr: SocketAddr, user: &str, item: u32) -> 
 }
 
 /// A port that was free a moment ago, for engines started as a process.
+/// Waits until `done` reaches `target` requests acknowledged by an engine
+/// about to be killed. Fails, rather than hangs, if every client task has
+/// stopped first (a refusal panics a client's task) or after a minute.
+pub async fn wait_for_acknowledged<T>(done: &AtomicUsize, target: usize, clients: &[JoinHandle<T>], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::SeqCst) < target {
+        let stopped = clients.iter().all(JoinHandle::is_finished);
+        assert!(
+            !stopped && Instant::now() < deadline,
+            "only {} {what} acknowledged before the kill",
+            done.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::helpers::EngineProcess;
 use crate::helpers::{
     ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
-    redis_client, send, send_with, spawn_app, spawn_app_sharing, unique_name,
+    redis_client, send, send_with, spawn_app, spawn_app_sharing, unique_name, wait_for_acknowledged,
 };
 
 async fn create_product(app: &TestApp, stock: i64, price_cents: i64, max_per_buyer: i64) -> u64 {
@@ -634,17 +634,7 @@ async fn kill_9_under_order_load_loses_no_order() {
             }
         }));
     }
-    // Fail, not hang, if the buyers stop (a refusal panics their task) first.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::SeqCst) < 1_000 {
-        let stopped = buyers.iter().all(|buyer| buyer.is_finished());
-        assert!(
-            !stopped && Instant::now() < deadline,
-            "only {} orders acknowledged before the kill",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acknowledged(&done, 1_000, &buyers, "orders").await;
     engine.kill_9();
     for buyer in buyers {
         buyer.await.expect("buyer task");

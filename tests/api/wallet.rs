@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     EngineProcess, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
-    redis_client, send, spawn_app, unique_name,
+    redis_client, send, spawn_app, unique_name, wait_for_acknowledged,
 };
 
 fn tx_body(player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> String {
@@ -1022,17 +1022,7 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
             unanswered
         }));
     }
-    // Fail, not hang, if the players stop (a refusal panics their task) first.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::SeqCst) < 600 {
-        let stopped = players.iter().all(|player| player.is_finished());
-        assert!(
-            !stopped && Instant::now() < deadline,
-            "only {} transactions acknowledged before the kill",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acknowledged(&done, 600, &players, "transactions").await;
     first.kill_9();
     let mut unanswered = Vec::new();
     for player in players {
