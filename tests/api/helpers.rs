@@ -473,8 +473,24 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     /// `consumer` names it in the outbox consumer group; empty: unique to
-    /// this process (`<prefix>-<port>`).
+    /// this process (`<prefix>-<port>`). `extra` overrides the defaults
+    /// (`REDIS_URL` included). Waits until `GET /health` answers 200.
     pub async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let engine = Self::spawn(db_url, prefix, consumer, extra, Stdio::inherit());
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
+                && reply.status == StatusCode::OK
+            {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let consumer = match consumer {
             "" => format!("{prefix}-{port}"),
@@ -491,26 +507,55 @@ impl EngineProcess {
             .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra {
             command.env(k, v);
         }
         let child = command.spawn().expect("engine binary starts");
-        let engine = Self {
+        Self {
             child,
             addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-        };
+        }
+    }
+
+    /// Starts an engine that is expected to refuse to start: `Ok` with its
+    /// exit status and what it wrote to stderr once it exits; `Err` if it
+    /// answered `GET /health` with 200 instead, or still ran after `within`.
+    #[allow(dead_code)] // for the start-up checks of the fault suite
+    pub async fn expect_refusal(
+        db_url: &str,
+        prefix: &str,
+        extra: &[(&str, &str)],
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, String), String> {
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-stderr.log"));
+        let file = std::fs::File::create(&log).expect("engine stderr file");
+        let mut engine = Self::spawn(db_url, prefix, "", extra, Stdio::from(file));
         let http = http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let deadline = Instant::now() + within;
+        let outcome = loop {
+            if let Some(status) = engine.child.try_wait().expect("engine status") {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                break Ok((status, stderr));
+            }
             if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
                 && reply.status == StatusCode::OK
             {
-                return engine;
+                break Err("the engine started and answered GET /health with 200".to_owned());
             }
-            assert!(Instant::now() < deadline, "engine did not become healthy");
+            if Instant::now() > deadline {
+                break Err(format!("the engine still ran {within:?} after its start"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        let _ = std::fs::remove_file(&log);
+        outcome
+    }
+
+    /// The process id (its memory is read from /proc/<pid>/status).
+    #[allow(dead_code)] // for the flood case of the fault suite
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill_9(&mut self) {
@@ -531,5 +576,164 @@ impl Drop for EngineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private redis-server on a free port with its own directory under
+/// CARGO_TARGET_TMPDIR, AOF on with `appendfsync always` (an acknowledged
+/// write survives a `kill -9`), so a test can crash it, kill its clients or
+/// misconfigure it without disturbing anyone else.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+impl PrivateRedis {
+    /// `name` names its directory; `extra` are more `redis-server` arguments
+    /// (e.g. `--maxmemory-policy allkeys-lru`).
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{name}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        redis.run();
+        redis
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/services.sh installs it)");
+        self.child = Some(child);
+        // Answers PONG once it has replayed its AOF (-LOADING before).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 64];
+        conn.write_all(b"PING\r\n").is_ok() && conn.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILL: whatever was not yet in the AOF is lost, as in a crash.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory: it replays its AOF.
+    pub fn restart(&mut self) {
+        self.kill_9();
+        self.run();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill_9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private Postgres (scripts/services.sh pg-start with its own
+/// STAMPEDE_PG_DIR and STAMPEDE_PG_PORT), so a test can stop it.
+#[allow(dead_code)] // for the Postgres outage of the fault suite
+pub struct PrivatePostgres {
+    services: String,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    running: bool,
+}
+
+#[allow(dead_code)] // for the Postgres outage of the fault suite
+impl PrivatePostgres {
+    pub fn start(name: &str) -> Self {
+        let services = std::env::var("STAMPEDE_TEST_SERVICES")
+            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
+        let port = free_port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}-{port}"));
+        let mut postgres = Self {
+            services,
+            port,
+            dir,
+            running: false,
+        };
+        postgres.start_again();
+        postgres
+    }
+
+    fn services(&self, action: &str) {
+        let status = Command::new("bash")
+            .arg(&self.services)
+            .arg(action)
+            .env("STAMPEDE_PG_DIR", &self.dir)
+            .env("STAMPEDE_PG_PORT", self.port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("services.sh runs");
+        assert!(status.success(), "services.sh {action} failed");
+    }
+
+    /// The server's URL (database `stampede`), for `spawn_app_on`.
+    pub fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/stampede", self.port)
+    }
+
+    /// Returns once it accepts queries.
+    pub fn start_again(&mut self) {
+        self.services("pg-start");
+        self.running = true;
+    }
+
+    /// Returns once it is really down.
+    pub fn stop(&mut self) {
+        self.services("pg-stop");
+        self.running = false;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
 }
