@@ -142,20 +142,14 @@ pub async fn spawn_app_sharing(other: &TestApp, overrides: &[(&str, &str)]) -> T
     .await
 }
 
-async fn start_engine(
-    server_url: &str,
-    name: &str,
-    db_url: String,
-    clock: Option<Arc<ManualClock>>,
-    overrides: &[(&str, &str)],
-) -> TestApp {
-    let owns_data = clock.is_none();
-    let name = name.to_owned();
+/// The configuration a test engine runs with: the test defaults, its
+/// database and key prefix, then `overrides` (env var names).
+pub fn engine_config(db_url: &str, name: &str, overrides: &[(&str, &str)]) -> Config {
     let mut vars: BTreeMap<String, String> = [
         ("REDIS_URL", redis_url()),
-        ("DATABASE_URL", db_url.clone()),
+        ("DATABASE_URL", db_url.to_owned()),
         ("STAMPEDE_LISTEN", "127.0.0.1:0".into()),
-        ("STAMPEDE_KEY_PREFIX", name.clone()),
+        ("STAMPEDE_KEY_PREFIX", name.to_owned()),
         ("STAMPEDE_CONSUMER", format!("{name}-consumer")),
         ("STAMPEDE_FLUSH_LINGER_MS", "2".into()),
         ("STAMPEDE_SHUTDOWN_GRACE_MS", "5000".into()),
@@ -167,7 +161,19 @@ async fn start_engine(
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
-    let config = Config::from_vars(vars).expect("test config is valid");
+    Config::from_vars(vars).expect("test config is valid")
+}
+
+async fn start_engine(
+    server_url: &str,
+    name: &str,
+    db_url: String,
+    clock: Option<Arc<ManualClock>>,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    let owns_data = clock.is_none();
+    let name = name.to_owned();
+    let config = engine_config(&db_url, &name, overrides);
     let clock = clock.unwrap_or_else(|| clock_at_sale_start(config.sale.period_secs));
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
@@ -461,6 +467,88 @@ pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
             && !keys.is_empty()
         {
             let _: Result<i64, _> = redis.del(keys).await;
+        }
+    }
+}
+
+/// A private redis-server, so a test can crash, pause or misconfigure it
+/// without disturbing others: `appendonly yes`, `appendfsync always`, no
+/// snapshots, then `extra` arguments (a later option wins).
+pub struct PrivateRedis {
+    child: Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    /// Made by `fresh`: removed with the server.
+    owns_dir: bool,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16, dir: &std::path::Path) -> Self {
+        Self::start_with(port, dir, &[])
+    }
+
+    pub fn start_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/services.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+            owns_dir: false,
+        }
+    }
+
+    /// A private Redis in a fresh folder under the test target directory,
+    /// removed when it is dropped.
+    pub fn fresh(name: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut redis = Self::start_with(port, &dir, extra);
+        redis.owns_dir = true;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of this Redis, for the test's own commands.
+    pub async fn client(&self) -> RedisClient {
+        let redis = RedisClient::new(
+            RedisConfig::from_url(&self.url()).expect("private redis URL parses"),
+            None,
+            None,
+            None,
+        );
+        redis.init().await.expect("private redis client connects");
+        redis
+    }
+
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.crash();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
