@@ -94,6 +94,8 @@ impl App {
             ExecutorConfig {
                 inflight: config.script_inflight,
                 outbox_events_max: config.outbox_events_max,
+                queue_max: config.script_queue_max,
+                queue_deadline: config.queue_deadline,
             },
         );
         let services = Arc::new(Services {

@@ -38,7 +38,8 @@ pub struct Ops {
 clients switch on `code`. Any route may also answer `NOT_FOUND` (404, unknown route), `METHOD_NOT_ALLOWED` (405), \
 `BODY_TIMEOUT` (408), `BODY_TOO_LARGE` (413), `URI_TOO_LONG` (414); admin routes `UNAUTHORIZED` (401) and \
 `ADMIN_DISABLED` (403); script-backed routes `REDIS_UNAVAILABLE` and `OVERLOADED` (503, with `Retry-After`) and \
-`INTERNAL` (500)."
+`INTERNAL` (500). A connection opened while the engine is at its connection bound is answered `OVERLOADED` (503, \
+`Retry-After`, `Connection: close`) whatever it asks."
     ),
     paths(health_doc, metrics_doc, index_doc, openapi_doc),
     components(schemas(HealthDoc, crate::server::error::ErrorBody)),
