@@ -115,8 +115,9 @@ pub const FLUSH_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Every Postgres statement the flusher runs must finish within this.
 pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a Redis command may wait for its reply (including a reconnect)
-/// before the request fails with 503 instead of hanging.
+/// Default of `STAMPEDE_REDIS_COMMAND_TIMEOUT_MS`: how long a Redis command
+/// may wait for its reply (including a reconnect) before the request fails
+/// with 503 instead of hanging.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A checkout code's key is kept this long past the code's expiry, so a late
