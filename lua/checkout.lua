@@ -1,8 +1,13 @@
 -- checkout.lua: decide a batch of checkout attempts, each atomically and in
 -- order, exactly as if each came alone, and record them.
 --
--- Every attempt, accepted or refused, is appended to the shard's outbox so
--- Postgres ends up with the full attempt log (contest rule). A sale is opened
+-- Every answered attempt, accepted or refused, is appended to the shard's
+-- outbox so Postgres ends up with the full attempt log (contest rule).
+-- Refused attempts may fill only their share of the outbox bound (a quarter,
+-- see OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR): past it a refused attempt is
+-- answered REFUSALS_FULL (503 OUTBOX_FULL) and not recorded, so a flood of
+-- refused attempts cannot push purchases and issued codes into OUTBOX_FULL,
+-- and every attempt that got an answer is still logged. A sale is opened
 -- lazily here, on its first checkout, so that no background task has to race
 -- the clock to create it.
 --
@@ -14,9 +19,10 @@
 -- Batch protocol (src/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
 --       sale meta hash, sold bitmap, per-user counters hash, code string.
--- ARGV: 1 requests, 2 outbox bound (events), then per request (13):
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (14):
 --       now_ms, sale_id, starts_ms, ends_ms, items, per_user_limit, item_id,
---       user_id, code, expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user.
+--       user_id, code, expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user,
+--       refused attempts' bound (events).
 -- Reply: per request {outcome}. Events: sale_opened, checkout.
 local outbox, counter = KEYS[1], KEYS[2]
 local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -32,24 +38,24 @@ local S = '\31'
 local sales = {}
 
 for r = 0, n - 1 do
-  local k, a = 2 + r * 4, 2 + r * 13
+  local k, a = 2 + r * 4, 2 + r * 14
   local meta, sold, users, code_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local now, sale_id, item_arg, user = ARGV[a + 1], ARGV[a + 2], ARGV[a + 7], ARGV[a + 8]
 
-  local outcome
+  local outcome, sale, items, limit
   -- Shed rather than grow the outbox without bound while Postgres is away:
   -- an attempt is recorded even when refused, so all of them are shed.
   if pending + #events / 2 >= bound then
     outcome = 'OUTBOX_FULL'
   else
-    local sale = sales[meta]
+    sale = sales[meta]
     if not sale then
       local stored = redis.call('HMGET', meta, 'items', 'limit')
       sale = {opening = stored[1] == false, items = stored[1], limit = stored[2]}
       sales[meta] = sale
     end
-    local items = sale.opening and ARGV[a + 5] or sale.items
-    local limit = sale.opening and ARGV[a + 6] or sale.limit
+    items = sale.opening and ARGV[a + 5] or sale.items
+    limit = sale.opening and ARGV[a + 6] or sale.limit
     local item = tonumber(item_arg)
     local counts = redis.call('HMGET', users, 'p:' .. user, 'c:' .. user)
 
@@ -64,8 +70,14 @@ for r = 0, n - 1 do
       -- Each live code costs memory; a per-user cap bounds what one user can pin.
       outcome = 'TOO_MANY_CHECKOUTS'
     end
+    -- A refused attempt is recorded only within its share of the bound.
+    if outcome ~= 'OK' and pending + #events / 2 >= tonumber(ARGV[a + 14]) then
+      outcome = 'REFUSALS_FULL'
+    end
+  end
 
-    -- Writes start here.
+  -- Writes start here, for an attempt that will be recorded.
+  if outcome ~= 'OUTBOX_FULL' and outcome ~= 'REFUSALS_FULL' then
     if sale.opening then
       -- Create every key of the sale now so each gets its expiry once,
       -- instead of a PEXPIRE on every later write. Items are numbered from

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
@@ -21,9 +21,9 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::keyspace::Keyspace;
-use crate::limits::REDIS_COMMAND_TIMEOUT;
 use crate::ops::Ops;
 use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
+use crate::redis_settings::{RedisSettings, RedisSettingsError};
 use crate::scripts::{LuaScript, ScriptError};
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
@@ -48,6 +48,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    #[error(transparent)]
+    RedisSettings(#[from] RedisSettingsError),
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -80,9 +82,14 @@ impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
         telemetry::register_rare_counters();
-        let redis_builder = redis_builder(&config.redis_url)?;
+        let redis_builder = redis_builder(&config.redis_url, config.redis_command_timeout)?;
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         redis.init().await?;
+        let redis_settings = match config.redis_checks {
+            true => crate::redis_settings::check(&redis).await?,
+            false => RedisSettings::unchecked(),
+        };
+        telemetry::redis_appendonly(redis_settings.appendonly_gauge());
 
         let postgres = crate::postgres::connect(&config).await?;
         sqlx::migrate!("./migrations").run(&postgres).await?;
@@ -94,6 +101,8 @@ impl App {
             ExecutorConfig {
                 inflight: config.script_inflight,
                 outbox_events_max: config.outbox_events_max,
+                queue_max: config.script_queue_max,
+                queue_deadline: config.queue_deadline,
             },
         );
         let services = Arc::new(Services {
@@ -142,7 +151,7 @@ impl App {
         let mut features = features;
         features.push(live);
 
-        let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone());
+        let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone(), redis_settings);
         routes.extend(ops.clone().routes());
         let router = Arc::new(Router::new(routes)?);
         ops.set_index(router.describe());
@@ -225,11 +234,28 @@ impl App {
     }
 }
 
-fn redis_builder(url: &str) -> Result<Builder, StartupError> {
+/// The clients of every script call, state-changing read and flusher read.
+///
+/// A call is sent at most once: `max_command_attempts = 1`. fred's default
+/// (3) writes again, after a reconnect, the commands that were written but
+/// not answered when a connection closed, so a script that ran but whose
+/// reply was lost would run twice (an order taking its stock twice, a buyer
+/// told `CODE_USED` for their own purchase). With 1, such a command fails
+/// with the connection error instead, and the request answers 503 with a way
+/// to find out what happened. What else fred does, read in its 10.1 source,
+/// is in ARCHITECTURE.md ("A call runs at most once").
+fn redis_builder(url: &str, command_timeout: Duration) -> Result<Builder, StartupError> {
     let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
     builder
-        .with_performance_config(|perf| perf.default_command_timeout = REDIS_COMMAND_TIMEOUT)
-        .with_connection_config(|conn| conn.connection_timeout = REDIS_COMMAND_TIMEOUT)
+        .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
+        .with_connection_config(|conn| {
+            conn.connection_timeout = command_timeout;
+            conn.max_command_attempts = 1;
+            // No unresponsive-connection checks (fred's default): they
+            // close a slow connection and fail what is in flight on it,
+            // turning a slow answer into an unknown outcome.
+            conn.unresponsive = Default::default();
+        })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     Ok(builder)
 }

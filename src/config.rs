@@ -84,6 +84,16 @@ pub struct Config {
     pub outbox_events_max: u64,
     /// Batched script calls in flight at once per script and shard.
     pub script_inflight: usize,
+    /// Requests waiting per (script, shard) queue before 503 `OVERLOADED`.
+    pub script_queue_max: usize,
+    /// A request that waited longer than this in an executor queue is shed
+    /// (503 `OVERLOADED`) and never sent to Redis.
+    pub queue_deadline: Duration,
+    /// How long a Redis command may take, reconnect included, before the
+    /// request fails with 503.
+    pub redis_command_timeout: Duration,
+    /// Whether Redis's eviction and persistence settings are checked at start.
+    pub redis_checks: bool,
     /// `STAMPEDE_ADMIN_TOKEN`; `None` disables the admin routes.
     pub admin_token: Option<Secret>,
 }
@@ -144,7 +154,27 @@ impl Config {
             1,
             1_000_000_000,
         )?;
-        let script_inflight = env.number("STAMPEDE_SCRIPT_INFLIGHT", 2, 1, 16)?;
+        let script_inflight = env.number("STAMPEDE_SCRIPT_INFLIGHT", 2, 1, limits::SCRIPT_INFLIGHT_MAX)?;
+        let max_connections = env.number(
+            "STAMPEDE_MAX_CONNECTIONS",
+            limits::MAX_CONNECTIONS_DEFAULT,
+            1,
+            1_000_000,
+        )?;
+        let script_queue_max = script_queue_max(&env, max_connections)?;
+        let queue_deadline = Duration::from_millis(env.number(
+            "STAMPEDE_QUEUE_DEADLINE_MS",
+            limits::QUEUE_DEADLINE_DEFAULT.as_millis() as u64,
+            1,
+            60_000,
+        )?);
+        let redis_command_timeout = Duration::from_millis(env.number(
+            "STAMPEDE_REDIS_COMMAND_TIMEOUT_MS",
+            limits::REDIS_COMMAND_TIMEOUT.as_millis() as u64,
+            50,
+            60_000,
+        )?);
+        let redis_checks = env.switch("STAMPEDE_REDIS_CHECKS", true)?;
         let admin_token = env.get("STAMPEDE_ADMIN_TOKEN").map(|t| Secret(t.trim().to_owned()));
         if let Some(Secret(token)) = &admin_token
             && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
@@ -158,6 +188,11 @@ impl Config {
         Ok(Self {
             outbox_events_max,
             script_inflight,
+            script_queue_max,
+            queue_deadline,
+            redis_command_timeout,
+            redis_checks,
+            max_connections,
             admin_token,
             listen,
             redis_url: env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
@@ -203,7 +238,6 @@ impl Config {
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
             postgres_pool_size: env.number("STAMPEDE_PG_POOL", 16, 2, 256)?,
-            max_connections: env.number("STAMPEDE_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
             worker_threads: env.number("STAMPEDE_WORKER_THREADS", default_worker_threads(), 1, 1024)?,
             header_read_timeout: Duration::from_millis(env.number(
                 "STAMPEDE_HEADER_READ_TIMEOUT_MS",
@@ -220,6 +254,29 @@ impl Config {
     pub fn env(&self) -> Env<'_> {
         Env { vars: &self.vars }
     }
+}
+
+/// `STAMPEDE_SCRIPT_QUEUE_MAX`. Each HTTP/1.1 connection has at most one
+/// request in flight, so a queue bound at or above the connection bound could
+/// never fill and `OVERLOADED` would never answer: refused. The default is
+/// capped at half the connection bound for the same reason.
+fn script_queue_max(env: &Env<'_>, max_connections: usize) -> Result<usize, ConfigError> {
+    let default = limits::SCRIPT_QUEUE_DEPTH_DEFAULT.min(max_connections / 2).max(1);
+    let Some(raw) = env.get("STAMPEDE_SCRIPT_QUEUE_MAX") else {
+        return Ok(default);
+    };
+    let value: usize = env.number("STAMPEDE_SCRIPT_QUEUE_MAX", default, 1, 1_000_000)?;
+    if value >= max_connections {
+        return Err(ConfigError::Invalid {
+            var: "STAMPEDE_SCRIPT_QUEUE_MAX",
+            value: raw,
+            reason: format!(
+                "must be below STAMPEDE_MAX_CONNECTIONS ({max_connections}): each connection has at most one \
+                 request in flight, so a larger queue never fills and OVERLOADED could never answer"
+            ),
+        });
+    }
+    Ok(value)
 }
 
 /// One core is left to Redis, which runs beside the engine and is single
@@ -266,6 +323,22 @@ impl Env<'_> {
             return Err(invalid(format!("must be between {min} and {max}")));
         }
         Ok(value)
+    }
+
+    /// `on` or `off` (also `true`/`false`, `1`/`0`), or `default` when unset.
+    pub fn switch(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            _ => Err(ConfigError::Invalid {
+                var,
+                value: raw,
+                reason: "expected on or off".into(),
+            }),
+        }
     }
 
     fn listen(&self, var: &'static str, default: &str) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -315,11 +388,49 @@ mod tests {
                 &[("DATABASE_URL", "x"), ("STAMPEDE_FLUSH_BATCH_ROWS", "100000")],
                 "STAMPEDE_FLUSH_BATCH_ROWS",
             ),
+            (
+                &[
+                    ("DATABASE_URL", "x"),
+                    ("STAMPEDE_MAX_CONNECTIONS", "100"),
+                    ("STAMPEDE_SCRIPT_QUEUE_MAX", "100"),
+                ],
+                "STAMPEDE_SCRIPT_QUEUE_MAX",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_QUEUE_DEADLINE_MS", "0")],
+                "STAMPEDE_QUEUE_DEADLINE_MS",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_REDIS_COMMAND_TIMEOUT_MS", "10")],
+                "STAMPEDE_REDIS_COMMAND_TIMEOUT_MS",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_REDIS_CHECKS", "maybe")],
+                "STAMPEDE_REDIS_CHECKS",
+            ),
         ];
         for (vars, var) in cases {
             let err = config(vars).expect_err("must be refused").to_string();
             assert!(err.starts_with(var), "{err:?} should name {var}");
         }
+    }
+
+    #[test]
+    fn the_queue_bound_stays_below_the_connection_bound() {
+        let c = config(&[("DATABASE_URL", "x")]).expect("valid");
+        assert_eq!(c.script_queue_max, limits::SCRIPT_QUEUE_DEPTH_DEFAULT);
+        assert!(c.script_queue_max < c.max_connections);
+        let small = config(&[("DATABASE_URL", "x"), ("STAMPEDE_MAX_CONNECTIONS", "10")]).expect("valid");
+        assert_eq!(small.script_queue_max, 5);
+        let one = config(&[("DATABASE_URL", "x"), ("STAMPEDE_MAX_CONNECTIONS", "1")]).expect("valid");
+        assert_eq!(one.script_queue_max, 1);
+        let set = config(&[
+            ("DATABASE_URL", "x"),
+            ("STAMPEDE_MAX_CONNECTIONS", "100"),
+            ("STAMPEDE_SCRIPT_QUEUE_MAX", "99"),
+        ])
+        .expect("valid");
+        assert_eq!(set.script_queue_max, 99);
     }
 
     #[test]

@@ -18,17 +18,23 @@
 //!
 //! A call that fails (timeout, reset) fails every request in it with the
 //! same `ScriptError`: the client cannot tell whether it took effect, which
-//! is why features offer a read-only way to look a state up.
+//! is why features offer a read-only way to look a state up. A call is sent
+//! once: the Redis clients never resend by themselves (see `crate::app`).
+//!
+//! Overload is answered before Redis: a request finding its queue full, or
+//! found by a worker to have waited past the queue deadline, gets
+//! `ScriptError::Overloaded` and is never sent, so that answer is certain.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use fred::clients::Pool;
 use fred::types::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::keyspace::{Keyspace, Shard};
-use crate::limits::{SCRIPT_BATCH_REQUESTS_MAX, SCRIPT_QUEUE_DEPTH_MAX};
+use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
 use crate::scripts::{LuaScript, ScriptError};
 use crate::telemetry;
 
@@ -56,11 +62,16 @@ pub struct ExecutorConfig {
     pub inflight: usize,
     /// Unflushed events a shard's outbox may hold before writes are shed.
     pub outbox_events_max: u64,
+    /// Requests that may wait in one queue; beyond, `Overloaded` at once.
+    pub queue_max: usize,
+    /// A request that waited longer than this is shed, never sent.
+    pub queue_deadline: Duration,
 }
 
 struct Job {
     keys: Vec<String>,
     args: Vec<Value>,
+    queued_at: Instant,
     reply: oneshot::Sender<Result<Value, ScriptError>>,
 }
 
@@ -106,7 +117,7 @@ impl Executor {
         let mut workers = Vec::new();
         for script in scripts {
             for shard in Shard::all() {
-                let (tx, rx) = mpsc::channel(SCRIPT_QUEUE_DEPTH_MAX);
+                let (tx, rx) = mpsc::channel(inner.config.queue_max.max(1));
                 if queues.insert((script.lua.name(), shard), tx).is_some() {
                     return Err(ExecutorError::Duplicate(script.lua.name()));
                 }
@@ -115,6 +126,7 @@ impl Executor {
                     outbox: inner.keys.outbox(shard),
                     counter: inner.keys.outbox_events(shard),
                     outbox_events_max: inner.config.outbox_events_max,
+                    queue_deadline: inner.config.queue_deadline,
                 };
                 for _ in 0..inner.config.inflight.max(1) {
                     workers.push((*script, header.clone(), rx.clone()));
@@ -154,9 +166,16 @@ impl Executor {
             .ok_or_else(|| script.lua.unexpected("script not registered with the executor"))?;
         let (reply, answer) = oneshot::channel();
         // Full queue: shed at once instead of growing or waiting unbounded.
-        queue
-            .try_send(Job { keys, args, reply })
-            .map_err(|_| ScriptError::Overloaded)?;
+        let job = Job {
+            keys,
+            args,
+            queued_at: Instant::now(),
+            reply,
+        };
+        if queue.try_send(job).is_err() {
+            telemetry::script_shed(script.lua.name(), "queue_full");
+            return Err(ScriptError::Overloaded);
+        }
         match answer.await {
             Ok(Ok(Value::Array(values))) if !values.is_empty() => Ok(values),
             Ok(Ok(other)) => Err(script.lua.unexpected(format!("request reply {other:?}"))),
@@ -172,6 +191,7 @@ struct Header {
     outbox: String,
     counter: String,
     outbox_events_max: u64,
+    queue_deadline: Duration,
 }
 
 async fn worker(script: &'static BatchScript, redis: Pool, header: Header, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
@@ -179,20 +199,36 @@ async fn worker(script: &'static BatchScript, redis: Pool, header: Header, queue
     loop {
         {
             // One worker waits on the queue at a time; the others are in
-            // flight. It takes all that waits, up to the batch bound.
+            // flight. It takes all that waits, up to the batch bound,
+            // shedding what waited past the deadline (it never reaches Redis).
             let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(job) => jobs.push(job),
-                None => return,
-            }
-            while jobs.len() < SCRIPT_BATCH_REQUESTS_MAX {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+            while jobs.is_empty() {
+                let Some(job) = queue.recv().await else {
+                    return;
+                };
+                let now = Instant::now();
+                admit(script, &header, now, job, &mut jobs);
+                while jobs.len() < SCRIPT_BATCH_REQUESTS_MAX {
+                    match queue.try_recv() {
+                        Ok(job) => admit(script, &header, now, job, &mut jobs),
+                        Err(_) => break,
+                    }
                 }
             }
         }
         run_batch(script, &redis, &header, &mut jobs).await;
+    }
+}
+
+/// Puts `job` in the batch, or answers it `Overloaded` if it waited past the
+/// deadline: by then its client is better told to retry than kept waiting,
+/// and serving it would only delay every request behind it.
+fn admit(script: &'static BatchScript, header: &Header, now: Instant, job: Job, jobs: &mut Vec<Job>) {
+    if now.saturating_duration_since(job.queued_at) > header.queue_deadline {
+        telemetry::script_shed(script.lua.name(), "deadline");
+        let _ = job.reply.send(Err(ScriptError::Overloaded));
+    } else {
+        jobs.push(job);
     }
 }
 

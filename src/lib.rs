@@ -5,7 +5,8 @@
 //! Layers, each importing only those below it:
 //!
 //! 1. Infrastructure: [`config`], [`clock`], [`limits`], [`telemetry`],
-//!    [`keyspace`], [`postgres`], [`scripts`] (Lua loading, EVALSHA with
+//!    [`keyspace`], [`postgres`], [`redis_settings`] (the Redis settings
+//!    checked at start), [`scripts`] (Lua loading, EVALSHA with
 //!    reload), [`executor`] (the batched script executor), [`outbox`] (the
 //!    Redis Stream outboxes, the flusher and its sink registry), and
 //!    [`services`] (what features may use).
@@ -36,6 +37,7 @@ pub mod ops;
 pub mod orders;
 pub mod outbox;
 pub mod postgres;
+pub mod redis_settings;
 pub mod sale;
 pub mod scripts;
 pub mod server;

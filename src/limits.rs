@@ -56,11 +56,55 @@ pub const FLUSH_BATCH_ROWS_MAX: usize = 7_000;
 /// little: at 256 the per-call overhead is already under 1% of the call.
 pub const SCRIPT_BATCH_REQUESTS_MAX: usize = 256;
 
-/// Requests that may wait for one script on one shard while its calls are in
-/// flight; beyond it requests are shed with 503 `OVERLOADED` rather than
-/// queued without limit. Above the default connection bound's share of one
-/// shard in practice: a flash sale puts all its traffic on one shard.
-pub const SCRIPT_QUEUE_DEPTH_MAX: usize = 16_384;
+/// Default of `STAMPEDE_SCRIPT_QUEUE_MAX`: requests that may wait for one
+/// script on one shard while its calls are in flight; beyond it requests are
+/// shed with 503 `OVERLOADED` rather than queued without limit. It must be
+/// fillable: each HTTP/1.1 connection has at most one request in flight, so
+/// a queue bound at or above the connection bound could never be reached
+/// (checked below for the defaults, and at start for the settings, where the
+/// default is also capped at half the connection bound). 4,096 is a fraction
+/// of a second of one shard's work at the rates measured in ARCHITECTURE.md
+/// (5,000-15,000 script requests/s), so the queue deadline usually sheds
+/// first; a flash sale puts all its traffic on one shard, so nearly half the
+/// default connection bound may wait on it.
+pub const SCRIPT_QUEUE_DEPTH_DEFAULT: usize = 4_096;
+
+/// Default of `STAMPEDE_MAX_CONNECTIONS`: open client connections.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+/// Ceiling of `STAMPEDE_SCRIPT_INFLIGHT`, calls in flight per queue.
+pub const SCRIPT_INFLIGHT_MAX: usize = 16;
+
+/// Default of `STAMPEDE_QUEUE_DEADLINE_MS`: a request that waited longer than
+/// this in an executor queue is answered 503 `OVERLOADED` and never sent to
+/// Redis. Normal waits are one call or two (a few ms; tens at the p99 on a
+/// busy 2-core machine), and a flash sale's opening burst of a few thousand
+/// requests clears in well under half a second, so admitted traffic is never
+/// shed. Past it the engine is behind: a request would wait longer than a
+/// person notices, and holding it only makes every later one slower. Shedding
+/// keeps what is admitted fast and tells the rest to come back (`Retry-After:
+/// 1`). Far below the Redis command timeout and clients' own timeouts.
+pub const QUEUE_DEADLINE_DEFAULT: Duration = Duration::from_millis(500);
+
+/// Connections being turned away at the connection bound at once. Each gets
+/// a canned 503 and a short lingering close (so the client reads the answer
+/// instead of a reset); beyond this many, accepting pauses and the kernel's
+/// backlog holds the rest.
+pub const CONNECTIONS_REJECTING_MAX: usize = 256;
+
+/// How long a turned-away connection may take to read its 503 and close, and
+/// the most bytes of its request read and discarded meanwhile.
+pub const CONNECTION_REJECT_LINGER: Duration = Duration::from_millis(500);
+pub const CONNECTION_REJECT_DRAIN_BYTES_MAX: usize = 64 * 1024;
+
+/// Refused checkout attempts (`ITEM_SOLD`, `USER_LIMIT_REACHED`, …) are
+/// logged in the outbox like every attempt, but only while a shard's backlog
+/// is below this fraction of `STAMPEDE_OUTBOX_MAX_EVENTS` (1/4): a flood of
+/// refused attempts from random user ids while Postgres is away can then take
+/// at most a quarter of the bound, and purchases, orders, wallet entries and
+/// issued codes keep the rest. Beyond it a refused attempt is answered 503
+/// `OUTBOX_FULL`, so every answered attempt stays in the attempt log.
+pub const OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR: u64 = 4;
 
 /// Longest the flusher backs off between retries while Postgres is down.
 pub const FLUSH_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -71,8 +115,9 @@ pub const FLUSH_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Every Postgres statement the flusher runs must finish within this.
 pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a Redis command may wait for its reply (including a reconnect)
-/// before the request fails with 503 instead of hanging.
+/// Default of `STAMPEDE_REDIS_COMMAND_TIMEOUT_MS`: how long a Redis command
+/// may wait for its reply (including a reconnect) before the request fails
+/// with 503 instead of hanging.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A checkout code's key is kept this long past the code's expiry, so a late
@@ -218,7 +263,7 @@ const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
 // The order id's last byte carries its shard (src/orders/domain.rs).
 const _: () = assert!(256 % OUTBOX_SHARDS == 0);
 // Every order script appends at most one event per request.
-const _: () = assert!(HOLDS_EXPIRED_PER_PASS_MAX <= SCRIPT_QUEUE_DEPTH_MAX);
+const _: () = assert!(HOLDS_EXPIRED_PER_PASS_MAX <= SCRIPT_QUEUE_DEPTH_DEFAULT);
 // ---- Wallet (src/wallet/) ----
 
 /// Longest player, reference or bonus id. Each reference is kept in Redis
@@ -391,3 +436,13 @@ const _: () = assert!(WALLET_NOTIFY_READ_COUNT < WALLET_NOTIFY_STREAM_MAX);
 const _: () = assert!(SETTLEMENT_BATCH_ROWS_DEFAULT <= SETTLEMENT_BATCH_ROWS_CEILING);
 const _: () = assert!(SETTLEMENT_HEARTBEAT_INTERVAL.as_millis() * 2 < SETTLEMENT_LEASE_MIN.as_millis());
 const _: () = assert!(SETTLEMENT_HEARTBEAT_INTERVAL.as_millis() < SETTLEMENT_CANCEL_WAIT.as_millis());
+// OVERLOADED is reachable with the defaults: the connections can fill a queue
+// even while every call in flight carries a full batch.
+const _: () =
+    assert!(SCRIPT_QUEUE_DEPTH_DEFAULT + SCRIPT_INFLIGHT_MAX * SCRIPT_BATCH_REQUESTS_MAX < MAX_CONNECTIONS_DEFAULT);
+const _: () = assert!(SCRIPT_QUEUE_DEPTH_DEFAULT <= MAX_CONNECTIONS_DEFAULT / 2);
+// A request shed at the deadline is answered before a Redis call could
+// have failed it: shedding is the faster answer.
+const _: () = assert!(QUEUE_DEADLINE_DEFAULT.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
+const _: () = assert!(WALLET_EXPIRY_BATCH <= SCRIPT_QUEUE_DEPTH_DEFAULT);
+const _: () = assert!(OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR > 1);

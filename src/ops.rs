@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::outbox::Flusher;
+use crate::redis_settings::RedisSettings;
 use crate::server::http::{HttpResponse, json, with_content_type};
 use crate::server::route::RouteInfo;
 use crate::server::{Route, apidoc};
@@ -25,6 +26,7 @@ pub struct Ops {
     services: Arc<Services>,
     flusher: Arc<Flusher>,
     metrics: PrometheusHandle,
+    redis_settings: RedisSettings,
     index: OnceLock<Vec<RouteInfo>>,
     api: OnceLock<Bytes>,
 }
@@ -38,7 +40,8 @@ pub struct Ops {
 clients switch on `code`. Any route may also answer `NOT_FOUND` (404, unknown route), `METHOD_NOT_ALLOWED` (405), \
 `BODY_TIMEOUT` (408), `BODY_TOO_LARGE` (413), `URI_TOO_LONG` (414); admin routes `UNAUTHORIZED` (401) and \
 `ADMIN_DISABLED` (403); script-backed routes `REDIS_UNAVAILABLE` and `OVERLOADED` (503, with `Retry-After`) and \
-`INTERNAL` (500)."
+`INTERNAL` (500). A connection opened while the engine is at its connection bound is answered `OVERLOADED` (503, \
+`Retry-After`, `Connection: close`) whatever it asks."
     ),
     paths(health_doc, metrics_doc, index_doc, openapi_doc),
     components(schemas(HealthDoc, crate::server::error::ErrorBody)),
@@ -74,6 +77,12 @@ struct HealthDoc {
     redis: String,
     postgres: String,
     outbox_backlog: Option<u64>,
+    /// Redis's persistence as read at start: `appendonly` (`yes`/`no`) and
+    /// `appendfsync`; `unknown` when Redis would not say.
+    redis_appendonly: String,
+    redis_appendfsync: String,
+    /// Settings that weaken a guarantee (e.g. `appendonly no`), for people.
+    warnings: Vec<String>,
 }
 
 #[utoipa::path(get, path = "/health", tag = "ops", summary = "Redis, Postgres and outbox backlog",
@@ -98,11 +107,17 @@ fn index_doc() {}
 fn openapi_doc() {}
 
 impl Ops {
-    pub fn new(services: Arc<Services>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
+    pub fn new(
+        services: Arc<Services>,
+        flusher: Arc<Flusher>,
+        metrics: PrometheusHandle,
+        redis_settings: RedisSettings,
+    ) -> Arc<Self> {
         Arc::new(Self {
             services,
             flusher,
             metrics,
+            redis_settings,
             index: OnceLock::new(),
             api: OnceLock::new(),
         })
@@ -204,6 +219,9 @@ impl Ops {
                 redis: if redis_ok { "ok" } else { "unreachable" },
                 postgres: if postgres_ok { "ok" } else { "unreachable" },
                 outbox_backlog: backlog,
+                redis_appendonly: self.redis_settings.appendonly.as_deref().unwrap_or("unknown"),
+                redis_appendfsync: self.redis_settings.appendfsync.as_deref().unwrap_or("unknown"),
+                warnings: &self.redis_settings.warnings,
             },
         )
     }
@@ -218,10 +236,13 @@ impl Ops {
 }
 
 #[derive(Serialize)]
-struct Health {
+struct Health<'a> {
     status: &'static str,
     redis: &'static str,
     postgres: &'static str,
     /// Outbox events committed in Redis and not yet in Postgres.
     outbox_backlog: Option<u64>,
+    redis_appendonly: &'a str,
+    redis_appendfsync: &'a str,
+    warnings: &'a [String],
 }

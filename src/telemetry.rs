@@ -66,6 +66,7 @@ pub fn register_rare_counters() {
         "stampede_wallet_bonuses_expired_total",
         "stampede_wallet_sse_refused_total",
         "stampede_wallet_fanout_errors_total",
+        "stampede_connections_rejected_total",
         "stampede_settlement_job_failures_total",
     ] {
         counter!(name).increment(0);
@@ -108,6 +109,23 @@ fn status_label(status: StatusCode) -> &'static str {
 /// is the feature's fixed set of outcomes).
 pub fn script_outcome(script: &'static str, outcome: &'static str) {
     counter!("stampede_script_outcomes_total", "script" => script, "outcome" => outcome).increment(1);
+}
+
+/// A request shed before Redis: its queue was full (`queue_full`) or it
+/// waited past the queue deadline (`deadline`).
+pub fn script_shed(script: &'static str, reason: &'static str) {
+    counter!("stampede_script_shed_total", "script" => script, "reason" => reason).increment(1);
+}
+
+/// A connection turned away at the connection bound with a canned 503.
+pub fn connection_rejected() {
+    counter!("stampede_connections_rejected_total").increment(1);
+}
+
+/// Redis's append-only file as read at start: 1 on, 0 off, -1 unknown
+/// (`CONFIG` disabled, or the checks switched off).
+pub fn redis_appendonly(state: f64) {
+    gauge!("stampede_redis_appendonly").set(state);
 }
 
 /// Requests one batched script call carried.

@@ -109,7 +109,7 @@ struct Mismatch {
         (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`OUT_OF_STOCK`: nothing was taken", body = ErrorBody),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`; `REDIS_UNAVAILABLE` with `order_id`, the id the order has if it was made (look it up: `GET /orders/{id}`)", body = ErrorBody),
     ))]
 fn create_order() {}
 
@@ -174,16 +174,18 @@ fn get_product() {}
 
 #[utoipa::path(post, path = "/products/{id}/stock", tag = "orders", summary = "Restock a product (admin)",
     security(("admin" = [])),
-    params(("id" = String, Path, description = "the product id")),
+    params(("id" = String, Path, description = "the product id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII; the first answer is replayed")),
     request_body = RestockBody,
     responses(
         (status = 200, description = "the product", body = Product),
-        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_ADD`, `INVALID_JSON`", body = ErrorBody),
+        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_ADD`, `INVALID_IDEMPOTENCY_KEY`, `INVALID_JSON`", body = ErrorBody),
         (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
         (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
         (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`STOCK_LIMIT`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE` (repeat with the same `Idempotency-Key`, or read the product)", body = ErrorBody),
     ))]
 fn restock() {}
 

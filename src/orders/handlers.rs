@@ -285,10 +285,13 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
             merchant_id: product.merchant_id,
             max_per_buyer: product.max_per_buyer,
             add: None,
+            key: None,
+            idempotency_ttl_ms: feature.idempotency_ttl_ms,
             now_ms: state.clock.now_ms(),
         },
     )
-    .await?;
+    .await?
+    .result?;
     Ok(json(
         StatusCode::CREATED,
         &ProductView {
@@ -310,7 +313,7 @@ struct RestockBody {
 
 /// `POST /products/{id}/stock` (admin): one script call adds to stock_total
 /// and available together (seeding the product first if its creation could
-/// not).
+/// not). With an `Idempotency-Key`, a repeat replays the first answer.
 pub async fn restock(
     feature: &Orders,
     req: Request<Incoming>,
@@ -320,6 +323,7 @@ pub async fn restock(
     let (parts, body) = req.into_parts();
     feature.admin.check(&parts)?;
     let id = ProductId::parse(raw_id)?;
+    let key = IdempotencyKey::from_headers(&parts.headers)?;
     let body: RestockBody = read_json(Request::from_parts(parts, body)).await?;
     let add = domain::bounded(Field::Add, body.add, 1, PRODUCT_STOCK_MAX)?;
     let row: Option<(String, i64, i64, i32, i64)> =
@@ -328,7 +332,7 @@ pub async fn restock(
             .fetch_optional(&state.postgres)
             .await?;
     let (name, price_cents, merchant_id, max_per_buyer, stock_total) = row.ok_or(OrdersError::ProductNotFound)?;
-    let stock = scripts::stock(
+    let decided = scripts::stock(
         &state.executor,
         &state.keys,
         StockRequest {
@@ -339,21 +343,37 @@ pub async fn restock(
             merchant_id,
             max_per_buyer: i64::from(max_per_buyer),
             add: Some(add),
+            key: key.as_ref(),
+            idempotency_ttl_ms: feature.idempotency_ttl_ms,
             now_ms: state.clock.now_ms(),
         },
     )
     .await?;
-    Ok(json(
-        StatusCode::OK,
-        &ProductView {
-            id: id.get(),
-            name: &name,
-            price_cents,
-            merchant_id,
-            max_per_buyer: i64::from(max_per_buyer),
-            stock,
-        },
-    ))
+    let view = |stock| {
+        json(
+            StatusCode::OK,
+            &ProductView {
+                id: id.get(),
+                name: &name,
+                price_cents,
+                merchant_id,
+                max_per_buyer: i64::from(max_per_buyer),
+                stock,
+            },
+        )
+    };
+    if !decided.replayed {
+        return decided.result.map(view);
+    }
+    crate::telemetry::idempotent_replay("product_restock");
+    let mut response = match decided.result {
+        Ok(stock) => view(stock),
+        Err(refusal) => error_response(&refusal),
+    };
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
 }
 
 /// `GET /products/{id}`: the live counters, read from Redis in one HMGET.

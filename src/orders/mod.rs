@@ -64,6 +64,16 @@ pub enum OrdersError {
     OutboxFull,
     #[error("the outbox backlog did not drain in time; reconcile compares flushed history only")]
     BacklogNotFlushed,
+    /// The order's script call failed after it may have reached Redis: the
+    /// order may or may not exist. The id is the one it has if it does.
+    #[error(
+        "Redis did not answer: the order may or may not have been made. Look it up at GET /orders/{order_id} \
+         (404: it was not made), or repeat the request with the same Idempotency-Key"
+    )]
+    OutcomeUnknown {
+        order_id: String,
+        source: fred::error::Error,
+    },
     #[error("postgres: {0}")]
     Store(#[from] sqlx::Error),
     #[error(transparent)]
@@ -80,6 +90,7 @@ impl OrdersError {
             | OrdersError::Request(_)
             | OrdersError::Invalid(..)
             | OrdersError::Store(_)
+            | OrdersError::OutcomeUnknown { .. }
             | OrdersError::BacklogNotFlushed => "UNKNOWN",
             other => other.error_code().code,
         }
@@ -113,6 +124,7 @@ impl ApiError for OrdersError {
             OrdersError::StockLimit => ErrorCode::new(S::CONFLICT, "STOCK_LIMIT"),
             OrdersError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
             OrdersError::BacklogNotFlushed => ErrorCode::new(S::SERVICE_UNAVAILABLE, "BACKLOG_NOT_FLUSHED"),
+            OrdersError::OutcomeUnknown { .. } => ErrorCode::new(S::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE"),
             OrdersError::Store(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             OrdersError::Request(e) => e.error_code(),
             OrdersError::Script(e) => e.error_code(),
@@ -130,6 +142,13 @@ impl ApiError for OrdersError {
     fn allow(&self) -> Option<&str> {
         match self {
             OrdersError::Request(e) => e.allow(),
+            _ => None,
+        }
+    }
+
+    fn extra_field(&self) -> Option<(&'static str, &str)> {
+        match self {
+            OrdersError::OutcomeUnknown { order_id, .. } => Some(("order_id", order_id)),
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ pub static ORDER_CREATE: LazyLock<BatchScript> =
 pub static ORDER_UPDATE: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("order_update", include_str!("../../lua/order_update.lua"), 5, 8));
 pub static PRODUCT_STOCK: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("product_stock", include_str!("../../lua/product_stock.lua"), 1, 10));
+    LazyLock::new(|| BatchScript::new("product_stock", include_str!("../../lua/product_stock.lua"), 2, 13));
 
 /// Key names. Everything of a product (its stock, buyers, orders, their
 /// idempotency records and the shard's holds) lives in the product's shard,
@@ -40,7 +40,8 @@ pub fn holds_key(keys: &Keyspace, shard: Shard) -> String {
 }
 
 /// An idempotency record, scoped to its target (`p<id>` for orders of a
-/// product, `o<uuid>` for confirm and cancel of an order).
+/// product, `o<uuid>` for confirm and cancel of an order, `s<id>` for
+/// restocks of a product).
 fn idem_key(keys: &Keyspace, shard: Shard, target: &str, key: Option<&IdempotencyKey>) -> String {
     match key {
         Some(key) => keys.key(shard, format_args!("idem:{target}:{}", key.as_str())),
@@ -168,7 +169,7 @@ pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>
         req.idempotency_ttl_ms.into(),
         (ORDER_RECORD_RETENTION.as_millis() as i64).into(),
     ];
-    let reply = executor
+    let called = executor
         .call(
             script,
             shard,
@@ -181,7 +182,20 @@ pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>
             ],
             args,
         )
-        .await?;
+        .await;
+    let reply = match called {
+        Ok(reply) => reply,
+        // The call may have run: the client gets the id the order would
+        // have, so it can look it up. (`Overloaded` never reached Redis.)
+        Err(ScriptError::Redis(source)) => {
+            tracing::warn!(order_id = order.as_str(), error = %source, "order call failed; outcome unknown");
+            return Err(OrdersError::OutcomeUnknown {
+                order_id: order.as_str().to_owned(),
+                source,
+            });
+        }
+        Err(other) => return Err(other.into()),
+    };
     decide(&script.lua, &reply)
 }
 
@@ -263,12 +277,31 @@ pub struct StockRequest<'a> {
     pub max_per_buyer: i64,
     /// `None`: seed only.
     pub add: Option<i64>,
+    /// A restock's idempotency key: a repeat replays the first answer.
+    pub key: Option<&'a IdempotencyKey>,
+    pub idempotency_ttl_ms: i64,
     pub now_ms: i64,
 }
 
+/// What product_stock.lua decided for one request.
+#[derive(Debug)]
+pub struct StockDecided {
+    /// The counters after the step, or the refusal (replayed ones included).
+    pub result: Result<Stock, OrdersError>,
+    /// True when the answer is the stored one of an earlier restock.
+    pub replayed: bool,
+}
+
 /// Runs product_stock.lua: seeds the product (once), then restocks it.
-pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) -> Result<Stock, OrdersError> {
+pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) -> Result<StockDecided, OrdersError> {
     let script = &*PRODUCT_STOCK;
+    let shard = req.product.shard();
+    let target = format!("s{}", req.product.get());
+    let fingerprint = format!(
+        "POST /products/{}/stock\u{1f}{}",
+        req.product.get(),
+        req.add.unwrap_or(0)
+    );
     let args: Vec<Value> = vec![
         req.now_ms.into(),
         (if req.add.is_some() { "restock" } else { "seed" }).into(),
@@ -280,27 +313,47 @@ pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) 
         req.merchant_id.into(),
         req.max_per_buyer.into(),
         PRODUCT_STOCK_MAX.into(),
+        req.key.map_or("", IdempotencyKey::as_str).into(),
+        fingerprint.into(),
+        req.idempotency_ttl_ms.into(),
     ];
     let reply = executor
-        .call(script, req.product.shard(), vec![product_key(keys, req.product)], args)
+        .call(
+            script,
+            shard,
+            vec![product_key(keys, req.product), idem_key(keys, shard, &target, req.key)],
+            args,
+        )
         .await?;
     let outcome = reply_str(&script.lua, &reply, 0)?;
-    let decoded = match outcome.as_str() {
-        "OK" => Ok(()),
-        "STOCK_LIMIT" => Err(OrdersError::StockLimit),
-        "OUTBOX_FULL" => Err(OrdersError::OutboxFull),
-        other => Err(OrdersError::Script(
-            script.lua.unexpected(format!("unknown outcome {other:?}")),
-        )),
+    let refusal = match outcome.as_str() {
+        "OK" => None,
+        "STOCK_LIMIT" => Some(OrdersError::StockLimit),
+        "OUTBOX_FULL" => Some(OrdersError::OutboxFull),
+        "IDEMPOTENCY_KEY_REUSED" => Some(OrdersError::IdempotencyKeyReused),
+        other => {
+            return Err(OrdersError::Script(
+                script.lua.unexpected(format!("unknown outcome {other:?}")),
+            ));
+        }
     };
-    let label = decoded.as_ref().err().map_or("OK", OrdersError::outcome_label);
+    let label = refusal.as_ref().map_or("OK", OrdersError::outcome_label);
     crate::telemetry::script_outcome(script.lua.name(), label);
-    decoded?;
+    let replayed = reply_i64(&script.lua, &reply, 5)? == 1;
+    if let Some(refusal) = refusal {
+        return Ok(StockDecided {
+            result: Err(refusal),
+            replayed,
+        });
+    }
     let n = |i| reply_i64(&script.lua, &reply, i);
-    Ok(Stock {
-        stock_total: n(1)?,
-        available: n(2)?,
-        reserved: n(3)?,
-        sold: n(4)?,
+    Ok(StockDecided {
+        result: Ok(Stock {
+            stock_total: n(1)?,
+            available: n(2)?,
+            reserved: n(3)?,
+            sold: n(4)?,
+        }),
+        replayed,
     })
 }

@@ -10,6 +10,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::scripts::{self, CheckoutRequest, SaleKeys};
 use super::{Sale, SaleError};
+use crate::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
 use crate::scripts::ScriptError;
 use crate::server::RequestError;
 use crate::server::error::ErrorBody;
@@ -78,6 +79,7 @@ pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
             code: &code,
             now_ms,
             expires_ms,
+            refused_bound: state.config.outbox_events_max / OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR,
         },
     )
     .await?;

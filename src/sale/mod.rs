@@ -49,6 +49,9 @@ pub enum SaleError {
     SaleOver,
     #[error("the engine is shedding load until its backlog drains")]
     OutboxFull,
+    /// A refused checkout attempt past its share of the outbox bound.
+    #[error("the engine is shedding refused checkout attempts until its backlog drains; retry shortly")]
+    RefusalsFull,
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
@@ -60,6 +63,8 @@ impl SaleError {
     fn outcome_label(&self) -> &'static str {
         match self {
             SaleError::Script(_) | SaleError::Request(_) | SaleError::Missing(_) | SaleError::Invalid(..) => "UNKNOWN",
+            // Its own label: the answer is OUTBOX_FULL, the cause the share.
+            SaleError::RefusalsFull => "REFUSALS_FULL",
             other => other.error_code().code,
         }
     }
@@ -83,7 +88,7 @@ impl ApiError for SaleError {
             SaleError::CodeUsed => ErrorCode::new(S::CONFLICT, "CODE_USED"),
             SaleError::CodeExpired => ErrorCode::new(S::GONE, "CODE_EXPIRED"),
             SaleError::SaleOver => ErrorCode::new(S::GONE, "SALE_OVER"),
-            SaleError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
+            SaleError::OutboxFull | SaleError::RefusalsFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
             SaleError::Request(e) => e.error_code(),
             SaleError::Script(e) => e.error_code(),
         }

@@ -13,7 +13,7 @@ use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SA
 use crate::scripts::{LuaScript, reply_i64, reply_str};
 
 pub static CHECKOUT: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("checkout", include_str!("../../lua/checkout.lua"), 4, 13));
+    LazyLock::new(|| BatchScript::new("checkout", include_str!("../../lua/checkout.lua"), 4, 14));
 pub static PURCHASE: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("purchase", include_str!("../../lua/purchase.lua"), 3, 3));
 
@@ -59,6 +59,7 @@ fn outcome(script: &LuaScript, reply: &[Value]) -> Result<(), SaleError> {
         "CODE_EXPIRED" => Err(SaleError::CodeExpired),
         "SALE_OVER" => Err(SaleError::SaleOver),
         "OUTBOX_FULL" => Err(SaleError::OutboxFull),
+        "REFUSALS_FULL" => Err(SaleError::RefusalsFull),
         other => {
             return Err(SaleError::Script(
                 script.unexpected(format!("unknown outcome {other:?}")),
@@ -82,10 +83,14 @@ pub struct CheckoutRequest<'a> {
     pub code: &'a CheckoutCode,
     pub now_ms: i64,
     pub expires_ms: i64,
+    /// Unflushed events past which a refused attempt is shed rather than
+    /// recorded: its share of the outbox bound.
+    pub refused_bound: u64,
 }
 
 /// Runs checkout.lua. `Ok` means a code was issued; every other outcome is a
-/// refusal, and was recorded in the outbox all the same.
+/// refusal, and was recorded in the outbox all the same, except the two
+/// 503s (`OutboxFull`, `RefusalsFull`), which record nothing.
 pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest<'_>) -> Result<(), SaleError> {
     let sale_keys = SaleKeys::new(keys, req.window.sale_id);
     let code_key = sale_keys.code(req.code);
@@ -105,6 +110,7 @@ pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest
         code_ttl_ms.into(),
         sale_ttl_ms.into(),
         i64::from(CHECKOUT_CODES_PER_USER_MAX).into(),
+        (req.refused_bound as i64).into(),
     ];
     let script = &*CHECKOUT;
     let reply = executor

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use hyper::StatusCode;
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 
 use super::RequestError;
 use super::http::{HttpResponse, json};
@@ -48,6 +49,13 @@ pub trait ApiError: std::error::Error + Send + Sync + 'static {
     fn allow(&self) -> Option<&str> {
         None
     }
+
+    /// One more field of the error object beside `code` and `message`, for
+    /// an error that names something the client can look up: e.g. the id of
+    /// what a request whose outcome is unknown may have made.
+    fn extra_field(&self) -> Option<(&'static str, &str)> {
+        None
+    }
 }
 
 /// Every error: `{"error":{"code":"ITEM_SOLD","message":"item already sold"}}`.
@@ -56,13 +64,29 @@ pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+/// `code` and `message`, and, for some errors, one more field naming what
+/// to look up (e.g. `order_id` of an order whose outcome is unknown).
+#[derive(utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
     /// Stable: clients switch on it.
     code: &'a str,
     /// For people; may change.
     #[schema(value_type = String)]
     message: Cow<'a, str>,
+    #[schema(ignore)]
+    extra: Option<(&'static str, &'a str)>,
+}
+
+impl Serialize for ErrorDetail<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2 + usize::from(self.extra.is_some())))?;
+        map.serialize_entry("code", self.code)?;
+        map.serialize_entry("message", &self.message)?;
+        if let Some((name, value)) = self.extra {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// `{"error":{"code":…,"message":…}}` with the error's status, `Retry-After`
@@ -78,7 +102,11 @@ pub fn error_response(error: &dyn ApiError) -> HttpResponse {
     let mut response = json(
         status,
         &ErrorBody {
-            error: ErrorDetail { code, message },
+            error: ErrorDetail {
+                code,
+                message,
+                extra: error.extra_field(),
+            },
         },
     );
     if let Some(secs) = error.retry_after_secs() {

@@ -1,8 +1,9 @@
 //! The HTTP toolkit. It names no feature: features build on it.
 //!
 //! - this module: listeners with a deep accept backlog, a bound on open
-//!   connections, HTTP/1.1 keep-alive with a header-read timeout, and graceful
-//!   shutdown (stop accepting, let in-flight requests finish, bounded wait);
+//!   connections (beyond it a quick canned 503), HTTP/1.1 keep-alive with a
+//!   header-read timeout, and graceful shutdown (stop accepting, let
+//!   in-flight requests finish, bounded wait);
 //! - `route`: routes as data and the router that composes them;
 //! - `error`: the trait through which an error becomes a response;
 //! - `http`: query, body and JSON helpers;
@@ -19,19 +20,22 @@ pub mod route;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub use route::{Params, Route, Router};
 
 use crate::config::Config;
-use crate::limits::LISTEN_BACKLOG;
+use crate::limits::{
+    CONNECTION_REJECT_DRAIN_BYTES_MAX, CONNECTION_REJECT_LINGER, CONNECTIONS_REJECTING_MAX, LISTEN_BACKLOG,
+};
 use crate::telemetry;
 
 /// Bad requests that any route may get, before feature logic runs.
@@ -79,6 +83,7 @@ pub async fn serve(
 ) {
     let graceful = Arc::new(GracefulShutdown::new());
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let rejecting = Arc::new(Semaphore::new(CONNECTIONS_REJECTING_MAX));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -87,7 +92,10 @@ pub async fn serve(
             router.clone(),
             config.header_read_timeout,
             graceful.clone(),
-            slots.clone(),
+            Slots {
+                serving: slots.clone(),
+                rejecting: rejecting.clone(),
+            },
             stop_rx.clone(),
         ));
     }
@@ -107,12 +115,37 @@ pub async fn serve(
     }
 }
 
+/// Room for connections: `serving` bounds the open ones; `rejecting` the
+/// ones being turned away at that bound.
+struct Slots {
+    serving: Arc<Semaphore>,
+    rejecting: Arc<Semaphore>,
+}
+
+/// What the next accepted connection will get.
+enum Room {
+    Serve(OwnedSemaphorePermit),
+    TurnAway(OwnedSemaphorePermit),
+}
+
+/// The answer of a connection over the bound: written as is, without hyper,
+/// so turning a connection away costs one write and no request parsing.
+static OVERLOADED_RESPONSE: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body = r#"{"error":{"code":"OVERLOADED","message":"the engine is at its connection bound; retry shortly"}}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
 async fn accept_loop(
     listener: TcpListener,
     router: Arc<Router>,
     header_read_timeout: std::time::Duration,
     graceful: Arc<GracefulShutdown>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut http = http1::Builder::new();
@@ -121,14 +154,20 @@ async fn accept_loop(
         .max_buf_size(crate::limits::REQUEST_HEAD_BYTES_MAX)
         .keep_alive(true);
     loop {
-        // At the connection bound, stop accepting: the kernel backlog holds
-        // the rest until a slot frees, rather than us growing without limit.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+        // Room for the next connection: a slot to serve it or, at the
+        // connection bound, one to turn it away with a quick 503. With
+        // neither, stop accepting: the kernel backlog holds the rest.
+        let room = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            permit = slots.serving.clone().acquire_owned() => match permit {
+                Ok(permit) => Room::Serve(permit),
                 Err(_) => return,
             },
-            _ = stop.changed() => return,
+            permit = slots.rejecting.clone().acquire_owned() => match permit {
+                Ok(permit) => Room::TurnAway(permit),
+                Err(_) => return,
+            },
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -141,6 +180,18 @@ async fn accept_loop(
                 }
             },
             _ = stop.changed() => return,
+        };
+        // A slot may have freed while this connection was awaited.
+        let permit = match room {
+            Room::Serve(permit) => permit,
+            Room::TurnAway(turn_away) => match slots.serving.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    telemetry::connection_rejected();
+                    tokio::spawn(reject(stream, turn_away));
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -155,4 +206,27 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Answers a connection over the bound with the canned 503, then closes it
+/// gently: our side first (FIN after the answer), then reading what the
+/// client sent until it closes too. Closing with its request unread would
+/// send a reset, which can destroy the answer before the client reads it.
+/// Bounded in time and bytes; the permit bounds how many run at once.
+async fn reject(mut stream: TcpStream, permit: OwnedSemaphorePermit) {
+    let _ = tokio::time::timeout(CONNECTION_REJECT_LINGER, async {
+        stream.write_all(&OVERLOADED_RESPONSE).await?;
+        stream.shutdown().await?;
+        let mut buf = [0_u8; 4096];
+        let mut drained = 0;
+        while drained < CONNECTION_REJECT_DRAIN_BYTES_MAX {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    drop(permit);
 }

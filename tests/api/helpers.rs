@@ -142,20 +142,14 @@ pub async fn spawn_app_sharing(other: &TestApp, overrides: &[(&str, &str)]) -> T
     .await
 }
 
-async fn start_engine(
-    server_url: &str,
-    name: &str,
-    db_url: String,
-    clock: Option<Arc<ManualClock>>,
-    overrides: &[(&str, &str)],
-) -> TestApp {
-    let owns_data = clock.is_none();
-    let name = name.to_owned();
+/// The configuration a test engine runs with: the test defaults, its
+/// database and key prefix, then `overrides` (env var names).
+pub fn engine_config(db_url: &str, name: &str, overrides: &[(&str, &str)]) -> Config {
     let mut vars: BTreeMap<String, String> = [
         ("REDIS_URL", redis_url()),
-        ("DATABASE_URL", db_url.clone()),
+        ("DATABASE_URL", db_url.to_owned()),
         ("STAMPEDE_LISTEN", "127.0.0.1:0".into()),
-        ("STAMPEDE_KEY_PREFIX", name.clone()),
+        ("STAMPEDE_KEY_PREFIX", name.to_owned()),
         ("STAMPEDE_CONSUMER", format!("{name}-consumer")),
         ("STAMPEDE_FLUSH_LINGER_MS", "2".into()),
         ("STAMPEDE_SHUTDOWN_GRACE_MS", "5000".into()),
@@ -167,7 +161,19 @@ async fn start_engine(
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
-    let config = Config::from_vars(vars).expect("test config is valid");
+    Config::from_vars(vars).expect("test config is valid")
+}
+
+async fn start_engine(
+    server_url: &str,
+    name: &str,
+    db_url: String,
+    clock: Option<Arc<ManualClock>>,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    let owns_data = clock.is_none();
+    let name = name.to_owned();
+    let config = engine_config(&db_url, &name, overrides);
     let clock = clock.unwrap_or_else(|| clock_at_sale_start(config.sale.period_secs));
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
@@ -465,6 +471,129 @@ pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
     }
 }
 
+/// A private redis-server, so a test can crash, pause or misconfigure it
+/// without disturbing others: `appendonly yes`, `appendfsync always` (an
+/// acknowledged write survives a `kill -9`), no snapshots, then `extra`
+/// arguments (a later option wins).
+pub struct PrivateRedis {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    extra: Vec<String>,
+    /// Made by `fresh`: removed with the server.
+    owns_dir: bool,
+}
+
+impl PrivateRedis {
+    #[allow(dead_code)] // for tests that restart a Redis in a folder of their own
+    pub fn start(port: u16, dir: &std::path::Path) -> Self {
+        Self::start_with(port, dir, &[])
+    }
+
+    pub fn start_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Self {
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            owns_dir: false,
+        };
+        redis.run();
+        redis
+    }
+
+    fn run(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/services.sh installs it)");
+        self.child = Some(child);
+        // PONG only once its AOF is replayed (-LOADING before).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 64];
+        conn.write_all(b"PING\r\n").is_ok() && conn.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+    }
+
+    /// A private Redis in a fresh folder under the test target directory,
+    /// removed when it is dropped.
+    pub fn fresh(name: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut redis = Self::start_with(port, &dir, extra);
+        redis.owns_dir = true;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    #[allow(dead_code)] // for the fault suite's proxy
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A client of this Redis, for the test's own commands.
+    pub async fn client(&self) -> RedisClient {
+        let redis = RedisClient::new(
+            RedisConfig::from_url(&self.url()).expect("private redis URL parses"),
+            None,
+            None,
+            None,
+        );
+        redis.init().await.expect("private redis client connects");
+        redis
+    }
+
+    /// SIGKILL: whatever was not yet in the AOF is lost, as in a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, folder and arguments: it replays
+    /// its AOF first.
+    #[allow(dead_code)] // for the fault suite's kill -9
+    pub fn restart(&mut self) {
+        self.crash();
+        self.run();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.crash();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// The engine as a separate process, so it can be killed with SIGKILL.
 pub struct EngineProcess {
     child: Child,
@@ -576,98 +705,6 @@ impl Drop for EngineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A private redis-server on a free port with its own directory under
-/// CARGO_TARGET_TMPDIR, AOF on with `appendfsync always` (an acknowledged
-/// write survives a `kill -9`), so a test can crash it, kill its clients or
-/// misconfigure it without disturbing anyone else.
-pub struct PrivateRedis {
-    child: Option<Child>,
-    pub port: u16,
-    pub dir: std::path::PathBuf,
-    extra: Vec<String>,
-}
-
-impl PrivateRedis {
-    /// `name` names its directory; `extra` are more `redis-server` arguments
-    /// (e.g. `--maxmemory-policy allkeys-lru`).
-    pub fn start(name: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{name}-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis = Self {
-            child: None,
-            port,
-            dir,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        redis.run();
-        redis
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (scripts/services.sh installs it)");
-        self.child = Some(child);
-        // Answers PONG once it has replayed its AOF (-LOADING before).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.pong() {
-            assert!(
-                Instant::now() < deadline,
-                "private redis on {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pong(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 64];
-        conn.write_all(b"PING\r\n").is_ok() && conn.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// SIGKILL: whatever was not yet in the AOF is lost, as in a crash.
-    pub fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port and directory: it replays its AOF.
-    pub fn restart(&mut self) {
-        self.kill_9();
-        self.run();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill_9();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

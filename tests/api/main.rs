@@ -1,6 +1,7 @@
 //! All API tests in one binary: they share one build and run in parallel,
 //! each against its own engine, database and Redis key prefix.
 
+mod at_most_once;
 mod bad_input;
 mod batching;
 mod browser;
@@ -11,6 +12,8 @@ mod helpers;
 mod ingest;
 mod openapi;
 mod orders;
+mod overload;
+mod redis_checks;
 mod sale;
 mod server;
 mod settlement;

@@ -22,7 +22,7 @@ const EVERY: Duration = Duration::from_millis(30);
 async fn connections_dropped_mid_call_do_nothing_twice() {
     let _machine = MACHINE.lock().await;
     let started = Instant::now();
-    let redis = PrivateRedis::start("drop", &[]);
+    let redis = PrivateRedis::fresh("faults-drop", &[]);
     let proxy = Proxy::start(redis.addr()).await;
     let url = proxy.redis_url();
     let mut settings = MIXED_LOAD_ENGINE.to_vec();

@@ -72,7 +72,7 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 async fn a_flood_at_five_times_capacity_is_shed_fast_with_bounded_memory() {
     let _machine = MACHINE.lock().await;
     let started = Instant::now();
-    let redis = PrivateRedis::start("flood", &[]);
+    let redis = PrivateRedis::fresh("faults-flood", &[]);
     let url = redis.url();
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;

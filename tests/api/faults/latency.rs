@@ -21,7 +21,7 @@ const ANSWERED_WITHIN: Duration = Duration::from_millis(1500);
 async fn a_slow_redis_link_answers_503_past_the_command_timeout_and_doubles_nothing() {
     let _machine = MACHINE.lock().await;
     let started = Instant::now();
-    let redis = PrivateRedis::start("latency", &[]);
+    let redis = PrivateRedis::fresh("faults-latency", &[]);
     let proxy = Proxy::start(redis.addr()).await;
     let url = proxy.redis_url();
     let mut settings = MIXED_LOAD_ENGINE.to_vec();

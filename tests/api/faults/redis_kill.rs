@@ -15,7 +15,7 @@ use crate::helpers::{PrivateRedis, spawn_app};
 async fn redis_kill_9_and_restart_keep_every_acknowledged_effect() {
     let _machine = MACHINE.lock().await;
     let started = Instant::now();
-    let mut redis = PrivateRedis::start("kill", &[]);
+    let mut redis = PrivateRedis::fresh("faults-kill", &[]);
     let url = redis.url();
     let mut settings = MIXED_LOAD_ENGINE.to_vec();
     settings.push(("REDIS_URL", url.as_str()));
@@ -36,7 +36,7 @@ async fn redis_kill_9_and_restart_keep_every_acknowledged_effect() {
         .await;
     let acknowledged_at_kill = load.acknowledged();
 
-    redis.kill_9();
+    redis.crash();
     let killed = Instant::now();
     let health = app.get("/health").await;
     assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", health.body);
