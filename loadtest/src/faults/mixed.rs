@@ -164,6 +164,9 @@ pub struct Order {
 #[derive(Debug, Clone)]
 pub struct UnknownOrder {
     pub order_id: Option<String>,
+    /// `OVERLOADED` or `OUTBOX_FULL`: refused before anything was written
+    /// (no id to look up; the counts check that nothing was).
+    pub shed: bool,
     pub key: Option<String>,
     pub body: String,
     pub product: u64,
@@ -437,6 +440,7 @@ async fn orderer(ctx: Ctx, o: usize) -> Records {
         } else if unknown_outcome(&answer) {
             rec.orders_unknown.push(UnknownOrder {
                 order_id: answer.body()["error"]["order_id"].as_str().map(str::to_owned),
+                shed: ["OVERLOADED", "OUTBOX_FULL"].contains(&answer.code()),
                 key: key.clone(),
                 body: body.clone(),
                 product: product.id,
@@ -605,6 +609,8 @@ pub async fn resolve(target: &Target, records: &Records) -> Resolution {
                 quantity: order.quantity,
             }),
             Some(false) => {}
+            // Said not done; if it were, the counts would not add up.
+            None if order.shed => {}
             None if order.key.is_none() && order.order_id.is_none() => out.unresolved.push(format!(
                 "an order without Idempotency-Key was answered 503 without an order_id: its outcome cannot be found \
                  ({})",

@@ -195,7 +195,7 @@ pub async fn run(args: FaultsArgs) -> Result<bool, String> {
                         items: 200_000,
                         engine_pid: args.engine_pid,
                         admitted_p99_max: Duration::from_secs(2),
-                        shed_p99_max: Duration::from_secs(1),
+                        shed_p99_max: Duration::from_secs(2),
                         peak_rss_max_mib: 1024,
                     },
                 )

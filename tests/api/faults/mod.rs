@@ -117,6 +117,9 @@ pub struct Order {
 pub struct UnknownOrder {
     /// The id the engine chose, from the 503's body.
     pub order_id: Option<String>,
+    /// `OVERLOADED` or `OUTBOX_FULL`: refused before anything was written
+    /// (no id to look up; the counts check that nothing was).
+    pub shed: bool,
     pub key: Option<String>,
     pub body: String,
     pub product: u64,
@@ -421,8 +424,9 @@ async fn orderer(ctx: Ctx, o: usize) -> Records {
         let headers: Vec<(&str, &str)> = key.iter().map(|k| ("idempotency-key", k.as_str())).collect();
         rec.requests += 1;
         let answer = ctx.call(Method::POST, "/orders", Some(&body), &headers).await;
-        let unknown = |order_id: Option<String>| UnknownOrder {
+        let unknown = |order_id: Option<String>, shed: bool| UnknownOrder {
             order_id,
+            shed,
             key: key.clone(),
             body: body.clone(),
             product: product.id,
@@ -440,11 +444,12 @@ async fn orderer(ctx: Ctx, o: usize) -> Records {
             Answer::Reply(reply, _) if reply.error_code() == "OUT_OF_STOCK" => rec.out_of_stock += 1,
             Answer::Reply(reply, _) if is_503(reply) => {
                 let order_id = reply.body["error"]["order_id"].as_str().map(str::to_owned);
-                rec.orders_unknown.push(unknown(order_id));
+                let shed = ["OVERLOADED", "OUTBOX_FULL"].contains(&reply.error_code());
+                rec.orders_unknown.push(unknown(order_id, shed));
                 ctx.unavailable(&mut rec, "POST /orders", &answer).await;
             }
             Answer::Lost(..) => {
-                rec.orders_unknown.push(unknown(None));
+                rec.orders_unknown.push(unknown(None, false));
                 ctx.unavailable(&mut rec, "POST /orders", &answer).await;
             }
             Answer::Reply(reply, _) => unexpected(&mut rec, "POST /orders", reply),
@@ -645,6 +650,8 @@ pub async fn resolve(http: &HttpClient, addr: SocketAddr, records: &Records) -> 
                 quantity: order.quantity,
             }),
             (Some(false), _) => out.orders_not_taken += 1,
+            // Said not done; if it were, the counts would not add up.
+            (None, None) if order.shed => out.orders_not_taken += 1,
             (None, None) if order.key.is_none() => out.unresolved.push(format!(
                 "an order without Idempotency-Key was answered 503 without an order_id: its outcome cannot be \
                  found ({})",

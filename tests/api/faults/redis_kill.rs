@@ -41,10 +41,14 @@ async fn redis_kill_9_and_restart_keep_every_acknowledged_effect() {
     let health = app.get("/health").await;
     assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", health.body);
     assert_eq!(health.body["redis"], "unreachable");
+    // REDIS_UNAVAILABLE, or OVERLOADED when it queued behind calls waiting
+    // for the dead Redis past the queue deadline.
     let refused = app.checkout("nobody", 999_999).await;
-    assert_eq!(
-        (refused.status, refused.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE")
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", refused.body);
+    assert!(
+        ["REDIS_UNAVAILABLE", "OVERLOADED"].contains(&refused.error_code()),
+        "{:?}",
+        refused.body
     );
     let refused_within = killed.elapsed();
     assert!(refused_within < Duration::from_secs(8), "requests hung on a dead Redis");
