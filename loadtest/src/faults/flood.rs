@@ -1,9 +1,13 @@
 //! The flood case: the engine's capacity measured with a short closed loop,
 //! then checkouts sent open-loop at a multiple of it, each when it is due
-//! whatever became of the ones before (independent clients), its latency
-//! counted from then. What is admitted must keep a bounded latency, what is
-//! not must be told 503 with `Retry-After` at once, and the engine's memory
-//! must stay bounded.
+//! whatever became of the ones before (independent clients). What is
+//! admitted must keep a bounded latency, what is not must be told 503 with
+//! `Retry-After` at once, and the engine's memory must stay bounded.
+//!
+//! The driver shares the machine: a request's latency counts from when the
+//! driver got to it (a wait for a free slot included, which the engine's
+//! slowness would cause), and how late the driver itself was, and the rate
+//! it reached, are reported apart.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +52,9 @@ struct Shooter {
 }
 
 impl Shooter {
-    /// One checkout on an idle connection, or a new one.
-    async fn shoot(&self, due: Instant) -> Shot {
+    /// One checkout on an idle connection, or a new one; its latency
+    /// counts from `since`.
+    async fn shoot(&self, since: Instant) -> Shot {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = format!(
             "/checkout?user_id={}-f{}&id={}",
@@ -67,7 +72,7 @@ impl Shooter {
                         status: None,
                         code: e,
                         retry_after: false,
-                        latency: due.elapsed(),
+                        latency: since.elapsed(),
                     };
                 }
             },
@@ -83,19 +88,19 @@ impl Shooter {
                     .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
                     .unwrap_or_default(),
                 retry_after: conn.last_flags().retry_after,
-                latency: due.elapsed(),
+                latency: since.elapsed(),
             },
             Outcome::Timeout => Shot {
                 status: None,
                 code: "timeout".into(),
                 retry_after: false,
-                latency: due.elapsed(),
+                latency: since.elapsed(),
             },
             Outcome::Transport(e) => Shot {
                 status: None,
                 code: e,
                 retry_after: false,
-                latency: due.elapsed(),
+                latency: since.elapsed(),
             },
         };
         if !conn.is_closed()
@@ -176,19 +181,23 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
     let outstanding = Arc::new(Semaphore::new(cfg.outstanding_max));
     let flood_started = Instant::now();
     let mut shots = Vec::with_capacity(total as usize);
-    let mut late = 0u64;
+    let (mut late, mut full) = (0u64, 0u64);
     for i in 0..total {
         let due = flood_started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
+        let reached = Instant::now();
+        if reached.duration_since(due) > Duration::from_millis(100) {
+            late += 1;
+        }
+        if outstanding.available_permits() == 0 {
+            full += 1;
+        }
         let Ok(permit) = outstanding.clone().acquire_owned().await else {
             break;
         };
-        if due.elapsed() > Duration::from_millis(100) {
-            late += 1;
-        }
         let shooter = shooter.clone();
         shots.push(tokio::spawn(async move {
-            let shot = shooter.shoot(due).await;
+            let shot = shooter.shoot(reached).await;
             drop(permit);
             shot
         }));
@@ -218,11 +227,14 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
 
     let figures = format!(
         "capacity {capacity:.0}/s, unloaded p99 {:.1} ms; flood at {rate:.0}/s for {:.1} s: {total} sent in {:.1} s \
-         ({late} over 100 ms late); admitted {} (p50 {:.1} ms, p99 {:.1} ms), shed {} (p50 {:.1} ms, p99 {:.1} ms, max \
-         {:.1} ms)",
+         ({:.0}/s, {:.1}x capacity; the driver reached {late} over 100 ms late, {full} found {} in flight); admitted {} \
+         (p50 {:.1} ms, p99 {:.1} ms), shed {} (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
         ms(&unloaded, 0.99),
         cfg.secs,
         sending.as_secs_f64(),
+        total as f64 / sending.as_secs_f64(),
+        total as f64 / sending.as_secs_f64() / capacity,
+        cfg.outstanding_max,
         admitted.len(),
         ms(&admitted, 0.5),
         ms(&admitted, 0.99),
@@ -246,8 +258,10 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         "flood_shed_with_503",
         !shed.is_empty() && without_retry_after == 0,
         format!(
-            "{} shed with 503 at {:.0}x capacity, {without_retry_after} of them without Retry-After",
+            "{} shed with 503 (sent at {:.1}x capacity, {:.0}x asked), {without_retry_after} of them without \
+             Retry-After",
             shed.len(),
+            total as f64 / sending.as_secs_f64() / capacity,
             cfg.factor
         ),
     ));
@@ -293,6 +307,8 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         "rate_per_sec": rate,
         "sent": total,
         "sent_late": late,
+        "found_outstanding_max": full,
+        "reached_rate_per_sec": total as f64 / sending.as_secs_f64(),
         "sending_secs": sending.as_secs_f64(),
         "admitted": admitted.len(),
         "admitted_p50_ms": ms(&admitted, 0.5),

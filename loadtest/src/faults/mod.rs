@@ -219,16 +219,23 @@ pub async fn run(args: FaultsArgs) -> Result<bool, String> {
         );
         all.extend(outcome.invariants);
     }
-    let failed = all.iter().filter(|i| i.verdict == Verdict::Fail).count();
-    let skipped = all.iter().filter(|i| i.verdict == Verdict::Skip).count();
-    println!();
-    if failed == 0 {
-        println!("RESULT: PASS ({} checks, {skipped} skipped)", all.len());
+    let count = |v: Verdict| all.iter().filter(|i| i.verdict == v).count();
+    let (passed, failed) = (count(Verdict::Pass), count(Verdict::Fail));
+    let skipped: Vec<&str> = all
+        .iter()
+        .filter(|i| i.verdict == Verdict::Skip)
+        .map(|i| i.name.as_str())
+        .collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
     } else {
-        println!(
-            "RESULT: FAIL ({failed} of {} checks failed, {skipped} skipped)",
-            all.len()
-        );
+        format!(", SKIPPED: {}", skipped.join(", "))
+    };
+    println!();
+    match (failed, passed) {
+        (0, 0) => println!("RESULT: SKIPPED (nothing was checked{skipped})"),
+        (0, _) => println!("RESULT: PASS ({passed} checks passed{skipped})"),
+        _ => println!("RESULT: FAIL ({failed} failed, {passed} passed{skipped})"),
     }
     let json = json!({"scenario": "faults", "url": args.url, "cases": summary, "passed": failed == 0});
     if let Some(path) = &args.json {
