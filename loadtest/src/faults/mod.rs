@@ -189,7 +189,7 @@ pub async fn run(args: FaultsArgs) -> Result<bool, String> {
                         secs: args.flood_secs as f64,
                         capacity_secs: 2.0,
                         capacity_clients: 32,
-                        outstanding_max: 4000,
+                        outstanding_max: 1000,
                         tag: format!("f{run_id}"),
                         item_base: Case::Flood.item_base(),
                         items: 200_000,
