@@ -188,7 +188,7 @@ pub async fn run(args: FaultsArgs) -> Result<bool, String> {
                         factor: 5.0,
                         secs: args.flood_secs as f64,
                         capacity_secs: 2.0,
-                        capacity_clients: 32,
+                        capacity_clients: 256,
                         outstanding_max: 1000,
                         tag: format!("f{run_id}"),
                         item_base: Case::Flood.item_base(),
