@@ -46,7 +46,8 @@ local function stock(product, now, action, product_id, seed, amount, name, price
     redis.call('HINCRBY', product, 'stock_total', amount)
     redis.call('HINCRBY', product, 'available', amount)
     events[#events + 1] = 'product_restocked'
-    events[#events + 1] = table.concat({product_id, amount, tostring(total + tonumber(amount)), now}, '\31')
+    -- %d, never tostring: it prints 1e+14 from 10^14 up.
+    events[#events + 1] = table.concat({product_id, amount, string.format('%d', total + tonumber(amount)), now}, '\31')
   end
   local c = redis.call('HMGET', product, 'stock_total', 'available', 'reserved', 'sold')
   return {'OK', tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4])}

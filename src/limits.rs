@@ -213,8 +213,12 @@ pub const RECONCILE_SALES_MAX: i64 = 1_000;
 pub const RECONCILE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(ORDER_RECORD_RETENTION.as_secs() > HOLD_SECS_MAX as u64 * 2);
+// Lua numbers are doubles, exact below 2^53, and `%d` prints them exactly:
+// an order's total (order_create.lua) and a restock's new total, computed
+// before it is checked against the ceiling (product_stock.lua), stay below.
 const _: () = assert!((ORDER_QUANTITY_MAX as i128) * (PRODUCT_PRICE_CENTS_MAX as i128) < (1_i128 << 53));
 const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
+const _: () = assert!(PRODUCT_STOCK_MAX + PRODUCT_STOCK_MAX < (1 << 53));
 // The order id's last byte carries its shard (src/orders/domain.rs).
 const _: () = assert!(256 % OUTBOX_SHARDS == 0);
 // Every order script appends at most one event per request.
@@ -384,6 +388,12 @@ const _: () = assert!(INGEST_UPLOAD_BYTES_DEFAULT <= INGEST_UPLOAD_BYTES_CEILING
 const _: () = assert!(2 + 2 * WALLET_EVENTS_PER_REQUEST_MAX * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < WALLET_BALANCE_MINOR_MAX);
 const _: () = assert!(WALLET_BALANCE_MINOR_MAX < (1 << 53));
+// wallet_apply.lua: a credit is added to the balance before the bound is
+// checked; a bonus's wagering requirement is its amount times the
+// multiplier; a bet's contribution is its amount times a percentage.
+const _: () = assert!(WALLET_BALANCE_MINOR_MAX + WALLET_AMOUNT_MINOR_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * 100 < (1 << 53));
 const _: () = assert!(WALLET_NOTIFY_BLOCK.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
 const _: () = assert!(WALLET_SSE_STREAMS_DEFAULT <= WALLET_SSE_STREAMS_CEILING);
 const _: () = assert!(WALLET_HISTORY_LIMIT_DEFAULT <= WALLET_HISTORY_LIMIT_MAX);
