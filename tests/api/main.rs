@@ -10,6 +10,7 @@ mod helpers;
 mod ingest;
 mod openapi;
 mod orders;
+mod poison;
 mod sale;
 mod server;
 mod settlement;
