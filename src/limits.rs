@@ -115,6 +115,29 @@ pub const FLUSH_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Every Postgres statement the flusher runs must finish within this.
 pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Times an event must fail alone, with a data error, before the flusher sets
+/// it aside as a dead letter. More than one, so that a fault that only looks
+/// like the event's (a row another writer is about to fix, an error class we
+/// misjudge) gets the flush back-off between tries to clear: 5 tries span
+/// about 0.75 s of back-off (50 + 100 + 200 + 400 ms) plus the writes. Few,
+/// because the event's whole shard waits meanwhile.
+pub const DEAD_LETTER_AFTER_ATTEMPTS: u32 = 5;
+
+/// Longest error text (and kind) a dead letter stores: a Postgres message or
+/// a decoding error is far shorter; an injected kind could be anything. The
+/// raw fields are kept whole: they are the event.
+pub const DEAD_LETTER_TEXT_BYTES_MAX: usize = 4_096;
+
+/// Default and largest page of `GET /admin/dead-letters`: each row carries
+/// the event's raw fields (a few hundred bytes).
+pub const DEAD_LETTERS_PAGE_DEFAULT: i64 = 50;
+pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;
+
+/// How often each engine counts unresolved dead letters for
+/// `stampede_dead_letters_unresolved` (an index-only count of a partial
+/// index that is empty when all is well).
+pub const DEAD_LETTER_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Default of `STAMPEDE_REDIS_COMMAND_TIMEOUT_MS`: how long a Redis command
 /// may wait for its reply (including a reconnect) before the request fails
 /// with 503 instead of hanging.
@@ -252,14 +275,22 @@ pub const HOLDS_EXPIRED_PER_PASS_MAX: usize = 1_024;
 pub const RECONCILE_PRODUCTS_MAX: i64 = 10_000;
 pub const RECONCILE_SALES_MAX: i64 = 1_000;
 
+/// Unresolved dead letters reconcile lists one by one as mismatches (newest
+/// first); `dead_letters_unresolved` counts them all.
+pub const RECONCILE_DEAD_LETTERS_MAX: i64 = 1_000;
+
 /// How long reconcile waits for the outbox backlog to reach 0 before it
 /// answers 503 `BACKLOG_NOT_FLUSHED`: comparing earlier would report events
 /// still in flight as drift.
 pub const RECONCILE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(ORDER_RECORD_RETENTION.as_secs() > HOLD_SECS_MAX as u64 * 2);
+// Lua numbers are doubles, exact below 2^53, and `%d` prints them exactly:
+// an order's total (order_create.lua) and a restock's new total, computed
+// before it is checked against the ceiling (product_stock.lua), stay below.
 const _: () = assert!((ORDER_QUANTITY_MAX as i128) * (PRODUCT_PRICE_CENTS_MAX as i128) < (1_i128 << 53));
 const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
+const _: () = assert!(PRODUCT_STOCK_MAX + PRODUCT_STOCK_MAX < (1 << 53));
 // The order id's last byte carries its shard (src/orders/domain.rs).
 const _: () = assert!(256 % OUTBOX_SHARDS == 0);
 // Every order script appends at most one event per request.
@@ -424,11 +455,19 @@ const _: () = assert!(2 + 4 * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(SCRIPT_BATCH_REQUESTS_MAX <= FLUSH_BATCH_ROWS_MAX);
 const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());
+const _: () = assert!(DEAD_LETTER_AFTER_ATTEMPTS >= 1);
+const _: () = assert!(DEAD_LETTERS_PAGE_DEFAULT <= DEAD_LETTERS_PAGE_MAX);
 const _: () = assert!(INGEST_BATCH_ROWS_DEFAULT <= INGEST_BATCH_ROWS_CEILING);
 const _: () = assert!(INGEST_UPLOAD_BYTES_DEFAULT <= INGEST_UPLOAD_BYTES_CEILING);
 const _: () = assert!(2 + 2 * WALLET_EVENTS_PER_REQUEST_MAX * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < WALLET_BALANCE_MINOR_MAX);
 const _: () = assert!(WALLET_BALANCE_MINOR_MAX < (1 << 53));
+// wallet_apply.lua: a credit is added to the balance before the bound is
+// checked; a bonus's wagering requirement is its amount times the
+// multiplier; a bet's contribution is its amount times a percentage.
+const _: () = assert!(WALLET_BALANCE_MINOR_MAX + WALLET_AMOUNT_MINOR_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * 100 < (1 << 53));
 const _: () = assert!(WALLET_NOTIFY_BLOCK.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
 const _: () = assert!(WALLET_SSE_STREAMS_DEFAULT <= WALLET_SSE_STREAMS_CEILING);
 const _: () = assert!(WALLET_HISTORY_LIMIT_DEFAULT <= WALLET_HISTORY_LIMIT_MAX);

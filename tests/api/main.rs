@@ -12,6 +12,7 @@ mod ingest;
 mod openapi;
 mod orders;
 mod overload;
+mod poison;
 mod redis_checks;
 mod sale;
 mod server;
