@@ -30,6 +30,12 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a client may take to send a body once its headers arrived.
 pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest an event stream (wallet or `/live/events`) waits for its client
+/// to take the next frame. Frames are small and few (an idle stream sends a
+/// heartbeat every 15 s), so a client this far behind has stopped reading;
+/// ending its stream frees its slot, and it can reconnect (`Last-Event-ID`).
+pub const SSE_SEND_STALL_MAX: Duration = Duration::from_secs(30);
+
 /// Codes one user may hold per sale. Each live code is a Redis hash; without a
 /// cap one client could pin unbounded memory by checking out in a loop.
 pub const CHECKOUT_CODES_PER_USER_MAX: u32 = 1_000;
@@ -284,6 +290,15 @@ pub const WALLET_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Events one stream reads from Redis per `XRANGE`.
 pub const WALLET_SSE_READ_BATCH: usize = 100;
+
+/// Reads of the player's stream one event stream tries in a row before it
+/// ends (each bounded by `REDIS_COMMAND_TIMEOUT`, with
+/// `WALLET_SSE_READ_RETRY_DELAY` between). Three cover a reconnect of the
+/// pool; past them Redis is away, and a stream that waits on it only holds
+/// a `STAMPEDE_SSE_STREAMS_MAX` slot: the client (told `retry: 1000`)
+/// reconnects with `Last-Event-ID` and misses nothing.
+pub const WALLET_SSE_READ_ATTEMPTS_MAX: u32 = 3;
+pub const WALLET_SSE_READ_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// How often the bonus expiry task looks for due bonuses, and how many it
 /// expires per shard per pass (the rest wait for the next pass; a bet

@@ -2,7 +2,7 @@
 //! killed, not while Postgres is down, not when Redis forgets its scripts.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,8 +11,8 @@ use fred::interfaces::ClientLike;
 use hyper::StatusCode;
 
 use crate::helpers::{
-    EngineProcess, buy, create_database, database_url, delete_keys, drop_database, free_port, http_client,
-    outbox_backlog, redis_client, spawn_app, spawn_app_on, unique_name, wait_for_acknowledged,
+    EngineProcess, PrivateRedis, buy, create_database, database_url, delete_keys, drop_database, free_port,
+    http_client, outbox_backlog, redis_client, spawn_app, spawn_app_on, unique_name, wait_for_acknowledged,
 };
 
 /// `kill -9` while the outbox holds entries (some delivered to the dead
@@ -244,46 +244,6 @@ async fn script_cache_flush_mid_run_is_invisible_to_clients() {
     app.wait_flushed(Duration::from_secs(10)).await;
     assert_eq!(app.purchases_in_postgres().await, 500);
     Arc::into_inner(app).expect("done").finish().await;
-}
-
-/// A private redis-server, so a test can crash it without disturbing others.
-struct PrivateRedis {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: &std::path::Path) -> Self {
-        std::fs::create_dir_all(dir).expect("redis dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (scripts/services.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn crash(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.crash();
-    }
 }
 
 /// Redis killed with SIGKILL and restarted from its AOF: while it is down the

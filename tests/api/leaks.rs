@@ -1,0 +1,351 @@
+//! Nothing a client does holds the engine's resources past its bounds: event
+//! streams free their slot as soon as their client leaves (whatever the
+//! stream was doing) or once Redis has failed them a bounded number of
+//! times; and resume ids Redis would refuse never reach it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    EngineProcess, PrivateRedis, create_database, database_url, delete_keys, drop_database, free_port, http_client,
+    redis_client, send, spawn_app, unique_name,
+};
+
+/// An event stream on a raw connection, so the test decides exactly when
+/// the client goes away (dropping it closes the socket).
+struct RawStream {
+    stream: TcpStream,
+    received: Vec<u8>,
+}
+
+/// What opening an event stream gave: the stream, or a refusal's status
+/// line and body.
+enum Opened {
+    Streaming(RawStream),
+    Refused(String),
+}
+
+impl RawStream {
+    /// `GET path` with optional `Last-Event-ID`; returns once the first
+    /// frame (the `: connected` comment) has arrived, or with the refusal.
+    async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Opened {
+        Self::open_with(addr, path, last_event_id, true).await
+    }
+
+    /// As `open`; without `first_frame`, returns as soon as the 200 head
+    /// arrived.
+    async fn open_with(addr: SocketAddr, path: &str, last_event_id: Option<&str>, first_frame: bool) -> Opened {
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{resume}Connection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("request");
+        let mut raw = RawStream {
+            stream,
+            received: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(&raw.received).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                if !head.starts_with("HTTP/1.1 200") {
+                    // A refusal: read its (small) body to the end.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), raw.stream.read_to_end(&mut raw.received)).await;
+                    return Opened::Refused(String::from_utf8_lossy(&raw.received).into_owned());
+                }
+                if !first_frame || body.contains("\n\n") {
+                    return Opened::Streaming(raw);
+                }
+            }
+            assert!(Instant::now() < deadline, "no answer to {path}: {text:?}");
+            raw.read_some(deadline).await;
+        }
+    }
+
+    /// Reads what arrives until `deadline`; false once the engine closed
+    /// the stream.
+    async fn read_some(&mut self, deadline: Instant) -> bool {
+        let mut buffer = [0u8; 4096];
+        match tokio::time::timeout_at(deadline.into(), self.stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.received.extend_from_slice(&buffer[..n]);
+                true
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Waits for the engine to end the stream (a chunked body's last chunk,
+    /// or the connection closed); the time it took, or None by `within`.
+    async fn wait_end(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let deadline = started + within;
+        while Instant::now() < deadline {
+            if self.received.ends_with(b"\r\n0\r\n\r\n") || !self.read_some(deadline).await {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    }
+}
+
+/// Opens `path` until it is admitted (its slot is free again); the time
+/// that took. Fails after `within`.
+async fn wait_admitted(
+    addr: SocketAddr,
+    path: &str,
+    last_event_id: Option<&str>,
+    within: Duration,
+) -> (RawStream, Duration) {
+    let started = Instant::now();
+    loop {
+        match RawStream::open(addr, path, last_event_id).await {
+            Opened::Streaming(stream) => return (stream, started.elapsed()),
+            Opened::Refused(reply) => {
+                assert!(reply.contains("STREAMS_FULL"), "{path}: {reply}");
+                assert!(
+                    started.elapsed() < within,
+                    "{path}: no slot came back within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Resume ids that are no event id, or one Redis would refuse (a part past
+/// 2^64 - 1): refused with 400 before any slot or Redis is involved.
+const REFUSED_IDS: &[&str] = &[
+    "99999999999999999999-0",
+    "0-99999999999999999999",
+    "18446744073709551616-0",
+    "0-18446744073709551616",
+    "99999999999999999999-99999999999999999999",
+    "18446744073709551616",
+    "-1-0",
+    "1--1",
+    "+1-0",
+    "1-0-0",
+    "1.5-0",
+    "0x10-0",
+];
+
+/// Ids Redis accepts but that lie at the edge: the largest of all (no
+/// exclusive range can start after it), and the largest milliseconds.
+const EDGE_IDS: &[&str] = &[
+    "18446744073709551615-18446744073709551615",
+    "18446744073709551615-0",
+    "0-18446744073709551615",
+];
+
+/// The engine's `stampede_wallet_sse_streams` gauge.
+async fn open_streams_gauge(addr: SocketAddr) -> f64 {
+    let http = http_client();
+    let request = hyper::Request::get(format!("http://{addr}/metrics"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = http.request(request).await.expect("metrics");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("metrics body")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("stampede_wallet_sse_streams "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("gauge present")
+}
+
+/// Out-of-range `Last-Event-ID`s never hold a slot: the engine (a process
+/// of its own, so its gauge is its own) with room for two streams refuses
+/// them with 400, and streams opened and dropped at the edge ids leave the
+/// gauge at 0 and new streams admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_resume_ids_hold_no_stream_slot() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let engine = EngineProcess::start(&db_url, &name, "", &[("STAMPEDE_SSE_STREAMS_MAX", "2")]).await;
+    for round in 0..5 {
+        for id in REFUSED_IDS {
+            match RawStream::open(engine.addr, "/wallet/p1/events", Some(id)).await {
+                Opened::Refused(reply) => {
+                    assert!(reply.starts_with("HTTP/1.1 400"), "round {round}, {id}: {reply}");
+                    assert!(reply.contains("INVALID_LAST_EVENT_ID"), "round {round}, {id}: {reply}");
+                }
+                Opened::Streaming(_) => panic!("round {round}: {id} was taken as a resume id"),
+            }
+        }
+        for id in EDGE_IDS {
+            // Both slots, then a third is refused: the bound still holds.
+            let (first, _) = wait_admitted(engine.addr, "/wallet/p1/events", Some(id), Duration::from_secs(5)).await;
+            let (second, _) = wait_admitted(engine.addr, "/wallet/p2/events", Some(id), Duration::from_secs(5)).await;
+            match RawStream::open(engine.addr, "/wallet/p3/events", Some(id)).await {
+                Opened::Refused(reply) => assert!(reply.contains("SSE_STREAMS_FULL"), "{reply}"),
+                Opened::Streaming(_) => panic!("a third stream was admitted past the bound"),
+            }
+            drop((first, second));
+        }
+    }
+    // Every stream above was dropped by its client: the gauge returns to 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = open_streams_gauge(engine.addr).await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} streams still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_again, waited) = wait_admitted(engine.addr, "/wallet/p1/events", None, Duration::from_secs(5)).await;
+    println!("a new stream was admitted {waited:?} after the gauge read 0");
+    drop(engine);
+    drop_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    delete_keys(&redis, &name).await;
+}
+
+/// A client that leaves an idle stream (waiting on the fan-out, between
+/// heartbeats) frees its slot at once: with room for one stream, the next
+/// is admitted right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_an_idle_stream_frees_its_slot_at_once() {
+    let app = spawn_app(&[("STAMPEDE_SSE_STREAMS_MAX", "1")]).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let resume = if i % 2 == 0 { None } else { Some("0-0") };
+        let (stream, _) = wait_admitted(app.addr, "/wallet/idle/events", resume, Duration::from_secs(5)).await;
+        drop(stream);
+        let (next, waited) = wait_admitted(app.addr, "/wallet/idle2/events", None, Duration::from_secs(5)).await;
+        slowest = slowest.max(waited);
+        drop(next);
+    }
+    println!("slowest slot release after an idle client left: {slowest:?}");
+    assert!(slowest < Duration::from_secs(5), "{slowest:?}");
+    // The live page's streams, between their ticks.
+    let waited = live_slots_come_back(app.addr).await;
+    println!("64 live slots back {waited:?} after their clients left");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    app.finish().await;
+}
+
+/// Takes all 64 `/live/events` slots (a 65th is refused), drops every
+/// client, and waits until all 64 are admitted again; how long that took.
+async fn live_slots_come_back(addr: SocketAddr) -> Duration {
+    let mut live = Vec::new();
+    for _ in 0..64 {
+        match RawStream::open_with(addr, "/live/events", None, false).await {
+            Opened::Streaming(stream) => live.push(stream),
+            Opened::Refused(reply) => panic!("live stream refused: {reply}"),
+        }
+    }
+    match RawStream::open_with(addr, "/live/events", None, false).await {
+        Opened::Refused(reply) => assert!(reply.contains("LIVE_STREAMS_FULL"), "{reply}"),
+        Opened::Streaming(_) => panic!("a 65th live stream was admitted"),
+    }
+    drop(live);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    let mut again = Vec::new();
+    while again.len() < 64 {
+        match RawStream::open_with(addr, "/live/events", None, false).await {
+            Opened::Streaming(stream) => again.push(stream),
+            Opened::Refused(reply) => {
+                assert!(reply.contains("LIVE_STREAMS_FULL"), "{reply}");
+                assert!(Instant::now() < deadline, "live slots did not come back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    started.elapsed()
+}
+
+/// With Redis away, a stream resuming from `Last-Event-ID` fails its reads
+/// and retries (each read waits up to the command timeout): a client that
+/// leaves meanwhile frees its slot at once, not when the retries run out;
+/// one that stays sees the stream end after the bounded retries, and its
+/// slot comes back too. The fan-out's waits on a dead Redis hold nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_away_streams_end_after_bounded_retries_and_free_their_slot() {
+    let port = free_port();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-sse-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut redis = PrivateRedis::start(port, &dir);
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app(&[("REDIS_URL", url.as_str()), ("STAMPEDE_SSE_STREAMS_MAX", "1")]).await;
+    let deposit = json!({"player_id": "r1", "currency": "EUR", "type": "deposit", "amount_minor": 5,
+                         "reference_id": "d1"})
+    .to_string();
+    let reply = send(
+        &app.http,
+        app.addr,
+        Method::POST,
+        "/wallet/transactions",
+        Some(&deposit),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // Opened while Redis is up, so it starts from the player's last event.
+    let (mut open_before, _) = wait_admitted(app.addr, "/wallet/r1/events", None, Duration::from_secs(5)).await;
+
+    redis.crash();
+    // The fan-out's failed read makes the stream read its player's stream,
+    // which fails too: after the bounded retries, the engine ends it.
+    let ended = open_before.wait_end(Duration::from_secs(30)).await;
+    println!("a stream ended {ended:?} after Redis went away");
+    assert!(ended.is_some(), "the stream outlived its bounded retries");
+
+    // A client that leaves during the retries frees the slot at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let (resuming, _) = wait_admitted(app.addr, "/wallet/r1/events", Some("0-0"), Duration::from_secs(20)).await;
+        drop(resuming);
+        let (next, waited) = wait_admitted(app.addr, "/wallet/r1/events", Some("0-0"), Duration::from_secs(20)).await;
+        slowest = slowest.max(waited);
+        // This one stays: its retries run out and the engine ends it.
+        let mut next = next;
+        let ended = next.wait_end(Duration::from_secs(30)).await;
+        println!(
+            "with Redis away: slot back {waited:?} after the client left; a staying client's stream ended after {ended:?}"
+        );
+        assert!(ended.is_some(), "the stream outlived its bounded retries");
+    }
+    // Each read waits up to the 2 s command timeout and the retries take
+    // three: a slot that came back well before is the client's leaving.
+    assert!(slowest < Duration::from_secs(2), "slot came back after {slowest:?}");
+
+    // The live page's streams too: their snapshots wait on Redis, and all
+    // 64 clients leave while they do.
+    let waited = live_slots_come_back(app.addr).await;
+    println!("with Redis away: 64 live slots back {waited:?} after their clients left");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+
+    // Redis back: streams work again, through the same fan-out.
+    let _restarted = PrivateRedis::start(port, &redis.dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        assert!(Instant::now() < deadline, "no event after Redis came back");
+        // While Redis loads its data, reads fail and the stream ends: reopen.
+        let (mut stream, _) = wait_admitted(app.addr, "/wallet/r1/events", Some("0-0"), Duration::from_secs(20)).await;
+        while stream.read_some(deadline).await && Instant::now() < deadline {
+            if String::from_utf8_lossy(&stream.received).contains("event: balance") {
+                break;
+            }
+        }
+        if String::from_utf8_lossy(&stream.received).contains("event: balance") {
+            break stream;
+        }
+    };
+    drop(back);
+    app.finish().await;
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
