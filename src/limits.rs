@@ -278,6 +278,11 @@ pub const WALLET_SSE_INBOX: usize = 256;
 /// shutdown. Below the Redis command timeout.
 pub const WALLET_NOTIFY_BLOCK: Duration = Duration::from_millis(1_000);
 
+/// How long a fan-out task waits after a failed read before the next: it
+/// retries for as long as the engine runs (it holds no client's slot), and
+/// this keeps a Redis outage from turning it into a busy loop.
+pub const WALLET_FANOUT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Default and ceiling of `STAMPEDE_SSE_STREAMS_MAX`, the open event
 /// streams per engine (503 beyond). Each costs a connection slot and a few
 /// KiB; the default leaves the connection bound room for requests.

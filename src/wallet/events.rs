@@ -38,8 +38,8 @@ use super::scripts::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
 use crate::keyspace::Shard;
 use crate::limits::{
-    SSE_SEND_STALL_MAX, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT, WALLET_SSE_INBOX,
-    WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
+    SSE_SEND_STALL_MAX, WALLET_FANOUT_RETRY_DELAY, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT,
+    WALLET_SSE_INBOX, WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
 };
 use crate::scripts::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};
@@ -437,7 +437,11 @@ async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
         .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     let client = builder.build()?;
-    client.init().await?;
+    if let Err(e) = client.init().await {
+        // fred does not stop a client that is dropped: stop it.
+        let _ = client.quit().await;
+        return Err(e);
+    }
     Ok(client)
 }
 
@@ -518,9 +522,11 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
             tracing::warn!(error = %e, shard = shard.index(), "wallet fan-out read failed; retrying");
             telemetry::wallet_fanout_error();
             hub.resync_all();
-            client = None;
+            // The client is kept, and fred reconnects it: a client dropped
+            // without `quit` keeps its connection task, which reconnects for
+            // ever (one idle connection per shard left behind per outage).
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(WALLET_FANOUT_RETRY_DELAY) => {}
                 _ = shutdown.changed() => break,
             }
         }

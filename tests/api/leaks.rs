@@ -164,6 +164,16 @@ async fn open_streams_gauge(addr: SocketAddr) -> f64 {
         .expect("gauge present")
 }
 
+/// How many connections the Redis on `port` holds (this probe's included).
+fn redis_connections(port: u16) -> usize {
+    use std::io::{Read, Write};
+    let mut probe = std::net::TcpStream::connect(("127.0.0.1", port)).expect("private redis");
+    probe.write_all(b"CLIENT LIST\r\nQUIT\r\n").expect("CLIENT LIST");
+    let mut reply = String::new();
+    let _ = probe.read_to_string(&mut reply);
+    reply.lines().filter(|line| line.contains(" addr=")).count()
+}
+
 /// Out-of-range `Last-Event-ID`s never hold a slot: the engine (a process
 /// of its own, so its gauge is its own) with room for two streams refuses
 /// them with 400, and streams opened and dropped at the edge ids leave the
@@ -296,6 +306,7 @@ async fn with_redis_away_streams_end_after_bounded_retries_and_free_their_slot()
     // Opened while Redis is up, so it starts from the player's last event.
     let (mut open_before, _) = wait_admitted(app.addr, "/wallet/r1/events", None, Duration::from_secs(5)).await;
 
+    let connections_before = redis_connections(port);
     redis.crash();
     // The fan-out's failed read makes the stream read its player's stream,
     // which fails too: after the bounded retries, the engine ends it.
@@ -344,6 +355,41 @@ async fn with_redis_away_streams_end_after_bounded_retries_and_free_their_slot()
             break stream;
         }
     };
+    // The engine's connections all came back, and no more: a fan-out
+    // client replaced without being stopped would reconnect beside its
+    // successor (as quickly: same reconnect policy).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_connections(port) < connections_before {
+        assert!(Instant::now() < deadline, "the engine did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deposit = json!({"player_id": "r1", "currency": "EUR", "type": "deposit", "amount_minor": 5,
+                         "reference_id": "d2"})
+    .to_string();
+    let reply = send(
+        &app.http,
+        app.addr,
+        Method::POST,
+        "/wallet/transactions",
+        Some(&deposit),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let mut back = back;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&back.received).contains("\"reference_id\":\"d2\"") {
+        assert!(
+            back.read_some(deadline).await && Instant::now() < deadline,
+            "no live event after the restart"
+        );
+    }
+    let connections_after = redis_connections(port);
+    println!("connections to Redis: {connections_before} before the outage, {connections_after} after");
+    assert_eq!(
+        connections_after, connections_before,
+        "connections left behind by the outage"
+    );
     drop(back);
     app.finish().await;
     drop(redis);
