@@ -158,6 +158,19 @@ pub const INGEST_BODY_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Largest multipart field other than `file` (skipped, but read).
 pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;
 
+/// Most bytes accepted before an upload's first multipart boundary, and in
+/// one part's header block (after its boundary, through the blank line).
+/// Clients send no preamble and a header block of ~150 bytes (a
+/// `Content-Disposition` with the file name, a `Content-Type`); 64 KiB
+/// leaves room for long names. Without them the multipart parser would
+/// hold up to the whole upload and search it again as each chunk arrives.
+pub const INGEST_MULTIPART_PREAMBLE_BYTES_MAX: usize = 64 * 1024;
+pub const INGEST_PART_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest multipart boundary, as RFC 2046 allows (1–70 characters). It is
+/// looked for across chunk edges, so its length is work per chunk.
+pub const MULTIPART_BOUNDARY_BYTES_MAX: usize = 70;
+
 // ---- orders (src/orders/) ----
 
 /// Largest `quantity` of one order. A buyer of a limited-stock product takes

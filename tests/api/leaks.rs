@@ -1,13 +1,16 @@
 //! Nothing a client does holds the engine's resources past its bounds: event
 //! streams free their slot as soon as their client leaves (whatever the
 //! stream was doing) or once Redis has failed them a bounded number of
-//! times; and resume ids Redis would refuse never reach it.
+//! times; resume ids Redis would refuse never reach it; and an upload's
+//! multipart preamble and part header blocks are refused past their bound
+//! without being buffered or scanned to the end.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
+use stampede::limits::{INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_PART_HEADER_BYTES_MAX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -394,4 +397,183 @@ async fn with_redis_away_streams_end_after_bounded_retries_and_free_their_slot()
     app.finish().await;
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const BOUNDARY: &str = "leaks-test-boundary-5c1d";
+
+/// A purchase line of the ingest format.
+fn purchase_line(id: &str) -> String {
+    format!(
+        r#"{{"transaction_id":"{id}","player_id":"p-1","platform":"steam","item_id":"dlc-1","item_name":"Citadel","item_type":"dlc","price":1.00,"currency":"USD","purchased_at":"2026-11-01T10:00:00Z"}}"#
+    )
+}
+
+/// The file part: its header block (with `extra` header lines) and body,
+/// and the closing delimiter.
+fn file_part(extra_headers: &str, content: &str) -> Vec<u8> {
+    format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.ndjson\"\r\n{extra_headers}\
+         Content-Type: application/x-ndjson\r\n\r\n{content}\n\r\n--{BOUNDARY}--\r\n"
+    )
+    .into_bytes()
+}
+
+/// The status line and body of the answer on `stream`, or None by `within`.
+async fn read_answer(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                return Some(text);
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (!received.is_empty()).then_some(text),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Opens an upload whose body is `declared` bytes, sends `sent` of them
+/// (`body`'s start) and withholds the rest; the answer, if any comes while
+/// the client waits.
+async fn partial_upload(addr: SocketAddr, body: &[u8], sent: usize) -> (Option<String>, Duration) {
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    stream.write_all(&body[..sent]).await.expect("first part of the body");
+    let answer = read_answer(&mut stream, Duration::from_secs(10)).await;
+    (answer, started.elapsed())
+}
+
+/// Sends all of `body` as fast as the engine takes it while reading; the
+/// answer and how many bytes had been written when it came.
+async fn whole_upload(addr: SocketAddr, body: Vec<u8>) -> (Option<String>, usize, Duration) {
+    let stream = TcpStream::connect(addr).await.expect("connects");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await.expect("head");
+        for chunk in body.chunks(16 * 1024) {
+            if writer.write_all(chunk).await.is_err() {
+                return; // refused and closed
+            }
+            counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut received)).await;
+    let at = written.load(std::sync::atomic::Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    sender.abort();
+    let text = String::from_utf8_lossy(&received).into_owned();
+    ((!text.is_empty()).then_some(text), at, elapsed)
+}
+
+/// A megabyte before the first boundary, or in a part's header block, is
+/// refused with 400 and its code as soon as the bound is passed: the
+/// answer comes while the client still withholds the rest of its body, so
+/// the engine neither waited for nor buffered it. Within the bounds, such
+/// uploads are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_multipart_preamble_or_part_header_block_is_refused_at_its_bound() {
+    let app = spawn_app(&[]).await;
+    let megabyte = 1 << 20;
+    let mut preamble = "x".repeat(megabyte).into_bytes();
+    preamble.extend_from_slice(b"\r\n");
+    let long_preamble = [preamble, file_part("", &purchase_line("pre-1"))].concat();
+    let long_header = file_part(&format!("X-Pad: {}\r\n", "h".repeat(megabyte)), &purchase_line("hdr-1"));
+    let cases = [
+        (
+            "preamble",
+            &long_preamble,
+            INGEST_MULTIPART_PREAMBLE_BYTES_MAX,
+            "MULTIPART_PREAMBLE_TOO_LARGE",
+        ),
+        (
+            "part header block",
+            &long_header,
+            INGEST_PART_HEADER_BYTES_MAX,
+            "PART_HEADERS_TOO_LARGE",
+        ),
+    ];
+    for (what, body, bound, code) in cases {
+        // A little past the bound, and nothing more.
+        let sent = bound + 4 * 1024;
+        let (answer, took) = partial_upload(app.addr, body, sent).await;
+        let answer =
+            answer.unwrap_or_else(|| panic!("{what}: no answer while {} bytes were withheld", body.len() - sent));
+        println!(
+            "{what}: answered after {took:?}, with {} of {} bytes sent",
+            sent,
+            body.len()
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains(code), "{what}: {answer}");
+
+        // Sent whole, as fast as the engine reads.
+        let (answer, written, took) = whole_upload(app.addr, body.clone()).await;
+        println!(
+            "{what}: sent whole, answered after {took:?}, {written} of {} bytes written",
+            body.len()
+        );
+        let answer = answer.unwrap_or_else(|| panic!("{what}: no answer"));
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains(code), "{what}: {answer}");
+    }
+
+    // Within the bounds: a preamble and a long header block are fine.
+    let preamble = "This is a preamble; clients ignore it.\r\n".repeat(1000);
+    let body = [
+        preamble.into_bytes(),
+        file_part(&format!("X-Pad: {}\r\n", "h".repeat(60 * 1024)), &purchase_line("ok-1")),
+    ]
+    .concat();
+    let (status, reply) = post_multipart(&app, BOUNDARY, body).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(reply.contains("\"created\":1"), "{reply}");
+    // A boundary longer than RFC 2046 allows (70) is refused up front.
+    let long = "b".repeat(71);
+    let (status, reply) = post_multipart(&app, &long, format!("--{long}--\r\n").into_bytes()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert!(reply.contains("MALFORMED_MULTIPART"), "{reply}");
+    app.finish().await;
+}
+
+async fn post_multipart(app: &crate::helpers::TestApp, boundary: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let request = hyper::Request::post(app.url("/ingest"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let response = app.http.request(request).await.expect("answer");
+    let status = response.status();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
