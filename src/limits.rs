@@ -30,6 +30,12 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a client may take to send a body once its headers arrived.
 pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest an event stream (wallet or `/live/events`) waits for its client
+/// to take the next frame. Frames are small and few (an idle stream sends a
+/// heartbeat every 15 s), so a client this far behind has stopped reading;
+/// ending its stream frees its slot, and it can reconnect (`Last-Event-ID`).
+pub const SSE_SEND_STALL_MAX: Duration = Duration::from_secs(30);
+
 /// Codes one user may hold per sale. Each live code is a Redis hash; without a
 /// cap one client could pin unbounded memory by checking out in a loop.
 pub const CHECKOUT_CODES_PER_USER_MAX: u32 = 1_000;
@@ -220,6 +226,19 @@ pub const INGEST_BODY_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Largest multipart field other than `file` (skipped, but read).
 pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;
 
+/// Most bytes accepted before an upload's first multipart boundary, and in
+/// one part's header block (after its boundary, through the blank line).
+/// Clients send no preamble and a header block of ~150 bytes (a
+/// `Content-Disposition` with the file name, a `Content-Type`); 64 KiB
+/// leaves room for long names. Without them the multipart parser would
+/// hold up to the whole upload and search it again as each chunk arrives.
+pub const INGEST_MULTIPART_PREAMBLE_BYTES_MAX: usize = 64 * 1024;
+pub const INGEST_PART_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest multipart boundary, as RFC 2046 allows (1–70 characters). It is
+/// looked for across chunk edges, so its length is work per chunk.
+pub const MULTIPART_BOUNDARY_BYTES_MAX: usize = 70;
+
 // ---- orders (src/orders/) ----
 
 /// Largest `quantity` of one order. A buyer of a limited-stock product takes
@@ -348,6 +367,11 @@ pub const WALLET_SSE_INBOX: usize = 256;
 /// shutdown. Below the Redis command timeout.
 pub const WALLET_NOTIFY_BLOCK: Duration = Duration::from_millis(1_000);
 
+/// How long a fan-out task waits after a failed read before the next: it
+/// retries for as long as the engine runs (it holds no client's slot), and
+/// this keeps a Redis outage from turning it into a busy loop.
+pub const WALLET_FANOUT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Default and ceiling of `STAMPEDE_SSE_STREAMS_MAX`, the open event
 /// streams per engine (503 beyond). Each costs a connection slot and a few
 /// KiB; the default leaves the connection bound room for requests.
@@ -360,6 +384,15 @@ pub const WALLET_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Events one stream reads from Redis per `XRANGE`.
 pub const WALLET_SSE_READ_BATCH: usize = 100;
+
+/// Reads of the player's stream one event stream tries in a row before it
+/// ends (each bounded by `REDIS_COMMAND_TIMEOUT`, with
+/// `WALLET_SSE_READ_RETRY_DELAY` between). Three cover a reconnect of the
+/// pool; past them Redis is away, and a stream that waits on it only holds
+/// a `STAMPEDE_SSE_STREAMS_MAX` slot: the client (told `retry: 1000`)
+/// reconnects with `Last-Event-ID` and misses nothing.
+pub const WALLET_SSE_READ_ATTEMPTS_MAX: u32 = 3;
+pub const WALLET_SSE_READ_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// How often the bonus expiry task looks for due bonuses, and how many it
 /// expires per shard per pass (the rest wait for the next pass; a bet

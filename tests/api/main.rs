@@ -9,6 +9,7 @@ mod dashboards;
 mod durability;
 mod helpers;
 mod ingest;
+mod leaks;
 mod openapi;
 mod orders;
 mod overload;
