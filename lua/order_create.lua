@@ -76,11 +76,13 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
   if outcome ~= 'OK' then
     reply = {outcome, 0}
   else
-    -- Writes start here.
-    local total = tostring(qty * tonumber(p[2]))
+    -- Writes start here. Money and times are written with %d: tostring
+    -- prints 1e+14 from 10^14 up, which no reader parses as an integer.
+    -- Both stay below 2^53 (limits.rs), so the doubles hold them exactly.
+    local total = string.format('%d', qty * tonumber(p[2]))
     local status, expires = 'completed', ''
     if tonumber(hold_ms) > 0 then
-      status, expires = 'reserved', tostring(tonumber(now) + tonumber(hold_ms))
+      status, expires = 'reserved', string.format('%d', tonumber(now) + tonumber(hold_ms))
       redis.call('HINCRBY', product, 'reserved', qty)
       redis.call('ZADD', holds, expires, product_id .. ':' .. order_id)
     else

@@ -61,6 +61,7 @@ local function stock(product, idem, now, action, product_id, seed, amount, name,
       redis.call('HINCRBY', product, 'stock_total', amount)
       redis.call('HINCRBY', product, 'available', amount)
       events[#events + 1] = 'product_restocked'
+      -- %d, never tostring: it prints 1e+14 from 10^14 up.
       events[#events + 1] = table.concat({product_id, amount, string.format('%d', total + tonumber(amount)), now},
         '\31')
     end

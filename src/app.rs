@@ -141,6 +141,7 @@ impl App {
             services.keys.clone(),
             services.config.flush.clone(),
             sinks,
+            services.clock.clone(),
         ));
         flusher.ensure_groups().await?;
 

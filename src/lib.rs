@@ -21,7 +21,8 @@
 //!    events), [`settlement`] (settlement jobs over merchants'
 //!    transactions).
 //! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
-//!    metrics, the API document) and [`live`] (the live page).
+//!    metrics, the API document, the outbox's dead letters) and [`live`]
+//!    (the live page).
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 

@@ -30,6 +30,12 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a client may take to send a body once its headers arrived.
 pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest an event stream (wallet or `/live/events`) waits for its client
+/// to take the next frame. Frames are small and few (an idle stream sends a
+/// heartbeat every 15 s), so a client this far behind has stopped reading;
+/// ending its stream frees its slot, and it can reconnect (`Last-Event-ID`).
+pub const SSE_SEND_STALL_MAX: Duration = Duration::from_secs(30);
+
 /// Codes one user may hold per sale. Each live code is a Redis hash; without a
 /// cap one client could pin unbounded memory by checking out in a loop.
 pub const CHECKOUT_CODES_PER_USER_MAX: u32 = 1_000;
@@ -115,6 +121,29 @@ pub const FLUSH_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Every Postgres statement the flusher runs must finish within this.
 pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Times an event must fail alone, with a data error, before the flusher sets
+/// it aside as a dead letter. More than one, so that a fault that only looks
+/// like the event's (a row another writer is about to fix, an error class we
+/// misjudge) gets the flush back-off between tries to clear: 5 tries span
+/// about 0.75 s of back-off (50 + 100 + 200 + 400 ms) plus the writes. Few,
+/// because the event's whole shard waits meanwhile.
+pub const DEAD_LETTER_AFTER_ATTEMPTS: u32 = 5;
+
+/// Longest error text (and kind) a dead letter stores: a Postgres message or
+/// a decoding error is far shorter; an injected kind could be anything. The
+/// raw fields are kept whole: they are the event.
+pub const DEAD_LETTER_TEXT_BYTES_MAX: usize = 4_096;
+
+/// Default and largest page of `GET /admin/dead-letters`: each row carries
+/// the event's raw fields (a few hundred bytes).
+pub const DEAD_LETTERS_PAGE_DEFAULT: i64 = 50;
+pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;
+
+/// How often each engine counts unresolved dead letters for
+/// `stampede_dead_letters_unresolved` (an index-only count of a partial
+/// index that is empty when all is well).
+pub const DEAD_LETTER_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Default of `STAMPEDE_REDIS_COMMAND_TIMEOUT_MS`: how long a Redis command
 /// may wait for its reply (including a reconnect) before the request fails
 /// with 503 instead of hanging.
@@ -197,6 +226,19 @@ pub const INGEST_BODY_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Largest multipart field other than `file` (skipped, but read).
 pub const INGEST_OTHER_FIELD_BYTES_MAX: u64 = 64 * 1024;
 
+/// Most bytes accepted before an upload's first multipart boundary, and in
+/// one part's header block (after its boundary, through the blank line).
+/// Clients send no preamble and a header block of ~150 bytes (a
+/// `Content-Disposition` with the file name, a `Content-Type`); 64 KiB
+/// leaves room for long names. Without them the multipart parser would
+/// hold up to the whole upload and search it again as each chunk arrives.
+pub const INGEST_MULTIPART_PREAMBLE_BYTES_MAX: usize = 64 * 1024;
+pub const INGEST_PART_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest multipart boundary, as RFC 2046 allows (1–70 characters). It is
+/// looked for across chunk edges, so its length is work per chunk.
+pub const MULTIPART_BOUNDARY_BYTES_MAX: usize = 70;
+
 // ---- orders (src/orders/) ----
 
 /// Largest `quantity` of one order. A buyer of a limited-stock product takes
@@ -252,14 +294,22 @@ pub const HOLDS_EXPIRED_PER_PASS_MAX: usize = 1_024;
 pub const RECONCILE_PRODUCTS_MAX: i64 = 10_000;
 pub const RECONCILE_SALES_MAX: i64 = 1_000;
 
+/// Unresolved dead letters reconcile lists one by one as mismatches (newest
+/// first); `dead_letters_unresolved` counts them all.
+pub const RECONCILE_DEAD_LETTERS_MAX: i64 = 1_000;
+
 /// How long reconcile waits for the outbox backlog to reach 0 before it
 /// answers 503 `BACKLOG_NOT_FLUSHED`: comparing earlier would report events
 /// still in flight as drift.
 pub const RECONCILE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(ORDER_RECORD_RETENTION.as_secs() > HOLD_SECS_MAX as u64 * 2);
+// Lua numbers are doubles, exact below 2^53, and `%d` prints them exactly:
+// an order's total (order_create.lua) and a restock's new total, computed
+// before it is checked against the ceiling (product_stock.lua), stay below.
 const _: () = assert!((ORDER_QUANTITY_MAX as i128) * (PRODUCT_PRICE_CENTS_MAX as i128) < (1_i128 << 53));
 const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
+const _: () = assert!(PRODUCT_STOCK_MAX + PRODUCT_STOCK_MAX < (1 << 53));
 // The order id's last byte carries its shard (src/orders/domain.rs).
 const _: () = assert!(256 % OUTBOX_SHARDS == 0);
 // Every order script appends at most one event per request.
@@ -317,6 +367,11 @@ pub const WALLET_SSE_INBOX: usize = 256;
 /// shutdown. Below the Redis command timeout.
 pub const WALLET_NOTIFY_BLOCK: Duration = Duration::from_millis(1_000);
 
+/// How long a fan-out task waits after a failed read before the next: it
+/// retries for as long as the engine runs (it holds no client's slot), and
+/// this keeps a Redis outage from turning it into a busy loop.
+pub const WALLET_FANOUT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Default and ceiling of `STAMPEDE_SSE_STREAMS_MAX`, the open event
 /// streams per engine (503 beyond). Each costs a connection slot and a few
 /// KiB; the default leaves the connection bound room for requests.
@@ -329,6 +384,15 @@ pub const WALLET_SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Events one stream reads from Redis per `XRANGE`.
 pub const WALLET_SSE_READ_BATCH: usize = 100;
+
+/// Reads of the player's stream one event stream tries in a row before it
+/// ends (each bounded by `REDIS_COMMAND_TIMEOUT`, with
+/// `WALLET_SSE_READ_RETRY_DELAY` between). Three cover a reconnect of the
+/// pool; past them Redis is away, and a stream that waits on it only holds
+/// a `STAMPEDE_SSE_STREAMS_MAX` slot: the client (told `retry: 1000`)
+/// reconnects with `Last-Event-ID` and misses nothing.
+pub const WALLET_SSE_READ_ATTEMPTS_MAX: u32 = 3;
+pub const WALLET_SSE_READ_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// How often the bonus expiry task looks for due bonuses, and how many it
 /// expires per shard per pass (the rest wait for the next pass; a bet
@@ -424,11 +488,19 @@ const _: () = assert!(2 + 4 * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(SCRIPT_BATCH_REQUESTS_MAX <= FLUSH_BATCH_ROWS_MAX);
 const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);
 const _: () = assert!(FLUSH_RETRY_BACKOFF_MIN.as_millis() < FLUSH_RETRY_BACKOFF_MAX.as_millis());
+const _: () = assert!(DEAD_LETTER_AFTER_ATTEMPTS >= 1);
+const _: () = assert!(DEAD_LETTERS_PAGE_DEFAULT <= DEAD_LETTERS_PAGE_MAX);
 const _: () = assert!(INGEST_BATCH_ROWS_DEFAULT <= INGEST_BATCH_ROWS_CEILING);
 const _: () = assert!(INGEST_UPLOAD_BYTES_DEFAULT <= INGEST_UPLOAD_BYTES_CEILING);
 const _: () = assert!(2 + 2 * WALLET_EVENTS_PER_REQUEST_MAX * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < WALLET_BALANCE_MINOR_MAX);
 const _: () = assert!(WALLET_BALANCE_MINOR_MAX < (1 << 53));
+// wallet_apply.lua: a credit is added to the balance before the bound is
+// checked; a bonus's wagering requirement is its amount times the
+// multiplier; a bet's contribution is its amount times a percentage.
+const _: () = assert!(WALLET_BALANCE_MINOR_MAX + WALLET_AMOUNT_MINOR_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * BONUS_WAGERING_MULTIPLIER_MAX < (1 << 53));
+const _: () = assert!(WALLET_AMOUNT_MINOR_MAX * 100 < (1 << 53));
 const _: () = assert!(WALLET_NOTIFY_BLOCK.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis());
 const _: () = assert!(WALLET_SSE_STREAMS_DEFAULT <= WALLET_SSE_STREAMS_CEILING);
 const _: () = assert!(WALLET_HISTORY_LIMIT_DEFAULT <= WALLET_HISTORY_LIMIT_MAX);

@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::limits::SSE_SEND_STALL_MAX;
 use crate::outbox::Flusher;
 use crate::sale::domain::SaleWindow;
 use crate::sale::scripts::SaleKeys;
@@ -88,7 +89,11 @@ impl Live {
         Ok(response)
     }
 
-    /// Pushes a snapshot every tick until the client goes or the engine stops.
+    /// Pushes a snapshot every tick until the client goes, stops reading
+    /// (`SSE_SEND_STALL_MAX`) or the engine stops. Every wait (the tick,
+    /// the snapshot's Redis reads, the send) also watches for the client
+    /// leaving, so a departed client frees its slot at once, even while
+    /// Redis is slow or away.
     async fn push(
         self: Arc<Self>,
         tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
@@ -97,26 +102,35 @@ impl Live {
     ) {
         let mut previous: Option<(Instant, Counters)> = None;
         let mut tick = tokio::time::interval(LIVE_TICK);
+        // A snapshot slower than a tick (Redis away) is followed by one
+        // tick's wait, not by a burst of the missed ones.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let step = async {
+                tick.tick().await;
+                let counters = Counters::read(&self.metrics.render());
+                let now = Instant::now();
+                let snapshot = self
+                    .snapshot(&counters, previous.as_ref().map(|(at, c)| (now - *at, c)))
+                    .await;
+                previous = Some((now, counters));
+                let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+                let frame = Frame::data(Bytes::from(format!("event: snapshot\ndata: {data}\n\n")));
+                tokio::time::timeout(SSE_SEND_STALL_MAX, tx.send(Ok(frame))).await
+            };
             tokio::select! {
-                _ = tick.tick() => {}
+                sent = step => match sent {
+                    Ok(Ok(())) => {}
+                    // Gone, or not reading.
+                    Ok(Err(_)) | Err(_) => return,
+                },
+                _ = tx.closed() => return,
                 _ = async {
                     match stop.as_mut() {
                         Some(stop) => { let _ = stop.wait_for(|s| *s).await; }
                         None => std::future::pending::<()>().await,
                     }
                 } => return,
-            }
-            let counters = Counters::read(&self.metrics.render());
-            let now = Instant::now();
-            let snapshot = self
-                .snapshot(&counters, previous.as_ref().map(|(at, c)| (now - *at, c)))
-                .await;
-            previous = Some((now, counters));
-            let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
-            let frame = Frame::data(Bytes::from(format!("event: snapshot\ndata: {data}\n\n")));
-            if tx.send(Ok(frame)).await.is_err() {
-                return;
             }
         }
     }

@@ -1,5 +1,8 @@
-//! Operational endpoints: the index, health and metrics. Part of the top
-//! layer: it reads the flusher's backlog and the route list the wiring built.
+//! Operational endpoints: the index, health and metrics, and the outbox's
+//! dead letters (`dead_letters`). Part of the top layer: it reads the
+//! flusher's backlog and the route list the wiring built.
+
+mod dead_letters;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -125,7 +128,9 @@ impl Ops {
 
     /// The API document: the operational routes' and every feature's parts.
     pub fn set_api(&self, parts: impl IntoIterator<Item = utoipa::openapi::OpenApi>) {
-        let document = apidoc::assemble(<OpsApi as utoipa::OpenApi>::openapi(), parts);
+        let mut base = <OpsApi as utoipa::OpenApi>::openapi();
+        base.merge(<dead_letters::DeadLettersApi as utoipa::OpenApi>::openapi());
+        let document = apidoc::assemble(base, parts);
         match document.to_json() {
             Ok(json) => {
                 let _ = self.api.set(Bytes::from(json));
@@ -140,7 +145,8 @@ impl Ops {
     }
 
     pub fn routes(self: Arc<Self>) -> Vec<Route> {
-        vec![
+        let dead_letters = dead_letters::routes(self.services.clone(), self.flusher.clone());
+        let mut routes = vec![
             Route::new(
                 Method::GET,
                 "/health",
@@ -171,7 +177,9 @@ impl Ops {
             Route::new(Method::GET, "/", "index", "This index", self, |ops, _, _| async move {
                 Ok::<_, Infallible>(ops.index())
             }),
-        ]
+        ];
+        routes.extend(dead_letters);
+        routes
     }
 
     fn index(&self) -> HttpResponse {

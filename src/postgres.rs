@@ -89,6 +89,24 @@ where
     }
 }
 
+/// Whether Postgres refused a statement because of the data it was given,
+/// so the same rows would be refused again whatever the moment: SQLSTATE
+/// class 21 (cardinality violation: one statement touching a row twice),
+/// 22 (data exception: a value out of range, a bad encoding), 23 (integrity
+/// constraint violation: a unique index, a check) and 54 (program limit
+/// exceeded: an index row or an array too large). Every other
+/// error (connection refused or reset, pool timeout, statement timeout and
+/// query_canceled, serialization failure and deadlock, lock_not_available,
+/// insufficient resources, admin shutdown, a server starting up), and every
+/// error that is not a Postgres reply at all, is taken to be a fault of the
+/// moment: retried, never blamed on the data.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| ["21", "22", "23", "54"].iter().any(|class| code.starts_with(class)))
+}
+
 /// Errors that may carry a Postgres deadlock or serialization failure.
 pub trait PostgresCause: std::fmt::Display {
     fn postgres_cause(&self) -> Option<&sqlx::Error>;

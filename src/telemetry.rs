@@ -68,10 +68,12 @@ pub fn register_rare_counters() {
         "stampede_wallet_fanout_errors_total",
         "stampede_connections_rejected_total",
         "stampede_settlement_job_failures_total",
+        "stampede_dead_letters_total",
     ] {
         counter!(name).increment(0);
     }
     gauge!("stampede_wallet_sse_streams").increment(0.0);
+    gauge!("stampede_dead_letters_unresolved").increment(0.0);
 }
 
 pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) {
@@ -141,6 +143,16 @@ pub fn flushed(rows: usize, elapsed: Duration) {
 
 pub fn flush_failed() {
     counter!("stampede_flush_errors_total").increment(1);
+}
+
+/// Outbox events set aside as dead letters by this engine.
+pub fn dead_lettered(events: usize) {
+    counter!("stampede_dead_letters_total").increment(events as u64);
+}
+
+/// Dead letters not yet resolved, over every engine (counted in Postgres).
+pub fn dead_letters_unresolved(count: i64) {
+    gauge!("stampede_dead_letters_unresolved").set(count as f64);
 }
 
 pub fn outbox_backlog(entries: u64) {

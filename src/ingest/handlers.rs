@@ -1,10 +1,11 @@
 //! `POST /ingest` and `GET /players/{id}`.
 
+use std::collections::VecDeque;
 use std::error::Error as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
@@ -12,9 +13,13 @@ use hyper::{Request, StatusCode};
 use multer::{Constraints, Multipart, SizeLimit};
 use serde::Serialize;
 
+use super::framing::{Framing, FramingBounds, FramingError};
 use super::pipeline::{IngestReport, RejectedLine, Upload};
 use super::{Ingest, IngestError};
-use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX};
+use crate::limits::{
+    INGEST_ID_BYTES_MAX, INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX,
+    INGEST_PART_HEADER_BYTES_MAX, MULTIPART_BOUNDARY_BYTES_MAX,
+};
 use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, json};
 
@@ -63,7 +68,7 @@ const FILE_CONTENT_TYPES: &[&str] = &[
     request_body(content = IngestForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "every line committed or rejected", body = IngestReport),
-        (status = 400, description = "`MISSING_FILE_FIELD`, `EMPTY_FILE`, `MALFORMED_MULTIPART`, `UPLOAD_INTERRUPTED`", body = ErrorBody),
+        (status = 400, description = "`MISSING_FILE_FIELD`, `EMPTY_FILE`, `MALFORMED_MULTIPART`, `MULTIPART_PREAMBLE_TOO_LARGE`, `PART_HEADERS_TOO_LARGE`, `UPLOAD_INTERRUPTED`", body = ErrorBody),
         (status = 408, description = "`UPLOAD_STALLED`", body = ErrorBody),
         (status = 413, description = "`UPLOAD_TOO_LARGE`", body = ErrorBody),
         (status = 415, description = "`NOT_MULTIPART`, `UNSUPPORTED_FILE_TYPE`", body = ErrorBody),
@@ -95,6 +100,12 @@ async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport,
         .and_then(|value| value.to_str().ok())
         .and_then(|value| multer::parse_boundary(value).ok())
         .ok_or(IngestError::NotMultipart)?;
+    if boundary.len() > MULTIPART_BOUNDARY_BYTES_MAX {
+        return Err(IngestError::Malformed {
+            reason: format!("the boundary is longer than {MULTIPART_BOUNDARY_BYTES_MAX} bytes (RFC 2046)"),
+            committed: 0,
+        });
+    }
     if hyper::body::Body::size_hint(req.body()).lower() > limit {
         return Err(IngestError::TooLarge { limit, committed: 0 });
     }
@@ -104,7 +115,16 @@ async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport,
             .per_field(INGEST_OTHER_FIELD_BYTES_MAX)
             .for_field(FILE_FIELD, limit),
     );
-    let mut multipart = Multipart::with_constraints(body_chunks(req.into_body(), idle), boundary, constraints);
+    let framing = Framing::new(
+        &boundary,
+        FramingBounds {
+            preamble_bytes: INGEST_MULTIPART_PREAMBLE_BYTES_MAX,
+            part_header_bytes: INGEST_PART_HEADER_BYTES_MAX,
+            body_bytes: limit,
+        },
+    );
+    let body = guarded(body_chunks(req.into_body(), idle), framing);
+    let mut multipart = Multipart::with_constraints(body, boundary, constraints);
 
     let mut upload = Upload::start(state.services.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
@@ -162,6 +182,11 @@ fn interrupted(error: multer::Error, limit: u64, idle: Duration, committed: u64)
         multer::Error::FieldSizeExceeded { limit, .. } => IngestError::TooLarge { limit, committed },
         multer::Error::StreamReadFailed(cause) => match cause.downcast_ref::<BodyError>() {
             Some(BodyError::Stalled) => IngestError::Stalled { idle, committed },
+            Some(BodyError::Framing(FramingError::Preamble { max })) => IngestError::PreambleTooLarge { max: *max },
+            Some(BodyError::Framing(FramingError::PartHeaders { max })) => {
+                IngestError::PartHeadersTooLarge { max: *max, committed }
+            }
+            Some(BodyError::Framing(FramingError::Body { .. })) => IngestError::TooLarge { limit, committed },
             _ => IngestError::Interrupted { committed },
         },
         multer::Error::IncompleteStream | multer::Error::IncompleteFieldData { .. } => {
@@ -180,6 +205,41 @@ enum BodyError {
     Stalled,
     #[error("reading the body: {0}")]
     Read(#[from] hyper::Error),
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+}
+
+/// The body as multer may see it: through [`Framing`], which fails as soon
+/// as the preamble or a part's header block passes its bound.
+fn guarded(
+    body: impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    framing: Framing,
+) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+    let state = (Box::pin(body), framing, VecDeque::<Bytes>::new(), false);
+    futures_util::stream::unfold(state, |(mut body, mut framing, mut ready, mut ended)| async move {
+        loop {
+            if let Some(piece) = ready.pop_front() {
+                return Some((Ok(piece), (body, framing, ready, ended)));
+            }
+            if ended {
+                return None;
+            }
+            let failed = match body.next().await {
+                Some(Ok(chunk)) => framing.push(chunk, &mut ready).err().map(BodyError::from),
+                Some(Err(e)) => Some(e),
+                None => {
+                    framing.finish(&mut ready);
+                    ended = true;
+                    None
+                }
+            };
+            if let Some(e) = failed {
+                // Nothing more is read after a failure.
+                ready.clear();
+                return Some((Err(e), (body, framing, ready, true)));
+            }
+        }
+    })
 }
 
 /// The request body as a stream of data chunks, failing when the client

@@ -2,6 +2,8 @@
 //! by `transaction_id` with exact per-line outcomes, and the per-player
 //! loyalty they feed.
 //!
+//! - `framing`: bounds the multipart preamble and part header blocks before
+//!   the multipart parser sees them.
 //! - `lines`: splits the byte stream into bounded lines as it arrives.
 //! - `record`: one purchase line and the one place it is validated.
 //! - `sink`: how a batch lands in Postgres (upsert, outcomes, spend deltas).
@@ -15,6 +17,7 @@
 //! there is no write-behind to do. Rows still go through the shared batch
 //! writer (`crate::postgres::commit_batch`) in bounded transactions.
 
+mod framing;
 pub mod generate;
 pub mod handlers;
 pub mod lines;
@@ -59,6 +62,10 @@ pub enum IngestError {
     Interrupted { committed: u64 },
     #[error("malformed multipart body: {reason}; {committed} lines were committed")]
     Malformed { reason: String, committed: u64 },
+    #[error("more than {max} bytes came before the first multipart boundary")]
+    PreambleTooLarge { max: usize },
+    #[error("a multipart part's header block is longer than {max} bytes; {committed} lines were committed")]
+    PartHeadersTooLarge { max: usize, committed: u64 },
     #[error("the database failed after {committed} lines were committed; re-sending the file is safe")]
     Store {
         committed: u64,
@@ -86,6 +93,8 @@ impl ApiError for IngestError {
             IngestError::Stalled { .. } => ErrorCode::new(S::REQUEST_TIMEOUT, "UPLOAD_STALLED"),
             IngestError::Interrupted { .. } => ErrorCode::new(S::BAD_REQUEST, "UPLOAD_INTERRUPTED"),
             IngestError::Malformed { .. } => ErrorCode::new(S::BAD_REQUEST, "MALFORMED_MULTIPART"),
+            IngestError::PreambleTooLarge { .. } => ErrorCode::new(S::BAD_REQUEST, "MULTIPART_PREAMBLE_TOO_LARGE"),
+            IngestError::PartHeadersTooLarge { .. } => ErrorCode::new(S::BAD_REQUEST, "PART_HEADERS_TOO_LARGE"),
             IngestError::Store { .. } | IngestError::Postgres(_) => {
                 ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
             }

@@ -86,12 +86,16 @@ struct Reconcile {
     checked: usize,
     products_checked: usize,
     sales_checked: usize,
+    /// Outbox events set aside and not yet replayed (`GET /admin/dead-letters`);
+    /// each is a mismatch until a retry resolves it.
+    dead_letters_unresolved: i64,
     mismatches: Vec<Mismatch>,
 }
 
 #[derive(ToSchema)]
 struct Mismatch {
-    /// `product` or `sale`.
+    /// `product`, `sale` or `dead_letter` (`id` is the dead letter's, `field`
+    /// `unresolved`).
     kind: String,
     id: i64,
     field: String,
@@ -192,7 +196,7 @@ fn restock() {}
 #[utoipa::path(get, path = "/admin/reconcile", tag = "orders", summary = "Redis's live counts against Postgres's history (admin)",
     security(("admin" = [])),
     responses(
-        (status = 200, description = "`ok` and every mismatch, per product and per flash sale", body = Reconcile),
+        (status = 200, description = "`ok` and every mismatch, per product, per flash sale and per unresolved dead letter", body = Reconcile),
         (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
         (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
         (status = 503, description = "`BACKLOG_NOT_FLUSHED`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),

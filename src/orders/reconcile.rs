@@ -9,6 +9,8 @@
 //!   sale's rows in `purchases`. The key is read by its documented layout
 //!   (`<prefix>:{sale_id % shards}:sale:<id>:sold`); this feature does not
 //!   import the sale feature.
+//! - Every unresolved dead letter of the outbox: an event Redis decided that
+//!   Postgres does not hold, a mismatch until a replay resolves it.
 //!
 //! The comparison is exact when no order changes state while it runs; under
 //! traffic a change between its two reads shows as a transient mismatch, so
@@ -24,18 +26,20 @@ use serde::Serialize;
 use super::domain::ProductId;
 use super::{Orders, OrdersError, scripts};
 use crate::keyspace::Shard;
-use crate::limits::{RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
+use crate::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
+use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::scripts::ScriptError;
 use crate::server::http::{HttpResponse, json};
 use crate::telemetry;
 
 #[derive(Debug, Serialize)]
 pub struct Mismatch {
-    /// `product` or `sale`.
+    /// `product`, `sale` or `dead_letter`.
     kind: &'static str,
     id: i64,
     /// What differs: `sold`, `reserved`, `stock_total`, `invariant`,
-    /// `missing_in_redis`.
+    /// `missing_in_redis`; `unresolved` for a dead letter (redis 1,
+    /// postgres 0: decided, not recorded).
     field: &'static str,
     redis: i64,
     postgres: i64,
@@ -47,6 +51,9 @@ struct Report {
     checked: usize,
     products_checked: usize,
     sales_checked: usize,
+    /// Outbox events set aside and not yet replayed; each is a mismatch
+    /// (the newest `RECONCILE_DEAD_LETTERS_MAX` are listed).
+    dead_letters_unresolved: i64,
     mismatches: Vec<Mismatch>,
 }
 
@@ -62,21 +69,43 @@ pub async fn reconcile(feature: &Orders, req: Request<Incoming>) -> Result<HttpR
     let products = products(feature, &mut mismatches).await?;
     let product_mismatches = mismatches.len();
     let sales = sales(feature, &mut mismatches).await?;
+    let sale_mismatches = mismatches.len() - product_mismatches;
+    let dead_letters = unresolved_dead_letters(feature, &mut mismatches).await?;
     telemetry::reconcile_mismatches("product", product_mismatches as u64);
-    telemetry::reconcile_mismatches("sale", (mismatches.len() - product_mismatches) as u64);
+    telemetry::reconcile_mismatches("sale", sale_mismatches as u64);
+    telemetry::reconcile_mismatches("dead_letter", dead_letters.max(0) as u64);
     if !mismatches.is_empty() {
         tracing::warn!(?mismatches, "reconcile found drift between Redis and Postgres");
     }
     Ok(json(
         StatusCode::OK,
         &Report {
-            ok: mismatches.is_empty(),
+            ok: mismatches.is_empty() && dead_letters == 0,
             checked: products + sales,
             products_checked: products,
             sales_checked: sales,
+            dead_letters_unresolved: dead_letters,
             mismatches,
         },
     ))
+}
+
+/// Lists the newest unresolved dead letters as mismatches; returns how many
+/// there are in all.
+async fn unresolved_dead_letters(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<i64, OrdersError> {
+    let postgres = &feature.services.postgres;
+    let count = dead_letters::count_unresolved(postgres).await?;
+    if count > 0 {
+        let listed = dead_letters::list(postgres, StatusFilter::Unresolved, None, RECONCILE_DEAD_LETTERS_MAX).await?;
+        mismatches.extend(listed.into_iter().map(|letter| Mismatch {
+            kind: "dead_letter",
+            id: letter.id,
+            field: "unresolved",
+            redis: 1,
+            postgres: 0,
+        }));
+    }
+    Ok(count)
 }
 
 /// Waits until every outbox shard's unflushed-event counter is 0.

@@ -160,16 +160,18 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
         // Straight from the batch's completed events, without reading the
         // rows back: a completed order is terminal, so its event carries the
         // row's final values, and a replay conflicts on the id.
-        // The seed's `transactions` columns are 32-bit: an order beyond them
-        // (over ~21 million in one order) is left out rather than failing
-        // every batch after it.
+        // Money columns are bigint (migration 0009), so every total fits.
+        // The fee is floor(t × bps / 10000) computed as (t / 10000) × bps +
+        // (t % 10000) × bps / 10000: exact, and t × bps itself could pass
+        // 2^63 (10^15 × 10^4). The seed's merchant id is 32-bit: a product
+        // of a larger merchant id is left out rather than failing the batch.
         sqlx::query(
             "INSERT INTO transactions (id, merchant_id, amount_cents, fee_cents, status, paid_at)
-             SELECT o.i::uuid, p.merchant_id::int, o.t::int, (o.t * $4 / 10000)::int, 'PAID',
+             SELECT o.i::uuid, p.merchant_id::int, o.t, (o.t / 10000) * $4 + (o.t % 10000) * $4 / 10000, 'PAID',
                     (to_timestamp(0) + o.a * interval '1 millisecond') AT TIME ZONE 'UTC'
              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $5::bigint[], $6::text[]) AS o(i, p, t, a, s)
              JOIN products p ON p.id = o.p
-             WHERE o.s = 'completed' AND o.t <= 2147483647 AND p.merchant_id <= 2147483647
+             WHERE o.s = 'completed' AND p.merchant_id <= 2147483647
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&orders.id)

@@ -6,7 +6,10 @@ use fred::types::Value;
 use crate::keyspace::Shard;
 use crate::scripts::value_text;
 
-/// Why a batch could not be written. The batch stays pending and is retried.
+/// Why an event or a batch could not be written. A batch that fails because
+/// of Postgres (`!is_data_error()`) stays pending and is retried whole; one
+/// that fails because of its events is narrowed down to them (see the
+/// flusher).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("postgres: {0}")]
@@ -19,6 +22,20 @@ pub enum SinkError {
         field: &'static str,
         problem: &'static str,
     },
+}
+
+impl SinkError {
+    /// Whether the event's own content caused this error, so that writing it
+    /// again can only fail again: an event that cannot be decoded or parsed,
+    /// or a Postgres error reply about the data (see
+    /// [`crate::postgres::is_data_error`]). Everything else (Postgres away,
+    /// busy, timed out, shutting down) is a fault of the moment.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            SinkError::UnknownKind(_) | SinkError::Malformed { .. } => true,
+            SinkError::Postgres(e) => crate::postgres::is_data_error(e),
+        }
+    }
 }
 
 /// The separator of an event's values in a batched entry (ASCII unit
@@ -43,11 +60,34 @@ pub struct OutboxEvent {
     event_id: String,
     kind: String,
     fields: Vec<(&'static str, String)>,
+    /// Decoded from an entry written before batching (named fields).
+    legacy: bool,
 }
 
 impl OutboxEvent {
     pub fn new(event_id: String, kind: String, fields: Vec<(&'static str, String)>) -> Self {
-        Self { event_id, kind, fields }
+        Self {
+            event_id,
+            kind,
+            fields,
+            legacy: false,
+        }
+    }
+
+    /// The event as its stream entry held it (see [`Undecodable::fields`]):
+    /// what a dead letter keeps, and what [`decode_stored`] reads back. An
+    /// older one-event entry's fields are given in its kind's order.
+    pub fn raw_fields(&self) -> Vec<String> {
+        if self.legacy {
+            let mut out = vec!["kind".to_owned(), self.kind.clone()];
+            for (name, value) in &self.fields {
+                out.push((*name).to_owned());
+                out.push(value.clone());
+            }
+            return out;
+        }
+        let values: Vec<&str> = self.fields.iter().map(|(_, v)| v.as_str()).collect();
+        vec![self.kind.clone(), values.join(VALUE_SEPARATOR.to_string().as_str())]
     }
 
     pub fn event_id(&self) -> &str {
@@ -81,22 +121,57 @@ impl OutboxEvent {
     }
 }
 
-/// One stream entry: the events one script call appended.
+/// One stream entry: the events one script call appended, decoded one by
+/// one. An event that cannot be decoded (a kind no sink registered, the
+/// wrong number of values) is kept raw beside the others, to be set aside
+/// without holding them up.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
     pub entry_id: String,
     pub events: Vec<OutboxEvent>,
+    pub undecodable: Vec<Undecodable>,
+}
+
+impl OutboxEntry {
+    /// Every event the entry holds, decoded or not: what the scripts counted
+    /// when they appended it, and what its acknowledgement uncounts.
+    pub fn event_count(&self) -> usize {
+        self.events.len() + self.undecodable.len()
+    }
+}
+
+/// An event as the stream held it, which could not be decoded.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    pub event_id: String,
+    /// The kind as written (it may be one no sink knows), or empty.
+    pub kind: String,
+    /// The raw fields: `[kind, values]` for an event of a batched entry;
+    /// every field and value of an older one-event entry.
+    pub fields: Vec<String>,
+    pub error: String,
 }
 
 /// Raw stream entries, before their events are decoded.
 pub struct RawEntry {
     pub entry_id: String,
-    /// `None` for an entry deleted while pending: acked, nothing to write.
-    pub fields: Option<Vec<(String, String)>>,
+    pub fields: RawFields,
+}
+
+pub enum RawFields {
+    /// The entry's field-value pairs.
+    Pairs(Vec<(String, String)>),
+    /// Deleted while pending: acked, nothing to write.
+    Deleted,
+    /// Not field-value pairs of text: kept as the reply showed it.
+    Unreadable { shown: String, error: String },
 }
 
 /// Decodes an XREADGROUP reply (RESP2: `[[stream, [[id, [k, v, ...]], ...]]]`,
-/// or nil when a blocking read timed out).
+/// or nil when a blocking read timed out). Only a reply that is not that
+/// shape at all, or an entry without an id (which could never be
+/// acknowledged), fails the read; an entry whose fields are unreadable is
+/// returned as such.
 pub fn decode_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
     let streams = match reply {
         Value::Null => return Ok(Vec::new()),
@@ -126,9 +201,18 @@ pub fn decode_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
                 .map(Cow::into_owned)
                 .ok_or("entry id is not a string")?;
             let fields = match fields {
-                Value::Null => None,
-                Value::Array(flat) => Some(pairs(flat)?),
-                other => return Err(format!("entry fields {other:?}")),
+                Value::Null => RawFields::Deleted,
+                Value::Array(flat) => {
+                    let shown = format!("{flat:?}");
+                    match pairs(flat) {
+                        Ok(pairs) => RawFields::Pairs(pairs),
+                        Err(error) => RawFields::Unreadable { shown, error },
+                    }
+                }
+                other => RawFields::Unreadable {
+                    shown: format!("{other:?}"),
+                    error: "entry fields are not an array".into(),
+                },
             };
             entries_out.push(RawEntry { entry_id, fields });
         }
@@ -136,37 +220,86 @@ pub fn decode_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
     Ok(entries_out)
 }
 
-/// Turns a raw entry into its events. A batched entry holds `kind, values`
-/// pairs; an entry written before batching holds one event as named fields,
-/// starting with `kind`, and keeps its old event id so a replay stays
-/// idempotent across the upgrade.
-pub fn decode_entry(
-    shard: Shard,
-    raw: RawEntry,
-    kind_of: impl Fn(&str) -> Option<EventKind>,
-) -> Result<OutboxEntry, SinkError> {
-    let Some(fields) = raw.fields else {
-        return Ok(OutboxEntry {
-            entry_id: raw.entry_id,
-            events: Vec::new(),
-        });
+/// Turns a raw entry into its events, each decoded on its own. A batched
+/// entry holds `kind, values` pairs; an entry written before batching holds
+/// one event as named fields, starting with `kind`, and keeps its old event
+/// id so a replay stays idempotent across the upgrade.
+pub fn decode_entry(shard: Shard, raw: RawEntry, kind_of: impl Fn(&str) -> Option<EventKind>) -> OutboxEntry {
+    let mut entry = OutboxEntry {
+        entry_id: raw.entry_id,
+        events: Vec::new(),
+        undecodable: Vec::new(),
     };
-    let base = format!("{}-{}", shard.index(), raw.entry_id);
+    let base = format!("{}-{}", shard.index(), entry.entry_id);
+    let fields = match raw.fields {
+        RawFields::Deleted => return entry,
+        RawFields::Unreadable { shown, error } => {
+            entry.undecodable.push(Undecodable {
+                event_id: base,
+                kind: String::new(),
+                fields: vec![shown],
+                error,
+            });
+            return entry;
+        }
+        RawFields::Pairs(fields) => fields,
+    };
     let legacy = fields.first().is_some_and(|(k, _)| k == "kind");
-    let mut events = Vec::new();
+    let mut sorted = |event_id: String, stored: Vec<String>| match decode_stored(event_id.clone(), &stored, &kind_of) {
+        Ok(event) => entry.events.push(event),
+        Err(e) => entry.undecodable.push(Undecodable {
+            event_id,
+            kind: stored_kind(&stored).to_owned(),
+            fields: stored,
+            error: e.to_string(),
+        }),
+    };
     if legacy {
-        let kind_name = fields[0].1.clone();
-        let kind = kind_of(&kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
-        let named = kind
-            .fields
-            .iter()
-            .filter_map(|name| fields.iter().find(|(k, _)| k == name).map(|(_, v)| (*name, v.clone())))
-            .collect();
-        events.push(OutboxEvent::new(base, kind_name, named));
+        sorted(base, fields.into_iter().flat_map(|(k, v)| [k, v]).collect());
     } else {
         for (index, (kind_name, values)) in fields.into_iter().enumerate() {
-            let kind = kind_of(&kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
-            let event_id = format!("{base}-{index}");
+            sorted(format!("{base}-{index}"), vec![kind_name, values]);
+        }
+    }
+    entry
+}
+
+/// The kind named by an event's raw fields (see [`Undecodable::fields`]).
+pub fn stored_kind(fields: &[String]) -> &str {
+    match fields {
+        [first, kind, ..] if first == "kind" => kind,
+        [kind, ..] => kind,
+        [] => "",
+    }
+}
+
+/// Decodes one event from its raw fields (see [`Undecodable::fields`]):
+/// what the flusher reads, and what a dead letter's replay starts from.
+pub fn decode_stored(
+    event_id: String,
+    fields: &[String],
+    kind_of: impl Fn(&str) -> Option<EventKind>,
+) -> Result<OutboxEvent, SinkError> {
+    match fields {
+        [first, kind_name, rest @ ..] if first == "kind" => {
+            let kind = kind_of(kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
+            let pairs: Vec<(&String, &String)> = rest.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
+            let named = kind
+                .fields
+                .iter()
+                .filter_map(|name| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| (*name, (*v).clone()))
+                })
+                .collect();
+            let mut event = OutboxEvent::new(event_id, kind_name.clone(), named);
+            event.legacy = true;
+            Ok(event)
+        }
+        [kind_name, values] => {
+            let kind = kind_of(kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
             let values: Vec<&str> = values.split(VALUE_SEPARATOR).collect();
             if values.len() != kind.fields.len() {
                 return Err(SinkError::Malformed {
@@ -181,13 +314,14 @@ pub fn decode_entry(
                 .copied()
                 .zip(values.into_iter().map(str::to_owned))
                 .collect();
-            events.push(OutboxEvent::new(event_id, kind_name, named));
+            Ok(OutboxEvent::new(event_id, kind_name.clone(), named))
         }
+        _ => Err(SinkError::Malformed {
+            event_id,
+            field: "fields",
+            problem: "are neither a kind and its values nor named fields",
+        }),
     }
-    Ok(OutboxEntry {
-        entry_id: raw.entry_id,
-        events,
-    })
 }
 
 fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
@@ -249,9 +383,10 @@ mod tests {
         let raw = decode_read_reply(reply).expect("decodes");
         let entries: Vec<OutboxEntry> = raw
             .into_iter()
-            .map(|r| decode_entry(Shard::of_sale(3), r, kinds).expect("entry"))
+            .map(|r| decode_entry(Shard::of_sale(3), r, kinds))
             .collect();
         assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|e| e.undecodable.is_empty()));
         let batched = &entries[0].events;
         assert_eq!(batched.len(), 2);
         assert_eq!(batched[0].event_id(), "3-5-0-0");
@@ -262,23 +397,70 @@ mod tests {
         assert_eq!(legacy[0].event_id(), "3-1-0");
         assert_eq!(legacy[0].text("user").expect("user"), "u0");
         assert!(entries[2].events.is_empty());
+        assert_eq!(entries[2].event_count(), 0);
         assert!(decode_read_reply(Value::Null).expect("nil").is_empty());
     }
 
+    /// One bad event is kept raw beside the good ones of its entry; an
+    /// unreadable entry does not fail the read of the others.
     #[test]
-    fn a_wrong_number_of_values_or_an_unknown_kind_is_refused() {
-        let raw = |fields: Vec<(&str, &str)>| RawEntry {
-            entry_id: "9-0".into(),
-            fields: Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()),
-        };
-        let shard = Shard::of_sale(0);
+    fn a_bad_event_is_kept_raw_and_spares_the_others() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            s("p:{0}:outbox"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    s("9-0"),
+                    Value::Array(vec![
+                        s("purchase"),
+                        s("7\u{1f}u1"),
+                        s("purchase"),
+                        s("7"),
+                        s("refund"),
+                        s("7\u{1f}x"),
+                        s("purchase"),
+                        s("8\u{1f}u2"),
+                    ]),
+                ]),
+                Value::Array(vec![s("9-1"), Value::Array(vec![s("purchase")])]),
+                Value::Array(vec![
+                    s("9-2"),
+                    Value::Array(vec![s("kind"), s("refund"), s("sale"), s("1")]),
+                ]),
+            ]),
+        ])]);
+        let entries: Vec<OutboxEntry> = decode_read_reply(reply)
+            .expect("the read succeeds")
+            .into_iter()
+            .map(|r| decode_entry(Shard::of_sale(0), r, kinds))
+            .collect();
+        assert_eq!(entries.len(), 3);
+        let first = &entries[0];
+        assert_eq!(first.event_count(), 4);
+        let good: Vec<&str> = first.events.iter().map(OutboxEvent::event_id).collect();
+        assert_eq!(good, ["0-9-0-0", "0-9-0-3"]);
+        let bad = &first.undecodable;
+        assert_eq!(
+            (bad[0].event_id.as_str(), bad[0].kind.as_str()),
+            ("0-9-0-1", "purchase")
+        );
+        assert_eq!(bad[0].fields, ["purchase", "7"]);
+        assert!(bad[0].error.contains("number of values"), "{}", bad[0].error);
+        assert_eq!((bad[1].event_id.as_str(), bad[1].kind.as_str()), ("0-9-0-2", "refund"));
+        assert!(bad[1].error.contains("unknown kind"), "{}", bad[1].error);
+        // An odd number of fields: the whole entry, raw, under its base id.
+        assert!(entries[1].events.is_empty());
+        assert_eq!(entries[1].undecodable[0].event_id, "0-9-1");
+        // A legacy entry of an unknown kind keeps every field.
+        assert_eq!(entries[2].undecodable[0].kind, "refund");
+        assert_eq!(entries[2].undecodable[0].fields, ["kind", "refund", "sale", "1"]);
+        // What a dead letter keeps of a decoded event is what the stream held.
+        assert_eq!(first.events[1].raw_fields(), ["purchase", "8\u{1f}u2"]);
+        // What a replay decodes from: the same fields give the same event.
+        let again = decode_stored("0-9-0-0".into(), &["purchase".into(), "7\u{1f}u1".into()], kinds).expect("decodes");
+        assert_eq!(again.text("user").expect("user"), "u1");
         assert!(matches!(
-            decode_entry(shard, raw(vec![("purchase", "7")]), kinds),
+            decode_stored("x".into(), &["purchase".into()], kinds),
             Err(SinkError::Malformed { .. })
-        ));
-        assert!(matches!(
-            decode_entry(shard, raw(vec![("refund", "7\u{1f}x")]), kinds),
-            Err(SinkError::UnknownKind(_))
         ));
     }
 }

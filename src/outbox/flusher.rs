@@ -6,8 +6,19 @@
 //! idempotent writes gives exactly-once rows. Entries pending on a consumer
 //! that died are taken over with XAUTOCLAIM; a restarted engine with the same
 //! consumer name resumes its own pending entries first.
+//!
+//! Poison: a batch that Postgres refuses because of its data (see
+//! `SinkError::is_data_error`) is narrowed down by halving, each half in its
+//! own transaction, to the events that fail alone; the rest is written. An
+//! event that failed alone `DEAD_LETTER_AFTER_ATTEMPTS` times, each after the
+//! flush back-off, is set aside in `outbox_dead_letters` (committed before
+//! its entry is acknowledged), as is at once an event that cannot be decoded;
+//! its shard then flows on. A batch that fails for any other reason (Postgres
+//! away or busy) is retried whole after the back-off, and nothing is set
+//! aside. The happy path is unchanged: one transaction per batch.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, Pool};
@@ -16,12 +27,15 @@ use fred::types::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::dead_letters::{self, DeadLetter, NewDeadLetter, RetryError};
 use super::event::{decode_entry, decode_read_reply};
 use super::{CONSUMER_GROUP, OutboxEntry, OutboxEvent, SinkError, SinkRegistry};
+use crate::clock::SharedClock;
 use crate::config::FlushConfig;
 use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{
-    FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN, POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
+    DEAD_LETTER_AFTER_ATTEMPTS, DEAD_LETTER_GAUGE_INTERVAL, FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN,
+    OUTBOX_SHARDS, POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
 };
 use crate::postgres::{self, BatchError};
 use crate::scripts::{LuaScript, ScriptError};
@@ -47,6 +61,24 @@ pub enum FlushError {
     Decode(String),
     #[error("postgres did not commit the batch within {0:?}")]
     Timeout(Duration),
+    /// The rest of the batch is written and acknowledged; these events'
+    /// entries stay pending for their next attempt.
+    #[error("{held} events failed alone and wait for their next attempt; first: {first}")]
+    Poisoned { held: usize, first: String },
+}
+
+impl FlushError {
+    /// Whether the batch's own events caused it (see `SinkError::is_data_error`).
+    fn is_data_error(&self) -> bool {
+        matches!(self, FlushError::Sink(e) if e.is_data_error())
+    }
+}
+
+/// An event that failed alone, while its entry stays pending.
+#[derive(Debug, Clone)]
+struct Failure {
+    attempts: u32,
+    first_ms: i64,
 }
 
 pub struct Flusher {
@@ -55,16 +87,31 @@ pub struct Flusher {
     keys: Keyspace,
     config: FlushConfig,
     sinks: Arc<SinkRegistry>,
+    clock: SharedClock,
+    /// Per shard: the pending events that failed alone, by event id. Only
+    /// the shard's own flushing task touches its map, and it holds at most
+    /// one batch's events: it is replaced after every narrowing and emptied
+    /// by the next clean batch.
+    failures: Vec<Mutex<HashMap<String, Failure>>>,
 }
 
 impl Flusher {
-    pub fn new(redis: Pool, postgres: PgPool, keys: Keyspace, config: FlushConfig, sinks: SinkRegistry) -> Self {
+    pub fn new(
+        redis: Pool,
+        postgres: PgPool,
+        keys: Keyspace,
+        config: FlushConfig,
+        sinks: SinkRegistry,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             redis,
             postgres,
             keys,
             config,
             sinks: Arc::new(sinks),
+            clock,
+            failures: (0..OUTBOX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
@@ -106,18 +153,45 @@ impl Flusher {
         self.flush_from(shard, self.redis.next(), None).await
     }
 
-    /// Flushes every shard until all are empty, or until `deadline`.
+    /// Flushes every shard until all are empty, or until `deadline`. A shard
+    /// holding an event that failed alone is left for the next start: its
+    /// next attempt is due after a back-off, not in a hurry at shutdown.
     pub async fn drain(&self, deadline: Instant) -> Result<usize, FlushError> {
         let mut flushed = 0;
+        let mut held_back: HashSet<u64> = HashSet::new();
         loop {
             let mut pass = 0;
             for shard in Shard::all() {
-                pass += self.flush_once(shard).await?;
+                if held_back.contains(&shard.index()) {
+                    continue;
+                }
+                match self.flush_once(shard).await {
+                    Ok(n) => pass += n,
+                    Err(e @ FlushError::Poisoned { .. }) => {
+                        tracing::warn!(shard = shard.index(), error = %e, "shard left pending at shutdown");
+                        held_back.insert(shard.index());
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             flushed += pass;
             if pass == 0 || Instant::now() >= deadline {
                 return Ok(flushed);
             }
+        }
+    }
+
+    /// Replays dead letter `id` through this engine's sinks (see
+    /// [`dead_letters::retry`]), then refreshes the unresolved gauge.
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<DeadLetter, RetryError> {
+        let result = dead_letters::retry(&self.postgres, &self.sinks, id, self.clock.now_ms()).await;
+        self.refresh_dead_letter_gauge().await;
+        result
+    }
+
+    async fn refresh_dead_letter_gauge(&self) {
+        if let Ok(count) = dead_letters::count_unresolved(&self.postgres).await {
+            telemetry::dead_letters_unresolved(count);
         }
     }
 
@@ -140,20 +214,163 @@ impl Flusher {
         }
         let started = Instant::now();
         let events: Vec<OutboxEvent> = batch.iter().flat_map(|e| e.events.iter().cloned()).collect();
-        self.write(&events).await?;
-        // Acked with each entry's event count, so the backlog counter drops
-        // by exactly what was deleted.
-        let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 2);
-        args.push(CONSUMER_GROUP.into());
-        for entry in &batch {
-            args.push(entry.entry_id.as_str().into());
-            args.push((entry.events.len() as i64).into());
+        let mut set_aside: Vec<NewDeadLetter> = Vec::new();
+        let mut held: HashSet<String> = HashSet::new();
+        let mut first_held_error = String::new();
+        let mut written = events.len();
+        if !events.is_empty() {
+            match self.write(&events).await {
+                Ok(()) => self.forget_failures(shard),
+                Err(e) if e.is_data_error() => {
+                    let poison = self.narrow(&events, e).await?;
+                    written -= poison.len();
+                    let now = self.clock.now_ms();
+                    let ids: Vec<String> = poison.iter().map(|(i, _)| events[*i].event_id().to_owned()).collect();
+                    let known = dead_letters::already_set_aside(&self.postgres, &ids)
+                        .await
+                        .map_err(SinkError::Postgres)?;
+                    let entry_of = entry_ids(&batch);
+                    let mut failures = self.failures_of(shard);
+                    let mut still: HashMap<String, Failure> = HashMap::new();
+                    for (index, error) in poison {
+                        let event = &events[index];
+                        let id = event.event_id().to_owned();
+                        let mut failure = failures.remove(&id).unwrap_or(Failure {
+                            attempts: 0,
+                            first_ms: now,
+                        });
+                        failure.attempts += 1;
+                        tracing::warn!(shard = shard.index(), event_id = %id, attempts = failure.attempts,
+                            error = %error, "outbox event fails alone");
+                        if failure.attempts >= DEAD_LETTER_AFTER_ATTEMPTS || known.contains(&id) {
+                            set_aside.push(NewDeadLetter {
+                                event_id: id,
+                                shard: shard.index(),
+                                entry_id: entry_of[index].to_owned(),
+                                fields: event.raw_fields(),
+                                error: error.to_string(),
+                                attempts: failure.attempts,
+                                first_failed_ms: failure.first_ms,
+                                last_failed_ms: now,
+                            });
+                        } else {
+                            if held.is_empty() {
+                                first_held_error = error.to_string();
+                            }
+                            held.insert(id.clone());
+                            still.insert(id, failure);
+                        }
+                    }
+                    *failures = still;
+                }
+                // Postgres away, busy or slow: the whole batch stays pending
+                // and nothing is blamed on its events.
+                Err(e) => return Err(e),
+            }
         }
-        OUTBOX_ACK
-            .call(&self.redis, vec![outbox, self.keys.outbox_events(shard)], args)
-            .await?;
-        telemetry::flushed(events.len(), started.elapsed());
-        Ok(events.len())
+        // Acked with each entry's event count, so the backlog counter drops
+        // by exactly what was deleted. An entry holding an event that waits
+        // for its next attempt stays pending, whole.
+        let settled: Vec<&OutboxEntry> = batch
+            .iter()
+            .filter(|entry| held.is_empty() || !entry.events.iter().any(|e| held.contains(e.event_id())))
+            .collect();
+        // An event that cannot be decoded never will be: set aside at once
+        // (with its entry, when the entry is acknowledged).
+        let now = self.clock.now_ms();
+        for entry in &settled {
+            for bad in &entry.undecodable {
+                tracing::warn!(shard = shard.index(), event_id = %bad.event_id, error = %bad.error,
+                    "outbox event cannot be decoded");
+                set_aside.push(NewDeadLetter {
+                    event_id: bad.event_id.clone(),
+                    shard: shard.index(),
+                    entry_id: entry.entry_id.clone(),
+                    fields: bad.fields.clone(),
+                    error: bad.error.clone(),
+                    attempts: 1,
+                    first_failed_ms: now,
+                    last_failed_ms: now,
+                });
+            }
+        }
+        if !set_aside.is_empty() {
+            // Committed before the acknowledgement: a crash in between sets
+            // the event aside again, onto the same row.
+            dead_letters::set_aside(&self.postgres, &set_aside)
+                .await
+                .map_err(SinkError::Postgres)?;
+            for letter in &set_aside {
+                tracing::error!(shard = shard.index(), event_id = %letter.event_id, attempts = letter.attempts,
+                    error = %letter.error, "outbox event set aside as a dead letter");
+            }
+            telemetry::dead_lettered(set_aside.len());
+            self.refresh_dead_letter_gauge().await;
+        }
+        if !settled.is_empty() {
+            let mut args: Vec<Value> = Vec::with_capacity(1 + settled.len() * 2);
+            args.push(CONSUMER_GROUP.into());
+            for entry in &settled {
+                args.push(entry.entry_id.as_str().into());
+                args.push((entry.event_count() as i64).into());
+            }
+            OUTBOX_ACK
+                .call(&self.redis, vec![outbox, self.keys.outbox_events(shard)], args)
+                .await?;
+        }
+        telemetry::flushed(written, started.elapsed());
+        if !held.is_empty() {
+            return Err(FlushError::Poisoned {
+                held: held.len(),
+                first: first_held_error,
+            });
+        }
+        Ok(written + set_aside.len())
+    }
+
+    /// Splits a batch that failed for its data into halves, each written in
+    /// its own transaction (idempotent, so a half written twice is no harm),
+    /// down to the events that fail alone; returns those with their errors.
+    /// About two writes per halving per bad event. A fault of the moment on
+    /// the way stops it: the whole batch then stays pending and is retried.
+    async fn narrow(&self, events: &[OutboxEvent], failed: FlushError) -> Result<Vec<(usize, FlushError)>, FlushError> {
+        let mut poison = Vec::new();
+        let mut failing = vec![(0, events.len(), failed)];
+        while let Some((lo, hi, error)) = failing.pop() {
+            if hi - lo == 1 {
+                poison.push((lo, error));
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            let mut halves = Vec::new();
+            for (a, b) in [(lo, mid), (mid, hi)] {
+                match self.write(&events[a..b]).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_data_error() => halves.push((a, b, e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            // First half first.
+            failing.extend(halves.into_iter().rev());
+        }
+        poison.sort_by_key(|(index, _)| *index);
+        Ok(poison)
+    }
+
+    fn failures_of(&self, shard: Shard) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
+        // A panic while holding it cannot leave the map inconsistent.
+        self.failures[shard.index() as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A clean batch: whatever failed before has been written since (or
+    /// taken over by another consumer).
+    fn forget_failures(&self, shard: Shard) {
+        let mut failures = self.failures_of(shard);
+        if !failures.is_empty() {
+            failures.clear();
+        }
     }
 
     /// Reads up to a batch of events (`batch_rows`), entry by entry.
@@ -248,11 +465,10 @@ impl Flusher {
             other => other?,
         };
         let raw = decode_read_reply(reply).map_err(FlushError::Decode)?;
-        let mut entries = Vec::with_capacity(raw.len());
-        for entry in raw {
-            entries.push(decode_entry(shard, entry, |kind| self.sinks.kind(kind))?);
-        }
-        Ok(entries)
+        Ok(raw
+            .into_iter()
+            .map(|entry| decode_entry(shard, entry, |kind| self.sinks.kind(kind)))
+            .collect())
     }
 
     async fn write(&self, batch: &[OutboxEvent]) -> Result<(), FlushError> {
@@ -312,7 +528,8 @@ impl Flusher {
                 let _ = reader.quit().await;
             }));
         }
-        tasks.push(tokio::spawn(backlog_gauge(self.clone(), shutdown)));
+        tasks.push(tokio::spawn(backlog_gauge(self.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(dead_letter_gauge(self.clone(), shutdown)));
         for task in tasks {
             let _ = task.await;
         }
@@ -359,6 +576,25 @@ async fn backlog_gauge(flusher: Arc<Flusher>, mut shutdown: watch::Receiver<bool
     }
 }
 
+/// Unresolved dead letters, counted in Postgres (over every engine).
+async fn dead_letter_gauge(flusher: Arc<Flusher>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DEAD_LETTER_GAUGE_INTERVAL);
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tick.tick() => flusher.refresh_dead_letter_gauge().await,
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 fn event_count(entries: &[OutboxEntry]) -> usize {
-    entries.iter().map(|e| e.events.len()).sum()
+    entries.iter().map(OutboxEntry::event_count).sum()
+}
+
+/// The entry id of each decoded event of `batch`, in the batch's order.
+fn entry_ids(batch: &[OutboxEntry]) -> Vec<&str> {
+    batch
+        .iter()
+        .flat_map(|entry| entry.events.iter().map(|_| entry.entry_id.as_str()))
+        .collect()
 }

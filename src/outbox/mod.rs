@@ -2,15 +2,19 @@
 //! the flusher that copies them to Postgres (invariants 1 and 2).
 //!
 //! - `event`: entries and events as the sinks see them.
-//! - `flusher`: consumer-group reader, batch writer, acknowledger.
+//! - `flusher`: consumer-group reader, batch writer, acknowledger; narrows a
+//!   batch refused for its data down to the events that fail alone.
 //! - `sinks`: the `Sink` trait features implement, and the registry that
 //!   dispatches each event kind to its sink.
+//! - `dead_letters`: the events set aside, and the functions that list,
+//!   count and replay them.
 
+pub mod dead_letters;
 mod event;
 pub mod flusher;
 mod sinks;
 
-pub use event::{EventKind, OutboxEntry, OutboxEvent, SinkError, VALUE_SEPARATOR};
+pub use event::{EventKind, OutboxEntry, OutboxEvent, SinkError, Undecodable, VALUE_SEPARATOR};
 pub use flusher::{FlushError, Flusher};
 pub use sinks::{DuplicateKind, Sink, SinkRegistry};
 

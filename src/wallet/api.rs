@@ -178,7 +178,7 @@ fn history() {}
 
 #[utoipa::path(get, path = "/wallet/{player_id}/events", tag = "wallet", summary = "Server-Sent Events of the player's balances and bonus progress",
     params(("player_id" = String, Path, description = "percent-encoded"),
-           ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
+           ("Last-Event-ID" = Option<String>, Header, description = "resume after this event: `<ms>-<seq>`, each part at most 2^64 - 1")),
     responses(
         (status = 200, description = "an event stream; each event has an `id:`", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
         (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_LAST_EVENT_ID`", body = ErrorBody),

@@ -410,20 +410,48 @@ impl BonusBody {
     }
 }
 
-/// A Redis stream entry id, as SSE `id:` and `Last-Event-ID`: `<ms>-<n>`.
-pub fn parse_event_id(raw: &str) -> Result<String, Invalid> {
-    let valid = raw.split_once('-').is_some_and(|(ms, n)| {
-        !ms.is_empty()
-            && !n.is_empty()
-            && ms.len() <= 20
-            && n.len() <= 20
-            && ms.bytes().all(|b| b.is_ascii_digit())
-            && n.bytes().all(|b| b.is_ascii_digit())
-    });
-    if valid {
-        Ok(raw.to_owned())
-    } else {
-        Err(Invalid(Field::LastEventId, "must be an event id as sent in `id:`"))
+/// A Redis stream entry id, as SSE `id:` and `Last-Event-ID`: `<ms>-<seq>`,
+/// both parts unsigned 64-bit, as Redis stores them. Held as numbers, so an
+/// id Redis would refuse (a part past 2^64 - 1) never reaches it, and ids
+/// compare as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EventId {
+    /// The id before every entry: a stream read from it starts at the first.
+    pub const START: EventId = EventId { ms: 0, seq: 0 };
+
+    /// The largest id Redis allows: nothing can follow it.
+    pub const MAX: EventId = EventId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// `<ms>-<seq>`, each part 1–20 ASCII digits within u64. Anything else,
+    /// a part past u64 included, is refused: it is no id we ever sent.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let invalid = Invalid(Field::LastEventId, "must be an event id as sent in `id:`");
+        let (ms, seq) = raw.split_once('-').ok_or(invalid.clone())?;
+        let part = |digits: &str| -> Option<u64> {
+            // `u64::from_str` alone would take a leading `+`.
+            if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()
+        };
+        match (part(ms), part(seq)) {
+            (Some(ms), Some(seq)) => Ok(Self { ms, seq }),
+            _ => Err(invalid),
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
     }
 }
 
@@ -483,9 +511,36 @@ mod tests {
         assert!(PlayerId::parse(Some("player-5:eu_1.x")).is_ok());
         assert!(Currency::parse(Some("XXZ")).is_err());
         assert!(Game::parse(Some("Slots")).is_err());
-        assert!(parse_event_id("1700000000000-3").is_ok());
-        assert!(parse_event_id("17-").is_err());
-        assert!(parse_event_id("abc").is_err());
+        assert_eq!(
+            EventId::parse("1700000000000-3"),
+            Ok(EventId {
+                ms: 1_700_000_000_000,
+                seq: 3
+            })
+        );
+        assert_eq!(
+            EventId::parse("18446744073709551615-18446744073709551615"),
+            Ok(EventId::MAX)
+        );
+        assert_eq!(EventId::parse("007-0").map(|id| id.to_string()), Ok("7-0".to_owned()));
+        for bad in [
+            "17-",
+            "-3",
+            "abc",
+            "17",
+            "1-2-3",
+            "+1-0",
+            "1-+0",
+            " 1-0",
+            "1e3-0",
+            "99999999999999999999-0",
+            "0-99999999999999999999",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+            "000000000000000000001-0",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

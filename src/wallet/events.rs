@@ -16,6 +16,7 @@
 //! (`WALLET_EVENTS_PER_PLAYER_MAX`, `WALLET_EVENTS_RETENTION`).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,12 +33,13 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::domain::{PlayerId, parse_event_id};
+use super::domain::{EventId, PlayerId};
 use super::scripts::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
 use crate::keyspace::Shard;
 use crate::limits::{
-    WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT, WALLET_SSE_INBOX, WALLET_SSE_READ_BATCH,
+    SSE_SEND_STALL_MAX, WALLET_FANOUT_RETRY_DELAY, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT,
+    WALLET_SSE_INBOX, WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
 };
 use crate::scripts::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};
@@ -48,7 +50,7 @@ use crate::telemetry;
 /// how to tell it to resync from the player's stream.
 struct Registered {
     id: u64,
-    inbox: mpsc::Sender<(String, Bytes)>,
+    inbox: mpsc::Sender<(EventId, Bytes)>,
     resync: Arc<Notify>,
     /// Set when a push did not fit: nothing more is pushed until the stream
     /// has caught up from the player's stream, so it never skips one.
@@ -67,7 +69,7 @@ struct Subscription {
     hub: Arc<Hub>,
     player: String,
     id: u64,
-    inbox: mpsc::Receiver<(String, Bytes)>,
+    inbox: mpsc::Receiver<(EventId, Bytes)>,
     resync: Arc<Notify>,
     overflowed: Arc<AtomicBool>,
     _slot: OwnedSemaphorePermit,
@@ -112,7 +114,7 @@ impl Hub {
     /// Hands an event to this engine's streams of `player`. A stream whose
     /// inbox is full is told to resync instead (a `Notify` permit is kept,
     /// so that wake-up is not lost).
-    fn deliver(&self, player: &str, id: &str, frame: &Bytes) {
+    fn deliver(&self, player: &str, id: EventId, frame: &Bytes) {
         if let Ok(map) = self.subscribers.lock()
             && let Some(list) = map.get(player)
         {
@@ -120,7 +122,7 @@ impl Hub {
                 if r.overflowed.load(Ordering::Acquire) {
                     continue;
                 }
-                if r.inbox.try_send((id.to_owned(), frame.clone())).is_err() {
+                if r.inbox.try_send((id, frame.clone())).is_err() {
                     r.overflowed.store(true, Ordering::Release);
                     r.resync.notify_one();
                 }
@@ -153,12 +155,6 @@ impl Drop for Subscription {
     }
 }
 
-/// A stream id `<ms>-<n>` as a comparable pair.
-fn id_key(id: &str) -> (u64, u64) {
-    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), n.parse().unwrap_or(0))
-}
-
 /// `GET /wallet/{player_id}/events`.
 pub async fn stream(
     wallet: &Wallet,
@@ -169,7 +165,7 @@ pub async fn stream(
     let player = PlayerId::parse(decoded.as_deref())?;
     let resume = match req.headers().get("last-event-id") {
         None => None,
-        Some(value) => Some(parse_event_id(value.to_str().unwrap_or(""))?),
+        Some(value) => Some(EventId::parse(value.to_str().unwrap_or(""))?),
     };
     let services = &*wallet.services;
     // Any currency: the stream key does not depend on it.
@@ -179,7 +175,7 @@ pub async fn stream(
         return Err(WalletError::StreamsFull);
     };
     // Registered before the start is read, so nothing after it is missed.
-    let (last_id, read_first) = match resume {
+    let (last, read_first) = match resume {
         Some(id) => (id, true),
         None => (latest_id(&services.redis, &key).await?, false),
     };
@@ -189,7 +185,7 @@ pub async fn stream(
             subscription,
             redis: services.redis.clone(),
             key,
-            last_id,
+            last,
             read_first,
             shutdown: wallet.shutdown.clone(),
         },
@@ -209,7 +205,7 @@ pub async fn stream(
 }
 
 /// The newest id of a stream, or `0-0` when it has none.
-async fn latest_id(redis: &Pool, key: &str) -> Result<String, WalletError> {
+async fn latest_id(redis: &Pool, key: &str) -> Result<EventId, WalletError> {
     let reply: Value = redis
         .custom(fred::cmd!("XREVRANGE"), vec![key, "+", "-", "COUNT", "1"])
         .await
@@ -217,7 +213,8 @@ async fn latest_id(redis: &Pool, key: &str) -> Result<String, WalletError> {
     Ok(decode_entries(reply)
         .into_iter()
         .next()
-        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+        .and_then(|(id, _)| EventId::parse(&id).ok())
+        .unwrap_or(EventId::START))
 }
 
 /// `[[id, [field, value, ...]], ...]` into ids and field maps.
@@ -251,61 +248,125 @@ struct Feed {
     subscription: Subscription,
     redis: Pool,
     key: String,
-    last_id: String,
+    last: EventId,
     read_first: bool,
     shutdown: watch::Receiver<bool>,
 }
 
+/// Why a stream's task ended (logged at debug; every one frees the slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client went away (its body, the receiver, was dropped).
+    ClientGone,
+    /// The engine is stopping.
+    Shutdown,
+    /// The client took no frame for `SSE_SEND_STALL_MAX`.
+    Stalled,
+    /// `WALLET_SSE_READ_ATTEMPTS_MAX` reads of the player's stream failed in
+    /// a row; the client reconnects with `Last-Event-ID`.
+    ReadFailed,
+}
+
+/// Runs `work` unless the client leaves or the engine stops first: every
+/// wait of a stream goes through this, so none outlives its client.
+async fn unless_gone<T>(
+    tx: &mpsc::Sender<Bytes>,
+    shutdown: &mut watch::Receiver<bool>,
+    work: impl Future<Output = T>,
+) -> Result<T, Ended> {
+    tokio::select! {
+        out = work => Ok(out),
+        _ = tx.closed() => Err(Ended::ClientGone),
+        // Also when the sender is gone: the wallet is being dropped.
+        _ = shutdown.wait_for(|stopping| *stopping) => Err(Ended::Shutdown),
+    }
+}
+
+/// Hands a frame to the client's body, unless it left, the engine stops, or
+/// it took nothing for `stall`: a client that stops reading would otherwise
+/// hold its slot for as long as it keeps the connection open.
+async fn send_frame(
+    tx: &mpsc::Sender<Bytes>,
+    shutdown: &mut watch::Receiver<bool>,
+    frame: Bytes,
+    stall: Duration,
+) -> Result<(), Ended> {
+    match unless_gone(tx, shutdown, tokio::time::timeout(stall, tx.send(frame))).await? {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::ClientGone),
+        Err(_) => Err(Ended::Stalled),
+    }
+}
+
 /// One stream's task: writes the events the fan-out pushes (skipping any
 /// at or before its last id), reads the player's stream from its last id
-/// when told to resync (and first, when resuming), heartbeats when idle,
-/// and ends on shutdown or when the client is gone (its body, the
-/// receiver, was dropped).
+/// when told to resync (and first, when resuming), heartbeats when idle.
+/// Every wait, reads and retries included, also watches for the client
+/// leaving and for shutdown; the task ends on either, when the client stops
+/// reading, or after `WALLET_SSE_READ_ATTEMPTS_MAX` failed reads in a row.
 async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
+    let ended = match feed_loop(&mut feed, &tx).await {
+        Ok(never) => match never {},
+        Err(ended) => ended,
+    };
+    match ended {
+        Ended::ReadFailed | Ended::Stalled => tracing::info!(?ended, "wallet event stream ended"),
+        Ended::ClientGone | Ended::Shutdown => tracing::debug!(?ended, "wallet event stream ended"),
+    }
+    // Dropping `feed` unregisters the stream and frees its slot.
+}
+
+async fn feed_loop(feed: &mut Feed, tx: &mpsc::Sender<Bytes>) -> Result<std::convert::Infallible, Ended> {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     pending.push_back(Bytes::from_static(b": connected\nretry: 1000\n\n"));
     let mut read = feed.read_first;
-    let mut last = id_key(&feed.last_id);
+    let mut failed_reads: u32 = 0;
     let start = tokio::time::Instant::now() + WALLET_SSE_HEARTBEAT;
     let mut heartbeat = tokio::time::interval_at(start, WALLET_SSE_HEARTBEAT);
+    // After a long read, one heartbeat, not a burst of the missed ones.
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(frame) = pending.pop_front() {
-            tokio::select! {
-                sent = tx.send(frame) => if sent.is_err() { return },
-                _ = feed.shutdown.changed() => return,
-            }
+            send_frame(tx, &mut feed.shutdown, frame, SSE_SEND_STALL_MAX).await?;
         }
         if *feed.shutdown.borrow() {
-            return;
+            return Err(Ended::Shutdown);
         }
         if read {
-            match read_after(&feed.redis, &feed.key, &feed.last_id).await {
+            let result = unless_gone(tx, &mut feed.shutdown, read_after(&feed.redis, &feed.key, feed.last)).await?;
+            match result {
                 Ok(entries) => {
+                    failed_reads = 0;
                     // A full page: there may be more.
                     read = entries.len() == WALLET_SSE_READ_BATCH;
-                    telemetry::wallet_sse_events(entries.len() as u64);
+                    let mut sent = 0;
                     for (id, fields) in entries {
-                        pending.push_back(frame(&id, &fields));
-                        last = id_key(&id);
-                        feed.last_id = id;
+                        let Ok(id) = EventId::parse(&id) else { continue };
+                        if id > feed.last {
+                            pending.push_back(frame(&id, &fields));
+                            feed.last = id;
+                            sent += 1;
+                        }
                     }
+                    telemetry::wallet_sse_events(sent);
                 }
-                Err(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = feed.shutdown.changed() => return,
+                Err(e) => {
+                    failed_reads += 1;
+                    if failed_reads >= WALLET_SSE_READ_ATTEMPTS_MAX {
+                        tracing::warn!(error = %e, attempts = failed_reads, "wallet event stream read failed; ending the stream");
+                        return Err(Ended::ReadFailed);
                     }
+                    unless_gone(tx, &mut feed.shutdown, tokio::time::sleep(WALLET_SSE_READ_RETRY_DELAY)).await?;
                 }
             }
             continue;
         }
         tokio::select! {
             pushed = feed.subscription.inbox.recv() => {
-                let Some((id, frame)) = pushed else { return };
-                let key = id_key(&id);
-                if key > last {
-                    last = key;
-                    feed.last_id = id;
+                // The hub keeps the sender while the stream is registered.
+                let Some((id, frame)) = pushed else { return Err(Ended::Shutdown) };
+                if id > feed.last {
+                    feed.last = id;
                     telemetry::wallet_sse_events(1);
                     pending.push_back(frame);
                 }
@@ -314,10 +375,8 @@ async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
                 // What was pushed before an overflow comes first, in order;
                 // then pushes resume and the read covers the rest.
                 while let Ok((id, frame)) = feed.subscription.inbox.try_recv() {
-                    let key = id_key(&id);
-                    if key > last {
-                        last = key;
-                        feed.last_id = id;
+                    if id > feed.last {
+                        feed.last = id;
                         pending.push_back(frame);
                     }
                 }
@@ -325,18 +384,24 @@ async fn feed(mut feed: Feed, tx: mpsc::Sender<Bytes>) {
                 read = true;
             }
             _ = heartbeat.tick() => pending.push_back(Bytes::from_static(b": heartbeat\n\n")),
-            _ = tx.closed() => return,
-            _ = feed.shutdown.changed() => return,
+            _ = tx.closed() => return Err(Ended::ClientGone),
+            _ = feed.shutdown.wait_for(|stopping| *stopping) => return Err(Ended::Shutdown),
         }
     }
 }
 
+/// Entries after `last`, at most `WALLET_SSE_READ_BATCH`. Nothing can
+/// follow the largest id, and Redis refuses an exclusive range from it, so
+/// that read is answered here.
 async fn read_after(
     redis: &Pool,
     key: &str,
-    last_id: &str,
+    last: EventId,
 ) -> Result<Vec<(String, Vec<(String, String)>)>, fred::error::Error> {
-    let from = format!("({last_id}");
+    if last == EventId::MAX {
+        return Ok(Vec::new());
+    }
+    let from = format!("({last}");
     let count = WALLET_SSE_READ_BATCH.to_string();
     let reply: Value = redis
         .custom(
@@ -348,7 +413,7 @@ async fn read_after(
 }
 
 /// `id:`, `event:` and `data:` of one stream entry (fields `e` and `d`).
-fn frame(id: &str, fields: &[(String, String)]) -> Bytes {
+fn frame(id: &EventId, fields: &[(String, String)]) -> Bytes {
     let get = |name: &str| fields.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
     Bytes::from(format!("id: {id}\nevent: {}\ndata: {}\n\n", get("e"), get("d")))
 }
@@ -372,7 +437,11 @@ async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
         .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     let client = builder.build()?;
-    client.init().await?;
+    if let Err(e) = client.init().await {
+        // fred does not stop a client that is dropped: stop it.
+        let _ = client.quit().await;
+        return Err(e);
+    }
     Ok(client)
 }
 
@@ -396,6 +465,7 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
                     let id = latest_id(&services.redis, &key)
                         .await
                         .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::IO, "latest id"))?;
+                    let id = id.to_string();
                     last = Some(id.clone());
                     id
                 }
@@ -429,9 +499,12 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
                 for (id, fields) in entries {
                     for (_, event) in fields.iter().filter(|(k, _)| k == "e") {
                         let mut parts = event.splitn(4, '\u{1f}');
-                        if let (Some(player), Some(event_id), Some(name), Some(data)) =
-                            (parts.next(), parts.next(), parts.next(), parts.next())
-                        {
+                        if let (Some(player), Some(Ok(event_id)), Some(name), Some(data)) = (
+                            parts.next(),
+                            parts.next().map(EventId::parse),
+                            parts.next(),
+                            parts.next(),
+                        ) {
                             let frame = Bytes::from(format!("id: {event_id}\nevent: {name}\ndata: {data}\n\n"));
                             hub.deliver(player, event_id, &frame);
                         }
@@ -449,14 +522,53 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
             tracing::warn!(error = %e, shard = shard.index(), "wallet fan-out read failed; retrying");
             telemetry::wallet_fanout_error();
             hub.resync_all();
-            client = None;
+            // The client is kept, and fred reconnects it: a client dropped
+            // without `quit` keeps its connection task, which reconnects for
+            // ever (one idle connection per shard left behind per outage).
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(WALLET_FANOUT_RETRY_DELAY) => {}
                 _ = shutdown.changed() => break,
             }
         }
     }
     if let Some(c) = client {
         let _ = c.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_waits_for_its_client_within_bounds() {
+        let (stop, mut shutdown) = watch::channel(false);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+        let frame = || Bytes::from_static(b": x\n\n");
+        let stall = Duration::from_millis(50);
+        assert_eq!(send_frame(&tx, &mut shutdown, frame(), stall).await, Ok(()));
+        // The client reads nothing more: the next frame gives up after the stall.
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            send_frame(&tx, &mut shutdown, frame(), stall).await,
+            Err(Ended::Stalled)
+        );
+        assert!(started.elapsed() >= stall);
+        assert_eq!(rx.recv().await.as_deref(), Some(b": x\n\n".as_slice()));
+        // A client that reads takes it.
+        assert_eq!(send_frame(&tx, &mut shutdown, frame(), stall).await, Ok(()));
+        // Shutdown ends a waiting send at once, however long the stall bound.
+        let _ = stop.send(true);
+        assert_eq!(
+            send_frame(&tx, &mut shutdown, frame(), Duration::from_secs(3600)).await,
+            Err(Ended::Shutdown)
+        );
+        // So does the client leaving.
+        let (_stop, mut running) = watch::channel(false);
+        drop(rx);
+        assert_eq!(
+            send_frame(&tx, &mut running, frame(), Duration::from_secs(3600)).await,
+            Err(Ended::ClientGone)
+        );
     }
 }

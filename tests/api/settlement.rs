@@ -704,7 +704,7 @@ async fn completed_orders_are_settled_for_their_merchant() {
     }
     app.wait_flushed(Duration::from_secs(10)).await;
 
-    let rows: Vec<(i32, i32, i32, String)> =
+    let rows: Vec<(i32, i64, i64, String)> =
         sqlx::query_as("SELECT merchant_id, amount_cents, fee_cents, status FROM transactions ORDER BY amount_cents")
             .fetch_all(&app.db)
             .await

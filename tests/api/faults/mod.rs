@@ -10,6 +10,11 @@
 //! looked up, an order read, a transaction sent again with its reference),
 //! and the invariants are checked against those records: nothing
 //! acknowledged is lost, nothing is done twice, Redis and Postgres agree.
+//!
+//! A poison event in an outbox (set aside as a dead letter while its shard
+//! flows on, replayed once fixed) is the dead letters' own test,
+//! `tests/api/poison.rs`; a call cut exactly before or after Redis ran it,
+//! `tests/api/at_most_once.rs`.
 
 mod dropped_connections;
 mod eviction_policy;
