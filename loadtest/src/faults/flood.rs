@@ -180,12 +180,17 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
     let total = (rate * cfg.secs) as u64;
     let outstanding = Arc::new(Semaphore::new(cfg.outstanding_max));
     let flood_started = Instant::now();
+    let flood_ends = flood_started + Duration::from_secs_f64(cfg.secs);
     let mut shots = Vec::with_capacity(total as usize);
     let (mut late, mut full) = (0u64, 0u64);
     for i in 0..total {
         let due = flood_started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         let reached = Instant::now();
+        // A driver that cannot keep up stops on time rather than late.
+        if reached > flood_ends {
+            break;
+        }
         if reached.duration_since(due) > Duration::from_millis(100) {
             late += 1;
         }
@@ -203,6 +208,8 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         }));
     }
     let sending = flood_started.elapsed();
+    let sent = shots.len() as u64;
+    let reached = sent as f64 / sending.as_secs_f64() / capacity;
     let (mut admitted, mut shed) = (histogram(), histogram());
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut without_retry_after = 0u64;
@@ -226,14 +233,14 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
     let peak = cfg.engine_pid.and_then(|pid| rss::read(pid).ok());
 
     let figures = format!(
-        "capacity {capacity:.0}/s, unloaded p99 {:.1} ms; flood at {rate:.0}/s for {:.1} s: {total} sent in {:.1} s \
+        "capacity {capacity:.0}/s, unloaded p99 {:.1} ms; flood at {rate:.0}/s for {:.1} s: {sent} sent in {:.1} s \
          ({:.0}/s, {:.1}x capacity; the driver reached {late} over 100 ms late, {full} found {} in flight); admitted {} \
          (p50 {:.1} ms, p99 {:.1} ms), shed {} (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
         ms(&unloaded, 0.99),
         cfg.secs,
         sending.as_secs_f64(),
-        total as f64 / sending.as_secs_f64(),
-        total as f64 / sending.as_secs_f64() / capacity,
+        sent as f64 / sending.as_secs_f64(),
+        reached,
         cfg.outstanding_max,
         admitted.len(),
         ms(&admitted, 0.5),
@@ -254,17 +261,28 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         !admitted.is_empty(),
         format!("{} admitted during the flood", admitted.len()),
     ));
-    out.push(Invariant::check(
-        "flood_shed_with_503",
-        !shed.is_empty() && without_retry_after == 0,
-        format!(
-            "{} shed with 503 (sent at {:.1}x capacity, {:.0}x asked), {without_retry_after} of them without \
-             Retry-After",
-            shed.len(),
-            total as f64 / sending.as_secs_f64() / capacity,
-            cfg.factor
-        ),
-    ));
+    let shed_detail = format!(
+        "{} shed with 503 (sent at {reached:.1}x capacity, {:.0}x asked), {without_retry_after} of them without \
+         Retry-After",
+        shed.len(),
+        cfg.factor
+    );
+    // A driver that could not send above the capacity did not overload the
+    // engine: nothing to shed says nothing about it.
+    out.push(if shed.is_empty() && reached < 1.5 {
+        Invariant::skip(
+            "flood_shed_with_503",
+            format!(
+                "{shed_detail}: the driver did not overload the engine (run it from another machine, or --threads)"
+            ),
+        )
+    } else {
+        Invariant::check(
+            "flood_shed_with_503",
+            !shed.is_empty() && without_retry_after == 0,
+            shed_detail,
+        )
+    });
     out.push(Invariant::check(
         "flood_no_other_answer",
         others.is_empty(),
@@ -280,11 +298,15 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
             cfg.admitted_p99_max
         ),
     ));
-    out.push(Invariant::check(
-        "flood_shed_fast",
-        ms(&shed, 0.99) < cfg.shed_p99_max.as_secs_f64() * 1000.0,
-        format!("shed p99 {:.1} ms, bound {:?}", ms(&shed, 0.99), cfg.shed_p99_max),
-    ));
+    out.push(if shed.is_empty() {
+        Invariant::skip("flood_shed_fast", "nothing was shed")
+    } else {
+        Invariant::check(
+            "flood_shed_fast",
+            ms(&shed, 0.99) < cfg.shed_p99_max.as_secs_f64() * 1000.0,
+            format!("shed p99 {:.1} ms, bound {:?}", ms(&shed, 0.99), cfg.shed_p99_max),
+        )
+    });
     match (rss_before, peak) {
         (Some(before), Some(peak)) => out.push(Invariant::check(
             "flood_memory_bounded",
@@ -305,10 +327,10 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         "capacity_per_sec": capacity,
         "unloaded_p99_ms": ms(&unloaded, 0.99),
         "rate_per_sec": rate,
-        "sent": total,
+        "sent": sent,
         "sent_late": late,
         "found_outstanding_max": full,
-        "reached_rate_per_sec": total as f64 / sending.as_secs_f64(),
+        "reached_rate_per_sec": sent as f64 / sending.as_secs_f64(),
         "sending_secs": sending.as_secs_f64(),
         "admitted": admitted.len(),
         "admitted_p50_ms": ms(&admitted, 0.5),
