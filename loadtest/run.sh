@@ -2,7 +2,7 @@
 # shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
 # One command for a load run against a freshly started engine.
 #
-#   loadtest/run.sh contest|sustained|contention|ingest|orders|settlement [extra loadtest flags]
+#   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults [extra loadtest flags]
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
@@ -11,6 +11,13 @@
 # script call, like one order or one wallet operation) over the same
 # connection count, for as long as the engine's run, and print the engine's
 # orders/s or operations/s against its requests/s.
+#
+# faults runs the fault cases (loadtest faults --help): the engine's Redis
+# connections dropped, Redis killed with SIGKILL and restarted, a flood at 5x
+# capacity; each invariant PASS, FAIL or SKIPPED. Unless REDIS_URL was set
+# before run.sh, the engine gets a private redis-server that run.sh starts
+# (AOF, appendfsync always) so that the kill case may kill it; with REDIS_URL
+# set, drop and flood run against that Redis and kill is SKIPPED.
 #
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
@@ -34,13 +41,15 @@
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
 #                         Redis and Postgres, and one thread costs it the least CPU per request)
 #   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
+#   FAULTS_REDIS_PORT     faults: port of its private redis-server (LOAD_PORT + 3)
+#   STAMPEDE_QUEUE_DEADLINE_MS  faults: given to the engine (50 unless set), so the flood is shed fast
 #
 # Output: the loadtest report on stdout; JSON summary and engine log in .data/loadtest/.
 # Exit code: the loadtest's, the worse of the two runs (0 all invariants passed,
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -60,6 +69,9 @@ case "$SCENARIO" in
               CONNECTIONS=${CONNECTIONS:-200}; SECS=${SECS:-20} ;;
   settlement) USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}
               TXNS=${TXNS:-1000000}; SMALL_TXNS=${SMALL_TXNS:-100000}; RUNS=${RUNS:-3} ;;
+  # Each case buys from a range of one sale of its own (see loadtest faults --help).
+  faults)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-1000000}; LIMIT=${LIMIT:-1000000}
+              export STAMPEDE_QUEUE_DEADLINE_MS=${STAMPEDE_QUEUE_DEADLINE_MS:-50} ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -76,6 +88,9 @@ LOAD_ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
+# faults: was the Redis given (honoured, not killed) or is it ours to start?
+USER_REDIS_URL=${REDIS_URL:-}
 
 # Private Redis/Postgres (or the ones already in REDIS_URL/DATABASE_URL).
 if [[ -f scripts/services.sh ]]; then
@@ -147,6 +162,7 @@ LOAD_URL=$server/$LOAD_DB$query
 ENGINE_PID=""
 BASELINE_PID=""
 DB_CREATED=""
+FAULTS_REDIS_DIR=""
 
 # stop_pid NAME PID: SIGTERM, SIGKILL after 30 s.
 stop_pid() {
@@ -166,6 +182,23 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 stop_engine() { stop_pid engine "$ENGINE_PID"; ENGINE_PID=""; }
+# The faults scenario's own redis-server (daemonized: its pid is in its pid file;
+# the kill case may have started it again).
+stop_faults_redis() {
+  [[ -n $FAULTS_REDIS_DIR ]] || return 0
+  local pid=""
+  [[ -f $FAULTS_REDIS_DIR/redis.pid ]] && pid=$(cat "$FAULTS_REDIS_DIR/redis.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  if [[ -z ${KEEP_DATA:-} ]]; then rm -rf "$FAULTS_REDIS_DIR"; fi
+  FAULTS_REDIS_DIR=""
+}
 stop_baseline_server() { stop_pid baseline-server "$BASELINE_PID"; BASELINE_PID=""; }
 
 # wait_healthy NAME PID PORT LOG: until GET /health answers 200 (30 s at most).
@@ -204,6 +237,7 @@ cleanup() {
       done
     fi
   fi
+  stop_faults_redis
   exit "$rc"
 }
 trap cleanup EXIT
@@ -217,6 +251,42 @@ fi
 if [[ -n $BASELINE_SERVER ]] && curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BASELINE_PORT/health"; then
   echo "run.sh: something already listens on 127.0.0.1:$BASELINE_PORT (set BASELINE_PORT)" >&2
   exit 2
+fi
+
+if [[ $SCENARIO == faults && -z $USER_REDIS_URL ]]; then
+  # A private redis-server the kill case may kill: AOF with fsync before every
+  # reply, so an acknowledged write survives SIGKILL.
+  FAULTS_REDIS_PORT=${FAULTS_REDIS_PORT:-$((LOAD_PORT + 3))}
+  if redis-cli -p "$FAULTS_REDIS_PORT" ping >/dev/null 2>&1; then
+    echo "run.sh: something already listens on 127.0.0.1:$FAULTS_REDIS_PORT (set FAULTS_REDIS_PORT)" >&2
+    exit 2
+  fi
+  FAULTS_REDIS_DIR=$OUT_DIR/faults-redis-$EPOCH
+  mkdir -p "$FAULTS_REDIS_DIR"
+  cat >"$FAULTS_REDIS_DIR/redis.conf" <<CONF
+port $FAULTS_REDIS_PORT
+bind 127.0.0.1
+dir $FAULTS_REDIS_DIR
+appendonly yes
+appendfsync always
+save ""
+daemonize yes
+pidfile $FAULTS_REDIS_DIR/redis.pid
+logfile $FAULTS_REDIS_DIR/redis.log
+CONF
+  redis-server "$FAULTS_REDIS_DIR/redis.conf"
+  for _ in $(seq 1 100); do
+    [[ $(redis-cli -p "$FAULTS_REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+    sleep 0.1
+  done
+  if [[ $(redis-cli -p "$FAULTS_REDIS_PORT" ping 2>/dev/null) != PONG ]]; then
+    echo "run.sh: the faults redis-server did not start; see $FAULTS_REDIS_DIR/redis.log" >&2
+    exit 2
+  fi
+  REDIS_URL=redis://127.0.0.1:$FAULTS_REDIS_PORT
+  echo "run.sh: faults: private redis-server on 127.0.0.1:$FAULTS_REDIS_PORT (AOF always), dir $FAULTS_REDIS_DIR" >&2
+elif [[ $SCENARIO == faults ]]; then
+  echo "run.sh: faults: REDIS_URL was given: drop and flood run against it, kill is SKIPPED" >&2
 fi
 
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
@@ -278,6 +348,20 @@ elif [[ $SCENARIO == wallet ]]; then
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
+elif [[ $SCENARIO == faults ]]; then
+  # $ENGINE_PID is the engine itself (see above): its Redis connections and memory.
+  driver_args=(
+    --url "http://127.0.0.1:$LOAD_PORT"
+    --admin-token "$LOAD_ADMIN_TOKEN"
+    --redis-url "$REDIS_URL" --database-url "$LOAD_URL"
+    --key-prefix "$PREFIX"
+    --engine-pid "$ENGINE_PID"
+    --json "$JSON_OUT"
+    --threads "${DRIVER_THREADS:-1}"
+  )
+  if [[ -n $FAULTS_REDIS_DIR ]]; then
+    driver_args+=(--redis-pidfile "$FAULTS_REDIS_DIR/redis.pid" --redis-conf "$FAULTS_REDIS_DIR/redis.conf")
+  fi
 elif [[ $SCENARIO == settlement ]]; then
   driver_args=(
     --url "http://127.0.0.1:$LOAD_PORT"

@@ -111,6 +111,17 @@ pub struct Conn {
     /// Not reusable: the server said `Connection: close`, or the last
     /// exchange failed or was cancelled (timeout) half-way.
     closed: bool,
+    /// Headers of the last complete response that a caller may ask about.
+    last: Flags,
+}
+
+/// The few response headers the fault checks read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `Retry-After` was present.
+    pub retry_after: bool,
+    /// `Idempotent-Replayed: true`: the answer of an earlier request.
+    pub replayed: bool,
 }
 
 impl Conn {
@@ -126,12 +137,18 @@ impl Conn {
                 buf: BytesMut::with_capacity(READ_BUF_BYTES),
                 req: Vec::with_capacity(256),
                 closed: false,
+                last: Flags::default(),
             })
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(result) => result,
             Err(_) => Err(format!("connect {}: timed out after {timeout:?}", target.addr)),
         }
+    }
+
+    /// The flags of the last complete response on this connection.
+    pub fn last_flags(&self) -> Flags {
+        self.last
     }
 
     /// True if the connection can no longer be used: the server asked to
@@ -268,6 +285,7 @@ impl Conn {
                 // Bytes after the answer were not asked for (no pipelining):
                 // the connection cannot be trusted any more.
                 self.closed = h.close || !self.buf.is_empty();
+                self.last = h.flags;
                 return Ok((h.status, body));
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
@@ -299,6 +317,7 @@ pub struct Head {
     pub body_len: usize,
     /// The server closes the connection after this response.
     pub close: bool,
+    pub flags: Flags,
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
@@ -314,6 +333,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     // HTTP/1.0 closes unless asked to keep alive; 1.1 keeps alive unless told to close.
     let http10 = resp.version == Some(0);
     let mut close = http10;
+    let mut flags = Flags::default();
     let mut content_length: Option<usize> = None;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -332,6 +352,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 "unsupported framing: Transfer-Encoding {:?}",
                 String::from_utf8_lossy(h.value)
             ));
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            flags.retry_after = true;
+        } else if h.name.eq_ignore_ascii_case("idempotent-replayed") {
+            flags.replayed = h.value.trim_ascii().eq_ignore_ascii_case(b"true");
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -358,6 +382,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         head_len,
         body_len,
         close,
+        flags,
     }))
 }
 
@@ -433,6 +458,22 @@ date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n{\"code\":1}\n";
         assert!(parse_head(old).unwrap().unwrap().close);
         let old_ka = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
         assert!(!parse_head(old_ka).unwrap().unwrap().close);
+    }
+
+    #[test]
+    fn retry_after_and_replayed_flags() {
+        let shed = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}";
+        let flags = parse_head(shed).unwrap().unwrap().flags;
+        assert_eq!(
+            flags,
+            Flags {
+                retry_after: true,
+                replayed: false
+            }
+        );
+        let replay = b"HTTP/1.1 200 OK\r\nIdempotent-Replayed: true\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(parse_head(replay).unwrap().unwrap().flags.replayed);
+        assert_eq!(parse_head(OK).unwrap().unwrap().flags, Flags::default());
     }
 
     #[test]

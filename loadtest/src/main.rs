@@ -9,6 +9,7 @@ mod client;
 mod compare;
 mod cpu;
 mod cpu_split;
+mod faults;
 mod ingest;
 mod orders;
 mod report;
@@ -43,6 +44,7 @@ usage: loadtest <contest|sustained|contention> [flags]
        loadtest orders [orders flags: loadtest orders --help]
        loadtest wallet [wallet flags]
        loadtest settlement [settlement flags]
+       loadtest faults [faults flags: loadtest faults --help]
        loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]
 
 scenarios:
@@ -55,6 +57,8 @@ scenarios:
   settlement   times a settlement job (POST to COMPLETED plus the CSV) against psql's INSERT … GROUP BY and \\copy,
                checks the rows and the CSV against SQL, watches the engine's RSS (flags: --url, --database-url,
                --admin-token, --engine-pid, --from, --to, --small-from, --small-to, --runs 3, --psql, --json, --max-secs)
+  faults       invariants under faults: the engine's Redis connections dropped, Redis killed and restarted,
+               a flood at 5x capacity (each invariant PASS, FAIL or SKIPPED)
   compare      table and ratios engine / baseline server of two JSON summaries (run.sh runs it)
 
 flags (default):
@@ -300,6 +304,21 @@ fn main() -> ExitCode {
             Ok(None) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("loadtest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // The faults scenario has flags of its own.
+    if argv.peek().is_some_and(|s| s == "faults") {
+        argv.next();
+        return match faults::FaultsArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, faults::run(args)),
+            Ok(None) => {
+                println!("{USAGE}\n\n{}", faults::USAGE);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}\n\n{}", faults::USAGE);
                 ExitCode::from(2)
             }
         };

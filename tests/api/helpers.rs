@@ -472,43 +472,68 @@ pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
 }
 
 /// A private redis-server, so a test can crash, pause or misconfigure it
-/// without disturbing others: `appendonly yes`, `appendfsync always`, no
-/// snapshots, then `extra` arguments (a later option wins).
+/// without disturbing others: `appendonly yes`, `appendfsync always` (an
+/// acknowledged write survives a `kill -9`), no snapshots, then `extra`
+/// arguments (a later option wins).
 pub struct PrivateRedis {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     pub dir: std::path::PathBuf,
+    extra: Vec<String>,
     /// Made by `fresh`: removed with the server.
     owns_dir: bool,
 }
 
 impl PrivateRedis {
+    #[allow(dead_code)] // for tests that restart a Redis in a folder of their own
     pub fn start(port: u16, dir: &std::path::Path) -> Self {
         Self::start_with(port, dir, &[])
     }
 
     pub fn start_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Self {
-        std::fs::create_dir_all(dir).expect("redis dir");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            owns_dir: false,
+        };
+        redis.run();
+        redis
+    }
+
+    fn run(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
-            .arg(dir)
-            .args(extra)
+            .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server starts (scripts/services.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis did not start");
+        self.child = Some(child);
+        // PONG only once its AOF is replayed (-LOADING before).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            port,
-            dir: dir.to_owned(),
-            owns_dir: false,
-        }
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 64];
+        conn.write_all(b"PING\r\n").is_ok() && conn.read(&mut reply).is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
     }
 
     /// A private Redis in a fresh folder under the test target directory,
@@ -526,6 +551,11 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    #[allow(dead_code)] // for the fault suite's proxy
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// A client of this Redis, for the test's own commands.
     pub async fn client(&self) -> RedisClient {
         let redis = RedisClient::new(
@@ -538,9 +568,20 @@ impl PrivateRedis {
         redis
     }
 
+    /// SIGKILL: whatever was not yet in the AOF is lost, as in a crash.
     pub fn crash(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, folder and arguments: it replays
+    /// its AOF first.
+    #[allow(dead_code)] // for the fault suite's kill -9
+    pub fn restart(&mut self) {
+        self.crash();
+        self.run();
     }
 }
 
@@ -561,8 +602,24 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     /// `consumer` names it in the outbox consumer group; empty: unique to
-    /// this process (`<prefix>-<port>`).
+    /// this process (`<prefix>-<port>`). `extra` overrides the defaults
+    /// (`REDIS_URL` included). Waits until `GET /health` answers 200.
     pub async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let engine = Self::spawn(db_url, prefix, consumer, extra, Stdio::inherit());
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
+                && reply.status == StatusCode::OK
+            {
+                return engine;
+            }
+            assert!(Instant::now() < deadline, "engine did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let consumer = match consumer {
             "" => format!("{prefix}-{port}"),
@@ -579,26 +636,55 @@ impl EngineProcess {
             .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra {
             command.env(k, v);
         }
         let child = command.spawn().expect("engine binary starts");
-        let engine = Self {
+        Self {
             child,
             addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-        };
+        }
+    }
+
+    /// Starts an engine that is expected to refuse to start: `Ok` with its
+    /// exit status and what it wrote to stderr once it exits; `Err` if it
+    /// answered `GET /health` with 200 instead, or still ran after `within`.
+    #[allow(dead_code)] // for the start-up checks of the fault suite
+    pub async fn expect_refusal(
+        db_url: &str,
+        prefix: &str,
+        extra: &[(&str, &str)],
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, String), String> {
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-stderr.log"));
+        let file = std::fs::File::create(&log).expect("engine stderr file");
+        let mut engine = Self::spawn(db_url, prefix, "", extra, Stdio::from(file));
         let http = http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let deadline = Instant::now() + within;
+        let outcome = loop {
+            if let Some(status) = engine.child.try_wait().expect("engine status") {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                break Ok((status, stderr));
+            }
             if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
                 && reply.status == StatusCode::OK
             {
-                return engine;
+                break Err("the engine started and answered GET /health with 200".to_owned());
             }
-            assert!(Instant::now() < deadline, "engine did not become healthy");
+            if Instant::now() > deadline {
+                break Err(format!("the engine still ran {within:?} after its start"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        let _ = std::fs::remove_file(&log);
+        outcome
+    }
+
+    /// The process id (its memory is read from /proc/<pid>/status).
+    #[allow(dead_code)] // for the flood case of the fault suite
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill_9(&mut self) {
@@ -619,5 +705,72 @@ impl Drop for EngineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private Postgres (scripts/services.sh pg-start with its own
+/// STAMPEDE_PG_DIR and STAMPEDE_PG_PORT), so a test can stop it.
+#[allow(dead_code)] // for the Postgres outage of the fault suite
+pub struct PrivatePostgres {
+    services: String,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    running: bool,
+}
+
+#[allow(dead_code)] // for the Postgres outage of the fault suite
+impl PrivatePostgres {
+    pub fn start(name: &str) -> Self {
+        let services = std::env::var("STAMPEDE_TEST_SERVICES")
+            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
+        let port = free_port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}-{port}"));
+        let mut postgres = Self {
+            services,
+            port,
+            dir,
+            running: false,
+        };
+        postgres.start_again();
+        postgres
+    }
+
+    fn services(&self, action: &str) {
+        let status = Command::new("bash")
+            .arg(&self.services)
+            .arg(action)
+            .env("STAMPEDE_PG_DIR", &self.dir)
+            .env("STAMPEDE_PG_PORT", self.port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("services.sh runs");
+        assert!(status.success(), "services.sh {action} failed");
+    }
+
+    /// The server's URL (database `stampede`), for `spawn_app_on`.
+    pub fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/stampede", self.port)
+    }
+
+    /// Returns once it accepts queries.
+    pub fn start_again(&mut self) {
+        self.services("pg-start");
+        self.running = true;
+    }
+
+    /// Returns once it is really down.
+    pub fn stop(&mut self) {
+        self.services("pg-stop");
+        self.running = false;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
 }

@@ -7,6 +7,7 @@ mod batching;
 mod browser;
 mod dashboards;
 mod durability;
+mod faults;
 mod helpers;
 mod ingest;
 mod leaks;
