@@ -7,24 +7,23 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::types::Builder;
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
-use crate::executor::{Executor, ExecutorConfig, ExecutorError};
-use crate::keyspace::Keyspace;
 use crate::ops::Ops;
 use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
-use crate::redis_settings::{RedisSettings, RedisSettingsError};
-use crate::scripts::{LuaScript, ScriptError};
+use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::redis::keyspace::Keyspace;
+use crate::redis::lua::{LuaScript, ScriptError};
+use crate::redis::settings::{RedisSettings, RedisSettingsError};
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
@@ -82,11 +81,11 @@ impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
         telemetry::register_rare_counters();
-        let redis_builder = redis_builder(&config.redis_url, config.redis_command_timeout)?;
+        let redis_builder = crate::redis::client::builder(&config.redis_url, config.redis_command_timeout)?;
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         redis.init().await?;
         let redis_settings = match config.redis_checks {
-            true => crate::redis_settings::check(&redis).await?,
+            true => crate::redis::settings::check(&redis).await?,
             false => RedisSettings::unchecked(),
         };
         telemetry::redis_appendonly(redis_settings.appendonly_gauge());
@@ -233,32 +232,6 @@ impl App {
         let _ = services.redis.quit().await;
         services.postgres.close().await;
     }
-}
-
-/// The clients of every script call, state-changing read and flusher read.
-///
-/// A call is sent at most once: `max_command_attempts = 1`. fred's default
-/// (3) writes again, after a reconnect, the commands that were written but
-/// not answered when a connection closed, so a script that ran but whose
-/// reply was lost would run twice (an order taking its stock twice, a buyer
-/// told `CODE_USED` for their own purchase). With 1, such a command fails
-/// with the connection error instead, and the request answers 503 with a way
-/// to find out what happened. What else fred does, read in its 10.1 source,
-/// is in ARCHITECTURE.md ("A call runs at most once").
-fn redis_builder(url: &str, command_timeout: Duration) -> Result<Builder, StartupError> {
-    let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
-    builder
-        .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
-        .with_connection_config(|conn| {
-            conn.connection_timeout = command_timeout;
-            conn.max_command_attempts = 1;
-            // No unresponsive-connection checks (fred's default): they
-            // close a slow connection and fail what is in flight on it,
-            // turning a slow answer into an unknown outcome.
-            conn.unresponsive = Default::default();
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Ok(builder)
 }
 
 async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {

@@ -5,11 +5,11 @@
 //! Layers, each importing only those below it:
 //!
 //! 1. Infrastructure: [`config`], [`clock`], [`limits`], [`telemetry`],
-//!    [`keyspace`], [`postgres`], [`redis_settings`] (the Redis settings
-//!    checked at start), [`scripts`] (Lua loading, EVALSHA with
-//!    reload), [`executor`] (the batched script executor), [`outbox`] (the
-//!    Redis Stream outboxes, the flusher and its sink registry), and
-//!    [`services`] (what features may use).
+//!    [`postgres`], [`redis`] (the client builder, the Redis settings checked
+//!    at start, the key space, Lua loading with EVALSHA and reload, and the
+//!    batched script executor), [`outbox`] (the Redis Stream outboxes, the
+//!    flusher and its sink registry), and [`services`] (what features may
+//!    use).
 //! 2. The HTTP toolkit, [`server`]: listeners, routes as data, the router,
 //!    the error trait, request helpers, the admin guard and the `Feature`
 //!    contract. It names no feature.
@@ -29,18 +29,15 @@
 pub mod app;
 pub mod clock;
 pub mod config;
-pub mod executor;
 pub mod ingest;
-pub mod keyspace;
 pub mod limits;
 pub mod live;
 pub mod ops;
 pub mod orders;
 pub mod outbox;
 pub mod postgres;
-pub mod redis_settings;
+pub mod redis;
 pub mod sale;
-pub mod scripts;
 pub mod server;
 pub mod services;
 pub mod settlement;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::outbox::Flusher;
-use crate::redis_settings::RedisSettings;
+use crate::redis::settings::RedisSettings;
 use crate::server::http::{HttpResponse, json, with_content_type};
 use crate::server::route::RouteInfo;
 use crate::server::{Route, apidoc};

@@ -7,8 +7,8 @@ use sqlx::PgPool;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::executor::Executor;
-use crate::keyspace::Keyspace;
+use crate::redis::executor::Executor;
+use crate::redis::keyspace::Keyspace;
 
 pub struct Services {
     pub config: Config,

@@ -6,11 +6,11 @@ use hyper::HeaderMap;
 use rand::RngExt;
 
 use super::OrdersError;
-use crate::keyspace::Shard;
 use crate::limits::{
     HOLD_SECS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ORDER_QUANTITY_MAX, OUTBOX_SHARDS, PRODUCT_NAME_BYTES_MAX,
     PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX, USER_ID_BYTES_MAX,
 };
+use crate::redis::keyspace::Shard;
 
 /// Which input an error is about; each has its own stable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use super::Orders;
 use super::domain::{OrderId, ProductId};
 use super::scripts::{self, Action, UpdateRequest};
-use crate::keyspace::Shard;
 use crate::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
+use crate::redis::keyspace::Shard;
 use crate::telemetry;
 
 pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
@@ -57,7 +57,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
                 ],
             )
             .await
-            .map_err(|e| super::OrdersError::Script(crate::scripts::ScriptError::Redis(e)))?;
+            .map_err(|e| super::OrdersError::Script(crate::redis::lua::ScriptError::Redis(e)))?;
         let page = due.len();
         let members: Vec<(ProductId, OrderId)> = due.iter().filter_map(|m| parse_member(m)).collect();
         // Members this engine did not write; left for an operator, counted.

@@ -11,7 +11,7 @@ use super::domain::{self, BuyerId, Field, IdempotencyKey, NewProduct, OrderId, P
 use super::scripts::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
 use super::{Orders, OrdersError};
 use crate::limits::PRODUCT_STOCK_MAX;
-use crate::scripts::ScriptError;
+use crate::redis::lua::ScriptError;
 use crate::server::error::error_response;
 use crate::server::http::{HttpResponse, json, read_json};
 

@@ -26,10 +26,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
-use crate::executor::BatchScript;
 use crate::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::outbox::Sink;
-use crate::scripts::ScriptError;
+use crate::redis::executor::BatchScript;
+use crate::redis::lua::ScriptError;
 use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;

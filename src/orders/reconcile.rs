@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use super::domain::ProductId;
 use super::{Orders, OrdersError, scripts};
-use crate::keyspace::Shard;
 use crate::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
 use crate::outbox::dead_letters::{self, StatusFilter};
-use crate::scripts::ScriptError;
+use crate::redis::keyspace::Shard;
+use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, json};
 use crate::telemetry;
 

@@ -7,10 +7,10 @@ use fred::types::Value;
 
 use super::OrdersError;
 use super::domain::{BuyerId, IdempotencyKey, OrderId, ProductId};
-use crate::executor::{BatchScript, Executor};
-use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
-use crate::scripts::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
+use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::keyspace::{Keyspace, Shard};
+use crate::redis::lua::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
 
 pub static ORDER_CREATE: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("order_create", include_str!("../../lua/order_create.lua"), 5, 10));

@@ -3,8 +3,8 @@ use std::str::FromStr;
 
 use fred::types::Value;
 
-use crate::keyspace::Shard;
-use crate::scripts::value_text;
+use crate::redis::keyspace::Shard;
+use crate::redis::lua::value_text;
 
 /// Why an event or a batch could not be written. A batch that fails because
 /// of Postgres (`!is_data_error()`) stays pending and is retried whole; one

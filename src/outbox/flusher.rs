@@ -32,13 +32,13 @@ use super::event::{decode_entry, decode_read_reply};
 use super::{CONSUMER_GROUP, OutboxEntry, OutboxEvent, SinkError, SinkRegistry};
 use crate::clock::SharedClock;
 use crate::config::FlushConfig;
-use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{
     DEAD_LETTER_AFTER_ATTEMPTS, DEAD_LETTER_GAUGE_INTERVAL, FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN,
     OUTBOX_SHARDS, POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
 };
 use crate::postgres::{self, BatchError};
-use crate::scripts::{LuaScript, ScriptError};
+use crate::redis::keyspace::{Keyspace, Shard};
+use crate::redis::lua::{LuaScript, ScriptError};
 use crate::telemetry;
 
 pub static OUTBOX_ACK: LazyLock<LuaScript> =

@@ -11,7 +11,7 @@ use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::scripts::{self, CheckoutRequest, SaleKeys};
 use super::{Sale, SaleError};
 use crate::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
-use crate::scripts::ScriptError;
+use crate::redis::lua::ScriptError;
 use crate::server::RequestError;
 use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, Query, json, read_body};

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 
-use crate::executor::BatchScript;
 use crate::outbox::Sink;
-use crate::scripts::ScriptError;
+use crate::redis::executor::BatchScript;
+use crate::redis::lua::ScriptError;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};

@@ -7,10 +7,10 @@ use fred::types::Value;
 
 use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
-use crate::executor::{BatchScript, Executor};
-use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
-use crate::scripts::{LuaScript, reply_i64, reply_str};
+use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::keyspace::{Keyspace, Shard};
+use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
 pub static CHECKOUT: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("checkout", include_str!("../../lua/checkout.lua"), 4, 14));

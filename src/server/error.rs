@@ -11,7 +11,7 @@ use serde::ser::SerializeMap;
 
 use super::RequestError;
 use super::http::{HttpResponse, json};
-use crate::scripts::ScriptError;
+use crate::redis::lua::ScriptError;
 
 /// A status and the stable machine-readable code clients switch on.
 /// Declared with [`ErrorCode::new`] where an error maps itself, so a test can

@@ -9,9 +9,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Route;
-use crate::executor::BatchScript;
 use crate::outbox::Sink;
-use crate::scripts::LuaScript;
+use crate::redis::executor::BatchScript;
+use crate::redis::lua::LuaScript;
 
 pub trait Feature: Send + Sync + 'static {
     /// Names the feature in logs.

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use super::domain::{Currency, PlayerId};
 use super::scripts::{self, expiry_key};
-use crate::keyspace::Shard;
 use crate::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
+use crate::redis::keyspace::Shard;
 use crate::services::Services;
 use crate::telemetry;
 

@@ -14,7 +14,7 @@ use super::domain::{BonusBody, Currency, Field, Invalid, PlayerId, TransactionBo
 use super::scripts::{self, AccountKeys, BonusSnapshot};
 use super::{Wallet, WalletError};
 use crate::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
-use crate::scripts::ScriptError;
+use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, Query, json, read_json};
 
 #[derive(Serialize)]

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
-use crate::executor::BatchScript;
 use crate::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 use crate::outbox::Sink;
-use crate::scripts::ScriptError;
+use crate::redis::executor::BatchScript;
+use crate::redis::lua::ScriptError;
 use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;

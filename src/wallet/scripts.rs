@@ -8,12 +8,12 @@ use fred::types::Value;
 
 use super::WalletError;
 use super::domain::{BonusGrant, Currency, PlayerId, Transaction};
-use crate::executor::{BatchScript, Executor};
-use crate::keyspace::{Keyspace, Shard};
 use crate::limits::{
     WALLET_BALANCE_MINOR_MAX, WALLET_EVENTS_PER_PLAYER_MAX, WALLET_EVENTS_RETENTION, WALLET_NOTIFY_STREAM_MAX,
 };
-use crate::scripts::{LuaScript, reply_i64, reply_str};
+use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::keyspace::{Keyspace, Shard};
+use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
 pub static WALLET_APPLY: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("wallet_apply", include_str!("../../lua/wallet_apply.lua"), 6, 15));

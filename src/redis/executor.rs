@@ -19,7 +19,7 @@
 //! A call that fails (timeout, reset) fails every request in it with the
 //! same `ScriptError`: the client cannot tell whether it took effect, which
 //! is why features offer a read-only way to look a state up. A call is sent
-//! once: the Redis clients never resend by themselves (see `crate::app`).
+//! once: the Redis clients never resend by themselves (see `client`).
 //!
 //! Overload is answered before Redis: a request finding its queue full, or
 //! found by a worker to have waited past the queue deadline, gets
@@ -33,9 +33,9 @@ use fred::clients::Pool;
 use fred::types::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::keyspace::{Keyspace, Shard};
 use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
-use crate::scripts::{LuaScript, ScriptError};
+use crate::redis::keyspace::{Keyspace, Shard};
+use crate::redis::lua::{LuaScript, ScriptError};
 use crate::telemetry;
 
 /// A script in batch form, and the shape of one request in it.

@@ -1,0 +1,18 @@
+//! The Redis layer: everything the engine knows about talking to Redis.
+//!
+//! - `client`: the one builder of every Redis client (a call is sent at most
+//!   once, timeouts, reconnect policy).
+//! - `settings`: the Redis settings the guarantees rest on, checked at start.
+//! - `keyspace`: key names and the shard hash tag every script's keys carry.
+//! - `lua`: Lua scripts embedded from `lua/`, called by EVALSHA with an EVAL
+//!   fallback; `ScriptError` and the reply helpers.
+//! - `executor`: the batched script executor every hot-path state change goes
+//!   through, and the batch protocol its scripts follow.
+//!
+//! It is infrastructure: it names no feature.
+
+pub mod client;
+pub mod executor;
+pub mod keyspace;
+pub mod lua;
+pub mod settings;
