@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
+use crate::context::Context;
 use crate::ops::Ops;
 use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
 use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
@@ -27,17 +28,16 @@ use crate::redis::settings::{RedisSettings, RedisSettingsError};
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
-use crate::services::Services;
 use crate::{ingest, orders, sale, settlement, telemetry, wallet};
 
 /// Every feature of the engine: the one place a new feature is listed.
-fn features(services: &Arc<Services>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
+fn features(ctx: &Arc<Context>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
     Ok(vec![
-        sale::Sale::new(services.clone()),
-        ingest::Ingest::new(services.clone()),
-        orders::Orders::new(services.clone())?,
-        wallet::Wallet::new(services.clone())?,
-        settlement::Settlement::new(services.clone())?,
+        sale::Sale::new(ctx.clone()),
+        ingest::Ingest::new(ctx.clone()),
+        orders::Orders::new(ctx.clone())?,
+        wallet::Wallet::new(ctx.clone())?,
+        settlement::Settlement::new(ctx.clone())?,
     ])
 }
 
@@ -68,7 +68,7 @@ pub enum StartupError {
 }
 
 pub struct App {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     features: Vec<Arc<dyn Feature>>,
     router: Arc<Router>,
     flusher: Arc<Flusher>,
@@ -104,7 +104,7 @@ impl App {
                 queue_deadline: config.queue_deadline,
             },
         );
-        let services = Arc::new(Services {
+        let ctx = Arc::new(Context {
             config,
             clock,
             redis,
@@ -112,7 +112,7 @@ impl App {
             keys,
             executor,
         });
-        let features = features(&services)?;
+        let features = features(&ctx)?;
 
         // Every script is loaded now, so the first request does not pay for it.
         let mut batch_scripts = Vec::new();
@@ -130,40 +130,40 @@ impl App {
         }
         scripts.extend(batch_scripts.iter().map(|s| &s.lua));
         for script in scripts {
-            script.load(&services.redis).await?;
+            script.load(&ctx.redis).await?;
         }
-        services.executor.start(&batch_scripts)?;
+        ctx.executor.start(&batch_scripts)?;
 
         let flusher = Arc::new(Flusher::new(
-            services.redis.clone(),
-            services.postgres.clone(),
-            services.keys.clone(),
-            services.config.flush.clone(),
+            ctx.redis.clone(),
+            ctx.postgres.clone(),
+            ctx.keys.clone(),
+            ctx.config.flush.clone(),
             sinks,
-            services.clock.clone(),
+            ctx.clock.clone(),
         ));
         flusher.ensure_groups().await?;
 
         // The live page is wired like a feature (routes, document, shutdown),
         // but reads every feature's metrics, so it lives at the top.
-        let live: Arc<dyn Feature> = crate::live::Live::new(services.clone(), flusher.clone(), metrics.clone());
+        let live: Arc<dyn Feature> = crate::live::Live::new(ctx.clone(), flusher.clone(), metrics.clone());
         routes.extend(live.clone().routes());
         let mut features = features;
         features.push(live);
 
-        let ops = Ops::new(services.clone(), flusher.clone(), metrics.clone(), redis_settings);
+        let ops = Ops::new(ctx.clone(), flusher.clone(), metrics.clone(), redis_settings);
         routes.extend(ops.clone().routes());
         let router = Arc::new(Router::new(routes)?);
         ops.set_index(router.describe());
         ops.set_api(features.iter().map(|f| f.api()));
 
         let mut listeners = Vec::new();
-        for addr in &services.config.listen {
+        for addr in &ctx.config.listen {
             let listener = server::bind(*addr).map_err(|source| StartupError::Bind { addr: *addr, source })?;
             listeners.push(listener);
         }
         Ok(Self {
-            services,
+            ctx,
             features,
             router,
             flusher,
@@ -177,8 +177,8 @@ impl App {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
-    pub fn services(&self) -> Arc<Services> {
-        self.services.clone()
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
     }
 
     pub fn flusher(&self) -> Arc<Flusher> {
@@ -195,11 +195,11 @@ impl App {
     /// drains the outbox into Postgres (bounded by the shutdown grace) and
     /// returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        let services = self.services;
+        let ctx = self.ctx;
         let (stop_tx, stop_rx) = watch::channel(false);
         let flushing = tokio::spawn(self.flusher.clone().run(self.redis_builder, stop_rx.clone()));
         let upkeep = tokio::spawn(metrics_upkeep(self.metrics.clone(), stop_rx.clone()));
-        let probing = tokio::spawn(probe_dependencies(services.clone(), stop_rx.clone()));
+        let probing = tokio::spawn(probe_dependencies(ctx.clone(), stop_rx.clone()));
         // Features hear of shutdown as soon as it begins, so long-lived
         // responses (event streams) end instead of holding the grace period;
         // the flusher runs until in-flight requests are done.
@@ -209,13 +209,13 @@ impl App {
             .iter()
             .flat_map(|f| f.clone().spawn_background(features_stop_rx.clone()))
             .collect();
-        tracing::info!(listen = ?services.config.listen, "serving");
+        tracing::info!(listen = ?ctx.config.listen, "serving");
 
         let shutdown = async {
             shutdown.await;
             let _ = features_stop_tx.send(true);
         };
-        server::serve(self.listeners, self.router, &services.config, shutdown).await;
+        server::serve(self.listeners, self.router, &ctx.config, shutdown).await;
 
         let _ = stop_tx.send(true);
         for task in background {
@@ -224,13 +224,13 @@ impl App {
         let _ = flushing.await;
         let _ = upkeep.await;
         let _ = probing.await;
-        let deadline = Instant::now() + services.config.shutdown_grace;
+        let deadline = Instant::now() + ctx.config.shutdown_grace;
         match self.flusher.drain(deadline).await {
             Ok(flushed) => tracing::info!(flushed, "outbox drained"),
             Err(e) => tracing::warn!(error = %e, "outbox not drained; it stays in Redis and flushes at next start"),
         }
-        let _ = services.redis.quit().await;
-        services.postgres.close().await;
+        let _ = ctx.redis.quit().await;
+        ctx.postgres.close().await;
     }
 }
 
@@ -246,15 +246,15 @@ async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool
 
 /// Probes Redis and Postgres every `DEPENDENCY_PROBE_INTERVAL`, so their
 /// reachability is a metric (dashboards and alerts), not only `/health`.
-async fn probe_dependencies(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+async fn probe_dependencies(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(crate::limits::DEPENDENCY_PROBE_INTERVAL);
     while !*stop.borrow() {
         tokio::select! {
             _ = tick.tick() => {
                 let timeout = crate::limits::DEPENDENCY_PROBE_INTERVAL;
-                let redis = tokio::time::timeout(timeout, services.redis.ping::<String>(None)).await;
+                let redis = tokio::time::timeout(timeout, ctx.redis.ping::<String>(None)).await;
                 telemetry::dependency_up("redis", matches!(redis, Ok(Ok(_))));
-                let postgres = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&services.postgres)).await;
+                let postgres = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&ctx.postgres)).await;
                 telemetry::dependency_up("postgres", matches!(postgres, Ok(Ok(_))));
             }
             _ = stop.changed() => {}

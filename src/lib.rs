@@ -8,7 +8,7 @@
 //!    [`postgres`], [`redis`] (the client builder, the Redis settings checked
 //!    at start, the key space, Lua loading with EVALSHA and reload, and the
 //!    batched script executor), [`outbox`] (the Redis Stream outboxes, the
-//!    flusher and its sink registry), and [`services`] (what features may
+//!    flusher and its sink registry), and [`context`] (what features may
 //!    use).
 //! 2. The HTTP toolkit, [`server`]: listeners, routes as data, the router,
 //!    the error trait, request helpers, the admin guard and the `Feature`
@@ -29,6 +29,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod ingest;
 pub mod limits;
 pub mod live;
@@ -39,7 +40,6 @@ pub mod postgres;
 pub mod redis;
 pub mod sale;
 pub mod server;
-pub mod services;
 pub mod settlement;
 pub mod telemetry;
 pub mod wallet;

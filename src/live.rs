@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::context::Context;
 use crate::limits::SSE_SEND_STALL_MAX;
 use crate::outbox::Flusher;
 use crate::sale::domain::SaleWindow;
@@ -29,7 +30,6 @@ use crate::server::Route;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::http::{HttpResponse, with_content_type};
-use crate::services::Services;
 
 /// How often a snapshot is pushed.
 const LIVE_TICK: Duration = Duration::from_millis(500);
@@ -51,7 +51,7 @@ impl ApiError for LiveError {
 }
 
 pub struct Live {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     flusher: Arc<Flusher>,
     metrics: PrometheusHandle,
     streams: Arc<Semaphore>,
@@ -59,9 +59,9 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(services: Arc<Services>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
+    pub fn new(ctx: Arc<Context>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
         Arc::new(Self {
-            services,
+            ctx,
             flusher,
             metrics,
             streams: Arc::new(Semaphore::new(LIVE_STREAMS_MAX)),
@@ -136,16 +136,16 @@ impl Live {
     }
 
     async fn snapshot(&self, now: &Counters, before: Option<(Duration, &Counters)>) -> Snapshot {
-        let services = &self.services;
-        let window = SaleWindow::at(services.clock.now_ms(), services.config.sale.period_secs);
-        let keys = SaleKeys::new(&services.keys, window.sale_id);
-        let items: Option<u64> = services.redis.hget(&keys.meta, "items").await.ok().flatten();
-        let sold: u64 = services
+        let ctx = &self.ctx;
+        let window = SaleWindow::at(ctx.clock.now_ms(), ctx.config.sale.period_secs);
+        let keys = SaleKeys::new(&ctx.keys, window.sale_id);
+        let items: Option<u64> = ctx.redis.hget(&keys.meta, "items").await.ok().flatten();
+        let sold: u64 = ctx
             .redis
             .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
             .await
             .unwrap_or(0);
-        let items_total = items.unwrap_or(u64::from(services.config.sale.items));
+        let items_total = items.unwrap_or(u64::from(ctx.config.sale.items));
         let rate = |name: &str| -> f64 {
             match before {
                 Some((elapsed, old)) if !elapsed.is_zero() => {

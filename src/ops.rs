@@ -15,18 +15,18 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::context::Context;
 use crate::outbox::Flusher;
 use crate::redis::settings::RedisSettings;
 use crate::server::http::{HttpResponse, json, with_content_type};
 use crate::server::route::RouteInfo;
 use crate::server::{Route, apidoc};
-use crate::services::Services;
 
 /// Each dependency check answers within this, so /health never hangs.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Ops {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     flusher: Arc<Flusher>,
     metrics: PrometheusHandle,
     redis_settings: RedisSettings,
@@ -111,13 +111,13 @@ fn openapi_doc() {}
 
 impl Ops {
     pub fn new(
-        services: Arc<Services>,
+        ctx: Arc<Context>,
         flusher: Arc<Flusher>,
         metrics: PrometheusHandle,
         redis_settings: RedisSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
-            services,
+            ctx,
             flusher,
             metrics,
             redis_settings,
@@ -145,7 +145,7 @@ impl Ops {
     }
 
     pub fn routes(self: Arc<Self>) -> Vec<Route> {
-        let dead_letters = dead_letters::routes(self.services.clone(), self.flusher.clone());
+        let dead_letters = dead_letters::routes(self.ctx.clone(), self.flusher.clone());
         let mut routes = vec![
             Route::new(
                 Method::GET,
@@ -197,13 +197,13 @@ impl Ops {
     /// sells (the outbox holds the backlog), so that is "degraded", not down.
     async fn health(&self) -> HttpResponse {
         let redis_ok = matches!(
-            tokio::time::timeout(HEALTH_CHECK_TIMEOUT, self.services.redis.ping::<String>(None)).await,
+            tokio::time::timeout(HEALTH_CHECK_TIMEOUT, self.ctx.redis.ping::<String>(None)).await,
             Ok(Ok(_))
         );
         let postgres_ok = matches!(
             tokio::time::timeout(
                 HEALTH_CHECK_TIMEOUT,
-                sqlx::query("SELECT 1").execute(&self.services.postgres)
+                sqlx::query("SELECT 1").execute(&self.ctx.postgres)
             )
             .await,
             Ok(Ok(_))

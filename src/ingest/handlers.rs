@@ -92,7 +92,7 @@ pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpRespon
 
 async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport, IngestError> {
     let _slot = state.uploads.try_acquire().map_err(|_| IngestError::Busy)?;
-    let ingest = &state.services.config.ingest;
+    let ingest = &state.ctx.config.ingest;
     let (limit, idle) = (ingest.max_bytes, ingest.idle_timeout);
     let boundary = req
         .headers()
@@ -126,7 +126,7 @@ async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport,
     let body = guarded(body_chunks(req.into_body(), idle), framing);
     let mut multipart = Multipart::with_constraints(body, boundary, constraints);
 
-    let mut upload = Upload::start(state.services.postgres.clone(), ingest.batch_rows, ingest.writers);
+    let mut upload = Upload::start(state.ctx.postgres.clone(), ingest.batch_rows, ingest.writers);
     let mut saw_file = false;
     let mut saw_field = false;
     loop {
@@ -309,7 +309,7 @@ pub async fn player(state: &Ingest, raw_id: &str) -> Result<HttpResponse, Ingest
          WHERE player_id = $1 AND purchases > 0 ORDER BY currency",
     )
     .bind(&player_id)
-    .fetch_all(&state.services.postgres)
+    .fetch_all(&state.ctx.postgres)
     .await?;
     if spend.is_empty() {
         return Err(IngestError::PlayerNotFound);

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use hyper::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
+use crate::context::Context;
 use crate::postgres::BatchError;
 use crate::server::Route;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
-use crate::services::Services;
 
 /// Why an upload or a player lookup was refused. Where rows were committed before the failure, the message
 /// says how many lines: re-sending the file is safe, as the upsert is
@@ -117,16 +117,16 @@ impl ApiError for IngestError {
 
 /// The ingest feature: what its handlers need.
 pub struct Ingest {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     /// Uploads being ingested; bounded, as each holds Postgres connections
     /// (`STAMPEDE_INGEST_WRITERS`) for its whole duration.
     uploads: Semaphore,
 }
 
 impl Ingest {
-    pub fn new(services: Arc<Services>) -> Arc<Self> {
+    pub fn new(ctx: Arc<Context>) -> Arc<Self> {
         Arc::new(Self {
-            services,
+            ctx,
             uploads: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
         })
     }

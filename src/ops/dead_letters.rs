@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
+use crate::context::Context;
 use crate::limits::{DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX};
 use crate::outbox::Flusher;
 use crate::outbox::dead_letters::{self, DeadLetter, RetryError, StatusFilter};
@@ -16,7 +17,6 @@ use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorBody, ErrorCode};
 use crate::server::http::{HttpResponse, Query, json};
 use crate::server::{RequestError, Route};
-use crate::services::Services;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -74,15 +74,15 @@ impl From<sqlx::Error> for DeadLetterError {
 }
 
 struct DeadLetters {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     flusher: Arc<Flusher>,
     admin: AdminGuard,
 }
 
-pub fn routes(services: Arc<Services>, flusher: Arc<Flusher>) -> Vec<Route> {
+pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
     let state = Arc::new(DeadLetters {
-        admin: AdminGuard::new(services.config.admin_token.as_ref()),
-        services,
+        admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
+        ctx,
         flusher,
     });
     vec![
@@ -184,7 +184,7 @@ impl DeadLetters {
                     .ok_or(DeadLetterError::InvalidBefore)?,
             ),
         };
-        let letters = dead_letters::list(&self.services.postgres, filter, before, limit).await?;
+        let letters = dead_letters::list(&self.ctx.postgres, filter, before, limit).await?;
         let next_before = (letters.len() as i64 == limit)
             .then(|| letters.last().map(|d| d.id))
             .flatten();

@@ -38,7 +38,7 @@ pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
 /// Expires the holds of `shard` due now, page by page. Returns how many this
 /// engine expired.
 pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let key = scripts::holds_key(&state.keys, shard);
     let mut expired = 0;
     loop {

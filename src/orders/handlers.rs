@@ -75,7 +75,7 @@ struct OrderBody {
 
 /// `POST /orders`.
 pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let key = IdempotencyKey::from_headers(req.headers())?;
     let body: OrderBody = read_json(req).await?;
     let product = ProductId::new(body.product_id)?;
@@ -106,7 +106,7 @@ pub async fn update_order(
     raw_id: Option<&str>,
     action: Action,
 ) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let order = OrderId::parse(raw_id)?;
     let key = IdempotencyKey::from_headers(req.headers())?;
     // The product never changes for an order, so reading it before the
@@ -173,7 +173,7 @@ async fn order_from_postgres(feature: &Orders, order: &OrderId) -> Result<Option
          FROM orders WHERE id = $1::uuid",
     )
     .bind(order.as_str())
-    .fetch_optional(&feature.services.postgres)
+    .fetch_optional(&feature.ctx.postgres)
     .await?;
     Ok(row.map(
         |(id, product, quantity, buyer_id, status, total, created_ms, expires_ms)| OrderRecord {
@@ -192,7 +192,7 @@ async fn order_from_postgres(feature: &Orders, order: &OrderId) -> Result<Option
 /// `GET /orders/{id}`: Redis first (an order is there from the moment its
 /// 200 is sent), Postgres for orders past their Redis retention.
 pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let order = OrderId::parse(raw_id)?;
     let fields: Vec<Option<String>> = state
         .redis
@@ -251,7 +251,7 @@ struct ProductView<'a> {
 /// answer is 503 and the product exists in Postgres only, unsellable
 /// (`PRODUCT_NOT_FOUND`) until a restock of it seeds Redis from its row.
 pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let (parts, body) = req.into_parts();
     feature.admin.check(&parts)?;
     let body: ProductBody = read_json(Request::from_parts(parts, body)).await?;
@@ -319,7 +319,7 @@ pub async fn restock(
     req: Request<Incoming>,
     raw_id: Option<&str>,
 ) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let (parts, body) = req.into_parts();
     feature.admin.check(&parts)?;
     let id = ProductId::parse(raw_id)?;
@@ -378,7 +378,7 @@ pub async fn restock(
 
 /// `GET /products/{id}`: the live counters, read from Redis in one HMGET.
 pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let id = ProductId::parse(raw_id)?;
     let fields: Vec<Option<String>> = state
         .redis

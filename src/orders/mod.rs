@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
+use crate::context::Context;
 use crate::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
@@ -34,7 +35,6 @@ use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
-use crate::services::Services;
 use domain::Field;
 
 /// Why an orders request was refused.
@@ -156,7 +156,7 @@ impl ApiError for OrdersError {
 
 /// The orders feature: what its handlers and its expiry task need.
 pub struct Orders {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     admin: AdminGuard,
     /// `STAMPEDE_IDEMPOTENCY_TTL_SECS`, in milliseconds.
     idempotency_ttl_ms: i64,
@@ -165,21 +165,21 @@ pub struct Orders {
 }
 
 impl Orders {
-    pub fn new(services: Arc<Services>) -> Result<Arc<Self>, ConfigError> {
-        let ttl_secs: u64 = services.config.env().number(
+    pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
+        let ttl_secs: u64 = ctx.config.env().number(
             "STAMPEDE_IDEMPOTENCY_TTL_SECS",
             IDEMPOTENCY_TTL_SECS_DEFAULT,
             1,
             IDEMPOTENCY_TTL_SECS_MAX,
         )?;
-        let fee_bps = services
+        let fee_bps = ctx
             .config
             .env()
             .number("STAMPEDE_FEE_BPS", FEE_BPS_DEFAULT, 0, 10_000)?;
         Ok(Arc::new(Self {
             fee_bps,
-            admin: AdminGuard::new(services.config.admin_token.as_ref()),
-            services,
+            admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
+            ctx,
             idempotency_ttl_ms: (ttl_secs * 1000) as i64,
         }))
     }

@@ -93,7 +93,7 @@ pub async fn reconcile(feature: &Orders, req: Request<Incoming>) -> Result<HttpR
 /// Lists the newest unresolved dead letters as mismatches; returns how many
 /// there are in all.
 async fn unresolved_dead_letters(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<i64, OrdersError> {
-    let postgres = &feature.services.postgres;
+    let postgres = &feature.ctx.postgres;
     let count = dead_letters::count_unresolved(postgres).await?;
     if count > 0 {
         let listed = dead_letters::list(postgres, StatusFilter::Unresolved, None, RECONCILE_DEAD_LETTERS_MAX).await?;
@@ -110,7 +110,7 @@ async fn unresolved_dead_letters(feature: &Orders, mismatches: &mut Vec<Mismatch
 
 /// Waits until every outbox shard's unflushed-event counter is 0.
 async fn wait_flushed(feature: &Orders) -> Result<(), OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let deadline = Instant::now() + RECONCILE_FLUSH_WAIT;
     loop {
         let mut backlog = 0;
@@ -133,7 +133,7 @@ async fn wait_flushed(feature: &Orders) -> Result<(), OrdersError> {
 }
 
 async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<usize, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT p.id, p.stock_total,
                 COALESCE(SUM(o.quantity) FILTER (WHERE o.status = 'completed'), 0)::bigint,
@@ -191,7 +191,7 @@ async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<us
 }
 
 async fn sales(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<usize, OrdersError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let rows: Vec<(i64, i64)> =
         sqlx::query_as("SELECT sale_id, count(*) FROM purchases GROUP BY sale_id ORDER BY sale_id DESC LIMIT $1")
             .bind(RECONCILE_SALES_MAX)

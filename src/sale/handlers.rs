@@ -56,7 +56,7 @@ struct CheckoutIssued<'a> {
     )
 )]
 pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let query = Query::parse(req.uri().query());
     let user = UserId::parse(query.get(&["user_id"]))?;
     let item = ItemId::parse(query.get(&["id", "item_id"]))?;
@@ -132,7 +132,7 @@ struct Purchased {
     )
 )]
 pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let from_query = Query::parse(req.uri().query())
         .get(&["code", "checkout_code"])
         .map(str::to_owned);
@@ -201,7 +201,7 @@ struct CurrentSale {
     )
 )]
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
     let keys = SaleKeys::new(&state.keys, window.sale_id);
     let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
@@ -263,7 +263,7 @@ struct CodeState {
     )
 )]
 pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpResponse, SaleError> {
-    let state = &*feature.services;
+    let state = &*feature.ctx;
     let decoded = raw.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());
     let code = CheckoutCode::parse(decoded.as_deref())?;
     let key = SaleKeys::new(&state.keys, code.sale_id()).code(&code);

@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 
+use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
-use crate::services::Services;
 use domain::Param;
 
 /// Why a sale request was refused.
@@ -111,12 +111,12 @@ impl ApiError for SaleError {
 
 /// The sale feature: what its handlers need.
 pub struct Sale {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
 }
 
 impl Sale {
-    pub fn new(services: Arc<Services>) -> Arc<Self> {
-        Arc::new(Self { services })
+    pub fn new(ctx: Arc<Context>) -> Arc<Self> {
+        Arc::new(Self { ctx })
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpRe
     let key = idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
     let body: serde_json::Value = read_json(req).await?;
     let range = DateRange::from_body(&body)?;
-    let (job_id, status, fingerprint) = queue::enqueue(&state.services.postgres, range, key.as_deref()).await?;
+    let (job_id, status, fingerprint) = queue::enqueue(&state.ctx.postgres, range, key.as_deref()).await?;
     if fingerprint.as_deref() != Some(range.fingerprint().as_str()) {
         return Err(SettlementError::IdempotencyKeyReused);
     }
@@ -102,7 +102,7 @@ pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpRe
 pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
     let id = JobId::parse(raw_id)?;
-    let view = queue::view(&state.services.postgres, &id)
+    let view = queue::view(&state.ctx.postgres, &id)
         .await?
         .ok_or(SettlementError::JobNotFound)?;
     Ok(json(StatusCode::OK, &view))
@@ -130,7 +130,7 @@ pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Re
 pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
     let id = JobId::parse(raw_id)?;
-    let pool = &state.services.postgres;
+    let pool = &state.ctx.postgres;
     let status = queue::request_cancel(pool, &id)
         .await?
         .ok_or(SettlementError::JobNotFound)?;
@@ -180,7 +180,7 @@ pub async fn download(
 ) -> Result<HttpResponse, SettlementError> {
     admin(state, req)?;
     let id = JobId::parse(raw_id)?;
-    let pool = &state.services.postgres;
+    let pool = &state.ctx.postgres;
     let (status, from, to) = queue::status_and_range(pool, &id)
         .await?
         .ok_or(SettlementError::JobNotFound)?;

@@ -35,12 +35,12 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
+use crate::context::Context;
 use crate::limits;
 use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
-use crate::services::Services;
 use domain::Field;
 
 /// Why a settlement request was refused.
@@ -144,8 +144,8 @@ pub struct SettlementConfig {
 }
 
 impl SettlementConfig {
-    fn from_services(services: &Services) -> Result<Self, ConfigError> {
-        let env = services.config.env();
+    fn from_services(ctx: &Context) -> Result<Self, ConfigError> {
+        let env = ctx.config.env();
         let lease_ms: u64 = env.number(
             "STAMPEDE_SETTLEMENT_LEASE_MS",
             limits::SETTLEMENT_LEASE_DEFAULT.as_millis() as u64,
@@ -174,7 +174,7 @@ impl SettlementConfig {
 
 /// The settlement feature: what its handlers and workers need.
 pub struct Settlement {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     config: SettlementConfig,
     guard: AdminGuard,
     /// Names this engine's workers in `jobs.locked_by`: the consumer name
@@ -188,12 +188,12 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    pub fn new(services: Arc<Services>) -> Result<Arc<Self>, ConfigError> {
-        let config = SettlementConfig::from_services(&services)?;
-        let engine_id = format!("{}-{:016x}", services.config.flush.consumer, rand::random::<u64>());
+    pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
+        let config = SettlementConfig::from_services(&ctx)?;
+        let engine_id = format!("{}-{:016x}", ctx.config.flush.consumer, rand::random::<u64>());
         Ok(Arc::new(Self {
-            guard: AdminGuard::new(services.config.admin_token.as_ref()),
-            services,
+            guard: AdminGuard::new(ctx.config.admin_token.as_ref()),
+            ctx,
             config,
             engine_id,
             wake: Notify::new(),

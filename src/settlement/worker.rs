@@ -36,7 +36,7 @@ use crate::telemetry;
 
 /// One worker: claims and runs jobs until shutdown.
 pub async fn run(feature: Arc<Settlement>, n: usize, mut shutdown: watch::Receiver<bool>) {
-    let pool = feature.services.postgres.clone();
+    let pool = feature.ctx.postgres.clone();
     let lease_ms = feature.config.lease.as_millis() as i64;
     tracing::debug!(worker = n, engine = %feature.engine_id, "settlement worker started");
     while !*shutdown.borrow() {
@@ -84,7 +84,7 @@ impl PostgresCause for ChunkError {
 }
 
 async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Receiver<bool>) {
-    let pool = &feature.services.postgres;
+    let pool = &feature.ctx.postgres;
     let engine = feature.engine_id.as_str();
     let id = job.job_id.as_str();
     tracing::info!(job = id, from = %job.from, to = %job.to, attempt = job.attempts, "settlement job claimed");
@@ -143,7 +143,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
 
 /// Renews the lease until told to stop; returns why the job must stop.
 async fn watch_job(feature: &Settlement, job_id: &str, shutdown: &mut watch::Receiver<bool>) -> Stop {
-    let pool = &feature.services.postgres;
+    let pool = &feature.ctx.postgres;
     let lease = feature.config.lease;
     let lease_ms = lease.as_millis() as i64;
     let mut renewed = Instant::now();
@@ -183,7 +183,7 @@ struct Chunk {
 
 /// Plans the job if it is not yet planned, then runs its remaining chunks.
 async fn work(feature: &Settlement, job: &Claimed) -> Result<(), BatchError<ChunkError>> {
-    let pool = &feature.services.postgres;
+    let pool = &feature.ctx.postgres;
     if job.chunks_total.is_none() {
         plan(feature, job).await?;
     }
@@ -218,7 +218,7 @@ async fn pending_chunks(pool: &PgPool, job_id: &str) -> Result<Vec<Chunk>, sqlx:
 /// Counts the range's PAID transactions per day (the job's `total`) and
 /// writes the chunks, in one transaction, fenced by the lease.
 async fn plan(feature: &Settlement, job: &Claimed) -> Result<(), BatchError<ChunkError>> {
-    let pool = &feature.services.postgres;
+    let pool = &feature.ctx.postgres;
     let input = (job.clone(), feature.engine_id.clone(), feature.config.batch_rows);
     commit_batch(
         pool,
@@ -324,7 +324,7 @@ async fn run_chunk(feature: &Settlement, job_id: &str, chunk: Chunk) -> Result<(
     let started = Instant::now();
     let input = (job_id.to_owned(), feature.engine_id.clone(), chunk);
     let processed = commit_batch(
-        &feature.services.postgres,
+        &feature.ctx.postgres,
         SETTLEMENT_CHUNK_TIMEOUT,
         &input,
         |conn, (job_id, engine, chunk)| -> BoxFuture<'_, Result<i64, ChunkError>> {
@@ -422,7 +422,7 @@ pub async fn gauges(feature: Arc<Settlement>, mut shutdown: watch::Receiver<bool
             _ = tick.tick() => {}
             _ = shutdown.changed() => continue,
         }
-        if let Ok(counts) = queue::counts(&feature.services.postgres).await {
+        if let Ok(counts) = queue::counts(&feature.ctx.postgres).await {
             let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |c| c.1);
             telemetry::settlement_jobs(count(queue::QUEUED), count(queue::RUNNING));
         }

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use super::domain::{EventId, PlayerId};
 use super::scripts::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
+use crate::context::Context;
 use crate::limits::{
     SSE_SEND_STALL_MAX, WALLET_FANOUT_RETRY_DELAY, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT,
     WALLET_SSE_INBOX, WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
@@ -43,7 +44,6 @@ use crate::limits::{
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};
-use crate::services::Services;
 use crate::telemetry;
 
 /// One open stream as the hub sees it: its id, where pushed events go, and
@@ -167,9 +167,9 @@ pub async fn stream(
         None => None,
         Some(value) => Some(EventId::parse(value.to_str().unwrap_or(""))?),
     };
-    let services = &*wallet.services;
+    let ctx = &*wallet.ctx;
     // Any currency: the stream key does not depend on it.
-    let key = AccountKeys::new(&services.keys, player.as_str(), "XXX").events;
+    let key = AccountKeys::new(&ctx.keys, player.as_str(), "XXX").events;
     let Some(subscription) = wallet.hub.subscribe(player.as_str()) else {
         telemetry::wallet_sse_refused();
         return Err(WalletError::StreamsFull);
@@ -177,13 +177,13 @@ pub async fn stream(
     // Registered before the start is read, so nothing after it is missed.
     let (last, read_first) = match resume {
         Some(id) => (id, true),
-        None => (latest_id(&services.redis, &key).await?, false),
+        None => (latest_id(&ctx.redis, &key).await?, false),
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(feed(
         Feed {
             subscription,
-            redis: services.redis.clone(),
+            redis: ctx.redis.clone(),
             key,
             last,
             read_first,
@@ -419,13 +419,9 @@ fn frame(id: &EventId, fields: &[(String, String)]) -> Bytes {
 }
 
 /// Starts one fan-out reader per shard.
-pub fn spawn_fanout(
-    services: &Arc<Services>,
-    hub: Arc<Hub>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
+pub fn spawn_fanout(ctx: &Arc<Context>, hub: Arc<Hub>, shutdown: &mut watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     Shard::all()
-        .map(|shard| tokio::spawn(fanout(services.clone(), hub.clone(), shard, shutdown.clone())))
+        .map(|shard| tokio::spawn(fanout(ctx.clone(), hub.clone(), shard, shutdown.clone())))
         .collect()
 }
 
@@ -445,8 +441,8 @@ async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
     Ok(client)
 }
 
-async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdown: watch::Receiver<bool>) {
-    let key = notify_key(&services.keys, shard);
+async fn fanout(ctx: Arc<Context>, hub: Arc<Hub>, shard: Shard, mut shutdown: watch::Receiver<bool>) {
+    let key = notify_key(&ctx.keys, shard);
     let block_ms = WALLET_NOTIFY_BLOCK.as_millis().to_string();
     let count = WALLET_NOTIFY_READ_COUNT.to_string();
     let mut client: Option<Client> = None;
@@ -454,7 +450,7 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
     while !*shutdown.borrow() {
         let pass = async {
             if client.is_none() {
-                client = Some(blocking_client(&services.config.redis_url).await?);
+                client = Some(blocking_client(&ctx.config.redis_url).await?);
             }
             let Some(c) = client.as_ref() else {
                 return Ok(());
@@ -462,7 +458,7 @@ async fn fanout(services: Arc<Services>, hub: Arc<Hub>, shard: Shard, mut shutdo
             let from = match &last {
                 Some(id) => id.clone(),
                 None => {
-                    let id = latest_id(&services.redis, &key)
+                    let id = latest_id(&ctx.redis, &key)
                         .await
                         .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::IO, "latest id"))?;
                     let id = id.to_string();

@@ -14,12 +14,12 @@ use tokio::sync::watch;
 
 use super::domain::{Currency, PlayerId};
 use super::scripts::{self, expiry_key};
+use crate::context::Context;
 use crate::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use crate::redis::keyspace::Shard;
-use crate::services::Services;
 use crate::telemetry;
 
-pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(WALLET_EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -31,7 +31,7 @@ pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         for shard in Shard::all() {
-            match pass(&services, shard).await {
+            match pass(&ctx, shard).await {
                 Ok(expired) if expired > 0 => telemetry::wallet_bonus_expired(expired),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
@@ -41,14 +41,14 @@ pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Expires the due bonuses of one shard (up to a batch); returns how many.
-async fn pass(services: &Services, shard: Shard) -> Result<u64, String> {
-    let now_ms = services.clock.now_ms();
-    let due: Value = services
+async fn pass(ctx: &Context, shard: Shard) -> Result<u64, String> {
+    let now_ms = ctx.clock.now_ms();
+    let due: Value = ctx
         .redis
         .custom(
             fred::cmd!("ZRANGEBYSCORE"),
             vec![
-                expiry_key(&services.keys, shard),
+                expiry_key(&ctx.keys, shard),
                 "-inf".into(),
                 now_ms.to_string(),
                 "LIMIT".into(),
@@ -77,7 +77,7 @@ async fn pass(services: &Services, shard: Shard) -> Result<u64, String> {
     let results = join_all(
         accounts
             .iter()
-            .map(|(player, currency)| scripts::expire(&services.executor, &services.keys, player, *currency, now_ms)),
+            .map(|(player, currency)| scripts::expire(&ctx.executor, &ctx.keys, player, *currency, now_ms)),
     )
     .await;
     let mut expired = 0;

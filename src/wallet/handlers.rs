@@ -33,12 +33,12 @@ struct TransactionReply<'a> {
 pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<HttpResponse, WalletError> {
     let body: TransactionBody = read_json(req).await?;
     let tx = body.validate()?;
-    let services = &*wallet.services;
+    let ctx = &*wallet.ctx;
     // (reference, type) is unique across players: the reference's shard
     // settles whose it is before the player's shard decides the transaction.
-    scripts::claim(&services.executor, &services.keys, &tx).await?;
-    let now_ms = services.clock.now_ms();
-    let answer = scripts::apply(&services.executor, &services.keys, &tx, now_ms).await?;
+    scripts::claim(&ctx.executor, &ctx.keys, &tx).await?;
+    let now_ms = ctx.clock.now_ms();
+    let answer = scripts::apply(&ctx.executor, &ctx.keys, &tx, now_ms).await?;
     let mut response = json(
         StatusCode::OK,
         &TransactionReply {
@@ -82,20 +82,12 @@ pub async fn grant_bonus(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     wallet.admin.check(&parts)?;
     let body: BonusBody = read_json(Request::from_parts(parts, body)).await?;
     let grant = body.validate()?;
-    let services = &*wallet.services;
-    let now_ms = services.clock.now_ms();
+    let ctx = &*wallet.ctx;
+    let now_ms = ctx.clock.now_ms();
     let expires_ms = now_ms + grant.expires_in_secs * 1000;
     let random: [u8; 8] = rand::rng().random();
     let bonus_id = format!("bn_{}", hex::encode(random));
-    let granted = scripts::grant(
-        &services.executor,
-        &services.keys,
-        &grant,
-        &bonus_id,
-        now_ms,
-        expires_ms,
-    )
-    .await?;
+    let granted = scripts::grant(&ctx.executor, &ctx.keys, &grant, &bonus_id, now_ms, expires_ms).await?;
     Ok(json(
         StatusCode::CREATED,
         &BonusReply {
@@ -157,9 +149,9 @@ pub async fn balance(
     let player = player_param(player)?;
     let query = Query::parse(req.uri().query());
     let currency = Currency::parse(query.get(&["currency"]))?;
-    let services = &*wallet.services;
-    let keys = AccountKeys::new(&services.keys, player.as_str(), currency.code());
-    let v: Vec<Option<String>> = services
+    let ctx = &*wallet.ctx;
+    let keys = AccountKeys::new(&ctx.keys, player.as_str(), currency.code());
+    let v: Vec<Option<String>> = ctx
         .redis
         .hmget(
             &keys.account,
@@ -283,7 +275,7 @@ pub async fn history(
     .bind(currency.code())
     .bind(before)
     .bind(limit)
-    .fetch_all(&wallet.services.postgres)
+    .fetch_all(&wallet.ctx.postgres)
     .await?;
     let next_before = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.seq))

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
+use crate::context::Context;
 use crate::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
@@ -35,7 +36,6 @@ use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
-use crate::services::Services;
 use domain::{Field, Invalid};
 
 /// Why a wallet request was refused. Every refusal leaves the wallet as it
@@ -146,7 +146,7 @@ impl ApiError for WalletError {
 
 /// The wallet feature: what its handlers and tasks need.
 pub struct Wallet {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     admin: AdminGuard,
     hub: Arc<events::Hub>,
     /// Turns true when the engine begins to shut down; open event streams
@@ -156,8 +156,8 @@ pub struct Wallet {
 }
 
 impl Wallet {
-    pub fn new(services: Arc<Services>) -> Result<Arc<Self>, ConfigError> {
-        let streams_max = services.config.env().number(
+    pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
+        let streams_max = ctx.config.env().number(
             "STAMPEDE_SSE_STREAMS_MAX",
             WALLET_SSE_STREAMS_DEFAULT,
             1,
@@ -165,9 +165,9 @@ impl Wallet {
         )?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Arc::new(Self {
-            admin: AdminGuard::new(services.config.admin_token.as_ref()),
+            admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
             hub: Arc::new(events::Hub::new(streams_max)),
-            services,
+            ctx,
             shutdown,
             shutdown_tx,
         }))
@@ -249,8 +249,8 @@ impl Feature for Wallet {
             }
             let _ = forward.send(true);
         }));
-        tasks.push(tokio::spawn(expiry::run(self.services.clone(), shutdown.clone())));
-        tasks.extend(events::spawn_fanout(&self.services, self.hub.clone(), &mut shutdown));
+        tasks.push(tokio::spawn(expiry::run(self.ctx.clone(), shutdown.clone())));
+        tasks.extend(events::spawn_fanout(&self.ctx, self.hub.clone(), &mut shutdown));
         tasks
     }
 }

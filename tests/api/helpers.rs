@@ -26,8 +26,8 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool};
 use stampede::app::App;
 use stampede::clock::ManualClock;
 use stampede::config::Config;
+use stampede::context::Context;
 use stampede::outbox::Flusher;
-use stampede::services::Services;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -95,7 +95,7 @@ pub fn clock_at_sale_start(period_secs: u64) -> Arc<ManualClock> {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
-    pub services: Arc<Services>,
+    pub ctx: Arc<Context>,
     pub flusher: Arc<Flusher>,
     pub prefix: String,
     pub db_name: String,
@@ -177,7 +177,7 @@ async fn start_engine(
     let clock = clock.unwrap_or_else(|| clock_at_sale_start(config.sale.period_secs));
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
-    let services = app.services();
+    let ctx = app.context();
     let flusher = app.flusher();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
@@ -190,7 +190,7 @@ async fn start_engine(
     TestApp {
         addr,
         clock,
-        services,
+        ctx,
         flusher,
         prefix: name.clone(),
         db_name: name,
@@ -390,7 +390,7 @@ impl TestApp {
     }
 
     pub fn sale_id(&self) -> u64 {
-        let period_ms = self.services.config.sale.period_secs as i64 * 1000;
+        let period_ms = self.ctx.config.sale.period_secs as i64 * 1000;
         use stampede::clock::Clock;
         (self.clock.now_ms() / period_ms) as u64
     }

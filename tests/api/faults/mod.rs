@@ -753,7 +753,7 @@ async fn check_purchases(app: &TestApp, records: &Records, resolution: &Resoluti
     }
     for (sale, count) in per_sale {
         let sold: i64 = app
-            .services
+            .ctx
             .redis
             .custom(fred::cmd!("BITCOUNT"), vec![app.sale_key(sale as u64, ":sold")])
             .await
