@@ -20,9 +20,9 @@
 //!    reconciliation), [`wallet`] (player wallets, bonus wagering, live
 //!    events), [`settlement`] (settlement jobs over merchants'
 //!    transactions).
-//! 4. Wiring: [`app`] (start-up, the feature list), [`ops`] (index, health,
-//!    metrics, the API document, the outbox's dead letters) and [`live`]
-//!    (the live page).
+//! 4. Wiring, [`app`]: start-up and the feature list, with `app::ops`
+//!    (index, health, metrics, the API document), `app::dead_letters` (the
+//!    outbox's dead letters) and `app::live` (the live page).
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 
@@ -32,8 +32,6 @@ pub mod config;
 pub mod context;
 pub mod ingest;
 pub mod limits;
-pub mod live;
-pub mod ops;
 pub mod orders;
 pub mod outbox;
 pub mod postgres;

@@ -3,6 +3,15 @@
 //! serve and flush until told to stop. Build and run are separate so tests
 //! can learn the bound port before serving (`App::build` then
 //! `run_until_stopped`).
+//!
+//! - this module: the feature list and start-up;
+//! - `ops`: the index, health, metrics and the API document;
+//! - `dead_letters`: the routes over the outbox's dead letters;
+//! - `live`: the live page (`live.html`) and its event stream.
+
+mod dead_letters;
+pub mod live;
+pub mod ops;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +28,6 @@ use tokio::sync::watch;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::context::Context;
-use crate::ops::Ops;
 use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
 use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::redis::keyspace::Keyspace;
@@ -29,6 +37,7 @@ use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
 use crate::{ingest, orders, sale, settlement, telemetry, wallet};
+use ops::Ops;
 
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(ctx: &Arc<Context>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
@@ -146,7 +155,7 @@ impl App {
 
         // The live page is wired like a feature (routes, document, shutdown),
         // but reads every feature's metrics, so it lives at the top.
-        let live: Arc<dyn Feature> = crate::live::Live::new(ctx.clone(), flusher.clone(), metrics.clone());
+        let live: Arc<dyn Feature> = live::Live::new(ctx.clone(), flusher.clone(), metrics.clone());
         routes.extend(live.clone().routes());
         let mut features = features;
         features.push(live);

@@ -1,8 +1,6 @@
 //! Operational endpoints: the index, health and metrics, and the outbox's
-//! dead letters (`dead_letters`). Part of the top layer: it reads the
+//! dead letters (`super::dead_letters`). Part of the top layer: it reads the
 //! flusher's backlog and the route list the wiring built.
-
-mod dead_letters;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -15,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
 
+use super::dead_letters;
 use crate::context::Context;
 use crate::outbox::Flusher;
 use crate::redis::settings::RedisSettings;
