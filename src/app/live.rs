@@ -25,7 +25,7 @@ use crate::context::Context;
 use crate::limits::SSE_SEND_STALL_MAX;
 use crate::outbox::Flusher;
 use crate::sale::domain::SaleWindow;
-use crate::sale::scripts::SaleKeys;
+use crate::sale::lua::SaleKeys;
 use crate::server::Route;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::Orders;
 use super::domain::{OrderId, ProductId};
-use super::scripts::{self, Action, UpdateRequest};
+use super::lua::{self, Action, UpdateRequest};
 use crate::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
 use crate::redis::keyspace::Shard;
 use crate::telemetry;
@@ -39,7 +39,7 @@ pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
 /// engine expired.
 pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::OrdersError> {
     let state = &*feature.ctx;
-    let key = scripts::holds_key(&state.keys, shard);
+    let key = lua::holds_key(&state.keys, shard);
     let mut expired = 0;
     loop {
         let now_ms = state.clock.now_ms();
@@ -64,7 +64,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
         let mut failed = (page - members.len()) as u64;
         // All at once: the executor batches them into few script calls.
         let results = join_all(members.into_iter().map(|(product, order)| async move {
-            scripts::update(
+            lua::update(
                 &state.executor,
                 &state.keys,
                 UpdateRequest {

@@ -1,5 +1,5 @@
 //! The orders' routes. Every state change is one script call (see
-//! `scripts`); reads go to Redis, and to Postgres for old orders.
+//! `lua`); reads go to Redis, and to Postgres for old orders.
 
 use fred::interfaces::HashesInterface;
 use hyper::body::Incoming;
@@ -8,7 +8,7 @@ use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::domain::{self, BuyerId, Field, IdempotencyKey, NewProduct, OrderId, ProductId, rfc3339};
-use super::scripts::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
+use super::lua::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
 use super::{Orders, OrdersError};
 use crate::limits::PRODUCT_STOCK_MAX;
 use crate::redis::lua::ScriptError;
@@ -82,7 +82,7 @@ pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<Ht
     let quantity = domain::quantity(body.quantity)?;
     let buyer = BuyerId::parse(body.buyer_id)?;
     let hold_secs = domain::hold_secs(body.hold_secs)?;
-    let decided = scripts::create(
+    let decided = lua::create(
         &state.executor,
         &state.keys,
         CreateRequest {
@@ -113,13 +113,13 @@ pub async fn update_order(
     // script is safe; the script checks it again.
     let product: Option<u64> = state
         .redis
-        .hget(scripts::order_key(&state.keys, &order), "product")
+        .hget(lua::order_key(&state.keys, &order), "product")
         .await
         .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
     let Some(product) = product else {
         return settled_in_postgres(feature, &order, action).await;
     };
-    let decided = scripts::update(
+    let decided = lua::update(
         &state.executor,
         &state.keys,
         UpdateRequest {
@@ -197,7 +197,7 @@ pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpRes
     let fields: Vec<Option<String>> = state
         .redis
         .hmget(
-            scripts::order_key(&state.keys, &order),
+            lua::order_key(&state.keys, &order),
             vec!["product", "qty", "buyer", "status", "total", "created", "expires"],
         )
         .await
@@ -274,7 +274,7 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
     .fetch_one(&state.postgres)
     .await?;
     let id = ProductId::new(id)?;
-    let stock = scripts::stock(
+    let stock = lua::stock(
         &state.executor,
         &state.keys,
         StockRequest {
@@ -332,7 +332,7 @@ pub async fn restock(
             .fetch_optional(&state.postgres)
             .await?;
     let (name, price_cents, merchant_id, max_per_buyer, stock_total) = row.ok_or(OrdersError::ProductNotFound)?;
-    let decided = scripts::stock(
+    let decided = lua::stock(
         &state.executor,
         &state.keys,
         StockRequest {
@@ -383,7 +383,7 @@ pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpR
     let fields: Vec<Option<String>> = state
         .redis
         .hmget(
-            scripts::product_key(&state.keys, id),
+            lua::product_key(&state.keys, id),
             vec![
                 "name",
                 "price_cents",

@@ -4,7 +4,7 @@
 //!
 //! - `domain`: input types (`ProductId`, `BuyerId`, `OrderId` which carries
 //!   its shard, `IdempotencyKey`, `NewProduct`).
-//! - `scripts`: bindings of `lua/order_create.lua`, `lua/order_update.lua`
+//! - `lua`: bindings of `lua/order_create.lua`, `lua/order_update.lua`
 //!   and `lua/product_stock.lua`.
 //! - `handlers`: the routes.
 //! - `expiry`: the background task that expires due holds.
@@ -15,8 +15,8 @@ pub mod api;
 pub mod domain;
 pub mod expiry;
 pub mod handlers;
+pub mod lua;
 pub mod reconcile;
-pub mod scripts;
 pub mod sink;
 
 use std::sync::Arc;
@@ -219,7 +219,7 @@ impl Feature for Orders {
                 "Confirm a hold; optional Idempotency-Key",
                 self.clone(),
                 |f, req, params| async move {
-                    handlers::update_order(&f, req, params.get("id"), scripts::Action::Confirm).await
+                    handlers::update_order(&f, req, params.get("id"), lua::Action::Confirm).await
                 },
             ),
             Route::new(
@@ -228,9 +228,7 @@ impl Feature for Orders {
                 "order_cancel",
                 "Cancel a hold, returning its stock; optional Idempotency-Key",
                 self.clone(),
-                |f, req, params| async move {
-                    handlers::update_order(&f, req, params.get("id"), scripts::Action::Cancel).await
-                },
+                |f, req, params| async move { handlers::update_order(&f, req, params.get("id"), lua::Action::Cancel).await },
             ),
             Route::new(
                 Method::POST,
@@ -268,7 +266,7 @@ impl Feature for Orders {
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&scripts::ORDER_CREATE, &scripts::ORDER_UPDATE, &scripts::PRODUCT_STOCK]
+        vec![&lua::ORDER_CREATE, &lua::ORDER_UPDATE, &lua::PRODUCT_STOCK]
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {

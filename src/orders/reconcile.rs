@@ -24,7 +24,7 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 
 use super::domain::ProductId;
-use super::{Orders, OrdersError, scripts};
+use super::{Orders, OrdersError, lua};
 use crate::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::keyspace::Shard;
@@ -145,7 +145,7 @@ async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<us
     .fetch_all(&state.postgres)
     .await?;
     for (id, stock_total, sold, reserved) in &rows {
-        let key = scripts::product_key(&state.keys, ProductId::new(*id)?);
+        let key = lua::product_key(&state.keys, ProductId::new(*id)?);
         let live: Vec<Option<i64>> = state
             .redis
             .hmget(key, vec!["stock_total", "available", "reserved", "sold"])
@@ -199,7 +199,7 @@ async fn sales(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<usize
             .await?;
     let mut checked = 0;
     for (sale_id, purchases) in rows {
-        // The sale feature's key layout (src/sale/scripts.rs, SaleKeys).
+        // The sale feature's key layout (src/sale/lua.rs, SaleKeys).
         let key = state
             .keys
             .key(Shard::of_number(sale_id as u64), format_args!("sale:{sale_id}:sold"));

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
-use super::scripts::{self, CheckoutRequest, SaleKeys};
+use super::lua::{self, CheckoutRequest, SaleKeys};
 use super::{Sale, SaleError};
 use crate::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
 use crate::redis::lua::ScriptError;
@@ -67,7 +67,7 @@ pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     // A code never outlives its sale: past the end it could not be spent.
     let expires_ms = (now_ms + (sale.checkout_ttl_secs * 1000) as i64).min(window.ends_ms);
     let code = CheckoutCode::generate(window.sale_id);
-    scripts::checkout(
+    lua::checkout(
         &state.executor,
         &state.keys,
         CheckoutRequest {
@@ -159,7 +159,7 @@ pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     if code.sale_id() != active.sale_id {
         return Err(SaleError::SaleOver);
     }
-    let done = scripts::purchase(&state.executor, &state.keys, &code, active, now_ms).await?;
+    let done = lua::purchase(&state.executor, &state.keys, &code, active, now_ms).await?;
     Ok(json(
         StatusCode::OK,
         &Purchased {

@@ -1,14 +1,14 @@
 //! The flash sale: hourly sales of numbered items, checkout codes, purchases.
 //!
 //! - `domain`: input types (`UserId`, `ItemId`, `CheckoutCode`, `SaleWindow`).
-//! - `scripts`: bindings of `lua/checkout.lua` and `lua/purchase.lua`.
+//! - `lua`: bindings of `lua/checkout.lua` and `lua/purchase.lua`.
 //! - `handlers`: `POST /checkout`, `POST /purchase`, `GET /sales/current`,
 //!   `GET /codes/{code}`.
 //! - `sink`: how the sale's outbox events land in Postgres.
 
 pub mod domain;
 pub mod handlers;
-pub mod scripts;
+pub mod lua;
 pub mod sink;
 
 use std::sync::Arc;
@@ -167,7 +167,7 @@ impl Feature for Sale {
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&scripts::CHECKOUT, &scripts::PURCHASE]
+        vec![&lua::CHECKOUT, &lua::PURCHASE]
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::domain::{EventId, PlayerId};
-use super::scripts::{AccountKeys, notify_key};
+use super::lua::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
 use crate::context::Context;
 use crate::limits::{

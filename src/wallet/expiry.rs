@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use super::domain::{Currency, PlayerId};
-use super::scripts::{self, expiry_key};
+use super::lua::{self, expiry_key};
 use crate::context::Context;
 use crate::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use crate::redis::keyspace::Shard;
@@ -77,7 +77,7 @@ async fn pass(ctx: &Context, shard: Shard) -> Result<u64, String> {
     let results = join_all(
         accounts
             .iter()
-            .map(|(player, currency)| scripts::expire(&ctx.executor, &ctx.keys, player, *currency, now_ms)),
+            .map(|(player, currency)| lua::expire(&ctx.executor, &ctx.keys, player, *currency, now_ms)),
     )
     .await;
     let mut expired = 0;

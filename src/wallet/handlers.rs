@@ -11,7 +11,7 @@ use rand::RngExt;
 use serde::Serialize;
 
 use super::domain::{BonusBody, Currency, Field, Invalid, PlayerId, TransactionBody};
-use super::scripts::{self, AccountKeys, BonusSnapshot};
+use super::lua::{self, AccountKeys, BonusSnapshot};
 use super::{Wallet, WalletError};
 use crate::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
 use crate::redis::lua::ScriptError;
@@ -36,9 +36,9 @@ pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     let ctx = &*wallet.ctx;
     // (reference, type) is unique across players: the reference's shard
     // settles whose it is before the player's shard decides the transaction.
-    scripts::claim(&ctx.executor, &ctx.keys, &tx).await?;
+    lua::claim(&ctx.executor, &ctx.keys, &tx).await?;
     let now_ms = ctx.clock.now_ms();
-    let answer = scripts::apply(&ctx.executor, &ctx.keys, &tx, now_ms).await?;
+    let answer = lua::apply(&ctx.executor, &ctx.keys, &tx, now_ms).await?;
     let mut response = json(
         StatusCode::OK,
         &TransactionReply {
@@ -87,7 +87,7 @@ pub async fn grant_bonus(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     let expires_ms = now_ms + grant.expires_in_secs * 1000;
     let random: [u8; 8] = rand::rng().random();
     let bonus_id = format!("bn_{}", hex::encode(random));
-    let granted = scripts::grant(&ctx.executor, &ctx.keys, &grant, &bonus_id, now_ms, expires_ms).await?;
+    let granted = lua::grant(&ctx.executor, &ctx.keys, &grant, &bonus_id, now_ms, expires_ms).await?;
     Ok(json(
         StatusCode::CREATED,
         &BonusReply {

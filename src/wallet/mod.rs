@@ -3,7 +3,7 @@
 //!
 //! - `domain`: input types (`PlayerId`, `Currency`, `Amount`, `Transaction`,
 //!   `BonusGrant`) and their validation.
-//! - `scripts`: the binding of `lua/wallet_apply.lua`, which decides every
+//! - `lua`: the binding of `lua/wallet_apply.lua`, which decides every
 //!   balance change (transactions, bonus grants, bonus expiry) in one call.
 //! - `handlers`: `POST /wallet/transactions`, `POST /bonuses`,
 //!   `GET /wallet/{player_id}`, `GET /wallet/{player_id}/transactions`.
@@ -17,7 +17,7 @@ pub mod domain;
 pub mod events;
 mod expiry;
 pub mod handlers;
-pub mod scripts;
+pub mod lua;
 pub mod sink;
 
 use std::sync::Arc;
@@ -229,7 +229,7 @@ impl Feature for Wallet {
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&scripts::WALLET_CLAIM, &scripts::WALLET_APPLY]
+        vec![&lua::WALLET_CLAIM, &lua::WALLET_APPLY]
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {

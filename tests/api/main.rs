@@ -2,7 +2,6 @@
 //! each against its own engine, database and Redis key prefix.
 
 mod at_most_once;
-mod bad_input;
 mod batching;
 mod browser;
 mod dashboards;
@@ -17,6 +16,7 @@ mod overload;
 mod poison;
 mod redis_checks;
 mod sale;
+mod sale_bad_input;
 mod server;
 mod settlement;
 mod wallet;
