@@ -1,5 +1,7 @@
-//! Configuration from environment variables, validated once at start-up.
-//! A bad value stops the engine with a message naming the variable.
+//! The shared configuration, from environment variables, validated once at
+//! start-up. A bad value stops the engine with a message naming the variable.
+//! Each feature reads its own settings from the same variables
+//! (`Config::env`), in its own `settings.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,15 +20,6 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-}
-
-/// The rules of every sale.
-#[derive(Debug, Clone)]
-pub struct SaleConfig {
-    pub period_secs: u64,
-    pub items: u32,
-    pub per_user_limit: u32,
-    pub checkout_ttl_secs: u64,
 }
 
 /// How the write-behind flusher batches.
@@ -48,19 +41,6 @@ pub struct FlushConfig {
     pub consumer: String,
 }
 
-/// How `POST /ingest` batches and bounds an upload.
-#[derive(Debug, Clone)]
-pub struct IngestConfig {
-    /// Largest upload accepted, multipart framing included.
-    pub max_bytes: u64,
-    /// Rows per Postgres transaction.
-    pub batch_rows: usize,
-    /// Postgres connections one upload writes through at once.
-    pub writers: usize,
-    /// An upload that sends nothing for this long is abandoned.
-    pub idle_timeout: Duration,
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Every variable as it was read, so features parse their own settings
@@ -70,9 +50,7 @@ pub struct Config {
     pub redis_url: String,
     pub database_url: String,
     pub key_prefix: String,
-    pub sale: SaleConfig,
     pub flush: FlushConfig,
-    pub ingest: IngestConfig,
     pub redis_pool_size: usize,
     pub postgres_pool_size: u32,
     pub max_connections: usize,
@@ -198,12 +176,6 @@ impl Config {
             redis_url: env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             database_url,
             key_prefix,
-            sale: SaleConfig {
-                period_secs: env.number("SALE_PERIOD_SECS", 3600, 1, limits::SALE_PERIOD_SECS_MAX)?,
-                items: env.number("ITEMS_PER_SALE", 10_000, 1, limits::ITEMS_PER_SALE_MAX)?,
-                per_user_limit: env.number("PER_USER_LIMIT", 10, 1, 1_000_000)?,
-                checkout_ttl_secs: env.number("CHECKOUT_TTL_SECS", 600, 1, limits::SALE_PERIOD_SECS_MAX)?,
-            },
             flush: FlushConfig {
                 batch_rows: env.number("STAMPEDE_FLUSH_BATCH_ROWS", 5000, 1, limits::FLUSH_BATCH_ROWS_MAX)?,
                 linger: Duration::from_millis(env.number("STAMPEDE_FLUSH_LINGER_MS", 100, 0, 10_000)?),
@@ -214,27 +186,6 @@ impl Config {
                     3_600_000,
                 )?),
                 consumer,
-            },
-            ingest: IngestConfig {
-                max_bytes: env.number(
-                    "STAMPEDE_INGEST_MAX_BYTES",
-                    limits::INGEST_UPLOAD_BYTES_DEFAULT,
-                    1,
-                    limits::INGEST_UPLOAD_BYTES_CEILING,
-                )?,
-                batch_rows: env.number(
-                    "STAMPEDE_INGEST_BATCH_ROWS",
-                    limits::INGEST_BATCH_ROWS_DEFAULT,
-                    1,
-                    limits::INGEST_BATCH_ROWS_CEILING,
-                )?,
-                writers: env.number("STAMPEDE_INGEST_WRITERS", 3, 1, limits::INGEST_WRITERS_MAX)?,
-                idle_timeout: Duration::from_millis(env.number(
-                    "STAMPEDE_INGEST_IDLE_TIMEOUT_MS",
-                    limits::INGEST_BODY_IDLE_TIMEOUT_DEFAULT.as_millis() as u64,
-                    50,
-                    3_600_000,
-                )?),
             },
             redis_pool_size: env.number("STAMPEDE_REDIS_POOL", 4, 1, 64)?,
             postgres_pool_size: env.number("STAMPEDE_PG_POOL", 16, 2, 256)?,
@@ -366,10 +317,6 @@ mod tests {
     #[test]
     fn defaults_follow_the_specs() {
         let c = config(&[("DATABASE_URL", "postgres://x/y")]).expect("valid");
-        assert_eq!(c.sale.period_secs, 3600);
-        assert_eq!(c.sale.items, 10_000);
-        assert_eq!(c.sale.per_user_limit, 10);
-        assert_eq!(c.sale.checkout_ttl_secs, 600);
         assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().expect("addr")]);
     }
 
@@ -377,8 +324,6 @@ mod tests {
     fn errors_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "DATABASE_URL"),
-            (&[("DATABASE_URL", "x"), ("ITEMS_PER_SALE", "many")], "ITEMS_PER_SALE"),
-            (&[("DATABASE_URL", "x"), ("PER_USER_LIMIT", "0")], "PER_USER_LIMIT"),
             (&[("DATABASE_URL", "x"), ("STAMPEDE_LISTEN", "nope")], "STAMPEDE_LISTEN"),
             (
                 &[("DATABASE_URL", "x"), ("STAMPEDE_KEY_PREFIX", "a{b")],

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use stampede::app::App;
+use stampede::app::{App, StartupError};
 use stampede::clock::SystemClock;
 use stampede::config::Config;
 
@@ -63,6 +63,12 @@ fn serve() -> ExitCode {
     runtime.block_on(async {
         let app = match App::build(config, Arc::new(SystemClock)).await {
             Ok(app) => app,
+            // Each feature reads its own settings as it is built: a bad one
+            // is a configuration error like a bad shared setting.
+            Err(StartupError::Config(e)) => {
+                eprintln!("stampede: configuration error: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 eprintln!("stampede: start-up failed: {e}");
                 return ExitCode::FAILURE;

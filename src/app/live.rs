@@ -21,11 +21,13 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::ConfigError;
 use crate::context::Context;
 use crate::limits::SSE_SEND_STALL_MAX;
 use crate::outbox::Flusher;
 use crate::sale::domain::SaleWindow;
 use crate::sale::lua::SaleKeys;
+use crate::sale::settings::SaleSettings;
 use crate::server::Route;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
@@ -52,6 +54,8 @@ impl ApiError for LiveError {
 
 pub struct Live {
     ctx: Arc<Context>,
+    /// The sale's rules, to know the current sale and its size.
+    sale: SaleSettings,
     flusher: Arc<Flusher>,
     metrics: PrometheusHandle,
     streams: Arc<Semaphore>,
@@ -59,14 +63,16 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(ctx: Arc<Context>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(ctx: Arc<Context>, flusher: Arc<Flusher>, metrics: PrometheusHandle) -> Result<Arc<Self>, ConfigError> {
+        let sale = SaleSettings::from_env(&ctx.config.env())?;
+        Ok(Arc::new(Self {
             ctx,
+            sale,
             flusher,
             metrics,
             streams: Arc::new(Semaphore::new(LIVE_STREAMS_MAX)),
             shutdown: OnceLock::new(),
-        })
+        }))
     }
 
     fn events(self: Arc<Self>) -> Result<HttpResponse, LiveError> {
@@ -137,7 +143,7 @@ impl Live {
 
     async fn snapshot(&self, now: &Counters, before: Option<(Duration, &Counters)>) -> Snapshot {
         let ctx = &self.ctx;
-        let window = SaleWindow::at(ctx.clock.now_ms(), ctx.config.sale.period_secs);
+        let window = SaleWindow::at(ctx.clock.now_ms(), self.sale.period_secs);
         let keys = SaleKeys::new(&ctx.keys, window.sale_id);
         let items: Option<u64> = ctx.redis.hget(&keys.meta, "items").await.ok().flatten();
         let sold: u64 = ctx
@@ -145,7 +151,7 @@ impl Live {
             .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
             .await
             .unwrap_or(0);
-        let items_total = items.unwrap_or(u64::from(ctx.config.sale.items));
+        let items_total = items.unwrap_or(u64::from(self.sale.items));
         let rate = |name: &str| -> f64 {
             match before {
                 Some((elapsed, old)) if !elapsed.is_zero() => {

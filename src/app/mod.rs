@@ -42,8 +42,8 @@ use ops::Ops;
 /// Every feature of the engine: the one place a new feature is listed.
 fn features(ctx: &Arc<Context>) -> Result<Vec<Arc<dyn Feature>>, ConfigError> {
     Ok(vec![
-        sale::Sale::new(ctx.clone()),
-        ingest::Ingest::new(ctx.clone()),
+        sale::Sale::new(ctx.clone())?,
+        ingest::Ingest::new(ctx.clone())?,
         orders::Orders::new(ctx.clone())?,
         wallet::Wallet::new(ctx.clone())?,
         settlement::Settlement::new(ctx.clone())?,
@@ -155,7 +155,7 @@ impl App {
 
         // The live page is wired like a feature (routes, document, shutdown),
         // but reads every feature's metrics, so it lives at the top.
-        let live: Arc<dyn Feature> = live::Live::new(ctx.clone(), flusher.clone(), metrics.clone());
+        let live: Arc<dyn Feature> = live::Live::new(ctx.clone(), flusher.clone(), metrics.clone())?;
         routes.extend(live.clone().routes());
         let mut features = features;
         features.push(live);

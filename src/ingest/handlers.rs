@@ -92,7 +92,7 @@ pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpRespon
 
 async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport, IngestError> {
     let _slot = state.uploads.try_acquire().map_err(|_| IngestError::Busy)?;
-    let ingest = &state.ctx.config.ingest;
+    let ingest = &state.settings;
     let (limit, idle) = (ingest.max_bytes, ingest.idle_timeout);
     let boundary = req
         .headers()

@@ -10,6 +10,7 @@
 //! - `pipeline`: an upload's parser and its batch writer, overlapped.
 //! - `handlers`: `POST /ingest`, `GET /players/{id}`.
 //! - `generate`: `stampede gen-purchases`, realistic test files.
+//! - `settings`: how uploads are batched and bounded, from the environment.
 //!
 //! Unlike the sale, ingest does not pass through Redis: the client waits for
 //! Postgres to commit every row (it asks for created/updated counts, which
@@ -23,6 +24,7 @@ pub mod handlers;
 pub mod lines;
 mod pipeline;
 pub mod record;
+pub mod settings;
 pub mod sink;
 
 use std::sync::Arc;
@@ -30,11 +32,13 @@ use std::sync::Arc;
 use hyper::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
+use crate::config::ConfigError;
 use crate::context::Context;
 use crate::postgres::BatchError;
 use crate::server::Route;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
+use settings::IngestSettings;
 
 /// Why an upload or a player lookup was refused. Where rows were committed before the failure, the message
 /// says how many lines: re-sending the file is safe, as the upsert is
@@ -121,14 +125,17 @@ pub struct Ingest {
     /// Uploads being ingested; bounded, as each holds Postgres connections
     /// (`STAMPEDE_INGEST_WRITERS`) for its whole duration.
     uploads: Semaphore,
+    settings: IngestSettings,
 }
 
 impl Ingest {
-    pub fn new(ctx: Arc<Context>) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
+        let settings = IngestSettings::from_env(&ctx.config.env())?;
+        Ok(Arc::new(Self {
             ctx,
             uploads: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
-        })
+            settings,
+        }))
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
                     action: Action::Expire,
                     key: None,
                     now_ms,
-                    idempotency_ttl_ms: feature.idempotency_ttl_ms,
+                    idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
                 },
             )
             .await

@@ -92,7 +92,7 @@ pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<Ht
             hold_secs,
             key: key.as_ref(),
             now_ms: state.clock.now_ms(),
-            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
         },
     )
     .await?;
@@ -128,7 +128,7 @@ pub async fn update_order(
             action,
             key: key.as_ref(),
             now_ms: state.clock.now_ms(),
-            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
         },
     )
     .await?;
@@ -286,7 +286,7 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
             max_per_buyer: product.max_per_buyer,
             add: None,
             key: None,
-            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
             now_ms: state.clock.now_ms(),
         },
     )
@@ -344,7 +344,7 @@ pub async fn restock(
             max_per_buyer: i64::from(max_per_buyer),
             add: Some(add),
             key: key.as_ref(),
-            idempotency_ttl_ms: feature.idempotency_ttl_ms,
+            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
             now_ms: state.clock.now_ms(),
         },
     )

@@ -10,6 +10,7 @@
 //! - `expiry`: the background task that expires due holds.
 //! - `reconcile`: `GET /admin/reconcile`.
 //! - `sink`: how the orders' outbox events land in Postgres.
+//! - `settings`: idempotency key lifetime and the fee, from the environment.
 
 pub mod api;
 pub mod domain;
@@ -17,6 +18,7 @@ pub mod expiry;
 pub mod handlers;
 pub mod lua;
 pub mod reconcile;
+pub mod settings;
 pub mod sink;
 
 use std::sync::Arc;
@@ -27,7 +29,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
@@ -36,6 +37,7 @@ use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Field;
+use settings::OrdersSettings;
 
 /// Why an orders request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -158,29 +160,16 @@ impl ApiError for OrdersError {
 pub struct Orders {
     ctx: Arc<Context>,
     admin: AdminGuard,
-    /// `STAMPEDE_IDEMPOTENCY_TTL_SECS`, in milliseconds.
-    idempotency_ttl_ms: i64,
-    /// `STAMPEDE_FEE_BPS`: the fee of a completed order's transaction.
-    fee_bps: i64,
+    settings: OrdersSettings,
 }
 
 impl Orders {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
-        let ttl_secs: u64 = ctx.config.env().number(
-            "STAMPEDE_IDEMPOTENCY_TTL_SECS",
-            IDEMPOTENCY_TTL_SECS_DEFAULT,
-            1,
-            IDEMPOTENCY_TTL_SECS_MAX,
-        )?;
-        let fee_bps = ctx
-            .config
-            .env()
-            .number("STAMPEDE_FEE_BPS", FEE_BPS_DEFAULT, 0, 10_000)?;
+        let settings = OrdersSettings::from_env(&ctx.config.env())?;
         Ok(Arc::new(Self {
-            fee_bps,
             admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
             ctx,
-            idempotency_ttl_ms: (ttl_secs * 1000) as i64,
+            settings,
         }))
     }
 }
@@ -270,7 +259,9 @@ impl Feature for Orders {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::OrdersSink { fee_bps: self.fee_bps }))
+        Some(Arc::new(sink::OrdersSink {
+            fee_bps: self.settings.fee_bps,
+        }))
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {

@@ -62,7 +62,7 @@ pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     let item = ItemId::parse(query.get(&["id", "item_id"]))?;
 
     let now_ms = state.clock.now_ms();
-    let sale = &state.config.sale;
+    let sale = &feature.settings;
     let window = SaleWindow::at(now_ms, sale.period_secs);
     // A code never outlives its sale: past the end it could not be spent.
     let expires_ms = (now_ms + (sale.checkout_ttl_secs * 1000) as i64).min(window.ends_ms);
@@ -152,7 +152,7 @@ pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     let code = CheckoutCode::parse(raw.as_deref())?;
 
     let now_ms = state.clock.now_ms();
-    let active = SaleWindow::at(now_ms, state.config.sale.period_secs);
+    let active = SaleWindow::at(now_ms, feature.settings.period_secs);
     // A code of another sale can never be spent; its key may be gone already
     // (see CODE_RETENTION_AFTER_EXPIRY), so answer from the clock. The script
     // checks the same again, atomically, for codes of the active sale.
@@ -202,7 +202,7 @@ struct CurrentSale {
 )]
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
     let state = &*feature.ctx;
-    let window = SaleWindow::at(state.clock.now_ms(), state.config.sale.period_secs);
+    let window = SaleWindow::at(state.clock.now_ms(), feature.settings.period_secs);
     let keys = SaleKeys::new(&state.keys, window.sale_id);
     let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
     let (items, limit): (Option<u64>, Option<u64>) = state
@@ -215,7 +215,7 @@ pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
         .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
         .await
         .map_err(redis_error)?;
-    let items_total = items.unwrap_or(u64::from(state.config.sale.items));
+    let items_total = items.unwrap_or(u64::from(feature.settings.items));
     Ok(json(
         StatusCode::OK,
         &CurrentSale {
@@ -226,7 +226,7 @@ pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
             items_total,
             items_sold,
             items_left: items_total.saturating_sub(items_sold),
-            per_user_limit: limit.unwrap_or(u64::from(state.config.sale.per_user_limit)),
+            per_user_limit: limit.unwrap_or(u64::from(feature.settings.per_user_limit)),
         },
     ))
 }

@@ -5,16 +5,19 @@
 //! - `handlers`: `POST /checkout`, `POST /purchase`, `GET /sales/current`,
 //!   `GET /codes/{code}`.
 //! - `sink`: how the sale's outbox events land in Postgres.
+//! - `settings`: the rules of every sale, from the environment.
 
 pub mod domain;
 pub mod handlers;
 pub mod lua;
+pub mod settings;
 pub mod sink;
 
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 
+use crate::config::ConfigError;
 use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
@@ -23,6 +26,7 @@ use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Param;
+use settings::SaleSettings;
 
 /// Why a sale request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +116,13 @@ impl ApiError for SaleError {
 /// The sale feature: what its handlers need.
 pub struct Sale {
     ctx: Arc<Context>,
+    settings: SaleSettings,
 }
 
 impl Sale {
-    pub fn new(ctx: Arc<Context>) -> Arc<Self> {
-        Arc::new(Self { ctx })
+    pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
+        let settings = SaleSettings::from_env(&ctx.config.env())?;
+        Ok(Arc::new(Self { ctx, settings }))
     }
 }
 

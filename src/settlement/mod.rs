@@ -10,6 +10,7 @@
 //! - `handlers`: `POST /jobs/settlement`, `GET /jobs/{id}`,
 //!   `POST /jobs/{id}/cancel`, `GET /downloads/{job_id}.csv`.
 //! - `generate`: `stampede gen-transactions`, test data loaded by `COPY`.
+//! - `settings`: workers, chunk size and lease, from the environment.
 //!
 //! Nothing here passes through Redis: a job is minutes of Postgres work on
 //! Postgres rows, and its state (queue, lease, checkpoint) lives in the same
@@ -25,10 +26,10 @@ pub mod domain;
 pub mod generate;
 mod handlers;
 mod queue;
+pub mod settings;
 mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -42,6 +43,7 @@ use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Field;
+use settings::SettlementSettings;
 
 /// Why a settlement request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,56 +128,10 @@ impl ApiError for SettlementError {
     }
 }
 
-/// The feature's settings (README, "Configuration").
-#[derive(Debug, Clone)]
-pub struct SettlementConfig {
-    /// Jobs run at once by this engine (`STAMPEDE_SETTLEMENT_WORKERS`).
-    pub workers: usize,
-    /// About this many transactions per chunk (`STAMPEDE_SETTLEMENT_BATCH_ROWS`).
-    pub batch_rows: i64,
-    /// Chunks of one job committed at once (`STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT`).
-    pub chunks_in_flight: usize,
-    /// A running job whose owner has not renewed its lease for this long is
-    /// taken over (`STAMPEDE_SETTLEMENT_LEASE_MS`).
-    pub lease: Duration,
-    /// How often idle workers look for jobs queued by other engines
-    /// (`STAMPEDE_SETTLEMENT_POLL_MS`); jobs queued here wake them at once.
-    pub poll: Duration,
-}
-
-impl SettlementConfig {
-    fn from_services(ctx: &Context) -> Result<Self, ConfigError> {
-        let env = ctx.config.env();
-        let lease_ms: u64 = env.number(
-            "STAMPEDE_SETTLEMENT_LEASE_MS",
-            limits::SETTLEMENT_LEASE_DEFAULT.as_millis() as u64,
-            limits::SETTLEMENT_LEASE_MIN.as_millis() as u64,
-            3_600_000,
-        )?;
-        Ok(Self {
-            workers: env.number("STAMPEDE_SETTLEMENT_WORKERS", 2, 0, limits::SETTLEMENT_WORKERS_MAX)?,
-            batch_rows: env.number(
-                "STAMPEDE_SETTLEMENT_BATCH_ROWS",
-                limits::SETTLEMENT_BATCH_ROWS_DEFAULT,
-                1,
-                limits::SETTLEMENT_BATCH_ROWS_CEILING,
-            )?,
-            chunks_in_flight: env.number(
-                "STAMPEDE_SETTLEMENT_CHUNKS_IN_FLIGHT",
-                3,
-                1,
-                limits::SETTLEMENT_CHUNKS_IN_FLIGHT_MAX,
-            )?,
-            lease: Duration::from_millis(lease_ms),
-            poll: Duration::from_millis(env.number("STAMPEDE_SETTLEMENT_POLL_MS", 500, 10, 60_000)?),
-        })
-    }
-}
-
 /// The settlement feature: what its handlers and workers need.
 pub struct Settlement {
     ctx: Arc<Context>,
-    config: SettlementConfig,
+    settings: SettlementSettings,
     guard: AdminGuard,
     /// Names this engine's workers in `jobs.locked_by`: the consumer name
     /// plus a random part, so a restarted engine never mistakes a dead
@@ -189,12 +145,12 @@ pub struct Settlement {
 
 impl Settlement {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
-        let config = SettlementConfig::from_services(&ctx)?;
+        let settings = SettlementSettings::from_env(&ctx.config.env())?;
         let engine_id = format!("{}-{:016x}", ctx.config.flush.consumer, rand::random::<u64>());
         Ok(Arc::new(Self {
             guard: AdminGuard::new(ctx.config.admin_token.as_ref()),
             ctx,
-            config,
+            settings,
             engine_id,
             wake: Notify::new(),
             downloads: Arc::new(Semaphore::new(limits::SETTLEMENT_DOWNLOADS_MAX)),
@@ -249,7 +205,7 @@ impl Feature for Settlement {
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let mut tasks: Vec<JoinHandle<()>> = (0..self.config.workers)
+        let mut tasks: Vec<JoinHandle<()>> = (0..self.settings.workers)
             .map(|n| tokio::spawn(worker::run(self.clone(), n, shutdown.clone())))
             .collect();
         tasks.push(tokio::spawn(worker::gauges(self, shutdown)));

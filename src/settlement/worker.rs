@@ -37,7 +37,7 @@ use crate::telemetry;
 /// One worker: claims and runs jobs until shutdown.
 pub async fn run(feature: Arc<Settlement>, n: usize, mut shutdown: watch::Receiver<bool>) {
     let pool = feature.ctx.postgres.clone();
-    let lease_ms = feature.config.lease.as_millis() as i64;
+    let lease_ms = feature.settings.lease.as_millis() as i64;
     tracing::debug!(worker = n, engine = %feature.engine_id, "settlement worker started");
     while !*shutdown.borrow() {
         match queue::claim(&pool, &feature.engine_id, lease_ms).await {
@@ -50,7 +50,7 @@ pub async fn run(feature: Arc<Settlement>, n: usize, mut shutdown: watch::Receiv
         }
         tokio::select! {
             _ = feature.wake.notified() => {}
-            _ = tokio::time::sleep(feature.config.poll) => {}
+            _ = tokio::time::sleep(feature.settings.poll) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -144,7 +144,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
 /// Renews the lease until told to stop; returns why the job must stop.
 async fn watch_job(feature: &Settlement, job_id: &str, shutdown: &mut watch::Receiver<bool>) -> Stop {
     let pool = &feature.ctx.postgres;
-    let lease = feature.config.lease;
+    let lease = feature.settings.lease;
     let lease_ms = lease.as_millis() as i64;
     let mut renewed = Instant::now();
     let mut tick = tokio::time::interval(SETTLEMENT_HEARTBEAT_INTERVAL);
@@ -190,7 +190,7 @@ async fn work(feature: &Settlement, job: &Claimed) -> Result<(), BatchError<Chun
     let pending = pending_chunks(pool, &job.job_id).await?;
     futures_util::stream::iter(pending)
         .map(|chunk| run_chunk(feature, &job.job_id, chunk))
-        .buffer_unordered(feature.config.chunks_in_flight)
+        .buffer_unordered(feature.settings.chunks_in_flight)
         .try_for_each(|()| async { Ok(()) })
         .await
 }
@@ -219,7 +219,7 @@ async fn pending_chunks(pool: &PgPool, job_id: &str) -> Result<Vec<Chunk>, sqlx:
 /// writes the chunks, in one transaction, fenced by the lease.
 async fn plan(feature: &Settlement, job: &Claimed) -> Result<(), BatchError<ChunkError>> {
     let pool = &feature.ctx.postgres;
-    let input = (job.clone(), feature.engine_id.clone(), feature.config.batch_rows);
+    let input = (job.clone(), feature.engine_id.clone(), feature.settings.batch_rows);
     commit_batch(
         pool,
         SETTLEMENT_CHUNK_TIMEOUT * 4,

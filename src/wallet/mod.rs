@@ -11,6 +11,7 @@
 //!   fan-out of Redis notifications to this engine's streams.
 //! - `expiry`: the background task that expires due bonuses.
 //! - `sink`: how the ledger lands in Postgres.
+//! - `settings`: the bound on open event streams, from the environment.
 
 pub mod api;
 pub mod domain;
@@ -18,6 +19,7 @@ pub mod events;
 mod expiry;
 pub mod handlers;
 pub mod lua;
+pub mod settings;
 pub mod sink;
 
 use std::sync::Arc;
@@ -28,7 +30,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
@@ -37,6 +38,7 @@ use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::{Field, Invalid};
+use settings::WalletSettings;
 
 /// Why a wallet request was refused. Every refusal leaves the wallet as it
 /// was.
@@ -157,16 +159,11 @@ pub struct Wallet {
 
 impl Wallet {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
-        let streams_max = ctx.config.env().number(
-            "STAMPEDE_SSE_STREAMS_MAX",
-            WALLET_SSE_STREAMS_DEFAULT,
-            1,
-            WALLET_SSE_STREAMS_CEILING,
-        )?;
+        let settings = WalletSettings::from_env(&ctx.config.env())?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Arc::new(Self {
             admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
-            hub: Arc::new(events::Hub::new(streams_max)),
+            hub: Arc::new(events::Hub::new(settings.sse_streams_max)),
             ctx,
             shutdown,
             shutdown_tx,

@@ -28,6 +28,7 @@ use stampede::clock::ManualClock;
 use stampede::config::Config;
 use stampede::context::Context;
 use stampede::outbox::Flusher;
+use stampede::sale::settings::SaleSettings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -96,6 +97,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub ctx: Arc<Context>,
+    /// The sale's rules this engine runs with.
+    pub sale: SaleSettings,
     pub flusher: Arc<Flusher>,
     pub prefix: String,
     pub db_name: String,
@@ -174,7 +177,8 @@ async fn start_engine(
     let owns_data = clock.is_none();
     let name = name.to_owned();
     let config = engine_config(&db_url, &name, overrides);
-    let clock = clock.unwrap_or_else(|| clock_at_sale_start(config.sale.period_secs));
+    let sale = SaleSettings::from_env(&config.env()).expect("test sale settings are valid");
+    let clock = clock.unwrap_or_else(|| clock_at_sale_start(sale.period_secs));
     let app = App::build(config, clock.clone()).await.expect("engine starts");
     let addr = app.local_addrs()[0];
     let ctx = app.context();
@@ -191,6 +195,7 @@ async fn start_engine(
         addr,
         clock,
         ctx,
+        sale,
         flusher,
         prefix: name.clone(),
         db_name: name,
@@ -390,7 +395,7 @@ impl TestApp {
     }
 
     pub fn sale_id(&self) -> u64 {
-        let period_ms = self.ctx.config.sale.period_secs as i64 * 1000;
+        let period_ms = self.sale.period_secs as i64 * 1000;
         use stampede::clock::Clock;
         (self.clock.now_ms() / period_ms) as u64
     }

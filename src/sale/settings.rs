@@ -1,0 +1,64 @@
+//! The sale's settings, read from the environment at start (README,
+//! "Configuration"). A bad value stops the engine with a message naming the
+//! variable.
+
+use crate::config::{ConfigError, Env};
+use crate::limits::{ITEMS_PER_SALE_MAX, SALE_PERIOD_SECS_MAX};
+
+/// The rules of every sale.
+#[derive(Debug, Clone)]
+pub struct SaleSettings {
+    pub period_secs: u64,
+    pub items: u32,
+    pub per_user_limit: u32,
+    pub checkout_ttl_secs: u64,
+}
+
+impl SaleSettings {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            period_secs: env.number("SALE_PERIOD_SECS", 3600, 1, SALE_PERIOD_SECS_MAX)?,
+            items: env.number("ITEMS_PER_SALE", 10_000, 1, ITEMS_PER_SALE_MAX)?,
+            per_user_limit: env.number("PER_USER_LIMIT", 10, 1, 1_000_000)?,
+            checkout_ttl_secs: env.number("CHECKOUT_TTL_SECS", 600, 1, SALE_PERIOD_SECS_MAX)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<SaleSettings, ConfigError> {
+        let config = Config::from_vars(
+            [("DATABASE_URL", "x")]
+                .iter()
+                .chain(vars)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .expect("the shared settings are valid");
+        SaleSettings::from_env(&config.env())
+    }
+
+    #[test]
+    fn defaults_follow_the_specs() {
+        let s = settings(&[]).expect("valid");
+        assert_eq!(s.period_secs, 3600);
+        assert_eq!(s.items, 10_000);
+        assert_eq!(s.per_user_limit, 10);
+        assert_eq!(s.checkout_ttl_secs, 600);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (vars, var) in [
+            (&[("ITEMS_PER_SALE", "many")], "ITEMS_PER_SALE"),
+            (&[("PER_USER_LIMIT", "0")], "PER_USER_LIMIT"),
+        ] {
+            let err = settings(vars).expect_err("must be refused").to_string();
+            assert!(err.starts_with(var), "{err:?} should name {var}");
+        }
+    }
+}
