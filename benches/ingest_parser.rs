@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stampede::ingest::generate::write_lines;
+use stampede::ingest::limits::INGEST_LINE_BYTES_MAX;
 use stampede::ingest::lines::{Line, LineSplitter};
 use stampede::ingest::record::parse_line;
-use stampede::limits::INGEST_LINE_BYTES_MAX;
 
 const LINES: u64 = 10_000;
 const CHUNK_BYTES: usize = 64 * 1024;

@@ -14,12 +14,12 @@ use multer::{Constraints, Multipart, SizeLimit};
 use serde::Serialize;
 
 use super::framing::{Framing, FramingBounds, FramingError};
-use super::pipeline::{IngestReport, RejectedLine, Upload};
-use super::{Ingest, IngestError};
-use crate::limits::{
+use super::limits::{
     INGEST_ID_BYTES_MAX, INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX,
     INGEST_PART_HEADER_BYTES_MAX, MULTIPART_BOUNDARY_BYTES_MAX,
 };
+use super::pipeline::{IngestReport, RejectedLine, Upload};
+use super::{Ingest, IngestError};
 use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, json};
 

@@ -21,6 +21,7 @@
 mod framing;
 pub mod generate;
 pub mod handlers;
+pub mod limits;
 pub mod lines;
 mod pipeline;
 pub mod record;
@@ -45,10 +46,7 @@ use settings::IngestSettings;
 /// idempotent.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error(
-        "{} uploads are already being processed; retry shortly",
-        crate::limits::INGEST_UPLOADS_MAX
-    )]
+    #[error("{} uploads are already being processed; retry shortly", limits::INGEST_UPLOADS_MAX)]
     Busy,
     #[error("expected a multipart/form-data upload with the file in field `file`")]
     NotMultipart,
@@ -133,7 +131,7 @@ impl Ingest {
         let settings = IngestSettings::from_env(&ctx.config.env())?;
         Ok(Arc::new(Self {
             ctx,
-            uploads: Semaphore::new(crate::limits::INGEST_UPLOADS_MAX),
+            uploads: Semaphore::new(limits::INGEST_UPLOADS_MAX),
             settings,
         }))
     }

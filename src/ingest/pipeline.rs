@@ -23,12 +23,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::IngestError;
+use super::limits::{INGEST_BATCHES_AHEAD, INGEST_ERRORS_REPORTED_MAX, INGEST_LINE_BYTES_MAX};
 use super::lines::{Line, LineSplitter};
 use super::record::{LineError, PurchaseRecord, parse_line};
 use super::sink::{self, BatchCounts};
-use crate::limits::{
-    INGEST_BATCHES_AHEAD, INGEST_ERRORS_REPORTED_MAX, INGEST_LINE_BYTES_MAX, POSTGRES_STATEMENT_TIMEOUT,
-};
+use crate::limits::POSTGRES_STATEMENT_TIMEOUT;
 use crate::postgres::{self, BatchError};
 use crate::telemetry;
 

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::limits::{INGEST_ID_BYTES_MAX, INGEST_NAME_BYTES_MAX, INGEST_PRICE_MINOR_MAX};
+use super::limits::{INGEST_ID_BYTES_MAX, INGEST_NAME_BYTES_MAX, INGEST_PRICE_MINOR_MAX};
 
 /// A validated purchase, ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]

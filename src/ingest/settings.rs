@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::limits;
 use crate::config::{ConfigError, Env};
-use crate::limits;
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {

@@ -6,10 +6,11 @@ use hyper::HeaderMap;
 use rand::RngExt;
 
 use super::OrdersError;
-use crate::limits::{
-    HOLD_SECS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ORDER_QUANTITY_MAX, OUTBOX_SHARDS, PRODUCT_NAME_BYTES_MAX,
-    PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX, USER_ID_BYTES_MAX,
+use super::limits::{
+    HOLD_SECS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ORDER_QUANTITY_MAX, PRODUCT_NAME_BYTES_MAX, PRODUCT_PRICE_CENTS_MAX,
+    PRODUCT_STOCK_MAX,
 };
+use crate::limits::{OUTBOX_SHARDS, USER_ID_BYTES_MAX};
 use crate::redis::keyspace::Shard;
 
 /// Which input an error is about; each has its own stable code.

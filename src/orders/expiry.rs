@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::Orders;
 use super::domain::{OrderId, ProductId};
+use super::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
 use super::lua::{self, Action, UpdateRequest};
-use crate::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
 use crate::redis::keyspace::Shard;
 use crate::telemetry;
 

@@ -8,9 +8,9 @@ use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::domain::{self, BuyerId, Field, IdempotencyKey, NewProduct, OrderId, ProductId, rfc3339};
+use super::limits::PRODUCT_STOCK_MAX;
 use super::lua::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
 use super::{Orders, OrdersError};
-use crate::limits::PRODUCT_STOCK_MAX;
 use crate::redis::lua::ScriptError;
 use crate::server::error::error_response;
 use crate::server::http::{HttpResponse, json, read_json};

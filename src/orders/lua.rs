@@ -7,7 +7,7 @@ use fred::types::Value;
 
 use super::OrdersError;
 use super::domain::{BuyerId, IdempotencyKey, OrderId, ProductId};
-use crate::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
+use super::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
 use crate::redis::executor::{BatchScript, Executor};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};

@@ -16,6 +16,7 @@ pub mod api;
 pub mod domain;
 pub mod expiry;
 pub mod handlers;
+pub mod limits;
 pub mod lua;
 pub mod reconcile;
 pub mod settings;

@@ -24,8 +24,8 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 
 use super::domain::ProductId;
+use super::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
 use super::{Orders, OrdersError, lua};
-use crate::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;

@@ -1,8 +1,8 @@
 //! The orders' settings, read from the environment at start (README,
 //! "Configuration").
 
+use super::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::config::{ConfigError, Env};
-use crate::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 
 #[derive(Debug, Clone)]
 pub struct OrdersSettings {

@@ -4,7 +4,8 @@
 use rand::RngExt;
 
 use super::SaleError;
-use crate::limits::{CHECKOUT_CODE_BYTES_MAX, CHECKOUT_CODE_RANDOM_BYTES, USER_ID_BYTES_MAX};
+use super::limits::{CHECKOUT_CODE_BYTES_MAX, CHECKOUT_CODE_RANDOM_BYTES};
+use crate::limits::USER_ID_BYTES_MAX;
 
 /// Which request parameter an input error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

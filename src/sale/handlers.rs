@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
+use super::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
 use super::lua::{self, CheckoutRequest, SaleKeys};
 use super::{Sale, SaleError};
-use crate::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
 use crate::redis::lua::ScriptError;
 use crate::server::RequestError;
 use crate::server::error::ErrorBody;

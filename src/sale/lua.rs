@@ -7,7 +7,7 @@ use fred::types::Value;
 
 use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
-use crate::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
+use super::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
 use crate::redis::executor::{BatchScript, Executor};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, reply_i64, reply_str};

@@ -9,6 +9,7 @@
 
 pub mod domain;
 pub mod handlers;
+pub mod limits;
 pub mod lua;
 pub mod settings;
 pub mod sink;

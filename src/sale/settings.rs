@@ -2,8 +2,8 @@
 //! "Configuration"). A bad value stops the engine with a message naming the
 //! variable.
 
+use super::limits::{ITEMS_PER_SALE_MAX, SALE_PERIOD_SECS_MAX};
 use crate::config::{ConfigError, Env};
-use crate::limits::{ITEMS_PER_SALE_MAX, SALE_PERIOD_SECS_MAX};
 
 /// The rules of every sale.
 #[derive(Debug, Clone)]

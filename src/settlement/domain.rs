@@ -6,7 +6,7 @@ use time::Date;
 use time::macros::format_description;
 
 use super::SettlementError;
-use crate::limits::{SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX, SETTLEMENT_RANGE_DAYS_MAX};
+use super::limits::{SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX, SETTLEMENT_RANGE_DAYS_MAX};
 
 /// A field of the request body, named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

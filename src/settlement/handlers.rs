@@ -16,12 +16,12 @@ use time::Date;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::domain::{DateRange, JobId, idempotency_key};
-use super::queue::{self, CANCELLED, COMPLETED, FAILED, RUNNING};
-use super::{Settlement, SettlementError};
-use crate::limits::{
+use super::limits::{
     SETTLEMENT_CANCEL_POLL, SETTLEMENT_CANCEL_WAIT, SETTLEMENT_DOWNLOAD_BUFFER_FRAMES, SETTLEMENT_DOWNLOAD_FRAME_BYTES,
     SETTLEMENT_DOWNLOAD_STATEMENT_TIMEOUT,
 };
+use super::queue::{self, CANCELLED, COMPLETED, FAILED, RUNNING};
+use super::{Settlement, SettlementError};
 use crate::server::error::ErrorBody;
 use crate::server::http::{BodyError, HttpResponse, json, read_json};
 use crate::telemetry;

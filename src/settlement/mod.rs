@@ -25,6 +25,7 @@
 pub mod domain;
 pub mod generate;
 mod handlers;
+pub mod limits;
 mod queue;
 pub mod settings;
 mod worker;
@@ -37,7 +38,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::limits;
 use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;

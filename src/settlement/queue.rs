@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use time::Date;
 
 use super::domain::{DateRange, JobId};
-use crate::limits::SETTLEMENT_ATTEMPTS_MAX;
+use super::limits::SETTLEMENT_ATTEMPTS_MAX;
 
 /// The statuses, as stored and as answered.
 pub const QUEUED: &str = "QUEUED";

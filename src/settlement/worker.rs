@@ -26,11 +26,11 @@ use time::Date;
 use tokio::sync::watch;
 
 use super::Settlement;
-use super::queue::{self, Beat, Claimed};
-use crate::limits::{
+use super::limits::{
     SETTLEMENT_CHUNK_TIMEOUT, SETTLEMENT_GAUGE_INTERVAL, SETTLEMENT_HEARTBEAT_INTERVAL,
     SETTLEMENT_PLAN_STATEMENT_TIMEOUT, SETTLEMENT_RETRY_AFTER_FAILURE,
 };
+use super::queue::{self, Beat, Claimed};
 use crate::postgres::{BatchError, PostgresCause, commit_batch};
 use crate::telemetry;
 

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::limits::{
+use super::limits::{
     BONUS_CONTRIBUTION_GAMES_MAX, BONUS_EXPIRES_IN_SECS_MAX, BONUS_WAGERING_MULTIPLIER_DEFAULT,
     BONUS_WAGERING_MULTIPLIER_MAX, WALLET_AMOUNT_MINOR_MAX, WALLET_GAME_BYTES_MAX, WALLET_ID_BYTES_MAX,
 };

@@ -34,13 +34,14 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::domain::{EventId, PlayerId};
+use super::limits::{
+    WALLET_FANOUT_RETRY_DELAY, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT, WALLET_SSE_INBOX,
+    WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
+};
 use super::lua::{AccountKeys, notify_key};
 use super::{Wallet, WalletError};
 use crate::context::Context;
-use crate::limits::{
-    SSE_SEND_STALL_MAX, WALLET_FANOUT_RETRY_DELAY, WALLET_NOTIFY_BLOCK, WALLET_NOTIFY_READ_COUNT, WALLET_SSE_HEARTBEAT,
-    WALLET_SSE_INBOX, WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
-};
+use crate::limits::SSE_SEND_STALL_MAX;
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};

@@ -13,9 +13,9 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use super::domain::{Currency, PlayerId};
+use super::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use super::lua::{self, expiry_key};
 use crate::context::Context;
-use crate::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use crate::redis::keyspace::Shard;
 use crate::telemetry;
 

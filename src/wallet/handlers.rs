@@ -11,9 +11,9 @@ use rand::RngExt;
 use serde::Serialize;
 
 use super::domain::{BonusBody, Currency, Field, Invalid, PlayerId, TransactionBody};
+use super::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
 use super::lua::{self, AccountKeys, BonusSnapshot};
 use super::{Wallet, WalletError};
-use crate::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
 use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, Query, json, read_json};
 

@@ -8,7 +8,7 @@ use fred::types::Value;
 
 use super::WalletError;
 use super::domain::{BonusGrant, Currency, PlayerId, Transaction};
-use crate::limits::{
+use super::limits::{
     WALLET_BALANCE_MINOR_MAX, WALLET_EVENTS_PER_PLAYER_MAX, WALLET_EVENTS_RETENTION, WALLET_NOTIFY_STREAM_MAX,
 };
 use crate::redis::executor::{BatchScript, Executor};

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod events;
 mod expiry;
 pub mod handlers;
+pub mod limits;
 pub mod lua;
 pub mod settings;
 pub mod sink;

@@ -1,8 +1,8 @@
 //! The wallet's settings, read from the environment at start (README,
 //! "Configuration").
 
+use super::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 use crate::config::{ConfigError, Env};
-use crate::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 
 #[derive(Debug, Clone)]
 pub struct WalletSettings {

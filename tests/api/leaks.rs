@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use stampede::limits::{INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_PART_HEADER_BYTES_MAX};
+use stampede::ingest::limits::{INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_PART_HEADER_BYTES_MAX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -11,9 +11,8 @@ use fred::interfaces::ClientLike;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use stampede::clock::Clock;
-use stampede::limits::{
-    DEAD_LETTER_AFTER_ATTEMPTS, ORDER_QUANTITY_MAX, OUTBOX_SHARDS, PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX,
-};
+use stampede::limits::{DEAD_LETTER_AFTER_ATTEMPTS, OUTBOX_SHARDS};
+use stampede::orders::limits::{ORDER_QUANTITY_MAX, PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX};
 
 use crate::helpers::{TestApp, buy, free_port, spawn_app, spawn_app_on};
 
