@@ -1,6 +1,10 @@
-//! Logs and metrics. Every metric the engine emits is named here, so the
-//! Grafana dashboard and this file are the two places to read together.
-//! Labels stay low-cardinality: routes, statuses, outcomes; never user ids.
+//! Logs and metrics: tracing set-up, the Prometheus recorder, and the shared
+//! metrics (HTTP, scripts and the executor, the flusher and the outbox,
+//! connections, dependencies, dead letters, Redis's settings). Each feature
+//! names its own metrics in its `metrics.rs` and registers its rare counters
+//! through `Feature::register_metrics`; the Grafana dashboard reads them all,
+//! by name, so names are never changed lightly. Labels stay low-cardinality:
+//! routes, statuses, outcomes; never user ids.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,7 +27,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency_buckets = [
-                // Uploads (`POST /ingest`) take seconds to minutes; the rest, milliseconds.
+                // Streamed uploads take seconds to minutes; the rest, milliseconds.
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
             ];
             let rows_buckets = [1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 7000.0];
@@ -56,23 +60,17 @@ pub fn dependency_up(dependency: &'static str, up: bool) {
     gauge!("stampede_dependency_up", "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
 
-/// Counters of rare events exist from the start at zero, so a dashboard or
-/// an alert on their rate reads 0 rather than "no data".
+/// The shared counters of rare events exist from the start at zero, so a
+/// dashboard or an alert on their rate reads 0 rather than "no data". Each
+/// feature registers its own (`Feature::register_metrics`).
 pub fn register_rare_counters() {
     for name in [
         "stampede_flush_errors_total",
-        "stampede_ingest_batch_errors_total",
-        "stampede_ingest_copy_fallbacks_total",
-        "stampede_wallet_bonuses_expired_total",
-        "stampede_wallet_sse_refused_total",
-        "stampede_wallet_fanout_errors_total",
         "stampede_connections_rejected_total",
-        "stampede_settlement_job_failures_total",
         "stampede_dead_letters_total",
     ] {
         counter!(name).increment(0);
     }
-    gauge!("stampede_wallet_sse_streams").increment(0.0);
     gauge!("stampede_dead_letters_unresolved").increment(0.0);
 }
 
@@ -165,121 +163,4 @@ pub fn connection_opened() {
 
 pub fn connection_closed() {
     gauge!("stampede_connections_open").decrement(1.0);
-}
-
-/// An upload ended: `ok`, `refused` (bad input, client gone) or `store_failed`.
-pub fn ingest_upload(result: &'static str) {
-    counter!("stampede_ingest_uploads_total", "result" => result).increment(1);
-}
-
-/// Line outcomes of a finished upload.
-pub fn ingest_lines(created: u64, updated: u64, unchanged: u64, rejected: u64) {
-    for (outcome, lines) in [
-        ("created", created),
-        ("updated", updated),
-        ("unchanged", unchanged),
-        ("rejected", rejected),
-    ] {
-        counter!("stampede_ingest_lines_total", "outcome" => outcome).increment(lines);
-    }
-}
-
-pub fn ingest_batch(rows: usize, elapsed: Duration) {
-    counter!("stampede_ingest_committed_rows_total").increment(rows as u64);
-    histogram!("stampede_ingest_batch_duration_seconds").record(elapsed.as_secs_f64());
-}
-
-pub fn ingest_batch_failed() {
-    counter!("stampede_ingest_batch_errors_total").increment(1);
-}
-
-/// A bulk copy lost a race to another upload and its round was upserted.
-pub fn ingest_copy_fallback() {
-    counter!("stampede_ingest_copy_fallbacks_total").increment(1);
-}
-
-// ---- orders (src/orders/) ----
-
-/// Holds the expiry task returned to stock (`expired`), or found already
-/// settled by a confirm, a cancel or another engine (`settled`).
-pub fn holds_expired(outcome: &'static str, holds: u64) {
-    counter!("stampede_order_holds_expired_total", "outcome" => outcome).increment(holds);
-}
-
-/// An answer replayed for a repeated `Idempotency-Key`.
-pub fn idempotent_replay(route: &'static str) {
-    counter!("stampede_idempotent_replays_total", "route" => route).increment(1);
-}
-
-/// Mismatches between Redis and Postgres that one reconcile run found,
-/// per kind (`product`, `sale`): the gauge holds the last run, the counter
-/// every mismatch ever seen.
-pub fn reconcile_mismatches(kind: &'static str, mismatches: u64) {
-    gauge!("stampede_reconcile_mismatches", "kind" => kind).set(mismatches as f64);
-    counter!("stampede_reconcile_mismatches_total", "kind" => kind).increment(mismatches);
-}
-
-// ---- Wallet (src/wallet/) ----
-
-/// A wallet script outcome: `OK`, `REPLAY`, `NOOP` (expiry not due) or a
-/// refusal code.
-pub fn wallet_outcome(outcome: &'static str) {
-    counter!("stampede_wallet_outcomes_total", "outcome" => outcome).increment(1);
-}
-
-/// Bonuses the expiry task expired.
-pub fn wallet_bonus_expired(count: u64) {
-    counter!("stampede_wallet_bonuses_expired_total").increment(count);
-}
-
-/// An event stream opened (+1) or closed (-1) on this engine.
-pub fn wallet_sse_streams(delta: f64) {
-    gauge!("stampede_wallet_sse_streams").increment(delta);
-}
-
-/// Events written to event streams, and streams refused at the bound.
-pub fn wallet_sse_events(sent: u64) {
-    counter!("stampede_wallet_sse_events_total").increment(sent);
-}
-
-pub fn wallet_sse_refused() {
-    counter!("stampede_wallet_sse_refused_total").increment(1);
-}
-
-/// A fan-out reader's pass failed (Redis away); it retries and wakes every
-/// local stream so none misses an event.
-pub fn wallet_fanout_error() {
-    counter!("stampede_wallet_fanout_errors_total").increment(1);
-}
-
-// ---- Settlement jobs ----
-
-/// Jobs queued and running, across every engine (read from the table).
-pub fn settlement_jobs(queued: i64, running: i64) {
-    gauge!("stampede_settlement_jobs", "status" => "queued").set(queued as f64);
-    gauge!("stampede_settlement_jobs", "status" => "running").set(running as f64);
-}
-
-/// A chunk committed: transactions settled and how long it took.
-pub fn settlement_chunk(rows: u64, elapsed: Duration) {
-    counter!("stampede_settlement_rows_total").increment(rows);
-    counter!("stampede_settlement_chunks_total").increment(1);
-    histogram!("stampede_settlement_chunk_duration_seconds").record(elapsed.as_secs_f64());
-}
-
-/// A job ended here: `completed` or `cancelled`.
-pub fn settlement_job_finished(status: &'static str) {
-    counter!("stampede_settlement_jobs_finished_total", "status" => status).increment(1);
-}
-
-/// A job's run failed (it is retried, or FAILED once its attempts are spent).
-pub fn settlement_job_failed() {
-    counter!("stampede_settlement_job_failures_total").increment(1);
-}
-
-/// A CSV download ended: `ok`, `aborted` (client gone) or `failed`.
-pub fn settlement_download(result: &'static str, bytes: u64, elapsed: Duration) {
-    counter!("stampede_settlement_downloads_total", "result" => result).increment(1);
-    counter!("stampede_settlement_download_bytes_total").increment(bytes);
-    histogram!("stampede_settlement_download_duration_seconds").record(elapsed.as_secs_f64());
 }

@@ -135,6 +135,7 @@ impl App {
                 sinks.register(sink)?;
             }
             routes.extend(feature.clone().routes());
+            feature.register_metrics();
             tracing::debug!(feature = feature.name(), "feature ready");
         }
         scripts.extend(batch_scripts.iter().map(|s| &s.lua));

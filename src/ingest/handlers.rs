@@ -18,6 +18,7 @@ use super::limits::{
     INGEST_ID_BYTES_MAX, INGEST_MULTIPART_PREAMBLE_BYTES_MAX, INGEST_OTHER_FIELD_BYTES_MAX,
     INGEST_PART_HEADER_BYTES_MAX, MULTIPART_BOUNDARY_BYTES_MAX,
 };
+use super::metrics;
 use super::pipeline::{IngestReport, RejectedLine, Upload};
 use super::{Ingest, IngestError};
 use crate::server::error::ErrorBody;
@@ -39,7 +40,6 @@ struct IngestForm {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }
-use crate::telemetry;
 
 /// The multipart field that carries the file, as in the spec's
 /// `curl -F "file=@data/purchases.ndjson"`.
@@ -81,7 +81,7 @@ pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpRespon
     if let Err(IngestError::Store { committed, source }) = &result {
         tracing::error!(committed, error = %source, "ingest stopped: postgres failed");
     }
-    telemetry::ingest_upload(match &result {
+    metrics::ingest_upload(match &result {
         Ok(_) => "ok",
         Err(IngestError::Store { .. }) => "store_failed",
         Err(_) => "refused",
@@ -170,7 +170,7 @@ async fn receive(state: &Ingest, req: Request<Incoming>) -> Result<IngestReport,
     if report.total == 0 {
         return Err(IngestError::EmptyFile);
     }
-    telemetry::ingest_lines(report.created, report.updated, report.unchanged, report.rejected);
+    metrics::ingest_lines(report.created, report.updated, report.unchanged, report.rejected);
     Ok(report)
 }
 

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod handlers;
 pub mod limits;
 pub mod lines;
+mod metrics;
 mod pipeline;
 pub mod record;
 pub mod settings;
@@ -140,6 +141,10 @@ impl Ingest {
 impl Feature for Ingest {
     fn name(&self) -> &'static str {
         "ingest"
+    }
+
+    fn register_metrics(&self) {
+        metrics::register();
     }
 
     fn api(&self) -> utoipa::openapi::OpenApi {

@@ -25,11 +25,11 @@ use tokio::task::JoinHandle;
 use super::IngestError;
 use super::limits::{INGEST_BATCHES_AHEAD, INGEST_ERRORS_REPORTED_MAX, INGEST_LINE_BYTES_MAX};
 use super::lines::{Line, LineSplitter};
+use super::metrics;
 use super::record::{LineError, PurchaseRecord, parse_line};
 use super::sink::{self, BatchCounts};
 use crate::limits::POSTGRES_STATEMENT_TIMEOUT;
 use crate::postgres::{self, BatchError};
-use crate::telemetry;
 
 /// The response to a finished upload. Every non-blank line is counted
 /// exactly once: `total = created + updated + unchanged + rejected`.
@@ -281,12 +281,12 @@ async fn write_batches(
         .await;
         match result {
             Ok(counts) => {
-                telemetry::ingest_batch(batch.len(), started.elapsed());
+                metrics::ingest_batch(batch.len(), started.elapsed());
                 written.counts.add(counts);
                 written.lines += batch.len() as u64;
             }
             Err(e) => {
-                telemetry::ingest_batch_failed();
+                metrics::ingest_batch_failed();
                 return Err((written, e));
             }
         }

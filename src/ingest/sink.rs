@@ -219,7 +219,7 @@ async fn copy_new(
         }
         Err(e) if is_unique_violation(&e) => {
             tracing::debug!("a racing upload inserted an id first; upserting the round instead");
-            crate::telemetry::ingest_copy_fallback();
+            super::metrics::ingest_copy_fallback();
             sqlx::query("ROLLBACK TO SAVEPOINT ingest_copy")
                 .execute(&mut *tx)
                 .await?;

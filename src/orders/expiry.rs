@@ -15,8 +15,8 @@ use super::Orders;
 use super::domain::{OrderId, ProductId};
 use super::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
 use super::lua::{self, Action, UpdateRequest};
+use super::metrics;
 use crate::redis::keyspace::Shard;
-use crate::telemetry;
 
 pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(HOLD_EXPIRY_INTERVAL);
@@ -88,7 +88,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
                 Err(_) => failed += 1,
             }
         }
-        telemetry::holds_expired("settled", settled);
+        metrics::holds_expired("settled", settled);
         if failed > 0 {
             tracing::warn!(
                 failed,
@@ -102,7 +102,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
             break;
         }
     }
-    telemetry::holds_expired("expired", expired);
+    metrics::holds_expired("expired", expired);
     Ok(expired)
 }
 

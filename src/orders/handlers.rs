@@ -53,7 +53,7 @@ fn answer(decided: Decided, route: &'static str) -> Result<HttpResponse, OrdersE
     if !decided.replayed {
         return decided.result.map(|order| order_json(StatusCode::OK, &order));
     }
-    crate::telemetry::idempotent_replay(route);
+    super::metrics::idempotent_replay(route);
     let mut response = match decided.result {
         Ok(order) => order_json(StatusCode::OK, &order),
         Err(refusal) => error_response(&refusal),
@@ -365,7 +365,7 @@ pub async fn restock(
     if !decided.replayed {
         return decided.result.map(view);
     }
-    crate::telemetry::idempotent_replay("product_restock");
+    super::metrics::idempotent_replay("product_restock");
     let mut response = match decided.result {
         Ok(stock) => view(stock),
         Err(refusal) => error_response(&refusal),

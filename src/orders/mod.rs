@@ -18,6 +18,7 @@ pub mod expiry;
 pub mod handlers;
 pub mod limits;
 pub mod lua;
+mod metrics;
 pub mod reconcile;
 pub mod settings;
 pub mod sink;

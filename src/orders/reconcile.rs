@@ -25,12 +25,12 @@ use serde::Serialize;
 
 use super::domain::ProductId;
 use super::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
+use super::metrics;
 use super::{Orders, OrdersError, lua};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, json};
-use crate::telemetry;
 
 #[derive(Debug, Serialize)]
 pub struct Mismatch {
@@ -71,9 +71,9 @@ pub async fn reconcile(feature: &Orders, req: Request<Incoming>) -> Result<HttpR
     let sales = sales(feature, &mut mismatches).await?;
     let sale_mismatches = mismatches.len() - product_mismatches;
     let dead_letters = unresolved_dead_letters(feature, &mut mismatches).await?;
-    telemetry::reconcile_mismatches("product", product_mismatches as u64);
-    telemetry::reconcile_mismatches("sale", sale_mismatches as u64);
-    telemetry::reconcile_mismatches("dead_letter", dead_letters.max(0) as u64);
+    metrics::reconcile_mismatches("product", product_mismatches as u64);
+    metrics::reconcile_mismatches("sale", sale_mismatches as u64);
+    metrics::reconcile_mismatches("dead_letter", dead_letters.max(0) as u64);
     if !mismatches.is_empty() {
         tracing::warn!(?mismatches, "reconcile found drift between Redis and Postgres");
     }

@@ -41,6 +41,10 @@ pub trait Feature: Send + Sync + 'static {
         None
     }
 
+    /// Registers its metrics of rare events at zero, at start, so that a
+    /// dashboard or an alert on their rate reads 0 rather than "no data".
+    fn register_metrics(&self) {}
+
     /// Its background work (expiring holds, running jobs), which must end
     /// when `shutdown` turns true. It turns true when shutdown begins, while
     /// in-flight requests may still be finishing, so that long-lived

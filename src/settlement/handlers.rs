@@ -20,11 +20,11 @@ use super::limits::{
     SETTLEMENT_CANCEL_POLL, SETTLEMENT_CANCEL_WAIT, SETTLEMENT_DOWNLOAD_BUFFER_FRAMES, SETTLEMENT_DOWNLOAD_FRAME_BYTES,
     SETTLEMENT_DOWNLOAD_STATEMENT_TIMEOUT,
 };
+use super::metrics;
 use super::queue::{self, CANCELLED, COMPLETED, FAILED, RUNNING};
 use super::{Settlement, SettlementError};
 use crate::server::error::ErrorBody;
 use crate::server::http::{BodyError, HttpResponse, json, read_json};
-use crate::telemetry;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -284,7 +284,7 @@ async fn stream_csv(
     .await;
     match finished {
         Ok(true) => {
-            telemetry::settlement_download("ok", bytes_sent, started_at.elapsed());
+            metrics::settlement_download("ok", bytes_sent, started_at.elapsed());
             if sqlx::query("RESET statement_timeout")
                 .execute(&mut *conn)
                 .await
@@ -294,13 +294,13 @@ async fn stream_csv(
             }
         }
         Ok(false) => {
-            telemetry::settlement_download("aborted", bytes_sent, started_at.elapsed());
+            metrics::settlement_download("aborted", bytes_sent, started_at.elapsed());
             // A COPY stopped half-way: closing is quicker than draining it.
             conn.close_on_drop();
         }
         Err(e) => {
             tracing::error!(error = %e, "settlement download failed mid-stream");
-            telemetry::settlement_download("failed", bytes_sent, started_at.elapsed());
+            metrics::settlement_download("failed", bytes_sent, started_at.elapsed());
             let _ = frames.send(Err(Box::new(e))).await;
             conn.close_on_drop();
         }

@@ -26,6 +26,7 @@ pub mod domain;
 pub mod generate;
 mod handlers;
 pub mod limits;
+mod metrics;
 mod queue;
 pub mod settings;
 mod worker;
@@ -161,6 +162,10 @@ impl Settlement {
 impl Feature for Settlement {
     fn name(&self) -> &'static str {
         "settlement"
+    }
+
+    fn register_metrics(&self) {
+        metrics::register();
     }
 
     fn api(&self) -> utoipa::openapi::OpenApi {

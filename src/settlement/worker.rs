@@ -30,9 +30,9 @@ use super::limits::{
     SETTLEMENT_CHUNK_TIMEOUT, SETTLEMENT_GAUGE_INTERVAL, SETTLEMENT_HEARTBEAT_INTERVAL,
     SETTLEMENT_PLAN_STATEMENT_TIMEOUT, SETTLEMENT_RETRY_AFTER_FAILURE,
 };
+use super::metrics;
 use super::queue::{self, Beat, Claimed};
 use crate::postgres::{BatchError, PostgresCause, commit_batch};
-use crate::telemetry;
 
 /// One worker: claims and runs jobs until shutdown.
 pub async fn run(feature: Arc<Settlement>, n: usize, mut shutdown: watch::Receiver<bool>) {
@@ -92,7 +92,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
         if let Err(e) = queue::cancelled(pool, id, engine).await {
             tracing::warn!(job = id, error = %e, "could not mark a cancelled job");
         }
-        telemetry::settlement_job_finished("cancelled");
+        metrics::settlement_job_finished("cancelled");
         return;
     }
     let started = Instant::now();
@@ -108,7 +108,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
         Ok(None) => match queue::finish(pool, id, engine).await {
             Ok(Some(status)) => {
                 tracing::info!(job = id, status, elapsed = ?started.elapsed(), "settlement job finished");
-                telemetry::settlement_job_finished(if status == queue::COMPLETED {
+                metrics::settlement_job_finished(if status == queue::COMPLETED {
                     "completed"
                 } else {
                     "cancelled"
@@ -120,7 +120,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
         },
         Ok(Some(Stop::Cancel)) => {
             tracing::info!(job = id, "settlement job cancelled");
-            telemetry::settlement_job_finished("cancelled");
+            metrics::settlement_job_finished("cancelled");
             queue::cancelled(pool, id, engine).await.map(|_| ())
         }
         Ok(Some(Stop::Lost)) => {
@@ -130,7 +130,7 @@ async fn run_job(feature: &Settlement, job: Claimed, shutdown: &mut watch::Recei
         Ok(Some(Stop::Shutdown)) => queue::release(pool, id, engine).await,
         Err(e) => {
             tracing::error!(job = id, error = %e, "settlement job run failed; it will be retried");
-            telemetry::settlement_job_failed();
+            metrics::settlement_job_failed();
             let retry_ms = SETTLEMENT_RETRY_AFTER_FAILURE.as_millis() as i64;
             queue::failed(pool, id, engine, &e.to_string(), retry_ms).await
         }
@@ -332,7 +332,7 @@ async fn run_chunk(feature: &Settlement, job_id: &str, chunk: Chunk) -> Result<(
         },
     )
     .await?;
-    telemetry::settlement_chunk(processed as u64, started.elapsed());
+    metrics::settlement_chunk(processed as u64, started.elapsed());
     Ok(())
 }
 
@@ -424,7 +424,7 @@ pub async fn gauges(feature: Arc<Settlement>, mut shutdown: watch::Receiver<bool
         }
         if let Ok(counts) = queue::counts(&feature.ctx.postgres).await {
             let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |c| c.1);
-            telemetry::settlement_jobs(count(queue::QUEUED), count(queue::RUNNING));
+            metrics::settlement_jobs(count(queue::QUEUED), count(queue::RUNNING));
         }
     }
 }

@@ -39,13 +39,13 @@ use super::limits::{
     WALLET_SSE_READ_ATTEMPTS_MAX, WALLET_SSE_READ_BATCH, WALLET_SSE_READ_RETRY_DELAY,
 };
 use super::lua::{AccountKeys, notify_key};
+use super::metrics;
 use super::{Wallet, WalletError};
 use crate::context::Context;
 use crate::limits::SSE_SEND_STALL_MAX;
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::server::http::{BodyError, HttpResponse};
-use crate::telemetry;
 
 /// One open stream as the hub sees it: its id, where pushed events go, and
 /// how to tell it to resync from the player's stream.
@@ -100,7 +100,7 @@ impl Hub {
                 overflowed: overflowed.clone(),
             });
         }
-        telemetry::wallet_sse_streams(1.0);
+        metrics::wallet_sse_streams(1.0);
         Some(Subscription {
             hub: self.clone(),
             player: player.to_owned(),
@@ -152,7 +152,7 @@ impl Drop for Subscription {
                 map.remove(&self.player);
             }
         }
-        telemetry::wallet_sse_streams(-1.0);
+        metrics::wallet_sse_streams(-1.0);
     }
 }
 
@@ -172,7 +172,7 @@ pub async fn stream(
     // Any currency: the stream key does not depend on it.
     let key = AccountKeys::new(&ctx.keys, player.as_str(), "XXX").events;
     let Some(subscription) = wallet.hub.subscribe(player.as_str()) else {
-        telemetry::wallet_sse_refused();
+        metrics::wallet_sse_refused();
         return Err(WalletError::StreamsFull);
     };
     // Registered before the start is read, so nothing after it is missed.
@@ -349,7 +349,7 @@ async fn feed_loop(feed: &mut Feed, tx: &mpsc::Sender<Bytes>) -> Result<std::con
                             sent += 1;
                         }
                     }
-                    telemetry::wallet_sse_events(sent);
+                    metrics::wallet_sse_events(sent);
                 }
                 Err(e) => {
                     failed_reads += 1;
@@ -368,7 +368,7 @@ async fn feed_loop(feed: &mut Feed, tx: &mpsc::Sender<Bytes>) -> Result<std::con
                 let Some((id, frame)) = pushed else { return Err(Ended::Shutdown) };
                 if id > feed.last {
                     feed.last = id;
-                    telemetry::wallet_sse_events(1);
+                    metrics::wallet_sse_events(1);
                     pending.push_back(frame);
                 }
             }
@@ -517,7 +517,7 @@ async fn fanout(ctx: Arc<Context>, hub: Arc<Hub>, shard: Shard, mut shutdown: wa
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, shard = shard.index(), "wallet fan-out read failed; retrying");
-            telemetry::wallet_fanout_error();
+            metrics::wallet_fanout_error();
             hub.resync_all();
             // The client is kept, and fred reconnects it: a client dropped
             // without `quit` keeps its connection task, which reconnects for

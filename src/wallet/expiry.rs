@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use super::domain::{Currency, PlayerId};
 use super::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use super::lua::{self, expiry_key};
+use super::metrics;
 use crate::context::Context;
 use crate::redis::keyspace::Shard;
-use crate::telemetry;
 
 pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(WALLET_EXPIRY_TICK);
@@ -32,7 +32,7 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         }
         for shard in Shard::all() {
             match pass(&ctx, shard).await {
-                Ok(expired) if expired > 0 => telemetry::wallet_bonus_expired(expired),
+                Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
             }

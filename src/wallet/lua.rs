@@ -108,7 +108,7 @@ fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, Wallet
     let text = reply_str(script, reply, 0)?;
     let error = match text.as_str() {
         "OK" | "REPLAY" | "NOOP" => {
-            crate::telemetry::wallet_outcome(match text.as_str() {
+            super::metrics::wallet_outcome(match text.as_str() {
                 "OK" => "OK",
                 "REPLAY" => "REPLAY",
                 _ => "NOOP",
@@ -130,7 +130,7 @@ fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, Wallet
             ));
         }
     };
-    crate::telemetry::wallet_outcome(error.outcome_label());
+    super::metrics::wallet_outcome(error.outcome_label());
     Err(error)
 }
 
@@ -181,7 +181,7 @@ pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Re
         "OK" => Ok(()),
         "REFERENCE_REUSED" => {
             let error = WalletError::ReferenceReused(reused_field(&reply_str(&script.lua, &reply, 1)?));
-            crate::telemetry::wallet_outcome(error.outcome_label());
+            super::metrics::wallet_outcome(error.outcome_label());
             Err(error)
         }
         other => Err(WalletError::Script(

@@ -20,6 +20,7 @@ mod expiry;
 pub mod handlers;
 pub mod limits;
 pub mod lua;
+mod metrics;
 pub mod settings;
 pub mod sink;
 
@@ -179,6 +180,10 @@ impl Feature for Wallet {
 
     fn name(&self) -> &'static str {
         "wallet"
+    }
+
+    fn register_metrics(&self) {
+        metrics::register();
     }
 
     fn routes(self: Arc<Self>) -> Vec<Route> {
