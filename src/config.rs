@@ -30,8 +30,9 @@ pub struct FlushConfig {
     /// How long a partial batch waits for more entries before it is written.
     /// Every shard commits on its own, and a commit's fsync and per-statement
     /// work cost Postgres CPU on the machine that also runs Redis and the
-    /// engine: under `loadtest/run.sh orders`, 100 ms instead of 20 ms cut
-    /// Postgres's CPU per order by about a third (250 ms saved no more).
+    /// engine: under the load driver's order scenario, 100 ms instead of
+    /// 20 ms cut Postgres's CPU per order by about a third (250 ms saved no
+    /// more; ARCHITECTURE.md, "Performance notes").
     pub linger: Duration,
     /// Entries pending this long on another consumer are taken over.
     pub claim_idle: Duration,

@@ -1,5 +1,6 @@
 //! Postgres plumbing shared by every feature: the pool, and the batch writer
-//! that both the write-behind flusher and the ingest pipeline commit through.
+//! that the write-behind flusher and any feature writing Postgres directly
+//! commit through.
 //!
 //! A batch is one transaction, bounded in time as a whole (the server-side
 //! `statement_timeout` bounds each statement; a batch is several). A batch

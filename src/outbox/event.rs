@@ -357,7 +357,7 @@ mod tests {
 
     const PURCHASE: EventKind = EventKind {
         name: "purchase",
-        fields: &["sale", "user"],
+        fields: &["lot", "user"],
     };
 
     fn kinds(name: &str) -> Option<EventKind> {
@@ -375,7 +375,7 @@ mod tests {
                 ]),
                 Value::Array(vec![
                     s("1-0"),
-                    Value::Array(vec![s("kind"), s("purchase"), s("sale"), s("7"), s("user"), s("u0")]),
+                    Value::Array(vec![s("kind"), s("purchase"), s("lot"), s("7"), s("user"), s("u0")]),
                 ]),
                 Value::Array(vec![s("2-0"), Value::Null]),
             ]),
@@ -383,7 +383,7 @@ mod tests {
         let raw = decode_read_reply(reply).expect("decodes");
         let entries: Vec<OutboxEntry> = raw
             .into_iter()
-            .map(|r| decode_entry(Shard::of_sale(3), r, kinds))
+            .map(|r| decode_entry(Shard::of_number(3), r, kinds))
             .collect();
         assert_eq!(entries.len(), 3);
         assert!(entries.iter().all(|e| e.undecodable.is_empty()));
@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(batched[0].event_id(), "3-5-0-0");
         assert_eq!(batched[1].event_id(), "3-5-0-1");
         assert_eq!(batched[1].text("user").expect("user"), "u2");
-        assert_eq!(batched[0].int::<i64>("sale").expect("int"), 7);
+        assert_eq!(batched[0].int::<i64>("lot").expect("int"), 7);
         let legacy = &entries[1].events;
         assert_eq!(legacy[0].event_id(), "3-1-0");
         assert_eq!(legacy[0].text("user").expect("user"), "u0");
@@ -424,14 +424,14 @@ mod tests {
                 Value::Array(vec![s("9-1"), Value::Array(vec![s("purchase")])]),
                 Value::Array(vec![
                     s("9-2"),
-                    Value::Array(vec![s("kind"), s("refund"), s("sale"), s("1")]),
+                    Value::Array(vec![s("kind"), s("refund"), s("lot"), s("1")]),
                 ]),
             ]),
         ])]);
         let entries: Vec<OutboxEntry> = decode_read_reply(reply)
             .expect("the read succeeds")
             .into_iter()
-            .map(|r| decode_entry(Shard::of_sale(0), r, kinds))
+            .map(|r| decode_entry(Shard::of_number(0), r, kinds))
             .collect();
         assert_eq!(entries.len(), 3);
         let first = &entries[0];
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(entries[1].undecodable[0].event_id, "0-9-1");
         // A legacy entry of an unknown kind keeps every field.
         assert_eq!(entries[2].undecodable[0].kind, "refund");
-        assert_eq!(entries[2].undecodable[0].fields, ["kind", "refund", "sale", "1"]);
+        assert_eq!(entries[2].undecodable[0].fields, ["kind", "refund", "lot", "1"]);
         // What a dead letter keeps of a decoded event is what the stream held.
         assert_eq!(first.events[1].raw_fields(), ["purchase", "8\u{1f}u2"]);
         // What a replay decodes from: the same fields give the same event.

@@ -9,10 +9,6 @@ use crate::limits::OUTBOX_SHARDS;
 pub struct Shard(u64);
 
 impl Shard {
-    pub fn of_sale(sale_id: u64) -> Self {
-        Self::of_number(sale_id)
-    }
-
     /// The shard of an entity with a numeric id.
     pub fn of_number(id: u64) -> Self {
         Self(id % OUTBOX_SHARDS)
@@ -70,11 +66,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_of_a_sale_share_its_hash_tag() {
+    fn keys_of_an_entity_share_its_hash_tag() {
         let keys = Keyspace::new("p");
-        let shard = Shard::of_sale(493_013);
+        let shard = Shard::of_number(493_013);
         assert_eq!(keys.outbox(shard), "p:{5}:outbox");
-        assert_eq!(keys.key(shard, format_args!("sale:{}", 493_013)), "p:{5}:sale:493013");
+        assert_eq!(keys.key(shard, format_args!("item:{}", 493_013)), "p:{5}:item:493013");
         assert_eq!(keys.outbox_events(shard), "p:{5}:outbox:events");
     }
 

@@ -1,9 +1,9 @@
 //! The Redis settings the engine's guarantees rest on, read once at start.
 //!
 //! - `maxmemory-policy` must be `noeviction`: under any eviction policy Redis
-//!   may drop keys the guarantees are made of (sold bitmaps, checkout codes,
-//!   idempotency records, wallet references), which would resell items and
-//!   double orders. Anything else refuses to start.
+//!   may drop keys the guarantees are made of (what is sold, one-time codes,
+//!   idempotency records, references already applied), which would sell an
+//!   item twice or apply a request twice. Anything else refuses to start.
 //! - `appendonly yes` with `appendfsync always` is what makes an
 //!   acknowledged write survive a Redis crash. Otherwise the engine warns,
 //!   and `/health` and `stampede_redis_appendonly` say so.
@@ -49,8 +49,8 @@ impl RedisSettings {
 pub enum RedisSettingsError {
     #[error(
         "Redis's maxmemory-policy is {0:?}: under an eviction policy Redis may delete keys the engine's guarantees \
-         rest on (sold bitmaps, checkout codes, idempotency records, wallet references), which would resell sold \
-         items and double orders. Set it to noeviction: `redis-cli CONFIG SET maxmemory-policy noeviction`, and \
+         rest on (what is sold, one-time codes, idempotency records, references already applied), which would \
+         sell an item twice or apply a request twice. Set it to noeviction: `redis-cli CONFIG SET maxmemory-policy noeviction`, and \
          `maxmemory-policy noeviction` in redis.conf so that it survives a restart. (STAMPEDE_REDIS_CHECKS=off \
          skips this check, at that risk.)"
     )]

@@ -61,7 +61,8 @@ pub enum RequestError {
     AdminDisabled,
 }
 
-/// Binds with a listen backlog deep enough for a sale's opening burst.
+/// Binds with a listen backlog deep enough for an opening burst of
+/// connections.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?

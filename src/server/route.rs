@@ -19,7 +19,7 @@ use super::http::{HttpResponse, check_declared_size};
 use crate::limits::REQUEST_URI_BYTES_MAX;
 use crate::telemetry;
 
-/// The path parameters of a matched route, e.g. `id` of `/orders/{id}`,
+/// The path parameters of a matched route, e.g. `id` of `/items/{id}`,
 /// still percent-encoded as they came.
 #[derive(Debug, Default, Clone)]
 pub struct Params(Vec<(String, String)>);
