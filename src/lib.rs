@@ -2,27 +2,33 @@
 //!
 //! # Layout
 //!
-//! Layers, each importing only those below it:
+//! Four layers, from the bottom up; each imports only the layers below it
+//! (earlier in this list), which `tests/structure.rs` checks:
 //!
-//! 1. Infrastructure: [`config`], [`clock`], [`limits`], [`telemetry`],
-//!    [`postgres`], [`redis`] (the client builder, the Redis settings checked
-//!    at start, the key space, Lua loading with EVALSHA and reload, and the
-//!    batched script executor), [`outbox`] (the Redis Stream outboxes, the
-//!    flusher and its sink registry), and [`context`] (what features may
-//!    use).
+//! 1. Infrastructure, which names no feature: [`config`] (the shared
+//!    settings), [`clock`], [`limits`] (the shared bounds), [`telemetry`]
+//!    (logs and the shared metrics), [`postgres`], [`redis`] (the client
+//!    builder, the Redis settings checked at start, the key space, Lua
+//!    loading with EVALSHA and reload, the batched script executor),
+//!    [`outbox`] (the Redis Stream outboxes, the flusher, its sink registry
+//!    and dead letters) and [`context`] (what every feature is given).
 //! 2. The HTTP toolkit, [`server`]: listeners, routes as data, the router,
-//!    the error trait, request helpers, the admin guard and the `Feature`
-//!    contract. It names no feature.
-//! 3. Features, each owning its routes, errors, scripts and sink, importing
-//!    only the two layers above: [`sale`] (hourly flash sales, checkout
-//!    codes, purchases), [`ingest`] (NDJSON purchase uploads and loyalty),
-//!    [`orders`] (limited-stock products, orders, holds, idempotency keys,
-//!    reconciliation), [`wallet`] (player wallets, bonus wagering, live
-//!    events), [`settlement`] (settlement jobs over merchants'
-//!    transactions).
-//! 4. Wiring, [`app`]: start-up and the feature list, with `app::ops`
+//!    the error trait, request helpers, the admin guard, the API document
+//!    and the `Feature` contract. It imports infrastructure only and names
+//!    no feature.
+//! 3. Features, one folder each, importing infrastructure and the toolkit
+//!    only (never another feature, never the wiring): [`sale`] (hourly flash
+//!    sales, checkout codes, purchases), [`ingest`] (NDJSON purchase uploads
+//!    and loyalty), [`orders`] (limited-stock products, orders, holds,
+//!    idempotency keys, reconciliation), [`wallet`] (player wallets, bonus
+//!    wagering, live events), [`settlement`] (settlement jobs over
+//!    merchants' transactions). A feature owns its routes, errors, Lua
+//!    bindings (`lua.rs`), outbox sink, settings (`settings.rs`), bounds
+//!    (`limits.rs`) and metrics (`metrics.rs`).
+//! 4. The wiring, [`app`]: start-up and the feature list, with `app::ops`
 //!    (index, health, metrics, the API document), `app::dead_letters` (the
-//!    outbox's dead letters) and `app::live` (the live page).
+//!    outbox's dead letters) and `app::live` (the live page). Nothing but
+//!    the binary (`main.rs`) imports it.
 //!
 //! See ARCHITECTURE.md for the invariants and where each is upheld.
 

@@ -1,6 +1,6 @@
-//! The contract a feature implements. `app.rs` lists the features once; from
-//! that list it builds the router, loads the scripts, registers the outbox
-//! sinks and starts the background tasks. A feature imports infrastructure
+//! The contract a feature implements. The wiring (`app`) lists the features
+//! once; from that list it builds the router, loads the scripts, registers
+//! the outbox sinks and the metrics, and starts the background tasks. A feature imports infrastructure
 //! and this toolkit only, never `crate::app` and never another feature.
 
 use std::sync::Arc;
