@@ -3,20 +3,8 @@
 //! See loadtest/README.md. This file holds the command line and the order of
 //! the phases: pre-flight, load, invariant checks, baseline, report.
 
-mod baseline;
-mod checks;
-mod client;
-mod compare;
-mod cpu;
-mod cpu_split;
-mod faults;
-mod ingest;
-mod orders;
-mod report;
+mod common;
 mod scenarios;
-mod settlement;
-mod stats;
-mod wallet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,13 +18,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use serde_json::Value;
 
-use crate::baseline::{BaselineConfig, default_lua_dir};
-use crate::checks::Expected;
-use crate::client::{Conn, Method, Outcome, Target};
-use crate::cpu_split::CpuSplit;
-use crate::report::{Invariant, ServerKind, Summary};
-use crate::scenarios::{LoadConfig, LoadResult, Scenario};
-use crate::stats::Progress;
+use crate::common::http::{Conn, Method, Outcome, Target};
+use crate::common::proc::cpu_split::CpuSplit;
+use crate::common::stats::Progress;
+use crate::scenarios::sale::checks::Expected;
+use crate::scenarios::sale::load::{LoadConfig, LoadResult, Scenario};
+use crate::scenarios::sale::redis_bench::{BaselineConfig, default_lua_dir};
+use crate::scenarios::sale::report::{Invariant, ServerKind, Summary};
 
 const USAGE: &str = "\
 usage: loadtest <contest|sustained|contention> [flags]
@@ -269,7 +257,9 @@ fn main() -> ExitCode {
     // compare reads two JSON summaries: no load, no runtime.
     if argv.peek().is_some_and(|s| s == "compare") {
         argv.next();
-        return match compare::CompareArgs::parse(argv).and_then(|a| a.map(compare::run).transpose()) {
+        return match scenarios::compare::CompareArgs::parse(argv)
+            .and_then(|a| a.map(scenarios::compare::run).transpose())
+        {
             Ok(Some(true)) => ExitCode::SUCCESS,
             Ok(Some(false)) => ExitCode::from(1),
             Ok(None) => {
@@ -284,8 +274,8 @@ fn main() -> ExitCode {
     }
     if argv.peek().is_some_and(|s| s == "settlement") {
         argv.next();
-        return match settlement::SettlementArgs::parse(argv) {
-            Ok(Some(args)) => block_on(Some(1), settlement::run(args)),
+        return match scenarios::settlement::SettlementArgs::parse(argv) {
+            Ok(Some(args)) => block_on(Some(1), scenarios::settlement::run(args)),
             Ok(None) => {
                 println!("{USAGE}");
                 ExitCode::SUCCESS
@@ -299,8 +289,8 @@ fn main() -> ExitCode {
     // The orders scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "orders") {
         argv.next();
-        return match orders::OrdersArgs::parse(argv) {
-            Ok(Some(args)) => block_on(args.threads, orders::run(args)),
+        return match scenarios::orders::OrdersArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, scenarios::orders::run(args)),
             Ok(None) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("loadtest: {e}");
@@ -311,14 +301,14 @@ fn main() -> ExitCode {
     // The faults scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "faults") {
         argv.next();
-        return match faults::FaultsArgs::parse(argv) {
-            Ok(Some(args)) => block_on(args.threads, faults::run(args)),
+        return match scenarios::faults::FaultsArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, scenarios::faults::run(args)),
             Ok(None) => {
-                println!("{USAGE}\n\n{}", faults::USAGE);
+                println!("{USAGE}\n\n{}", scenarios::faults::USAGE);
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("loadtest: {e}\n\n{}", faults::USAGE);
+                eprintln!("loadtest: {e}\n\n{}", scenarios::faults::USAGE);
                 ExitCode::from(2)
             }
         };
@@ -326,14 +316,14 @@ fn main() -> ExitCode {
     // The wallet scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "wallet") {
         argv.next();
-        return match wallet::WalletArgs::parse(argv) {
-            Ok(Some(args)) => block_on(args.threads, wallet::run(args)),
+        return match scenarios::wallet::WalletArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, scenarios::wallet::run(args)),
             Ok(None) => {
-                println!("{USAGE}\n\n{}", wallet::USAGE);
+                println!("{USAGE}\n\n{}", scenarios::wallet::USAGE);
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("loadtest: {e}\n\n{}", wallet::USAGE);
+                eprintln!("loadtest: {e}\n\n{}", scenarios::wallet::USAGE);
                 ExitCode::from(2)
             }
         };
@@ -341,8 +331,8 @@ fn main() -> ExitCode {
     // The ingest scenario has flags of its own.
     if argv.peek().is_some_and(|s| s == "ingest") {
         argv.next();
-        return match ingest::IngestArgs::parse(argv) {
-            Ok(Some(args)) => block_on(args.threads, ingest::run(args)),
+        return match scenarios::ingest::IngestArgs::parse(argv) {
+            Ok(Some(args)) => block_on(args.threads, scenarios::ingest::run(args)),
             Ok(None) => {
                 println!("{USAGE}");
                 ExitCode::SUCCESS
@@ -539,11 +529,11 @@ async fn run(args: Args) -> Result<bool, String> {
     // Connect to the stores before the load so the flush-lag measurement
     // does not include connection setup.
     let redis = match &args.redis_url {
-        Some(url) => Some(checks::connect_redis(url).await),
+        Some(url) => Some(scenarios::sale::checks::connect_redis(url).await),
         None => None,
     };
     let mut pg = match &args.database_url {
-        Some(url) => Some(checks::connect_pg(url).await),
+        Some(url) => Some(scenarios::sale::checks::connect_pg(url).await),
         None => None,
     };
     // The processes whose CPU is measured, found before the load.
@@ -560,7 +550,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
     let (mut pg, watcher) = match pg {
         Some(Ok(conn)) if engine => {
-            let handle = checks::spawn_flush_watch(conn, progress.clone(), args.items as u64, stop_rx);
+            let handle = scenarios::sale::checks::spawn_flush_watch(conn, progress.clone(), args.items as u64, stop_rx);
             (None, Some(handle))
         }
         other => (other, None),
@@ -589,7 +579,7 @@ async fn run(args: Args) -> Result<bool, String> {
         args.server.label(),
         args.url
     );
-    let (load, cpu_start) = scenarios::run_load(cfg, || cpu_split.snapshot()).await;
+    let (load, cpu_start) = scenarios::sale::load::run_load(cfg, || cpu_split.snapshot()).await;
     let cpu_end = cpu_split.snapshot();
     let cpu = cpu_start.map(|start| {
         cpu_split.report(
@@ -644,7 +634,9 @@ async fn run(args: Args) -> Result<bool, String> {
         (Some(Err(e)), _) => invariants.push(Invariant::fail("postgres", e.clone())),
         (Some(Ok(_)), None) => invariants.push(Invariant::fail("postgres", "no sale id known")),
         (Some(Ok(conn)), Some(exp)) => {
-            let outcome = checks::pg_checks(conn, exp, Duration::from_secs(args.flush_wait_secs), early_flush).await;
+            let outcome =
+                scenarios::sale::checks::pg_checks(conn, exp, Duration::from_secs(args.flush_wait_secs), early_flush)
+                    .await;
             flush_lag = outcome.flush_lag;
             invariants.extend(outcome.invariants);
         }
@@ -654,19 +646,19 @@ async fn run(args: Args) -> Result<bool, String> {
         (Some(Err(e)), _) => invariants.push(Invariant::fail("redis", e.clone())),
         (Some(Ok(_)), None) => invariants.push(Invariant::fail("redis", "no sale id known")),
         (Some(Ok(client)), Some(exp)) => {
-            invariants.extend(checks::redis_checks(client, &args.key_prefix, exp).await);
+            invariants.extend(scenarios::sale::checks::redis_checks(client, &args.key_prefix, exp).await);
         }
     }
 
     let baseline = match (&redis, &args.redis_url) {
-        _ if !engine => Some(baseline::Baseline {
+        _ if !engine => Some(scenarios::sale::redis_bench::Baseline {
             evalsha_per_sec: None,
             note: "not run against the baseline server (run.sh runs it with the engine)".into(),
         }),
         (Some(Ok(client)), Some(url)) if args.baseline => {
             println!("running the redis-benchmark baseline ...");
             Some(
-                baseline::run(
+                scenarios::sale::redis_bench::run(
                     client,
                     &BaselineConfig {
                         redis_url: url.clone(),
@@ -680,7 +672,7 @@ async fn run(args: Args) -> Result<bool, String> {
             )
         }
         (_, _) if !args.baseline => None,
-        _ => Some(baseline::Baseline {
+        _ => Some(scenarios::sale::redis_bench::Baseline {
             evalsha_per_sec: None,
             note: "no usable Redis connection".into(),
         }),
@@ -701,7 +693,7 @@ async fn run(args: Args) -> Result<bool, String> {
         cpu,
     };
     summary.print_human();
-    report::emit_json(args.json.as_deref(), &summary.to_json())?;
+    scenarios::sale::report::emit_json(args.json.as_deref(), &summary.to_json())?;
 
     if let Some(Ok(client)) = &redis {
         let _ = fred::prelude::ClientLike::quit(client).await;

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::client::{Conn, Method, Outcome, Target, encode_query_value, push_query_value};
-use crate::stats::{EndpointStats, Progress, RunStats};
+use crate::common::http::{Conn, Method, Outcome, Target, encode_query_value, push_query_value};
+use crate::common::stats::{EndpointStats, Progress, RunStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use rand::RngExt;
 use serde_json::{Value, json};
 
-use crate::client::{Conn, Method, Outcome, Target};
+use crate::common::http::{Conn, Method, Outcome, Target};
 
 const USAGE: &str = "\
 usage: loadtest orders [flags]

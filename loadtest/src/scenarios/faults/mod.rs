@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::client::Target;
-use crate::report::{Invariant, Verdict};
+use crate::common::http::Target;
+use crate::scenarios::sale::report::{Invariant, Verdict};
 use mixed::{Load, Mix, Product, Records, Resolution, Stores};
 
 pub const USAGE: &str = "\
@@ -283,7 +283,7 @@ async fn mixed_case(
     redis_url: &str,
     run_id: &str,
 ) -> Result<Outcome, String> {
-    let redis = crate::checks::connect_redis(redis_url).await?;
+    let redis = crate::scenarios::sale::checks::connect_redis(redis_url).await?;
     let redis_at = redis_addr(redis_url).await?;
     // Whether the fault can be made at all, before any load.
     match case {
@@ -353,8 +353,8 @@ async fn mixed_case(
     let records = load.stop().await;
     let resolution = mixed::resolve(target, &records).await;
     // A fresh client: after a kill the first one's connection is gone.
-    let redis = crate::checks::connect_redis(redis_url).await?;
-    let mut pg = crate::checks::connect_pg(args.database_url.as_deref().unwrap_or_default()).await?;
+    let redis = crate::scenarios::sale::checks::connect_redis(redis_url).await?;
+    let mut pg = crate::scenarios::sale::checks::connect_pg(args.database_url.as_deref().unwrap_or_default()).await?;
     invariants.extend(
         mixed::check(
             case.name(),

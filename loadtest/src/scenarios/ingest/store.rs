@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use tokio::process::Command;
 
 use super::csv::COLUMNS;
-use crate::report::Invariant;
+use crate::scenarios::sale::report::Invariant;
 
 /// The checks aggregate a million rows: far above the sale checks' 10 s.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(300);

@@ -14,17 +14,16 @@
 mod csv;
 mod files;
 mod report;
-pub mod rss;
 mod store;
 mod upload;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::checks::connect_pg;
-use crate::client::{Conn, Method, Outcome, Target};
-use crate::cpu;
-use crate::report::Invariant;
+use crate::common::http::{Conn, Method, Outcome, Target};
+use crate::common::proc::{cpu, rss};
+use crate::scenarios::sale::checks::connect_pg;
+use crate::scenarios::sale::report::Invariant;
 use crate::{env_nonempty, parse_num};
 
 use files::{CsvFile, FileScan, IdIndex};
@@ -409,7 +408,7 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
         enforce_targets: args.enforce_targets,
     };
     summary.print_human();
-    crate::report::emit_json(args.json.as_deref(), &summary.to_json())?;
+    crate::scenarios::sale::report::emit_json(args.json.as_deref(), &summary.to_json())?;
     Ok(summary.passed())
 }
 

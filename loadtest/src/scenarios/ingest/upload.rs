@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use crate::client::{MAX_HEAD_BYTES, Target, parse_head};
+use crate::common::http::{MAX_HEAD_BYTES, Target, parse_head};
 
 /// Bytes read from the file per write. Large enough to keep system calls
 /// rare, small enough to stay far from what the engine buffers.

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
-use crate::client::{Conn, Method, Outcome, Target};
-use crate::ingest::rss;
-use crate::report::Invariant;
+use crate::common::http::{Conn, Method, Outcome, Target};
+use crate::common::proc::rss;
+use crate::scenarios::sale::report::Invariant;
 
 pub struct FloodConfig {
     pub factor: f64,

@@ -25,8 +25,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::common::proc::rss;
 use crate::env_nonempty;
-use crate::ingest::rss;
 
 /// The targets.
 pub const RATIO_TARGET: f64 = 1.5;

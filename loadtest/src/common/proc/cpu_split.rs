@@ -15,7 +15,7 @@
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use crate::cpu::{self, MachineCpu, ProcStat, USER_HZ};
+use crate::common::proc::cpu::{self, MachineCpu, ProcStat, USER_HZ};
 
 /// How a watched process (or group) is found in the process table.
 #[derive(Debug, Clone, PartialEq, Eq)]

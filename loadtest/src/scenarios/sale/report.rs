@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::baseline::Baseline;
-use crate::checks::ms;
-use crate::cpu_split::CpuReport;
-use crate::scenarios::LoadResult;
-use crate::stats::EndpointStats;
+use crate::common::fmt::ms;
+use crate::common::proc::cpu_split::CpuReport;
+use crate::common::stats::EndpointStats;
+use crate::scenarios::sale::load::LoadResult;
+use crate::scenarios::sale::redis_bench::Baseline;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use serde_json::{Map, Value, json};
 
 use super::files::{CsvFile, FileScan};
-use super::rss::{Sampled, mib};
 use super::store::CopyRun;
 use super::upload::{IngestReply, UploadOutcome};
 use super::{COPY_RATIO_TARGET, RSS_GROWTH_LIMIT_MIB};
-use crate::cpu::{CpuRun, cpus};
-use crate::report::{Invariant, Verdict};
+use crate::common::proc::cpu::{CpuRun, cpus};
+use crate::common::proc::rss::{Sampled, mib};
+use crate::scenarios::sale::report::{Invariant, Verdict};
 
 /// The engine's memory around one upload.
 pub struct MemRun {

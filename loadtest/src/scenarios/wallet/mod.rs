@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{Conn, Method, Outcome, Target};
+use crate::common::http::{Conn, Method, Outcome, Target};
 
 pub const USAGE: &str = "\
 wallet flags (default):
@@ -113,7 +113,9 @@ pub async fn run(args: WalletArgs) -> Result<bool, String> {
     if args.baseline {
         return baseline(&args, &target).await;
     }
-    let started_cpu = args.server_pid.and_then(|pid| crate::cpu::process_cpu(pid).ok());
+    let started_cpu = args
+        .server_pid
+        .and_then(|pid| crate::common::proc::cpu::process_cpu(pid).ok());
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -186,7 +188,9 @@ pub async fn run(args: WalletArgs) -> Result<bool, String> {
     let elapsed = started.elapsed();
     let ops = ops.load(Ordering::SeqCst);
     let cpu = match (args.server_pid, started_cpu) {
-        (Some(pid), Some(before)) => crate::cpu::process_cpu(pid).ok().map(|after| after - before),
+        (Some(pid), Some(before)) => crate::common::proc::cpu::process_cpu(pid)
+            .ok()
+            .map(|after| after - before),
         _ => None,
     };
     // Let the last events arrive.

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tokio::task::JoinHandle;
 
-use crate::client::{Conn, Method, Outcome, Target};
-use crate::report::Invariant;
+use crate::common::http::{Conn, Method, Outcome, Target};
+use crate::scenarios::sale::report::Invariant;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a player sends a transaction again before giving up on it.
@@ -735,7 +735,10 @@ pub async fn check(
     for (sale, count) in &per_sale {
         // A case's items are its own (ranges far apart, byte-aligned): the
         // sale's sold bits in its range.
-        let key = format!("{}:sold", crate::checks::sale_key(stores.key_prefix, *sale));
+        let key = format!(
+            "{}:sold",
+            crate::scenarios::sale::checks::sale_key(stores.key_prefix, *sale)
+        );
         let first_bit = mix.item_base;
         let last_bit = mix.item_base + mix.buyers as u64 * ITEMS_PER_BUYER;
         let bits = stores

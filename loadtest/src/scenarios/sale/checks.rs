@@ -11,8 +11,9 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::report::Invariant;
-use crate::stats::Progress;
+use crate::common::fmt::ms;
+use crate::common::stats::Progress;
+use crate::scenarios::sale::report::Invariant;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -315,10 +316,6 @@ pub async fn pg_checks(
     );
 
     PgOutcome { invariants, flush_lag }
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]
