@@ -9,42 +9,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-const USAGE: &str = "usage: loadtest compare --engine ENGINE.json --baseline BASELINE.json [--json OUT]";
-
+/// Flags of `loadtest compare`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
+    /// The engine run's JSON summary.
+    #[arg(long, value_name = "ENGINE.json")]
     engine: PathBuf,
+    /// The baseline server run's JSON summary.
+    #[arg(long, value_name = "BASELINE.json")]
     baseline: PathBuf,
+    /// Write the engine's summary with the baseline's and the ratios added to OUT.
+    #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
-}
-
-impl CompareArgs {
-    /// `Ok(None)` means --help.
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<CompareArgs>, String> {
-        let (mut engine, mut baseline, mut json) = (None, None, None);
-        let mut argv = argv.into_iter();
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
-            }
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_string(), v.to_string()),
-                None => {
-                    let v = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                    (flag, v)
-                }
-            };
-            match flag.as_str() {
-                "--engine" => engine = Some(PathBuf::from(value)),
-                "--baseline" => baseline = Some(PathBuf::from(value)),
-                "--json" => json = Some(PathBuf::from(value)),
-                other => return Err(format!("compare: unknown flag {other:?}\n{USAGE}")),
-            }
-        }
-        match (engine, baseline) {
-            (Some(engine), Some(baseline)) => Ok(Some(CompareArgs { engine, baseline, json })),
-            _ => Err(format!("compare needs --engine and --baseline\n{USAGE}")),
-        }
-    }
 }
 
 /// One compared figure: where it is in a run's JSON summary.
@@ -346,20 +322,5 @@ mod tests {
         assert!(m["vs_baseline_server"]["ratios"]["cpu_us_postgres"].is_null());
         assert_eq!(m["vs_baseline_server"]["baseline_passed"], true);
         assert!(merged(&json!([1]), &baseline, &rows).is_err());
-    }
-
-    #[test]
-    fn parses_flags() {
-        let parse = |line: &str| CompareArgs::parse(line.split_whitespace().map(str::to_string));
-        let a = parse("--engine a.json --baseline=b.json --json c.json")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (a.engine, a.baseline, a.json),
-            ("a.json".into(), "b.json".into(), Some("c.json".into()))
-        );
-        assert!(parse("--engine a.json").is_err());
-        assert!(parse("--bogus x").is_err());
-        assert!(parse("--help").unwrap().is_none());
     }
 }

@@ -25,42 +25,17 @@ use crate::common::http::Target;
 use crate::scenarios::sale::report::{Invariant, Verdict};
 use mixed::{Load, Mix, Product, Records, Resolution, Stores};
 
-pub const USAGE: &str = "\
-faults flags (default):
-  --url URL               the engine's base URL (http://127.0.0.1:8080)
-  --admin-token T         the engine's STAMPEDE_ADMIN_TOKEN ($STAMPEDE_ADMIN_TOKEN): products, reconcile
-  --redis-url URL         the engine's Redis ($REDIS_URL)
-  --database-url URL      the engine's Postgres ($DATABASE_URL)
-  --key-prefix P          the engine's STAMPEDE_KEY_PREFIX ($STAMPEDE_KEY_PREFIX or stampede)
-  --engine-pid PID        the engine's process: its Redis connections (drop) and memory (flood)
-  --redis-pidfile PATH    pid file of a Redis this run owns; with --redis-conf enables the kill case
-  --redis-conf PATH       its configuration file (AOF on), to start it again after the kill
-  --cases LIST            comma-separated: drop,kill,flood (all three)
-  --secs N                how long the drop case drops connections (4)
-  --flood-secs N          how long the flood lasts (3)
-  --clients N             clients of each kind in the mixed load: N buyers, N orderers, N players (4)
-  --json PATH             also write the JSON summary to PATH
-  --threads N             tokio worker threads (number of CPUs)
-
-The engine needs ITEMS_PER_SALE >= 1000000 and PER_USER_LIMIT >= 100000 (run.sh sets both).";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Case {
+    /// The engine's own Redis connections killed every 30 ms.
     Drop,
+    /// Redis killed with SIGKILL and started again from its AOF.
     Kill,
+    /// Checkouts open-loop at 5x the measured capacity.
     Flood,
 }
 
 impl Case {
-    fn parse(s: &str) -> Result<Case, String> {
-        match s {
-            "drop" => Ok(Case::Drop),
-            "kill" => Ok(Case::Kill),
-            "flood" => Ok(Case::Flood),
-            other => Err(format!("--cases: drop, kill or flood, not {other:?}")),
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Case::Drop => "drop",
@@ -79,80 +54,49 @@ impl Case {
     }
 }
 
-#[derive(Debug)]
+/// Flags of `loadtest faults`. The engine needs ITEMS_PER_SALE >= 1000000
+/// and PER_USER_LIMIT >= 100000 (run.sh sets both).
+#[derive(Debug, Clone, clap::Args)]
 pub struct FaultsArgs {
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The engine's STAMPEDE_ADMIN_TOKEN: products, reconcile.
+    #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
-    redis_url: Option<String>,
-    database_url: Option<String>,
+    /// The engine's Redis.
+    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    redis_url: String,
+    /// The engine's Postgres.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: String,
+    /// The engine's STAMPEDE_KEY_PREFIX.
+    #[arg(long, env = "STAMPEDE_KEY_PREFIX", default_value = "stampede")]
     key_prefix: String,
+    /// The engine's process: its Redis connections (drop) and memory (flood).
+    #[arg(long, value_name = "PID")]
     engine_pid: Option<u32>,
+    /// Pid file of a Redis this run owns; with --redis-conf enables the kill case.
+    #[arg(long, value_name = "PATH", requires = "redis_conf")]
     redis_pidfile: Option<PathBuf>,
+    /// Its configuration file (AOF on), to start it again after the kill.
+    #[arg(long, value_name = "PATH", requires = "redis_pidfile")]
     redis_conf: Option<PathBuf>,
+    /// The cases to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "drop,kill,flood")]
     cases: Vec<Case>,
+    /// How long the drop case drops connections, in seconds.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     secs: u64,
+    /// How long the flood lasts, in seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     flood_secs: u64,
+    /// Clients of each kind in the mixed load: N + 2 buyers, N orderers, N players.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10))]
     clients: usize,
+    /// Also write the JSON summary to PATH.
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    pub threads: Option<usize>,
-}
-
-impl FaultsArgs {
-    /// `Ok(None)` means --help.
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let mut a = FaultsArgs {
-            url: "http://127.0.0.1:8080".into(),
-            admin_token: env("STAMPEDE_ADMIN_TOKEN").unwrap_or_default(),
-            redis_url: env("REDIS_URL"),
-            database_url: env("DATABASE_URL"),
-            key_prefix: env("STAMPEDE_KEY_PREFIX").unwrap_or_else(|| "stampede".into()),
-            engine_pid: None,
-            redis_pidfile: None,
-            redis_conf: None,
-            cases: vec![Case::Drop, Case::Kill, Case::Flood],
-            secs: 4,
-            flood_secs: 3,
-            clients: 4,
-            json: None,
-            threads: None,
-        };
-        let mut argv = argv.into_iter();
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
-            }
-            let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v:?}"));
-            match flag.as_str() {
-                "--url" => a.url = value,
-                "--admin-token" => a.admin_token = value,
-                "--redis-url" => a.redis_url = Some(value),
-                "--database-url" => a.database_url = Some(value),
-                "--key-prefix" => a.key_prefix = value,
-                "--engine-pid" => a.engine_pid = Some(num(&value)? as u32),
-                "--redis-pidfile" => a.redis_pidfile = Some(value.into()),
-                "--redis-conf" => a.redis_conf = Some(value.into()),
-                "--cases" => a.cases = value.split(',').map(Case::parse).collect::<Result<_, _>>()?,
-                "--secs" => a.secs = num(&value)?,
-                "--flood-secs" => a.flood_secs = num(&value)?,
-                "--clients" => a.clients = num(&value)? as usize,
-                "--json" => a.json = Some(value.into()),
-                "--threads" => a.threads = Some(num(&value)? as usize),
-                other => return Err(format!("unknown flag {other:?}")),
-            }
-        }
-        if a.admin_token.is_empty() {
-            return Err("faults needs --admin-token or STAMPEDE_ADMIN_TOKEN (products, reconcile)".into());
-        }
-        if a.redis_url.is_none() || a.database_url.is_none() {
-            return Err("faults needs --redis-url and --database-url (or REDIS_URL, DATABASE_URL)".into());
-        }
-        if a.cases.is_empty() || a.secs == 0 || a.flood_secs == 0 || a.clients == 0 || a.clients > 10 {
-            return Err("--cases must not be empty, --secs and --flood-secs > 0, --clients 1..=10".into());
-        }
-        Ok(Some(a))
-    }
 }
 
 /// One case's verdicts and figures.
@@ -171,8 +115,13 @@ impl Outcome {
 }
 
 pub async fn run(args: FaultsArgs) -> Result<bool, String> {
+    if args.admin_token.is_empty() || args.redis_url.is_empty() || args.database_url.is_empty() {
+        return Err("faults needs --admin-token, --redis-url and --database-url \
+                    (or STAMPEDE_ADMIN_TOKEN, REDIS_URL, DATABASE_URL)"
+            .into());
+    }
     let target = Target::resolve(&args.url).await?;
-    let redis_url = args.redis_url.clone().unwrap_or_default();
+    let redis_url = args.redis_url.clone();
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let mut summary = serde_json::Map::new();
     let mut all = Vec::new();
@@ -354,7 +303,7 @@ async fn mixed_case(
     let resolution = mixed::resolve(target, &records).await;
     // A fresh client: after a kill the first one's connection is gone.
     let redis = crate::scenarios::sale::checks::connect_redis(redis_url).await?;
-    let mut pg = crate::scenarios::sale::checks::connect_pg(args.database_url.as_deref().unwrap_or_default()).await?;
+    let mut pg = crate::scenarios::sale::checks::connect_pg(&args.database_url).await?;
     invariants.extend(
         mixed::check(
             case.name(),
@@ -500,25 +449,4 @@ async fn kill_redis(args: &FaultsArgs, load: &Load) -> Result<serde_json::Map<St
     out.insert("redis_down_secs".into(), json!(down_for.as_secs_f64()));
     out.insert("recovered_ms".into(), json!(recovered_in.as_secs_f64() * 1000.0));
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(line: &str) -> Result<Option<FaultsArgs>, String> {
-        FaultsArgs::parse(line.split_whitespace().map(str::to_string))
-    }
-
-    #[test]
-    fn flags() {
-        let a =
-            parse("--admin-token t --redis-url redis://x:1 --database-url postgres://y --cases drop,flood --secs 2")
-                .unwrap()
-                .unwrap();
-        assert_eq!(a.cases, vec![Case::Drop, Case::Flood]);
-        assert_eq!(a.secs, 2);
-        assert!(parse("--admin-token t --redis-url r --database-url d --cases nope").is_err());
-        assert!(parse("--help").unwrap().is_none());
-    }
 }

@@ -24,7 +24,6 @@ use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::proc::{cpu, rss};
 use crate::scenarios::sale::checks::connect_pg;
 use crate::scenarios::sale::report::Invariant;
-use crate::{env_nonempty, parse_num};
 
 use files::{CsvFile, FileScan, IdIndex};
 use report::{BaselineRun, IngestSummary, MemRun, UploadRun};
@@ -41,101 +40,61 @@ const BACKGROUND_WINDOW: Duration = Duration::from_secs(1);
 /// `\copy` rows/s of the same run.
 pub const COPY_RATIO_TARGET: f64 = 0.40;
 
-#[derive(Debug)]
+/// Flags of `loadtest ingest`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// The large file: its upload is the one compared with `\copy`.
+    /// The large NDJSON file: its upload is the one compared with \copy.
+    #[arg(long, value_name = "PATH")]
     pub file: PathBuf,
-    /// The small file, uploaded first: the memory reference.
-    pub small_file: Option<PathBuf>,
+    /// A smaller file uploaded first: the memory reference (none if unset or empty).
+    // An OsString: clap refuses an empty PathBuf.
+    #[arg(long, value_name = "PATH")]
+    pub small_file: Option<std::ffi::OsString>,
+    /// The engine's process, for its RSS and CPU (not measured if unset).
+    #[arg(long, value_name = "PID")]
     pub engine_pid: Option<u32>,
+    /// The engine's Postgres, for the checks and the baseline (both SKIPPED if unset).
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Also write the JSON summary to PATH.
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Where the baseline CSV is written [default: <file stem>.copy.csv next to --file].
+    #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
+    /// Keep the CSV afterwards (deleted by default).
+    #[arg(long)]
     pub keep_csv: bool,
+    /// psql binary of the baseline.
+    #[arg(long, default_value = "psql")]
     pub psql: String,
-    pub baseline: bool,
-    pub checkpoint: bool,
+    /// Skip the \copy baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Do not CHECKPOINT Postgres before each timed phase.
+    #[arg(long)]
+    pub no_checkpoint: bool,
+    /// Budget of one upload, and of the \copy, in seconds.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_secs: u64,
+    /// RSS sampling period in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub sample_ms: u64,
+    /// A missed target (RSS growth, \copy ratio) makes the exit code 1.
+    #[arg(long)]
     pub enforce_targets: bool,
-    pub threads: Option<usize>,
 }
 
 impl IngestArgs {
-    /// Flags after `ingest`. `Ok(None)` means --help.
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<IngestArgs>, String> {
-        let mut argv = argv.into_iter();
-        let mut a = IngestArgs {
-            url: "http://127.0.0.1:8080".into(),
-            file: PathBuf::new(),
-            small_file: None,
-            engine_pid: None,
-            database_url: env_nonempty("DATABASE_URL"),
-            json: None,
-            csv: None,
-            keep_csv: false,
-            psql: "psql".into(),
-            baseline: true,
-            checkpoint: true,
-            max_secs: 1800,
-            sample_ms: 20,
-            enforce_targets: false,
-            threads: None,
-        };
-        let mut file = None;
-        while let Some(flag) = argv.next() {
-            match flag.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--no-baseline" => {
-                    a.baseline = false;
-                    continue;
-                }
-                "--no-checkpoint" => {
-                    a.checkpoint = false;
-                    continue;
-                }
-                "--keep-csv" => {
-                    a.keep_csv = true;
-                    continue;
-                }
-                "--enforce-targets" => {
-                    a.enforce_targets = true;
-                    continue;
-                }
-                _ => {}
-            }
-            // Accept both `--flag value` and `--flag=value`.
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_string(), v.to_string()),
-                None => {
-                    let v = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                    (flag, v)
-                }
-            };
-            match flag.as_str() {
-                "--url" => a.url = value,
-                "--file" => file = Some(PathBuf::from(value)),
-                "--small-file" => a.small_file = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
-                "--engine-pid" => a.engine_pid = Some(parse_num(&flag, &value)?),
-                "--database-url" => a.database_url = Some(value),
-                "--json" => a.json = Some(PathBuf::from(value)),
-                "--csv" => a.csv = Some(PathBuf::from(value)),
-                "--psql" => a.psql = value,
-                "--max-secs" => a.max_secs = parse_num(&flag, &value)?,
-                "--sample-ms" => a.sample_ms = parse_num(&flag, &value)?,
-                "--threads" => a.threads = Some(parse_num(&flag, &value)?),
-                other => return Err(format!("unknown flag {other:?} for ingest")),
-            }
-        }
-        a.file = file.ok_or("ingest needs --file PATH (the large NDJSON file)")?;
-        if a.max_secs == 0 || a.sample_ms == 0 {
-            return Err("--max-secs and --sample-ms must be > 0".into());
-        }
-        if a.threads == Some(0) {
-            return Err("--threads must be > 0".into());
-        }
-        Ok(Some(a))
+    /// An empty `--small-file=` (what a script passes for "none") is none,
+    /// as is an empty DATABASE_URL.
+    fn normalised(mut self) -> IngestArgs {
+        self.small_file = self.small_file.filter(|p| !p.is_empty());
+        self.database_url = self.database_url.filter(|u| !u.is_empty());
+        self
     }
 
     /// Where the baseline CSV goes: `--csv`, else next to the large file.
@@ -190,7 +149,7 @@ async fn upload_one(
 ) -> UploadRun {
     let mut notes = Vec::new();
     if let Some(conn) = pg
-        && args.checkpoint
+        && !args.no_checkpoint
         && let Err(e) = store::checkpoint(conn).await
     {
         notes.push(format!("CHECKPOINT before the upload failed: {e}"));
@@ -288,7 +247,7 @@ async fn baseline(
             return run;
         }
     }
-    if args.checkpoint
+    if !args.no_checkpoint
         && let Err(e) = store::checkpoint(conn).await
     {
         run.notes.push(format!("CHECKPOINT before \\copy failed: {e}"));
@@ -327,6 +286,7 @@ fn remove_csv(args: &IngestArgs, path: &Path) {
 /// Returns Ok(true) when every invariant passed (and, with
 /// --enforce-targets, every target was met).
 pub async fn run(args: IngestArgs) -> Result<bool, String> {
+    let args = args.normalised();
     let target = Target::resolve(&args.url).await?;
     preflight(&target, &args.url).await?;
     let engine_name = match args.engine_pid {
@@ -357,7 +317,7 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
         }
     };
 
-    let mut paths: Vec<PathBuf> = args.small_file.iter().cloned().collect();
+    let mut paths: Vec<PathBuf> = args.small_file.iter().map(PathBuf::from).collect();
     paths.push(args.file.clone());
     println!("scanning {} file(s) ...", paths.len());
     let (index, scans) = scan_files(paths).await?;
@@ -380,7 +340,7 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
     let baseline = match (&mut pg, &args.database_url) {
         (Some(conn), Some(url)) => {
             invariants.extend(store::checks(conn, distinct).await);
-            if !args.baseline {
+            if args.no_baseline {
                 None
             } else if uploads_ok {
                 Some(baseline(&args, index, large_file_number, conn, url).await)
@@ -410,39 +370,4 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
     summary.print_human();
     crate::scenarios::sale::report::emit_json(args.json.as_deref(), &summary.to_json())?;
     Ok(summary.passed())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(line: &str) -> Result<Option<IngestArgs>, String> {
-        IngestArgs::parse(line.split_whitespace().map(str::to_string))
-    }
-
-    #[test]
-    fn needs_the_large_file() {
-        assert!(parse("").is_err());
-        assert!(parse("--help").unwrap().is_none());
-        let a = parse("--file /d/big.ndjson --small-file=/d/s.ndjson --engine-pid 42")
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.file, PathBuf::from("/d/big.ndjson"));
-        assert_eq!(a.small_file, Some(PathBuf::from("/d/s.ndjson")));
-        assert_eq!((a.engine_pid, a.max_secs, a.sample_ms), (Some(42), 1800, 20));
-        assert!(a.baseline && a.checkpoint && !a.enforce_targets && !a.keep_csv);
-        assert_eq!(a.csv_path(), PathBuf::from("/d/big.copy.csv"));
-        assert!(parse("--file x --engine-pid nope").is_err());
-        assert!(parse("--file x --users 3").is_err());
-        assert!(parse("--file x --sample-ms 0").is_err());
-    }
-
-    #[test]
-    fn flags_without_values() {
-        let a = parse("--file x --no-baseline --no-checkpoint --keep-csv --enforce-targets --small-file=")
-            .unwrap()
-            .unwrap();
-        assert!(!a.baseline && !a.checkpoint && a.keep_csv && a.enforce_targets);
-        assert_eq!(a.small_file, None);
-    }
 }

@@ -17,82 +17,39 @@ use hdrhistogram::Histogram;
 use rand::RngExt;
 use serde_json::{Value, json};
 
+use crate::common::at_least_one;
 use crate::common::http::{Conn, Method, Outcome, Target};
 
-const USAGE: &str = "\
-usage: loadtest orders [flags]
-
-flags (default):
-  --url URL               engine base URL (http://127.0.0.1:8080)
-  --admin-token T         the engine's STAMPEDE_ADMIN_TOKEN ($STAMPEDE_ADMIN_TOKEN)
-  --products P            products (20)
-  --stock N               stock of each product (5000)
-  --buyers B              distinct buyer ids (2000)
-  --connections N         keep-alive connections (200)
-  --operations N          operations in all (150000); an operation is 1 or 2 requests
-  --baseline-rps X        the baseline server's requests/s in the same run, for the ratio
-  --json PATH             also write the JSON summary to PATH
-  --threads N             tokio worker threads (number of CPUs)";
-
-#[derive(Debug, Clone)]
+/// Flags of `loadtest orders`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct OrdersArgs {
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The engine's STAMPEDE_ADMIN_TOKEN (products are created as admin).
+    #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+    /// Products.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one())]
     products: usize,
+    /// Stock of each product.
+    #[arg(long, default_value_t = 5000)]
     stock: i64,
+    /// Distinct buyer ids.
+    #[arg(long, default_value_t = 2000, value_parser = at_least_one())]
     buyers: usize,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one())]
     connections: usize,
+    /// Operations in all; an operation is 1 or 2 requests.
+    #[arg(long, default_value_t = 150_000, value_parser = at_least_one())]
     operations: usize,
+    /// The baseline server's requests/s in the same run, for the ratio.
+    #[arg(long, value_name = "X")]
     baseline_rps: Option<f64>,
+    /// Also write the JSON summary to PATH.
+    #[arg(long, value_name = "PATH")]
     json: Option<std::path::PathBuf>,
-    pub threads: Option<usize>,
-}
-
-impl OrdersArgs {
-    /// `Ok(None)` means --help.
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
-        let mut a = OrdersArgs {
-            url: "http://127.0.0.1:8080".into(),
-            admin_token: std::env::var("STAMPEDE_ADMIN_TOKEN").unwrap_or_default(),
-            products: 20,
-            stock: 5000,
-            buyers: 2000,
-            connections: 200,
-            operations: 150_000,
-            baseline_rps: None,
-            json: None,
-            threads: None,
-        };
-        let mut argv = argv.into_iter();
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let num = |v: &str| v.parse::<usize>().map_err(|_| format!("{flag}: not a number: {v:?}"));
-            match flag.as_str() {
-                "--url" => a.url = value,
-                "--admin-token" => a.admin_token = value,
-                "--products" => a.products = num(&value)?,
-                "--stock" => a.stock = num(&value)? as i64,
-                "--buyers" => a.buyers = num(&value)?,
-                "--connections" => a.connections = num(&value)?,
-                "--operations" => a.operations = num(&value)?,
-                "--baseline-rps" => a.baseline_rps = Some(value.parse().map_err(|_| format!("{flag}: not a number"))?),
-                "--json" => a.json = Some(value.into()),
-                "--threads" => a.threads = Some(num(&value)?),
-                other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
-            }
-        }
-        if a.admin_token.is_empty() {
-            return Err("orders needs --admin-token or STAMPEDE_ADMIN_TOKEN (products are created as admin)".into());
-        }
-        if a.products == 0 || a.buyers == 0 || a.connections == 0 || a.operations == 0 {
-            return Err("--products, --buyers, --connections and --operations must be > 0".into());
-        }
-        Ok(Some(a))
-    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -307,6 +264,9 @@ async fn admin(target: &Target, token: &str, method: Method, path: &str, body: &
 }
 
 pub async fn run(args: OrdersArgs) -> Result<bool, String> {
+    if args.admin_token.is_empty() {
+        return Err("orders needs --admin-token or STAMPEDE_ADMIN_TOKEN (products are created as admin)".into());
+    }
     let target = Target::resolve(&args.url).await?;
     let mut products = Vec::new();
     for p in 0..args.products {

@@ -17,31 +17,7 @@ use tokio::task::JoinSet;
 use crate::common::http::{Conn, Method, Outcome, Target, encode_query_value, push_query_value};
 use crate::common::stats::{EndpointStats, Progress, RunStats};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    /// Every user buys its own disjoint share of the items: no conflicts, pure throughput.
-    Contest,
-    /// Many users race for a few items.
-    Contention,
-}
-
-impl Scenario {
-    /// Status keys that are a normal part of the scenario, per endpoint.
-    pub fn expected_statuses(self) -> (&'static [&'static str], &'static [&'static str]) {
-        match self {
-            Scenario::Contest => (&["200"], &["200"]),
-            Scenario::Contention => (
-                &[
-                    "200",
-                    "409 ITEM_SOLD",
-                    "403 USER_LIMIT_REACHED",
-                    "429 TOO_MANY_CHECKOUTS",
-                ],
-                &["200", "409 ITEM_SOLD", "403 USER_LIMIT_REACHED"],
-            ),
-        }
-    }
-}
+use super::args::Scenario;
 
 pub struct LoadConfig {
     pub scenario: Scenario,

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::common::fmt::ms;
 use crate::common::proc::cpu_split::CpuReport;
+use crate::common::server::ServerKind;
 use crate::common::stats::EndpointStats;
 use crate::scenarios::sale::load::LoadResult;
 use crate::scenarios::sale::redis_bench::Baseline;
@@ -53,41 +54,6 @@ impl Invariant {
             name: name.to_string(),
             verdict: Verdict::Skip,
             detail: detail.into(),
-        }
-    }
-}
-
-/// What the driver loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerKind {
-    /// The stampede engine: every check applies.
-    Engine,
-    /// `baseline-server`: no Postgres, no redis-benchmark baseline.
-    Baseline,
-}
-
-impl ServerKind {
-    pub fn parse(value: &str) -> Result<ServerKind, String> {
-        match value {
-            "engine" => Ok(ServerKind::Engine),
-            "baseline" => Ok(ServerKind::Baseline),
-            other => Err(format!("--server: engine or baseline, not {other:?}")),
-        }
-    }
-
-    /// The name in the JSON summary.
-    pub fn name(self) -> &'static str {
-        match self {
-            ServerKind::Engine => "engine",
-            ServerKind::Baseline => "baseline",
-        }
-    }
-
-    /// The name in the printed report.
-    pub fn label(self) -> &'static str {
-        match self {
-            ServerKind::Engine => "engine",
-            ServerKind::Baseline => "baseline server",
         }
     }
 }

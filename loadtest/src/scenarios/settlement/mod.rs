@@ -25,8 +25,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::common::at_least_one;
 use crate::common::proc::rss;
-use crate::env_nonempty;
 
 /// The targets.
 pub const RATIO_TARGET: f64 = 1.5;
@@ -34,84 +34,61 @@ pub const RSS_GROWTH_LIMIT_MIB: f64 = 64.0;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
-#[derive(Debug)]
+/// Flags of `loadtest settlement`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct SettlementArgs {
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// The engine's Postgres (the transactions, the baseline, the checks).
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: String,
+    /// The engine's STAMPEDE_ADMIN_TOKEN (jobs are admin routes).
+    #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
+    /// The engine's process, for its peak RSS.
+    #[arg(long, value_name = "PID")]
     pub engine_pid: Option<u32>,
+    /// First day of the large range (YYYY-MM-DD).
+    #[arg(long, default_value = "2025-01-01", value_parser = date)]
     pub from: String,
+    /// Last day of the large range.
+    #[arg(long, default_value = "2025-01-31", value_parser = date)]
     pub to: String,
+    /// First day of the small range, the memory reference (none if unset).
+    #[arg(long, value_parser = date, requires = "small_to")]
     pub small_from: Option<String>,
+    /// Last day of the small range.
+    #[arg(long, value_parser = date, requires = "small_from")]
     pub small_to: Option<String>,
+    /// Timed runs, each with its psql baseline.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     pub runs: usize,
+    /// psql binary of the baseline.
+    #[arg(long, default_value = "psql")]
     pub psql: String,
+    /// Also write the JSON summary to PATH.
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Budget of one job, POST to COMPLETED.
+    #[arg(long, default_value_t = 600)]
     pub max_secs: u64,
 }
 
-impl SettlementArgs {
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
-        let mut argv = argv.into_iter();
-        let mut a = SettlementArgs {
-            url: "http://127.0.0.1:8080".into(),
-            database_url: env_nonempty("DATABASE_URL").unwrap_or_default(),
-            admin_token: env_nonempty("STAMPEDE_ADMIN_TOKEN").unwrap_or_default(),
-            engine_pid: None,
-            from: "2025-01-01".into(),
-            to: "2025-01-31".into(),
-            small_from: None,
-            small_to: None,
-            runs: 3,
-            psql: "psql".into(),
-            json: None,
-            max_secs: 600,
-        };
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
+/// A `YYYY-MM-DD` date: it goes into the baseline's SQL text as it is.
+fn date(value: &str) -> Result<String, String> {
+    let ok = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 4 | 7) {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
             }
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_string(), v.to_string()),
-                None => {
-                    let v = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                    (flag, v)
-                }
-            };
-            match flag.as_str() {
-                "--url" => a.url = value,
-                "--database-url" => a.database_url = value,
-                "--admin-token" => a.admin_token = value,
-                "--engine-pid" => a.engine_pid = Some(crate::parse_num(&flag, &value)?),
-                "--from" => a.from = value,
-                "--to" => a.to = value,
-                "--small-from" => a.small_from = Some(value),
-                "--small-to" => a.small_to = Some(value),
-                "--runs" => a.runs = crate::parse_num(&flag, &value)?,
-                "--psql" => a.psql = value,
-                "--json" => a.json = Some(PathBuf::from(value)),
-                "--max-secs" => a.max_secs = crate::parse_num(&flag, &value)?,
-                other => return Err(format!("unknown flag {other:?} for settlement")),
-            }
-        }
-        for date in [Some(&a.from), Some(&a.to), a.small_from.as_ref(), a.small_to.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            let ok = date.len() == 10 && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) == (b == b'-'));
-            if !ok {
-                return Err(format!("{date:?} is not a YYYY-MM-DD date"));
-            }
-        }
-        if a.database_url.is_empty() || a.admin_token.is_empty() {
-            return Err(
-                "settlement needs --database-url and --admin-token (or DATABASE_URL, STAMPEDE_ADMIN_TOKEN)".into(),
-            );
-        }
-        if a.runs == 0 {
-            return Err("--runs must be > 0".into());
-        }
-        Ok(Some(a))
+        });
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{value:?} is not a YYYY-MM-DD date"))
     }
 }
 
@@ -267,6 +244,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub async fn run(args: SettlementArgs) -> Result<bool, String> {
+    if args.database_url.is_empty() || args.admin_token.is_empty() {
+        return Err("settlement needs --database-url and --admin-token (or DATABASE_URL, STAMPEDE_ADMIN_TOKEN)".into());
+    }
     let db = PgPool::connect(&args.database_url).await.map_err(|e| e.to_string())?;
     sqlx::query("CREATE TABLE IF NOT EXISTS baseline_settlements (LIKE settlements INCLUDING ALL)")
         .execute(&db)

@@ -20,97 +20,59 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::at_least_one;
 use crate::common::http::{Conn, Method, Outcome, Target};
+use crate::common::server::ServerKind;
 
-pub const USAGE: &str = "\
-wallet flags (default):
-  --url URL               server base URL (http://127.0.0.1:8080)
-  --server KIND           engine, or baseline: POST /checkout of the baseline server (engine)
-  --server-pid PID        the server's process, for its CPU per operation
-  --players N             players (2000)
-  --sse-clients N         SSE clients, one per player of the first N (1000)
-  --connections N         keep-alive request connections (200)
-  --secs N                load duration (20)
-  --admin-token T         grants bonuses to half the players ($STAMPEDE_ADMIN_TOKEN; none if unset)
-  --database-url URL      the engine's Postgres, for the conservation check ($DATABASE_URL)
-  --engine-json PATH      baseline: the engine run's summary, for the ratio
-  --json PATH             also write the JSON summary to PATH
-  --threads N             tokio worker threads (number of CPUs)";
-
-#[derive(Debug)]
+/// Flags of `loadtest wallet`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct WalletArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    baseline: bool,
+    /// engine, or baseline: `POST /checkout` of the baseline server over as
+    /// many connections, for as long.
+    #[arg(long, value_enum, default_value_t = ServerKind::Engine)]
+    server: ServerKind,
+    /// The server's process, for its CPU per operation.
+    #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Players.
+    #[arg(long, default_value_t = 2000, value_parser = at_least_one())]
     players: usize,
+    /// SSE clients, one per player of the first N (at most --players).
+    #[arg(long, default_value_t = 1000)]
     sse_clients: usize,
+    /// Keep-alive request connections.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one())]
     connections: usize,
+    /// Load duration in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     secs: u64,
+    /// Grants bonuses to half the players (none if unset).
+    #[arg(long, env = "STAMPEDE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The engine's Postgres, for the conservation check.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// baseline: the engine run's summary, for the ratio.
+    #[arg(long, value_name = "PATH")]
     engine_json: Option<PathBuf>,
+    /// Also write the JSON summary to PATH.
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    pub threads: Option<usize>,
-}
-
-impl WalletArgs {
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let mut a = WalletArgs {
-            url: "http://127.0.0.1:8080".into(),
-            baseline: false,
-            server_pid: None,
-            players: 2000,
-            sse_clients: 1000,
-            connections: 200,
-            secs: 20,
-            admin_token: env("STAMPEDE_ADMIN_TOKEN"),
-            database_url: env("DATABASE_URL"),
-            engine_json: None,
-            json: None,
-            threads: None,
-        };
-        let mut argv = argv.into_iter();
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
-            }
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_owned(), v.to_owned()),
-                None => {
-                    let v = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                    (flag, v)
-                }
-            };
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v:?}"));
-            match flag.as_str() {
-                "--url" => a.url = value,
-                "--server" => a.baseline = value == "baseline",
-                "--server-pid" => a.server_pid = Some(num(&value)? as u32),
-                "--players" => a.players = num(&value)? as usize,
-                "--sse-clients" => a.sse_clients = num(&value)? as usize,
-                "--connections" => a.connections = num(&value)? as usize,
-                "--secs" => a.secs = num(&value)?,
-                "--admin-token" => a.admin_token = Some(value),
-                "--database-url" => a.database_url = Some(value),
-                "--engine-json" => a.engine_json = Some(PathBuf::from(value)),
-                "--json" => a.json = Some(PathBuf::from(value)),
-                "--threads" => a.threads = Some(num(&value)? as usize),
-                other => return Err(format!("unknown flag {other:?}")),
-            }
-        }
-        if a.players == 0 || a.connections == 0 || a.secs == 0 || a.sse_clients > a.players {
-            return Err("--players, --connections, --secs must be > 0 and --sse-clients <= --players".into());
-        }
-        Ok(Some(a))
-    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(args: WalletArgs) -> Result<bool, String> {
+pub async fn run(mut args: WalletArgs) -> Result<bool, String> {
+    if args.sse_clients > args.players {
+        return Err("--sse-clients must be at most --players".into());
+    }
+    args.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    args.database_url = args.database_url.filter(|u| !u.is_empty());
     let target = Target::resolve(&args.url).await?;
-    if args.baseline {
+    if args.server == ServerKind::Baseline {
         return baseline(&args, &target).await;
     }
     let started_cpu = args
