@@ -334,6 +334,7 @@ elif [[ $SCENARIO == orders ]]; then
     --url "http://127.0.0.1:$LOAD_PORT"
     --admin-token "$LOAD_ADMIN_TOKEN"
     --products "${PRODUCTS:-20}" --stock "${STOCK:-5000}" --buyers "${BUYERS:-2000}"
+    --database-url "$LOAD_URL"
     --operations "${OPERATIONS:-150000}" --connections "${CONNECTIONS:-200}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"

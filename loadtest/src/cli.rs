@@ -17,8 +17,10 @@ use crate::scenarios::wallet::WalletArgs;
 
 /// Load driver of the stampede engine (see loadtest/README.md).
 ///
-/// Exit code: 0 every check passed, 1 a check failed, 2 bad usage or a setup
-/// error.
+/// Every check ends PASS, FAIL or SKIPPED; the last line lists the failed
+/// and the skipped ones. Exit code: 0 nothing failed and something passed,
+/// 1 a check failed or nothing was checked (or, with --strict, a check was
+/// skipped), 2 bad usage or a setup error.
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
 pub struct Cli {
@@ -27,6 +29,9 @@ pub struct Cli {
     /// Tokio worker threads of the driver [default: the number of CPUs].
     #[arg(long, global = true)]
     pub threads: Option<NonZeroUsize>,
+    /// A SKIPPED check fails the run: nothing may go unchecked (for CI).
+    #[arg(long, global = true)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +131,8 @@ mod tests {
         assert_eq!(cli.threads.map(NonZeroUsize::get), Some(1));
         let cli = parse("--threads 2 orders --admin-token t").unwrap();
         assert_eq!(cli.threads.map(NonZeroUsize::get), Some(2));
+        assert!(!cli.strict);
+        assert!(parse("contest --strict").unwrap().strict);
         assert!(parse("contest --threads 0").is_err());
     }
 

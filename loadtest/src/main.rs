@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
+use common::verdict::Checks;
 use scenarios::sale::args::{Args as SaleRun, SaleKind};
 use scenarios::{compare, faults, ingest, orders, sale, settlement, wallet};
 
@@ -30,7 +31,7 @@ use scenarios::{compare, faults, ingest, orders, sale, settlement, wallet};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Run = Pin<Box<dyn Future<Output = Result<bool, String>>>>;
+type Run = Pin<Box<dyn Future<Output = Result<Checks, String>>>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => Ok(Box::pin(async move { compare::run(args) })),
     };
     match run {
-        Ok(run) => block_on(threads.map(usize::from), run),
+        Ok(run) => block_on(threads.map(usize::from), cli.strict, run),
         Err(e) => {
             eprintln!("loadtest: {e}");
             ExitCode::from(2)
@@ -64,9 +65,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a scenario on a tokio runtime of `threads` workers; maps its result
-/// to the exit code (0 passed, 1 a check failed, 2 setup error).
-fn block_on(threads: Option<usize>, scenario: Run) -> ExitCode {
+/// Runs a scenario on a tokio runtime of `threads` workers, prints the
+/// result line of its checks and maps them to the exit code (0 passed, 1 a
+/// check failed, 2 setup error).
+fn block_on(threads: Option<usize>, strict: bool, scenario: Run) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = threads {
@@ -80,8 +82,11 @@ fn block_on(threads: Option<usize>, scenario: Run) -> ExitCode {
         }
     };
     match runtime.block_on(scenario) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(checks) => {
+            println!();
+            println!("{}", checks.result_line(strict));
+            checks.exit_code(strict)
+        }
         Err(e) => {
             eprintln!("loadtest: {e}");
             ExitCode::from(2)

@@ -407,6 +407,137 @@ pub fn encode_query_value(value: &str) -> String {
     out
 }
 
+/// One answer, or why there was none.
+#[derive(Debug)]
+pub enum Answer {
+    Reply {
+        status: u16,
+        /// The body as JSON (`Null` when it is not JSON).
+        body: serde_json::Value,
+        /// The body as it came.
+        raw: Bytes,
+        /// `Idempotent-Replayed: true`: the first answer of a keyed request.
+        replayed: bool,
+        latency: Duration,
+    },
+    /// No answer (a timeout, a connection that failed): whether the engine
+    /// carried the request out is unknown.
+    Lost(String),
+}
+
+impl Answer {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Answer::Reply { status, .. } => Some(*status),
+            Answer::Lost(_) => None,
+        }
+    }
+
+    /// `error.code` of an error body, or "".
+    pub fn code(&self) -> &str {
+        match self {
+            Answer::Reply { body, .. } => body["error"]["code"].as_str().unwrap_or(""),
+            Answer::Lost(_) => "",
+        }
+    }
+
+    pub fn body(&self) -> &serde_json::Value {
+        match self {
+            Answer::Reply { body, .. } => body,
+            Answer::Lost(_) => &serde_json::Value::Null,
+        }
+    }
+
+    pub fn latency(&self) -> Option<Duration> {
+        match self {
+            Answer::Reply { latency, .. } => Some(*latency),
+            Answer::Lost(_) => None,
+        }
+    }
+
+    /// The engine may or may not have carried the request out: no answer,
+    /// or a 503 other than a shed (`OVERLOADED`, `OUTBOX_FULL`: refused
+    /// before anything was written). See the engine's README, "After a 503".
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Answer::Lost(_) => true,
+            Answer::Reply { status: 503, .. } => !self.shed(),
+            Answer::Reply { .. } => false,
+        }
+    }
+
+    /// 503 `OVERLOADED` or `OUTBOX_FULL`: not carried out.
+    pub fn shed(&self) -> bool {
+        self.status() == Some(503) && ["OVERLOADED", "OUTBOX_FULL"].contains(&self.code())
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Answer::Reply { status, body, .. } => format!("{status} {body}"),
+            Answer::Lost(why) => format!("no answer: {why}"),
+        }
+    }
+}
+
+/// A keep-alive connection that sends every request once: a request whose
+/// connection fails is an unknown outcome (`Answer::Lost`), never a retry.
+/// It reconnects only before a request, when the connection is known to be
+/// closed, so nothing was sent on it.
+pub struct Client {
+    target: Target,
+    conn: Option<Conn>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(target: &Target, timeout: Duration) -> Client {
+        Client {
+            target: target.clone(),
+            conn: None,
+            timeout,
+        }
+    }
+
+    pub async fn call(&mut self, method: Method, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+            match Conn::connect(&self.target, self.timeout).await {
+                Ok(conn) => self.conn = Some(conn),
+                Err(e) => return Answer::Lost(e),
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Answer::Lost("no connection".into());
+        };
+        match conn
+            .request_with(&self.target, method, path, headers, body, self.timeout)
+            .await
+        {
+            Outcome::Response { status, body, latency } => Answer::Reply {
+                status,
+                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                raw: body,
+                replayed: conn.last_flags().replayed,
+                latency,
+            },
+            Outcome::Timeout => {
+                self.conn = None;
+                Answer::Lost(format!("no answer within {:?}", self.timeout))
+            }
+            Outcome::Transport(e) => {
+                self.conn = None;
+                Answer::Lost(e)
+            }
+        }
+    }
+
+    /// `call` with a JSON body (or none).
+    pub async fn call_json(&mut self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.call(method, path, &all, body.as_bytes()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

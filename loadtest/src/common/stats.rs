@@ -1,11 +1,11 @@
-//! Per-connection counters, merged once all connection tasks have finished
-//! (no shared state on the hot path).
+//! Latency histograms and status counts, kept per connection task and
+//! merged once the tasks have finished (no shared state on the hot path).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde_json::{Value, json};
 
 /// Latency histogram + status counts of one endpoint.
 pub struct EndpointStats {
@@ -27,8 +27,7 @@ impl EndpointStats {
     }
 
     pub fn record_response(&mut self, status_key: &str, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.latency_us.saturating_record(us);
+        record(&mut self.latency_us, latency);
         self.requests += 1;
         // The key is allocated once per distinct status, not per request.
         match self.statuses.get_mut(status_key) {
@@ -57,7 +56,7 @@ impl EndpointStats {
             .sum()
     }
 
-    fn merge(&mut self, other: &EndpointStats) {
+    pub fn merge(&mut self, other: &EndpointStats) {
         // Both histograms have the same bounds, so `add` cannot fail; keep going if it does.
         if let Err(e) = self.latency_us.add(&other.latency_us) {
             eprintln!("warning: histogram merge failed: {e:?}");
@@ -69,7 +68,9 @@ impl EndpointStats {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// Microseconds, 1 µs .. 120 s, 3 significant digits: every latency the
+/// driver records.
+pub fn new_histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, 120_000_000, 3) {
         Ok(h) => h,
         // The bounds above are constants that hdrhistogram accepts.
@@ -77,122 +78,40 @@ fn new_histogram() -> Histogram<u64> {
     }
 }
 
-/// Everything one connection task (or the whole run, after merging) observed.
-pub struct RunStats {
-    pub checkout: EndpointStats,
-    pub purchase: EndpointStats,
-    pub successful_checkouts: u64,
-    pub purchases: u64,
-    /// When the last 200 from /purchase arrived.
-    pub last_purchase: Option<Instant>,
-    /// Sale ids seen in 200 responses.
-    pub sale_ids: BTreeSet<i64>,
-    /// Item id of every successful purchase (may repeat if the engine double-sells).
-    pub purchased_items: Vec<i64>,
-    /// Successful purchases of the busiest user, as seen by the driver.
-    pub max_user_purchases: u64,
-    /// Bodies that were 200 but could not be understood.
-    pub bad_bodies: u64,
-    /// Connections that could not be (re-)established.
-    pub connect_errors: u64,
-    pub reconnects: u64,
-    /// Users whose work was cut short (run deadline passed or connection lost).
-    pub abandoned_users: u64,
-    pub deadline_hit: bool,
-    /// First few error details, for the report.
-    pub error_samples: Vec<String>,
+/// Records a latency (at least 1 µs, at most the histogram's bound).
+pub fn record(h: &mut Histogram<u64>, latency: Duration) {
+    h.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1));
 }
 
-const MAX_ERROR_SAMPLES: usize = 5;
-
-impl RunStats {
-    pub fn new() -> RunStats {
-        RunStats {
-            checkout: EndpointStats::new(),
-            purchase: EndpointStats::new(),
-            successful_checkouts: 0,
-            purchases: 0,
-            last_purchase: None,
-            sale_ids: BTreeSet::new(),
-            purchased_items: Vec::new(),
-            max_user_purchases: 0,
-            bad_bodies: 0,
-            connect_errors: 0,
-            reconnects: 0,
-            abandoned_users: 0,
-            deadline_hit: false,
-            error_samples: Vec::new(),
-        }
-    }
-
-    pub fn note_error(&mut self, detail: String) {
-        if self.error_samples.len() < MAX_ERROR_SAMPLES {
-            self.error_samples.push(detail);
-        }
-    }
-
-    pub fn merge(&mut self, other: RunStats) {
-        self.checkout.merge(&other.checkout);
-        self.purchase.merge(&other.purchase);
-        self.successful_checkouts += other.successful_checkouts;
-        self.purchases += other.purchases;
-        self.last_purchase = self.last_purchase.max(other.last_purchase);
-        self.sale_ids.extend(other.sale_ids);
-        self.purchased_items.extend(other.purchased_items);
-        self.max_user_purchases = self.max_user_purchases.max(other.max_user_purchases);
-        self.bad_bodies += other.bad_bodies;
-        self.connect_errors += other.connect_errors;
-        self.reconnects += other.reconnects;
-        self.abandoned_users += other.abandoned_users;
-        self.deadline_hit |= other.deadline_hit;
-        for e in other.error_samples {
-            self.note_error(e);
-        }
-    }
-
-    pub fn total_requests(&self) -> u64 {
-        self.checkout.requests + self.purchase.requests
-    }
-
-    /// Number of item ids that were reported as purchased more than once.
-    pub fn duplicate_items(&self) -> usize {
-        let mut sorted = self.purchased_items.clone();
-        sorted.sort_unstable();
-        sorted.windows(2).filter(|w| w[0] == w[1]).count()
+/// The `q` quantile in milliseconds; 0 for an empty histogram.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
-/// The only shared state of the load: how many purchases succeeded so far and
-/// in which sale, so the flush watcher can start polling Postgres as soon as
-/// the sale is sold out (which may be long before the load ends).
-pub struct Progress {
-    purchases: AtomicU64,
-    sale: AtomicI64,
+/// p50, p90, p99 and max of a histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
-const NO_SALE: i64 = i64::MIN;
-
-impl Progress {
-    pub fn new() -> Progress {
-        Progress {
-            purchases: AtomicU64::new(0),
-            sale: AtomicI64::new(NO_SALE),
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: quantile_ms(h, 0.50),
+            p90: quantile_ms(h, 0.90),
+            p99: quantile_ms(h, 0.99),
+            max: quantile_ms(h, 1.0),
         }
     }
 
-    pub fn record_purchase(&self, sale: Option<i64>) {
-        if let Some(sale) = sale {
-            self.sale.store(sale, Ordering::Relaxed);
-        }
-        self.purchases.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn purchases(&self) -> u64 {
-        self.purchases.load(Ordering::Relaxed)
-    }
-
-    pub fn sale(&self) -> Option<i64> {
-        let sale = self.sale.load(Ordering::Relaxed);
-        (sale != NO_SALE).then_some(sale)
+    pub fn to_json(self) -> Value {
+        json!({"p50_ms": self.p50, "p90_ms": self.p90, "p99_ms": self.p99, "max_ms": self.max})
     }
 }

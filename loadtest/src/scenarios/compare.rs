@@ -1,4 +1,6 @@
 //! `loadtest compare`: the engine's run next to the baseline server's.
+//! Its args, its run, its checks (both runs passed) and its report (the
+//! table) fit in this one file.
 //!
 //! Reads the JSON summaries of two runs of the same scenario, one against
 //! the engine and one against `baseline-server`, prints a table figure |
@@ -8,6 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
+
+use crate::common::fmt::{fmt_ratio, fmt_value, ratio};
+use crate::common::verdict::{Check, Checks, Verdict};
 
 /// Flags of `loadtest compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -109,15 +114,6 @@ pub struct Row {
     pub ratio: Option<f64>,
 }
 
-/// engine / baseline; `None` when either is missing or the baseline is not
-/// positive (Postgres of the baseline run often used no tick at all).
-pub fn ratio(engine: Option<f64>, baseline: Option<f64>) -> Option<f64> {
-    match (engine, baseline) {
-        (Some(e), Some(b)) if b > 0.0 && e.is_finite() && b.is_finite() => Some(e / b),
-        _ => None,
-    }
-}
-
 pub fn rows(engine: &Value, baseline: &Value) -> Vec<Row> {
     FIGURES
         .iter()
@@ -133,26 +129,6 @@ pub fn rows(engine: &Value, baseline: &Value) -> Vec<Row> {
             }
         })
         .collect()
-}
-
-/// A figure with about 4 significant digits, `-` when unknown.
-pub fn fmt_value(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
-        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
-        Some(v) => format!("{v:.3}"),
-    }
-}
-
-/// A ratio with 3 significant digits, `-` when unknown.
-pub fn fmt_ratio(r: Option<f64>) -> String {
-    match r {
-        None => "-".into(),
-        Some(r) if r >= 100.0 => format!("{r:.0}"),
-        Some(r) if r >= 10.0 => format!("{r:.1}"),
-        Some(r) => format!("{r:.2}"),
-    }
 }
 
 /// The printed table.
@@ -212,9 +188,19 @@ fn read_json(path: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))
 }
 
-/// Prints the table; writes the merged summary to `--json`. `Ok(true)` when
-/// both runs passed their invariants.
-pub fn run(args: CompareArgs) -> Result<bool, String> {
+/// The two runs' own verdicts: a ratio of a failed run means nothing.
+fn checks(engine: &Value, baseline: &Value) -> Checks {
+    let verdict = |name: &str, v: &Value| match v.get("passed").and_then(Value::as_bool) {
+        Some(passed) => Check::new(name, passed, format!("its summary says passed = {passed}")),
+        None => Check::fail(name, "its summary has no \"passed\""),
+    };
+    [verdict("engine_run", engine), verdict("baseline_run", baseline)]
+        .into_iter()
+        .collect()
+}
+
+/// Prints the table; writes the merged summary to `--json`.
+pub fn run(args: CompareArgs) -> Result<Checks, String> {
     let engine = read_json(&args.engine)?;
     let baseline = read_json(&args.baseline)?;
     let scenario = |v: &Value| v.get("scenario").and_then(Value::as_str).unwrap_or("?").to_string();
@@ -236,22 +222,24 @@ pub fn run(args: CompareArgs) -> Result<bool, String> {
         num(&engine, "connections")
     );
     print!("{}", table(&rows));
-    let verdict = |v: &Value| match v.get("passed").and_then(Value::as_bool) {
-        Some(true) => "PASS",
-        Some(false) => "FAIL",
-        None => "?",
+    let checks = checks(&engine, &baseline);
+    let label = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(Verdict::Fail.label(), |c| c.verdict.label())
     };
     println!(
         "invariants: engine {}, baseline server {}",
-        verdict(&engine),
-        verdict(&baseline)
+        label("engine_run"),
+        label("baseline_run")
     );
     let merged = merged(&engine, &baseline, &rows)?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&merged).map_err(|e| format!("JSON: {e}"))?;
         std::fs::write(path, format!("{text}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(verdict(&engine) == "PASS" && verdict(&baseline) == "PASS")
+    Ok(checks)
 }
 
 #[cfg(test)]
@@ -287,19 +275,13 @@ mod tests {
     }
 
     #[test]
-    fn formats_values_and_ratios() {
-        assert_eq!(fmt_value(None), "-");
-        assert_eq!(fmt_value(Some(12345.6)), "12346");
-        assert_eq!(fmt_value(Some(52.14)), "52.1");
-        assert_eq!(fmt_value(Some(1.2345)), "1.234");
-        assert_eq!(fmt_value(Some(0.0)), "0.000");
-        assert_eq!(fmt_ratio(None), "-");
-        assert_eq!(fmt_ratio(Some(0.31416)), "0.31");
-        assert_eq!(fmt_ratio(Some(3.0)), "3.00");
-        assert_eq!(fmt_ratio(Some(31.416)), "31.4");
-        assert_eq!(fmt_ratio(Some(314.16)), "314");
-        assert_eq!(ratio(Some(1.0), Some(-1.0)), None);
-        assert_eq!(ratio(Some(f64::NAN), Some(1.0)), None);
+    fn a_failed_run_fails_the_comparison() {
+        let engine = summary(2.0, 30.0, 48.0, Some(9.0));
+        let mut baseline = summary(0.5, 10.0, 16.0, None);
+        assert!(checks(&engine, &baseline).passed());
+        baseline["passed"] = json!(false);
+        assert!(!checks(&engine, &baseline).passed());
+        assert!(!checks(&json!({}), &engine).passed());
     }
 
     #[test]

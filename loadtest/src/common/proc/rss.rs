@@ -124,10 +124,6 @@ impl Sampler {
     }
 }
 
-pub fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

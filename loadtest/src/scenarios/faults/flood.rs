@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::proc::rss;
-use crate::scenarios::sale::report::Invariant;
+use crate::common::stats::{new_histogram, record};
 
 pub struct FloodConfig {
     pub factor: f64,
@@ -35,6 +35,53 @@ pub struct FloodConfig {
     pub admitted_p99_max: Duration,
     pub shed_p99_max: Duration,
     pub peak_rss_max_mib: u64,
+}
+
+/// What the flood measured.
+pub struct FloodRun {
+    /// Checkouts served per second by the closed loop; below 1 nothing else ran.
+    pub capacity: f64,
+    /// One request at a time, before anything else.
+    pub unloaded: Histogram<u64>,
+    /// The rate asked for: capacity x factor.
+    pub rate: f64,
+    pub sent: u64,
+    /// Sent over 100 ms after they were due.
+    pub late: u64,
+    /// Found `outstanding_max` requests in flight.
+    pub full: u64,
+    pub sending: Duration,
+    /// The rate reached, as a multiple of the capacity.
+    pub reached: f64,
+    pub admitted: Histogram<u64>,
+    pub shed: Histogram<u64>,
+    /// "200", "503 OVERLOADED", "no answer: ..." -> count.
+    pub statuses: BTreeMap<String, u64>,
+    /// 503s without Retry-After.
+    pub without_retry_after: u64,
+    pub rss_before: Option<rss::Mem>,
+    pub peak: Option<rss::Mem>,
+}
+
+impl Default for FloodRun {
+    fn default() -> FloodRun {
+        FloodRun {
+            capacity: 0.0,
+            unloaded: new_histogram(),
+            rate: 0.0,
+            sent: 0,
+            late: 0,
+            full: 0,
+            sending: Duration::ZERO,
+            reached: 0.0,
+            admitted: new_histogram(),
+            shed: new_histogram(),
+            statuses: BTreeMap::new(),
+            without_retry_after: 0,
+            rss_before: None,
+            peak: None,
+        }
+    }
 }
 
 struct Shot {
@@ -112,34 +159,17 @@ impl Shooter {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        0.0
-    } else {
-        h.value_at_quantile(q) as f64 / 1000.0
-    }
-}
-
-fn record(h: &mut Histogram<u64>, d: Duration) {
-    h.saturating_record((d.as_micros() as u64).max(1));
-}
-
-pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_json::Value) {
-    let cfg = Arc::new(cfg);
+/// Measures the capacity, then floods at `factor` times it.
+pub async fn run(target: &Target, cfg: Arc<FloodConfig>) -> FloodRun {
     let shooter = Arc::new(Shooter {
         target: target.clone(),
         idle: Mutex::new(Vec::new()),
         next: AtomicU64::new(0),
         cfg: cfg.clone(),
     });
-    let mut out = Vec::new();
 
     // Unloaded latency: one request at a time.
-    let mut unloaded = histogram();
+    let mut unloaded = new_histogram();
     for _ in 0..300 {
         let shot = shooter.shoot(Instant::now()).await;
         record(&mut unloaded, shot.latency);
@@ -164,12 +194,13 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         served += c.await.unwrap_or(0);
     }
     let capacity = served as f64 / started.elapsed().as_secs_f64();
+    let mut run = FloodRun {
+        capacity,
+        unloaded,
+        ..FloodRun::default()
+    };
     if capacity < 1.0 {
-        out.push(Invariant::fail(
-            "flood_capacity",
-            "the engine served nothing in the closed loop",
-        ));
-        return (out, serde_json::json!({"capacity_per_sec": capacity}));
+        return run;
     }
     let rss_before = cfg.engine_pid.and_then(|pid| {
         let _ = rss::reset_peak(pid);
@@ -210,7 +241,7 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
     let sending = flood_started.elapsed();
     let sent = shots.len() as u64;
     let reached = sent as f64 / sending.as_secs_f64() / capacity;
-    let (mut admitted, mut shed) = (histogram(), histogram());
+    let (mut admitted, mut shed) = (new_histogram(), new_histogram());
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut without_retry_after = 0u64;
     for shot in shots {
@@ -230,118 +261,17 @@ pub async fn run(target: &Target, cfg: FloodConfig) -> (Vec<Invariant>, serde_js
         };
         *statuses.entry(key).or_default() += 1;
     }
-    let peak = cfg.engine_pid.and_then(|pid| rss::read(pid).ok());
-
-    let figures = format!(
-        "capacity {capacity:.0}/s, unloaded p99 {:.1} ms; flood at {rate:.0}/s for {:.1} s: {sent} sent in {:.1} s \
-         ({:.0}/s, {:.1}x capacity; the driver reached {late} over 100 ms late, {full} found {} in flight); admitted {} \
-         (p50 {:.1} ms, p99 {:.1} ms), shed {} (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
-        ms(&unloaded, 0.99),
-        cfg.secs,
-        sending.as_secs_f64(),
-        sent as f64 / sending.as_secs_f64(),
-        reached,
-        cfg.outstanding_max,
-        admitted.len(),
-        ms(&admitted, 0.5),
-        ms(&admitted, 0.99),
-        shed.len(),
-        ms(&shed, 0.5),
-        ms(&shed, 0.99),
-        ms(&shed, 1.0),
-    );
-    println!("flood: {figures}");
-    let others: Vec<String> = statuses
-        .iter()
-        .filter(|(k, _)| *k != "200" && !k.starts_with("503"))
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    out.push(Invariant::check(
-        "flood_served",
-        !admitted.is_empty(),
-        format!("{} admitted during the flood", admitted.len()),
-    ));
-    let shed_detail = format!(
-        "{} shed with 503 (sent at {reached:.1}x capacity, {:.0}x asked), {without_retry_after} of them without \
-         Retry-After",
-        shed.len(),
-        cfg.factor
-    );
-    // A driver that could not send above the capacity did not overload the
-    // engine: nothing to shed says nothing about it.
-    out.push(if shed.is_empty() && reached < 1.5 {
-        Invariant::skip(
-            "flood_shed_with_503",
-            format!(
-                "{shed_detail}: the driver did not overload the engine (run it from another machine, or --threads)"
-            ),
-        )
-    } else {
-        Invariant::check(
-            "flood_shed_with_503",
-            !shed.is_empty() && without_retry_after == 0,
-            shed_detail,
-        )
-    });
-    out.push(Invariant::check(
-        "flood_no_other_answer",
-        others.is_empty(),
-        format!("answers other than 200 and 503: {others:?}"),
-    ));
-    out.push(Invariant::check(
-        "flood_admitted_p99",
-        ms(&admitted, 0.99) < cfg.admitted_p99_max.as_secs_f64() * 1000.0,
-        format!(
-            "admitted p99 {:.1} ms (unloaded {:.1} ms), bound {:?}",
-            ms(&admitted, 0.99),
-            ms(&unloaded, 0.99),
-            cfg.admitted_p99_max
-        ),
-    ));
-    out.push(if shed.is_empty() {
-        Invariant::skip("flood_shed_fast", "nothing was shed")
-    } else {
-        Invariant::check(
-            "flood_shed_fast",
-            ms(&shed, 0.99) < cfg.shed_p99_max.as_secs_f64() * 1000.0,
-            format!("shed p99 {:.1} ms, bound {:?}", ms(&shed, 0.99), cfg.shed_p99_max),
-        )
-    });
-    match (rss_before, peak) {
-        (Some(before), Some(peak)) => out.push(Invariant::check(
-            "flood_memory_bounded",
-            peak.hwm_kib < cfg.peak_rss_max_mib * 1024,
-            format!(
-                "engine RSS {:.1} MiB before, peak {:.1} MiB during the flood (VmHWM), bound {} MiB",
-                before.rss_kib as f64 / 1024.0,
-                peak.hwm_kib as f64 / 1024.0,
-                cfg.peak_rss_max_mib
-            ),
-        )),
-        _ => out.push(Invariant::skip(
-            "flood_memory_bounded",
-            "no --engine-pid (or its /proc/<pid>/status is not readable)",
-        )),
-    }
-    let json = serde_json::json!({
-        "capacity_per_sec": capacity,
-        "unloaded_p99_ms": ms(&unloaded, 0.99),
-        "rate_per_sec": rate,
-        "sent": sent,
-        "sent_late": late,
-        "found_outstanding_max": full,
-        "reached_rate_per_sec": sent as f64 / sending.as_secs_f64(),
-        "sending_secs": sending.as_secs_f64(),
-        "admitted": admitted.len(),
-        "admitted_p50_ms": ms(&admitted, 0.5),
-        "admitted_p99_ms": ms(&admitted, 0.99),
-        "shed": shed.len(),
-        "shed_p50_ms": ms(&shed, 0.5),
-        "shed_p99_ms": ms(&shed, 0.99),
-        "shed_max_ms": ms(&shed, 1.0),
-        "statuses": statuses,
-        "rss_before_mib": rss_before.map(|m| m.rss_kib as f64 / 1024.0),
-        "peak_rss_mib": peak.map(|m| m.hwm_kib as f64 / 1024.0),
-    });
-    (out, json)
+    run.peak = cfg.engine_pid.and_then(|pid| rss::read(pid).ok());
+    run.rss_before = rss_before;
+    run.rate = rate;
+    run.sent = sent;
+    run.late = late;
+    run.full = full;
+    run.sending = sending;
+    run.reached = reached;
+    run.admitted = admitted;
+    run.shed = shed;
+    run.statuses = statuses;
+    run.without_retry_after = without_retry_after;
+    run
 }

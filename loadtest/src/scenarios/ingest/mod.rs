@@ -11,9 +11,12 @@
 //!    into a table like `platform_purchases` and time that;
 //! 5. report: invariants (exit code) and the two targets.
 
+pub mod args;
+mod checks;
 mod csv;
 mod files;
 mod report;
+mod runs;
 mod store;
 mod upload;
 
@@ -22,90 +25,19 @@ use std::time::Duration;
 
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::proc::{cpu, rss};
-use crate::scenarios::sale::checks::connect_pg;
-use crate::scenarios::sale::report::Invariant;
+use crate::common::stores::connect_pg;
+use crate::common::summary;
+use crate::common::verdict::{Check, Checks};
 
+pub use args::IngestArgs;
 use files::{CsvFile, FileScan, IdIndex};
-use report::{BaselineRun, IngestSummary, MemRun, UploadRun};
+use report::Report;
+use runs::{BaselineRun, Figures, MemRun, UploadRun};
 use store::CopyFailure;
 use upload::IngestReply;
 
-/// The memory target: peak RSS of the large upload at most this much
-/// above the small one's.
-pub const RSS_GROWTH_LIMIT_MIB: f64 = 64.0;
 /// How long the machine's background load is measured before a timed phase.
 const BACKGROUND_WINDOW: Duration = Duration::from_secs(1);
-
-/// The throughput target: engine lines/s at least this share of the
-/// `\copy` rows/s of the same run.
-pub const COPY_RATIO_TARGET: f64 = 0.40;
-
-/// Flags of `loadtest ingest`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct IngestArgs {
-    /// The engine's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// The large NDJSON file: its upload is the one compared with \copy.
-    #[arg(long, value_name = "PATH")]
-    pub file: PathBuf,
-    /// A smaller file uploaded first: the memory reference (none if unset or empty).
-    // An OsString: clap refuses an empty PathBuf.
-    #[arg(long, value_name = "PATH")]
-    pub small_file: Option<std::ffi::OsString>,
-    /// The engine's process, for its RSS and CPU (not measured if unset).
-    #[arg(long, value_name = "PID")]
-    pub engine_pid: Option<u32>,
-    /// The engine's Postgres, for the checks and the baseline (both SKIPPED if unset).
-    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Also write the JSON summary to PATH.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-    /// Where the baseline CSV is written [default: <file stem>.copy.csv next to --file].
-    #[arg(long, value_name = "PATH")]
-    pub csv: Option<PathBuf>,
-    /// Keep the CSV afterwards (deleted by default).
-    #[arg(long)]
-    pub keep_csv: bool,
-    /// psql binary of the baseline.
-    #[arg(long, default_value = "psql")]
-    pub psql: String,
-    /// Skip the \copy baseline.
-    #[arg(long)]
-    pub no_baseline: bool,
-    /// Do not CHECKPOINT Postgres before each timed phase.
-    #[arg(long)]
-    pub no_checkpoint: bool,
-    /// Budget of one upload, and of the \copy, in seconds.
-    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_secs: u64,
-    /// RSS sampling period in milliseconds.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub sample_ms: u64,
-    /// A missed target (RSS growth, \copy ratio) makes the exit code 1.
-    #[arg(long)]
-    pub enforce_targets: bool,
-}
-
-impl IngestArgs {
-    /// An empty `--small-file=` (what a script passes for "none") is none,
-    /// as is an empty DATABASE_URL.
-    fn normalised(mut self) -> IngestArgs {
-        self.small_file = self.small_file.filter(|p| !p.is_empty());
-        self.database_url = self.database_url.filter(|u| !u.is_empty());
-        self
-    }
-
-    /// Where the baseline CSV goes: `--csv`, else next to the large file.
-    fn csv_path(&self) -> PathBuf {
-        self.csv.clone().unwrap_or_else(|| {
-            let mut name = self.file.file_stem().unwrap_or_default().to_os_string();
-            name.push(".copy.csv");
-            self.file.with_file_name(name)
-        })
-    }
-}
 
 /// Checks that the engine answers and lists the ingest route.
 async fn preflight(target: &Target, url: &str) -> Result<(), String> {
@@ -232,8 +164,8 @@ async fn baseline(
     let csv: CsvFile = match written {
         Ok(csv) => csv,
         Err(e) => {
-            run.invariants
-                .push(Invariant::fail("copy_baseline", format!("CSV conversion: {e}")));
+            run.checks
+                .push(Check::fail("copy_baseline", format!("CSV conversion: {e}")));
             remove_csv(args, &csv_path);
             return run;
         }
@@ -242,7 +174,7 @@ async fn baseline(
     match store::create_baseline_table(conn).await {
         Ok(indexes) => run.indexes = indexes,
         Err(e) => {
-            run.invariants.push(Invariant::fail("copy_baseline", e));
+            run.checks.push(Check::fail("copy_baseline", e));
             remove_csv(args, &csv_path);
             return run;
         }
@@ -259,16 +191,16 @@ async fn baseline(
     run.cpu = Some(cpu_start.finish(None, background));
     match copied {
         Ok(copy) => {
-            run.invariants.push(Invariant::check(
+            run.checks.push(Check::new(
                 "copy_baseline",
                 copy.copied == csv.rows,
                 format!("psql reported COPY {}, CSV rows {}", copy.copied, csv.rows),
             ));
             run.copy = Some(copy);
-            run.invariants.push(store::same_data_check(conn, csv.rows).await);
+            run.checks.push(checks::same_data(conn, csv.rows).await);
         }
         Err(CopyFailure::Skipped(why)) => run.skipped = Some(why),
-        Err(CopyFailure::Failed(why)) => run.invariants.push(Invariant::fail("copy_baseline", why)),
+        Err(CopyFailure::Failed(why)) => run.checks.push(Check::fail("copy_baseline", why)),
     }
     remove_csv(args, &csv_path);
     run
@@ -285,7 +217,7 @@ fn remove_csv(args: &IngestArgs, path: &Path) {
 
 /// Returns Ok(true) when every invariant passed (and, with
 /// --enforce-targets, every target was met).
-pub async fn run(args: IngestArgs) -> Result<bool, String> {
+pub async fn run(args: IngestArgs) -> Result<Checks, String> {
     let args = args.normalised();
     let target = Target::resolve(&args.url).await?;
     preflight(&target, &args.url).await?;
@@ -335,11 +267,11 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
     }
 
     let distinct = index.distinct();
-    let mut invariants: Vec<Invariant> = uploads.iter().flat_map(UploadRun::invariants).collect();
+    let mut invariants: Checks = uploads.iter().flat_map(checks::upload).collect();
     let uploads_ok = uploads.iter().all(UploadRun::succeeded);
     let baseline = match (&mut pg, &args.database_url) {
         (Some(conn), Some(url)) => {
-            invariants.extend(store::checks(conn, distinct).await);
+            invariants.extend(checks::postgres(conn, distinct).await);
             if args.no_baseline {
                 None
             } else if uploads_ok {
@@ -352,22 +284,32 @@ pub async fn run(args: IngestArgs) -> Result<bool, String> {
             }
         }
         _ => {
-            invariants.push(Invariant::skip("postgres", "no --database-url / DATABASE_URL"));
+            invariants.push(Check::skipped("postgres", "no --database-url / DATABASE_URL"));
             None
         }
     };
 
-    let summary = IngestSummary {
+    if let Some(b) = &baseline {
+        invariants.extend(b.checks.iter().cloned());
+    }
+    let figures = Figures {
         url: &args.url,
         engine_pid: args.engine_pid,
         engine_name,
         uploads,
         distinct,
-        invariants,
         baseline,
-        enforce_targets: args.enforce_targets,
     };
-    summary.print_human();
-    crate::scenarios::sale::report::emit_json(args.json.as_deref(), &summary.to_json())?;
-    Ok(summary.passed())
+    let targets: Checks = checks::targets(&figures).into_iter().collect();
+    let deciding = checks::deciding(&invariants, &targets, args.enforce_targets);
+    let report = Report {
+        f: &figures,
+        checks: &invariants,
+        targets: &targets,
+        enforce_targets: args.enforce_targets,
+        passed: deciding.passed(),
+    };
+    report.print_human();
+    summary::emit(args.json.as_deref(), &report.to_json());
+    Ok(deciding)
 }

@@ -1,5 +1,5 @@
-//! Postgres side of the ingest scenario: the fresh-table precondition, the
-//! checks after the uploads, and the `\copy` baseline (a psql subprocess, as
+//! Postgres side of the ingest scenario: the fresh-table precondition and
+//! the `\copy` baseline (a psql subprocess, as
 //! an operator would load the same rows by hand).
 
 use std::path::Path;
@@ -10,15 +10,14 @@ use sqlx::PgConnection;
 use tokio::process::Command;
 
 use super::csv::COLUMNS;
-use crate::scenarios::sale::report::Invariant;
 
 /// The checks aggregate a million rows: far above the sale checks' 10 s.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The baseline table, created in the load database next to the engine's.
 pub const BASELINE_TABLE: &str = "copy_baseline";
 
-async fn scalar(conn: &mut PgConnection, sql: &'static str) -> Result<i64, String> {
+pub async fn scalar(conn: &mut PgConnection, sql: &'static str) -> Result<i64, String> {
     let query = sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut *conn);
     match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(Ok(n)) => Ok(n),
@@ -46,46 +45,6 @@ pub async fn existing_rows(conn: &mut PgConnection) -> Result<i64, String> {
 /// superuser or `pg_checkpoint`; without it the phases just run unsettled.
 pub async fn checkpoint(conn: &mut PgConnection) -> Result<(), String> {
     execute(conn, "CHECKPOINT").await
-}
-
-/// What must hold once both uploads are answered (every row is committed
-/// before the answer, so there is nothing to wait for).
-pub async fn checks(conn: &mut PgConnection, distinct: u64) -> Vec<Invariant> {
-    let mut out = Vec::new();
-    out.push(match scalar(conn, "SELECT count(*) FROM platform_purchases").await {
-        Ok(n) => Invariant::check(
-            "pg_rows",
-            u64::try_from(n).ok() == Some(distinct),
-            format!("{n} rows in platform_purchases, distinct transaction ids in the files = {distinct}"),
-        ),
-        Err(e) => Invariant::fail("pg_rows", e),
-    });
-    out.push(
-        match scalar(conn, "SELECT COALESCE(sum(purchases), 0)::bigint FROM player_spend").await {
-            Ok(n) => Invariant::check(
-                "pg_spend_purchases",
-                u64::try_from(n).ok() == Some(distinct),
-                format!("sum(purchases) in player_spend = {n}, distinct transaction ids = {distinct}"),
-            ),
-            Err(e) => Invariant::fail("pg_spend_purchases", e),
-        },
-    );
-    // player_spend is kept by deltas; it must be exactly the aggregate.
-    const SPEND_MISMATCHES: &str = "SELECT count(*) FROM \
-         (SELECT player_id, currency, count(*) AS n, sum(price_minor) AS total \
-          FROM platform_purchases GROUP BY player_id, currency) p \
-         FULL JOIN player_spend s USING (player_id, currency) \
-         WHERE (COALESCE(p.n, 0), COALESCE(p.total, 0)) \
-               IS DISTINCT FROM (COALESCE(s.purchases, 0), COALESCE(s.total_minor, 0))";
-    out.push(match scalar(conn, SPEND_MISMATCHES).await {
-        Ok(n) => Invariant::check(
-            "pg_spend_exact",
-            n == 0,
-            format!("{n} (player, currency) rows of player_spend differ from count/sum over platform_purchases"),
-        ),
-        Err(e) => Invariant::fail("pg_spend_exact", e),
-    });
-    out
 }
 
 /// Creates the baseline table: `platform_purchases`' columns, types,
@@ -201,47 +160,6 @@ pub async fn run_copy(psql: &str, database_url: &str, csv: &Path, timeout: Durat
             stdout.trim()
         ))),
     }
-}
-
-/// The baseline holds the same data as the engine stored for those ids.
-pub async fn same_data_check(conn: &mut PgConnection, csv_rows: u64) -> Invariant {
-    const DIFFERENT: &str = "SELECT count(*) FROM copy_baseline b \
-         LEFT JOIN platform_purchases p USING (transaction_id) \
-         WHERE p.transaction_id IS NULL \
-            OR (b.player_id, b.platform, b.item_id, b.item_name, b.item_type, b.price_minor, b.currency, \
-                b.purchased_at, b.extras) \
-               IS DISTINCT FROM (p.player_id, p.platform, p.item_id, p.item_name, p.item_type, p.price_minor, \
-                p.currency, p.purchased_at, p.extras)";
-    const SAMPLE: &str = "SELECT b.transaction_id FROM copy_baseline b \
-         LEFT JOIN platform_purchases p USING (transaction_id) \
-         WHERE p.transaction_id IS NULL \
-            OR (b.player_id, b.platform, b.item_id, b.item_name, b.item_type, b.price_minor, b.currency, \
-                b.purchased_at, b.extras) \
-               IS DISTINCT FROM (p.player_id, p.platform, p.item_id, p.item_name, p.item_type, p.price_minor, \
-                p.currency, p.purchased_at, p.extras) \
-         ORDER BY 1 LIMIT 3";
-    let rows = match scalar(conn, "SELECT count(*) FROM copy_baseline").await {
-        Ok(n) => n,
-        Err(e) => return Invariant::fail("copy_same_data", e),
-    };
-    let different = match scalar(conn, DIFFERENT).await {
-        Ok(n) => n,
-        Err(e) => return Invariant::fail("copy_same_data", e),
-    };
-    let mut detail = format!(
-        "{rows} rows in {BASELINE_TABLE} (CSV rows {csv_rows}), {different} missing from or different in platform_purchases"
-    );
-    if different > 0 {
-        let sample = sqlx::query_scalar::<_, String>(SAMPLE).fetch_all(&mut *conn);
-        if let Ok(Ok(ids)) = tokio::time::timeout(QUERY_TIMEOUT, sample).await {
-            detail.push_str(&format!(", e.g. {ids:?}"));
-        }
-    }
-    Invariant::check(
-        "copy_same_data",
-        different == 0 && u64::try_from(rows).ok() == Some(csv_rows),
-        detail,
-    )
 }
 
 #[cfg(test)]

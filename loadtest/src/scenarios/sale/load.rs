@@ -15,9 +15,10 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::common::http::{Conn, Method, Outcome, Target, encode_query_value, push_query_value};
-use crate::common::stats::{EndpointStats, Progress, RunStats};
+use crate::common::stats::EndpointStats;
 
 use super::args::Scenario;
+use super::stats::{Acknowledged, Progress, RunStats};
 
 pub struct LoadConfig {
     pub scenario: Scenario,
@@ -302,8 +303,8 @@ impl Vu {
         }
         let code = reply.code.take();
         match &code {
-            Some(_) => {
-                self.stats.successful_checkouts += 1;
+            Some(code) => {
+                self.stats.checkout_codes.push(code.clone());
                 if let Some(sale) = reply.sale_id {
                     self.stats.sale_ids.insert(sale);
                 }
@@ -316,19 +317,21 @@ impl Vu {
         Some((reply, code))
     }
 
-    /// POST /purchase. Records the success (time, item, sale) on 200.
-    async fn purchase(&mut self, code: &str, item: usize) -> Option<Reply> {
+    /// POST /purchase, sent once. Records what the buyer was told on 200.
+    async fn purchase(&mut self, code: &str, item: usize, user: usize) -> Option<Reply> {
         let mut path = String::with_capacity(15 + code.len());
         path.push_str("/purchase?code=");
         push_query_value(&mut path, code);
         let reply = self.post(Endpoint::Purchase, &path).await?;
         if reply.status == 200 {
-            self.stats.purchases += 1;
             self.stats.last_purchase = Some(Instant::now());
             let sale = reply.sale_id;
             self.cfg.progress.record_purchase(sale);
-            let item_id = reply.item_id.unwrap_or(item as i64);
-            self.stats.purchased_items.push(item_id);
+            self.stats.acknowledged.push(Acknowledged {
+                code: code.to_owned(),
+                item: reply.item_id.unwrap_or(item as i64),
+                user,
+            });
             if let Some(sale) = sale {
                 self.stats.sale_ids.insert(sale);
             }
@@ -340,7 +343,6 @@ impl Vu {
     async fn contest_user(&mut self, user: usize) {
         let k = self.cfg.items / self.cfg.users;
         let user_q = encode_query_value(&format!("{}-{user}", self.cfg.user_prefix));
-        let mut bought = 0u64;
         for item in (user * k + 1)..=(user * k + k) {
             let Some((_, code)) = self.checkout(&user_q, item).await else {
                 if self.gave_up {
@@ -349,13 +351,10 @@ impl Vu {
                 continue;
             };
             let Some(code) = code else { continue };
-            match self.purchase(&code, item).await {
-                Some(reply) if reply.status == 200 => bought += 1,
-                _ if self.gave_up => break,
-                _ => {}
+            if self.purchase(&code, item, user).await.is_none() && self.gave_up {
+                break;
             }
         }
-        self.stats.max_user_purchases = self.stats.max_user_purchases.max(bought);
     }
 
     /// Contention: try random items not yet known to be sold until all are
@@ -377,7 +376,7 @@ impl Vu {
             };
             match (reply.status, reply.error_code.as_deref(), code) {
                 (200, _, Some(code)) => {
-                    let Some(reply) = self.purchase(&code, item).await else {
+                    let Some(reply) = self.purchase(&code, item, user).await else {
                         if self.gave_up {
                             break;
                         }
@@ -402,7 +401,6 @@ impl Vu {
                 _ => {}
             }
         }
-        self.stats.max_user_purchases = self.stats.max_user_purchases.max(bought);
     }
 }
 

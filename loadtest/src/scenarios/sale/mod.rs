@@ -9,22 +9,27 @@ pub mod checks;
 pub mod load;
 pub mod redis_bench;
 pub mod report;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::fmt::fmt_opt;
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::proc::cpu_split::CpuSplit;
 use crate::common::server::ServerKind;
-use crate::common::stats::Progress;
+use crate::common::stores::{connect_pg, connect_redis};
+use crate::common::summary;
+use crate::common::verdict::{Check, Checks};
 
-use args::{Args, Scenario};
+use args::Args;
 use checks::Expected;
-use load::{LoadConfig, LoadResult};
+use load::LoadConfig;
 use redis_bench::BaselineConfig;
-use report::{Invariant, Summary};
+use report::Summary;
+use stats::Progress;
 
 /// What GET /sales/current says before the load.
 struct SaleInfo {
@@ -86,98 +91,19 @@ async fn preflight(target: &Target, args: &Args) -> Result<SaleInfo, String> {
     Ok(SaleInfo { sale_id })
 }
 
-fn fmt_opt(v: Option<i64>) -> String {
-    v.map_or("?".into(), |v| v.to_string())
-}
-
-/// Invariants about what the driver itself saw.
-fn driver_invariants(args: &Args, load: &LoadResult) -> Vec<Invariant> {
-    let s = &load.stats;
-    let mut out = Vec::new();
-    let mut trouble = Vec::new();
-    if let Some(why) = &load.aborted {
-        trouble.push(why.clone());
-    }
-    if s.deadline_hit {
-        trouble.push(format!("--max-secs {} reached", args.max_secs));
-    }
-    if s.connect_errors > 0 {
-        trouble.push(format!("{} connect errors", s.connect_errors));
-    }
-    if s.abandoned_users > 0 {
-        trouble.push(format!("{} users abandoned", s.abandoned_users));
-    }
-    out.push(Invariant::check(
-        "load_completed",
-        trouble.is_empty(),
-        if trouble.is_empty() {
-            format!(
-                "all {} users ran over {} connections ({} reconnects)",
-                args.users, args.connections, s.reconnects
-            )
-        } else {
-            trouble.join(", ")
-        },
-    ));
-
-    let (ok_checkout, ok_purchase) = args.scenario.expected_statuses();
-    let bad = s.checkout.count_not_in(ok_checkout) + s.purchase.count_not_in(ok_purchase);
-    let (name, what) = match args.scenario {
-        Scenario::Contest => ("http_all_200", "non-200 answers or failed requests"),
-        Scenario::Contention => ("no_unexpected_status", "unexpected answers or failed requests"),
-    };
-    out.push(Invariant::check(
-        name,
-        bad == 0 && s.bad_bodies == 0,
-        format!(
-            "{bad} {what}, {} unparsable 200 bodies (checkout 200: {}, purchase 200: {})",
-            s.bad_bodies,
-            s.checkout.count("200"),
-            s.purchase.count("200")
-        ),
-    ));
-
-    let (name, what) = match args.scenario {
-        Scenario::Contest => ("all_items_purchased", "every item bought exactly once"),
-        Scenario::Contention => ("exactly_items_sold", "exactly --items purchases succeeded"),
-    };
-    out.push(Invariant::check(
-        name,
-        s.purchases == args.items as u64,
-        format!("{} purchases succeeded, items = {} ({what})", s.purchases, args.items),
-    ));
-    let dups = s.duplicate_items();
-    out.push(Invariant::check(
-        "driver_no_item_twice",
-        dups == 0,
-        format!("{dups} item ids were reported sold more than once"),
-    ));
-    out.push(Invariant::check(
-        "driver_user_limit",
-        s.max_user_purchases <= args.limit,
-        format!("busiest user bought {}, limit {}", s.max_user_purchases, args.limit),
-    ));
-    out.push(Invariant::check(
-        "single_sale_id",
-        s.sale_ids.len() == 1,
-        format!("sale ids in responses: {:?}", s.sale_ids),
-    ));
-    out
-}
-
-/// Returns Ok(true) when every invariant passed.
-pub async fn run(args: Args) -> Result<bool, String> {
+/// Runs the scenario; its checks decide the exit code.
+pub async fn run(args: Args) -> Result<Checks, String> {
     let target = Target::resolve(&args.url).await?;
     let sale_info = preflight(&target, &args).await?;
 
     // Connect to the stores before the load so the flush-lag measurement
     // does not include connection setup.
     let redis = match &args.redis_url {
-        Some(url) => Some(checks::connect_redis(url).await),
+        Some(url) => Some(connect_redis(url).await),
         None => None,
     };
     let mut pg = match &args.database_url {
-        Some(url) => Some(checks::connect_pg(url).await),
+        Some(url) => Some(connect_pg(url).await),
         None => None,
     };
     // The processes whose CPU is measured, found before the load.
@@ -245,50 +171,35 @@ pub async fn run(args: Args) -> Result<bool, String> {
         });
     }
 
-    let mut invariants = driver_invariants(&args, &load);
+    let mut checks: Checks = checks::driver_checks(&args, &load).into_iter().collect();
     let sale = load.stats.sale_ids.iter().next().copied().or(sale_info.sale_id);
     let expected = sale.map(|sale| Expected {
         sale,
         limit: args.limit,
-        purchases: load.stats.purchases,
-        successful_checkouts: load.stats.successful_checkouts,
-        recorded_checkouts: load
-            .stats
-            .checkout
-            .statuses
-            .iter()
-            .filter(|(status, _)| {
-                ["200", "403", "404", "409", "429"]
-                    .iter()
-                    .any(|s| status.starts_with(s))
-            })
-            .map(|(_, n)| *n)
-            .sum(),
-        last_purchase: load.stats.last_purchase,
+        user_prefix: &args.user_prefix,
+        stats: &load.stats,
     });
 
     // Postgres first: the flush lag is measured from the end of the load.
     let mut flush_lag = None;
+    let mut not_applicable = Vec::new();
     match (&mut pg, &expected) {
-        _ if !engine => invariants.push(Invariant::skip(
-            "postgres",
-            "the baseline server writes nothing to Postgres",
-        )),
-        (None, _) => invariants.push(Invariant::skip("postgres", "no --database-url / DATABASE_URL")),
-        (Some(Err(e)), _) => invariants.push(Invariant::fail("postgres", e.clone())),
-        (Some(Ok(_)), None) => invariants.push(Invariant::fail("postgres", "no sale id known")),
+        _ if !engine => not_applicable.push("postgres: the baseline server writes nothing to Postgres".into()),
+        (None, _) => checks.push(Check::skipped("postgres", "no --database-url / DATABASE_URL")),
+        (Some(Err(e)), _) => checks.push(Check::fail("postgres", e.clone())),
+        (Some(Ok(_)), None) => checks.push(Check::fail("postgres", "no sale id known")),
         (Some(Ok(conn)), Some(exp)) => {
             let outcome = checks::pg_checks(conn, exp, Duration::from_secs(args.flush_wait_secs), early_flush).await;
             flush_lag = outcome.flush_lag;
-            invariants.extend(outcome.invariants);
+            checks.extend(outcome.checks);
         }
     }
     match (&redis, &expected) {
-        (None, _) => invariants.push(Invariant::skip("redis", "no --redis-url / REDIS_URL")),
-        (Some(Err(e)), _) => invariants.push(Invariant::fail("redis", e.clone())),
-        (Some(Ok(_)), None) => invariants.push(Invariant::fail("redis", "no sale id known")),
+        (None, _) => checks.push(Check::skipped("redis", "no --redis-url / REDIS_URL")),
+        (Some(Err(e)), _) => checks.push(Check::fail("redis", e.clone())),
+        (Some(Ok(_)), None) => checks.push(Check::fail("redis", "no sale id known")),
         (Some(Ok(client)), Some(exp)) => {
-            invariants.extend(checks::redis_checks(client, &args.key_prefix, exp).await);
+            checks.extend(checks::redis_checks(client, &args.key_prefix, exp).await);
         }
     }
 
@@ -320,7 +231,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         }),
     };
 
-    let summary = Summary {
+    let report = Summary {
         scenario: args.scenario_name,
         server: args.server,
         users: args.users,
@@ -329,16 +240,17 @@ pub async fn run(args: Args) -> Result<bool, String> {
         connections: args.connections,
         sale_id: sale,
         load: &load,
-        invariants,
+        checks: &checks,
+        not_applicable,
         flush_lag,
         baseline,
         cpu,
     };
-    summary.print_human();
-    report::emit_json(args.json.as_deref(), &summary.to_json())?;
+    report.print_human();
+    summary::emit(args.json.as_deref(), &report.to_json());
 
     if let Some(Ok(client)) = &redis {
         let _ = fred::prelude::ClientLike::quit(client).await;
     }
-    Ok(summary.passed())
+    Ok(checks)
 }
