@@ -22,7 +22,7 @@ use crate::scenarios::wallet::WalletArgs;
 /// 1 a check failed or nothing was checked (or, with --strict, a check was
 /// skipped), 2 bad usage or a setup error.
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version)]
+#[command(name = "loadtest", version, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -34,33 +34,44 @@ pub struct Cli {
     pub strict: bool,
 }
 
+/// A flag given twice takes its last value: `run.sh` passes its own flags
+/// first and the caller's after them, which must win.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Every user buys its own k = items/users items (k <= limit), all users
     /// start at once: raw throughput.
+    #[command(args_override_self = true)]
     Contest(SaleArgs),
     /// The contest with 20,000 users and 200,000 items by default, over
     /// --connections connections.
+    #[command(args_override_self = true)]
     Sustained(SaleArgs),
     /// Users race for a few items (random picks) until everything is sold.
+    #[command(args_override_self = true)]
     Contention(SaleArgs),
     /// Uploads NDJSON files to POST /ingest, watches the engine's RSS, times
     /// psql \copy of the same rows.
+    #[command(args_override_self = true)]
     Ingest(IngestArgs),
     /// Buyers over products of limited stock: orders, holds (confirmed,
     /// cancelled, expired), keyed retries.
+    #[command(args_override_self = true)]
     Orders(OrdersArgs),
     /// Players bet, win and refund with retried references while SSE clients
     /// listen.
+    #[command(args_override_self = true)]
     Wallet(WalletArgs),
     /// A settlement job (POST to COMPLETED plus the CSV) against psql's
     /// INSERT ... GROUP BY and \copy; rows and CSV checked against SQL.
+    #[command(args_override_self = true)]
     Settlement(SettlementArgs),
     /// Invariants under faults: the engine's Redis connections dropped, Redis
     /// killed and restarted, a flood at 5x capacity.
+    #[command(args_override_self = true)]
     Faults(FaultsArgs),
     /// The table and ratios engine / baseline server of two JSON summaries
     /// (run.sh runs it).
+    #[command(args_override_self = true)]
     Compare(CompareArgs),
 }
 
@@ -134,6 +145,13 @@ mod tests {
         assert!(!cli.strict);
         assert!(parse("contest --strict").unwrap().strict);
         assert!(parse("contest --threads 0").is_err());
+        // run.sh's flags first, the caller's after: the last one wins.
+        let cli = parse("contest --threads 1 --redis-url a --threads 2 --redis-url=b").unwrap();
+        assert_eq!(cli.threads.map(NonZeroUsize::get), Some(2));
+        let Command::Contest(a) = cli.command else {
+            panic!("not a contest")
+        };
+        assert_eq!(a.redis_url.as_deref(), Some("b"));
     }
 
     #[test]
