@@ -40,6 +40,9 @@
 #   RUST_LOG              engine log level (warn)
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
 #                         Redis and Postgres, and one thread costs it the least CPU per request)
+#   LOADTEST_PROFILE      release (default: a release build, for figures) or dev (the debug build
+#                         `cargo test` already made: the test command's short run checks invariants,
+#                         not speed)
 #   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
 #   FAULTS_REDIS_PORT     faults: port of its private redis-server (LOAD_PORT + 3)
 #   STAMPEDE_QUEUE_DEADLINE_MS  faults: given to the engine (50 unless set), so the flood is shed fast
@@ -106,8 +109,13 @@ fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "run.sh: open files limit $(ulimit -n)" >&2
 
-cargo build --release --workspace
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# LOADTEST_PROFILE=dev runs the debug binaries `cargo test` already built
+# (the test command's short load run); release, the default, measures.
+case "${LOADTEST_PROFILE:-release}" in
+  release) cargo build --release --workspace; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release ;;
+  dev)     cargo build --workspace --bins; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug ;;
+  *) echo "run.sh: LOADTEST_PROFILE is dev or release, not ${LOADTEST_PROFILE}" >&2; exit 2 ;;
+esac
 
 EPOCH=$(date +%s)
 PREFIX=lt$EPOCH

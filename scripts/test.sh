@@ -68,6 +68,13 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace --all-targets
 step fuzz bash scripts/fuzz.sh
+# A short load run whose invariants gate the test command: the contest on
+# the debug build `cargo test` just made (no second, release build), 300
+# users buying 3,000 items at once against a fresh engine, database and key
+# prefix; no baseline server, no redis-benchmark. --strict: a check that
+# could not run fails the step instead of passing it silently.
+step loadtest env LOADTEST_PROFILE=dev NO_BASELINE_SERVER=1 USERS=300 ITEMS=3000 \
+    LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh contest --no-baseline --strict
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "[test] FAILED steps: ${failed[*]}" >&2
