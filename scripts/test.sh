@@ -75,6 +75,11 @@ step fuzz bash scripts/fuzz.sh
 # could not run fails the step instead of passing it silently.
 step loadtest env LOADTEST_PROFILE=dev NO_BASELINE_SERVER=1 USERS=300 ITEMS=3000 \
     LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh contest --no-baseline --strict
+# The checkout recipe of loadtest/oha.sh (oha, installed by services.sh
+# test-tools) for 3 s against a fresh debug engine; `loadtest oha` then
+# wants no error, a rate above zero and only 200s in oha's JSON result.
+step oha env LOADTEST_PROFILE=dev OHA_RECIPE=checkout SECS=3 CONNECTIONS=20 \
+    LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh oha --strict
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "[test] FAILED steps: ${failed[*]}" >&2

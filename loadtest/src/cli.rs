@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::scenarios::compare::CompareArgs;
 use crate::scenarios::faults::FaultsArgs;
 use crate::scenarios::ingest::IngestArgs;
+use crate::scenarios::oha::OhaArgs;
 use crate::scenarios::orders::OrdersArgs;
 use crate::scenarios::sale::args::SaleArgs;
 use crate::scenarios::settlement::SettlementArgs;
@@ -69,6 +70,10 @@ pub enum Command {
     /// killed and restarted, a flood at 5x capacity.
     #[command(args_override_self = true)]
     Faults(FaultsArgs),
+    /// Checks the JSON result of a loadtest/oha.sh recipe: no error, a rate,
+    /// only the statuses expected (run.sh oha runs it).
+    #[command(args_override_self = true)]
+    Oha(OhaArgs),
     /// The table and ratios engine / baseline server of two JSON summaries
     /// (run.sh runs it).
     #[command(args_override_self = true)]
@@ -173,6 +178,7 @@ mod tests {
             "settlement --database-url d --admin-token t --from=2025-03-01 --to 2025-03-31 --runs=1",
             "faults --admin-token t --redis-url r --database-url=d --cases drop,flood --secs=2",
             "compare --engine a.json --baseline=b.json --json c.json",
+            "oha --recipe purchase --result=r.json --json s.json",
         ] {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
         }

@@ -24,7 +24,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 use common::verdict::Checks;
 use scenarios::sale::args::{Args as SaleRun, SaleKind};
-use scenarios::{compare, faults, ingest, orders, sale, settlement, wallet};
+use scenarios::{compare, faults, ingest, oha, orders, sale, settlement, wallet};
 
 /// The driver shares the machine with the engine: a cheaper allocator leaves
 /// more CPU to what is being measured.
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         Command::Wallet(args) => Ok(Box::pin(wallet::run(args))),
         Command::Settlement(args) => Ok(Box::pin(settlement::run(args))),
         Command::Faults(args) => Ok(Box::pin(faults::run(args))),
+        Command::Oha(args) => Ok(Box::pin(async move { oha::run(args) })),
         Command::Compare(args) => Ok(Box::pin(async move { compare::run(args) })),
     };
     match run {

@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod faults;
 pub mod ingest;
+pub mod oha;
 pub mod orders;
 pub mod sale;
 pub mod settlement;
