@@ -80,6 +80,19 @@ step loadtest env LOADTEST_PROFILE=dev NO_BASELINE_SERVER=1 USERS=300 ITEMS=3000
 # wants no error, a rate above zero and only 200s in oha's JSON result.
 step oha env LOADTEST_PROFILE=dev OHA_RECIPE=checkout SECS=3 CONNECTIONS=20 \
     LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh oha --strict
+# The k6 scripts are for users with k6 (no package of it here): at least
+# they must parse, as the ES modules they are.
+k6_syntax() {
+    local f rc=0
+    for f in loadtest/k6/*.js; do
+        node --input-type=module --check <"$f" || {
+            echo "[test] $f does not parse" >&2
+            rc=1
+        }
+    done
+    return "$rc"
+}
+step k6-syntax k6_syntax
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "[test] FAILED steps: ${failed[*]}" >&2
