@@ -1,6 +1,6 @@
 //! The ingest run's checks: each upload answered with a report that adds
 //! up to its file, Postgres against the files, the baseline against the
-//! engine's rows; and apart from them the two targets.
+//! engine's rows; and apart from them the two performance targets.
 
 use sqlx::PgConnection;
 
@@ -11,11 +11,11 @@ use super::runs::{Figures, UploadRun};
 use super::store;
 use super::upload::error_text;
 
-/// The memory target: peak RSS of the large upload at most this much
+/// The memory target: peak RSS of the large upload at most this much
 /// above the small one's.
 pub const RSS_GROWTH_LIMIT_MIB: f64 = 64.0;
 
-/// The throughput target: engine lines/s at least this share of the
+/// The throughput target: engine lines/s at least this share of the
 /// `\copy` rows/s of the same run.
 pub const COPY_RATIO_TARGET: f64 = 0.40;
 
@@ -66,7 +66,7 @@ pub fn upload(u: &UploadRun) -> Vec<Check> {
     vec![answered, counts]
 }
 
-/// The two performance targets; they decide the exit code only
+/// The two performance targets; they decide the exit code only
 /// with `--enforce-targets`.
 pub fn targets(f: &Figures<'_>) -> Vec<Check> {
     let mut out = Vec::new();

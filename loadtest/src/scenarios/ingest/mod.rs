@@ -9,7 +9,7 @@
 //! 3. check Postgres against the files;
 //! 4. write the large file as CSV (last occurrence of each id), `\copy` it
 //!    into a table like `platform_purchases` and time that;
-//! 5. report: invariants (exit code) and the two targets.
+//! 5. report: invariants (exit code) and the two performance targets.
 
 pub mod args;
 mod checks;

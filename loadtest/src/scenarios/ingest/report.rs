@@ -1,6 +1,6 @@
 //! The ingest run for people and as JSON.
 //!
-//! Invariants decide the exit code, as in the sale scenarios. The issue's
+//! Invariants decide the exit code, as in the sale scenarios. The two
 //! performance targets (memory growth, share of the `\copy` rate) are shown
 //! as PASS/FAIL lines of their own but, like the sale scenarios' sell-out
 //! time, only decide the exit code with `--enforce-targets`: the machine is

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::common::verdict::Check;
 
-/// The memory target: the large job's peak RSS at most this much
+/// The memory target: the large job's peak RSS at most this much
 /// above the small job's.
 pub const RSS_GROWTH_LIMIT_MIB: f64 = 64.0;
 

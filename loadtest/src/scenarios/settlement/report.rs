@@ -9,7 +9,7 @@ use crate::common::verdict::Checks;
 
 use super::checks::RSS_GROWTH_LIMIT_MIB;
 
-/// The speed target: the engine's job and download at most this
+/// The speed target: the engine's job and download at most this
 /// many times psql's (reported, not checked: the machine's speed drifts).
 pub const RATIO_TARGET: f64 = 1.5;
 
