@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use crate::common::fmt::{fmt_mib, fmt_rate};
+use crate::common::fmt::{fmt_mib, fmt_rate, fmt_ratio};
 use crate::common::verdict::{Check, Checks};
 
 use super::runs::{Figures, UploadRun};
@@ -105,9 +105,10 @@ pub fn targets(f: &Figures<'_>) -> Vec<Check> {
             name,
             r >= COPY_RATIO_TARGET,
             format!(
-                "engine {} lines/s / \\copy {} rows/s = {r:.3} (target >= {COPY_RATIO_TARGET:.2})",
+                "engine {} lines/s / \\copy {} rows/s = {} (target >= {COPY_RATIO_TARGET:.2})",
                 fmt_rate(f.upload("large").and_then(UploadRun::lines_per_sec)),
-                fmt_rate(f.copy_rows_per_sec())
+                fmt_rate(f.copy_rows_per_sec()),
+                fmt_ratio(Some(r))
             ),
         ),
     });

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::fmt::ratio;
+use crate::common::fmt::{fmt_ratio, ratio};
 use crate::common::stats::quantile_ms;
 use crate::common::verdict::Checks;
 
@@ -44,8 +44,8 @@ impl Report<'_> {
         );
         if let Some(b) = self.args.baseline_rps {
             println!(
-                "baseline server: {b:.0} requests/s; orders/s / baseline = {:.2}",
-                self.orders_per_sec() / b
+                "baseline server: {b:.0} requests/s; orders/s / baseline = {}",
+                fmt_ratio(ratio(Some(self.orders_per_sec()), Some(b)))
             );
         }
         println!("invariants:");

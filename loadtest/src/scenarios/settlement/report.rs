@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::fmt::fmt_opt;
+use crate::common::fmt::{fmt_opt, fmt_ratio};
 use crate::common::verdict::Checks;
 
 use super::checks::RSS_GROWTH_LIMIT_MIB;
@@ -33,14 +33,14 @@ impl RunFigures {
 
     pub fn print(&self, n: usize, paid: i64) {
         println!(
-            "run {n}: engine {:.3} s (job {:.3} s + download {:.3} s, {} bytes), psql baseline {:.3} s, ratio {:.2}; \
+            "run {n}: engine {:.3} s (job {:.3} s + download {:.3} s, {} bytes), psql baseline {:.3} s, ratio {}; \
              CSV equal to psql's: {}; rows differing from GROUP BY: {}; processed = total = {paid}: {}; peak RSS {}",
             self.engine_secs,
             self.job_secs,
             self.download_secs,
             self.csv_bytes,
             self.baseline_secs,
-            self.ratio(),
+            fmt_ratio(Some(self.ratio())),
             self.csv_equal,
             self.rows_differing,
             self.counts_ok,
@@ -85,8 +85,8 @@ impl Report<'_> {
 
     pub fn print_human(&self) {
         println!(
-            "settlement: median ratio engine / psql {:.2} (target <= {RATIO_TARGET}){}",
-            self.median_ratio(),
+            "settlement: median ratio engine / psql {} (target <= {RATIO_TARGET}){}",
+            fmt_ratio(Some(self.median_ratio())),
             self.rss_growth_mib().map_or(String::new(), |g| format!(
                 "; peak RSS growth small -> large job {g:.1} MiB (target <= {RSS_GROWTH_LIMIT_MIB})"
             ))

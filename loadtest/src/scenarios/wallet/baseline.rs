@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::fmt::fmt_ratio;
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::summary;
 use crate::common::verdict::{Check, Checks};
@@ -65,7 +66,10 @@ pub async fn run(args: &WalletArgs, target: &Target) -> Result<Checks, String> {
             .ok_or_else(|| format!("cannot read {}", path.display()))?;
         if let Some(ops) = engine.get("ops_per_sec").and_then(Value::as_f64) {
             let ratio = ops / rps;
-            println!("wallet: engine {ops:.0} ops/s / baseline {rps:.0} req/s = {ratio:.2} (target >= 0.8)");
+            println!(
+                "wallet: engine {ops:.0} ops/s / baseline {rps:.0} req/s = {} (target >= 0.8)",
+                fmt_ratio(Some(ratio))
+            );
             out["engine_ops_per_sec"] = json!(ops);
             out["ratio"] = json!(ratio);
             out["event_delivery_p99_ms"] = engine["event_delivery_ms"]["p99"].clone();
