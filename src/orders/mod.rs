@@ -12,7 +12,6 @@
 //! - `sink`: how the orders' outbox events land in Postgres.
 //! - `settings`: idempotency key lifetime and the fee, from the environment.
 
-pub mod api;
 pub mod domain;
 pub mod expiry;
 pub mod handlers;
@@ -178,7 +177,7 @@ impl Orders {
 
 impl Feature for Orders {
     fn api(&self) -> utoipa::openapi::OpenApi {
-        <api::OrdersApi as utoipa::OpenApi>::openapi()
+        <handlers::OrdersApi as utoipa::OpenApi>::openapi()
     }
 
     fn name(&self) -> &'static str {
@@ -209,9 +208,7 @@ impl Feature for Orders {
                 "order_confirm",
                 "Confirm a hold; optional Idempotency-Key",
                 self.clone(),
-                |f, req, params| async move {
-                    handlers::update_order(&f, req, params.get("id"), lua::Action::Confirm).await
-                },
+                |f, req, params| async move { handlers::confirm_order(&f, req, params.get("id")).await },
             ),
             Route::new(
                 Method::POST,
@@ -219,7 +216,7 @@ impl Feature for Orders {
                 "order_cancel",
                 "Cancel a hold, returning its stock; optional Idempotency-Key",
                 self.clone(),
-                |f, req, params| async move { handlers::update_order(&f, req, params.get("id"), lua::Action::Cancel).await },
+                |f, req, params| async move { handlers::cancel_order(&f, req, params.get("id")).await },
             ),
             Route::new(
                 Method::POST,

@@ -13,7 +13,6 @@
 //! - `sink`: how the ledger lands in Postgres.
 //! - `settings`: the bound on open event streams, from the environment.
 
-pub mod api;
 pub mod domain;
 pub mod events;
 mod expiry;
@@ -175,7 +174,7 @@ impl Wallet {
 
 impl Feature for Wallet {
     fn api(&self) -> utoipa::openapi::OpenApi {
-        <api::WalletApi as utoipa::OpenApi>::openapi()
+        <handlers::WalletApi as utoipa::OpenApi>::openapi()
     }
 
     fn name(&self) -> &'static str {
