@@ -943,8 +943,8 @@ fn the_guide_scanners_see_what_they_look_for() {
         }
         fn routes() -> Vec<Route> {
             vec![
-                Route::new(Method::GET, "/live", "live", "d", s, |_, _, _| async { Ok(x(vec![1])) }),
-                Route::new(Method::POST, "/live/{id}/events", "e", "d", s, h),
+                Route::new(Method::GET, "/live", "live", s, |_, _, _| async { Ok(x(vec![1])) }),
+                Route::new(Method::POST, "/live/{id}/events", "e", s, h),
             ]
         }
         fn settings(env: &Env<'_>) { env.number("STAMPEDE_X_MS", 1, 0, 2)?; other.get("NOT_A_SETTING"); }

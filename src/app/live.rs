@@ -260,19 +260,13 @@ impl Feature for Live {
 
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
-            Route::new(
-                Method::GET,
-                "/live",
-                "live",
-                "A live page of the engine at work (sale, orders, wallet), fed by /live/events",
-                self.clone(),
-                |_, _, _| async move { Ok::<_, Infallible>(page()) },
-            ),
+            Route::new(Method::GET, "/live", "live", self.clone(), |_, _, _| async move {
+                Ok::<_, Infallible>(page())
+            }),
             Route::new(
                 Method::GET,
                 "/live/events",
                 "live_events",
-                "Server-Sent Events: a snapshot of the engine every 500 ms",
                 self,
                 |live, _, _| async move { events(live) },
             ),
