@@ -24,9 +24,6 @@ pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
 /// Longest `hold_secs`: a reservation holds stock others cannot buy.
 pub const HOLD_SECS_MAX: i64 = 3_600;
 
-/// Longest `Idempotency-Key`, as the issue states (255 printable ASCII).
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
-
 /// Default and ceiling of `STAMPEDE_IDEMPOTENCY_TTL_SECS`: how long a key's
 /// first answer is kept for replay. Each key is a small Redis hash (~300 B).
 pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;

@@ -6,11 +6,12 @@ use std::sync::LazyLock;
 use fred::types::Value;
 
 use super::OrdersError;
-use super::domain::{BuyerId, IdempotencyKey, OrderId, ProductId};
+use super::domain::{BuyerId, OrderId, ProductId};
 use super::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
 use crate::redis::executor::{BatchScript, Executor};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
+use crate::server::http::IdempotencyKey;
 
 pub static ORDER_CREATE: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("order_create", include_str!("../../lua/order_create.lua"), 5, 10));
