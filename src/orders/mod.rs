@@ -261,9 +261,7 @@ impl Feature for Orders {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::OrdersSink {
-            fee_bps: self.settings.fee_bps,
-        }))
+        Some(sink::sink(self.settings.fee_bps))
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
