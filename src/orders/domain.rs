@@ -140,19 +140,10 @@ pub struct OrderId {
 impl OrderId {
     pub fn generate(shard: Shard) -> Self {
         let mut bytes: [u8; 16] = rand::rng().random();
-        bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
         let shards = OUTBOX_SHARDS as u8;
         bytes[15] = bytes[15] - bytes[15] % shards + shard.index() as u8;
-        let hex = hex::encode(bytes);
-        let text = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        );
+        // Sets the version (4) and variant bits, which are in bytes 6 and 8.
+        let text = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
         Self { text, shard }
     }
 
