@@ -299,6 +299,16 @@ local function answer(c, a)
   return {c.tx, int(a.cash), int(a.bonus), '', '', '0', '0'}
 end
 
+-- The account as of now. Writes may start here: a bonus past its expiry is
+-- expired first, as the expiry task would have (it may not have run yet).
+local function load_current(c)
+  local a = load(c.acct)
+  if a.b and tonumber(c.now) >= a.b.exp then
+    end_bonus(c, a, 'expired')
+  end
+  return a
+end
+
 local function reply_of(outcome, ans)
   return {outcome, ans[1], tonumber(ans[2]), tonumber(ans[3]), ans[4], ans[5], tonumber(ans[6]), tonumber(ans[7])}
 end
@@ -324,12 +334,7 @@ local function transaction(c, op, amount, detail)
   if outbox_full() then
     return {'OUTBOX_FULL'}
   end
-  local a = load(c.acct)
-  -- Writes may start here: a bonus past its expiry is expired first, as
-  -- the expiry task would have (it may simply not have run yet).
-  if a.b and tonumber(c.now) >= a.b.exp then
-    end_bonus(c, a, 'expired')
-  end
+  local a = load_current(c)
   local refusal, extra = ops[op](c, a, amount, detail)
   if refusal then
     return {refusal}
@@ -349,10 +354,7 @@ local function grant(c, amount, required, max_bet, expires, contributions)
   if outbox_full() then
     return {'OUTBOX_FULL'}
   end
-  local a = load(c.acct)
-  if a.b and tonumber(c.now) >= a.b.exp then
-    end_bonus(c, a, 'expired')
-  end
+  local a = load_current(c)
   if a.b then
     return {'BONUS_ACTIVE'}
   end
