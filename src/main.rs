@@ -19,9 +19,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The command line. `serve` takes its configuration from environment
 /// variables (README.md), so that a container or a unit file sets it the
-/// same way for every engine; the generators take flags.
+/// same way for every engine; the generators take flags. A flag given twice
+/// takes its last value, as it did before clap (and as the load driver's do).
 #[derive(Parser)]
-#[command(name = "stampede", version, about = "A Redis-first flash-sale engine")]
+#[command(
+    name = "stampede",
+    version,
+    about = "A Redis-first flash-sale engine",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +45,7 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct GenPurchases {
     /// Lines to write
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -53,6 +60,7 @@ struct GenPurchases {
 }
 
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct GenTransactions {
     /// Transactions to load
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
