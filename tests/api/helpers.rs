@@ -624,7 +624,8 @@ impl EngineProcess {
         }
     }
 
-    fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
+    /// Starts it without waiting: until it listens, requests are refused.
+    pub fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let consumer = match consumer {
             "" => format!("{prefix}-{port}"),
