@@ -2,7 +2,7 @@
 # shellcheck disable=SC2317 # stop_engine and cleanup run from the EXIT trap
 # One command for a load run against a freshly started engine.
 #
-#   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults [extra loadtest flags]
+#   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [extra loadtest flags]
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
@@ -18,6 +18,10 @@
 # before run.sh, the engine gets a private redis-server that run.sh starts
 # (AOF, appendfsync always) so that the kill case may kill it; with REDIS_URL
 # set, drop and flood run against that Redis and kill is SKIPPED.
+#
+# oha runs one recipe of loadtest/oha.sh (OHA_RECIPE: checkout, purchase,
+# orders or wallet) against the fresh engine, then `loadtest oha` checks its
+# JSON result: no error, a rate, only the statuses the recipe expects.
 #
 # Environment (optional):
 #   USERS, ITEMS, LIMIT   scenario size (defaults per scenario, LIMIT 10); also given to the engine
@@ -40,16 +44,20 @@
 #   RUST_LOG              engine log level (warn)
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
 #                         Redis and Postgres, and one thread costs it the least CPU per request)
+#   LOADTEST_PROFILE      release (default: a release build, for figures) or dev (the debug build
+#                         `cargo test` already made: the test command's short run checks invariants,
+#                         not speed)
 #   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
 #   FAULTS_REDIS_PORT     faults: port of its private redis-server (LOAD_PORT + 3)
 #   STAMPEDE_QUEUE_DEADLINE_MS  faults: given to the engine (50 unless set), so the flood is shed fast
+#   OHA_RECIPE            oha: the recipe (checkout); SECS, CONNECTIONS, CODES go to loadtest/oha.sh
 #
 # Output: the loadtest report on stdout; JSON summary and engine log in .data/loadtest/.
 # Exit code: the loadtest's, the worse of the two runs (0 all invariants passed,
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -72,6 +80,8 @@ case "$SCENARIO" in
   # Each case buys from a range of one sale of its own (see loadtest faults --help).
   faults)     USERS=${USERS:-1000};  ITEMS=${ITEMS:-1000000}; LIMIT=${LIMIT:-1000000}
               export STAMPEDE_QUEUE_DEADLINE_MS=${STAMPEDE_QUEUE_DEADLINE_MS:-50} ;;
+  # The checkout recipe asks for items up to 9999, the purchase one up to CODES.
+  oha)        USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}; OHA_RECIPE=${OHA_RECIPE:-checkout} ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -106,8 +116,13 @@ fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "run.sh: open files limit $(ulimit -n)" >&2
 
-cargo build --release --workspace
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# LOADTEST_PROFILE=dev runs the debug binaries `cargo test` already built
+# (the test command's short load run); release, the default, measures.
+case "${LOADTEST_PROFILE:-release}" in
+  release) cargo build --release --workspace; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release ;;
+  dev)     cargo build --workspace --bins; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug ;;
+  *) echo "run.sh: LOADTEST_PROFILE is dev or release, not ${LOADTEST_PROFILE}" >&2; exit 2 ;;
+esac
 
 EPOCH=$(date +%s)
 PREFIX=lt$EPOCH
@@ -334,6 +349,7 @@ elif [[ $SCENARIO == orders ]]; then
     --url "http://127.0.0.1:$LOAD_PORT"
     --admin-token "$LOAD_ADMIN_TOKEN"
     --products "${PRODUCTS:-20}" --stock "${STOCK:-5000}" --buyers "${BUYERS:-2000}"
+    --database-url "$LOAD_URL"
     --operations "${OPERATIONS:-150000}" --connections "${CONNECTIONS:-200}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
@@ -362,6 +378,15 @@ elif [[ $SCENARIO == faults ]]; then
   if [[ -n $FAULTS_REDIS_DIR ]]; then
     driver_args+=(--redis-pidfile "$FAULTS_REDIS_DIR/redis.pid" --redis-conf "$FAULTS_REDIS_DIR/redis.conf")
   fi
+elif [[ $SCENARIO == oha ]]; then
+  OHA_RESULT=$OUT_DIR/oha-$OHA_RECIPE-$EPOCH.oha.json
+  echo "run.sh: oha recipe $OHA_RECIPE, result $OHA_RESULT" >&2
+  if ! BASE_URL="http://127.0.0.1:$LOAD_PORT" ADMIN_TOKEN="$LOAD_ADMIN_TOKEN" OHA_JSON="$OHA_RESULT" \
+      WORK_DIR="$OUT_DIR" bash "$ROOT/loadtest/oha.sh" "$OHA_RECIPE"; then
+    echo "run.sh: loadtest/oha.sh $OHA_RECIPE failed" >&2
+    exit 2
+  fi
+  driver_args=(--recipe "$OHA_RECIPE" --result "$OHA_RESULT" --json "$JSON_OUT")
 elif [[ $SCENARIO == settlement ]]; then
   driver_args=(
     --url "http://127.0.0.1:$LOAD_PORT"

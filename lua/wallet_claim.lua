@@ -1,8 +1,9 @@
 -- wallet_claim.lua: make a (reference, type) belong to one account, for ever.
 --
 -- A wallet transaction is decided by wallet_apply.lua on its player's
--- shard, which sees only that player's references. The spec makes
--- (reference_id, type) unique across all players, so before that call the
+-- shard, which sees only that player's references. A reference is an outside
+-- system's id for one money movement (a game round, a payment), so
+-- (reference_id, type) is unique across all players, and before that call the
 -- engine claims the reference here, on the reference's own shard: the first
 -- account to claim it owns it; a claim by another account is refused, naming
 -- the field that differs. A claim changes no balance and is never undone: a

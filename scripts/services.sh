@@ -75,6 +75,7 @@ as_root() {
 APT_UPDATED=0
 SCHEMATHESIS_VERSION=4.32.5
 PLAYWRIGHT_VERSION=1.65.1
+OHA_VERSION=1.16.0
 apt_install() {
     command -v apt-get >/dev/null 2>&1 ||
         die "apt-get not found: install these packages by hand: $*"
@@ -498,6 +499,22 @@ status() {
     fi
 }
 
+# oha from crates.io into $DATA/tools/bin. (It does not build without a TLS
+# feature, so its default rustls comes along, with a C build of aws-lc.)
+install_oha() {
+    if [ -x "$DATA/tools/bin/oha" ] && "$DATA/tools/bin/oha" --version 2>/dev/null | grep -qx "oha $OHA_VERSION"; then
+        return 0
+    fi
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: it builds oha (install Rust from https://rustup.rs)"
+    log "installing oha $OHA_VERSION into $DATA/tools (cargo install --locked, once: a few minutes)"
+    cargo install --root "$DATA/tools" --locked --version "$OHA_VERSION" oha >&2 ||
+        die "cargo install oha failed"
+}
+
 redis_url() { printf 'redis://127.0.0.1:%s\n' "$REDIS_PORT"; }
 pg_url() { printf 'postgres://%s@127.0.0.1:%s/%s\n' "$PG_USER" "$PG_PORT" "$PG_DB"; }
 emit() { printf 'export %s=%q\n' "$1" "$2"; }
@@ -507,7 +524,7 @@ usage() {
 usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
   test-tools    install what the tests need besides the services (prometheus, promtool,
-                chromium, playwright-core, schemathesis)
+                chromium, playwright-core, schemathesis, oha)
 EOF
 }
 
@@ -583,6 +600,12 @@ main() {
             "$DATA/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 ||
                 die "pip install schemathesis failed"
         fi
+        # oha, the load generator of loadtest/oha.sh's recipes (the test
+        # command's oha step runs one), built once into $DATA/tools and
+        # reused. Built after the lock is released: cargo takes minutes and
+        # serialises its own installs, the services must not wait for it.
+        exec 9>&-
+        install_oha
         ;;
     status)
         status

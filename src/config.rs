@@ -32,7 +32,7 @@ pub struct FlushConfig {
     /// work cost Postgres CPU on the machine that also runs Redis and the
     /// engine: under the load driver's order scenario, 100 ms instead of
     /// 20 ms cut Postgres's CPU per order by about a third (250 ms saved no
-    /// more; ARCHITECTURE.md, "Performance notes").
+    /// more; loadtest/RESULTS.md).
     pub linger: Duration,
     /// Entries pending this long on another consumer are taken over.
     pub claim_idle: Duration,

@@ -63,7 +63,7 @@ pub const SCRIPT_BATCH_REQUESTS_MAX: usize = 256;
 /// a queue bound at or above the connection bound could never be reached
 /// (checked below for the defaults, and at start for the settings, where the
 /// default is also capped at half the connection bound). 4,096 is a fraction
-/// of a second of one shard's work at the rates measured in ARCHITECTURE.md
+/// of a second of one shard's work at the rates measured in loadtest/RESULTS.md
 /// (5,000-15,000 script requests/s), so the queue deadline usually sheds
 /// first; a burst on one entity puts all its traffic on one shard, so
 /// nearly half the default connection bound may wait on it.

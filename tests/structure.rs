@@ -8,7 +8,10 @@
 //!   as `stampede::app`, from outside the library);
 //! - the infrastructure and the toolkit never name a feature, in code,
 //!   strings or comments;
-//! - the README lists every route and every error code the code declares.
+//! - the guides (README.md and docs/*.md) match the code both ways: every
+//!   route, error code and setting the code declares is documented (a
+//!   feature's in its own guide, `docs/<feature>.md`; a setting once), and
+//!   every documented route and error code exists in the code.
 //!
 //! The classes come from the tree: the wiring is `app`, the toolkit is
 //! `server`, a feature is any other folder that implements `Feature`, and
@@ -21,7 +24,7 @@ use proc_macro2::{TokenStream, TokenTree};
 use syn::visit::{self, Visit};
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The top layer: start-up, the feature list, the operational routes.
 const WIRING: &str = "app";
@@ -483,74 +486,513 @@ fn the_scanners_see_what_they_look_for() {
     assert_eq!(hits.len(), 2, "{hits:?}");
 }
 
-/// Every `ErrorCode::new(StatusCode::X, "CODE")` in the source.
-fn error_codes() -> BTreeSet<String> {
-    let mut codes = BTreeSet::new();
-    for file in rust_files(Path::new(SRC)) {
-        let text = std::fs::read_to_string(&file).expect("source reads");
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find("ErrorCode::new(") {
-            rest = &rest[at + "ErrorCode::new(".len()..];
-            let call: String = rest.chars().take_while(|c| *c != ')').collect();
-            if let Some(code) = call.split('"').nth(1) {
-                codes.insert(code.to_owned());
+// The guides (README.md and docs/*.md) against the code, both ways. The
+// guides are read as Markdown tables, by their headers:
+// - `| method | path | …`: a route per row, `| GET | `/live` | …`;
+// - `| status | code | …`: error codes per row, `| 400 | `A`, `B` | …`;
+// - `| variable | default | …`: a setting per row, `| `STAMPEDE_X` | …`.
+// A row of such a table that is not written that way fails the check (it
+// would otherwise be skipped in silence). A route, code or setting declared
+// in a feature's folder belongs in that feature's guide, `docs/<feature>.md`;
+// the shared ones (toolkit, wiring, infrastructure) in any guide.
+
+/// `StatusCode` constants the error codes are declared with, by name.
+const STATUSES: &[(&str, u16)] = &[
+    ("BAD_REQUEST", 400),
+    ("UNAUTHORIZED", 401),
+    ("FORBIDDEN", 403),
+    ("NOT_FOUND", 404),
+    ("METHOD_NOT_ALLOWED", 405),
+    ("REQUEST_TIMEOUT", 408),
+    ("CONFLICT", 409),
+    ("GONE", 410),
+    ("PAYLOAD_TOO_LARGE", 413),
+    ("URI_TOO_LONG", 414),
+    ("UNSUPPORTED_MEDIA_TYPE", 415),
+    ("UNPROCESSABLE_ENTITY", 422),
+    ("TOO_MANY_REQUESTS", 429),
+    ("INTERNAL_SERVER_ERROR", 500),
+    ("SERVICE_UNAVAILABLE", 503),
+];
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// Variables read by a library rather than by our code: documented, never
+/// found in the source.
+const READ_BY_LIBRARIES: &[&str] = &[
+    // tracing_subscriber's `EnvFilter::try_from_default_env`.
+    "RUST_LOG",
+];
+
+/// What the source declares, each item with the top-level module that
+/// declares it: every `ErrorCode::new(StatusCode::X, "CODE")`, every
+/// `Route::new(Method::X, "/path", …)` and every setting read through the
+/// `env` of `crate::config::Env` (`env.number("STAMPEDE_X", …)`). Calls
+/// inside macro calls (`vec![Route::new(…), …]`) are read too; comments
+/// are not code, so a code named in a comment is not a declaration.
+#[derive(Default)]
+struct Declared {
+    module: String,
+    file: String,
+    codes: BTreeSet<(String, u16, String)>,
+    routes: BTreeSet<(String, String, String)>,
+    settings: BTreeSet<(String, String)>,
+    /// Declarations not in the form above, which the scan cannot read.
+    unreadable: Vec<String>,
+}
+
+impl Declared {
+    fn of_tree() -> Self {
+        let mut declared = Declared::default();
+        for file in rust_files(Path::new(SRC)) {
+            declared.module = module_path(&file).first().cloned().unwrap_or_default();
+            declared.file = file.strip_prefix(SRC).expect("under src").display().to_string();
+            declared.visit_file(&parse(&file));
+        }
+        declared
+    }
+
+    fn of_source(module: &str, source: &str) -> Self {
+        let mut declared = Declared {
+            module: module.into(),
+            file: format!("{module}.rs"),
+            ..Declared::default()
+        };
+        declared.visit_file(&syn::parse_file(source).expect("parses"));
+        declared
+    }
+}
+
+/// The last segment of a path expression (`StatusCode::GONE`, `S::GONE`,
+/// `Method::GET`), or of a path's named function (`ErrorCode::new`).
+fn last_ident(expr: &syn::Expr) -> Option<String> {
+    match expr {
+        syn::Expr::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+}
+
+fn path_ends_with(expr: &syn::Expr, tail: [&str; 2]) -> bool {
+    let syn::Expr::Path(p) = expr else {
+        return false;
+    };
+    let segments: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+    segments.len() >= 2 && segments[segments.len() - 2..] == tail
+}
+
+fn string_literal(expr: &syn::Expr) -> Option<String> {
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s), ..
+        }) => Some(s.value()),
+        _ => None,
+    }
+}
+
+fn is_variable_name(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_uppercase())
+        && text.contains('_')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl<'ast> Visit<'ast> for Declared {
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        let args: Vec<&syn::Expr> = call.args.iter().collect();
+        if path_ends_with(&call.func, ["ErrorCode", "new"]) {
+            let status = args
+                .first()
+                .and_then(|e| last_ident(e))
+                .and_then(|name| STATUSES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s));
+            match (status, args.get(1).and_then(|e| string_literal(e))) {
+                (Some(status), Some(code)) => {
+                    self.codes.insert((self.module.clone(), status, code));
+                }
+                _ => self.unreadable.push(format!(
+                    "{}: an ErrorCode::new(…) not written ErrorCode::new(StatusCode::X, \"CODE\") with X in STATUSES",
+                    self.file
+                )),
             }
         }
+        if path_ends_with(&call.func, ["Route", "new"]) {
+            let method = args
+                .first()
+                .and_then(|e| last_ident(e))
+                .filter(|m| METHODS.contains(&m.as_str()));
+            match (method, args.get(1).and_then(|e| string_literal(e))) {
+                (Some(method), Some(path)) => {
+                    self.routes.insert((self.module.clone(), method, path));
+                }
+                _ => self.unreadable.push(format!(
+                    "{}: a Route::new(…) not written Route::new(Method::X, \"/path\", …)",
+                    self.file
+                )),
+            }
+        }
+        visit::visit_expr_call(self, call);
     }
-    codes
+
+    fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+        let on_env = last_ident(&call.receiver).is_some_and(|r| r == "env");
+        if on_env
+            && let Some(var) = call.args.first().and_then(string_literal)
+            && is_variable_name(&var)
+        {
+            self.settings.insert((self.module.clone(), var));
+        }
+        visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        use syn::parse::Parser;
+        let exprs = syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated;
+        if let Ok(exprs) = exprs.parse2(mac.tokens.clone()) {
+            for expr in &exprs {
+                self.visit_expr(expr);
+            }
+        }
+        visit::visit_macro(self, mac);
+    }
+}
+
+/// The guides: `README.md` and every `docs/*.md`, by path from the root.
+fn guides() -> BTreeMap<String, String> {
+    let mut guides = BTreeMap::new();
+    guides.insert(
+        "README.md".to_owned(),
+        std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README.md reads"),
+    );
+    for entry in std::fs::read_dir(Path::new(ROOT).join("docs")).expect("docs/ reads") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = format!("docs/{}", path.file_name().expect("name").to_string_lossy());
+            guides.insert(name, std::fs::read_to_string(&path).expect("guide reads"));
+        }
+    }
+    guides
+}
+
+/// The cells of a Markdown table row, trimmed; `None` for any other line.
+fn cells(line: &str) -> Option<Vec<String>> {
+    let inner = line.trim().strip_prefix('|')?.strip_suffix('|')?;
+    Some(inner.split('|').map(|c| c.trim().to_owned()).collect())
+}
+
+/// A Markdown table: its header's cells (lower case) and its rows' cells,
+/// each with its line number.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<(usize, Vec<String>)>,
+}
+
+/// Every table of a Markdown text, outside fenced code blocks.
+fn tables(text: &str) -> Vec<Table> {
+    let mut tables = Vec::new();
+    let mut current: Option<Table> = None;
+    let mut fenced = false;
+    for (index, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let row = if fenced { None } else { cells(line) };
+        match (row, current.as_mut()) {
+            (Some(row), Some(table)) => {
+                let separator = row
+                    .iter()
+                    .all(|c| !c.is_empty() && c.trim_matches(':').chars().all(|ch| ch == '-'));
+                if !separator {
+                    table.rows.push((index + 1, row));
+                }
+            }
+            (Some(row), None) => {
+                current = Some(Table {
+                    header: row.iter().map(|c| c.to_lowercase()).collect(),
+                    rows: Vec::new(),
+                })
+            }
+            (None, _) => tables.extend(current.take()),
+        }
+    }
+    tables.extend(current);
+    tables
+}
+
+/// The text between backticks, if the cell is exactly one code span.
+fn code_span(cell: &str) -> Option<&str> {
+    let inner = cell.strip_prefix('`')?.strip_suffix('`')?;
+    (!inner.is_empty() && !inner.contains('`')).then_some(inner)
+}
+
+fn is_code_name(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_uppercase())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// What the guides document, each item with the guides (`file:line`) that
+/// document it.
+#[derive(Default)]
+struct Documented {
+    codes: BTreeMap<(u16, String), Vec<String>>,
+    routes: BTreeMap<(String, String), Vec<String>>,
+    settings: BTreeMap<String, Vec<String>>,
+    /// Rows of a route, error or settings table that are not written as
+    /// the check reads them.
+    unreadable: Vec<String>,
+}
+
+impl Documented {
+    fn of(guides: &BTreeMap<String, String>) -> Self {
+        let mut documented = Documented::default();
+        for (file, text) in guides {
+            for table in tables(text) {
+                let kind = match table.header.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                    ["method", "path", ..] => "route",
+                    ["status", "code", ..] => "code",
+                    ["variable", ..] => "setting",
+                    _ => continue,
+                };
+                for (line, row) in &table.rows {
+                    let at = format!("{file}:{line}");
+                    let first = row.first().map(String::as_str).unwrap_or_default();
+                    let second = row.get(1).map(String::as_str).unwrap_or_default();
+                    let read = match kind {
+                        "route" => documented.route(first, second, &at),
+                        "code" => documented.code(first, second, &at),
+                        _ => documented.setting(first, &at),
+                    };
+                    if !read {
+                        documented
+                            .unreadable
+                            .push(format!("{at}: a {kind} row the check cannot read: {row:?}"));
+                    }
+                }
+            }
+        }
+        documented
+    }
+
+    /// `| GET | `/path` |`: one method, one path, nothing else in the cell.
+    fn route(&mut self, method: &str, path: &str, at: &str) -> bool {
+        let Some(path) = code_span(path) else { return false };
+        if !METHODS.contains(&method) || !path.starts_with('/') || path.contains(['?', ' ']) {
+            return false;
+        }
+        self.routes
+            .entry((method.to_owned(), path.to_owned()))
+            .or_default()
+            .push(at.to_owned());
+        true
+    }
+
+    /// `| 400 | `A`, `B` |`: one status, codes separated by commas.
+    fn code(&mut self, status: &str, codes: &str, at: &str) -> bool {
+        let Some(status) = status.parse::<u16>().ok().filter(|s| (100..600).contains(s)) else {
+            return false;
+        };
+        let names: Option<Vec<&str>> = codes
+            .split(", ")
+            .map(|c| code_span(c).filter(|name| is_code_name(name)))
+            .collect();
+        let Some(names) = names else { return false };
+        for name in names {
+            self.codes
+                .entry((status, name.to_owned()))
+                .or_default()
+                .push(at.to_owned());
+        }
+        true
+    }
+
+    /// `| `STAMPEDE_X` | default | meaning |`.
+    fn setting(&mut self, var: &str, at: &str) -> bool {
+        let Some(var) = code_span(var).filter(|v| is_code_name(v)) else {
+            return false;
+        };
+        self.settings.entry(var.to_owned()).or_default().push(at.to_owned());
+        true
+    }
+}
+
+/// The guide a declaration belongs in: its feature's, or any for the
+/// shared ones.
+fn guide_of(module: &str, features: &BTreeSet<String>) -> Option<String> {
+    features.contains(module).then(|| format!("docs/{module}.md"))
+}
+
+fn documented_in(places: Option<&Vec<String>>, guide: &Option<String>) -> bool {
+    places.is_some_and(|places| match guide {
+        Some(guide) => places.iter().any(|at| at.starts_with(&format!("{guide}:"))),
+        None => !places.is_empty(),
+    })
 }
 
 #[test]
-fn the_readme_lists_every_error_code() {
-    let readme = std::fs::read_to_string(README).expect("README reads");
-    let codes = error_codes();
-    assert!(codes.len() > 30, "too few codes found, is the scan broken? {codes:?}");
-    let missing: Vec<_> = codes
-        .iter()
-        .filter(|code| !readme.contains(&format!("`{code}`")))
-        .collect();
+fn the_guides_document_every_route_and_error_code() {
+    let declared = Declared::of_tree();
+    assert!(declared.unreadable.is_empty(), "{:#?}", declared.unreadable);
     assert!(
-        missing.is_empty(),
-        "README.md does not list these error codes: {missing:?}"
+        declared.codes.len() > 30,
+        "too few codes found, is the scan broken? {:?}",
+        declared.codes
     );
-}
-
-/// Every `Route::new(Method::X, "/path"` in the source.
-fn routes() -> BTreeSet<(String, String)> {
-    let mut routes = BTreeSet::new();
-    for file in rust_files(Path::new(SRC)) {
-        let text = std::fs::read_to_string(&file).expect("source reads");
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find("Route::new(") {
-            rest = &rest[at + "Route::new(".len()..];
-            let head: String = rest.chars().take(300).collect();
-            let method = head
-                .split("Method::")
-                .nth(1)
-                .map(|m| m.chars().take_while(|c| c.is_ascii_uppercase()).collect::<String>());
-            let path = head.split('"').nth(1).map(str::to_owned);
-            if let (Some(method), Some(path)) = (method, path) {
-                routes.insert((method, path));
-            }
+    assert!(
+        declared.routes.len() >= 9,
+        "too few routes found, is the scan broken? {:?}",
+        declared.routes
+    );
+    let features = features(&classes());
+    let documented = Documented::of(&guides());
+    let mut missing = Vec::new();
+    for (module, status, code) in &declared.codes {
+        let guide = guide_of(module, &features);
+        if !documented_in(documented.codes.get(&(*status, code.clone())), &guide) {
+            let place = guide.unwrap_or_else(|| "any guide".into());
+            missing.push(format!(
+                "{status} `{code}` (src/{module}): no `| {status} | `{code}` |` row in {place}"
+            ));
         }
     }
-    routes
+    for (module, method, path) in &declared.routes {
+        let guide = guide_of(module, &features);
+        if !documented_in(documented.routes.get(&(method.clone(), path.clone())), &guide) {
+            let place = guide.unwrap_or_else(|| "any guide".into());
+            missing.push(format!(
+                "{method} {path} (src/{module}): no `| {method} | `{path}` |` row in {place}"
+            ));
+        }
+    }
+    assert!(missing.is_empty(), "undocumented:\n{}", missing.join("\n"));
 }
 
 #[test]
-fn the_readme_lists_every_route() {
-    let readme = std::fs::read_to_string(README).expect("README reads");
-    let routes = routes();
+fn every_documented_route_and_error_code_exists() {
+    let declared = Declared::of_tree();
+    let codes: BTreeSet<(u16, String)> = declared.codes.iter().map(|(_, s, c)| (*s, c.clone())).collect();
+    let routes: BTreeSet<(String, String)> = declared.routes.iter().map(|(_, m, p)| (m.clone(), p.clone())).collect();
+    let documented = Documented::of(&guides());
     assert!(
-        routes.len() >= 9,
-        "too few routes found, is the scan broken? {routes:?}"
+        documented.codes.len() > 30 && documented.routes.len() >= 9,
+        "too few rows read"
     );
-    let missing: Vec<_> = routes
-        .iter()
-        .filter(|(method, path)| !readme.contains(&format!("| {method} | `{path}")))
-        .collect();
+    let mut stale = documented.unreadable.clone();
+    for ((status, code), places) in &documented.codes {
+        if !codes.contains(&(*status, code.clone())) {
+            stale.push(format!("{places:?}: {status} `{code}` is not declared by the code"));
+        }
+    }
+    for ((method, path), places) in &documented.routes {
+        if !routes.contains(&(method.clone(), path.clone())) {
+            stale.push(format!("{places:?}: {method} {path} is not a route of the code"));
+        }
+    }
     assert!(
-        missing.is_empty(),
-        "README.md's API table has no row `| METHOD | `PATH…` for: {missing:?}"
+        stale.is_empty(),
+        "documented but not in the code:\n{}",
+        stale.join("\n")
     );
+}
+
+#[test]
+fn every_setting_is_documented_once() {
+    let declared = Declared::of_tree();
+    assert!(
+        declared.settings.len() >= 20,
+        "too few settings found: {:?}",
+        declared.settings
+    );
+    let features = features(&classes());
+    let documented = Documented::of(&guides());
+    let mut wrong = Vec::new();
+    for (module, var) in &declared.settings {
+        let guide = guide_of(module, &features);
+        if !documented_in(documented.settings.get(var), &guide) {
+            let place = guide.unwrap_or_else(|| "any guide".into());
+            wrong.push(format!(
+                "{var} (src/{module}): no `| `{var}` |` row of a settings table in {place}"
+            ));
+        }
+    }
+    let read: BTreeSet<&str> = declared.settings.iter().map(|(_, v)| v.as_str()).collect();
+    for (var, places) in &documented.settings {
+        if places.len() > 1 {
+            wrong.push(format!("{var} is documented {} times: {places:?}", places.len()));
+        }
+        if !read.contains(var.as_str()) && !READ_BY_LIBRARIES.contains(&var.as_str()) {
+            wrong.push(format!("{places:?}: {var} is not read by the code"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The scanners above must see what they are for, and match exactly.
+#[test]
+fn the_guide_scanners_see_what_they_look_for() {
+    let declared = Declared::of_source(
+        "wallet",
+        r#"
+        // ErrorCode::new(StatusCode::GONE, "IN_A_COMMENT") is no declaration.
+        fn code(e: &E) -> ErrorCode {
+            match e {
+                E::A => ErrorCode::new(S::BAD_REQUEST, "INVALID_A"),
+                E::B => crate::server::error::ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "B_DOWN"),
+                E::C => ErrorCode::new(status, "C"),
+            }
+        }
+        fn routes() -> Vec<Route> {
+            vec![
+                Route::new(Method::GET, "/live", "live", "d", s, |_, _, _| async { Ok(x(vec![1])) }),
+                Route::new(Method::POST, "/live/{id}/events", "e", "d", s, h),
+            ]
+        }
+        fn settings(env: &Env<'_>) { env.number("STAMPEDE_X_MS", 1, 0, 2)?; other.get("NOT_A_SETTING"); }
+        "#,
+    );
+    let codes: Vec<_> = declared.codes.iter().map(|(m, s, c)| format!("{m} {s} {c}")).collect();
+    assert_eq!(codes, ["wallet 400 INVALID_A", "wallet 503 B_DOWN"]);
+    assert_eq!(declared.unreadable.len(), 1, "{:?}", declared.unreadable);
+    let routes: Vec<_> = declared.routes.iter().map(|(_, m, p)| format!("{m} {p}")).collect();
+    assert_eq!(routes, ["GET /live", "POST /live/{id}/events"]);
+    let settings: Vec<_> = declared.settings.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(settings, ["STAMPEDE_X_MS"]);
+
+    let guide = "\
+| method | path | what |
+|---|---|---|
+| GET | `/live/events` | the stream |
+| GET | `/live?x=1` | a query is not a path |
+
+  | status | code | when |
+  |---|---|---|
+  | 400 | `INVALID_A`, `INVALID_B` | two codes |
+  | 401 / 403 | `A` / `B` | unreadable |
+
+```
+| GET | `/in/a/fence` | not a table |
+```
+| variable | default | meaning |
+|---|---|---|
+| `STAMPEDE_X_MS` | `1` | x |
+";
+    let documented = Documented::of(&BTreeMap::from([("docs/wallet.md".to_owned(), guide.to_owned())]));
+    let routes: Vec<_> = documented.routes.keys().map(|(m, p)| format!("{m} {p}")).collect();
+    // `/live/events` documents `/live/events`, never `/live`.
+    assert_eq!(routes, ["GET /live/events"]);
+    let codes: Vec<_> = documented.codes.keys().map(|(s, c)| format!("{s} {c}")).collect();
+    assert_eq!(codes, ["400 INVALID_A", "400 INVALID_B"]);
+    assert_eq!(documented.unreadable.len(), 2, "{:?}", documented.unreadable);
+    assert_eq!(documented.settings.keys().collect::<Vec<_>>(), ["STAMPEDE_X_MS"]);
+    assert_eq!(documented.codes[&(400, "INVALID_A".to_owned())], ["docs/wallet.md:8"]);
+
+    // A feature's code belongs in its own guide; a shared one in any.
+    let features: BTreeSet<String> = ["wallet".to_owned()].into();
+    let invalid_a = documented.codes.get(&(400, "INVALID_A".to_owned()));
+    assert!(documented_in(invalid_a, &guide_of("wallet", &features)));
+    assert!(!documented_in(
+        invalid_a,
+        &guide_of("orders", &["orders".to_owned()].into())
+    ));
+    assert!(documented_in(invalid_a, &guide_of("server", &features)));
 }

@@ -36,12 +36,12 @@ pub struct IngestApi;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // describes the request for the API document only
 struct IngestForm {
-    /// NDJSON, one purchase per line (README: "The purchase line").
+    /// NDJSON, one purchase per line (docs/ingest.md: "The purchase line").
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }
 
-/// The multipart field that carries the file, as in the spec's
+/// The multipart field that carries the file, as clients send it:
 /// `curl -F "file=@data/purchases.ndjson"`.
 const FILE_FIELD: &str = "file";
 

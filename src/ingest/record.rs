@@ -162,7 +162,7 @@ closed_set!(
     }
 );
 
-/// The fields a line must carry, in the order the README documents them.
+/// The fields a line must carry, in the order docs/ingest.md documents them.
 pub const REQUIRED_FIELDS: [&str; 9] = [
     "transaction_id",
     "player_id",

@@ -1,5 +1,5 @@
 //! How `POST /ingest` batches and bounds an upload: its settings, read from
-//! the environment at start (README, "Configuration").
+//! the environment at start (docs/ingest.md, "Settings").
 
 use std::time::Duration;
 

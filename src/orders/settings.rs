@@ -1,5 +1,5 @@
-//! The orders' settings, read from the environment at start (README,
-//! "Configuration").
+//! The orders' settings, read from the environment at start (docs/orders.md,
+//! "Settings").
 
 use super::limits::{FEE_BPS_DEFAULT, IDEMPOTENCY_TTL_SECS_DEFAULT, IDEMPOTENCY_TTL_SECS_MAX};
 use crate::config::{ConfigError, Env};

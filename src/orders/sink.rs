@@ -163,8 +163,8 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
         // Money columns are bigint (migration 0009), so every total fits.
         // The fee is floor(t × bps / 10000) computed as (t / 10000) × bps +
         // (t % 10000) × bps / 10000: exact, and t × bps itself could pass
-        // 2^63 (10^15 × 10^4). The seed's merchant id is 32-bit: a product
-        // of a larger merchant id is left out rather than failing the batch.
+        // 2^63 (10^15 × 10^4). `transactions.merchant_id` is 32-bit: a
+        // product of a larger merchant id is left out rather than failing the batch.
         sqlx::query(
             "INSERT INTO transactions (id, merchant_id, amount_cents, fee_cents, status, paid_at)
              SELECT o.i::uuid, p.merchant_id::int, o.t, (o.t / 10000) * $4 + (o.t % 10000) * $4 / 10000, 'PAID',

@@ -55,8 +55,8 @@ impl UserId {
 pub struct ItemId(u32);
 
 impl ItemId {
-    /// Accepts `42` and, for clients of the seed spec that sends `item_id=item1`,
-    /// `item42`.
+    /// Accepts `42` and, for clients written for the Go service this engine
+    /// replaces, which send `item_id=item1`, `item42`.
     pub fn parse(raw: Option<&str>) -> Result<Self, SaleError> {
         let raw = raw.ok_or(SaleError::Missing(Param::ItemId))?;
         if raw.is_empty() {

@@ -27,7 +27,7 @@ pub struct SaleApi;
 #[derive(Serialize, ToSchema)]
 struct CheckoutIssued<'a> {
     code: &'a str,
-    /// The same code under the name the `003` spec's clients read.
+    /// The same code under the name clients of the JSON-body purchase read.
     checkout_code: &'a str,
     expires_at: String,
     sale_id: u64,

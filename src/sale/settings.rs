@@ -1,5 +1,5 @@
-//! The sale's settings, read from the environment at start (README,
-//! "Configuration"). A bad value stops the engine with a message naming the
+//! The sale's settings, read from the environment at start (docs/sale.md,
+//! "Settings"). A bad value stops the engine with a message naming the
 //! variable.
 
 use super::limits::{ITEMS_PER_SALE_MAX, SALE_PERIOD_SECS_MAX};

@@ -15,7 +15,7 @@ use crate::redis::lua::ScriptError;
 
 /// A status and the stable machine-readable code clients switch on.
 /// Declared with [`ErrorCode::new`] where an error maps itself, so a test can
-/// collect every code from the source and check the README lists it.
+/// collect every code from the source and check the guides (docs/) list it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorCode {
     pub status: StatusCode,

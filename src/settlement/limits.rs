@@ -14,8 +14,8 @@ pub const SETTLEMENT_RANGE_DAYS_MAX: i64 = 366;
 pub const SETTLEMENT_WORKERS_MAX: usize = 16;
 
 /// Default and ceiling for `STAMPEDE_SETTLEMENT_BATCH_ROWS`, about how many
-/// transactions one chunk (one transaction) settles. 10,000 is the spec's
-/// BATCH_SIZE; a chunk of that size takes tens of milliseconds, which bounds
+/// transactions one chunk (one transaction) settles. A chunk of 10,000 takes
+/// tens of milliseconds, which bounds
 /// how long a cancel waits for the chunk in flight. A million rows in one
 /// chunk would take about a second.
 pub const SETTLEMENT_BATCH_ROWS_DEFAULT: i64 = 10_000;

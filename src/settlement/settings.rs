@@ -1,5 +1,5 @@
 //! The settlement jobs' settings, read from the environment at start
-//! (README, "Configuration").
+//! (docs/settlement.md, "Settings").
 
 use std::time::Duration;
 

@@ -22,7 +22,9 @@ pub const WALLET_AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000;
 /// is refused. Lua holds numbers as doubles, exact only below 2^53 (~9×10^15).
 pub const WALLET_BALANCE_MINOR_MAX: i64 = 1_000_000_000_000_000;
 
-/// Wagering multiplier bounds and default (the 1..=100, 10).
+/// Wagering multiplier bounds and default: 1..=100, 10 when not given. The
+/// ceiling keeps a requirement (amount × multiplier) below 2^53, exact in
+/// Lua (checked below).
 pub const BONUS_WAGERING_MULTIPLIER_MAX: i64 = 100;
 pub const BONUS_WAGERING_MULTIPLIER_DEFAULT: i64 = 10;
 

@@ -1,5 +1,5 @@
-//! The wallet's settings, read from the environment at start (README,
-//! "Configuration").
+//! The wallet's settings, read from the environment at start (docs/wallet.md,
+//! "Settings").
 
 use super::limits::{WALLET_SSE_STREAMS_CEILING, WALLET_SSE_STREAMS_DEFAULT};
 use crate::config::{ConfigError, Env};

@@ -95,7 +95,7 @@ async fn statuses_in_postgres(app: &TestApp, product: u64) -> HashMap<String, (i
     rows.into_iter().map(|(s, n, q)| (s, (n, q))).collect()
 }
 
-/// The seed's test: 500 concurrent orders for a product with stock 100.
+/// The classic oversell race: 500 concurrent orders for a product with stock 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_concurrent_orders_sell_exactly_the_stock() {
     let app = spawn_app(&[]).await;

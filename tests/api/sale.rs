@@ -242,7 +242,7 @@ async fn every_checkout_attempt_reaches_postgres() {
 #[tokio::test]
 async fn purchase_accepts_the_json_body_of_the_second_spec() {
     let app = spawn_app(&[]).await;
-    // `item_id=item1` is how that spec's examples name items.
+    // `item_id=item1` is how the replaced Go service's clients name items.
     let checkout = app.post("/checkout?user_id=user1&item_id=item1").await;
     assert_eq!(checkout.status, StatusCode::OK);
     assert_eq!(checkout.body["item_id"], 1);

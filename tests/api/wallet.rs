@@ -218,8 +218,9 @@ async fn one_reference_one_effect_and_the_same_answer() {
     app.finish().await;
 }
 
-/// `(reference_id, type)` is unique across players, as the spec says: the
-/// first account to use a reference owns it, even under a race.
+/// `(reference_id, type)` is unique across players (a reference is an outside
+/// system's id for one money movement): the first account to use a reference
+/// owns it, even under a race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reference_belongs_to_one_player() {
     let app = spawn_app(&[]).await;

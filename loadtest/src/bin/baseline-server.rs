@@ -16,10 +16,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use fred::prelude::{Builder, ClientLike, Config, Pool, Value};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
@@ -47,92 +49,52 @@ const SALE_ID: u64 = 0;
 const USER_ID_BYTES_MAX: usize = 64;
 const CODE_BYTES_MAX: usize = 128;
 
-const USAGE: &str = "\
-usage: baseline-server [flags]
-
-A hyper server with one EVALSHA per request: the yardstick of loadtest/run.sh.
-
-flags (default):
-  --listen ADDR        address to listen on (127.0.0.1:18081)
-  --redis-url URL      Redis ($REDIS_URL, else redis://127.0.0.1:6379)
-  --prefix P           key prefix: keys are P:{0}:... (baseline)
-  --items N            items of the sale: 1..=N can be bought (10000)
-  --limit N            purchases per user (10)
-  --code-ttl-secs N    lifetime of a checkout code (300)
-  --workers N          tokio worker threads, multi-thread scheduler (CPUs - 1, at least 1, like the engine)
-  --redis-pool N       Redis connections (4, like the engine)
-  -h, --help           this text";
-
-#[derive(Debug)]
+/// A hyper server with one EVALSHA per request: the yardstick of
+/// loadtest/run.sh.
+#[derive(Debug, Parser)]
+#[command(name = "baseline-server", version)]
 struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18081")]
     listen: SocketAddr,
+    /// Redis.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// Key prefix: keys are P:{0}:... (no braces: they would move the hash tag).
+    #[arg(long, default_value = "baseline", value_parser = prefix)]
     prefix: String,
+    /// Items of the sale: 1..=N can be bought.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     items: u32,
+    /// Purchases per user.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
+    /// Lifetime of a checkout code, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
     code_ttl_secs: u32,
-    workers: usize,
-    redis_pool: usize,
+    /// Tokio worker threads, always the multi-thread scheduler [default:
+    /// CPUs - 1, at least 1, like the engine].
+    #[arg(long)]
+    workers: Option<NonZeroUsize>,
+    /// Redis connections (the engine's default).
+    #[arg(long, default_value = "4")]
+    redis_pool: NonZeroUsize,
+}
+
+fn prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains(['{', '}']) {
+        return Err("must be non-empty and without braces (they would move the hash tag)".into());
+    }
+    Ok(value.to_owned())
 }
 
 impl Args {
-    /// `Ok(None)` means --help.
-    fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
-        let mut a = Args {
-            listen: SocketAddr::from(([127, 0, 0, 1], 18081)),
-            redis_url: std::env::var("REDIS_URL")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            prefix: "baseline".into(),
-            items: 10_000,
-            limit: 10,
-            code_ttl_secs: 300,
-            workers: std::thread::available_parallelism().map_or(1, |n| usize::from(n).saturating_sub(1).max(1)),
-            redis_pool: 4,
-        };
-        let mut argv = argv.into_iter();
-        while let Some(flag) = argv.next() {
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
-            }
-            let (flag, value) = match flag.split_once('=') {
-                Some((f, v)) => (f.to_string(), v.to_string()),
-                None => {
-                    let v = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                    (flag, v)
-                }
-            };
-            match flag.as_str() {
-                "--listen" => {
-                    a.listen = value
-                        .parse()
-                        .map_err(|_| format!("--listen: not an address: {value:?}"))?
-                }
-                "--redis-url" => a.redis_url = value,
-                "--prefix" => a.prefix = value,
-                "--items" => a.items = num(&flag, &value)?,
-                "--limit" => a.limit = num(&flag, &value)?,
-                "--code-ttl-secs" => a.code_ttl_secs = num(&flag, &value)?,
-                "--workers" => a.workers = num(&flag, &value)?,
-                "--redis-pool" => a.redis_pool = num(&flag, &value)?,
-                other => return Err(format!("unknown flag {other:?}")),
-            }
-        }
-        if a.prefix.is_empty() || a.prefix.contains(['{', '}']) {
-            return Err("--prefix must be non-empty and without braces (they would move the hash tag)".into());
-        }
-        if a.items == 0 || a.limit == 0 || a.code_ttl_secs == 0 || a.workers == 0 || a.redis_pool == 0 {
-            return Err("--items, --limit, --code-ttl-secs, --workers and --redis-pool must be > 0".into());
-        }
-        Ok(Some(a))
+    fn workers(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| usize::from(n).saturating_sub(1).max(1)),
+            usize::from,
+        )
     }
-}
-
-fn num<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: not a valid number: {value:?}"))
 }
 
 struct State {
@@ -150,19 +112,9 @@ struct State {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return std::process::ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("baseline-server: {e}\n\n{USAGE}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
+        .worker_threads(args.workers())
         .enable_all()
         .build();
     let result = match runtime {
@@ -181,7 +133,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let redis = Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
         .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-        .build_pool(args.redis_pool)
+        .build_pool(args.redis_pool.get())
         .map_err(|e| format!("redis pool: {e}"))?;
     redis
         .init()
@@ -222,7 +174,11 @@ async fn serve(args: Args) -> Result<(), String> {
     let listener = socket.listen(LISTEN_BACKLOG).map_err(|e| format!("listen: {e}"))?;
     eprintln!(
         "baseline-server: listening on {}, keys {tag}:*, items {}, limit {}, {} workers, {} redis connections",
-        args.listen, args.items, args.limit, args.workers, args.redis_pool
+        args.listen,
+        args.items,
+        args.limit,
+        args.workers(),
+        args.redis_pool
     );
 
     let mut http = http1::Builder::new();
@@ -502,6 +458,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]
@@ -565,16 +523,21 @@ mod tests {
 
     #[test]
     fn args_defaults_and_refusals() {
-        let parse = |line: &str| Args::parse(line.split_whitespace().map(str::to_string));
-        let a = parse("--prefix ltb --items 2000 --limit 10").unwrap().unwrap();
+        let parse =
+            |line: &str| Args::try_parse_from(std::iter::once("baseline-server").chain(line.split_whitespace()));
+        let a = parse("--prefix ltb --items 2000 --limit=10").unwrap();
         assert_eq!(
-            (a.prefix.as_str(), a.items, a.limit, a.redis_pool),
+            (a.prefix.as_str(), a.items, a.limit, a.redis_pool.get()),
             ("ltb", 2000, 10, 4)
         );
-        assert!(a.workers >= 1);
+        assert!(a.workers() >= 1);
+        assert_eq!(parse("--workers=3").unwrap().workers(), 3);
         assert!(parse("--prefix a{b}").is_err());
         assert!(parse("--items 0").is_err());
+        assert!(parse("--workers 0").is_err());
         assert!(parse("--bogus 1").is_err());
-        assert!(parse("--help").unwrap().is_none());
+        let help = parse("--help").unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        Args::command().debug_assert();
     }
 }

@@ -1,0 +1,160 @@
+//! The engine's resident memory, from `/proc/<pid>/status`.
+//!
+//! Two measures of the peak during an upload:
+//! - a sampler thread reads `VmRSS` every few milliseconds. A thread, not a
+//!   tokio task: the driver's runtime is busy writing the upload, and a
+//!   sample that waits for it would be late exactly when memory is high;
+//! - the kernel's high-water mark `VmHWM`, reset before the upload by writing
+//!   `5` to `/proc/<pid>/clear_refs`: exact, whatever happens between two
+//!   samples. It needs the right to write that file (same user as the engine,
+//!   Linux >= 4.0); without it only the samples count.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Memory figures of one read of the status file, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mem {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+/// Parses `VmRSS` and `VmHWM` (`VmRSS:\t  123456 kB`) out of a status file.
+pub fn parse_status(text: &str) -> Result<Mem, String> {
+    let field = |name: &str| -> Result<u64, String> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .ok_or_else(|| format!("no {name} in the status file (a kernel thread, or a zombie?)"))?;
+        let value = line.trim().strip_suffix("kB").map(str::trim);
+        value
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("unreadable {name}: {line:?}"))
+    };
+    Ok(Mem {
+        rss_kib: field("VmRSS")?,
+        hwm_kib: field("VmHWM")?,
+    })
+}
+
+pub fn read(pid: u32) -> Result<Mem, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_status(&text)
+}
+
+/// The process name (`comm`), to tell the user which process is measured.
+pub fn command_name(pid: u32) -> Result<String, String> {
+    let path = format!("/proc/{pid}/comm");
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim_end().to_string())
+        .map_err(|e| format!("cannot read {path}: {e}"))
+}
+
+/// Resets `VmHWM` to the current RSS.
+pub fn reset_peak(pid: u32) -> Result<(), String> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").map_err(|e| format!("cannot write {path}: {e}"))
+}
+
+/// What the sampler saw between `start` and `stop`.
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    pub peak_kib: u64,
+    pub samples: u64,
+    /// The largest gap between two successful samples.
+    pub max_gap: Duration,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Sampled>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32, every: Duration) -> Result<Sampler, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn(move || {
+                let mut out = Sampled::default();
+                let mut last_ok: Option<Instant> = None;
+                loop {
+                    // One last sample after the stop request: the end counts too.
+                    let stopping = flag.load(Ordering::Relaxed);
+                    match read(pid) {
+                        Ok(mem) => {
+                            let now = Instant::now();
+                            if let Some(prev) = last_ok {
+                                out.max_gap = out.max_gap.max(now - prev);
+                            }
+                            last_ok = Some(now);
+                            out.samples += 1;
+                            out.peak_kib = out.peak_kib.max(mem.rss_kib);
+                        }
+                        Err(e) => {
+                            out.errors += 1;
+                            out.last_error = Some(e);
+                        }
+                    }
+                    if stopping {
+                        return out;
+                    }
+                    std::thread::park_timeout(every);
+                }
+            })
+            .map_err(|e| format!("cannot start the RSS sampler thread: {e}"))?;
+        Ok(Sampler { stop, handle })
+    }
+
+    /// Stops the thread (it takes one more sample) and returns what it saw.
+    pub fn stop(self) -> Sampled {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.thread().unpark();
+        self.handle.join().unwrap_or_else(|_| Sampled {
+            last_error: Some("the sampler thread panicked".into()),
+            errors: 1,
+            ..Sampled::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tstampede\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 1234568 kB\n\
+VmSize:\t 1200000 kB\nVmHWM:\t   98765 kB\nVmRSS:\t   45678 kB\nRssAnon:\t   40000 kB\nThreads:\t3\n";
+
+    #[test]
+    fn parses_rss_and_high_water_mark() {
+        assert_eq!(
+            parse_status(STATUS),
+            Ok(Mem {
+                rss_kib: 45678,
+                hwm_kib: 98765
+            })
+        );
+        // Kernel threads have no Vm lines.
+        assert!(parse_status("Name:\tkthreadd\nState:\tS\n").is_err());
+        assert!(parse_status("VmHWM:\t1 kB\nVmRSS:\tlots kB\n").is_err());
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let pid = std::process::id();
+        let before = read(pid).unwrap();
+        assert!(before.rss_kib > 0 && before.hwm_kib >= before.rss_kib);
+        let sampler = Sampler::start(pid, Duration::from_millis(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let seen = sampler.stop();
+        assert!(seen.samples >= 2, "{seen:?}");
+        assert!(seen.peak_kib > 0 && seen.errors == 0, "{seen:?}");
+        assert_eq!(command_name(pid).map(|n| !n.is_empty()), Ok(true));
+    }
+}

@@ -1,0 +1,117 @@
+//! Latency histograms and status counts, kept per connection task and
+//! merged once the tasks have finished (no shared state on the hot path).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Latency histogram + status counts of one endpoint.
+pub struct EndpointStats {
+    /// Microseconds, 1 µs .. 120 s, 3 significant digits.
+    pub latency_us: Histogram<u64>,
+    /// "200", "409 ITEM_SOLD", "timeout", "transport", ... -> count.
+    pub statuses: BTreeMap<String, u64>,
+    /// Requests that got any answer or failed (everything that was sent).
+    pub requests: u64,
+}
+
+impl EndpointStats {
+    pub fn new() -> EndpointStats {
+        EndpointStats {
+            latency_us: new_histogram(),
+            statuses: BTreeMap::new(),
+            requests: 0,
+        }
+    }
+
+    pub fn record_response(&mut self, status_key: &str, latency: Duration) {
+        record(&mut self.latency_us, latency);
+        self.requests += 1;
+        // The key is allocated once per distinct status, not per request.
+        match self.statuses.get_mut(status_key) {
+            Some(count) => *count += 1,
+            None => {
+                self.statuses.insert(status_key.to_string(), 1);
+            }
+        }
+    }
+
+    pub fn record_failure(&mut self, kind: &str) {
+        self.requests += 1;
+        *self.statuses.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn count(&self, status_key: &str) -> u64 {
+        self.statuses.get(status_key).copied().unwrap_or(0)
+    }
+
+    /// Requests whose status key is not in `allowed`.
+    pub fn count_not_in(&self, allowed: &[&str]) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(k, _)| !allowed.contains(&k.as_str()))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn merge(&mut self, other: &EndpointStats) {
+        // Both histograms have the same bounds, so `add` cannot fail; keep going if it does.
+        if let Err(e) = self.latency_us.add(&other.latency_us) {
+            eprintln!("warning: histogram merge failed: {e:?}");
+        }
+        self.requests += other.requests;
+        for (k, v) in &other.statuses {
+            *self.statuses.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+}
+
+/// Microseconds, 1 µs .. 120 s, 3 significant digits: every latency the
+/// driver records.
+pub fn new_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 120_000_000, 3) {
+        Ok(h) => h,
+        // The bounds above are constants that hdrhistogram accepts.
+        Err(e) => panic!("histogram bounds rejected: {e:?}"),
+    }
+}
+
+/// Records a latency (at least 1 µs, at most the histogram's bound).
+pub fn record(h: &mut Histogram<u64>, latency: Duration) {
+    h.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
+/// The `q` quantile in milliseconds; 0 for an empty histogram.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// p50, p90, p99 and max of a histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: quantile_ms(h, 0.50),
+            p90: quantile_ms(h, 0.90),
+            p99: quantile_ms(h, 0.99),
+            max: quantile_ms(h, 1.0),
+        }
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({"p50_ms": self.p50, "p90_ms": self.p90, "p99_ms": self.p99, "max_ms": self.max})
+    }
+}

@@ -1,0 +1,10 @@
+//! One module per scenario of the command line.
+
+pub mod compare;
+pub mod faults;
+pub mod ingest;
+pub mod oha;
+pub mod orders;
+pub mod sale;
+pub mod settlement;
+pub mod wallet;
