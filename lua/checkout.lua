@@ -16,7 +16,7 @@
 -- inputs were validated by the engine. Calls are kept few: Redis is the
 -- shared bottleneck.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
 --       sale meta hash, sold bitmap, per-user counters hash, code string.
 -- ARGV: 1 requests, 2 outbox bound (events), then per request (14):
@@ -24,15 +24,6 @@
 --       user_id, code, expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user,
 --       refused attempts' bound (events).
 -- Reply: per request {outcome}. Events: sale_opened, checkout.
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local events, replies = {}, {}
-local function emit(kind, values)
-  events[#events + 1] = kind
-  events[#events + 1] = values
-end
-local S = '\31'
 -- A sale keeps the size and limit it opened with, even if the config changes.
 -- Read once per batch, and updated when this batch opens the sale.
 local sales = {}
@@ -45,7 +36,7 @@ for r = 0, n - 1 do
   local outcome, sale, items, limit
   -- Shed rather than grow the outbox without bound while Postgres is away:
   -- an attempt is recorded even when refused, so all of them are shed.
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     outcome = 'OUTBOX_FULL'
   else
     sale = sales[meta]
@@ -71,7 +62,7 @@ for r = 0, n - 1 do
       outcome = 'TOO_MANY_CHECKOUTS'
     end
     -- A refused attempt is recorded only within its share of the bound.
-    if outcome ~= 'OK' and pending + #events / 2 >= tonumber(ARGV[a + 14]) then
+    if outcome ~= 'OK' and outbox_full(tonumber(ARGV[a + 14])) then
       outcome = 'REFUSALS_FULL'
     end
   end
@@ -89,7 +80,7 @@ for r = 0, n - 1 do
       redis.call('HSET', users, '_', '')
       redis.call('PEXPIRE', users, ARGV[a + 12])
       sale.opening, sale.items, sale.limit = false, items, limit
-      emit('sale_opened', sale_id .. S .. ARGV[a + 3] .. S .. ARGV[a + 4] .. S .. items .. S .. limit .. S .. now)
+      emit('sale_opened', {sale_id, ARGV[a + 3], ARGV[a + 4], items, limit, now})
     end
     local issued_code, expires = '', ''
     if outcome == 'OK' then
@@ -100,14 +91,7 @@ for r = 0, n - 1 do
         'PX', ARGV[a + 11])
       redis.call('HINCRBY', users, 'c:' .. user, 1)
     end
-    emit('checkout', sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S ..
-      expires .. S .. now)
+    emit('checkout', {sale_id, user, item_arg, outcome, issued_code, expires, now})
   end
   replies[r + 1] = {outcome}
 end
-
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
-return replies

@@ -12,7 +12,7 @@
 -- checks come before its writes, and nothing here raises an error: inputs
 -- were validated by the engine.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (5):
 --       product hash, product's buyers hash, order hash, shard's holds zset,
 --       idempotency record (a placeholder when there is no key).
@@ -29,10 +29,6 @@
 --       OUTBOX_FULL (not stored: they change nothing).
 -- Events: order (id, product, buyer, quantity, total, status, created_ms,
 --       expires_ms, idempotency key, at_ms).
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local events, replies = {}, {}
 local RECORD = {'fp', 'outcome', 'id', 'product', 'qty', 'buyer', 'status', 'total', 'created', 'expires'}
 
 local function order(product, buyers, order_key, holds, idem, now, product_id, order_id, buyer, qty_arg,
@@ -50,7 +46,7 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     end
   end
   -- Shed rather than grow the outbox without bound while Postgres is away.
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     return {'OUTBOX_FULL', 0}
   end
 
@@ -97,9 +93,7 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     redis.call('HSET', order_key, 'product', product_id, 'qty', qty_arg, 'buyer', buyer, 'status', status,
       'total', total, 'created', now, 'expires', expires, 'key', key, 'updated', now)
     redis.call('PEXPIRE', order_key, order_ttl)
-    events[#events + 1] = 'order'
-    events[#events + 1] = table.concat({order_id, product_id, buyer, qty_arg, total, status, now, expires, key, now},
-      '\31')
+    emit('order', {order_id, product_id, buyer, qty_arg, total, status, now, expires, key, now})
     reply = {'OK', 0, order_id, product_id, qty_arg, buyer, status, total, now, expires}
   end
   if key ~= '' then
@@ -120,9 +114,3 @@ for r = 0, n - 1 do
     ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8],
     ARGV[a + 9], ARGV[a + 10])
 end
-
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
-return replies

@@ -13,7 +13,7 @@
 -- checks come before its writes, and nothing here raises an error: inputs
 -- were validated by the engine.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (5):
 --       order hash, product hash, product's buyers hash, shard's holds zset,
 --       idempotency record (a placeholder when there is no key).
@@ -29,10 +29,6 @@
 --       IDEMPOTENCY_KEY_REUSED, OUTBOX_FULL (not stored); for expire:
 --       EXPIRED, SETTLED (no longer reserved), NOT_DUE.
 -- Events: order, with the order's new status (as in order_create.lua).
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local events, replies = {}, {}
 local RECORD = {'fp', 'outcome', 'id', 'product', 'qty', 'buyer', 'status', 'total', 'created', 'expires'}
 local BLANK = {'', '', '', '', '', '', '', ''}
 
@@ -86,7 +82,7 @@ local function update(order_key, product, buyers, holds, idem, now, action, orde
 
   if to then
     -- Shed rather than grow the outbox without bound while Postgres is away.
-    if pending + #events / 2 >= bound then
+    if outbox_full() then
       return {'OUTBOX_FULL', 0, unpack(BLANK)}, false
     end
     -- Writes start here.
@@ -104,8 +100,7 @@ local function update(order_key, product, buyers, holds, idem, now, action, orde
     redis.call('HSET', order_key, 'status', to, 'updated', now)
     redis.call('PEXPIRE', order_key, order_ttl)
     status = to
-    events[#events + 1] = 'order'
-    events[#events + 1] = table.concat({order_id, o[1], o[3], o[2], o[5], to, o[6], o[7], o[8], now}, '\31')
+    emit('order', {order_id, o[1], o[3], o[2], o[5], to, o[6], o[7], o[8], now})
   end
   if outcome == 'OK' or outcome == 'EXPIRED' or outcome == 'NOT_DUE' then
     return reply_of(outcome, order_id, o, status), true
@@ -125,9 +120,3 @@ for r = 0, n - 1 do
   end
   replies[r + 1] = reply
 end
-
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
-return replies

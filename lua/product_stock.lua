@@ -10,7 +10,7 @@
 -- so repeating it (after a 503 whose outcome is unknown) replays the answer
 -- instead of adding again; the same key with another amount is refused.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (2):
 --       product hash, idempotency record (a placeholder when there is no key).
 -- ARGV: 1 requests, 2 outbox bound (events), then per request (13):
@@ -24,11 +24,6 @@
 -- Outcomes: OK, STOCK_LIMIT (both stored under the key and replayed),
 --       IDEMPOTENCY_KEY_REUSED, OUTBOX_FULL (not stored: they change nothing).
 -- Events: product_restocked (product, added, stock_total, at).
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local events, replies = {}, {}
-
 local function stock(product, idem, now, action, product_id, seed, amount, name, price, merchant, limit, ceiling,
                      key, fp, idem_ttl)
   local keyed = action == 'restock' and key ~= ''
@@ -49,7 +44,7 @@ local function stock(product, idem, now, action, product_id, seed, amount, name,
   local reply
   if action == 'restock' and total + tonumber(amount) > tonumber(ceiling) then
     reply = {'STOCK_LIMIT', 0, 0, 0, 0, 0}
-  elseif action == 'restock' and pending + #events / 2 >= bound then
+  elseif action == 'restock' and outbox_full() then
     return {'OUTBOX_FULL', 0, 0, 0, 0, 0}
   else
     -- Writes start here.
@@ -60,10 +55,8 @@ local function stock(product, idem, now, action, product_id, seed, amount, name,
     if action == 'restock' then
       redis.call('HINCRBY', product, 'stock_total', amount)
       redis.call('HINCRBY', product, 'available', amount)
-      events[#events + 1] = 'product_restocked'
       -- %d, never tostring: it prints 1e+14 from 10^14 up.
-      events[#events + 1] = table.concat({product_id, amount, string.format('%d', total + tonumber(amount)), now},
-        '\31')
+      emit('product_restocked', {product_id, amount, string.format('%d', total + tonumber(amount)), now})
     end
     local c = redis.call('HMGET', product, 'stock_total', 'available', 'reserved', 'sold')
     reply = {'OK', tonumber(c[1]), tonumber(c[2]), tonumber(c[3]), tonumber(c[4]), 0}
@@ -81,9 +74,3 @@ for r = 0, n - 1 do
   replies[r + 1] = stock(KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
     ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12], ARGV[a + 13])
 end
-
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
-return replies

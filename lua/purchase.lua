@@ -11,18 +11,13 @@
 -- reads and checks come before its writes, and nothing here raises an error:
 -- inputs were validated by the engine.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
 --       code string, sold bitmap, per-user counters hash.
 -- ARGV: 1 requests, 2 outbox bound (events), then per request (3):
 --       now_ms, active sale_id, code.
 -- Reply: per request {'OK', item_id, user_purchases} or {refusal}.
 -- Events: purchase.
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local events, replies = {}, {}
-
 local function purchase(code_key, sold, users, now, active_sale, code)
   local stored = redis.call('GET', code_key)
   if not stored then
@@ -56,7 +51,7 @@ local function purchase(code_key, sold, users, now, active_sale, code)
     return {'USER_LIMIT_REACHED'}
   end
   -- Shed rather than grow the outbox without bound while Postgres is away.
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     return {'OUTBOX_FULL'}
   end
 
@@ -65,8 +60,7 @@ local function purchase(code_key, sold, users, now, active_sale, code)
   redis.call('HINCRBY', users, field, 1)
   -- Marks the code spent in place; the key keeps its TTL.
   redis.call('APPEND', code_key, '\31' .. now)
-  events[#events + 1] = 'purchase'
-  events[#events + 1] = sale .. '\31' .. user .. '\31' .. item .. '\31' .. code .. '\31' .. now
+  emit('purchase', {sale, user, item, code, now})
   return {'OK', tonumber(item), bought + 1}
 end
 
@@ -74,9 +68,3 @@ for r = 0, n - 1 do
   local k, a = 2 + r * 3, 2 + r * 3
   replies[r + 1] = purchase(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
-
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
-return replies

@@ -14,7 +14,7 @@
 -- (limits.rs), so Lua's doubles hold them exactly; they are written with
 -- %d, never tostring (which would print 1e+15).
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (6):
 --       account hash, player's reference hash, shard's bonus expiry zset,
 --       player's event stream, shard's notify stream, shard's entry counter.
@@ -40,11 +40,6 @@
 --   part, 13 contribution, 14 refunded 0/1]
 -- and 'B:<bonus_id>' -> final status of an ended bonus (for late wins and
 -- refunds of bets it funded). Kept for ever: see ARCHITECTURE.md.
-local outbox, counter = KEYS[1], KEYS[2]
-local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pending = tonumber(redis.call('GET', counter) or '0')
-local S = '\31'
-local events, replies = {}, {}
 local notify = {}   -- notify stream key -> its entry's field/value list
 local seqs = {}     -- entry counter key -> {value, tag}
 local notify_maxlen = '10000'
@@ -54,11 +49,6 @@ local BONUS_FIELDS = {'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_co
 
 local function int(x)
   return string.format('%d', x)
-end
-
-local function emit(kind, values)
-  events[#events + 1] = kind
-  events[#events + 1] = table.concat(values, S)
 end
 
 local function split(s)
@@ -224,27 +214,28 @@ function ops.bet(c, a, amount, game)
   return nil, {int(cash_part), int(bonus_part), int(contribution), '0'}
 end
 
--- The bet a win or refund names, if it is a bet of this account.
-local function find_bet(c, bet_ref)
+-- The bet a win or refund names, if it is a bet of this account not yet
+-- refunded; else nil and the refusal.
+local function open_bet(c, bet_ref)
   local stored = redis.call('HGET', c.refs, 'b:' .. bet_ref)
   if not stored then
-    return nil
+    return nil, 'BET_NOT_FOUND'
   end
   local f = split(stored)
   if f[1] ~= c.cur then
-    return nil
+    return nil, 'BET_NOT_FOUND'
+  end
+  if f[14] == '1' then
+    return nil, 'BET_REFUNDED'
   end
   return {fields = f, amount = tonumber(f[2]), bonus_id = f[7], cash_part = tonumber(f[11]),
-          bonus_part = tonumber(f[12]), contribution = tonumber(f[13]), refunded = f[14] == '1'}
+          bonus_part = tonumber(f[12]), contribution = tonumber(f[13])}
 end
 
 function ops.win(c, a, amount, bet_ref)
-  local bet = find_bet(c, bet_ref)
+  local bet, refusal = open_bet(c, bet_ref)
   if not bet then
-    return 'BET_NOT_FOUND'
-  end
-  if bet.refunded then
-    return 'BET_REFUNDED'
+    return refusal
   end
   if not balance_ok(c, a, amount) then
     return 'BALANCE_LIMIT_EXCEEDED'
@@ -263,12 +254,9 @@ function ops.win(c, a, amount, bet_ref)
 end
 
 function ops.refund(c, a, amount, bet_ref)
-  local bet = find_bet(c, bet_ref)
+  local bet, refusal = open_bet(c, bet_ref)
   if not bet then
-    return 'BET_NOT_FOUND'
-  end
-  if bet.refunded then
-    return 'BET_REFUNDED'
+    return refusal
   end
   if amount ~= bet.amount then
     return 'REFUND_AMOUNT_MISMATCH'
@@ -311,6 +299,16 @@ local function answer(c, a)
   return {c.tx, int(a.cash), int(a.bonus), '', '', '0', '0'}
 end
 
+-- The account as of now. Writes may start here: a bonus past its expiry is
+-- expired first, as the expiry task would have (it may not have run yet).
+local function load_current(c)
+  local a = load(c.acct)
+  if a.b and tonumber(c.now) >= a.b.exp then
+    end_bonus(c, a, 'expired')
+  end
+  return a
+end
+
 local function reply_of(outcome, ans)
   return {outcome, ans[1], tonumber(ans[2]), tonumber(ans[3]), ans[4], ans[5], tonumber(ans[6]), tonumber(ans[7])}
 end
@@ -333,15 +331,10 @@ local function transaction(c, op, amount, detail)
     return reply_of('REPLAY', {f[4], f[5], f[6], f[7], f[8], f[9], f[10]})
   end
   -- Shed rather than grow the outbox without bound while Postgres is away.
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     return {'OUTBOX_FULL'}
   end
-  local a = load(c.acct)
-  -- Writes may start here: a bonus past its expiry is expired first, as
-  -- the expiry task would have (it may simply not have run yet).
-  if a.b and tonumber(c.now) >= a.b.exp then
-    end_bonus(c, a, 'expired')
-  end
+  local a = load_current(c)
   local refusal, extra = ops[op](c, a, amount, detail)
   if refusal then
     return {refusal}
@@ -358,13 +351,10 @@ local function transaction(c, op, amount, detail)
 end
 
 local function grant(c, amount, required, max_bet, expires, contributions)
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     return {'OUTBOX_FULL'}
   end
-  local a = load(c.acct)
-  if a.b and tonumber(c.now) >= a.b.exp then
-    end_bonus(c, a, 'expired')
-  end
+  local a = load_current(c)
   if a.b then
     return {'BONUS_ACTIVE'}
   end
@@ -393,7 +383,7 @@ local function expire(c)
   if tonumber(c.now) < a.b.exp then
     return {'NOOP'}
   end
-  if pending + #events / 2 >= bound then
+  if outbox_full() then
     return {'OUTBOX_FULL'}
   end
   end_bonus(c, a, 'expired')
@@ -422,14 +412,11 @@ for r = 0, n - 1 do
   end
 end
 
-if #events > 0 then
-  redis.call('XADD', outbox, '*', unpack(events))
-  redis.call('INCRBY', counter, #events / 2)
-end
+-- Once per batch: the entry counters reached, and one notify entry per
+-- shard stream (batch/epilogue.lua then appends the outbox entry).
 for key, s in pairs(seqs) do
   redis.call('SET', key, int(s.value))
 end
 for key, nk in pairs(notify) do
   redis.call('XADD', key, 'MAXLEN', '~', notify_maxlen, '*', unpack(nk))
 end
-return replies

@@ -16,7 +16,7 @@
 -- ledger entry that wallet_apply.lua writes, which carries the reference.
 -- Nothing raises: inputs were validated by the engine.
 --
--- Batch protocol (src/executor.rs):
+-- Batch protocol (src/redis/executor.rs):
 -- KEYS: 1 outbox stream, 2 unflushed-event counter (both unused), then per
 --       request (1): the claim key of (type, reference).
 -- ARGV: 1 requests, 2 outbox bound (unused), then per request (2):

@@ -521,10 +521,11 @@ emit() { printf 'export %s=%q\n' "$1" "$2"; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|status]
+usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|oha|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
   test-tools    install what the tests need besides the services (prometheus, promtool,
                 chromium, playwright-core, schemathesis, oha)
+  oha           install oha only (cargo install, into .data/tools)
 EOF
 }
 
@@ -604,7 +605,12 @@ main() {
         # command's oha step runs one), built once into $DATA/tools and
         # reused. Built after the lock is released: cargo takes minutes and
         # serialises its own installs, the services must not wait for it.
+        # The test command builds it on its own, beside its other steps
+        # (STAMPEDE_TEST_TOOLS_NO_OHA=1 here, then `oha`).
         exec 9>&-
+        if [ "${STAMPEDE_TEST_TOOLS_NO_OHA:-0}" != 1 ]; then install_oha; fi
+        ;;
+    oha)
         install_oha
         ;;
     status)

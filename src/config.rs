@@ -316,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_specs() {
+    fn defaults_match_the_replaced_services() {
         let c = config(&[("DATABASE_URL", "postgres://x/y")]).expect("valid");
         assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().expect("addr")]);
     }

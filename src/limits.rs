@@ -16,6 +16,12 @@ pub const USER_ID_BYTES_MAX: usize = 64;
 /// streams its upload bounds its body itself.)
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
+/// Longest `Idempotency-Key`, in bytes, on every route that takes one: the
+/// common choice of the IETF draft's implementations (Stripe's too). A key is
+/// stored with each answer it guards (a Redis key name, a Postgres column),
+/// so it is bounded like any stored input.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
 /// Longest request URI. A query holds two short parameters.
 pub const REQUEST_URI_BYTES_MAX: usize = 2 * 1024;
 

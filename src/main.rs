@@ -1,8 +1,12 @@
 //! The `stampede` binary: `stampede serve`, `stampede gen-purchases`,
 //! `stampede gen-transactions`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use time::Date;
 
 use stampede::app::{App, StartupError};
 use stampede::clock::SystemClock;
@@ -13,34 +17,83 @@ use stampede::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-usage: stampede serve
-       stampede gen-purchases [--count N] [--output FILE] [--seed S]
-       stampede gen-transactions [--count N] [--merchants M] [--from DATE --to DATE] [--seed S]
+/// The command line. `serve` takes its configuration from environment
+/// variables (README.md), so that a container or a unit file sets it the
+/// same way for every engine; the generators take flags. A flag given twice
+/// takes its last value, as it did before clap (and as the load driver's do).
+#[derive(Parser)]
+#[command(
+    name = "stampede",
+    version,
+    about = "A Redis-first flash-sale engine",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-serve          run the engine; configuration comes from environment variables (README.md)
-gen-purchases  write N purchase lines as NDJSON (default 1000) to FILE
-               (default data/test-YYYYMMDD-HHMMSS.ndjson); the same seed gives the same file,
-               different seeds give disjoint transaction ids (default: from the clock)
-gen-transactions  load N merchant transactions (default 1000000) into the `transactions` table of
-               DATABASE_URL by COPY: M merchants (default 1000), paid from DATE to DATE inclusive
-               (default 2025-01-01 to 2025-01-31), about 90% PAID, 1% on a UTC day boundary;
-               the same seed gives the same rows (default: from the clock)";
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine; configuration comes from environment variables (README.md)
+    Serve,
+    /// Write purchase lines as NDJSON, for tests and demos of `POST /ingest`
+    GenPurchases(GenPurchases),
+    /// Load merchant transactions into the `transactions` table of DATABASE_URL by COPY
+    #[command(after_help = "The database is migrated first. About 90% of the rows are PAID, 1% on a UTC day boundary.")]
+    GenTransactions(GenTransactions),
+}
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct GenPurchases {
+    /// Lines to write
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    count: u64,
+    /// Where to write them [default: data/test-YYYYMMDD-HHMMSS.ndjson]
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The same seed gives the same file; different seeds give disjoint
+    /// transaction ids [default: from the clock]
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct GenTransactions {
+    /// Transactions to load
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    count: u64,
+    /// Merchants they are spread over
+    #[arg(long, value_name = "M", default_value_t = 1000)]
+    merchants: u32,
+    /// First day paid (UTC, inclusive)
+    #[arg(long, value_name = "DATE", default_value = "2025-01-01", value_parser = date)]
+    from: Date,
+    /// Last day paid (UTC, inclusive)
+    #[arg(long, value_name = "DATE", default_value = "2025-01-31", value_parser = date)]
+    to: Date,
+    /// The same seed gives the same rows [default: from the clock]
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+}
+
+/// A `YYYY-MM-DD` flag, read as the settlement routes read their dates.
+fn date(text: &str) -> Result<Date, String> {
+    stampede::settlement::domain::parse_date(text).ok_or_else(|| "expected a date as YYYY-MM-DD".to_owned())
+}
+
+/// A seed from the clock, for runs that did not ask for one.
+fn clock_seed() -> u64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64
+}
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    match command.as_deref() {
-        Some("serve") => serve(),
-        Some("gen-purchases") => gen_purchases(std::env::args().skip(2).collect()),
-        Some("gen-transactions") => gen_transactions(std::env::args().skip(2).collect()),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+    match Cli::parse().command {
+        Command::Serve => serve(),
+        Command::GenPurchases(args) => gen_purchases(args),
+        Command::GenTransactions(args) => gen_transactions(args),
     }
 }
 
@@ -80,33 +133,17 @@ fn serve() -> ExitCode {
     })
 }
 
-fn gen_purchases(args: Vec<String>) -> ExitCode {
-    let now = time::OffsetDateTime::now_utc();
-    let mut count: u64 = 1000;
-    let mut seed: u64 = now.unix_timestamp_nanos() as u64;
-    let stamp = now
-        .format(time::macros::format_description!(
-            "[year][month][day]-[hour][minute][second]"
-        ))
-        .unwrap_or_default();
-    let mut output = std::path::PathBuf::from(format!("data/test-{stamp}.ndjson"));
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let value = args.next();
-        let parsed = match (flag.as_str(), value.as_deref()) {
-            ("--count" | "-count", Some(v)) => v.parse().map(|v| count = v).is_ok(),
-            ("--seed" | "-seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
-            ("--output" | "-output", Some(v)) => {
-                output = v.into();
-                true
-            }
-            _ => false,
-        };
-        if !parsed {
-            eprintln!("stampede gen-purchases: bad argument {flag:?}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
+fn gen_purchases(args: GenPurchases) -> ExitCode {
+    let GenPurchases { count, output, seed } = args;
+    let seed = seed.unwrap_or_else(clock_seed);
+    let output = output.unwrap_or_else(|| {
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]-[hour][minute][second]"
+            ))
+            .unwrap_or_default();
+        PathBuf::from(format!("data/test-{stamp}.ndjson"))
+    });
     let started = std::time::Instant::now();
     match stampede::ingest::generate::generate(count, &output, seed) {
         Ok(generated) => {
@@ -128,32 +165,15 @@ fn gen_purchases(args: Vec<String>) -> ExitCode {
     }
 }
 
-fn gen_transactions(args: Vec<String>) -> ExitCode {
-    use stampede::settlement::domain::parse_date;
+fn gen_transactions(args: GenTransactions) -> ExitCode {
     use stampede::settlement::generate::{Options, run};
-    let mut options = Options {
-        count: 1_000_000,
-        merchants: 1000,
-        from: time::macros::date!(2025 - 01 - 01),
-        to: time::macros::date!(2025 - 01 - 31),
-        seed: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64,
+    let options = Options {
+        count: args.count,
+        merchants: args.merchants,
+        from: args.from,
+        to: args.to,
+        seed: args.seed.unwrap_or_else(clock_seed),
     };
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let value = args.next();
-        let parsed = match (flag.as_str(), value.as_deref()) {
-            ("--count", Some(v)) => v.parse().map(|v| options.count = v).is_ok(),
-            ("--merchants", Some(v)) => v.parse().map(|v| options.merchants = v).is_ok(),
-            ("--seed", Some(v)) => v.parse().map(|v| options.seed = v).is_ok(),
-            ("--from", Some(v)) => parse_date(v).map(|d| options.from = d).is_some(),
-            ("--to", Some(v)) => parse_date(v).map(|d| options.to = d).is_some(),
-            _ => false,
-        };
-        if !parsed {
-            eprintln!("stampede gen-transactions: bad argument {flag:?}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
     let Ok(database_url) = std::env::var("DATABASE_URL") else {
         eprintln!("stampede gen-transactions: DATABASE_URL is required");
         return ExitCode::from(2);

@@ -15,7 +15,7 @@ use crate::outbox::Flusher;
 use crate::outbox::dead_letters::{self, DeadLetter, RetryError, StatusFilter};
 use crate::server::auth::AdminGuard;
 use crate::server::error::{ApiError, ErrorBody, ErrorCode};
-use crate::server::http::{HttpResponse, Query, json};
+use crate::server::http::{HttpResponse, PageError, Query, json, rfc3339};
 use crate::server::{RequestError, Route};
 
 #[derive(Debug, thiserror::Error)]
@@ -167,27 +167,14 @@ impl DeadLetters {
             None => StatusFilter::Unresolved,
             Some(raw) => StatusFilter::parse(raw).ok_or(DeadLetterError::InvalidStatus)?,
         };
-        let limit = match query.get(&["limit"]) {
-            None => DEAD_LETTERS_PAGE_DEFAULT,
-            Some(raw) => raw
-                .parse::<i64>()
-                .ok()
-                .filter(|l| (1..=DEAD_LETTERS_PAGE_MAX).contains(l))
-                .ok_or(DeadLetterError::InvalidLimit)?,
-        };
-        let before = match query.get(&["before"]) {
-            None => None,
-            Some(raw) => Some(
-                raw.parse::<i64>()
-                    .ok()
-                    .filter(|b| *b > 0)
-                    .ok_or(DeadLetterError::InvalidBefore)?,
-            ),
-        };
-        let letters = dead_letters::list(&self.ctx.postgres, filter, before, limit).await?;
-        let next_before = (letters.len() as i64 == limit)
-            .then(|| letters.last().map(|d| d.id))
-            .flatten();
+        let page = query
+            .page(DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX)
+            .map_err(|e| match e {
+                PageError::Limit => DeadLetterError::InvalidLimit,
+                PageError::Before => DeadLetterError::InvalidBefore,
+            })?;
+        let letters = dead_letters::list(&self.ctx.postgres, filter, page.before, page.limit).await?;
+        let next_before = page.next_before(letters.len(), letters.last().map(|d| d.id));
         Ok(json(
             StatusCode::OK,
             &DeadLetterPage {
@@ -211,16 +198,6 @@ impl DeadLetters {
             Err(RetryError::Unavailable(e)) => Err(DeadLetterError::Store(e)),
         }
     }
-}
-
-/// RFC 3339 in UTC with milliseconds.
-fn rfc3339(ms: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(format).ok())
-        .unwrap_or_default()
 }
 
 /// This module's part of `GET /openapi.json`.

@@ -2,16 +2,15 @@
 //! paths and headers into these types, and nothing past them sees an
 //! unchecked value.
 
-use hyper::HeaderMap;
 use rand::RngExt;
 
 use super::OrdersError;
 use super::limits::{
-    HOLD_SECS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, ORDER_QUANTITY_MAX, PRODUCT_NAME_BYTES_MAX, PRODUCT_PRICE_CENTS_MAX,
-    PRODUCT_STOCK_MAX,
+    HOLD_SECS_MAX, ORDER_QUANTITY_MAX, PRODUCT_NAME_BYTES_MAX, PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX,
 };
-use crate::limits::{OUTBOX_SHARDS, USER_ID_BYTES_MAX};
+use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, OUTBOX_SHARDS, USER_ID_BYTES_MAX};
 use crate::redis::keyspace::Shard;
+use crate::server::http::InvalidIdempotencyKey;
 
 /// Which input an error is about; each has its own stable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,19 +140,10 @@ pub struct OrderId {
 impl OrderId {
     pub fn generate(shard: Shard) -> Self {
         let mut bytes: [u8; 16] = rand::rng().random();
-        bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
         let shards = OUTBOX_SHARDS as u8;
         bytes[15] = bytes[15] - bytes[15] % shards + shard.index() as u8;
-        let hex = hex::encode(bytes);
-        let text = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        );
+        // Sets the version (4) and variant bits, which are in bytes 6 and 8.
+        let text = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
         Self { text, shard }
     }
 
@@ -183,34 +173,14 @@ impl OrderId {
     }
 }
 
-/// An `Idempotency-Key` header: 1 to 255 printable ASCII characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, OrdersError> {
-        let Some(value) = headers.get("idempotency-key") else {
-            return Ok(None);
-        };
-        let invalid = || {
-            OrdersError::Invalid(
-                Field::IdempotencyKey,
-                "must be 1 to 255 printable ASCII characters".into(),
-            )
-        };
-        let bytes = value.as_bytes();
-        if bytes.is_empty()
-            || bytes.len() > IDEMPOTENCY_KEY_BYTES_MAX
-            || !bytes.iter().all(|b| (0x20..=0x7e).contains(b))
-        {
-            return Err(invalid());
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| invalid())?;
-        Ok(Some(Self(text.to_owned())))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// The toolkit parses the `Idempotency-Key` header; a bad one is this
+/// feature's `INVALID_IDEMPOTENCY_KEY`, like any other bad input.
+impl From<InvalidIdempotencyKey> for OrdersError {
+    fn from(_: InvalidIdempotencyKey) -> Self {
+        OrdersError::Invalid(
+            Field::IdempotencyKey,
+            format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters"),
+        )
     }
 }
 
@@ -251,16 +221,6 @@ impl NewProduct {
             )?,
         })
     }
-}
-
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(format).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -309,35 +269,5 @@ mod tests {
         assert!(ProductId::parse(Some("-1")).is_err());
         assert!(ProductId::parse(Some("99999999999999999999")).is_err());
         assert_eq!(ProductId::parse(Some("42")).expect("42").get(), 42);
-    }
-
-    #[test]
-    fn idempotency_keys() {
-        let headers = |v: &[u8]| {
-            let mut h = HeaderMap::new();
-            h.insert(
-                "idempotency-key",
-                hyper::header::HeaderValue::from_bytes(v).expect("header value"),
-            );
-            h
-        };
-        assert!(
-            IdempotencyKey::from_headers(&HeaderMap::new())
-                .expect("absent")
-                .is_none()
-        );
-        assert!(
-            IdempotencyKey::from_headers(&headers(b"abc-123 x"))
-                .expect("ok")
-                .is_some()
-        );
-        assert!(
-            IdempotencyKey::from_headers(&headers(&[b'k'; 255]))
-                .expect("255")
-                .is_some()
-        );
-        assert!(IdempotencyKey::from_headers(&headers(&[b'k'; 256])).is_err());
-        assert!(IdempotencyKey::from_headers(&headers(b"")).is_err());
-        assert!(IdempotencyKey::from_headers(&headers(&[0xc3, 0xa9])).is_err());
     }
 }

@@ -7,13 +7,13 @@ use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::domain::{self, BuyerId, Field, IdempotencyKey, NewProduct, OrderId, ProductId, rfc3339};
+use super::domain::{self, BuyerId, Field, NewProduct, OrderId, ProductId};
 use super::limits::PRODUCT_STOCK_MAX;
 use super::lua::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
 use super::{Orders, OrdersError};
 use crate::redis::lua::ScriptError;
 use crate::server::error::error_response;
-use crate::server::http::{HttpResponse, json, read_json};
+use crate::server::http::{HttpResponse, IdempotencyKey, json, read_json, rfc3339};
 
 /// The header that marks a replayed answer.
 const REPLAYED: &str = "idempotent-replayed";

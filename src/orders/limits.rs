@@ -24,10 +24,6 @@ pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
 /// Longest `hold_secs`: a reservation holds stock others cannot buy.
 pub const HOLD_SECS_MAX: i64 = 3_600;
 
-/// Longest `Idempotency-Key`: 255 printable ASCII characters, as Stripe
-/// accepts, so keys clients already make for Stripe fit.
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
-
 /// Default and ceiling of `STAMPEDE_IDEMPOTENCY_TTL_SECS`: how long a key's
 /// first answer is kept for replay. Each key is a small Redis hash (~300 B).
 pub const IDEMPOTENCY_TTL_SECS_DEFAULT: u64 = 86_400;
@@ -43,9 +39,8 @@ pub const FEE_BPS_DEFAULT: i64 = 250;
 /// ~250 MB. It must outlive every hold (checked below).
 pub const ORDER_RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-/// How often each engine looks for holds due to expire. An expired hold's
-/// stock is promised back within 1 s (docs/orders.md); a pass is one
-/// ZRANGEBYSCORE per shard.
+/// How often each engine looks for holds due to expire. The issue asks for
+/// stock back within 1 s; a pass is one ZRANGEBYSCORE per shard.
 pub const HOLD_EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Holds expired per shard in one pass before the next read; a larger wave

@@ -6,18 +6,16 @@ use std::sync::LazyLock;
 use fred::types::Value;
 
 use super::OrdersError;
-use super::domain::{BuyerId, IdempotencyKey, OrderId, ProductId};
+use super::domain::{BuyerId, OrderId, ProductId};
 use super::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
-use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::executor::{BatchScript, Executor, batch_script};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
+use crate::server::http::IdempotencyKey;
 
-pub static ORDER_CREATE: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("order_create", include_str!("../../lua/order_create.lua"), 5, 10));
-pub static ORDER_UPDATE: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("order_update", include_str!("../../lua/order_update.lua"), 5, 8));
-pub static PRODUCT_STOCK: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("product_stock", include_str!("../../lua/product_stock.lua"), 2, 13));
+pub static ORDER_CREATE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("order_create", 5, 10));
+pub static ORDER_UPDATE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("order_update", 5, 8));
+pub static PRODUCT_STOCK: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("product_stock", 2, 13));
 
 /// Key names. Everything of a product (its stock, buyers, orders, their
 /// idempotency records and the shard's holds) lives in the product's shard,

@@ -3,7 +3,7 @@
 //! reconciliation of Redis's live counts with Postgres's history.
 //!
 //! - `domain`: input types (`ProductId`, `BuyerId`, `OrderId` which carries
-//!   its shard, `IdempotencyKey`, `NewProduct`).
+//!   its shard, `NewProduct`; a bad `Idempotency-Key` as its error).
 //! - `lua`: bindings of `lua/order_create.lua`, `lua/order_update.lua`
 //!   and `lua/product_stock.lua`.
 //! - `handlers`: the routes.
@@ -265,9 +265,7 @@ impl Feature for Orders {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::OrdersSink {
-            fee_bps: self.settings.fee_bps,
-        }))
+        Some(sink::sink(self.settings.fee_bps))
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {

@@ -8,11 +8,11 @@
 //! leaves `reserved` once).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError};
+use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError, SinkFn};
 
 /// The orders' events, with their values in the order the scripts write them.
 const KINDS: &[EventKind] = &[
@@ -42,22 +42,10 @@ const KINDS: &[EventKind] = &[
 /// two) for its product's merchant, with a fee of `fee_bps` basis points
 /// rounded down, in the same transaction as the order row. Keyed by the
 /// order id, so a replay inserts nothing twice.
-pub struct OrdersSink {
-    pub fee_bps: i64,
-}
-
-impl Sink for OrdersSink {
-    fn kinds(&self) -> &'static [EventKind] {
-        KINDS
-    }
-
-    fn write<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [&'a OutboxEvent],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(write(tx, events, self.fee_bps))
-    }
+pub fn sink(fee_bps: i64) -> Arc<dyn Sink> {
+    Arc::new(SinkFn::new(KINDS, move |tx, events| {
+        Box::pin(write(tx, events, fee_bps))
+    }))
 }
 
 #[derive(Default)]
@@ -111,8 +99,6 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
     let mut orders = OrderRows::default();
     for id in order_ids {
         let event = latest[id];
-        let expires = event.text("expires_ms")?;
-        let key = event.text("key")?;
         orders.id.push(id.to_owned());
         orders.product.push(event.int("product")?);
         orders.buyer.push(event.text("buyer")?.to_owned());
@@ -120,13 +106,9 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
         orders.total.push(event.int("total")?);
         orders.status.push(event.text("status")?.to_owned());
         orders.created_ms.push(event.int("created_ms")?);
-        orders.expires_ms.push(if expires.is_empty() {
-            None
-        } else {
-            Some(event.int("expires_ms")?)
-        });
+        orders.expires_ms.push(event.optional_int("expires_ms")?);
         orders.at_ms.push(event.int("at")?);
-        orders.key.push((!key.is_empty()).then(|| key.to_owned()));
+        orders.key.push(event.optional_text("key")?);
         orders.event_id.push(event.event_id().to_owned());
     }
     if !orders.id.is_empty() {

@@ -112,6 +112,23 @@ impl OutboxEvent {
             .map_err(|_| self.malformed(field, "is not an integer of the expected size"))
     }
 
+    /// A value the scripts leave empty when there is none (a refused
+    /// attempt's code, an order's key): `None` then.
+    pub fn optional_text(&self, field: &'static str) -> Result<Option<String>, SinkError> {
+        let text = self.text(field)?;
+        Ok((!text.is_empty()).then(|| text.to_owned()))
+    }
+
+    /// An integer the scripts leave empty when there is none (a hold's
+    /// expiry): `None` then.
+    pub fn optional_int<T: FromStr>(&self, field: &'static str) -> Result<Option<T>, SinkError> {
+        if self.text(field)?.is_empty() {
+            Ok(None)
+        } else {
+            self.int(field).map(Some)
+        }
+    }
+
     fn malformed(&self, field: &'static str, problem: &'static str) -> SinkError {
         SinkError::Malformed {
             event_id: self.event_id.clone(),

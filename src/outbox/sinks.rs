@@ -22,6 +22,46 @@ pub trait Sink: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
+/// A [`Sink`] made of the event kinds it writes and the function that
+/// writes a batch of them: what a feature's sink needs, without a type and
+/// an impl of its own. `write` gets the flusher's transaction and the events.
+pub struct SinkFn<F> {
+    kinds: &'static [EventKind],
+    write: F,
+}
+
+impl<F> SinkFn<F>
+where
+    F: for<'a> Fn(&'a mut PgConnection, &'a [&'a OutboxEvent]) -> BoxFuture<'a, Result<(), SinkError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    pub fn new(kinds: &'static [EventKind], write: F) -> Self {
+        Self { kinds, write }
+    }
+}
+
+impl<F> Sink for SinkFn<F>
+where
+    F: for<'a> Fn(&'a mut PgConnection, &'a [&'a OutboxEvent]) -> BoxFuture<'a, Result<(), SinkError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn kinds(&self) -> &'static [EventKind] {
+        self.kinds
+    }
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        (self.write)(tx, events)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("event kind {0:?} is registered by two sinks")]
 pub struct DuplicateKind(&'static str);

@@ -16,6 +16,11 @@
 //! - events: at most one `XADD` per call, of `kind, values` pairs (see
 //!   `crate::outbox`), and `INCRBY` of the counter by the number of events.
 //!
+//! That bookkeeping is written once, in `lua/batch/prologue.lua` and
+//! `lua/batch/epilogue.lua`, which [`batch_script!`] joins around each
+//! script's own file at build time: a script file holds only its
+//! per-request logic.
+//!
 //! A call that fails (timeout, reset) fails every request in it with the
 //! same `ScriptError`: the client cannot tell whether it took effect, which
 //! is why features offer a read-only way to look a state up. A call is sent
@@ -37,6 +42,26 @@ use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::telemetry;
+
+/// A [`BatchScript`] named `$name`: `lua/<name>.lua` between the shared
+/// `lua/batch/prologue.lua` (the header's keys and arguments, the counter
+/// read once, `emit`, `outbox_full`) and `lua/batch/epilogue.lua` (the one
+/// `XADD` and `INCRBY`, the replies), joined at build time.
+macro_rules! batch_script {
+    ($name:literal, $keys_per_request:expr, $args_per_request:expr) => {
+        $crate::redis::executor::BatchScript::new(
+            $name,
+            concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/batch/prologue.lua")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/", $name, ".lua")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/batch/epilogue.lua")),
+            ),
+            $keys_per_request,
+            $args_per_request,
+        )
+    };
+}
+pub(crate) use batch_script;
 
 /// A script in batch form, and the shape of one request in it.
 pub struct BatchScript {

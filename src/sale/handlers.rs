@@ -14,7 +14,7 @@ use super::{Sale, SaleError};
 use crate::redis::lua::ScriptError;
 use crate::server::RequestError;
 use crate::server::error::ErrorBody;
-use crate::server::http::{HttpResponse, Query, json, read_body};
+use crate::server::http::{HttpResponse, Query, json, read_body, rfc3339};
 
 /// The sale's part of `GET /openapi.json`.
 #[derive(OpenApi)]
@@ -300,14 +300,4 @@ pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpRespons
             purchased_at: used_ms.map(rfc3339),
         },
     ))
-}
-
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(format).ok())
-        .unwrap_or_default()
 }

@@ -8,14 +8,12 @@ use fred::types::Value;
 use super::SaleError;
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
-use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::executor::{BatchScript, Executor, batch_script};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
-pub static CHECKOUT: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("checkout", include_str!("../../lua/checkout.lua"), 4, 14));
-pub static PURCHASE: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("purchase", include_str!("../../lua/purchase.lua"), 3, 3));
+pub static CHECKOUT: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("checkout", 4, 14));
+pub static PURCHASE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("purchase", 3, 3));
 
 /// The keys of one sale; all in the sale's shard, so one hash slot.
 pub struct SaleKeys {

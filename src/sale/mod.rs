@@ -183,6 +183,6 @@ impl Feature for Sale {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::SaleSink))
+        Some(sink::sink())
     }
 }

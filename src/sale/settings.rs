@@ -43,7 +43,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_specs() {
+    fn defaults_match_the_replaced_services() {
         let s = settings(&[]).expect("valid");
         assert_eq!(s.period_secs, 3600);
         assert_eq!(s.items, 10_000);

@@ -1,10 +1,11 @@
 //! Writes the sale's outbox events to Postgres. Each insert is keyed by the
 //! event id, so a batch replayed after a crash changes nothing.
 
-use futures_util::future::BoxFuture;
+use std::sync::Arc;
+
 use sqlx::PgConnection;
 
-use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError};
+use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError, SinkFn};
 
 /// The sale's events, with their values in the order the scripts write them.
 const KINDS: &[EventKind] = &[
@@ -22,20 +23,9 @@ const KINDS: &[EventKind] = &[
     },
 ];
 
-pub struct SaleSink;
-
-impl Sink for SaleSink {
-    fn kinds(&self) -> &'static [EventKind] {
-        KINDS
-    }
-
-    fn write<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [&'a OutboxEvent],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(write(tx, events))
-    }
+/// Where the sale's events land: `sales`, `checkout_attempts`, `purchases`.
+pub fn sink() -> Arc<dyn Sink> {
+    Arc::new(SinkFn::new(KINDS, |tx, events| Box::pin(write(tx, events))))
 }
 
 async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
@@ -155,14 +145,8 @@ impl AttemptRows {
         self.user_id.push(e.text("user")?.to_owned());
         self.item_id.push(e.int("item")?);
         self.outcome.push(e.text("outcome")?.to_owned());
-        let code = e.text("code")?;
-        self.code.push((!code.is_empty()).then(|| code.to_owned()));
-        let expires = e.text("expires_ms")?;
-        self.expires_ms.push(if expires.is_empty() {
-            None
-        } else {
-            Some(e.int("expires_ms")?)
-        });
+        self.code.push(e.optional_text("code")?);
+        self.expires_ms.push(e.optional_int("expires_ms")?);
         self.at_ms.push(e.int("at")?);
         Ok(())
     }

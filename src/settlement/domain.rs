@@ -1,12 +1,14 @@
-//! Inputs parsed at the edge: the job request's dates, job ids and
-//! idempotency keys. The handlers and the queue see only these types.
+//! Inputs parsed at the edge: the job request's dates, job ids, and a bad
+//! idempotency key as this feature's error. The handlers and the queue see
+//! only these types.
 
 use serde_json::{Map, Value};
 use time::Date;
 use time::macros::format_description;
 
 use super::SettlementError;
-use super::limits::{SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX, SETTLEMENT_RANGE_DAYS_MAX};
+use super::limits::SETTLEMENT_RANGE_DAYS_MAX;
+use crate::server::http::InvalidIdempotencyKey;
 
 /// A field of the request body, named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,18 +119,12 @@ impl std::fmt::Display for JobId {
     }
 }
 
-/// The `Idempotency-Key` header's value: printable ASCII, bounded.
-pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, SettlementError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let valid = !raw.is_empty()
-        && raw.len() <= SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX
-        && raw.iter().all(|b| b.is_ascii_graphic());
-    if !valid {
-        return Err(SettlementError::InvalidIdempotencyKey);
+/// The toolkit parses the `Idempotency-Key` header; a bad one is this
+/// feature's `INVALID_IDEMPOTENCY_KEY`.
+impl From<InvalidIdempotencyKey> for SettlementError {
+    fn from(_: InvalidIdempotencyKey) -> Self {
+        SettlementError::InvalidIdempotencyKey
     }
-    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
 }
 
 #[cfg(test)]
@@ -192,14 +188,5 @@ mod tests {
         ] {
             assert!(JobId::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn idempotency_keys_are_bounded_printable() {
-        assert_eq!(idempotency_key(None).ok(), Some(None));
-        assert!(idempotency_key(Some(b"abc-123")).is_ok());
-        assert!(idempotency_key(Some(b"")).is_err());
-        assert!(idempotency_key(Some(b"a b")).is_err());
-        assert!(idempotency_key(Some(&[b'k'; 129])).is_err());
     }
 }

@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Postgres};
 use time::Date;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::domain::{DateRange, JobId, idempotency_key};
+use super::domain::{DateRange, JobId};
 use super::limits::{
     SETTLEMENT_CANCEL_POLL, SETTLEMENT_CANCEL_WAIT, SETTLEMENT_DOWNLOAD_BUFFER_FRAMES, SETTLEMENT_DOWNLOAD_FRAME_BYTES,
     SETTLEMENT_DOWNLOAD_STATEMENT_TIMEOUT,
@@ -24,7 +24,7 @@ use super::metrics;
 use super::queue::{self, CANCELLED, COMPLETED, FAILED, RUNNING};
 use super::{Settlement, SettlementError};
 use crate::server::error::ErrorBody;
-use crate::server::http::{BodyError, HttpResponse, json, read_json};
+use crate::server::http::{BodyError, HttpResponse, IdempotencyKey, json, read_json};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -74,10 +74,11 @@ fn admin(state: &Settlement, req: Request<Incoming>) -> Result<Request<Incoming>
 )]
 pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpResponse, SettlementError> {
     let req = admin(state, req)?;
-    let key = idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
+    let key = IdempotencyKey::from_headers(req.headers())?;
     let body: serde_json::Value = read_json(req).await?;
     let range = DateRange::from_body(&body)?;
-    let (job_id, status, fingerprint) = queue::enqueue(&state.ctx.postgres, range, key.as_deref()).await?;
+    let (job_id, status, fingerprint) =
+        queue::enqueue(&state.ctx.postgres, range, key.as_ref().map(IdempotencyKey::as_str)).await?;
     if fingerprint.as_deref() != Some(range.fingerprint().as_str()) {
         return Err(SettlementError::IdempotencyKeyReused);
     }

@@ -56,9 +56,6 @@ pub const SETTLEMENT_PLAN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(100)
 pub const SETTLEMENT_CANCEL_WAIT: Duration = Duration::from_secs(1);
 pub const SETTLEMENT_CANCEL_POLL: Duration = Duration::from_millis(20);
 
-/// Longest `Idempotency-Key` accepted.
-pub const SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
-
 /// Downloads streaming at once; each holds a Postgres connection while the
 /// client reads. More get 429.
 pub const SETTLEMENT_DOWNLOADS_MAX: usize = 4;

@@ -63,7 +63,7 @@ pub enum SettlementError {
     RangeTooLong(i64),
     #[error(
         "Idempotency-Key must be 1 to {} printable ASCII characters",
-        limits::SETTLEMENT_IDEMPOTENCY_KEY_BYTES_MAX
+        crate::limits::IDEMPOTENCY_KEY_BYTES_MAX
     )]
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was used with another body")]

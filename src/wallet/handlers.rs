@@ -15,7 +15,7 @@ use super::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
 use super::lua::{self, AccountKeys, BonusSnapshot};
 use super::{Wallet, WalletError};
 use crate::redis::lua::ScriptError;
-use crate::server::http::{HttpResponse, Query, json, read_json};
+use crate::server::http::{HttpResponse, PageError, Query, json, read_json, rfc3339};
 
 #[derive(Serialize)]
 struct TransactionReply<'a> {
@@ -246,21 +246,12 @@ pub async fn history(
     let player = player_param(player)?;
     let query = Query::parse(req.uri().query());
     let currency = Currency::parse(query.get(&["currency"]))?;
-    let limit = match query.get(&["limit"]) {
-        None => WALLET_HISTORY_LIMIT_DEFAULT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=WALLET_HISTORY_LIMIT_MAX).contains(l))
-            .ok_or(Invalid(Field::Limit, "must be a whole number from 1 to 500"))?,
-    };
-    let before = match query.get(&["before"]) {
-        None => None,
-        Some(raw) => Some(raw.parse::<i64>().ok().filter(|b| *b > 0).ok_or(Invalid(
-            Field::Before,
-            "must be a positive whole number (a next_before)",
-        ))?),
-    };
+    let page = query
+        .page(WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX)
+        .map_err(|e| match e {
+            PageError::Limit => Invalid(Field::Limit, "must be a whole number from 1 to 500"),
+            PageError::Before => Invalid(Field::Before, "must be a positive whole number (a next_before)"),
+        })?;
     let rows: Vec<HistoryRow> = sqlx::query_as(
         "SELECT seq, transaction_id, type AS kind, reference_id, amount_minor, cash_delta_minor,
                 bonus_delta_minor, cash_after_minor AS cash_minor, bonus_after_minor AS bonus_minor,
@@ -273,13 +264,11 @@ pub async fn history(
     )
     .bind(player.as_str())
     .bind(currency.code())
-    .bind(before)
-    .bind(limit)
+    .bind(page.before)
+    .bind(page.limit)
     .fetch_all(&wallet.ctx.postgres)
     .await?;
-    let next_before = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
+    let next_before = page.next_before(rows.len(), rows.last().map(|r| r.seq));
     Ok(json(
         StatusCode::OK,
         &HistoryReply {
@@ -289,14 +278,4 @@ pub async fn history(
             next_before,
         },
     ))
-}
-
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(format).ok())
-        .unwrap_or_default()
 }

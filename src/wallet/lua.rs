@@ -11,15 +11,15 @@ use super::domain::{BonusGrant, Currency, PlayerId, Transaction};
 use super::limits::{
     WALLET_BALANCE_MINOR_MAX, WALLET_EVENTS_PER_PLAYER_MAX, WALLET_EVENTS_RETENTION, WALLET_NOTIFY_STREAM_MAX,
 };
-use crate::redis::executor::{BatchScript, Executor};
+use crate::redis::executor::{BatchScript, Executor, batch_script};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
-pub static WALLET_APPLY: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("wallet_apply", include_str!("../../lua/wallet_apply.lua"), 6, 15));
+pub static WALLET_APPLY: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("wallet_apply", 6, 15));
 
 /// Claims a transaction's `(reference, type)` for its account, on the
-/// reference's own shard: see `lua/wallet_claim.lua`.
+/// reference's own shard: see `lua/wallet_claim.lua`. It appends no event,
+/// so it is not joined with the batch prologue and epilogue.
 pub static WALLET_CLAIM: LazyLock<BatchScript> =
     LazyLock::new(|| BatchScript::new("wallet_claim", include_str!("../../lua/wallet_claim.lua"), 1, 2));
 

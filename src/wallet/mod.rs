@@ -236,7 +236,7 @@ impl Feature for Wallet {
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
-        Some(Arc::new(sink::WalletSink))
+        Some(sink::sink())
     }
 
     fn spawn_background(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {

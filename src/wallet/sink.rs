@@ -6,11 +6,11 @@
 //! overwrites a newer one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError};
+use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError, SinkFn};
 
 /// The wallet's events, with their values in the order `wallet_apply.lua`
 /// writes them.
@@ -53,24 +53,10 @@ const KINDS: &[EventKind] = &[
     },
 ];
 
-pub struct WalletSink;
-
-impl Sink for WalletSink {
-    fn kinds(&self) -> &'static [EventKind] {
-        KINDS
-    }
-
-    fn write<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [&'a OutboxEvent],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(write(tx, events))
-    }
-}
-
-fn optional(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_owned())
+/// Where the wallet's events land: `wallet_entries`, `wallet_accounts`,
+/// `bonuses`.
+pub fn sink() -> Arc<dyn Sink> {
+    Arc::new(SinkFn::new(KINDS, |tx, events| Box::pin(write(tx, events))))
 }
 
 async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
@@ -264,9 +250,9 @@ impl EntryRows {
         self.bonus_delta.push(e.int("bonus_delta")?);
         self.cash_after.push(e.int("cash_after")?);
         self.bonus_after.push(e.int("bonus_after")?);
-        self.bonus_id.push(optional(e.text("bonus_id")?));
+        self.bonus_id.push(e.optional_text("bonus_id")?);
         self.wagered_delta.push(e.int("wagered_delta")?);
-        self.detail.push(optional(e.text("detail")?));
+        self.detail.push(e.optional_text("detail")?);
         self.at_ms.push(e.int("at")?);
         Ok(seq)
     }

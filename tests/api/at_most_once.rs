@@ -2,168 +2,21 @@
 //! after Redis ran it: the engine never resends a call, answers 503 with a
 //! way to find out what happened, and every way it offers tells the truth.
 //!
-//! A TCP proxy between the engine and a private Redis cuts the engine's
-//! connections: right after forwarding a script call (Redis runs it, the
-//! reply is lost) or right before (it never reaches Redis).
+//! A TCP proxy between the engine and a private Redis (the fault suite's,
+//! `faults::proxy`) cuts the engine's connections: right after forwarding a
+//! script call (Redis runs it, the reply is lost) or right before (it never
+//! reaches Redis).
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use crate::faults::proxy::{CallCuts, Proxy};
 use crate::helpers::{ADMIN_TOKEN, PrivateRedis, Reply, TestApp, send_with, spawn_app};
-
-/// What the proxy does to a client chunk that holds its needle.
-const FORWARD: u8 = 0;
-/// Every fifth such chunk is cut after forwarding, every fifth (offset by
-/// two) before; the rest pass.
-const MIXED: u8 = 1;
-/// The next such chunk is cut after forwarding; then back to `FORWARD`.
-const ONCE_AFTER: u8 = 2;
-
-struct Cuts {
-    mode: AtomicU8,
-    needle: std::sync::Mutex<Vec<u8>>,
-    seen: AtomicUsize,
-    after: AtomicUsize,
-    before: AtomicUsize,
-}
-
-enum Cut {
-    No,
-    Before,
-    After,
-}
-
-impl Cuts {
-    fn decide(&self, chunk: &[u8]) -> Cut {
-        let mode = self.mode.load(Ordering::SeqCst);
-        if mode == FORWARD || !contains(chunk, b"EVALSHA") {
-            return Cut::No;
-        }
-        let needle = self.needle.lock().expect("needle").clone();
-        if !contains(chunk, &needle) {
-            return Cut::No;
-        }
-        if mode == ONCE_AFTER {
-            return match self
-                .mode
-                .compare_exchange(ONCE_AFTER, FORWARD, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    self.after.fetch_add(1, Ordering::SeqCst);
-                    Cut::After
-                }
-                Err(_) => Cut::No,
-            };
-        }
-        match self.seen.fetch_add(1, Ordering::SeqCst) % 5 {
-            0 => {
-                self.after.fetch_add(1, Ordering::SeqCst);
-                Cut::After
-            }
-            2 => {
-                self.before.fetch_add(1, Ordering::SeqCst);
-                Cut::Before
-            }
-            _ => Cut::No,
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Listens on a free port and pipes every connection to `upstream`, cutting
-/// as `cuts` says.
-struct CuttingProxy {
-    url: String,
-    cuts: Arc<Cuts>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CuttingProxy {
-    async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
-        let url = format!("redis://{}", listener.local_addr().expect("proxy addr"));
-        let cuts = Arc::new(Cuts {
-            mode: AtomicU8::new(FORWARD),
-            needle: std::sync::Mutex::new(Vec::new()),
-            seen: AtomicUsize::new(0),
-            after: AtomicUsize::new(0),
-            before: AtomicUsize::new(0),
-        });
-        let shared = cuts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(pipe(client, upstream, shared.clone()));
-            }
-        });
-        Self { url, cuts, task }
-    }
-
-    fn cut(&self, mode: u8, needle: &str) {
-        *self.cuts.needle.lock().expect("needle") = needle.as_bytes().to_vec();
-        self.cuts.mode.store(mode, Ordering::SeqCst);
-    }
-}
-
-impl Drop for CuttingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn pipe(mut client: TcpStream, upstream: u16, cuts: Arc<Cuts>) {
-    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-        return;
-    };
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let mut up = vec![0_u8; 64 * 1024];
-    let mut down = vec![0_u8; 64 * 1024];
-    loop {
-        tokio::select! {
-            read = client.read(&mut up) => {
-                let n = match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                match cuts.decide(&up[..n]) {
-                    Cut::No => {
-                        if server.write_all(&up[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                    // Both sockets close on return: the call never arrives.
-                    Cut::Before => return,
-                    // Redis gets the call and runs it; its reply, sent
-                    // meanwhile, is never read, and both sockets close.
-                    Cut::After => {
-                        let _ = server.write_all(&up[..n]).await;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        return;
-                    }
-                }
-            }
-            read = server.read(&mut down) => {
-                let n = match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if client.write_all(&down[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// A request that reads, repeated while the engine is reconnecting (reads
 /// are safe to repeat; the engine never repeats them itself either).
@@ -203,10 +56,11 @@ async fn admin_with_key(app: &TestApp, path: &str, body: &Value, key: &str) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_whose_reply_is_lost_is_never_run_twice() {
     let redis = PrivateRedis::fresh("at-most-once", &[]);
-    let proxy = CuttingProxy::start(redis.port).await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let proxy_url = proxy.redis_url();
     let app = Arc::new(
         spawn_app(&[
-            ("REDIS_URL", proxy.url.as_str()),
+            ("REDIS_URL", proxy_url.as_str()),
             ("STAMPEDE_REDIS_COMMAND_TIMEOUT_MS", "1000"),
         ])
         .await,
@@ -221,7 +75,7 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let product = created.body["id"].as_i64().expect("product id");
 
-    proxy.cut(MIXED, ":product:");
+    proxy.cut_calls(CallCuts::Mixed, ":product:");
     let told_ok = Arc::new(AtomicUsize::new(0));
     let unknown = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();
@@ -250,7 +104,7 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
     for client in clients {
         client.await.expect("client");
     }
-    proxy.cut(FORWARD, "");
+    proxy.cut_calls(CallCuts::None, "");
 
     let unknown: Vec<String> = std::mem::take(&mut *unknown.lock().expect("lock"));
     let mut took_effect = 0;
@@ -269,8 +123,8 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
         "orders: {told_ok} answered 200, {} answered 503 of which {took_effect} had taken effect; sold {sold}; \
          calls cut after Redis ran them: {}, before: {}",
         unknown.len(),
-        proxy.cuts.after.load(Ordering::SeqCst),
-        proxy.cuts.before.load(Ordering::SeqCst),
+        proxy.calls_cut_after(),
+        proxy.calls_cut_before(),
     );
     assert_eq!(
         sold,
@@ -278,7 +132,7 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
         "Redis sold exactly what clients were told plus the 503s that took effect"
     );
     assert!(
-        proxy.cuts.after.load(Ordering::SeqCst) > 0 && took_effect > 0,
+        proxy.calls_cut_after() > 0 && took_effect > 0,
         "some calls ran in Redis and lost their reply"
     );
     assert!(unknown.len() > took_effect, "some calls never reached Redis");
@@ -294,7 +148,7 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
     // A restock cut after Redis ran it: the admin repeats it with its key.
     let before = stock.body["stock_total"].as_i64().expect("stock_total");
     let path = format!("/products/{product}/stock");
-    proxy.cut(ONCE_AFTER, ":product:");
+    proxy.cut_calls(CallCuts::OnceAfter, ":product:");
     let first = admin_with_key(&app, &path, &json!({"add": 50}), "restock-1").await;
     assert_eq!(
         (first.status, first.error_code()),
@@ -321,7 +175,7 @@ async fn a_call_whose_reply_is_lost_is_never_run_twice() {
 
     // A wallet deposit cut after Redis applied it: repeated with its
     // reference, it is replayed, not applied again.
-    proxy.cut(ONCE_AFTER, "wallet:acct:");
+    proxy.cut_calls(CallCuts::OnceAfter, "wallet:acct:");
     let deposit = json!({"player_id": "p-cut", "currency": "EUR", "type": "deposit",
                          "amount_minor": 1234, "reference_id": "dep-cut-1"})
     .to_string();

@@ -240,7 +240,7 @@ async fn every_checkout_attempt_reaches_postgres() {
 }
 
 #[tokio::test]
-async fn purchase_accepts_the_json_body_of_the_second_spec() {
+async fn purchase_accepts_a_json_body_as_well_as_a_query() {
     let app = spawn_app(&[]).await;
     // `item_id=item1` is how the replaced Go service's clients name items.
     let checkout = app.post("/checkout?user_id=user1&item_id=item1").await;

@@ -1,5 +1,5 @@
 //! What the engine documents for a client that did not learn the outcome of
-//! a request (its README, "After a 503"): how to find it out without
+//! a request (docs/operations.md, "After a 503"): how to find it out without
 //! sending the request again blindly. And when its outbox is flushed.
 
 use std::time::{Duration, Instant};

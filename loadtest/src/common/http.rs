@@ -457,7 +457,7 @@ impl Answer {
 
     /// The engine may or may not have carried the request out: no answer,
     /// or a 503 other than a shed (`OVERLOADED`, `OUTBOX_FULL`: refused
-    /// before anything was written). See the engine's README, "After a 503".
+    /// before anything was written). See the engine's docs/operations.md, "After a 503".
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Answer::Lost(_) => true,

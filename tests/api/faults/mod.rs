@@ -21,7 +21,7 @@ mod eviction_policy;
 mod flood;
 mod latency;
 mod postgres_outage;
-mod proxy;
+pub(crate) mod proxy;
 mod redis_kill;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

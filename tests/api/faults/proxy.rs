@@ -1,19 +1,48 @@
 //! A TCP proxy between the engine and Redis whose faults are switched at run
-//! time: cut every open connection at once, refuse new ones for a while, or
-//! delay every chunk each way. Real sockets, real resets: the engine sees
-//! what it would see from a flaky network.
+//! time: cut every open connection at once, refuse new ones for a while,
+//! delay every chunk each way, or cut the connection of chosen script calls
+//! right before or right after they reach Redis. Real sockets, real resets:
+//! the engine sees what it would see from a flaky network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+
+/// Which script calls (client chunks holding `EVALSHA` and a needle) have
+/// their connection cut: `Before`, the call never reaches Redis; `After`,
+/// Redis runs it and its reply is never passed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallCuts {
+    /// Every call passes.
+    None,
+    /// Of the calls holding the needle, every fifth is cut after it is
+    /// forwarded, every fifth (offset by two) before; the rest pass.
+    Mixed,
+    /// The next call holding the needle is cut after it is forwarded; then
+    /// back to `None`.
+    OnceAfter,
+}
+
+enum Cut {
+    No,
+    Before,
+    After,
+}
+
+struct CallRule {
+    cuts: CallCuts,
+    needle: Vec<u8>,
+    /// Calls holding the needle seen in `Mixed`.
+    seen: usize,
+}
 
 pub struct Proxy {
     inner: Arc<Inner>,
@@ -32,6 +61,51 @@ struct Inner {
     open: AtomicUsize,
     cut: AtomicU64,
     refused: AtomicU64,
+    calls: std::sync::Mutex<CallRule>,
+    calls_cut_before: AtomicU64,
+    calls_cut_after: AtomicU64,
+}
+
+impl Inner {
+    fn decide(&self, chunk: &[u8]) -> Cut {
+        let mut rule = self.calls.lock().expect("lock");
+        if rule.cuts == CallCuts::None || !contains(chunk, b"EVALSHA") || !contains(chunk, &rule.needle) {
+            return Cut::No;
+        }
+        let cut = match rule.cuts {
+            CallCuts::None => Cut::No,
+            CallCuts::OnceAfter => {
+                rule.cuts = CallCuts::None;
+                Cut::After
+            }
+            CallCuts::Mixed => {
+                rule.seen += 1;
+                match (rule.seen - 1) % 5 {
+                    0 => Cut::After,
+                    2 => Cut::Before,
+                    _ => Cut::No,
+                }
+            }
+        };
+        match cut {
+            Cut::After => self.calls_cut_after.fetch_add(1, Ordering::SeqCst),
+            Cut::Before => self.calls_cut_before.fetch_add(1, Ordering::SeqCst),
+            Cut::No => 0,
+        };
+        cut
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len().max(1)).any(|w| w == needle)
+}
+
+/// One proxied connection's own end: a call cut ends it alone.
+#[derive(Default)]
+struct Connection {
+    /// Set once a call is cut: nothing more is passed back to the client.
+    severed: AtomicBool,
+    closed: Notify,
 }
 
 impl Proxy {
@@ -48,6 +122,13 @@ impl Proxy {
             open: AtomicUsize::new(0),
             cut: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            calls: std::sync::Mutex::new(CallRule {
+                cuts: CallCuts::None,
+                needle: Vec::new(),
+                seen: 0,
+            }),
+            calls_cut_before: AtomicU64::new(0),
+            calls_cut_after: AtomicU64::new(0),
         });
         let accepting = tokio::spawn(accept(listener, inner.clone()));
         Self { inner, addr, accepting }
@@ -89,6 +170,25 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// From now on, cuts the connection of script calls holding `needle` as
+    /// `cuts` says.
+    pub fn cut_calls(&self, cuts: CallCuts, needle: &str) {
+        let mut rule = self.inner.calls.lock().expect("lock");
+        rule.cuts = cuts;
+        rule.needle = needle.as_bytes().to_vec();
+    }
+
+    /// Script calls whose connection was cut after they were forwarded (Redis
+    /// ran them; their reply was lost).
+    pub fn calls_cut_after(&self) -> u64 {
+        self.inner.calls_cut_after.load(Ordering::SeqCst)
+    }
+
+    /// Script calls whose connection was cut before they were forwarded.
+    pub fn calls_cut_before(&self) -> u64 {
+        self.inner.calls_cut_before.load(Ordering::SeqCst)
     }
 
     /// Connections cut so far.
@@ -134,13 +234,15 @@ async fn accept(listener: TcpListener, inner: Arc<Inner>) {
             let _ = server.set_nodelay(true);
             inner.open.fetch_add(1, Ordering::SeqCst);
             let mut cut = inner.generation.subscribe();
+            let connection = Arc::new(Connection::default());
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
-            let up = pipe(client_read, server_write, inner.clone());
-            let down = pipe(server_read, client_write, inner.clone());
+            let up = pipe(client_read, server_write, inner.clone(), connection.clone(), true);
+            let down = pipe(server_read, client_write, inner.clone(), connection.clone(), false);
             tokio::select! {
                 _ = async { tokio::join!(up, down) } => {}
                 _ = cut.changed() => {}
+                _ = connection.closed.notified() => {}
             }
             inner.open.fetch_sub(1, Ordering::SeqCst);
         });
@@ -168,12 +270,24 @@ impl Drop for Chunk {
 
 /// Copies `from` to `to`, each chunk delayed by the latency of the moment it
 /// was read, in order; passes the end of the stream on. Dropped by a cut,
-/// which closes both sockets.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, inner: Arc<Inner>) {
+/// which closes both sockets. Going `up` (client to Redis), a script call
+/// may cut its connection (see [`CallCuts`]).
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    inner: Arc<Inner>,
+    connection: Arc<Connection>,
+    up: bool,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
+    let severed = connection.clone();
     let writer = async move {
         while let Some(chunk) = rx.recv().await {
             tokio::time::sleep_until(chunk.due.into()).await;
+            // Going down, a severed connection passes no reply back.
+            if !up && severed.severed.load(Ordering::SeqCst) {
+                continue;
+            }
             if to.write_all(&chunk.bytes).await.is_err() {
                 return;
             }
@@ -183,6 +297,13 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, inner: Arc<Inner>
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let cut = if up { inner.decide(&buf[..n]) } else { Cut::No };
+            if matches!(cut, Cut::Before) {
+                // The call never arrives: both sockets close.
+                connection.severed.store(true, Ordering::SeqCst);
+                connection.closed.notify_one();
+                break;
+            }
             let delay = Duration::from_micros(inner.latency_us.load(Ordering::SeqCst));
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
             let chunk = Chunk {
@@ -190,6 +311,15 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, inner: Arc<Inner>
                 bytes: Bytes::copy_from_slice(&buf[..n]),
                 inner: inner.clone(),
             };
+            if matches!(cut, Cut::After) {
+                // Redis gets the call and runs it; its reply is dropped,
+                // then both sockets close.
+                connection.severed.store(true, Ordering::SeqCst);
+                let _ = tx.send(chunk);
+                tokio::time::sleep(delay + Duration::from_millis(50)).await;
+                connection.closed.notify_one();
+                break;
+            }
             if tx.send(chunk).is_err() {
                 break;
             }

@@ -1,0 +1,29 @@
+-- batch/prologue.lua: the start every batch script shares, joined in front
+-- of the script's own file at build time (`batch_script!` in
+-- src/redis/executor.rs); batch/epilogue.lua closes it.
+--
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then the requests' keys.
+-- ARGV: 1 requests (n), 2 outbox bound (events), then the requests' args.
+-- The script decides its n requests in order, puts each reply in `replies`,
+-- appends its events with emit(), and sheds a write with OUTBOX_FULL when
+-- outbox_full(): the counter is read once, and this batch's own events
+-- count too.
+local outbox, counter = KEYS[1], KEYS[2]
+local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pending = tonumber(redis.call('GET', counter) or '0')
+local events, replies = {}, {}
+-- Separates an event's values, and the fields of records kept in Redis
+-- (ASCII unit separator): ids and codes cannot contain control characters.
+local S = '\31'
+
+-- Appends one event: its kind, then its values joined by S.
+local function emit(kind, values)
+  events[#events + 1] = kind
+  events[#events + 1] = table.concat(values, S)
+end
+
+-- Whether the outbox already holds `limit` events (by default its bound).
+local function outbox_full(limit)
+  return pending + #events / 2 >= (limit or bound)
+end
+
