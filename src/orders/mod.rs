@@ -185,6 +185,10 @@ impl Feature for Orders {
         "orders"
     }
 
+    fn register_metrics(&self) {
+        metrics::register();
+    }
+
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
             Route::new(
