@@ -120,7 +120,9 @@ echo "run.sh: open files limit $(ulimit -n)" >&2
 # (the test command's short load run); release, the default, measures.
 case "${LOADTEST_PROFILE:-release}" in
   release) cargo build --release --workspace; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release ;;
-  dev)     cargo build --workspace --bins; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug ;;
+  # The test step's own build, a no-op after it (`cargo build` would resolve
+  # the dependencies' features without the tests' and compile them again).
+  dev)     cargo test --workspace --all-targets --no-run; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug ;;
   *) echo "run.sh: LOADTEST_PROFILE is dev or release, not ${LOADTEST_PROFILE}" >&2; exit 2 ;;
 esac
 

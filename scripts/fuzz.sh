@@ -19,7 +19,10 @@ PORT=${FUZZ_PORT:-18090}
 TOKEN=fuzz-admin-token-$(date +%s%N)
 NAME=fuzz$(date +%s)
 
-cargo build --bin stampede >&2
+# The very build the test step makes (a no-op after it): a plain `cargo
+# build` resolves the dependencies' features without the tests' and would
+# compile them all again.
+cargo test --workspace --all-targets --no-run >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/stampede
 
 server=${DATABASE_URL%%\?*}

@@ -1,8 +1,9 @@
 //! Logs and metrics: tracing set-up, the Prometheus recorder, and the shared
 //! metrics (HTTP, scripts and the executor, the flusher and the outbox,
-//! connections, dependencies, dead letters, Redis's settings). Each feature
-//! names its own metrics in its `metrics.rs` and registers its rare counters
-//! through `Feature::register_metrics`; the Grafana dashboard reads them all,
+//! connections, dependencies, dead letters, Redis's settings), each
+//! registered at start (`register_metrics`). Each feature names its own
+//! metrics in its `metrics.rs` and registers them through
+//! `Feature::register_metrics`; the Grafana dashboard reads them all,
 //! by name, so names are never changed lightly. Labels stay low-cardinality:
 //! routes, statuses, outcomes; never user ids.
 
@@ -60,18 +61,68 @@ pub fn dependency_up(dependency: &'static str, up: bool) {
     gauge!("stampede_dependency_up", "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
 
-/// The shared counters of rare events exist from the start at zero, so a
-/// dashboard or an alert on their rate reads 0 rather than "no data". Each
-/// feature registers its own (`Feature::register_metrics`).
-pub fn register_rare_counters() {
+/// Every shared metric exists from the start, so a dashboard panel or an
+/// alert reads 0 rather than "no data" before the first event: counters at
+/// 0, gauges at 0 until their first reading (each is refreshed at most an
+/// interval after start), histograms with every bucket, `_sum` and
+/// `_count` at 0 (metrics-exporter-prometheus 0.18 renders a histogram as
+/// soon as its handle is registered, recorded or not). The labelled ones
+/// follow from what the wiring knows at start (`register_routes`,
+/// `register_batch_scripts`); each feature registers its own
+/// (`Feature::register_metrics`).
+pub fn register_metrics() {
     for name in [
         "stampede_flush_errors_total",
+        "stampede_flushed_events_total",
         "stampede_connections_rejected_total",
         "stampede_dead_letters_total",
     ] {
         counter!(name).increment(0);
     }
-    gauge!("stampede_dead_letters_unresolved").increment(0.0);
+    for name in [
+        "stampede_dead_letters_unresolved",
+        "stampede_outbox_backlog",
+        "stampede_connections_open",
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    for name in ["stampede_flush_batch_rows", "stampede_flush_duration_seconds"] {
+        let _ = histogram!(name);
+    }
+}
+
+/// The request metrics of every route, at 0. The status is 413 because
+/// every route can answer it (a declared body over the bound is refused
+/// before the handler runs, and uploads bound their own), so the series is
+/// one the route really has; `unknown`, the router's name for a request
+/// that matched no route, starts with its 404.
+pub fn register_routes(routes: impl IntoIterator<Item = &'static str>) {
+    let too_large = status_label(StatusCode::PAYLOAD_TOO_LARGE);
+    let series = routes
+        .into_iter()
+        .map(|route| (route, too_large))
+        .chain([("unknown", status_label(StatusCode::NOT_FOUND))]);
+    for (route, status) in series {
+        counter!("stampede_http_requests_total", "route" => route, "status" => status).increment(0);
+        let _ = histogram!("stampede_http_request_duration_seconds", "route" => route, "status" => status);
+    }
+}
+
+/// The executor's metrics of every batched script, at 0.
+pub fn register_batch_scripts(scripts: impl IntoIterator<Item = &'static str>) {
+    for script in scripts {
+        let _ = histogram!("stampede_script_batch_requests", "script" => script);
+        for reason in ["queue_full", "deadline"] {
+            counter!("stampede_script_shed_total", "script" => script, "reason" => reason).increment(0);
+        }
+    }
+}
+
+/// A feature's script outcomes at 0 (`script_outcome` counts them).
+pub fn register_script_outcomes(script: &'static str, outcomes: &[&'static str]) {
+    for &outcome in outcomes {
+        counter!("stampede_script_outcomes_total", "script" => script, "outcome" => outcome).increment(0);
+    }
 }
 
 pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) {

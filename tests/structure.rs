@@ -997,6 +997,81 @@ fn the_guide_scanners_see_what_they_look_for() {
     assert!(documented_in(invalid_a, &guide_of("server", &features)));
 }
 
+/// The `${NAME…}` references in a compose file, as (name, what follows the
+/// name up to the closing brace).
+fn compose_references(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        rest = &rest[start + 2..];
+        let Some(end) = rest.find('}') else { break };
+        let inner = &rest[..end];
+        let name_len = inner
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(inner.len());
+        found.push((inner[..name_len].to_string(), inner[name_len..].to_string()));
+        rest = &rest[end..];
+    }
+    found
+}
+
+fn compose_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, tail) in compose_references(text) {
+        let secret = ["PASSWORD", "TOKEN", "SECRET", "KEY"].iter().any(|s| name.contains(s));
+        if secret && !tail.starts_with(":?") {
+            problems.push(format!(
+                "${{{name}{tail}}}: a secret must be required (`:?message`), never defaulted"
+            ));
+        }
+    }
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(role) = line.strip_prefix("GF_AUTH_ANONYMOUS_ORG_ROLE:") {
+            if role.trim().trim_matches('"') != "Viewer" {
+                problems.push(format!("{line}: anonymous Grafana visitors may be Viewers at most"));
+            }
+        }
+        if line.starts_with("GF_AUTH_DISABLE_LOGIN_FORM") {
+            problems.push(format!("{line}: the admin must be able to sign in"));
+        }
+        if line.starts_with("GF_SECURITY_ADMIN_PASSWORD:") && !line.contains(":?") {
+            problems.push(format!("{line}: Grafana's admin password must be the user's"));
+        }
+    }
+    if !text.contains("GF_SECURITY_ADMIN_PASSWORD:") {
+        problems.push("Grafana's admin password is not set: it would be the image's default".into());
+    }
+    problems
+}
+
+/// docker-compose.yml ships no secret: every password and token is the
+/// user's (compose refuses to start without it), and anonymous Grafana
+/// visitors can only look.
+#[test]
+fn docker_compose_has_no_default_secret() {
+    let path = Path::new(ROOT).join("docker-compose.yml");
+    let text = std::fs::read_to_string(&path).expect("docker-compose.yml");
+    let problems = compose_problems(&text);
+    assert!(problems.is_empty(), "docker-compose.yml: {problems:#?}");
+    assert!(
+        compose_references(&text)
+            .iter()
+            .any(|(n, _)| n == "STAMPEDE_ADMIN_TOKEN"),
+        "the admin token comes from the user"
+    );
+    // The check can fail: the shapes it refuses are refused.
+    for bad in [
+        "X: ${STAMPEDE_ADMIN_TOKEN:-dev-token}",
+        "X: ${POSTGRES_PASSWORD}",
+        "GF_AUTH_ANONYMOUS_ORG_ROLE: Admin\nGF_SECURITY_ADMIN_PASSWORD: ${G:?x}",
+        "GF_AUTH_DISABLE_LOGIN_FORM: \"true\"\nGF_SECURITY_ADMIN_PASSWORD: ${G:?x}",
+        "GF_SECURITY_ADMIN_PASSWORD: admin",
+    ] {
+        assert!(!compose_problems(bad).is_empty(), "not refused: {bad}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // One description per route: the API document is derived from the handlers.
 //

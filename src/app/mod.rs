@@ -92,7 +92,7 @@ pub struct App {
 impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Self, StartupError> {
         let metrics = telemetry::metrics_handle();
-        telemetry::register_rare_counters();
+        telemetry::register_metrics();
         let redis_builder = crate::redis::client::builder(&config.redis_url, config.redis_command_timeout)?;
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         redis.init().await?;
@@ -104,6 +104,9 @@ impl App {
 
         let postgres = crate::postgres::connect(&config).await?;
         sqlx::migrate!("./migrations").run(&postgres).await?;
+        // Both answered just now; the probe takes over from here.
+        telemetry::dependency_up("redis", true);
+        telemetry::dependency_up("postgres", true);
 
         let keys = Keyspace::new(config.key_prefix.clone());
         let executor = Executor::new(
@@ -141,6 +144,7 @@ impl App {
             feature.register_metrics();
             tracing::debug!(feature = feature.name(), "feature ready");
         }
+        telemetry::register_batch_scripts(batch_scripts.iter().map(|s| s.lua.name()));
         scripts.extend(batch_scripts.iter().map(|s| &s.lua));
         for script in scripts {
             script.load(&ctx.redis).await?;
@@ -166,6 +170,7 @@ impl App {
 
         let ops = Ops::new(ctx.clone(), flusher.clone(), metrics.clone(), redis_settings);
         routes.extend(ops.clone().routes());
+        telemetry::register_routes(routes.iter().map(|r| r.name));
         let router = Arc::new(Router::new(routes)?);
         ops.publish(&router.describe(), features.iter().map(|f| f.api()))?;
 

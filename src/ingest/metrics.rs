@@ -5,15 +5,23 @@ use std::time::Duration;
 
 use ::metrics::{counter, histogram};
 
-/// Its counters of rare events exist from the start at zero, so a dashboard
-/// or an alert on their rate reads 0 rather than "no data".
+/// Its metrics exist from the start at zero, so a dashboard or an alert
+/// reads 0 rather than "no data" before the first upload.
 pub fn register() {
     for name in [
+        "stampede_ingest_committed_rows_total",
         "stampede_ingest_batch_errors_total",
         "stampede_ingest_copy_fallbacks_total",
     ] {
         counter!(name).increment(0);
     }
+    for result in ["ok", "refused", "store_failed"] {
+        counter!("stampede_ingest_uploads_total", "result" => result).increment(0);
+    }
+    for outcome in ["created", "updated", "unchanged", "rejected"] {
+        counter!("stampede_ingest_lines_total", "outcome" => outcome).increment(0);
+    }
+    let _ = histogram!("stampede_ingest_batch_duration_seconds");
 }
 
 /// An upload ended: `ok`, `refused` (bad input, client gone) or `store_failed`.

@@ -3,6 +3,30 @@
 
 use ::metrics::{counter, gauge};
 
+use super::lua::{ORDER_CREATE, ORDER_UPDATE, PRODUCT_STOCK};
+use crate::telemetry;
+
+/// Its metrics exist from the start at zero, so a dashboard or an alert
+/// reads 0 rather than "no data" before the first order: its script
+/// outcomes, the holds expired, the replays of each route that takes an
+/// `Idempotency-Key`, and the reconcile's mismatches (0 until a run finds
+/// any: the alert on them fires on a mismatch, never on no run yet).
+pub fn register() {
+    for script in [&*ORDER_CREATE, &*ORDER_UPDATE, &*PRODUCT_STOCK] {
+        telemetry::register_script_outcomes(script.lua.name(), &["OK"]);
+    }
+    for outcome in ["expired", "settled"] {
+        counter!("stampede_order_holds_expired_total", "outcome" => outcome).increment(0);
+    }
+    for route in ["order_create", "order_confirm", "order_cancel", "product_restock"] {
+        counter!("stampede_idempotent_replays_total", "route" => route).increment(0);
+    }
+    for kind in ["product", "sale", "dead_letter"] {
+        gauge!("stampede_reconcile_mismatches", "kind" => kind).increment(0.0);
+        counter!("stampede_reconcile_mismatches_total", "kind" => kind).increment(0);
+    }
+}
+
 /// Holds the expiry task returned to stock (`expired`), or found already
 /// settled by a confirm, a cancel or another engine (`settled`).
 pub fn holds_expired(outcome: &'static str, holds: u64) {

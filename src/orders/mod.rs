@@ -184,6 +184,10 @@ impl Feature for Orders {
         "orders"
     }
 
+    fn register_metrics(&self) {
+        metrics::register();
+    }
+
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
             Route::new(

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod handlers;
 pub mod limits;
 pub mod lua;
+mod metrics;
 pub mod settings;
 pub mod sink;
 
@@ -130,6 +131,10 @@ impl Sale {
 impl Feature for Sale {
     fn name(&self) -> &'static str {
         "sale"
+    }
+
+    fn register_metrics(&self) {
+        metrics::register();
     }
 
     fn routes(self: Arc<Self>) -> Vec<Route> {

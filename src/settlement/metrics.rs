@@ -5,10 +5,33 @@ use std::time::Duration;
 
 use ::metrics::{counter, gauge, histogram};
 
-/// Its counters of rare events exist from the start at zero, so a dashboard
-/// or an alert on their rate reads 0 rather than "no data".
+/// Its metrics exist from the start at zero, so a dashboard or an alert
+/// reads 0 rather than "no data" before the first job; the queued/running
+/// gauges until their first reading, an interval after start.
 pub fn register() {
-    counter!("stampede_settlement_job_failures_total").increment(0);
+    for name in [
+        "stampede_settlement_rows_total",
+        "stampede_settlement_chunks_total",
+        "stampede_settlement_job_failures_total",
+        "stampede_settlement_download_bytes_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for status in ["queued", "running"] {
+        gauge!("stampede_settlement_jobs", "status" => status).increment(0.0);
+    }
+    for status in ["completed", "cancelled"] {
+        counter!("stampede_settlement_jobs_finished_total", "status" => status).increment(0);
+    }
+    for result in ["ok", "aborted", "failed"] {
+        counter!("stampede_settlement_downloads_total", "result" => result).increment(0);
+    }
+    for name in [
+        "stampede_settlement_chunk_duration_seconds",
+        "stampede_settlement_download_duration_seconds",
+    ] {
+        let _ = histogram!(name);
+    }
 }
 
 /// Jobs queued and running, across every engine (read from the table).

@@ -3,16 +3,18 @@
 
 use ::metrics::{counter, gauge};
 
-/// Its counters of rare events exist from the start at zero, so a dashboard
-/// or an alert on their rate reads 0 rather than "no data".
+/// Its metrics exist from the start at zero, so a dashboard or an alert
+/// reads 0 rather than "no data" before the first transaction.
 pub fn register() {
     for name in [
         "stampede_wallet_bonuses_expired_total",
+        "stampede_wallet_sse_events_total",
         "stampede_wallet_sse_refused_total",
         "stampede_wallet_fanout_errors_total",
     ] {
         counter!(name).increment(0);
     }
+    counter!("stampede_wallet_outcomes_total", "outcome" => "OK").increment(0);
     gauge!("stampede_wallet_sse_streams").increment(0.0);
 }
 

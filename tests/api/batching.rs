@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fred::clients::Client as RedisClient;
 use fred::interfaces::ClientLike;
 use hyper::StatusCode;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{PrivateRedis, TestApp, scaled, spawn_app};
 
 const TTL_SECS: i64 = 60;
 
 /// Holds every script call in Redis (CLIENT PAUSE WRITE blocks EVALSHA), so
 /// requests sent meanwhile queue in the engine in the order they are sent.
-async fn pause_redis(app: &TestApp, ms: u64) {
-    let _: String = app
-        .redis
+/// Only ever on a private Redis: a pause would stall every other test.
+async fn pause_redis(redis: &RedisClient, ms: u64) {
+    let _: String = redis
         .custom(
             fred::cmd!("CLIENT"),
             vec!["PAUSE".to_owned(), ms.to_string(), "WRITE".to_owned()],
@@ -25,9 +26,8 @@ async fn pause_redis(app: &TestApp, ms: u64) {
         .expect("CLIENT PAUSE");
 }
 
-async fn unpause_redis(app: &TestApp) {
-    let _: String = app
-        .redis
+async fn unpause_redis(redis: &RedisClient) {
+    let _: String = redis
         .custom(fred::cmd!("CLIENT"), vec!["UNPAUSE"])
         .await
         .expect("CLIENT UNPAUSE");
@@ -46,8 +46,11 @@ async fn a_batch_of_mixed_requests_gives_each_its_solo_outcome() {
     // One call in flight per queue, so everything sent while the first call
     // is held in Redis goes out as one batch; a bound of 3 events puts the
     // fourth purchase of the batch over it.
+    let redis = PrivateRedis::fresh("batching", &[]);
+    let private = redis.client().await;
     let app = Arc::new(
         spawn_app(&[
+            ("REDIS_URL", &redis.url()),
             ("STAMPEDE_SCRIPT_INFLIGHT", "1"),
             ("STAMPEDE_OUTBOX_MAX_EVENTS", "3"),
             ("PER_USER_LIMIT", "2"),
@@ -80,23 +83,24 @@ async fn a_batch_of_mixed_requests_gives_each_its_solo_outcome() {
         (&unknown, StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
     ];
 
-    pause_redis(&app, 5_000).await;
+    // Long enough for all the sends below; UNPAUSE ends it sooner.
+    pause_redis(&private, scaled(Duration::from_secs(5)).as_millis() as u64).await;
     // The call that is in flight while the others queue.
     let first = {
         let app = app.clone();
         let unknown = unknown.clone();
         tokio::spawn(async move { app.purchase(&unknown).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(scaled(Duration::from_millis(100))).await;
     let mut sent = Vec::new();
     for (code, _, _) in &batch {
         let app = app.clone();
         let code = code.to_string();
         sent.push(tokio::spawn(async move { app.purchase(&code).await }));
         // Sent one after another, so they queue in this order.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(scaled(Duration::from_millis(30))).await;
     }
-    unpause_redis(&app).await;
+    unpause_redis(&private).await;
 
     assert_eq!(first.await.expect("first").error_code(), "CODE_NOT_FOUND");
     for ((code, status, error), reply) in batch.iter().zip(sent) {
@@ -121,9 +125,14 @@ async fn a_batch_of_mixed_requests_gives_each_its_solo_outcome() {
         event_ids.iter().all(|id| entry(id) == entry(&event_ids[0])),
         "one entry for the batch: {event_ids:?}"
     );
-    assert_eq!(app.sold_in_redis(app.sale_id()).await, 3);
+    let sold: i64 = private
+        .custom(fred::cmd!("BITCOUNT"), vec![app.sale_key(app.sale_id(), ":sold")])
+        .await
+        .expect("BITCOUNT");
+    assert_eq!(sold, 3);
     let app = Arc::into_inner(app).expect("no other handle");
     app.finish().await;
+    let _ = private.quit().await;
 }
 
 #[tokio::test]

@@ -1,11 +1,14 @@
 //! The Grafana dashboards and alert rules, proven against a real Prometheus:
-//! it scrapes a live engine under a short load of every feature, then every
-//! query of every panel is evaluated through Prometheus's HTTP API and must
-//! return data; the alert rules must pass `promtool check rules` and load.
+//! it scrapes a FRESH engine (a process of its own, no request yet), then a
+//! live engine under a short load of every feature; each time every query
+//! of every panel is evaluated through Prometheus's HTTP API and must return
+//! data; the alert rules must pass `promtool check rules` and load. And every
+//! metric the source names is exported before the first request.
 //!
 //! Needs `prometheus` and `promtool` (Debian's `prometheus` package, which
 //! `scripts/test.sh` installs).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +17,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, free_port, http_client, spawn_app};
+use crate::helpers::{
+    EngineProcess, TestApp, create_database, database_url, delete_keys, drop_database, free_port, http_client,
+    redis_client, spawn_app, unique_name,
+};
 use crate::ingest::{file, line, upload};
 
 const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/dashboards");
@@ -232,6 +238,86 @@ async fn settlement_job(app: &TestApp, round: u32) {
     assert_eq!(csv.status, StatusCode::OK);
 }
 
+/// Evaluates every panel query in the Prometheus on `port`, each until it
+/// returns a series or for 10 s; returns the panels left without data.
+async fn panels_without_data(port: u16, phase: &str) -> Vec<String> {
+    let queries = panel_queries();
+    assert!(queries.len() > 20, "found only {} panel queries", queries.len());
+    let mut empty = Vec::new();
+    for (dashboard, panel, expr) in &queries {
+        let query = with_variables(expr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            let reply = prometheus_get(port, &format!("/api/v1/query?query={}", encode(&query))).await;
+            let series = reply
+                .as_ref()
+                .and_then(|r| r["data"]["result"].as_array())
+                .map_or(0, Vec::len);
+            if series > 0 || Instant::now() > deadline {
+                break series;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        println!("{phase}: panel {dashboard} / {panel}: {result} series  ({query})");
+        if result == 0 {
+            empty.push(format!("{dashboard} / {panel}: {query}"));
+        }
+    }
+    empty
+}
+
+/// The alert rules loaded in the Prometheus on `port` and evaluate without
+/// error.
+async fn assert_rules_evaluate(port: u16) {
+    // Rules are evaluated every second; wait for a first evaluation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let evaluated: Vec<(String, String)> = loop {
+        let rules = prometheus_get(port, "/api/v1/rules").await.expect("rules API");
+        let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
+        let evaluated: Vec<(String, String)> = groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or("?").to_owned(),
+                    r["health"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect();
+        if evaluated.iter().all(|(_, health)| health != "unknown") || Instant::now() > deadline {
+            break evaluated;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("alert rules: {evaluated:?}");
+    assert!(!evaluated.is_empty(), "no alert rule loaded");
+    let broken: Vec<_> = evaluated.iter().filter(|(_, health)| health == "err").collect();
+    assert!(broken.is_empty(), "alert rules failing to evaluate: {broken:?}");
+}
+
+/// An engine as a process of its own (so its metrics are its own, not those
+/// of the other tests running in this one), on a fresh database and key
+/// prefix, that has answered nothing yet: waits until it listens by trying
+/// to connect, without sending a request. Returns it with its name.
+async fn fresh_engine() -> (EngineProcess, String) {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let engine = EngineProcess::spawn(&db_url, &name, "", &[], Stdio::inherit());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(engine.addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the engine did not listen within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (engine, name)
+}
+
+async fn remove_engine_data(name: &str) {
+    drop_database(&database_url(), name).await;
+    let redis = redis_client().await;
+    delete_keys(&redis, name).await;
+    let _: Result<(), _> = fred::interfaces::ClientLike::quit(&redis).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let rules = Command::new("promtool")
@@ -245,6 +331,24 @@ async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         "promtool check rules: {}{}",
         String::from_utf8_lossy(&rules.stdout),
         String::from_utf8_lossy(&rules.stderr)
+    );
+
+    // A fresh engine, before any load: every panel reads 0 (or NaN for a
+    // quantile of no samples), never "no data".
+    let (engine, name) = fresh_engine().await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{name}"));
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let prometheus = start_prometheus(&dir, &engine.addr.to_string());
+    let empty_when_fresh = panels_without_data(prometheus.port, "fresh").await;
+    assert_rules_evaluate(prometheus.port).await;
+    drop(prometheus);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+    remove_engine_data(&name).await;
+    assert!(
+        empty_when_fresh.is_empty(),
+        "panels with no data on a fresh engine, before any load:\n{}",
+        empty_when_fresh.join("\n")
     );
 
     let app = spawn_app(&[]).await;
@@ -266,48 +370,8 @@ async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let reconcile = app.admin(Method::GET, "/admin/reconcile", None).await;
     assert_eq!(reconcile.status, StatusCode::OK, "{:?}", reconcile.body);
 
-    let queries = panel_queries();
-    assert!(queries.len() > 20, "found only {} panel queries", queries.len());
-    let mut empty = Vec::new();
-    for (dashboard, panel, expr) in &queries {
-        let query = with_variables(expr);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let result = loop {
-            let reply = prometheus_get(prometheus.port, &format!("/api/v1/query?query={}", encode(&query))).await;
-            let series = reply
-                .as_ref()
-                .and_then(|r| r["data"]["result"].as_array())
-                .map_or(0, Vec::len);
-            if series > 0 || Instant::now() > deadline {
-                break series;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        println!("panel {dashboard} / {panel}: {result} series  ({query})");
-        if result == 0 {
-            empty.push(format!("{dashboard} / {panel}: {query}"));
-        }
-    }
-
-    // The alert rules loaded and evaluate without error.
-    let rules = prometheus_get(prometheus.port, "/api/v1/rules")
-        .await
-        .expect("rules API");
-    let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
-    let evaluated: Vec<(String, String)> = groups
-        .iter()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap_or("?").to_owned(),
-                r["health"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
-        .collect();
-    println!("alert rules: {evaluated:?}");
-    assert!(!evaluated.is_empty(), "no alert rule loaded");
-    let broken: Vec<_> = evaluated.iter().filter(|(_, health)| health == "err").collect();
-    assert!(broken.is_empty(), "alert rules failing to evaluate: {broken:?}");
+    let empty = panels_without_data(prometheus.port, "loaded").await;
+    assert_rules_evaluate(prometheus.port).await;
 
     drop(prometheus);
     let _ = std::fs::remove_dir_all(&dir);
@@ -316,5 +380,99 @@ async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         empty.is_empty(),
         "panels whose query returned no data:\n{}",
         empty.join("\n")
+    );
+}
+
+/// Every metric name in the source: each `"stampede_…"` string of `src/`
+/// (the names given to `counter!`, `gauge!` and `histogram!`, those
+/// registered by a loop over a list, and those the live page reads), with
+/// the macro calls checked to be among them.
+fn metric_names_in_source() -> BTreeSet<String> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("source folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let mut files = Vec::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    let (mut names, mut in_macros) = (BTreeSet::new(), BTreeSet::new());
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source reads");
+        for (at, _) in text.match_indices("\"stampede_") {
+            let name: String = text[at + 1..].chars().take_while(|&c| is_name(c)).collect();
+            names.insert(name);
+        }
+        for call in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(call) {
+                let rest = text[at + call.len()..].trim_start();
+                if let Some(literal) = rest.strip_prefix('"') {
+                    in_macros.insert(literal.chars().take_while(|&c| is_name(c)).collect::<String>());
+                }
+            }
+        }
+    }
+    assert!(
+        in_macros.is_subset(&names),
+        "macro names not found as strings: {in_macros:?}"
+    );
+    names
+}
+
+/// The metric names of the exposition's samples (`name{labels} value` or
+/// `name value`), with `_bucket`, `_sum` and `_count` as rendered.
+fn exported_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A fresh engine's first answer is `GET /metrics`, and it already holds
+/// every metric the source names: counters and gauges as samples,
+/// histograms with their `_count` (so a rate or a ratio over them is 0 or
+/// NaN, never "no data").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_source_is_exported_before_the_first_request() {
+    let names = metric_names_in_source();
+    assert!(names.len() > 30, "found only {} metric names in src/", names.len());
+    let (engine, name) = fresh_engine().await;
+    let reply = {
+        let http = http_client();
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{}/metrics", engine.addr))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let res = http.request(req).await.expect("GET /metrics answers");
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(body.to_vec()).expect("text")
+    };
+    drop(engine);
+    remove_engine_data(&name).await;
+    let exported = exported_names(&reply);
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            let as_histogram = format!("{name}_count");
+            !exported.contains(*name) && !exported.contains(&as_histogram)
+        })
+        .collect();
+    println!(
+        "{} metric names in src/, {} sample lines exported before the first request",
+        names.len(),
+        reply.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    assert!(
+        missing.is_empty(),
+        "metrics named in src/ but not exported before the first request: {missing:?}"
     );
 }

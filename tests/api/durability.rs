@@ -2,23 +2,36 @@
 //! killed, not when Redis forgets its scripts. (Redis killed or cut off,
 //! Postgres down: see the fault suite, `tests/api/faults/`.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 use crate::helpers::{
     EngineProcess, buy, create_database, database_url, delete_keys, drop_database, http_client, outbox_backlog,
-    redis_client, spawn_app, unique_name, wait_for_acknowledged,
+    redis_client, send, spawn_app, unique_name, wait_for_acknowledged,
 };
+
+/// What a buyer was told about one item, or what it was doing when the
+/// engine died under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Told {
+    /// Checkout said OK with this code, purchase said OK for this sale.
+    Bought { user: String, code: String, sale: i64 },
+    /// The checkout was sent and never answered.
+    CheckoutCut { user: String },
+    /// Checkout said OK with this code; the purchase was sent and never answered.
+    PurchaseCut { user: String, code: String },
+}
 
 /// `kill -9` while the outbox holds entries (some delivered to the dead
 /// consumer, some never read), then a restart as another consumer: Postgres
-/// ends with exactly what Redis committed, every acknowledged purchase
-/// included, none twice.
+/// ends with exactly what the buyers were told (plus, at most, the one
+/// request each had in flight at the kill), once each, and with what Redis
+/// committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_with_unflushed_outbox_loses_nothing() {
     let name = unique_name();
@@ -27,22 +40,52 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
     // A long linger keeps the first batch pending and the rest unread.
     let mut first = EngineProcess::start(&db_url, &name, "engine-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
 
-    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Each buyer's own record, item by item: what it was told.
+    let told = Arc::new(std::sync::Mutex::new(HashMap::<u32, Told>::new()));
     let done = Arc::new(AtomicUsize::new(0));
     let http = http_client();
     let mut buyers = Vec::new();
     for buyer in 0..100u32 {
-        let (http, acknowledged, done, addr) = (http.clone(), acknowledged.clone(), done.clone(), first.addr);
+        let (http, told, done, addr) = (http.clone(), told.clone(), done.clone(), first.addr);
         buyers.push(tokio::spawn(async move {
+            let user = format!("u{buyer}");
             for k in 0..10u32 {
                 let item = buyer * 10 + k + 1;
-                match buy(&http, addr, &format!("u{buyer}"), item).await {
+                let record = |t: Told| told.lock().expect("lock").insert(item, t);
+                let checkout = send(
+                    &http,
+                    addr,
+                    Method::POST,
+                    &format!("/checkout?user_id={user}&id={item}"),
+                    None,
+                )
+                .await;
+                let code = match checkout {
                     Ok(reply) if reply.status == StatusCode::OK => {
-                        acknowledged.lock().expect("lock").push(item);
+                        reply.body["code"].as_str().expect("code").to_owned()
+                    }
+                    Ok(reply) => panic!("checkout refused before the kill: {:?}", reply.body),
+                    Err(_) => {
+                        record(Told::CheckoutCut { user });
+                        return; // the engine died under us: outcome unknown
+                    }
+                };
+                match send(&http, addr, Method::POST, &format!("/purchase?code={code}"), None).await {
+                    Ok(reply) if reply.status == StatusCode::OK => {
+                        let sale = reply.body["sale_id"].as_i64().expect("sale_id");
+                        assert_eq!(reply.body["item_id"], item, "{:?}", reply.body);
+                        record(Told::Bought {
+                            user: user.clone(),
+                            code,
+                            sale,
+                        });
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(reply) => panic!("purchase refused before the kill: {:?}", reply.body),
-                    Err(_) => return, // the engine died under us: outcome unknown
+                    Err(_) => {
+                        record(Told::PurchaseCut { user, code });
+                        return;
+                    }
                 }
             }
         }));
@@ -60,7 +103,21 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
     for buyer in buyers {
         buyer.await.expect("buyer task");
     }
-    let acknowledged: HashSet<u32> = acknowledged.lock().expect("lock").iter().copied().collect();
+    let told = told.lock().expect("lock").clone();
+    let bought = told.values().filter(|t| matches!(t, Told::Bought { .. })).count();
+    let sales: HashSet<i64> = told
+        .values()
+        .filter_map(|t| match t {
+            Told::Bought { sale, .. } => Some(*sale),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sales.len(), 1, "every purchase was told one sale: {sales:?}");
+    let sale = *sales.iter().next().expect("a sale");
+    println!(
+        "{bought} purchases acknowledged, {} requests cut by the kill",
+        told.len() - bought
+    );
 
     let mut second = EngineProcess::start(&db_url, &name, "engine-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -69,44 +126,91 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let sale: i64 = {
-        let db = sqlx::PgPool::connect(&db_url).await.expect("db");
-        let items: Vec<(i64, i64)> = sqlx::query_as("SELECT sale_id, item_id FROM purchases")
+    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
+    // Every purchase row, against the buyers' record: each acknowledged one
+    // is there as told (user, code, sale), and the only others are purchases
+    // cut by the kill (the engine may have committed them before dying).
+    let rows: Vec<(i64, i64, String, String)> =
+        sqlx::query_as("SELECT sale_id, item_id, user_id, code FROM purchases ORDER BY item_id")
             .fetch_all(&db)
             .await
             .expect("purchases");
-        let in_postgres: HashSet<u32> = items.iter().map(|(_, item)| *item as u32).collect();
-        assert_eq!(in_postgres.len(), items.len(), "no purchase twice");
-        assert!(
-            acknowledged.is_subset(&in_postgres),
-            "acknowledged purchases missing from Postgres: {:?}",
-            acknowledged.difference(&in_postgres).collect::<Vec<_>>()
-        );
-        let sale = items.first().map(|(sale, _)| *sale).expect("some purchases");
-        let sold_in_redis: i64 = redis
-            .custom(
-                fred::cmd!("BITCOUNT"),
-                vec![format!(
-                    "{name}:{{{}}}:sale:{sale}:sold",
-                    sale as u64 % stampede::limits::OUTBOX_SHARDS
-                )],
-            )
-            .await
-            .expect("BITCOUNT");
-        assert_eq!(
-            sold_in_redis,
-            items.len() as i64,
-            "Postgres holds exactly what Redis committed"
-        );
-        let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM checkout_attempts WHERE outcome = 'OK'")
-            .fetch_one(&db)
+    let mut in_postgres: HashMap<u32, (i64, String, String)> = HashMap::new();
+    for (row_sale, item, user, code) in &rows {
+        let earlier = in_postgres.insert(*item as u32, (*row_sale, user.clone(), code.clone()));
+        assert!(earlier.is_none(), "item {item} bought twice");
+    }
+    for (item, t) in &told {
+        let row = in_postgres.get(item);
+        match t {
+            Told::Bought {
+                user,
+                code,
+                sale: told_sale,
+            } => assert_eq!(
+                row,
+                Some(&(*told_sale, user.clone(), code.clone())),
+                "acknowledged purchase of item {item}"
+            ),
+            Told::PurchaseCut { user, code } => assert!(
+                row.is_none_or(|r| *r == (sale, user.clone(), code.clone())),
+                "item {item}, purchase cut by the kill: {row:?}"
+            ),
+            Told::CheckoutCut { .. } => assert!(row.is_none(), "item {item} bought without a code: {row:?}"),
+        }
+    }
+    for item in in_postgres.keys() {
+        assert!(told.contains_key(item), "item {item} in Postgres was never asked for");
+    }
+    let sold_in_redis: i64 = redis
+        .custom(
+            fred::cmd!("BITCOUNT"),
+            vec![format!(
+                "{name}:{{{}}}:sale:{sale}:sold",
+                sale as u64 % stampede::limits::OUTBOX_SHARDS
+            )],
+        )
+        .await
+        .expect("BITCOUNT");
+    assert_eq!(
+        sold_in_redis,
+        rows.len() as i64,
+        "Postgres holds exactly what Redis committed"
+    );
+    // Issued codes against the buyers' record: one OK attempt per code the
+    // buyers were given (a second row would be a checkout recorded twice),
+    // for the user and item it was given for, and otherwise only the
+    // checkouts cut by the kill.
+    let attempts: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT user_id, item_id, code FROM checkout_attempts WHERE outcome = 'OK' AND sale_id = $1")
+            .bind(sale)
+            .fetch_all(&db)
             .await
             .expect("attempts");
-        assert!(attempts >= items.len() as i64);
-        db.close().await;
-        sale
-    };
-    assert!(sale > 0);
+    let mut codes: HashMap<String, (String, u32)> = HashMap::new();
+    for (user, item, code) in attempts {
+        let earlier = codes.insert(code.clone(), (user, item as u32));
+        assert!(earlier.is_none(), "code {code} issued twice");
+    }
+    for (item, t) in &told {
+        match t {
+            Told::Bought { user, code, .. } | Told::PurchaseCut { user, code } => assert_eq!(
+                codes.remove(code),
+                Some((user.clone(), *item)),
+                "the code given for item {item}"
+            ),
+            Told::CheckoutCut { user } => {
+                let before = codes.len();
+                codes.retain(|_, (u, i)| !(u == user && i == item));
+                assert!(
+                    before - codes.len() <= 1,
+                    "item {item}: the cut checkout issued several codes"
+                );
+            }
+        }
+    }
+    assert!(codes.is_empty(), "codes no buyer was given: {codes:?}");
+    db.close().await;
     assert!(second.terminate().success(), "SIGTERM exits 0");
     drop_database(&database_url(), &name).await;
     delete_keys(&redis, &name).await;

@@ -624,7 +624,8 @@ impl EngineProcess {
         }
     }
 
-    fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
+    /// Starts it without waiting: until it listens, requests are refused.
+    pub fn spawn(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let consumer = match consumer {
             "" => format!("{prefix}-{port}"),
@@ -778,4 +779,24 @@ impl Drop for PrivatePostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
+}
+
+/// How many times slower than a quiet development machine this one runs:
+/// `STAMPEDE_TEST_SLOWNESS` (a number >= 1, default 1), read once. Every
+/// latency a test asserts passes through `scaled`, so a loaded machine can
+/// run the same checks without loosening any bound by default.
+pub fn slowness() -> f64 {
+    static SLOWNESS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *SLOWNESS.get_or_init(|| match std::env::var("STAMPEDE_TEST_SLOWNESS") {
+        Err(_) => 1.0,
+        Ok(text) => match text.trim().parse::<f64>() {
+            Ok(factor) if factor.is_finite() && factor >= 1.0 => factor,
+            _ => panic!("STAMPEDE_TEST_SLOWNESS must be a number >= 1, not {text:?}"),
+        },
+    })
+}
+
+/// A latency bound a test asserts, on this machine (see `slowness`).
+pub fn scaled(bound: Duration) -> Duration {
+    bound.mul_f64(slowness())
 }

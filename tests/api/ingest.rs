@@ -16,7 +16,7 @@ use stampede::ingest::record::parse_line;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Reply, TestApp, spawn_app};
+use crate::helpers::{Reply, TestApp, scaled, spawn_app};
 
 const BOUNDARY: &str = "stampede-test-boundary-7f3a";
 
@@ -570,12 +570,12 @@ async fn a_stalled_upload_is_abandoned_with_408() {
     // ... and nothing more, while keeping the connection open.
     let mut reply = Vec::new();
     let started = Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let _ = tokio::time::timeout(scaled(Duration::from_secs(10)), stream.read_to_end(&mut reply)).await;
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("UPLOAD_STALLED"), "{text}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < scaled(Duration::from_secs(5)),
         "answered after {:?}",
         started.elapsed()
     );
@@ -639,7 +639,7 @@ async fn a_stuck_postgres_gives_503_not_a_hang() {
     );
     // Bounded by the lock/statement timeout, not by the blocker.
     assert!(
-        started.elapsed() < Duration::from_secs(25),
+        started.elapsed() < scaled(Duration::from_secs(25)),
         "took {:?}",
         started.elapsed()
     );

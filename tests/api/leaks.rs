@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{
     EngineProcess, PrivateRedis, create_database, database_url, delete_keys, drop_database, free_port, http_client,
-    redis_client, send, spawn_app, unique_name,
+    redis_client, scaled, send, spawn_app, unique_name,
 };
 
 /// An event stream on a raw connection, so the test decides exactly when
@@ -234,18 +234,19 @@ async fn a_client_leaving_an_idle_stream_frees_its_slot_at_once() {
     let mut slowest = Duration::ZERO;
     for i in 0..20 {
         let resume = if i % 2 == 0 { None } else { Some("0-0") };
-        let (stream, _) = wait_admitted(app.addr, "/wallet/idle/events", resume, Duration::from_secs(5)).await;
+        let (stream, _) = wait_admitted(app.addr, "/wallet/idle/events", resume, scaled(Duration::from_secs(5))).await;
         drop(stream);
-        let (next, waited) = wait_admitted(app.addr, "/wallet/idle2/events", None, Duration::from_secs(5)).await;
+        let (next, waited) =
+            wait_admitted(app.addr, "/wallet/idle2/events", None, scaled(Duration::from_secs(5))).await;
         slowest = slowest.max(waited);
         drop(next);
     }
     println!("slowest slot release after an idle client left: {slowest:?}");
-    assert!(slowest < Duration::from_secs(5), "{slowest:?}");
+    assert!(slowest < scaled(Duration::from_secs(5)), "{slowest:?}");
     // The live page's streams, between their ticks.
     let waited = live_slots_come_back(app.addr).await;
     println!("64 live slots back {waited:?} after their clients left");
-    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert!(waited < scaled(Duration::from_secs(2)), "{waited:?}");
     app.finish().await;
 }
 
@@ -334,13 +335,16 @@ async fn with_redis_away_streams_end_after_bounded_retries_and_free_their_slot()
     }
     // Each read waits up to the 2 s command timeout and the retries take
     // three: a slot that came back well before is the client's leaving.
-    assert!(slowest < Duration::from_secs(2), "slot came back after {slowest:?}");
+    assert!(
+        slowest < scaled(Duration::from_secs(2)),
+        "slot came back after {slowest:?}"
+    );
 
     // The live page's streams too: their snapshots wait on Redis, and all
     // 64 clients leave while they do.
     let waited = live_slots_come_back(app.addr).await;
     println!("with Redis away: 64 live slots back {waited:?} after their clients left");
-    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert!(waited < scaled(Duration::from_secs(2)), "{waited:?}");
 
     // Redis back: streams work again, through the same fan-out.
     let _restarted = PrivateRedis::start(port, &redis.dir);

@@ -7,7 +7,7 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{scaled, spawn_app};
 
 /// Shutdown stops accepting, finishes what is in flight and flushes the
 /// outbox: Postgres holds every purchase when the engine returns, even with a
@@ -66,12 +66,13 @@ async fn slow_or_silent_clients_are_disconnected() {
     let silent = TcpStream::connect(app.addr).await.expect("connect");
     assert_cut_off(silent, "silent").await;
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < scaled(Duration::from_secs(2)),
         "silent client kept {:?}",
         started.elapsed()
     );
 
-    // 50 bytes of headers at one byte per 50 ms would take 2.5 s.
+    // 50 bytes of headers at one byte per 50 ms would take 2.5 s (both
+    // scaled alike on a slow machine).
     let started = Instant::now();
     let trickle = TcpStream::connect(app.addr).await.expect("connect");
     let (mut reader, mut writer) = trickle.into_split();
@@ -80,16 +81,16 @@ async fn slow_or_silent_clients_are_disconnected() {
             if writer.write_all(&[*byte]).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(scaled(Duration::from_millis(50))).await;
         }
     });
     let mut buf = [0u8; 512];
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf))
+    let read = tokio::time::timeout(scaled(Duration::from_secs(5)), reader.read(&mut buf))
         .await
         .expect("trickling client is cut off");
     assert_closed_or_408(read, &buf, "trickle");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < scaled(Duration::from_secs(2)),
         "trickling client kept {:?}",
         started.elapsed()
     );

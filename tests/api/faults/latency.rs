@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::proxy::Proxy;
 use super::{MACHINE, MIXED_LOAD_ENGINE, Mix, MixedLoad, check, create_products, print_figures, quantile_ms, resolve};
-use crate::helpers::{PrivateRedis, spawn_app};
+use crate::helpers::{PrivateRedis, scaled, spawn_app};
 
 const ADDED: Duration = Duration::from_millis(300);
 const COMMAND_TIMEOUT_MS: &str = "250";
@@ -83,7 +83,7 @@ async fn a_slow_redis_link_answers_503_past_the_command_timeout_and_doubles_noth
         records.unavailable
     );
     assert!(
-        p99 < ANSWERED_WITHIN.as_secs_f64() * 1000.0,
+        p99 < scaled(ANSWERED_WITHIN).as_secs_f64() * 1000.0,
         "503s took p99 {p99:.0} ms: the engine waited past its command timeout"
     );
     assert!(failures.is_empty(), "invariants broken:\n{}", failures.join("\n"));

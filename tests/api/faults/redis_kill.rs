@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 
 use super::{MACHINE, MIXED_LOAD_ENGINE, Mix, MixedLoad, check, create_products, print_figures, resolve};
-use crate::helpers::{PrivateRedis, spawn_app};
+use crate::helpers::{PrivateRedis, scaled, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_kill_9_and_restart_keep_every_acknowledged_effect() {
@@ -51,7 +51,10 @@ async fn redis_kill_9_and_restart_keep_every_acknowledged_effect() {
         refused.body
     );
     let refused_within = killed.elapsed();
-    assert!(refused_within < Duration::from_secs(8), "requests hung on a dead Redis");
+    assert!(
+        refused_within < scaled(Duration::from_secs(8)),
+        "requests hung on a dead Redis"
+    );
     load.wait_unavailable(20, Duration::from_secs(10), "while Redis is down")
         .await;
     let down_for = killed.elapsed();
