@@ -1027,10 +1027,10 @@ fn compose_problems(text: &str) -> Vec<String> {
     }
     for line in text.lines() {
         let line = line.trim();
-        if let Some(role) = line.strip_prefix("GF_AUTH_ANONYMOUS_ORG_ROLE:") {
-            if role.trim().trim_matches('"') != "Viewer" {
-                problems.push(format!("{line}: anonymous Grafana visitors may be Viewers at most"));
-            }
+        if let Some(role) = line.strip_prefix("GF_AUTH_ANONYMOUS_ORG_ROLE:")
+            && role.trim().trim_matches('"') != "Viewer"
+        {
+            problems.push(format!("{line}: anonymous Grafana visitors may be Viewers at most"));
         }
         if line.starts_with("GF_AUTH_DISABLE_LOGIN_FORM") {
             problems.push(format!("{line}: the admin must be able to sign in"));
