@@ -943,8 +943,8 @@ fn the_guide_scanners_see_what_they_look_for() {
         }
         fn routes() -> Vec<Route> {
             vec![
-                Route::new(Method::GET, "/live", "live", "d", s, |_, _, _| async { Ok(x(vec![1])) }),
-                Route::new(Method::POST, "/live/{id}/events", "e", "d", s, h),
+                Route::new(Method::GET, "/live", "live", s, |_, _, _| async { Ok(x(vec![1])) }),
+                Route::new(Method::POST, "/live/{id}/events", "e", s, h),
             ]
         }
         fn settings(env: &Env<'_>) { env.number("STAMPEDE_X_MS", 1, 0, 2)?; other.get("NOT_A_SETTING"); }
@@ -1027,10 +1027,10 @@ fn compose_problems(text: &str) -> Vec<String> {
     }
     for line in text.lines() {
         let line = line.trim();
-        if let Some(role) = line.strip_prefix("GF_AUTH_ANONYMOUS_ORG_ROLE:") {
-            if role.trim().trim_matches('"') != "Viewer" {
-                problems.push(format!("{line}: anonymous Grafana visitors may be Viewers at most"));
-            }
+        if let Some(role) = line.strip_prefix("GF_AUTH_ANONYMOUS_ORG_ROLE:")
+            && role.trim().trim_matches('"') != "Viewer"
+        {
+            problems.push(format!("{line}: anonymous Grafana visitors may be Viewers at most"));
         }
         if line.starts_with("GF_AUTH_DISABLE_LOGIN_FORM") {
             problems.push(format!("{line}: the admin must be able to sign in"));
@@ -1070,4 +1070,813 @@ fn docker_compose_has_no_default_secret() {
     ] {
         assert!(!compose_problems(bad).is_empty(), "not refused: {bad}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// One description per route: the API document is derived from the handlers.
+//
+// A route is declared once (`Route::new(Method::X, "/path", name, state,
+// closure)`), and the closure calls its handler, a free function that
+// carries `#[utoipa::path]` with the same method and path and a `summary`
+// (which `GET /` shows). The types the document names are the types the
+// code reads and writes: a request body derives `Deserialize`, a response
+// body `Serialize`, both `ToSchema`. What cannot be such a type (a multipart
+// upload, an event stream's frames, a body read as a JSON value so that each
+// fault has its own code) is listed below with its reason; no other item is
+// allowed to be dead code, so a stand-in cannot hide.
+// ---------------------------------------------------------------------------
+
+/// Types the API document describes that no handler serializes or
+/// deserializes, each with the reason there is no such type.
+const DOCUMENT_ONLY: &[(&str, &str)] = &[
+    (
+        "SseEvent",
+        "an event stream's frames are written line by line (`event:`, `data:`, `id:`)",
+    ),
+    (
+        "IngestForm",
+        "the upload is multipart/form-data, streamed through multer, never deserialized",
+    ),
+    (
+        "CreateJob",
+        "the body is read as a JSON value so that each fault has its own code (INVALID_BODY, UNKNOWN_FIELD, \
+         MISSING_FIELD, INVALID_DATE)",
+    ),
+];
+
+/// Names a document may give as a body that are not types of the crate.
+const BUILTIN_BODIES: &[&str] = &["String", "Object", "str", "Value", "bool", "i64", "u64"];
+
+/// A parsed source file and the module it is.
+struct Source {
+    module: Vec<String>,
+    name: String,
+    ast: syn::File,
+}
+
+fn sources() -> Vec<Source> {
+    rust_files(Path::new(SRC))
+        .into_iter()
+        .filter(|file| !matches!(file.file_name().and_then(|n| n.to_str()), Some("lib.rs" | "main.rs")))
+        .map(|file| Source {
+            module: module_path(&file),
+            name: file.strip_prefix(SRC).unwrap_or(&file).display().to_string(),
+            ast: parse(&file),
+        })
+        .collect()
+}
+
+fn path_names(path: &syn::Path) -> Vec<String> {
+    path.segments.iter().map(|s| s.ident.to_string()).collect()
+}
+
+fn is_attr(attr: &syn::Attribute, name: &[&str]) -> bool {
+    let names = path_names(attr.path());
+    names.len() >= name.len() && names[names.len() - name.len()..].iter().zip(name).all(|(a, b)| a == b)
+}
+
+/// What a `#[utoipa::path(method, path = "…", summary = "…", …)]` says.
+#[derive(Debug, Clone, Default)]
+struct PathAttr {
+    method: String,
+    path: String,
+    summary: Option<String>,
+    /// Types named by `request_body = T` or `request_body(content = T)`.
+    requests: Vec<String>,
+    /// Types named by `body = T` in the responses.
+    responses: Vec<String>,
+}
+
+/// The string a literal token holds, if it is a plain string literal.
+fn token_string(token: &TokenTree) -> Option<String> {
+    let TokenTree::Literal(literal) = token else {
+        return None;
+    };
+    match syn::Lit::new(literal.clone()) {
+        syn::Lit::Str(s) => Some(s.value()),
+        _ => None,
+    }
+}
+
+/// The tokens after `key =` up to the next comma outside angle brackets.
+fn value_after(tokens: &[TokenTree], at: usize) -> TokenStream {
+    let mut depth = 0i32;
+    let mut value = Vec::new();
+    for token in &tokens[at..] {
+        if let TokenTree::Punct(p) = token {
+            match p.as_char() {
+                '<' => depth += 1,
+                '>' => depth -= 1,
+                ',' if depth == 0 => break,
+                _ => {}
+            }
+        }
+        value.push(token.clone());
+    }
+    value.into_iter().collect()
+}
+
+/// The crate's type names a type mentions, through `Option`, `Vec`, `Box`,
+/// references and slices: `Option<Vec<a::B>>` is `B`.
+fn type_names(ty: &syn::Type, names: &mut Vec<String>) {
+    match ty {
+        syn::Type::Path(path) => {
+            let Some(last) = path.path.segments.last() else {
+                return;
+            };
+            let ident = last.ident.to_string();
+            if let syn::PathArguments::AngleBracketed(args) = &last.arguments
+                && ["Option", "Vec", "Box"].contains(&ident.as_str())
+            {
+                for arg in &args.args {
+                    if let syn::GenericArgument::Type(inner) = arg {
+                        type_names(inner, names);
+                    }
+                }
+            } else {
+                names.push(ident);
+            }
+        }
+        syn::Type::Reference(r) => type_names(&r.elem, names),
+        syn::Type::Slice(s) => type_names(&s.elem, names),
+        syn::Type::Array(a) => type_names(&a.elem, names),
+        syn::Type::Paren(p) => type_names(&p.elem, names),
+        _ => names.push("<unrecognised type>".into()),
+    }
+}
+
+fn parsed_type_names(tokens: TokenStream, names: &mut Vec<String>) {
+    match syn::parse2::<syn::Type>(tokens) {
+        Ok(ty) => type_names(&ty, names),
+        Err(_) => names.push("<unparsable type>".into()),
+    }
+}
+
+/// The body types in a token list, recursively: `body = T`,
+/// `request_body = T`, `content = T` (inside `request_body(…)`).
+fn body_types(tokens: TokenStream, in_request: bool, attr: &mut PathAttr) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            TokenTree::Group(group) => {
+                let request = in_request
+                    || matches!(i.checked_sub(1).map(|j| &tokens[j]), Some(TokenTree::Ident(id)) if id == "request_body");
+                body_types(group.stream(), request, attr);
+            }
+            TokenTree::Ident(ident) => {
+                let is_assignment = matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '=');
+                if !is_assignment {
+                    continue;
+                }
+                let key = ident.to_string();
+                let target = match key.as_str() {
+                    "request_body" => &mut attr.requests,
+                    "content" if in_request => &mut attr.requests,
+                    "body" if !in_request => &mut attr.responses,
+                    _ => continue,
+                };
+                parsed_type_names(value_after(&tokens, i + 2), target);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn path_attr(attr: &syn::Attribute) -> Option<PathAttr> {
+    if !is_attr(attr, &["utoipa", "path"]) {
+        return None;
+    }
+    let syn::Meta::List(list) = &attr.meta else {
+        return Some(PathAttr::default());
+    };
+    let tokens: Vec<TokenTree> = list.tokens.clone().into_iter().collect();
+    let mut found = PathAttr::default();
+    if let Some(TokenTree::Ident(method)) = tokens.first() {
+        found.method = method.to_string();
+    }
+    // Top-level `key = "value"` pairs only: `params(("id" = String, Path …))`
+    // nests its own.
+    for (i, token) in tokens.iter().enumerate() {
+        let TokenTree::Ident(key) = token else { continue };
+        let is_assignment = matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '=');
+        let value = tokens.get(i + 2).and_then(token_string);
+        match (key.to_string().as_str(), is_assignment, value) {
+            ("path", true, Some(v)) => found.path = v,
+            ("summary", true, Some(v)) => found.summary = Some(v),
+            _ => {}
+        }
+    }
+    body_types(list.tokens.clone(), false, &mut found);
+    Some(found)
+}
+
+/// A free function of the crate.
+#[derive(Debug, Clone)]
+struct FnInfo {
+    file: String,
+    documented: Option<PathAttr>,
+}
+
+/// A struct or enum of the crate: what it derives, and whether it is
+/// allowed to be dead code.
+#[derive(Debug, Clone)]
+struct TypeInfo {
+    file: String,
+    top: String,
+    derives: BTreeSet<String>,
+}
+
+/// A `Route::new(…)` call.
+#[derive(Debug, Clone)]
+struct RouteCall {
+    file: String,
+    method: String,
+    path: String,
+    /// The crate paths the handler closure calls (or the function passed).
+    calls: Vec<Vec<String>>,
+}
+
+/// Everything the route checks need, gathered from the parsed sources.
+#[derive(Default)]
+struct Inventory {
+    fns: BTreeMap<Vec<String>, FnInfo>,
+    types: BTreeMap<String, Vec<TypeInfo>>,
+    routes: Vec<RouteCall>,
+    /// `components(schemas(…))` of every `#[openapi(…)]`, with the file.
+    component_types: Vec<(String, String)>,
+    /// `#[utoipa::path]` on something other than a free function.
+    misplaced_paths: Vec<String>,
+    /// `allow(dead_code)` found: the file and the item it covers.
+    dead_code: Vec<(String, String)>,
+}
+
+struct InventoryVisitor<'a> {
+    inventory: &'a mut Inventory,
+    file: String,
+    module: Vec<String>,
+}
+
+/// The crate paths a closure calls (`f(…)`, `a::f(…)`): method calls are
+/// not followed, so a handler must be a free function.
+#[derive(Default)]
+struct Calls(Vec<Vec<String>>);
+
+impl<'ast> Visit<'ast> for Calls {
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        if let syn::Expr::Path(path) = &*call.func {
+            self.0.push(path_names(&path.path));
+        }
+        visit::visit_expr_call(self, call);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        for expr in macro_exprs(mac) {
+            self.visit_expr(&expr);
+        }
+        visit::visit_macro(self, mac);
+    }
+}
+
+/// The expressions of a macro call written as a comma-separated list
+/// (`vec![…]`, `format!(…)`): `syn` leaves macro bodies as tokens, and
+/// routes are declared inside `vec![…]`.
+fn macro_exprs(mac: &syn::Macro) -> Vec<syn::Expr> {
+    use syn::parse::Parser;
+    syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated
+        .parse2(mac.tokens.clone())
+        .map(|list| list.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn derives(attrs: &[syn::Attribute]) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("derive")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if let Some(last) = meta.path.segments.last() {
+                found.insert(last.ident.to_string());
+            }
+            Ok(())
+        });
+    }
+    found
+}
+
+fn allows_dead_code(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|attr| {
+        attr.path().is_ident("allow")
+            && matches!(&attr.meta, syn::Meta::List(list) if list.tokens.to_string().contains("dead_code"))
+    })
+}
+
+impl InventoryVisitor<'_> {
+    fn record_type(&mut self, ident: &syn::Ident, attrs: &[syn::Attribute]) {
+        let name = ident.to_string();
+        if allows_dead_code(attrs) {
+            self.inventory.dead_code.push((self.file.clone(), name.clone()));
+        }
+        self.inventory.types.entry(name).or_default().push(TypeInfo {
+            file: self.file.clone(),
+            top: self.module.first().cloned().unwrap_or_default(),
+            derives: derives(attrs),
+        });
+    }
+}
+
+impl<'ast> Visit<'ast> for InventoryVisitor<'_> {
+    fn visit_file(&mut self, file: &'ast syn::File) {
+        if allows_dead_code(&file.attrs) {
+            self.inventory
+                .dead_code
+                .push((self.file.clone(), "the whole module (#![allow])".into()));
+        }
+        visit::visit_file(self, file);
+    }
+
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        if allows_dead_code(&item.attrs) {
+            self.inventory
+                .dead_code
+                .push((self.file.clone(), format!("mod {}", item.ident)));
+        }
+        if item.content.is_some() {
+            self.module.push(item.ident.to_string());
+            visit::visit_item_mod(self, item);
+            self.module.pop();
+        }
+    }
+
+    fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+        if allows_dead_code(&item.attrs) {
+            self.inventory
+                .dead_code
+                .push((self.file.clone(), format!("fn {}", item.sig.ident)));
+        }
+        let mut key = self.module.clone();
+        key.push(item.sig.ident.to_string());
+        self.inventory.fns.insert(
+            key,
+            FnInfo {
+                file: self.file.clone(),
+                documented: item.attrs.iter().find_map(path_attr),
+            },
+        );
+        visit::visit_item_fn(self, item);
+    }
+
+    fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
+        if allows_dead_code(&item.attrs) {
+            self.inventory
+                .dead_code
+                .push((self.file.clone(), format!("fn {}", item.sig.ident)));
+        }
+        if item.attrs.iter().any(|a| is_attr(a, &["utoipa", "path"])) {
+            self.inventory
+                .misplaced_paths
+                .push(format!("{}: method `{}`", self.file, item.sig.ident));
+        }
+        visit::visit_impl_item_fn(self, item);
+    }
+
+    fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
+        self.record_type(&item.ident, &item.attrs);
+        visit::visit_item_struct(self, item);
+    }
+
+    fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
+        self.record_type(&item.ident, &item.attrs);
+        visit::visit_item_enum(self, item);
+    }
+
+    fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {
+        if allows_dead_code(&item.attrs) {
+            self.inventory
+                .dead_code
+                .push((self.file.clone(), format!("const {}", item.ident)));
+        }
+        visit::visit_item_const(self, item);
+    }
+
+    fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
+        if attr.path().is_ident("openapi")
+            && let syn::Meta::List(list) = &attr.meta
+        {
+            let tokens: Vec<TokenTree> = list.tokens.clone().into_iter().collect();
+            for pair in tokens.windows(2) {
+                let (TokenTree::Ident(key), TokenTree::Group(group)) = (&pair[0], &pair[1]) else {
+                    continue;
+                };
+                if key != "components" {
+                    continue;
+                }
+                let inner: Vec<TokenTree> = group.stream().into_iter().collect();
+                for pair in inner.windows(2) {
+                    if let (TokenTree::Ident(key), TokenTree::Group(schemas)) = (&pair[0], &pair[1])
+                        && key == "schemas"
+                    {
+                        let list: Vec<TokenTree> = schemas.stream().into_iter().collect();
+                        for item in list.split(|t| matches!(t, TokenTree::Punct(p) if p.as_char() == ',')) {
+                            let mut names = Vec::new();
+                            parsed_type_names(item.iter().cloned().collect(), &mut names);
+                            for name in names {
+                                self.inventory.component_types.push((self.file.clone(), name));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        visit::visit_attribute(self, attr);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        for expr in macro_exprs(mac) {
+            self.visit_expr(&expr);
+        }
+        visit::visit_macro(self, mac);
+    }
+
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        let is_route_new = matches!(&*call.func, syn::Expr::Path(p) if path_names(&p.path).ends_with(&["Route".to_owned(), "new".to_owned()]));
+        if is_route_new {
+            let args: Vec<&syn::Expr> = call.args.iter().collect();
+            let method = match args.first() {
+                Some(syn::Expr::Path(p)) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
+                _ => String::new(),
+            };
+            let path = match args.get(1) {
+                Some(syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s), ..
+                })) => s.value(),
+                _ => String::new(),
+            };
+            let calls = match args.last() {
+                Some(syn::Expr::Closure(closure)) => {
+                    let mut calls = Calls::default();
+                    calls.visit_expr(&closure.body);
+                    calls.0
+                }
+                Some(syn::Expr::Path(p)) => vec![path_names(&p.path)],
+                _ => Vec::new(),
+            };
+            self.inventory.routes.push(RouteCall {
+                file: self.file.clone(),
+                method,
+                path,
+                calls,
+            });
+        }
+        visit::visit_expr_call(self, call);
+    }
+}
+
+fn inventory(sources: &[Source]) -> Inventory {
+    let mut inventory = Inventory::default();
+    for source in sources {
+        let mut visitor = InventoryVisitor {
+            inventory: &mut inventory,
+            file: source.name.clone(),
+            module: source.module.clone(),
+        };
+        visitor.visit_file(&source.ast);
+    }
+    inventory
+}
+
+/// The crate function a call names, written in `module`: `crate::`/
+/// `super::`/`self::` paths resolve as imports do; any other path is read
+/// as relative to the module (`handlers::checkout`, `health`).
+fn resolve_fn<'a>(inventory: &'a Inventory, module: &[String], call: &[String]) -> Option<(Vec<String>, &'a FnInfo)> {
+    let absolute = resolve(module, call).unwrap_or_else(|| {
+        let mut path = module.to_vec();
+        path.extend(call.iter().cloned());
+        path
+    });
+    inventory.fns.get(&absolute).map(|info| (absolute, info))
+}
+
+/// The module of a file (routes are declared at a file's top level).
+fn module_of(sources: &[Source], file: &str) -> Vec<String> {
+    sources
+        .iter()
+        .find(|s| s.name == file)
+        .map(|s| s.module.clone())
+        .unwrap_or_default()
+}
+
+/// Every route's handler carries the route's `#[utoipa::path]` (same
+/// method and path, a summary), and every `#[utoipa::path]` is a routed
+/// handler. Returns the routes seen and the violations.
+fn route_violations(sources: &[Source], inventory: &Inventory) -> (usize, Vec<String>) {
+    let mut violations: Vec<String> = inventory
+        .misplaced_paths
+        .iter()
+        .map(|m| format!("{m} carries #[utoipa::path]: document a free function the route's closure calls"))
+        .collect();
+    let mut handlers = BTreeSet::new();
+    for route in &inventory.routes {
+        let at = format!("{} ({} {})", route.file, route.method, route.path);
+        let module = module_of(sources, &route.file);
+        let resolved: Vec<(Vec<String>, &FnInfo)> = route
+            .calls
+            .iter()
+            .filter_map(|call| resolve_fn(inventory, &module, call))
+            .collect();
+        let [(handler, info)] = resolved.as_slice() else {
+            violations.push(format!(
+                "{at}: its closure must call exactly one free function of the crate, its handler (found {:?}); \
+                 a method or an inline body cannot carry #[utoipa::path]",
+                resolved.iter().map(|(p, _)| p.join("::")).collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        handlers.insert(handler.clone());
+        let name = handler.join("::");
+        let Some(doc) = &info.documented else {
+            violations.push(format!(
+                "{at}: its handler `{name}` ({}) has no #[utoipa::path]",
+                info.file
+            ));
+            continue;
+        };
+        if !doc.method.eq_ignore_ascii_case(&route.method) || doc.path != route.path {
+            violations.push(format!(
+                "{at}: its handler `{name}` documents {} {} instead",
+                doc.method.to_uppercase(),
+                doc.path
+            ));
+        }
+        if doc.summary.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            violations.push(format!(
+                "{at}: its handler `{name}` has no `summary`, the route's one description (GET / shows it)"
+            ));
+        }
+    }
+    for (path, info) in &inventory.fns {
+        if info.documented.is_some() && !handlers.contains(path) {
+            violations.push(format!(
+                "{}: `{}` carries #[utoipa::path] but no route calls it: document the handler itself",
+                info.file,
+                path.join("::")
+            ));
+        }
+    }
+    (inventory.routes.len(), violations)
+}
+
+/// Every type the document names is one the code reads (request bodies:
+/// `Deserialize`) or writes (responses: `Serialize`), and derives
+/// `ToSchema`; or it is listed in `DOCUMENT_ONLY`. Returns the types
+/// checked and the violations.
+fn document_type_violations(inventory: &Inventory) -> (usize, Vec<String>) {
+    let mut named: Vec<(String, String, &str)> = Vec::new();
+    for info in inventory.fns.values() {
+        if let Some(doc) = &info.documented {
+            named.extend(
+                doc.requests
+                    .iter()
+                    .map(|t| (info.file.clone(), t.clone(), "Deserialize")),
+            );
+            named.extend(
+                doc.responses
+                    .iter()
+                    .map(|t| (info.file.clone(), t.clone(), "Serialize")),
+            );
+        }
+    }
+    named.extend(
+        inventory
+            .component_types
+            .iter()
+            .map(|(file, t)| (file.clone(), t.clone(), "Serialize` or `Deserialize")),
+    );
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for (file, name, needs) in &named {
+        if BUILTIN_BODIES.contains(&name.as_str()) {
+            continue;
+        }
+        checked += 1;
+        let Some(candidates) = inventory.types.get(name) else {
+            violations.push(format!(
+                "{file}: the document names `{name}`, which is no type of the crate"
+            ));
+            continue;
+        };
+        // The type of that name nearest the attribute: in its file, else in
+        // its top-level module, else anywhere.
+        let top = file.split('/').next().unwrap_or("").trim_end_matches(".rs");
+        let nearest = [
+            candidates.iter().filter(|t| t.file == *file).collect::<Vec<_>>(),
+            candidates.iter().filter(|t| t.top == top).collect(),
+            candidates.iter().collect(),
+        ]
+        .into_iter()
+        .find(|tier| !tier.is_empty())
+        .unwrap_or_default();
+        for ty in nearest {
+            if !ty.derives.contains("ToSchema") {
+                violations.push(format!("{file}: `{name}` ({}) does not derive ToSchema", ty.file));
+            }
+            if DOCUMENT_ONLY.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let ok = match *needs {
+                "Deserialize" => ty.derives.contains("Deserialize"),
+                "Serialize" => ty.derives.contains("Serialize"),
+                _ => ty.derives.contains("Serialize") || ty.derives.contains("Deserialize"),
+            };
+            if !ok {
+                violations.push(format!(
+                    "{file}: the document names `{name}` ({}), which does not derive `{needs}`: describe the type \
+                     the handler actually {}",
+                    ty.file,
+                    match *needs {
+                        "Deserialize" => "reads",
+                        "Serialize" => "writes",
+                        _ => "reads or writes",
+                    }
+                ));
+            }
+        }
+    }
+    (checked, violations)
+}
+
+/// `allow(dead_code)` only on the document-only types, which must exist,
+/// derive `ToSchema` and neither `Serialize` nor `Deserialize` (else they
+/// are real types and leave the list).
+fn dead_code_violations(inventory: &Inventory) -> Vec<String> {
+    let mut violations: Vec<String> = inventory
+        .dead_code
+        .iter()
+        .filter(|(_, item)| !DOCUMENT_ONLY.iter().any(|(n, _)| n == item))
+        .map(|(file, item)| {
+            format!(
+                "{file}: `allow(dead_code)` on {item}: code that nothing runs is a stand-in; derive the document from \
+                 the real types (or list a type that cannot be one in DOCUMENT_ONLY, with why)"
+            )
+        })
+        .collect();
+    for (name, _) in DOCUMENT_ONLY {
+        match inventory.types.get(*name).map(Vec::as_slice) {
+            Some([ty]) => {
+                if !ty.derives.contains("ToSchema")
+                    || ty.derives.contains("Serialize")
+                    || ty.derives.contains("Deserialize")
+                {
+                    violations.push(format!(
+                        "{}: `{name}` is in DOCUMENT_ONLY, so it derives ToSchema and neither Serialize nor \
+                         Deserialize (found {:?})",
+                        ty.file, ty.derives
+                    ));
+                }
+            }
+            found => violations.push(format!(
+                "DOCUMENT_ONLY names `{name}`: expected one such type, found {found:?}"
+            )),
+        }
+    }
+    violations
+}
+
+#[test]
+fn every_route_is_described_once_by_its_handler() {
+    let sources = sources();
+    let inventory = inventory(&sources);
+    let (routes, violations) = route_violations(&sources, &inventory);
+    assert!(
+        routes >= 25,
+        "only {routes} `Route::new` calls found: is the scan broken?"
+    );
+    assert!(
+        violations.is_empty(),
+        "a route's description lives in its handler's #[utoipa::path] (method, path, summary), which the \
+         document and GET / both read:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_document_names_only_the_types_the_handlers_read_and_write() {
+    let sources = sources();
+    let inventory = inventory(&sources);
+    let (checked, mut violations) = document_type_violations(&inventory);
+    assert!(
+        checked >= 60,
+        "only {checked} document types found: is the scan broken?"
+    );
+    violations.extend(dead_code_violations(&inventory));
+    assert!(
+        violations.is_empty(),
+        "the document's schemas must be derived from the handlers' own types, and no stand-in may hide as \
+         dead code:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The route checks above must catch what they are for: each breach below
+/// is reported.
+#[test]
+fn the_route_checks_catch_what_they_look_for() {
+    let feature = r#"
+        use crate::server::Route;
+        pub fn routes(s: Arc<S>) -> Vec<Route> {
+            vec![
+                Route::new(Method::GET, "/good", "good", s.clone(), |s, _, _| async move { handlers::good(&s).await }),
+                Route::new(Method::GET, "/bare", "bare", s.clone(), |s, _, _| async move { handlers::bare(&s).await }),
+                Route::new(Method::POST, "/moved", "moved", s.clone(), |s, _, _| async move { handlers::moved(&s).await }),
+                Route::new(Method::GET, "/silent", "silent", s.clone(), |s, _, _| async move { handlers::silent(&s).await }),
+                Route::new(Method::GET, "/method", "method", s, |s, _, _| async move { s.method().await }),
+            ]
+        }
+    "#;
+    let handlers = r#"
+        #![allow(dead_code)]
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths(good), components(schemas(Reply, Loose)))]
+        pub struct Api;
+        #[derive(Serialize, ToSchema)]
+        struct Reply { a: i64 }
+        #[derive(ToSchema)]
+        struct Loose { a: i64 }
+        #[derive(Serialize, ToSchema)]
+        struct WrongWay { a: i64 }
+        #[allow(dead_code)]
+        fn stand_in() {}
+        #[utoipa::path(get, path = "/good", summary = "Good", request_body = WrongWay,
+            responses((status = 200, description = "ok", body = Option<Reply>), (status = 404, body = Missing)))]
+        pub async fn good(s: &S) {}
+        pub async fn bare(s: &S) {}
+        #[utoipa::path(post, path = "/elsewhere", summary = "Moved")]
+        pub async fn moved(s: &S) {}
+        #[utoipa::path(get, path = "/silent")]
+        pub async fn silent(s: &S) {}
+        #[utoipa::path(get, path = "/orphan", summary = "Nobody routes here")]
+        fn orphan_doc() {}
+        impl S {
+            #[utoipa::path(get, path = "/method", summary = "A method")]
+            async fn method(&self) {}
+        }
+    "#;
+    let sources = vec![
+        Source {
+            module: vec!["f".into()],
+            name: "f/mod.rs".into(),
+            ast: syn::parse_str(feature).expect("parses"),
+        },
+        Source {
+            module: vec!["f".into(), "handlers".into()],
+            name: "f/handlers.rs".into(),
+            ast: syn::parse_str(handlers).expect("parses"),
+        },
+    ];
+    let inventory = inventory(&sources);
+    let (routes, violations) = route_violations(&sources, &inventory);
+    assert_eq!(routes, 5);
+    let expect = |violations: &[String], needle: &str| {
+        assert!(
+            violations.iter().any(|v| v.contains(needle)),
+            "no violation mentions {needle:?}: {violations:#?}"
+        );
+    };
+    expect(
+        &violations,
+        "`f::handlers::bare` (f/handlers.rs) has no #[utoipa::path]",
+    );
+    expect(&violations, "`f::handlers::moved` documents POST /elsewhere instead");
+    expect(&violations, "`f::handlers::silent` has no `summary`");
+    expect(
+        &violations,
+        "(GET /method): its closure must call exactly one free function",
+    );
+    expect(&violations, "method `method` carries #[utoipa::path]");
+    expect(
+        &violations,
+        "`f::handlers::orphan_doc` carries #[utoipa::path] but no route calls it",
+    );
+    assert!(
+        !violations.iter().any(|v| v.contains("(GET /good)")),
+        "the good route is fine: {violations:#?}"
+    );
+    let (_, violations) = document_type_violations(&inventory);
+    expect(
+        &violations,
+        "`WrongWay` (f/handlers.rs), which does not derive `Deserialize`",
+    );
+    expect(&violations, "`Missing`, which is no type of the crate");
+    expect(
+        &violations,
+        "`Loose` (f/handlers.rs), which does not derive `Serialize` or `Deserialize`",
+    );
+    assert!(
+        !violations.iter().any(|v| v.contains("`Reply`")),
+        "Reply is fine: {violations:#?}"
+    );
+    let violations = dead_code_violations(&inventory);
+    expect(&violations, "`allow(dead_code)` on the whole module");
+    expect(&violations, "`allow(dead_code)` on fn stand_in");
+    expect(
+        &violations,
+        "DOCUMENT_ONLY names `SseEvent`: expected one such type, found None",
+    );
 }

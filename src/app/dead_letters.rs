@@ -90,17 +90,15 @@ pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
             Method::GET,
             "/admin/dead-letters",
             "dead_letters",
-            "Outbox events set aside because Postgres refused them, newest first (admin); ?status=&limit=&before=",
             state.clone(),
-            |s, req, _| async move { s.list(req).await },
+            |s, req, _| async move { list(&s, req).await },
         ),
         Route::new(
             Method::POST,
             "/admin/dead-letters/{id}/retry",
             "dead_letter_retry",
-            "Replay a dead letter through the sinks after a fix (admin)",
             state,
-            |s, req, params| async move { s.retry(req, params.get("id")).await },
+            |s, req, params| async move { retry(&s, req, params.get("id")).await },
         ),
     ]
 }
@@ -158,54 +156,9 @@ pub struct DeadLetterPage {
     next_before: Option<i64>,
 }
 
-impl DeadLetters {
-    async fn list(&self, req: Request<Incoming>) -> Result<HttpResponse, DeadLetterError> {
-        let (parts, _) = req.into_parts();
-        self.admin.check(&parts)?;
-        let query = Query::parse(parts.uri.query());
-        let filter = match query.get(&["status"]) {
-            None => StatusFilter::Unresolved,
-            Some(raw) => StatusFilter::parse(raw).ok_or(DeadLetterError::InvalidStatus)?,
-        };
-        let page = query
-            .page(DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX)
-            .map_err(|e| match e {
-                PageError::Limit => DeadLetterError::InvalidLimit,
-                PageError::Before => DeadLetterError::InvalidBefore,
-            })?;
-        let letters = dead_letters::list(&self.ctx.postgres, filter, page.before, page.limit).await?;
-        let next_before = page.next_before(letters.len(), letters.last().map(|d| d.id));
-        Ok(json(
-            StatusCode::OK,
-            &DeadLetterPage {
-                dead_letters: letters.into_iter().map(DeadLetterView::from).collect(),
-                next_before,
-            },
-        ))
-    }
-
-    async fn retry(&self, req: Request<Incoming>, raw_id: Option<&str>) -> Result<HttpResponse, DeadLetterError> {
-        let (parts, _) = req.into_parts();
-        self.admin.check(&parts)?;
-        let id = raw_id
-            .and_then(|raw| raw.parse::<i64>().ok())
-            .filter(|id| *id > 0)
-            .ok_or(DeadLetterError::InvalidId)?;
-        match self.flusher.retry_dead_letter(id).await {
-            Ok(letter) => Ok(json(StatusCode::OK, &DeadLetterView::from(letter))),
-            Err(RetryError::NotFound(id)) => Err(DeadLetterError::NotFound(id)),
-            Err(RetryError::StillFailing { letter }) => Err(DeadLetterError::StillFailing(letter.error)),
-            Err(RetryError::Unavailable(e)) => Err(DeadLetterError::Store(e)),
-        }
-    }
-}
-
 /// This module's part of `GET /openapi.json`.
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(list_doc, retry_doc),
-    components(schemas(DeadLetterView, DeadLetterPage, ErrorBody))
-)]
+#[openapi(paths(list, retry), components(schemas(DeadLetterView, DeadLetterPage, ErrorBody)))]
 pub struct DeadLettersApi;
 
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "ops",
@@ -226,8 +179,30 @@ decoded; its shard then flows on. Replay one with `POST /admin/dead-letters/{id}
         (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
         (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     ))]
-#[allow(dead_code)]
-fn list_doc() {}
+async fn list(state: &DeadLetters, req: Request<Incoming>) -> Result<HttpResponse, DeadLetterError> {
+    let (parts, _) = req.into_parts();
+    state.admin.check(&parts)?;
+    let query = Query::parse(parts.uri.query());
+    let filter = match query.get(&["status"]) {
+        None => StatusFilter::Unresolved,
+        Some(raw) => StatusFilter::parse(raw).ok_or(DeadLetterError::InvalidStatus)?,
+    };
+    let page = query
+        .page(DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX)
+        .map_err(|e| match e {
+            PageError::Limit => DeadLetterError::InvalidLimit,
+            PageError::Before => DeadLetterError::InvalidBefore,
+        })?;
+    let letters = dead_letters::list(&state.ctx.postgres, filter, page.before, page.limit).await?;
+    let next_before = page.next_before(letters.len(), letters.last().map(|d| d.id));
+    Ok(json(
+        StatusCode::OK,
+        &DeadLetterPage {
+            dead_letters: letters.into_iter().map(DeadLetterView::from).collect(),
+            next_before,
+        },
+    ))
+}
 
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/retry", tag = "ops",
     summary = "Replay a dead letter through the sinks (admin)",
@@ -245,5 +220,21 @@ its resolution. A resolved dead letter is answered as it is.",
 attempt are recorded", body = ErrorBody),
         (status = 503, description = "`STORE_UNAVAILABLE`: nothing changed", body = ErrorBody),
     ))]
-#[allow(dead_code)]
-fn retry_doc() {}
+async fn retry(
+    state: &DeadLetters,
+    req: Request<Incoming>,
+    raw_id: Option<&str>,
+) -> Result<HttpResponse, DeadLetterError> {
+    let (parts, _) = req.into_parts();
+    state.admin.check(&parts)?;
+    let id = raw_id
+        .and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or(DeadLetterError::InvalidId)?;
+    match state.flusher.retry_dead_letter(id).await {
+        Ok(letter) => Ok(json(StatusCode::OK, &DeadLetterView::from(letter))),
+        Err(RetryError::NotFound(id)) => Err(DeadLetterError::NotFound(id)),
+        Err(RetryError::StillFailing { letter }) => Err(DeadLetterError::StillFailing(letter.error)),
+        Err(RetryError::Unavailable(e)) => Err(DeadLetterError::Store(e)),
+    }
+}

@@ -75,26 +75,6 @@ impl Live {
         }))
     }
 
-    fn events(self: Arc<Self>) -> Result<HttpResponse, LiveError> {
-        let permit = self
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LiveError::TooManyStreams)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
-        let stop = self.shutdown.get().cloned();
-        tokio::spawn(self.push(tx, stop, permit));
-        let stream = tokio_stream_from(rx);
-        let body = StreamBody::new(stream)
-            .map_err(|never: Infallible| match never {})
-            .boxed();
-        let mut response = Response::new(body);
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        Ok(response)
-    }
-
     /// Pushes a snapshot every tick until the client goes, stops reading
     /// (`SSE_SEND_STALL_MAX`) or the engine stops. Every wait (the tick,
     /// the snapshot's Redis reads, the send) also watches for the client
@@ -280,27 +260,15 @@ impl Feature for Live {
 
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
-            Route::new(
-                Method::GET,
-                "/live",
-                "live",
-                "A live page of the engine at work (sale, orders, wallet), fed by /live/events",
-                self.clone(),
-                |_, _, _| async move {
-                    Ok::<_, Infallible>(with_content_type(
-                        StatusCode::OK,
-                        Bytes::from_static(PAGE.as_bytes()),
-                        "text/html; charset=utf-8",
-                    ))
-                },
-            ),
+            Route::new(Method::GET, "/live", "live", self.clone(), |_, _, _| async move {
+                Ok::<_, Infallible>(page())
+            }),
             Route::new(
                 Method::GET,
                 "/live/events",
                 "live_events",
-                "Server-Sent Events: a snapshot of the engine every 500 ms",
                 self,
-                |live, _, _| async move { live.events() },
+                |live, _, _| async move { events(live) },
             ),
         ]
     }
@@ -316,24 +284,43 @@ impl Feature for Live {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(live_doc, live_events_doc),
-    components(schemas(crate::server::apidoc::SseEvent))
-)]
+#[openapi(paths(page, events))]
 struct LiveApi;
 
-#[utoipa::path(get, path = "/live", tag = "ops", summary = "The live page",
+#[utoipa::path(get, path = "/live", tag = "ops", summary = "A live page of the engine at work (sale, orders, wallet), fed by /live/events",
     responses((status = 200, description = "an HTML page", content_type = "text/html", body = String)))]
-#[allow(dead_code)]
-fn live_doc() {}
+fn page() -> HttpResponse {
+    with_content_type(
+        StatusCode::OK,
+        Bytes::from_static(PAGE.as_bytes()),
+        "text/html; charset=utf-8",
+    )
+}
 
-#[utoipa::path(get, path = "/live/events", tag = "ops", summary = "Server-Sent Events feeding the live page",
+#[utoipa::path(get, path = "/live/events", tag = "ops", summary = "Server-Sent Events feeding the live page: a snapshot of the engine every 500 ms",
     responses(
         (status = 200, description = "`event: snapshot` frames, JSON data", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
         (status = 503, description = "`LIVE_STREAMS_FULL`", body = crate::server::error::ErrorBody),
     ))]
-#[allow(dead_code)]
-fn live_events_doc() {}
+fn events(live: Arc<Live>) -> Result<HttpResponse, LiveError> {
+    let permit = live
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| LiveError::TooManyStreams)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let stop = live.shutdown.get().cloned();
+    tokio::spawn(live.push(tx, stop, permit));
+    let stream = tokio_stream_from(rx);
+    let body = StreamBody::new(stream)
+        .map_err(|never: Infallible| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
 
 #[cfg(test)]
 mod tests {

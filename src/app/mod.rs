@@ -33,6 +33,7 @@ use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::redis::keyspace::Keyspace;
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::redis::settings::{RedisSettings, RedisSettingsError};
+use crate::server::apidoc::ApiDocError;
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
 use crate::server::{self, Router};
@@ -74,6 +75,8 @@ pub enum StartupError {
     Sinks(#[from] DuplicateKind),
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    #[error(transparent)]
+    ApiDoc(#[from] ApiDocError),
 }
 
 pub struct App {
@@ -169,8 +172,7 @@ impl App {
         routes.extend(ops.clone().routes());
         telemetry::register_routes(routes.iter().map(|r| r.name));
         let router = Arc::new(Router::new(routes)?);
-        ops.set_index(router.describe());
-        ops.set_api(features.iter().map(|f| f.api()));
+        ops.publish(&router.describe(), features.iter().map(|f| f.api()))?;
 
         let mut listeners = Vec::new();
         for addr in &ctx.config.listen {

@@ -157,7 +157,6 @@ impl Feature for Ingest {
                 Method::POST,
                 "/ingest",
                 "ingest",
-                "Upload purchases as NDJSON: multipart/form-data, field `file`",
                 self.clone(),
                 |ingest, req, _| async move { handlers::ingest(&ingest, req).await },
             )
@@ -166,7 +165,6 @@ impl Feature for Ingest {
                 Method::GET,
                 "/players/{id}",
                 "player",
-                "A player's loyalty: purchases, spend per currency, tier",
                 self,
                 |ingest, _, params| async move { handlers::player(&ingest, params.get("id").unwrap_or("")).await },
             ),

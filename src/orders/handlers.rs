@@ -6,27 +6,50 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{self, BuyerId, Field, NewProduct, OrderId, ProductId};
 use super::limits::PRODUCT_STOCK_MAX;
 use super::lua::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
 use super::{Orders, OrdersError};
 use crate::redis::lua::ScriptError;
-use crate::server::error::error_response;
+use crate::server::error::{ErrorBody, error_response};
 use crate::server::http::{HttpResponse, IdempotencyKey, json, read_json, rfc3339};
+
+/// The orders' part of `GET /openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        create_order,
+        get_order,
+        confirm_order,
+        cancel_order,
+        create_product,
+        get_product,
+        restock,
+        super::reconcile::reconcile
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct OrdersApi;
 
 /// The header that marks a replayed answer.
 const REPLAYED: &str = "idempotent-replayed";
 
-#[derive(Serialize)]
+/// An order, as every order route answers it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Order)]
 struct OrderView<'a> {
+    /// A UUID.
     id: &'a str,
     product_id: u64,
     quantity: i64,
     buyer_id: &'a str,
+    /// `completed`, `reserved`, `cancelled` or `expired`.
     status: &'a str,
     total_amount_cents: i64,
     created_at: String,
+    /// For a hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
 }
@@ -64,16 +87,31 @@ fn answer(decided: Decided, route: &'static str) -> Result<HttpResponse, OrdersE
     Ok(response)
 }
 
-#[derive(Deserialize)]
+/// `POST /orders`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrderBody {
     product_id: i64,
+    /// 1 to the named bound (`ORDER_QUANTITY_MAX`).
     quantity: i64,
+    /// 1-64 bytes, no control characters.
     buyer_id: String,
+    /// 1-3600: a hold (`reserved` until confirmed, cancelled or expired).
     hold_secs: Option<i64>,
 }
 
-/// `POST /orders`.
+#[utoipa::path(post, path = "/orders", tag = "orders", summary = "Order a product: completed at once, or held with hold_secs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII; the first answer is replayed")),
+    request_body = OrderBody,
+    responses(
+        (status = 200, description = "the order (`Idempotent-Replayed: true` on a replay)", body = OrderView),
+        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_QUANTITY`, `INVALID_BUYER_ID`, `INVALID_HOLD_SECS`, `INVALID_IDEMPOTENCY_KEY`, `INVALID_JSON`", body = ErrorBody),
+        (status = 403, description = "`BUYER_LIMIT_REACHED`", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`OUT_OF_STOCK`: nothing was taken", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`; `REDIS_UNAVAILABLE` with `order_id`, the id the order has if it was made (look it up: `GET /orders/{id}`)", body = ErrorBody),
+    ))]
 pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
     let key = IdempotencyKey::from_headers(req.headers())?;
@@ -99,8 +137,47 @@ pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<Ht
     answer(decided, "order_create")
 }
 
+#[utoipa::path(post, path = "/orders/{id}/confirm", tag = "orders", summary = "Confirm a hold: it becomes completed",
+    params(("id" = String, Path, description = "the order's UUID"),
+           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII")),
+    responses(
+        (status = 200, description = "the order, completed", body = OrderView),
+        (status = 400, description = "`INVALID_ORDER_ID`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`ORDER_CANCELLED`", body = ErrorBody),
+        (status = 410, description = "`ORDER_EXPIRED`", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
+pub async fn confirm_order(
+    feature: &Orders,
+    req: Request<Incoming>,
+    raw_id: Option<&str>,
+) -> Result<HttpResponse, OrdersError> {
+    update_order(feature, req, raw_id, Action::Confirm).await
+}
+
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", summary = "Cancel a hold: its stock returns",
+    params(("id" = String, Path, description = "the order's UUID"),
+           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII")),
+    responses(
+        (status = 200, description = "the order, cancelled (or expired, unchanged)", body = OrderView),
+        (status = 400, description = "`INVALID_ORDER_ID`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`ORDER_COMPLETED`", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
+pub async fn cancel_order(
+    feature: &Orders,
+    req: Request<Incoming>,
+    raw_id: Option<&str>,
+) -> Result<HttpResponse, OrdersError> {
+    update_order(feature, req, raw_id, Action::Cancel).await
+}
+
 /// `POST /orders/{id}/confirm` and `/cancel`.
-pub async fn update_order(
+async fn update_order(
     feature: &Orders,
     req: Request<Incoming>,
     raw_id: Option<&str>,
@@ -191,6 +268,14 @@ async fn order_from_postgres(feature: &Orders, order: &OrderId) -> Result<Option
 
 /// `GET /orders/{id}`: Redis first (an order is there from the moment its
 /// 200 is sent), Postgres for orders past their Redis retention.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", summary = "An order with its current status",
+    params(("id" = String, Path, description = "the order's UUID")),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 400, description = "`INVALID_ORDER_ID`", body = ErrorBody),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
     let order = OrderId::parse(raw_id)?;
@@ -225,31 +310,64 @@ pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpRes
     Ok(order_json(StatusCode::OK, &record))
 }
 
-#[derive(Deserialize)]
+/// `POST /products` (admin).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProductBody {
     name: String,
     stock: i64,
     price_cents: i64,
     merchant_id: i64,
+    /// 0 or absent: no limit.
     max_per_buyer: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A product with its live stock, as every product route answers it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Product)]
 struct ProductView<'a> {
     id: u64,
     name: &'a str,
     price_cents: i64,
     merchant_id: i64,
     max_per_buyer: i64,
-    #[serde(flatten)]
-    stock: Stock,
+    /// `available + reserved + sold`.
+    stock_total: i64,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+}
+
+impl<'a> ProductView<'a> {
+    fn new(id: ProductId, name: &'a str, price_cents: i64, merchant_id: i64, max_per_buyer: i64, stock: Stock) -> Self {
+        Self {
+            id: id.get(),
+            name,
+            price_cents,
+            merchant_id,
+            max_per_buyer,
+            stock_total: stock.stock_total,
+            available: stock.available,
+            reserved: stock.reserved,
+            sold: stock.sold,
+        }
+    }
 }
 
 /// `POST /products` (admin): the Postgres row first, then the live stock in
 /// Redis; both are durable before the 201. If the Redis step fails the
 /// answer is 503 and the product exists in Postgres only, unsellable
 /// (`PRODUCT_NOT_FOUND`) until a restock of it seeds Redis from its row.
+#[utoipa::path(post, path = "/products", tag = "orders", summary = "Add a product (admin)",
+    security(("admin" = [])),
+    request_body = ProductBody,
+    responses(
+        (status = 201, description = "the product, with its live stock", body = ProductView),
+        (status = 400, description = "`INVALID_NAME`, `INVALID_STOCK`, `INVALID_PRICE`, `INVALID_MERCHANT_ID`, `INVALID_MAX_PER_BUYER`, `INVALID_JSON`", body = ErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
     let (parts, body) = req.into_parts();
@@ -294,18 +412,19 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
     .result?;
     Ok(json(
         StatusCode::CREATED,
-        &ProductView {
-            id: id.get(),
-            name: &product.name,
-            price_cents: product.price_cents,
-            merchant_id: product.merchant_id,
-            max_per_buyer: product.max_per_buyer,
+        &ProductView::new(
+            id,
+            &product.name,
+            product.price_cents,
+            product.merchant_id,
+            product.max_per_buyer,
             stock,
-        },
+        ),
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /products/{id}/stock` (admin).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestockBody {
     add: i64,
@@ -314,6 +433,21 @@ struct RestockBody {
 /// `POST /products/{id}/stock` (admin): one script call adds to stock_total
 /// and available together (seeding the product first if its creation could
 /// not). With an `Idempotency-Key`, a repeat replays the first answer.
+#[utoipa::path(post, path = "/products/{id}/stock", tag = "orders", summary = "Restock a product (admin)",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "the product id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII; the first answer is replayed")),
+    request_body = RestockBody,
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_ADD`, `INVALID_IDEMPOTENCY_KEY`, `INVALID_JSON`", body = ErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`STOCK_LIMIT`", body = ErrorBody),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE` (repeat with the same `Idempotency-Key`, or read the product)", body = ErrorBody),
+    ))]
 pub async fn restock(
     feature: &Orders,
     req: Request<Incoming>,
@@ -352,14 +486,7 @@ pub async fn restock(
     let view = |stock| {
         json(
             StatusCode::OK,
-            &ProductView {
-                id: id.get(),
-                name: &name,
-                price_cents,
-                merchant_id,
-                max_per_buyer: i64::from(max_per_buyer),
-                stock,
-            },
+            &ProductView::new(id, &name, price_cents, merchant_id, i64::from(max_per_buyer), stock),
         )
     };
     if !decided.replayed {
@@ -377,6 +504,14 @@ pub async fn restock(
 }
 
 /// `GET /products/{id}`: the live counters, read from Redis in one HMGET.
+#[utoipa::path(get, path = "/products/{id}", tag = "orders", summary = "A product with its live stock",
+    params(("id" = String, Path, description = "the product id")),
+    responses(
+        (status = 200, description = "the product; available + reserved + sold = stock_total", body = ProductView),
+        (status = 400, description = "`INVALID_PRODUCT_ID`", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
     let id = ProductId::parse(raw_id)?;
@@ -404,18 +539,18 @@ pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpR
     };
     Ok(json(
         StatusCode::OK,
-        &ProductView {
-            id: id.get(),
-            name: &name,
+        &ProductView::new(
+            id,
+            &name,
             price_cents,
             merchant_id,
             max_per_buyer,
-            stock: Stock {
+            Stock {
                 stock_total: int(4).unwrap_or(0),
                 available: int(5).unwrap_or(0),
                 reserved: int(6).unwrap_or(0),
                 sold: int(7).unwrap_or(0),
             },
-        },
+        ),
     ))
 }

@@ -12,7 +12,6 @@
 //! - `sink`: how the orders' outbox events land in Postgres.
 //! - `settings`: idempotency key lifetime and the fee, from the environment.
 
-pub mod api;
 pub mod domain;
 pub mod expiry;
 pub mod handlers;
@@ -178,7 +177,7 @@ impl Orders {
 
 impl Feature for Orders {
     fn api(&self) -> utoipa::openapi::OpenApi {
-        <api::OrdersApi as utoipa::OpenApi>::openapi()
+        <handlers::OrdersApi as utoipa::OpenApi>::openapi()
     }
 
     fn name(&self) -> &'static str {
@@ -195,7 +194,6 @@ impl Feature for Orders {
                 Method::POST,
                 "/orders",
                 "order_create",
-                "Order: {\"product_id\", \"quantity\", \"buyer_id\"[, \"hold_secs\"]}; optional Idempotency-Key",
                 self.clone(),
                 |f, req, _| async move { handlers::create_order(&f, req).await },
             ),
@@ -203,7 +201,6 @@ impl Feature for Orders {
                 Method::GET,
                 "/orders/{id}",
                 "order_get",
-                "An order with its current status (Redis, then Postgres for old orders)",
                 self.clone(),
                 |f, _, params| async move { handlers::get_order(&f, params.get("id")).await },
             ),
@@ -211,25 +208,20 @@ impl Feature for Orders {
                 Method::POST,
                 "/orders/{id}/confirm",
                 "order_confirm",
-                "Confirm a hold; optional Idempotency-Key",
                 self.clone(),
-                |f, req, params| async move {
-                    handlers::update_order(&f, req, params.get("id"), lua::Action::Confirm).await
-                },
+                |f, req, params| async move { handlers::confirm_order(&f, req, params.get("id")).await },
             ),
             Route::new(
                 Method::POST,
                 "/orders/{id}/cancel",
                 "order_cancel",
-                "Cancel a hold, returning its stock; optional Idempotency-Key",
                 self.clone(),
-                |f, req, params| async move { handlers::update_order(&f, req, params.get("id"), lua::Action::Cancel).await },
+                |f, req, params| async move { handlers::cancel_order(&f, req, params.get("id")).await },
             ),
             Route::new(
                 Method::POST,
                 "/products",
                 "product_create",
-                "Admin: create a product {\"name\", \"stock\", \"price_cents\", \"merchant_id\"[, \"max_per_buyer\"]}",
                 self.clone(),
                 |f, req, _| async move { handlers::create_product(&f, req).await },
             ),
@@ -237,7 +229,6 @@ impl Feature for Orders {
                 Method::GET,
                 "/products/{id}",
                 "product_get",
-                "A product with its live stock: stock_total, available, reserved, sold",
                 self.clone(),
                 |f, _, params| async move { handlers::get_product(&f, params.get("id")).await },
             ),
@@ -245,7 +236,6 @@ impl Feature for Orders {
                 Method::POST,
                 "/products/{id}/stock",
                 "product_restock",
-                "Admin: restock a product {\"add\": N}",
                 self.clone(),
                 |f, req, params| async move { handlers::restock(&f, req, params.get("id")).await },
             ),
@@ -253,7 +243,6 @@ impl Feature for Orders {
                 Method::GET,
                 "/admin/reconcile",
                 "reconcile",
-                "Admin: compare Redis's live counts with Postgres's history, per product and per flash sale",
                 self,
                 |f, req, _| async move { reconcile::reconcile(&f, req).await },
             ),

@@ -30,11 +30,12 @@ use super::{Orders, OrdersError, lua};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
+use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, json};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Mismatch {
-    /// `product`, `sale` or `dead_letter`.
+    /// `product`, `sale` or `dead_letter` (`id` is the dead letter's).
     kind: &'static str,
     id: i64,
     /// What differs: `sold`, `reserved`, `stock_total`, `invariant`,
@@ -45,7 +46,8 @@ pub struct Mismatch {
     postgres: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Reconcile)]
 struct Report {
     ok: bool,
     checked: usize,
@@ -61,6 +63,14 @@ fn redis_error(e: fred::error::Error) -> OrdersError {
     OrdersError::Script(ScriptError::Redis(e))
 }
 
+#[utoipa::path(get, path = "/admin/reconcile", tag = "orders", summary = "Redis's live counts against Postgres's history (admin)",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "`ok` and every mismatch, per product, per flash sale and per unresolved dead letter", body = Report),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 503, description = "`BACKLOG_NOT_FLUSHED`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn reconcile(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let (parts, _) = req.into_parts();
     feature.admin.check(&parts)?;

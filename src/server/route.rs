@@ -1,7 +1,9 @@
 //! Routes as data, and the router that composes them. A feature declares its
-//! routes (method, path pattern, metric name, description, handler); the
-//! router matches paths with `matchit`, answers 404 and 405 (with `Allow`)
-//! from the same list, and records the request metrics of every response.
+//! routes (method, path pattern, metric name, handler); the router matches
+//! paths with `matchit`, answers 404 and 405 (with `Allow`) from the same
+//! list, and records the request metrics of every response. A route carries
+//! no text: what it does is said once, in its handler's `#[utoipa::path]`,
+//! and the index reads it from the API document (see `apidoc::index`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,7 +40,6 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub name: &'static str,
-    pub description: &'static str,
     /// Whether the handler bounds its own body (uploads); every other route
     /// refuses a declared body over `REQUEST_BODY_BYTES_MAX` before it runs.
     pub own_body_limit: bool,
@@ -48,14 +49,7 @@ pub struct Route {
 impl Route {
     /// A route whose handler gets `state` (the feature), the request and the
     /// path parameters.
-    pub fn new<S, F, Fut, E>(
-        method: Method,
-        path: &'static str,
-        name: &'static str,
-        description: &'static str,
-        state: Arc<S>,
-        handler: F,
-    ) -> Self
+    pub fn new<S, F, Fut, E>(method: Method, path: &'static str, name: &'static str, state: Arc<S>, handler: F) -> Self
     where
         S: Send + Sync + 'static,
         F: Fn(Arc<S>, Request<Incoming>, Params) -> Fut + Send + Sync + 'static,
@@ -66,7 +60,6 @@ impl Route {
             method,
             path,
             name,
-            description,
             own_body_limit: false,
             handler: Arc::new(move |req, params| {
                 let response = handler(state.clone(), req, params);
@@ -82,12 +75,12 @@ impl Route {
     }
 }
 
-/// What `GET /` and the API description list of a route.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A route as the router knows it: its method and path pattern. What it
+/// does comes from the API document (`apidoc::index`).
+#[derive(Debug, Clone)]
 pub struct RouteInfo {
-    pub method: String,
+    pub method: Method,
     pub path: &'static str,
-    pub description: &'static str,
 }
 
 /// Every route of every feature. Built once at start.
@@ -149,9 +142,8 @@ impl Router {
             .iter()
             .flat_map(|(routes, _)| routes.iter())
             .map(|r| RouteInfo {
-                method: r.method.to_string(),
+                method: r.method.clone(),
                 path: r.path,
-                description: r.description,
             })
             .collect()
     }

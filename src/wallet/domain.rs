@@ -202,17 +202,31 @@ impl TxType {
     }
 }
 
-/// `POST /wallet/transactions` as sent.
-#[derive(Debug, Deserialize)]
+// Its fields are read loosely (any JSON value, any may be absent) so that
+// `validate` answers a fault with the field's own code; the `schema`
+// attributes state what a valid request holds, for the API document.
+/// `POST /wallet/transactions`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionBody {
+    #[schema(value_type = String, required = true)]
     player_id: Option<String>,
+    /// ISO 4217 with a minor unit.
+    #[schema(value_type = String, required = true)]
     currency: Option<String>,
+    /// `deposit`, `withdrawal`, `bet`, `win` or `refund`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, required = true)]
     kind: Option<String>,
+    /// Integer minor units, > 0.
+    #[schema(value_type = i64, required = true)]
     amount_minor: Option<Value>,
+    /// With `type`, unique per player: a repeat replays the first answer.
+    #[schema(value_type = String, required = true)]
     reference_id: Option<String>,
+    /// A bet's game category (its wagering contribution).
     game: Option<String>,
+    /// The bet a win or refund settles.
     bet_reference_id: Option<String>,
 }
 
@@ -290,16 +304,26 @@ impl TransactionBody {
     }
 }
 
-/// `POST /bonuses` as sent.
-#[derive(Debug, Deserialize)]
+// Read loosely, as `TransactionBody` is.
+/// `POST /bonuses` (admin).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BonusBody {
+    #[schema(value_type = String, required = true)]
     player_id: Option<String>,
+    #[schema(value_type = String, required = true)]
     currency: Option<String>,
+    #[schema(value_type = i64, required = true)]
     amount_minor: Option<Value>,
+    /// 1-100, default 10.
+    #[schema(value_type = Option<i64>)]
     wagering_multiplier: Option<Value>,
+    #[schema(value_type = i64, required = true)]
     expires_in_secs: Option<Value>,
+    #[schema(value_type = Option<i64>)]
     max_bet_minor: Option<Value>,
+    /// Percent per game category; a game not listed counts 0%.
+    #[schema(value_type = Option<BTreeMap<String, i64>>)]
     contributions: Option<Value>,
 }
 

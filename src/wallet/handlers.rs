@@ -9,15 +9,26 @@ use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use rand::RngExt;
 use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{BonusBody, Currency, Field, Invalid, PlayerId, TransactionBody};
 use super::limits::{WALLET_HISTORY_LIMIT_DEFAULT, WALLET_HISTORY_LIMIT_MAX};
 use super::lua::{self, AccountKeys, BonusSnapshot};
 use super::{Wallet, WalletError};
 use crate::redis::lua::ScriptError;
+use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, PageError, Query, json, read_json, rfc3339};
 
-#[derive(Serialize)]
+/// The wallet's part of `GET /openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    paths(transaction, balance, history, super::events::stream, grant_bonus),
+    components(schemas(ErrorBody))
+)]
+pub struct WalletApi;
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = Transaction)]
 struct TransactionReply<'a> {
     transaction_id: &'a str,
     reference_id: &'a str,
@@ -26,10 +37,41 @@ struct TransactionReply<'a> {
     amount_minor: i64,
     cash_minor: i64,
     bonus_minor: i64,
-    bonus: Option<&'a BonusSnapshot>,
+    /// The account's bonus after the transaction, if it has one.
+    bonus: Option<BonusProgress<'a>>,
 }
 
-/// `POST /wallet/transactions`.
+/// A bonus as a transaction's answer shows it.
+#[derive(Serialize, ToSchema)]
+struct BonusProgress<'a> {
+    id: &'a str,
+    /// `active`, or how it ended: `completed`, `expired` or `forfeited`.
+    status: &'a str,
+    wagered_minor: i64,
+    required_minor: i64,
+}
+
+impl<'a> From<&'a BonusSnapshot> for BonusProgress<'a> {
+    fn from(b: &'a BonusSnapshot) -> Self {
+        Self {
+            id: &b.id,
+            status: &b.status,
+            wagered_minor: b.wagered_minor,
+            required_minor: b.required_minor,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/wallet/transactions", tag = "wallet", summary = "Move money, exactly once per reference",
+    request_body = TransactionBody,
+    responses(
+        (status = 200, description = "applied (`Idempotent-Replayed: true` on a repeat)", body = TransactionReply),
+        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_TYPE`, `INVALID_AMOUNT`, `INVALID_REFERENCE_ID`, `INVALID_GAME`, `INVALID_BET_REFERENCE_ID`, `INVALID_JSON`", body = ErrorBody),
+        (status = 404, description = "`BET_NOT_FOUND`, `ACCOUNT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`INSUFFICIENT_FUNDS`, `BET_REFUNDED`", body = ErrorBody),
+        (status = 422, description = "`MAX_BET_EXCEEDED`, `REFERENCE_REUSED`, `REFUND_AMOUNT_MISMATCH`, `BALANCE_LIMIT_EXCEEDED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<HttpResponse, WalletError> {
     let body: TransactionBody = read_json(req).await?;
     let tx = body.validate()?;
@@ -48,7 +90,7 @@ pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
             amount_minor: tx.amount.get(),
             cash_minor: answer.cash_minor,
             bonus_minor: answer.bonus_minor,
-            bonus: answer.bonus.as_ref(),
+            bonus: answer.bonus.as_ref().map(BonusProgress::from),
         },
     );
     if answer.replayed {
@@ -59,11 +101,13 @@ pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     Ok(response)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Bonus)]
 struct BonusReply<'a> {
     id: &'a str,
     player_id: &'a str,
     currency: &'static str,
+    /// `active` when granted.
     status: &'static str,
     amount_minor: i64,
     wagering_multiplier: i64,
@@ -76,7 +120,18 @@ struct BonusReply<'a> {
     bonus_minor: i64,
 }
 
-/// `POST /bonuses` (admin).
+#[utoipa::path(post, path = "/bonuses", tag = "wallet", summary = "Grant a bonus (admin)",
+    security(("admin" = [])),
+    request_body = BonusBody,
+    responses(
+        (status = 201, description = "the bonus; required_minor = amount_minor × wagering_multiplier", body = BonusReply),
+        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_AMOUNT`, `INVALID_WAGERING_MULTIPLIER`, `INVALID_EXPIRES_IN`, `INVALID_MAX_BET`, `INVALID_CONTRIBUTIONS`, `INVALID_JSON`", body = ErrorBody),
+        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
+        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
+        (status = 409, description = "`BONUS_ACTIVE`", body = ErrorBody),
+        (status = 422, description = "`BALANCE_LIMIT_EXCEEDED`", body = ErrorBody),
+        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn grant_bonus(wallet: &Wallet, req: Request<Incoming>) -> Result<HttpResponse, WalletError> {
     let (parts, body) = req.into_parts();
     wallet.admin.check(&parts)?;
@@ -113,9 +168,10 @@ fn player_param(raw: Option<&str>) -> Result<PlayerId, WalletError> {
     Ok(PlayerId::parse(decoded.as_deref())?)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ActiveBonus {
     id: String,
+    /// `active`.
     status: &'static str,
     amount_minor: i64,
     required_minor: i64,
@@ -130,7 +186,8 @@ struct ActiveBonus {
     withdrawal_forfeits_minor: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Balance)]
 struct BalanceReply {
     player_id: String,
     currency: &'static str,
@@ -141,6 +198,15 @@ struct BalanceReply {
 }
 
 /// `GET /wallet/{player_id}?currency=`: live from Redis, one HMGET.
+#[utoipa::path(get, path = "/wallet/{player_id}", tag = "wallet", summary = "Balances and the active bonus, live",
+    params(("player_id" = String, Path, description = "percent-encoded"),
+           ("currency" = String, Query, description = "ISO 4217")),
+    responses(
+        (status = 200, description = "balances, bonus progress, what a withdrawal would forfeit", body = BalanceReply),
+        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`", body = ErrorBody),
+        (status = 404, description = "`ACCOUNT_NOT_FOUND`", body = ErrorBody),
+        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn balance(
     wallet: &Wallet,
     req: Request<Incoming>,
@@ -205,7 +271,7 @@ fn parse_contributions(text: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct HistoryRow {
     #[serde(skip)]
     seq: i64,
@@ -225,7 +291,8 @@ struct HistoryRow {
     created_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = History)]
 struct HistoryReply {
     player_id: String,
     currency: &'static str,
@@ -238,6 +305,16 @@ struct HistoryReply {
 /// ledger from Postgres, newest first. It trails Redis by the flusher's
 /// linger plus one batch write (~100 ms normally; longer while
 /// Postgres is away).
+#[utoipa::path(get, path = "/wallet/{player_id}/transactions", tag = "wallet", summary = "The ledger, newest first, from Postgres",
+    params(("player_id" = String, Path, description = "percent-encoded"),
+           ("currency" = String, Query, description = "ISO 4217"),
+           ("limit" = Option<i64>, Query, description = "page size"),
+           ("before" = Option<i64>, Query, description = "`next_before` of the previous page")),
+    responses(
+        (status = 200, description = "a page of the ledger", body = HistoryReply),
+        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_LIMIT`, `INVALID_BEFORE`", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
+    ))]
 pub async fn history(
     wallet: &Wallet,
     req: Request<Incoming>,

@@ -13,7 +13,6 @@
 //! - `sink`: how the ledger lands in Postgres.
 //! - `settings`: the bound on open event streams, from the environment.
 
-pub mod api;
 pub mod domain;
 pub mod events;
 mod expiry;
@@ -175,7 +174,7 @@ impl Wallet {
 
 impl Feature for Wallet {
     fn api(&self) -> utoipa::openapi::OpenApi {
-        <api::WalletApi as utoipa::OpenApi>::openapi()
+        <handlers::WalletApi as utoipa::OpenApi>::openapi()
     }
 
     fn name(&self) -> &'static str {
@@ -192,7 +191,6 @@ impl Feature for Wallet {
                 Method::POST,
                 "/wallet/transactions",
                 "wallet_transaction",
-                "Apply a deposit, withdrawal, bet, win or refund, exactly once per (reference_id, type)",
                 self.clone(),
                 |w, req, _| async move { handlers::transaction(&w, req).await },
             ),
@@ -200,7 +198,6 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}",
                 "wallet_balance",
-                "Balances and active bonus of ?currency=, live from Redis",
                 self.clone(),
                 |w, req, params| async move { handlers::balance(&w, req, params.get("player_id")).await },
             ),
@@ -208,7 +205,6 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}/transactions",
                 "wallet_history",
-                "Ledger of ?currency=, newest first (&limit=, &before=), from Postgres",
                 self.clone(),
                 |w, req, params| async move { handlers::history(&w, req, params.get("player_id")).await },
             ),
@@ -216,18 +212,12 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}/events",
                 "wallet_events",
-                "Server-Sent Events of the player's balance and bonus changes (Last-Event-ID resumes)",
                 self.clone(),
                 |w, req, params| async move { events::stream(&w, req, params.get("player_id")).await },
             ),
-            Route::new(
-                Method::POST,
-                "/bonuses",
-                "bonus_grant",
-                "Admin: grant a bonus (amount, wagering multiplier, expiry, max bet, contributions)",
-                self,
-                |w, req, _| async move { handlers::grant_bonus(&w, req).await },
-            ),
+            Route::new(Method::POST, "/bonuses", "bonus_grant", self, |w, req, _| async move {
+                handlers::grant_bonus(&w, req).await
+            }),
         ]
     }
 
