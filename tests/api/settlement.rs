@@ -417,17 +417,28 @@ async fn wait_counter(http: &HttpClient, addr: std::net::SocketAddr, series: &st
     }
 }
 
+/// Postgres's own clock, as text, to compare with `pg_stat_activity`.
+async fn postgres_now(db: &PgPool) -> String {
+    sqlx::query_scalar("SELECT clock_timestamp()::text")
+        .fetch_one(db)
+        .await
+        .expect("clock_timestamp")
+}
+
 /// Waits until no session on the test's database but this one is inside a
-/// statement or a transaction: whatever was in flight has committed or
-/// rolled back.
-async fn wait_no_open_transaction(db: &PgPool) {
+/// transaction (or a statement) that began before `since`: whatever was in
+/// flight then has committed or rolled back. Work begun later (the workers
+/// keep polling the queue) saw what was committed by then.
+async fn wait_no_open_transaction(db: &PgPool, since: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let busy: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT pid, state, left(query, 120) FROM pg_stat_activity
              WHERE datname = current_database() AND backend_type = 'client backend'
-               AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'",
+               AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'
+               AND coalesce(xact_start, query_start) < $1::timestamptz",
         )
+        .bind(since)
         .fetch_all(db)
         .await
         .expect("pg_stat_activity");
@@ -545,6 +556,7 @@ async fn cancel_stops_a_running_job_within_a_second() {
     let reply = admin_send(&http, engine.addr, Method::POST, &format!("/jobs/{id}/cancel"), None).await;
     assert!(reply.status.is_success(), "{:?}", reply.body);
     wait_status(&http, engine.addr, &id, "CANCELLED", scaled(Duration::from_secs(1))).await;
+    let cancelled_by = postgres_now(&db).await;
     let took = asked.elapsed();
     assert!(took <= scaled(Duration::from_secs(1)), "cancel took {took:?}");
     assert_eq!(
@@ -556,7 +568,7 @@ async fn cancel_stops_a_running_job_within_a_second() {
 
     // No chunk commits after the cancel; no CSV. Checked once the worker has
     // let the job go (its engine counted the cancelled run), every
-    // transaction the engine had open has ended, and a job queued since has
+    // transaction the engine had open at the cancel has ended, and a job queued since has
     // completed (the workers polled the queue, which hands out the oldest
     // claimable job first, and passed over this one): nothing is left then
     // that could commit a chunk of it.
@@ -568,7 +580,7 @@ async fn cancel_stops_a_running_job_within_a_second() {
         1,
     )
     .await;
-    wait_no_open_transaction(&db).await;
+    wait_no_open_transaction(&db, &cancelled_by).await;
     let later = post_job(&http, engine.addr, "2024-06-01", "2024-06-01").await;
     wait_status(&http, engine.addr, &later, "COMPLETED", Duration::from_secs(30)).await;
     assert_eq!(job(&http, engine.addr, &id).await["status"], "CANCELLED");
