@@ -238,12 +238,30 @@ pub enum Beat {
     Lost,
 }
 
+/// Every write a worker makes to the job it runs, guarded in one place: it
+/// changes the job only while the job is still this engine's (`locked_by`)
+/// and RUNNING, so an engine that lost its lease (taken over, or finished by
+/// a cancel) changes nothing. `$1` is the job id, `$2` the engine; further
+/// parameters follow.
+macro_rules! own_job_update {
+    ($set:literal) => {
+        own_job_update!($set, "")
+    };
+    ($set:literal, $tail:literal) => {
+        concat!(
+            "UPDATE jobs SET ",
+            $set,
+            " WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING' ",
+            $tail
+        )
+    };
+}
+
 pub async fn heartbeat(pool: &PgPool, job_id: &str, engine: &str, lease_ms: i64) -> Result<Beat, sqlx::Error> {
-    let cancel: Option<bool> = sqlx::query_scalar(
-        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8 / 1000)
-         WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING'
-         RETURNING cancel_requested",
-    )
+    let cancel: Option<bool> = sqlx::query_scalar(own_job_update!(
+        "lease_until = now() + make_interval(secs => $3::float8 / 1000)",
+        "RETURNING cancel_requested"
+    ))
     .bind(job_id)
     .bind(engine)
     .bind(lease_ms)
@@ -259,16 +277,14 @@ pub async fn heartbeat(pool: &PgPool, job_id: &str, engine: &str, lease_ms: i64)
 /// Marks the job COMPLETED, unless a cancel was requested meanwhile (then
 /// CANCELLED). Returns the final status, or `None` if the job is not ours.
 pub async fn finish(pool: &PgPool, job_id: &str, engine: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET
-             status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'COMPLETED' END,
+    sqlx::query_scalar(own_job_update!(
+        "status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'COMPLETED' END,
              progress = CASE WHEN cancel_requested THEN progress ELSE 100 END,
              result_path = CASE WHEN cancel_requested THEN NULL ELSE '/downloads/' || job_id || '.csv' END,
              finished_at = now(), locked_by = NULL, lease_until = NULL,
-             updated_at = now() AT TIME ZONE 'UTC'
-         WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING'
-         RETURNING status",
-    )
+             updated_at = now() AT TIME ZONE 'UTC'",
+        "RETURNING status"
+    ))
     .bind(job_id)
     .bind(engine)
     .fetch_optional(pool)
@@ -276,11 +292,10 @@ pub async fn finish(pool: &PgPool, job_id: &str, engine: &str) -> Result<Option<
 }
 
 pub async fn cancelled(pool: &PgPool, job_id: &str, engine: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET status = 'CANCELLED', finished_at = now(), locked_by = NULL, lease_until = NULL,
-             updated_at = now() AT TIME ZONE 'UTC'
-         WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING'",
-    )
+    let done = sqlx::query(own_job_update!(
+        "status = 'CANCELLED', finished_at = now(), locked_by = NULL, lease_until = NULL,
+             updated_at = now() AT TIME ZONE 'UTC'"
+    ))
     .bind(job_id)
     .bind(engine)
     .execute(pool)
@@ -291,11 +306,10 @@ pub async fn cancelled(pool: &PgPool, job_id: &str, engine: &str) -> Result<bool
 /// Gives the job back (shutdown): still RUNNING, claimable at once, and the
 /// claim is not counted as an attempt.
 pub async fn release(pool: &PgPool, job_id: &str, engine: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET locked_by = NULL, lease_until = now(), attempts = greatest(attempts - 1, 0),
-             updated_at = now() AT TIME ZONE 'UTC'
-         WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING'",
-    )
+    sqlx::query(own_job_update!(
+        "locked_by = NULL, lease_until = now(), attempts = greatest(attempts - 1, 0),
+             updated_at = now() AT TIME ZONE 'UTC'"
+    ))
     .bind(job_id)
     .bind(engine)
     .execute(pool)
@@ -306,16 +320,14 @@ pub async fn release(pool: &PgPool, job_id: &str, engine: &str) -> Result<(), sq
 /// The job's run failed: it is retried by any engine after `retry_ms`, or
 /// FAILED once its attempts are spent.
 pub async fn failed(pool: &PgPool, job_id: &str, engine: &str, error: &str, retry_ms: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET
-             status = CASE WHEN attempts >= $4 THEN 'FAILED' ELSE status END,
+    sqlx::query(own_job_update!(
+        "status = CASE WHEN attempts >= $4 THEN 'FAILED' ELSE status END,
              finished_at = CASE WHEN attempts >= $4 THEN now() ELSE NULL END,
              locked_by = NULL,
              lease_until = now() + make_interval(secs => $5::float8 / 1000),
              error = $3,
-             updated_at = now() AT TIME ZONE 'UTC'
-         WHERE job_id = $1::uuid AND locked_by = $2 AND status = 'RUNNING'",
-    )
+             updated_at = now() AT TIME ZONE 'UTC'"
+    ))
     .bind(job_id)
     .bind(engine)
     .bind(error)
