@@ -1761,8 +1761,10 @@ fn the_document_names_only_the_types_the_handlers_read_and_write() {
     let sources = sources();
     let inventory = inventory(&sources);
     let (checked, mut violations) = document_type_violations(&inventory);
+    // 58 when the error responses became generated from the route list (the
+    // handlers no longer name `ErrorBody` once per error status).
     assert!(
-        checked >= 60,
+        checked >= 50,
         "only {checked} document types found: is the scan broken?"
     );
     violations.extend(dead_code_violations(&inventory));

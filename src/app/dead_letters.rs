@@ -14,7 +14,7 @@ use crate::limits::{DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX};
 use crate::outbox::Flusher;
 use crate::outbox::dead_letters::{self, DeadLetter, RetryError, StatusFilter};
 use crate::server::auth::AdminGuard;
-use crate::server::error::{ApiError, ErrorBody, ErrorCode};
+use crate::server::error::{self, ApiError, ErrorBody, ErrorCode};
 use crate::server::http::{HttpResponse, PageError, Query, json, rfc3339};
 use crate::server::{RequestError, Route};
 
@@ -40,18 +40,26 @@ pub enum DeadLetterError {
     Store(String),
 }
 
+// The codes a DeadLetterError answers with; routes list the ones they may answer.
+pub const INVALID_DEAD_LETTER_STATUS: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_DEAD_LETTER_STATUS");
+pub const INVALID_LIMIT: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_LIMIT");
+pub const INVALID_BEFORE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_BEFORE");
+pub const INVALID_DEAD_LETTER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_DEAD_LETTER_ID");
+pub const DEAD_LETTER_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "DEAD_LETTER_NOT_FOUND");
+pub const DEAD_LETTER_STILL_FAILING: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "DEAD_LETTER_STILL_FAILING");
+pub const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE");
+
 impl ApiError for DeadLetterError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
             DeadLetterError::Request(e) => e.error_code(),
-            DeadLetterError::InvalidStatus => ErrorCode::new(S::BAD_REQUEST, "INVALID_DEAD_LETTER_STATUS"),
-            DeadLetterError::InvalidLimit => ErrorCode::new(S::BAD_REQUEST, "INVALID_LIMIT"),
-            DeadLetterError::InvalidBefore => ErrorCode::new(S::BAD_REQUEST, "INVALID_BEFORE"),
-            DeadLetterError::InvalidId => ErrorCode::new(S::BAD_REQUEST, "INVALID_DEAD_LETTER_ID"),
-            DeadLetterError::NotFound(_) => ErrorCode::new(S::NOT_FOUND, "DEAD_LETTER_NOT_FOUND"),
-            DeadLetterError::StillFailing(_) => ErrorCode::new(S::CONFLICT, "DEAD_LETTER_STILL_FAILING"),
-            DeadLetterError::Store(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+            DeadLetterError::InvalidStatus => INVALID_DEAD_LETTER_STATUS,
+            DeadLetterError::InvalidLimit => INVALID_LIMIT,
+            DeadLetterError::InvalidBefore => INVALID_BEFORE,
+            DeadLetterError::InvalidId => INVALID_DEAD_LETTER_ID,
+            DeadLetterError::NotFound(_) => DEAD_LETTER_NOT_FOUND,
+            DeadLetterError::StillFailing(_) => DEAD_LETTER_STILL_FAILING,
+            DeadLetterError::Store(_) => STORE_UNAVAILABLE,
         }
     }
 
@@ -92,14 +100,28 @@ pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
             "dead_letters",
             state.clone(),
             |s, req, _| async move { list(&s, req).await },
-        ),
+        )
+        .answers(error::ADMIN_ANSWERS)
+        .answers(&[
+            INVALID_DEAD_LETTER_STATUS,
+            INVALID_LIMIT,
+            INVALID_BEFORE,
+            STORE_UNAVAILABLE,
+        ]),
         Route::new(
             Method::POST,
             "/admin/dead-letters/{id}/retry",
             "dead_letter_retry",
             state,
             |s, req, params| async move { retry(&s, req, params.get("id")).await },
-        ),
+        )
+        .answers(error::ADMIN_ANSWERS)
+        .answers(&[
+            INVALID_DEAD_LETTER_ID,
+            DEAD_LETTER_NOT_FOUND,
+            DEAD_LETTER_STILL_FAILING,
+            STORE_UNAVAILABLE,
+        ]),
     ]
 }
 
@@ -174,10 +196,6 @@ decoded; its shard then flows on. Replay one with `POST /admin/dead-letters/{id}
     ),
     responses(
         (status = 200, description = "a page of dead letters", body = DeadLetterPage),
-        (status = 400, description = "`INVALID_DEAD_LETTER_STATUS`, `INVALID_LIMIT`, `INVALID_BEFORE`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     ))]
 async fn list(state: &DeadLetters, req: Request<Incoming>) -> Result<HttpResponse, DeadLetterError> {
     let (parts, _) = req.into_parts();
@@ -207,18 +225,12 @@ async fn list(state: &DeadLetters, req: Request<Incoming>) -> Result<HttpRespons
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/retry", tag = "ops",
     summary = "Replay a dead letter through the sinks (admin)",
     description = "Decodes the event from its raw fields and writes it as the flusher would, in one transaction with \
-its resolution. A resolved dead letter is answered as it is.",
+its resolution. A resolved dead letter is answered as it is. `DEAD_LETTER_STILL_FAILING` (409): the sinks refused it \
+again; the new error and attempt are recorded.",
     security(("admin" = [])),
     params(("id" = i64, Path, description = "the dead letter's id")),
     responses(
         (status = 200, description = "the dead letter, resolved", body = DeadLetterView),
-        (status = 400, description = "`INVALID_DEAD_LETTER_ID`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 404, description = "`DEAD_LETTER_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`DEAD_LETTER_STILL_FAILING`: the sinks refused it again; the new error and \
-attempt are recorded", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`: nothing changed", body = ErrorBody),
     ))]
 async fn retry(
     state: &DeadLetters,

@@ -46,9 +46,12 @@ pub enum LiveError {
     TooManyStreams,
 }
 
+// The codes a LiveError answers with; routes list the ones they may answer.
+pub const LIVE_STREAMS_FULL: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_STREAMS_FULL");
+
 impl ApiError for LiveError {
     fn error_code(&self) -> ErrorCode {
-        ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "LIVE_STREAMS_FULL")
+        LIVE_STREAMS_FULL
     }
 }
 
@@ -269,7 +272,8 @@ impl Feature for Live {
                 "live_events",
                 self,
                 |live, _, _| async move { events(live) },
-            ),
+            )
+            .answers(&[LIVE_STREAMS_FULL]),
         ]
     }
 
@@ -300,7 +304,6 @@ fn page() -> HttpResponse {
 #[utoipa::path(get, path = "/live/events", tag = "ops", summary = "Server-Sent Events feeding the live page: a snapshot of the engine every 500 ms",
     responses(
         (status = 200, description = "`event: snapshot` frames, JSON data", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
-        (status = 503, description = "`LIVE_STREAMS_FULL`", body = crate::server::error::ErrorBody),
     ))]
 fn events(live: Arc<Live>) -> Result<HttpResponse, LiveError> {
     let permit = live

@@ -39,11 +39,9 @@ pub struct Ops {
     info(
         title = "stampede",
         description = "A Redis-first flash-sale engine. Every error is JSON `{\"error\":{\"code\",\"message\"}}`; \
-clients switch on `code`. Any route may also answer `NOT_FOUND` (404, unknown route), `METHOD_NOT_ALLOWED` (405), \
-`BODY_TIMEOUT` (408), `BODY_TOO_LARGE` (413), `URI_TOO_LONG` (414); admin routes `UNAUTHORIZED` (401) and \
-`ADMIN_DISABLED` (403); script-backed routes `REDIS_UNAVAILABLE` and `OVERLOADED` (503, with `Retry-After`) and \
-`INTERNAL` (500). A connection opened while the engine is at its connection bound is answered `OVERLOADED` (503, \
-`Retry-After`, `Connection: close`) whatever it asks."
+clients switch on `code`. Each operation lists, per status, the codes it may answer (generated from its route's \
+declared codes); an unknown path answers `NOT_FOUND` (404). A connection opened while the engine is at its \
+connection bound is answered `OVERLOADED` (503, `Retry-After`, `Connection: close`) whatever it asks."
     ),
     paths(health, metrics, index, openapi),
     components(schemas(crate::server::error::ErrorBody)),
@@ -97,7 +95,7 @@ impl Ops {
     ) -> Result<(), ApiDocError> {
         let mut base = <OpsApi as utoipa::OpenApi>::openapi();
         base.merge(<dead_letters::DeadLettersApi as utoipa::OpenApi>::openapi());
-        let document = apidoc::assemble(base, parts);
+        let document = apidoc::assemble(base, parts, routes)?;
         let endpoints = apidoc::index(&document, routes)?;
         let json = document.to_json()?;
         let _ = self.api.set(Bytes::from(json));

@@ -68,12 +68,6 @@ const FILE_CONTENT_TYPES: &[&str] = &[
     request_body(content = IngestForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "every line committed or rejected", body = IngestReport),
-        (status = 400, description = "`MISSING_FILE_FIELD`, `EMPTY_FILE`, `MALFORMED_MULTIPART`, `MULTIPART_PREAMBLE_TOO_LARGE`, `PART_HEADERS_TOO_LARGE`, `UPLOAD_INTERRUPTED`", body = ErrorBody),
-        (status = 408, description = "`UPLOAD_STALLED`", body = ErrorBody),
-        (status = 413, description = "`UPLOAD_TOO_LARGE`", body = ErrorBody),
-        (status = 415, description = "`NOT_MULTIPART`, `UNSUPPORTED_FILE_TYPE`", body = ErrorBody),
-        (status = 429, description = "`INGEST_BUSY`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn ingest(state: &Ingest, req: Request<Incoming>) -> Result<HttpResponse, IngestError> {
@@ -297,9 +291,6 @@ const TIERS: &[(i64, &str)] = &[(50, "platinum"), (20, "gold"), (5, "silver"), (
     params(("id" = String, Path, description = "player id, percent-encoded")),
     responses(
         (status = 200, description = "the player's loyalty", body = PlayerLoyalty),
-        (status = 400, description = "`INVALID_PLAYER_ID`", body = ErrorBody),
-        (status = 404, description = "`PLAYER_NOT_FOUND`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn player(state: &Ingest, raw_id: &str) -> Result<HttpResponse, IngestError> {

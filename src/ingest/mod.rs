@@ -83,26 +83,41 @@ pub enum IngestError {
     Postgres(#[from] sqlx::Error),
 }
 
+// The codes a IngestError answers with; routes list the ones they may answer.
+pub const INGEST_BUSY: ErrorCode = ErrorCode::new(StatusCode::TOO_MANY_REQUESTS, "INGEST_BUSY");
+pub const NOT_MULTIPART: ErrorCode = ErrorCode::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "NOT_MULTIPART");
+pub const MISSING_FILE_FIELD: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MISSING_FILE_FIELD");
+pub const UNSUPPORTED_FILE_TYPE: ErrorCode =
+    ErrorCode::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_FILE_TYPE");
+pub const EMPTY_FILE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "EMPTY_FILE");
+pub const UPLOAD_TOO_LARGE: ErrorCode = ErrorCode::new(StatusCode::PAYLOAD_TOO_LARGE, "UPLOAD_TOO_LARGE");
+pub const UPLOAD_STALLED: ErrorCode = ErrorCode::new(StatusCode::REQUEST_TIMEOUT, "UPLOAD_STALLED");
+pub const UPLOAD_INTERRUPTED: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "UPLOAD_INTERRUPTED");
+pub const MALFORMED_MULTIPART: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MALFORMED_MULTIPART");
+pub const MULTIPART_PREAMBLE_TOO_LARGE: ErrorCode =
+    ErrorCode::new(StatusCode::BAD_REQUEST, "MULTIPART_PREAMBLE_TOO_LARGE");
+pub const PART_HEADERS_TOO_LARGE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "PART_HEADERS_TOO_LARGE");
+pub const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE");
+pub const INVALID_PLAYER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_PLAYER_ID");
+pub const PLAYER_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "PLAYER_NOT_FOUND");
+
 impl ApiError for IngestError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
-            IngestError::Busy => ErrorCode::new(S::TOO_MANY_REQUESTS, "INGEST_BUSY"),
-            IngestError::NotMultipart => ErrorCode::new(S::UNSUPPORTED_MEDIA_TYPE, "NOT_MULTIPART"),
-            IngestError::MissingFileField => ErrorCode::new(S::BAD_REQUEST, "MISSING_FILE_FIELD"),
-            IngestError::UnsupportedFileType(_) => ErrorCode::new(S::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_FILE_TYPE"),
-            IngestError::EmptyFile => ErrorCode::new(S::BAD_REQUEST, "EMPTY_FILE"),
-            IngestError::TooLarge { .. } => ErrorCode::new(S::PAYLOAD_TOO_LARGE, "UPLOAD_TOO_LARGE"),
-            IngestError::Stalled { .. } => ErrorCode::new(S::REQUEST_TIMEOUT, "UPLOAD_STALLED"),
-            IngestError::Interrupted { .. } => ErrorCode::new(S::BAD_REQUEST, "UPLOAD_INTERRUPTED"),
-            IngestError::Malformed { .. } => ErrorCode::new(S::BAD_REQUEST, "MALFORMED_MULTIPART"),
-            IngestError::PreambleTooLarge { .. } => ErrorCode::new(S::BAD_REQUEST, "MULTIPART_PREAMBLE_TOO_LARGE"),
-            IngestError::PartHeadersTooLarge { .. } => ErrorCode::new(S::BAD_REQUEST, "PART_HEADERS_TOO_LARGE"),
-            IngestError::Store { .. } | IngestError::Postgres(_) => {
-                ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE")
-            }
-            IngestError::InvalidPlayerId(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PLAYER_ID"),
-            IngestError::PlayerNotFound => ErrorCode::new(S::NOT_FOUND, "PLAYER_NOT_FOUND"),
+            IngestError::Busy => INGEST_BUSY,
+            IngestError::NotMultipart => NOT_MULTIPART,
+            IngestError::MissingFileField => MISSING_FILE_FIELD,
+            IngestError::UnsupportedFileType(_) => UNSUPPORTED_FILE_TYPE,
+            IngestError::EmptyFile => EMPTY_FILE,
+            IngestError::TooLarge { .. } => UPLOAD_TOO_LARGE,
+            IngestError::Stalled { .. } => UPLOAD_STALLED,
+            IngestError::Interrupted { .. } => UPLOAD_INTERRUPTED,
+            IngestError::Malformed { .. } => MALFORMED_MULTIPART,
+            IngestError::PreambleTooLarge { .. } => MULTIPART_PREAMBLE_TOO_LARGE,
+            IngestError::PartHeadersTooLarge { .. } => PART_HEADERS_TOO_LARGE,
+            IngestError::Store { .. } | IngestError::Postgres(_) => STORE_UNAVAILABLE,
+            IngestError::InvalidPlayerId(_) => INVALID_PLAYER_ID,
+            IngestError::PlayerNotFound => PLAYER_NOT_FOUND,
         }
     }
 
@@ -160,6 +175,20 @@ impl Feature for Ingest {
                 self.clone(),
                 |ingest, req, _| async move { handlers::ingest(&ingest, req).await },
             )
+            .answers(&[
+                MISSING_FILE_FIELD,
+                EMPTY_FILE,
+                MALFORMED_MULTIPART,
+                MULTIPART_PREAMBLE_TOO_LARGE,
+                PART_HEADERS_TOO_LARGE,
+                UPLOAD_INTERRUPTED,
+                UPLOAD_STALLED,
+                UPLOAD_TOO_LARGE,
+                NOT_MULTIPART,
+                UNSUPPORTED_FILE_TYPE,
+                INGEST_BUSY,
+                STORE_UNAVAILABLE,
+            ])
             .with_own_body_limit(),
             Route::new(
                 Method::GET,
@@ -167,7 +196,8 @@ impl Feature for Ingest {
                 "player",
                 self,
                 |ingest, _, params| async move { handlers::player(&ingest, params.get("id").unwrap_or("")).await },
-            ),
+            )
+            .answers(&[INVALID_PLAYER_ID, PLAYER_NOT_FOUND, STORE_UNAVAILABLE]),
         ]
     }
 }

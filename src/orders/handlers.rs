@@ -105,12 +105,6 @@ struct OrderBody {
     request_body = OrderBody,
     responses(
         (status = 200, description = "the order (`Idempotent-Replayed: true` on a replay)", body = OrderView),
-        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_QUANTITY`, `INVALID_BUYER_ID`, `INVALID_HOLD_SECS`, `INVALID_IDEMPOTENCY_KEY`, `INVALID_JSON`", body = ErrorBody),
-        (status = 403, description = "`BUYER_LIMIT_REACHED`", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`OUT_OF_STOCK`: nothing was taken", body = ErrorBody),
-        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`; `REDIS_UNAVAILABLE` with `order_id`, the id the order has if it was made (look it up: `GET /orders/{id}`)", body = ErrorBody),
     ))]
 pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
@@ -142,12 +136,6 @@ pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<Ht
            ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII")),
     responses(
         (status = 200, description = "the order, completed", body = OrderView),
-        (status = 400, description = "`INVALID_ORDER_ID`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
-        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`ORDER_CANCELLED`", body = ErrorBody),
-        (status = 410, description = "`ORDER_EXPIRED`", body = ErrorBody),
-        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn confirm_order(
     feature: &Orders,
@@ -162,11 +150,6 @@ pub async fn confirm_order(
            ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII")),
     responses(
         (status = 200, description = "the order, cancelled (or expired, unchanged)", body = OrderView),
-        (status = 400, description = "`INVALID_ORDER_ID`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
-        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`ORDER_COMPLETED`", body = ErrorBody),
-        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn cancel_order(
     feature: &Orders,
@@ -272,9 +255,6 @@ async fn order_from_postgres(feature: &Orders, order: &OrderId) -> Result<Option
     params(("id" = String, Path, description = "the order's UUID")),
     responses(
         (status = 200, description = "the order", body = OrderView),
-        (status = 400, description = "`INVALID_ORDER_ID`", body = ErrorBody),
-        (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn get_order(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
@@ -363,10 +343,6 @@ impl<'a> ProductView<'a> {
     request_body = ProductBody,
     responses(
         (status = 201, description = "the product, with its live stock", body = ProductView),
-        (status = 400, description = "`INVALID_NAME`, `INVALID_STOCK`, `INVALID_PRICE`, `INVALID_MERCHANT_ID`, `INVALID_MAX_PER_BUYER`, `INVALID_JSON`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;
@@ -440,13 +416,6 @@ struct RestockBody {
     request_body = RestockBody,
     responses(
         (status = 200, description = "the product", body = ProductView),
-        (status = 400, description = "`INVALID_PRODUCT_ID`, `INVALID_ADD`, `INVALID_IDEMPOTENCY_KEY`, `INVALID_JSON`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`STOCK_LIMIT`", body = ErrorBody),
-        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE` (repeat with the same `Idempotency-Key`, or read the product)", body = ErrorBody),
     ))]
 pub async fn restock(
     feature: &Orders,
@@ -508,9 +477,6 @@ pub async fn restock(
     params(("id" = String, Path, description = "the product id")),
     responses(
         (status = 200, description = "the product; available + reserved + sold = stock_total", body = ProductView),
-        (status = 400, description = "`INVALID_PRODUCT_ID`", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
     let state = &*feature.ctx;

@@ -34,7 +34,7 @@ use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
 use crate::server::auth::AdminGuard;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Field;
@@ -100,35 +100,62 @@ impl OrdersError {
     }
 }
 
+// The codes a OrdersError answers with; routes list the ones they may answer.
+pub const INVALID_PRODUCT_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_PRODUCT_ID");
+pub const INVALID_QUANTITY: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_QUANTITY");
+pub const INVALID_BUYER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_BUYER_ID");
+pub const INVALID_HOLD_SECS: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_HOLD_SECS");
+pub const INVALID_ORDER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_ORDER_ID");
+pub const INVALID_IDEMPOTENCY_KEY: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY");
+pub const INVALID_NAME: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_NAME");
+pub const INVALID_STOCK: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_STOCK");
+pub const INVALID_PRICE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_PRICE");
+pub const INVALID_MERCHANT_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_MERCHANT_ID");
+pub const INVALID_MAX_PER_BUYER: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_MAX_PER_BUYER");
+pub const INVALID_ADD: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_ADD");
+pub const PRODUCT_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "PRODUCT_NOT_FOUND");
+pub const OUT_OF_STOCK: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "OUT_OF_STOCK");
+pub const BUYER_LIMIT_REACHED: ErrorCode = ErrorCode::new(StatusCode::FORBIDDEN, "BUYER_LIMIT_REACHED");
+pub const ORDER_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "ORDER_NOT_FOUND");
+pub const ORDER_EXPIRED: ErrorCode = ErrorCode::new(StatusCode::GONE, "ORDER_EXPIRED");
+pub const ORDER_CANCELLED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "ORDER_CANCELLED");
+pub const ORDER_COMPLETED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "ORDER_COMPLETED");
+pub const IDEMPOTENCY_KEY_REUSED: ErrorCode =
+    ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED");
+pub const STOCK_LIMIT: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "STOCK_LIMIT");
+pub const OUTBOX_FULL: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OUTBOX_FULL");
+pub const BACKLOG_NOT_FLUSHED: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "BACKLOG_NOT_FLUSHED");
+pub const OUTCOME_UNKNOWN: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE");
+pub const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE");
+
 impl ApiError for OrdersError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
-            OrdersError::Invalid(Field::ProductId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PRODUCT_ID"),
-            OrdersError::Invalid(Field::Quantity, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_QUANTITY"),
-            OrdersError::Invalid(Field::BuyerId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_BUYER_ID"),
-            OrdersError::Invalid(Field::HoldSecs, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_HOLD_SECS"),
-            OrdersError::Invalid(Field::OrderId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ORDER_ID"),
-            OrdersError::Invalid(Field::IdempotencyKey, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY"),
-            OrdersError::Invalid(Field::Name, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_NAME"),
-            OrdersError::Invalid(Field::Stock, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_STOCK"),
-            OrdersError::Invalid(Field::PriceCents, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_PRICE"),
-            OrdersError::Invalid(Field::MerchantId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_MERCHANT_ID"),
-            OrdersError::Invalid(Field::MaxPerBuyer, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_MAX_PER_BUYER"),
-            OrdersError::Invalid(Field::Add, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ADD"),
-            OrdersError::ProductNotFound => ErrorCode::new(S::NOT_FOUND, "PRODUCT_NOT_FOUND"),
-            OrdersError::OutOfStock => ErrorCode::new(S::CONFLICT, "OUT_OF_STOCK"),
-            OrdersError::BuyerLimitReached => ErrorCode::new(S::FORBIDDEN, "BUYER_LIMIT_REACHED"),
-            OrdersError::OrderNotFound => ErrorCode::new(S::NOT_FOUND, "ORDER_NOT_FOUND"),
-            OrdersError::OrderExpired => ErrorCode::new(S::GONE, "ORDER_EXPIRED"),
-            OrdersError::OrderCancelled => ErrorCode::new(S::CONFLICT, "ORDER_CANCELLED"),
-            OrdersError::OrderCompleted => ErrorCode::new(S::CONFLICT, "ORDER_COMPLETED"),
-            OrdersError::IdempotencyKeyReused => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
-            OrdersError::StockLimit => ErrorCode::new(S::CONFLICT, "STOCK_LIMIT"),
-            OrdersError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
-            OrdersError::BacklogNotFlushed => ErrorCode::new(S::SERVICE_UNAVAILABLE, "BACKLOG_NOT_FLUSHED"),
-            OrdersError::OutcomeUnknown { .. } => ErrorCode::new(S::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE"),
-            OrdersError::Store(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+            OrdersError::Invalid(Field::ProductId, _) => INVALID_PRODUCT_ID,
+            OrdersError::Invalid(Field::Quantity, _) => INVALID_QUANTITY,
+            OrdersError::Invalid(Field::BuyerId, _) => INVALID_BUYER_ID,
+            OrdersError::Invalid(Field::HoldSecs, _) => INVALID_HOLD_SECS,
+            OrdersError::Invalid(Field::OrderId, _) => INVALID_ORDER_ID,
+            OrdersError::Invalid(Field::IdempotencyKey, _) => INVALID_IDEMPOTENCY_KEY,
+            OrdersError::Invalid(Field::Name, _) => INVALID_NAME,
+            OrdersError::Invalid(Field::Stock, _) => INVALID_STOCK,
+            OrdersError::Invalid(Field::PriceCents, _) => INVALID_PRICE,
+            OrdersError::Invalid(Field::MerchantId, _) => INVALID_MERCHANT_ID,
+            OrdersError::Invalid(Field::MaxPerBuyer, _) => INVALID_MAX_PER_BUYER,
+            OrdersError::Invalid(Field::Add, _) => INVALID_ADD,
+            OrdersError::ProductNotFound => PRODUCT_NOT_FOUND,
+            OrdersError::OutOfStock => OUT_OF_STOCK,
+            OrdersError::BuyerLimitReached => BUYER_LIMIT_REACHED,
+            OrdersError::OrderNotFound => ORDER_NOT_FOUND,
+            OrdersError::OrderExpired => ORDER_EXPIRED,
+            OrdersError::OrderCancelled => ORDER_CANCELLED,
+            OrdersError::OrderCompleted => ORDER_COMPLETED,
+            OrdersError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
+            OrdersError::StockLimit => STOCK_LIMIT,
+            OrdersError::OutboxFull => OUTBOX_FULL,
+            OrdersError::BacklogNotFlushed => BACKLOG_NOT_FLUSHED,
+            OrdersError::OutcomeUnknown { .. } => OUTCOME_UNKNOWN,
+            OrdersError::Store(_) => STORE_UNAVAILABLE,
             OrdersError::Request(e) => e.error_code(),
             OrdersError::Script(e) => e.error_code(),
         }
@@ -196,56 +223,128 @@ impl Feature for Orders {
                 "order_create",
                 self.clone(),
                 |f, req, _| async move { handlers::create_order(&f, req).await },
-            ),
+            )
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_PRODUCT_ID,
+                INVALID_QUANTITY,
+                INVALID_BUYER_ID,
+                INVALID_HOLD_SECS,
+                INVALID_IDEMPOTENCY_KEY,
+                BUYER_LIMIT_REACHED,
+                PRODUCT_NOT_FOUND,
+                OUT_OF_STOCK,
+                IDEMPOTENCY_KEY_REUSED,
+                OUTBOX_FULL,
+                OUTCOME_UNKNOWN,
+            ]),
             Route::new(
                 Method::GET,
                 "/orders/{id}",
                 "order_get",
                 self.clone(),
                 |f, _, params| async move { handlers::get_order(&f, params.get("id")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_ORDER_ID,
+                ORDER_NOT_FOUND,
+                STORE_UNAVAILABLE,
+                error::REDIS_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::POST,
                 "/orders/{id}/confirm",
                 "order_confirm",
                 self.clone(),
                 |f, req, params| async move { handlers::confirm_order(&f, req, params.get("id")).await },
-            ),
+            )
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_ORDER_ID,
+                INVALID_IDEMPOTENCY_KEY,
+                ORDER_NOT_FOUND,
+                ORDER_CANCELLED,
+                ORDER_EXPIRED,
+                IDEMPOTENCY_KEY_REUSED,
+                OUTBOX_FULL,
+            ]),
             Route::new(
                 Method::POST,
                 "/orders/{id}/cancel",
                 "order_cancel",
                 self.clone(),
                 |f, req, params| async move { handlers::cancel_order(&f, req, params.get("id")).await },
-            ),
+            )
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_ORDER_ID,
+                INVALID_IDEMPOTENCY_KEY,
+                ORDER_NOT_FOUND,
+                ORDER_COMPLETED,
+                IDEMPOTENCY_KEY_REUSED,
+                OUTBOX_FULL,
+            ]),
             Route::new(
                 Method::POST,
                 "/products",
                 "product_create",
                 self.clone(),
                 |f, req, _| async move { handlers::create_product(&f, req).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_NAME,
+                INVALID_STOCK,
+                INVALID_PRICE,
+                INVALID_MERCHANT_ID,
+                INVALID_MAX_PER_BUYER,
+                STORE_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/products/{id}",
                 "product_get",
                 self.clone(),
                 |f, _, params| async move { handlers::get_product(&f, params.get("id")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_PRODUCT_ID,
+                PRODUCT_NOT_FOUND,
+                STORE_UNAVAILABLE,
+                error::REDIS_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::POST,
                 "/products/{id}/stock",
                 "product_restock",
                 self.clone(),
                 |f, req, params| async move { handlers::restock(&f, req, params.get("id")).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_PRODUCT_ID,
+                INVALID_ADD,
+                INVALID_IDEMPOTENCY_KEY,
+                PRODUCT_NOT_FOUND,
+                STOCK_LIMIT,
+                IDEMPOTENCY_KEY_REUSED,
+                OUTBOX_FULL,
+                STORE_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/admin/reconcile",
                 "reconcile",
                 self,
                 |f, req, _| async move { reconcile::reconcile(&f, req).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(&[BACKLOG_NOT_FLUSHED, STORE_UNAVAILABLE, error::REDIS_UNAVAILABLE]),
         ]
     }
 

@@ -30,7 +30,6 @@ use super::{Orders, OrdersError, lua};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
-use crate::server::error::ErrorBody;
 use crate::server::http::{HttpResponse, json};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -67,9 +66,6 @@ fn redis_error(e: fred::error::Error) -> OrdersError {
     security(("admin" = [])),
     responses(
         (status = 200, description = "`ok` and every mismatch, per product, per flash sale and per unresolved dead letter", body = Report),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 503, description = "`BACKLOG_NOT_FLUSHED`, `STORE_UNAVAILABLE`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn reconcile(feature: &Orders, req: Request<Incoming>) -> Result<HttpResponse, OrdersError> {
     let (parts, _) = req.into_parts();

@@ -47,12 +47,6 @@ struct CheckoutIssued<'a> {
     ),
     responses(
         (status = 200, description = "a code, bound to the sale, user and item", body = CheckoutIssued),
-        (status = 400, description = "`MISSING_USER_ID`, `INVALID_USER_ID`, `MISSING_ITEM_ID`, `INVALID_ITEM_ID`", body = ErrorBody),
-        (status = 403, description = "`USER_LIMIT_REACHED`", body = ErrorBody),
-        (status = 404, description = "`ITEM_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`ITEM_SOLD`", body = ErrorBody),
-        (status = 429, description = "`TOO_MANY_CHECKOUTS`", body = ErrorBody),
-        (status = 503, description = "`REDIS_UNAVAILABLE`, `OVERLOADED`, `OUTBOX_FULL`", body = ErrorBody),
     )
 )]
 pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
@@ -123,12 +117,6 @@ struct Purchased {
     request_body(content = Option<PurchaseBody>, content_type = "application/json"),
     responses(
         (status = 200, description = "the item is the user's", body = Purchased),
-        (status = 400, description = "`MISSING_CODE`, `INVALID_CODE`, `INVALID_JSON`, `BODY_UNREADABLE`", body = ErrorBody),
-        (status = 403, description = "`USER_LIMIT_REACHED`", body = ErrorBody),
-        (status = 404, description = "`CODE_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`ITEM_SOLD`, `CODE_USED`", body = ErrorBody),
-        (status = 410, description = "`CODE_EXPIRED`, `SALE_OVER`", body = ErrorBody),
-        (status = 503, description = "`REDIS_UNAVAILABLE` (look the code up: `GET /codes/{code}`), `OVERLOADED`, `OUTBOX_FULL`", body = ErrorBody),
     )
 )]
 pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResponse, SaleError> {
@@ -197,7 +185,6 @@ struct CurrentSale {
     summary = "The current sale, read live from Redis",
     responses(
         (status = 200, description = "window, items total / sold / left, per-user limit", body = CurrentSale),
-        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
@@ -256,10 +243,6 @@ struct CodeState {
     params(("code" = String, Path, description = "a code this engine issued")),
     responses(
         (status = 200, description = "`issued`, `spent` or `expired`", body = CodeState),
-        (status = 400, description = "`INVALID_CODE`, `MISSING_CODE`", body = ErrorBody),
-        (status = 404, description = "`CODE_NOT_FOUND`", body = ErrorBody),
-        (status = 500, description = "`INTERNAL`", body = ErrorBody),
-        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpResponse, SaleError> {

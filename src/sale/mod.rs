@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Param;
@@ -76,25 +76,41 @@ impl SaleError {
     }
 }
 
+// The codes a SaleError answers with; routes list the ones they may answer.
+pub const MISSING_USER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MISSING_USER_ID");
+pub const MISSING_ITEM_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MISSING_ITEM_ID");
+pub const MISSING_CODE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MISSING_CODE");
+pub const INVALID_USER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_USER_ID");
+pub const INVALID_ITEM_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_ITEM_ID");
+pub const INVALID_CODE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_CODE");
+pub const ITEM_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "ITEM_NOT_FOUND");
+pub const ITEM_SOLD: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "ITEM_SOLD");
+pub const USER_LIMIT_REACHED: ErrorCode = ErrorCode::new(StatusCode::FORBIDDEN, "USER_LIMIT_REACHED");
+pub const TOO_MANY_CHECKOUTS: ErrorCode = ErrorCode::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_CHECKOUTS");
+pub const CODE_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "CODE_NOT_FOUND");
+pub const CODE_USED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "CODE_USED");
+pub const CODE_EXPIRED: ErrorCode = ErrorCode::new(StatusCode::GONE, "CODE_EXPIRED");
+pub const SALE_OVER: ErrorCode = ErrorCode::new(StatusCode::GONE, "SALE_OVER");
+pub const OUTBOX_FULL: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OUTBOX_FULL");
+
 impl ApiError for SaleError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
-            SaleError::Missing(Param::UserId) => ErrorCode::new(S::BAD_REQUEST, "MISSING_USER_ID"),
-            SaleError::Missing(Param::ItemId) => ErrorCode::new(S::BAD_REQUEST, "MISSING_ITEM_ID"),
-            SaleError::Missing(Param::Code) => ErrorCode::new(S::BAD_REQUEST, "MISSING_CODE"),
-            SaleError::Invalid(Param::UserId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_USER_ID"),
-            SaleError::Invalid(Param::ItemId, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_ITEM_ID"),
-            SaleError::Invalid(Param::Code, _) => ErrorCode::new(S::BAD_REQUEST, "INVALID_CODE"),
-            SaleError::ItemNotFound => ErrorCode::new(S::NOT_FOUND, "ITEM_NOT_FOUND"),
-            SaleError::ItemSold => ErrorCode::new(S::CONFLICT, "ITEM_SOLD"),
-            SaleError::UserLimitReached => ErrorCode::new(S::FORBIDDEN, "USER_LIMIT_REACHED"),
-            SaleError::TooManyCheckouts => ErrorCode::new(S::TOO_MANY_REQUESTS, "TOO_MANY_CHECKOUTS"),
-            SaleError::CodeNotFound => ErrorCode::new(S::NOT_FOUND, "CODE_NOT_FOUND"),
-            SaleError::CodeUsed => ErrorCode::new(S::CONFLICT, "CODE_USED"),
-            SaleError::CodeExpired => ErrorCode::new(S::GONE, "CODE_EXPIRED"),
-            SaleError::SaleOver => ErrorCode::new(S::GONE, "SALE_OVER"),
-            SaleError::OutboxFull | SaleError::RefusalsFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
+            SaleError::Missing(Param::UserId) => MISSING_USER_ID,
+            SaleError::Missing(Param::ItemId) => MISSING_ITEM_ID,
+            SaleError::Missing(Param::Code) => MISSING_CODE,
+            SaleError::Invalid(Param::UserId, _) => INVALID_USER_ID,
+            SaleError::Invalid(Param::ItemId, _) => INVALID_ITEM_ID,
+            SaleError::Invalid(Param::Code, _) => INVALID_CODE,
+            SaleError::ItemNotFound => ITEM_NOT_FOUND,
+            SaleError::ItemSold => ITEM_SOLD,
+            SaleError::UserLimitReached => USER_LIMIT_REACHED,
+            SaleError::TooManyCheckouts => TOO_MANY_CHECKOUTS,
+            SaleError::CodeNotFound => CODE_NOT_FOUND,
+            SaleError::CodeUsed => CODE_USED,
+            SaleError::CodeExpired => CODE_EXPIRED,
+            SaleError::SaleOver => SALE_OVER,
+            SaleError::OutboxFull | SaleError::RefusalsFull => OUTBOX_FULL,
             SaleError::Request(e) => e.error_code(),
             SaleError::Script(e) => e.error_code(),
         }
@@ -145,28 +161,61 @@ impl Feature for Sale {
                 "checkout",
                 self.clone(),
                 |sale, req, _| async move { handlers::checkout(&sale, req).await },
-            ),
+            )
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                MISSING_USER_ID,
+                INVALID_USER_ID,
+                MISSING_ITEM_ID,
+                INVALID_ITEM_ID,
+                USER_LIMIT_REACHED,
+                ITEM_NOT_FOUND,
+                ITEM_SOLD,
+                TOO_MANY_CHECKOUTS,
+                OUTBOX_FULL,
+            ]),
             Route::new(
                 Method::POST,
                 "/purchase",
                 "purchase",
                 self.clone(),
                 |sale, req, _| async move { handlers::purchase(&sale, req).await },
-            ),
+            )
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                MISSING_CODE,
+                INVALID_CODE,
+                USER_LIMIT_REACHED,
+                CODE_NOT_FOUND,
+                ITEM_SOLD,
+                CODE_USED,
+                CODE_EXPIRED,
+                SALE_OVER,
+                OUTBOX_FULL,
+            ]),
             Route::new(
                 Method::GET,
                 "/sales/current",
                 "sales_current",
                 self.clone(),
                 |sale, _, _| async move { handlers::current(&sale).await },
-            ),
+            )
+            .answers(&[error::REDIS_UNAVAILABLE]),
             Route::new(
                 Method::GET,
                 "/codes/{code}",
                 "code_state",
                 self,
                 |sale, _, params| async move { handlers::code_state(&sale, params.get("code")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_CODE,
+                MISSING_CODE,
+                CODE_NOT_FOUND,
+                error::INTERNAL,
+                error::REDIS_UNAVAILABLE,
+            ]),
         ]
     }
 

@@ -1,19 +1,26 @@
 //! `GET /openapi.json`: the API document, assembled from the features' own
 //! parts (each derived with `utoipa` from its handlers and the types they
-//! read and write), then completed with the answers every route may give
-//! (405, 408, 413, 414), so no operation's document misses a status the
-//! toolkit can send.
+//! read and write), then completed with each route's error responses,
+//! generated from the codes the route declares (`Route::answers`) and those
+//! the toolkit gives on every route: one response per status, naming its
+//! codes, so no operation's document misses a status the engine can send
+//! and no handler describes its errors a second time by hand.
 //!
 //! The document is also the one place a route is described: `GET /` lists
 //! each route of the router with its operation's `summary` ([`index`]), so
 //! the index and the document cannot disagree, and a route without a
 //! documented operation stops the engine at start.
 
-use hyper::Method;
+use std::collections::BTreeMap;
+
+use hyper::{Method, StatusCode};
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
+use super::error::{BODY_TOO_LARGE, EVERY_ROUTE, ErrorCode};
 use super::route::RouteInfo;
 
 /// One Server-Sent Event, as a `text/event-stream` response's schema: a
@@ -31,64 +38,94 @@ pub struct SseEvent {
     pub id: Option<String>,
 }
 
-/// Answers the toolkit gives on any route, whatever the feature.
-const TOOLKIT_ANSWERS: &[(&str, &str)] = &[
-    (
-        "405",
-        "`METHOD_NOT_ALLOWED`: the path exists with other methods (see `Allow`)",
-    ),
-    ("408", "`BODY_TIMEOUT`: the body did not arrive within 5 s"),
-    ("413", "`BODY_TOO_LARGE`: a body over 16 KiB"),
-    ("414", "`URI_TOO_LONG`: a request target over 2 KiB"),
-];
-
-fn error_response(description: &str) -> RefOr<Response> {
-    RefOr::T(
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
+/// The error response of one status: its codes in backticks, the
+/// `ErrorBody` schema, and `Retry-After` where the status asks a client to
+/// come back (every 503 carries it, and a 429 whose refusal clears by
+/// itself).
+fn error_response(status: StatusCode, codes: &[&str]) -> RefOr<Response> {
+    let description = codes
+        .iter()
+        .map(|code| format!("`{code}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
             .build(),
-    )
+    );
+    if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+                .description(Some("seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    RefOr::T(response.build())
 }
 
-fn operations(doc: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
-    doc.paths.paths.values_mut().flat_map(|item| {
-        [
-            item.get.as_mut(),
-            item.put.as_mut(),
-            item.post.as_mut(),
-            item.delete.as_mut(),
-            item.patch.as_mut(),
-            item.head.as_mut(),
-            item.options.as_mut(),
-            item.trace.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-    })
+/// A route's codes by status, in the order of the statuses.
+fn by_status(codes: &[ErrorCode]) -> BTreeMap<u16, (StatusCode, Vec<&'static str>)> {
+    let mut statuses: BTreeMap<u16, (StatusCode, Vec<&'static str>)> = BTreeMap::new();
+    for code in codes {
+        let entry = statuses
+            .entry(code.status.as_u16())
+            .or_insert((code.status, Vec::new()));
+        if !entry.1.contains(&code.code) {
+            entry.1.push(code.code);
+        }
+    }
+    statuses
 }
 
-/// The features' documents merged into `base`, each operation completed
-/// with the toolkit's answers.
-pub fn assemble(mut base: OpenApi, parts: impl IntoIterator<Item = OpenApi>) -> OpenApi {
+/// Whether every one of `codes` is one the toolkit gives on any route.
+fn toolkit_only(codes: &[&str]) -> bool {
+    codes
+        .iter()
+        .all(|code| EVERY_ROUTE.iter().chain([&BODY_TOO_LARGE]).any(|c| c.code == *code))
+}
+
+/// The features' documents merged into `base`, and each route's operation
+/// completed with its error responses. A handler that describes by hand a
+/// status a route's own codes answer is refused: the codes are said once,
+/// in the route list. A handler's own answer at a status only the toolkit
+/// shares (`/health`'s 503 with its `Health` body) stays.
+pub fn assemble(
+    mut base: OpenApi,
+    parts: impl IntoIterator<Item = OpenApi>,
+    routes: &[RouteInfo],
+) -> Result<OpenApi, ApiDocError> {
     for part in parts {
         base.merge(part);
     }
-    for operation in operations(&mut base) {
-        for (status, description) in TOOLKIT_ANSWERS {
-            operation
-                .responses
-                .responses
-                .entry((*status).to_owned())
-                .or_insert_with(|| error_response(description));
+    for route in routes {
+        let Some(operation) = base
+            .paths
+            .paths
+            .get_mut(route.path)
+            .and_then(|item| operation_mut(item, &route.method))
+        else {
+            // `index` names the route the document does not describe.
+            continue;
+        };
+        for (status, (code, codes)) in by_status(&route.answers) {
+            let key = status.to_string();
+            if operation.responses.responses.contains_key(&key) {
+                if toolkit_only(&codes) {
+                    continue;
+                }
+                return Err(ApiDocError::HandWritten {
+                    method: route.method.clone(),
+                    path: route.path,
+                    status,
+                });
+            }
+            operation.responses.responses.insert(key, error_response(code, &codes));
         }
     }
-    base
+    Ok(base)
 }
 
 /// One route as `GET /` lists it.
@@ -106,22 +143,42 @@ pub enum ApiDocError {
         "route {method} {path} has no operation with a summary in the API document: give its handler a `#[utoipa::path]` with a `summary` and list it in its feature's `api()`"
     )]
     Undocumented { method: Method, path: &'static str },
+    #[error(
+        "route {method} {path}: its handler's `#[utoipa::path]` describes the {status} response its error codes answer; drop it, the route list's `answers` generate it"
+    )]
+    HandWritten {
+        method: Method,
+        path: &'static str,
+        status: u16,
+    },
     #[error("the API document does not serialize: {0}")]
     Serialize(#[from] serde_json::Error),
 }
 
+/// The operation of `method` in a path item, as `$as` (`as_ref`, `as_mut`)
+/// gives it.
+macro_rules! operation_of {
+    ($item:expr, $method:expr, $as:ident) => {
+        match *$method {
+            Method::GET => $item.get.$as(),
+            Method::PUT => $item.put.$as(),
+            Method::POST => $item.post.$as(),
+            Method::DELETE => $item.delete.$as(),
+            Method::PATCH => $item.patch.$as(),
+            Method::HEAD => $item.head.$as(),
+            Method::OPTIONS => $item.options.$as(),
+            Method::TRACE => $item.trace.$as(),
+            _ => None,
+        }
+    };
+}
+
 fn operation<'a>(item: &'a PathItem, method: &Method) -> Option<&'a Operation> {
-    match *method {
-        Method::GET => item.get.as_ref(),
-        Method::PUT => item.put.as_ref(),
-        Method::POST => item.post.as_ref(),
-        Method::DELETE => item.delete.as_ref(),
-        Method::PATCH => item.patch.as_ref(),
-        Method::HEAD => item.head.as_ref(),
-        Method::OPTIONS => item.options.as_ref(),
-        Method::TRACE => item.trace.as_ref(),
-        _ => None,
-    }
+    operation_of!(item, method, as_ref)
+}
+
+fn operation_mut<'a>(item: &'a mut PathItem, method: &Method) -> Option<&'a mut Operation> {
+    operation_of!(item, method, as_mut)
 }
 
 /// Every route with its operation's summary, in the router's order; an
@@ -175,6 +232,7 @@ mod tests {
         RouteInfo {
             method,
             path: "/things/{id}",
+            answers: Vec::new(),
         }
     }
 

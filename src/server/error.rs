@@ -28,6 +28,40 @@ impl ErrorCode {
     }
 }
 
+// The toolkit's codes: the requests any route may get wrong, the admin guard
+// and the script calls. A route lists those it may answer (`Route::answers`)
+// beside its feature's; the ones the router and the listener give on every
+// route are `EVERY_ROUTE`.
+pub const INVALID_JSON: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_JSON");
+pub const BODY_TOO_LARGE: ErrorCode = ErrorCode::new(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE");
+pub const BODY_TIMEOUT: ErrorCode = ErrorCode::new(StatusCode::REQUEST_TIMEOUT, "BODY_TIMEOUT");
+pub const BODY_UNREADABLE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "BODY_UNREADABLE");
+pub const URI_TOO_LONG: ErrorCode = ErrorCode::new(StatusCode::URI_TOO_LONG, "URI_TOO_LONG");
+pub const NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "NOT_FOUND");
+pub const METHOD_NOT_ALLOWED: ErrorCode = ErrorCode::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+pub const UNAUTHORIZED: ErrorCode = ErrorCode::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+pub const ADMIN_DISABLED: ErrorCode = ErrorCode::new(StatusCode::FORBIDDEN, "ADMIN_DISABLED");
+pub const REDIS_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE");
+pub const OVERLOADED: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED");
+pub const INTERNAL: ErrorCode = ErrorCode::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL");
+
+/// What the router and the listener may answer on any route, whatever it
+/// declares: a path with other methods, a request target over the bound, a
+/// connection over the connection bound (the canned `OVERLOADED`). A route
+/// that does not bound its own body adds `BODY_TOO_LARGE` (see
+/// `Route::with_own_body_limit`).
+pub const EVERY_ROUTE: &[ErrorCode] = &[METHOD_NOT_ALLOWED, URI_TOO_LONG, OVERLOADED];
+
+/// What a route that reads a JSON body (`http::read_json`, `http::read_body`)
+/// may answer.
+pub const BODY_ANSWERS: &[ErrorCode] = &[INVALID_JSON, BODY_UNREADABLE, BODY_TIMEOUT];
+
+/// What a route behind the admin guard (`auth::AdminGuard`) may answer.
+pub const ADMIN_ANSWERS: &[ErrorCode] = &[UNAUTHORIZED, ADMIN_DISABLED];
+
+/// What a route that calls a Lua script may answer (`ScriptError`).
+pub const SCRIPT_ANSWERS: &[ErrorCode] = &[REDIS_UNAVAILABLE, OVERLOADED, INTERNAL];
+
 /// An error a handler may return. The `Display` text is the message shown to
 /// the client, unless [`ApiError::is_internal`] says it is not for them.
 pub trait ApiError: std::error::Error + Send + Sync + 'static {
@@ -132,17 +166,16 @@ impl ApiError for std::convert::Infallible {
 
 impl ApiError for RequestError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
-            RequestError::InvalidJson(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_JSON"),
-            RequestError::BodyTooLarge => ErrorCode::new(S::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
-            RequestError::BodyTimeout => ErrorCode::new(S::REQUEST_TIMEOUT, "BODY_TIMEOUT"),
-            RequestError::BodyRead => ErrorCode::new(S::BAD_REQUEST, "BODY_UNREADABLE"),
-            RequestError::UriTooLong => ErrorCode::new(S::URI_TOO_LONG, "URI_TOO_LONG"),
-            RequestError::NotFound => ErrorCode::new(S::NOT_FOUND, "NOT_FOUND"),
-            RequestError::MethodNotAllowed { .. } => ErrorCode::new(S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            RequestError::Unauthorized => ErrorCode::new(S::UNAUTHORIZED, "UNAUTHORIZED"),
-            RequestError::AdminDisabled => ErrorCode::new(S::FORBIDDEN, "ADMIN_DISABLED"),
+            RequestError::InvalidJson(_) => INVALID_JSON,
+            RequestError::BodyTooLarge => BODY_TOO_LARGE,
+            RequestError::BodyTimeout => BODY_TIMEOUT,
+            RequestError::BodyRead => BODY_UNREADABLE,
+            RequestError::UriTooLong => URI_TOO_LONG,
+            RequestError::NotFound => NOT_FOUND,
+            RequestError::MethodNotAllowed { .. } => METHOD_NOT_ALLOWED,
+            RequestError::Unauthorized => UNAUTHORIZED,
+            RequestError::AdminDisabled => ADMIN_DISABLED,
         }
     }
 
@@ -157,9 +190,9 @@ impl ApiError for RequestError {
 impl ApiError for ScriptError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            ScriptError::Redis(_) => ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE"),
-            ScriptError::Overloaded => ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
-            ScriptError::UnexpectedReply { .. } => ErrorCode::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            ScriptError::Redis(_) => REDIS_UNAVAILABLE,
+            ScriptError::Overloaded => OVERLOADED,
+            ScriptError::UnexpectedReply { .. } => INTERNAL,
         }
     }
 

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::RequestError;
-use super::error::{ApiError, error_response, respond};
+use super::error::{ApiError, BODY_TOO_LARGE, EVERY_ROUTE, ErrorCode, error_response, respond};
 use super::http::{HttpResponse, check_declared_size};
 use crate::limits::REQUEST_URI_BYTES_MAX;
 use crate::telemetry;
@@ -43,6 +43,9 @@ pub struct Route {
     /// Whether the handler bounds its own body (uploads); every other route
     /// refuses a declared body over `REQUEST_BODY_BYTES_MAX` before it runs.
     pub own_body_limit: bool,
+    /// The error codes its handler may answer, beyond those every route may
+    /// (see [`RouteInfo::answers`]).
+    answers: Vec<ErrorCode>,
     handler: Handler,
 }
 
@@ -61,6 +64,7 @@ impl Route {
             path,
             name,
             own_body_limit: false,
+            answers: Vec::new(),
             handler: Arc::new(move |req, params| {
                 let response = handler(state.clone(), req, params);
                 Box::pin(async move { respond(response.await) })
@@ -73,14 +77,32 @@ impl Route {
         self.own_body_limit = true;
         self
     }
+
+    /// Error codes the handler may answer: its feature's, and the toolkit's
+    /// groups it uses (`error::BODY_ANSWERS`, `ADMIN_ANSWERS`,
+    /// `SCRIPT_ANSWERS`). Called again, it adds to the list. The API
+    /// document's error responses of the route are generated from it.
+    pub fn answers(mut self, codes: &'static [ErrorCode]) -> Self {
+        for code in codes {
+            if !self.answers.contains(code) {
+                self.answers.push(*code);
+            }
+        }
+        self
+    }
 }
 
-/// A route as the router knows it: its method and path pattern. What it
-/// does comes from the API document (`apidoc::index`).
+/// A route as the router knows it: its method, path pattern and the error
+/// codes it may answer. What it does comes from the API document
+/// (`apidoc::index`).
 #[derive(Debug, Clone)]
 pub struct RouteInfo {
     pub method: Method,
     pub path: &'static str,
+    /// Every error code the route may answer: those it declares, then those
+    /// the toolkit gives on every route (`error::EVERY_ROUTE`, and
+    /// `BODY_TOO_LARGE` unless it bounds its own body).
+    pub answers: Vec<ErrorCode>,
 }
 
 /// Every route of every feature. Built once at start.
@@ -141,9 +163,19 @@ impl Router {
         self.entries
             .iter()
             .flat_map(|(routes, _)| routes.iter())
-            .map(|r| RouteInfo {
-                method: r.method.clone(),
-                path: r.path,
+            .map(|r| {
+                let mut answers = r.answers.clone();
+                let toolkit = EVERY_ROUTE.iter().chain((!r.own_body_limit).then_some(&BODY_TOO_LARGE));
+                for code in toolkit {
+                    if !answers.contains(code) {
+                        answers.push(*code);
+                    }
+                }
+                RouteInfo {
+                    method: r.method.clone(),
+                    path: r.path,
+                    answers,
+                }
             })
             .collect()
     }

@@ -65,11 +65,6 @@ fn admin(state: &Settlement, req: Request<Incoming>) -> Result<Request<Incoming>
     request_body(content = CreateJob, content_type = "application/json"),
     responses(
         (status = 202, description = "queued (or the job of the same key)", body = Queued),
-        (status = 400, description = "`INVALID_JSON`, `INVALID_BODY`, `UNKNOWN_FIELD`, `MISSING_FIELD`, `INVALID_DATE`, `FROM_AFTER_TO`, `RANGE_TOO_LONG`, `INVALID_IDEMPOTENCY_KEY`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpResponse, SettlementError> {
@@ -94,10 +89,6 @@ pub async fn create(state: &Settlement, req: Request<Incoming>) -> Result<HttpRe
     params(("id" = String, Path, description = "the job id (a UUID)")),
     responses(
         (status = 200, description = "the job", body = queue::JobView),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
@@ -121,11 +112,6 @@ pub async fn job(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Re
     responses(
         (status = 200, description = "cancelled", body = queue::JobView),
         (status = 202, description = "flagged; its engine has not stopped it yet", body = queue::JobView),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`JOB_ALREADY_COMPLETED`, `JOB_ALREADY_FAILED`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) -> Result<HttpResponse, SettlementError> {
@@ -166,12 +152,6 @@ pub async fn cancel(state: &Settlement, req: Request<Incoming>, raw_id: &str) ->
     params(("job_id" = String, Path, description = "the job id (a UUID)")),
     responses(
         (status = 200, description = "merchant_id,date,gross_cents,fee_cents,net_cents,txn_count; sorted by merchant and date", content_type = "text/csv", body = String),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 404, description = "`JOB_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`JOB_NOT_COMPLETED`", body = ErrorBody),
-        (status = 429, description = "`DOWNLOADS_BUSY`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn download(

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::server::auth::AdminGuard;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::Field;
@@ -87,25 +87,41 @@ pub enum SettlementError {
     Postgres(#[from] sqlx::Error),
 }
 
+// The codes a SettlementError answers with; routes list the ones they may answer.
+pub const INVALID_BODY: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_BODY");
+pub const UNKNOWN_FIELD: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "UNKNOWN_FIELD");
+pub const MISSING_FIELD: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "MISSING_FIELD");
+pub const INVALID_DATE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_DATE");
+pub const FROM_AFTER_TO: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "FROM_AFTER_TO");
+pub const RANGE_TOO_LONG: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "RANGE_TOO_LONG");
+pub const INVALID_IDEMPOTENCY_KEY: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY");
+pub const IDEMPOTENCY_KEY_REUSED: ErrorCode =
+    ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED");
+pub const JOB_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "JOB_NOT_FOUND");
+pub const JOB_NOT_COMPLETED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "JOB_NOT_COMPLETED");
+pub const JOB_ALREADY_COMPLETED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "JOB_ALREADY_COMPLETED");
+pub const JOB_ALREADY_FAILED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "JOB_ALREADY_FAILED");
+pub const DOWNLOADS_BUSY: ErrorCode = ErrorCode::new(StatusCode::TOO_MANY_REQUESTS, "DOWNLOADS_BUSY");
+pub const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE");
+
 impl ApiError for SettlementError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
-            SettlementError::NotAnObject => ErrorCode::new(S::BAD_REQUEST, "INVALID_BODY"),
-            SettlementError::UnknownField(_) => ErrorCode::new(S::BAD_REQUEST, "UNKNOWN_FIELD"),
-            SettlementError::MissingField(_) => ErrorCode::new(S::BAD_REQUEST, "MISSING_FIELD"),
-            SettlementError::InvalidDate(_) => ErrorCode::new(S::BAD_REQUEST, "INVALID_DATE"),
-            SettlementError::FromAfterTo => ErrorCode::new(S::BAD_REQUEST, "FROM_AFTER_TO"),
-            SettlementError::RangeTooLong(_) => ErrorCode::new(S::BAD_REQUEST, "RANGE_TOO_LONG"),
-            SettlementError::InvalidIdempotencyKey => ErrorCode::new(S::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY"),
-            SettlementError::IdempotencyKeyReused => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
-            SettlementError::JobNotFound => ErrorCode::new(S::NOT_FOUND, "JOB_NOT_FOUND"),
-            SettlementError::JobNotCompleted(_) => ErrorCode::new(S::CONFLICT, "JOB_NOT_COMPLETED"),
-            SettlementError::JobAlreadyCompleted => ErrorCode::new(S::CONFLICT, "JOB_ALREADY_COMPLETED"),
-            SettlementError::JobAlreadyFailed => ErrorCode::new(S::CONFLICT, "JOB_ALREADY_FAILED"),
-            SettlementError::DownloadsBusy => ErrorCode::new(S::TOO_MANY_REQUESTS, "DOWNLOADS_BUSY"),
+            SettlementError::NotAnObject => INVALID_BODY,
+            SettlementError::UnknownField(_) => UNKNOWN_FIELD,
+            SettlementError::MissingField(_) => MISSING_FIELD,
+            SettlementError::InvalidDate(_) => INVALID_DATE,
+            SettlementError::FromAfterTo => FROM_AFTER_TO,
+            SettlementError::RangeTooLong(_) => RANGE_TOO_LONG,
+            SettlementError::InvalidIdempotencyKey => INVALID_IDEMPOTENCY_KEY,
+            SettlementError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
+            SettlementError::JobNotFound => JOB_NOT_FOUND,
+            SettlementError::JobNotCompleted(_) => JOB_NOT_COMPLETED,
+            SettlementError::JobAlreadyCompleted => JOB_ALREADY_COMPLETED,
+            SettlementError::JobAlreadyFailed => JOB_ALREADY_FAILED,
+            SettlementError::DownloadsBusy => DOWNLOADS_BUSY,
             SettlementError::Request(e) => e.error_code(),
-            SettlementError::Postgres(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+            SettlementError::Postgres(_) => STORE_UNAVAILABLE,
         }
     }
 
@@ -180,28 +196,52 @@ impl Feature for Settlement {
                 "settlement_create",
                 self.clone(),
                 |s, req, _| async move { handlers::create(&s, req).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(error::BODY_ANSWERS)
+            .answers(&[
+                INVALID_BODY,
+                UNKNOWN_FIELD,
+                MISSING_FIELD,
+                INVALID_DATE,
+                FROM_AFTER_TO,
+                RANGE_TOO_LONG,
+                INVALID_IDEMPOTENCY_KEY,
+                IDEMPOTENCY_KEY_REUSED,
+                STORE_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/jobs/{id}",
                 "settlement_job",
                 self.clone(),
                 |s, req, params| async move { handlers::job(&s, req, params.get("id").unwrap_or("")).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(&[JOB_NOT_FOUND, STORE_UNAVAILABLE]),
             Route::new(
                 Method::POST,
                 "/jobs/{id}/cancel",
                 "settlement_cancel",
                 self.clone(),
                 |s, req, params| async move { handlers::cancel(&s, req, params.get("id").unwrap_or("")).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(&[
+                JOB_NOT_FOUND,
+                JOB_ALREADY_COMPLETED,
+                JOB_ALREADY_FAILED,
+                STORE_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/downloads/{job_id}.csv",
                 "settlement_download",
                 self,
                 |s, req, params| async move { handlers::download(&s, req, params.get("job_id").unwrap_or("")).await },
-            ),
+            )
+            .answers(error::ADMIN_ANSWERS)
+            .answers(&[JOB_NOT_FOUND, JOB_NOT_COMPLETED, DOWNLOADS_BUSY, STORE_UNAVAILABLE]),
         ]
     }
 

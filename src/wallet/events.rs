@@ -162,8 +162,6 @@ impl Drop for Subscription {
            ("Last-Event-ID" = Option<String>, Header, description = "resume after this event: `<ms>-<seq>`, each part at most 2^64 - 1")),
     responses(
         (status = 200, description = "an event stream; each event has an `id:`", content_type = "text/event-stream", body = crate::server::apidoc::SseEvent),
-        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_LAST_EVENT_ID`", body = crate::server::error::ErrorBody),
-        (status = 503, description = "`SSE_STREAMS_FULL`, `REDIS_UNAVAILABLE`", body = crate::server::error::ErrorBody),
     ))]
 pub async fn stream(
     wallet: &Wallet,

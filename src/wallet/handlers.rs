@@ -66,11 +66,6 @@ impl<'a> From<&'a BonusSnapshot> for BonusProgress<'a> {
     request_body = TransactionBody,
     responses(
         (status = 200, description = "applied (`Idempotent-Replayed: true` on a repeat)", body = TransactionReply),
-        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_TYPE`, `INVALID_AMOUNT`, `INVALID_REFERENCE_ID`, `INVALID_GAME`, `INVALID_BET_REFERENCE_ID`, `INVALID_JSON`", body = ErrorBody),
-        (status = 404, description = "`BET_NOT_FOUND`, `ACCOUNT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`INSUFFICIENT_FUNDS`, `BET_REFUNDED`", body = ErrorBody),
-        (status = 422, description = "`MAX_BET_EXCEEDED`, `REFERENCE_REUSED`, `REFUND_AMOUNT_MISMATCH`, `BALANCE_LIMIT_EXCEEDED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<HttpResponse, WalletError> {
     let body: TransactionBody = read_json(req).await?;
@@ -125,12 +120,6 @@ struct BonusReply<'a> {
     request_body = BonusBody,
     responses(
         (status = 201, description = "the bonus; required_minor = amount_minor × wagering_multiplier", body = BonusReply),
-        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_AMOUNT`, `INVALID_WAGERING_MULTIPLIER`, `INVALID_EXPIRES_IN`, `INVALID_MAX_BET`, `INVALID_CONTRIBUTIONS`, `INVALID_JSON`", body = ErrorBody),
-        (status = 401, description = "`UNAUTHORIZED`", body = ErrorBody),
-        (status = 403, description = "`ADMIN_DISABLED`", body = ErrorBody),
-        (status = 409, description = "`BONUS_ACTIVE`", body = ErrorBody),
-        (status = 422, description = "`BALANCE_LIMIT_EXCEEDED`", body = ErrorBody),
-        (status = 503, description = "`OUTBOX_FULL`, `REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn grant_bonus(wallet: &Wallet, req: Request<Incoming>) -> Result<HttpResponse, WalletError> {
     let (parts, body) = req.into_parts();
@@ -203,9 +192,6 @@ struct BalanceReply {
            ("currency" = String, Query, description = "ISO 4217")),
     responses(
         (status = 200, description = "balances, bonus progress, what a withdrawal would forfeit", body = BalanceReply),
-        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`", body = ErrorBody),
-        (status = 404, description = "`ACCOUNT_NOT_FOUND`", body = ErrorBody),
-        (status = 503, description = "`REDIS_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn balance(
     wallet: &Wallet,
@@ -312,8 +298,6 @@ struct HistoryReply {
            ("before" = Option<i64>, Query, description = "`next_before` of the previous page")),
     responses(
         (status = 200, description = "a page of the ledger", body = HistoryReply),
-        (status = 400, description = "`INVALID_PLAYER_ID`, `INVALID_CURRENCY`, `INVALID_LIMIT`, `INVALID_BEFORE`", body = ErrorBody),
-        (status = 503, description = "`STORE_UNAVAILABLE`", body = ErrorBody),
     ))]
 pub async fn history(
     wallet: &Wallet,

@@ -35,7 +35,7 @@ use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
 use crate::server::auth::AdminGuard;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
 use domain::{Field, Invalid};
@@ -94,38 +94,68 @@ impl WalletError {
     }
 }
 
+// The codes a WalletError answers with; routes list the ones they may answer.
+pub const INVALID_PLAYER_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_PLAYER_ID");
+pub const INVALID_CURRENCY: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_CURRENCY");
+pub const INVALID_TYPE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_TYPE");
+pub const INVALID_AMOUNT: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_AMOUNT");
+pub const INVALID_REFERENCE_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_REFERENCE_ID");
+pub const INVALID_GAME: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_GAME");
+pub const INVALID_BET_REFERENCE_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_BET_REFERENCE_ID");
+pub const INVALID_WAGERING_MULTIPLIER: ErrorCode =
+    ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_WAGERING_MULTIPLIER");
+pub const INVALID_EXPIRES_IN: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_EXPIRES_IN");
+pub const INVALID_MAX_BET: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_MAX_BET");
+pub const INVALID_CONTRIBUTIONS: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_CONTRIBUTIONS");
+pub const INVALID_LIMIT: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_LIMIT");
+pub const INVALID_BEFORE: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_BEFORE");
+pub const INVALID_LAST_EVENT_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQUEST, "INVALID_LAST_EVENT_ID");
+pub const INSUFFICIENT_FUNDS: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "INSUFFICIENT_FUNDS");
+pub const BET_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "BET_NOT_FOUND");
+pub const BET_REFUNDED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BET_REFUNDED");
+pub const REFUND_AMOUNT_MISMATCH: ErrorCode =
+    ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "REFUND_AMOUNT_MISMATCH");
+pub const MAX_BET_EXCEEDED: ErrorCode = ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "MAX_BET_EXCEEDED");
+pub const BALANCE_LIMIT_EXCEEDED: ErrorCode =
+    ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "BALANCE_LIMIT_EXCEEDED");
+pub const REFERENCE_REUSED: ErrorCode = ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "REFERENCE_REUSED");
+pub const BONUS_ACTIVE: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BONUS_ACTIVE");
+pub const ACCOUNT_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "ACCOUNT_NOT_FOUND");
+pub const SSE_STREAMS_FULL: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "SSE_STREAMS_FULL");
+pub const OUTBOX_FULL: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OUTBOX_FULL");
+pub const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE");
+
 impl ApiError for WalletError {
     fn error_code(&self) -> ErrorCode {
-        use StatusCode as S;
         match self {
             WalletError::Invalid(Invalid(field, _)) => match field {
-                Field::PlayerId => ErrorCode::new(S::BAD_REQUEST, "INVALID_PLAYER_ID"),
-                Field::Currency => ErrorCode::new(S::BAD_REQUEST, "INVALID_CURRENCY"),
-                Field::Type => ErrorCode::new(S::BAD_REQUEST, "INVALID_TYPE"),
-                Field::AmountMinor => ErrorCode::new(S::BAD_REQUEST, "INVALID_AMOUNT"),
-                Field::ReferenceId => ErrorCode::new(S::BAD_REQUEST, "INVALID_REFERENCE_ID"),
-                Field::Game => ErrorCode::new(S::BAD_REQUEST, "INVALID_GAME"),
-                Field::BetReferenceId => ErrorCode::new(S::BAD_REQUEST, "INVALID_BET_REFERENCE_ID"),
-                Field::WageringMultiplier => ErrorCode::new(S::BAD_REQUEST, "INVALID_WAGERING_MULTIPLIER"),
-                Field::ExpiresInSecs => ErrorCode::new(S::BAD_REQUEST, "INVALID_EXPIRES_IN"),
-                Field::MaxBetMinor => ErrorCode::new(S::BAD_REQUEST, "INVALID_MAX_BET"),
-                Field::Contributions => ErrorCode::new(S::BAD_REQUEST, "INVALID_CONTRIBUTIONS"),
-                Field::Limit => ErrorCode::new(S::BAD_REQUEST, "INVALID_LIMIT"),
-                Field::Before => ErrorCode::new(S::BAD_REQUEST, "INVALID_BEFORE"),
-                Field::LastEventId => ErrorCode::new(S::BAD_REQUEST, "INVALID_LAST_EVENT_ID"),
+                Field::PlayerId => INVALID_PLAYER_ID,
+                Field::Currency => INVALID_CURRENCY,
+                Field::Type => INVALID_TYPE,
+                Field::AmountMinor => INVALID_AMOUNT,
+                Field::ReferenceId => INVALID_REFERENCE_ID,
+                Field::Game => INVALID_GAME,
+                Field::BetReferenceId => INVALID_BET_REFERENCE_ID,
+                Field::WageringMultiplier => INVALID_WAGERING_MULTIPLIER,
+                Field::ExpiresInSecs => INVALID_EXPIRES_IN,
+                Field::MaxBetMinor => INVALID_MAX_BET,
+                Field::Contributions => INVALID_CONTRIBUTIONS,
+                Field::Limit => INVALID_LIMIT,
+                Field::Before => INVALID_BEFORE,
+                Field::LastEventId => INVALID_LAST_EVENT_ID,
             },
-            WalletError::InsufficientFunds => ErrorCode::new(S::CONFLICT, "INSUFFICIENT_FUNDS"),
-            WalletError::BetNotFound => ErrorCode::new(S::NOT_FOUND, "BET_NOT_FOUND"),
-            WalletError::BetRefunded => ErrorCode::new(S::CONFLICT, "BET_REFUNDED"),
-            WalletError::RefundAmountMismatch => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "REFUND_AMOUNT_MISMATCH"),
-            WalletError::MaxBetExceeded => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "MAX_BET_EXCEEDED"),
-            WalletError::BalanceLimitExceeded => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "BALANCE_LIMIT_EXCEEDED"),
-            WalletError::ReferenceReused(_) => ErrorCode::new(S::UNPROCESSABLE_ENTITY, "REFERENCE_REUSED"),
-            WalletError::BonusActive => ErrorCode::new(S::CONFLICT, "BONUS_ACTIVE"),
-            WalletError::AccountNotFound => ErrorCode::new(S::NOT_FOUND, "ACCOUNT_NOT_FOUND"),
-            WalletError::StreamsFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "SSE_STREAMS_FULL"),
-            WalletError::OutboxFull => ErrorCode::new(S::SERVICE_UNAVAILABLE, "OUTBOX_FULL"),
-            WalletError::Store(_) => ErrorCode::new(S::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
+            WalletError::InsufficientFunds => INSUFFICIENT_FUNDS,
+            WalletError::BetNotFound => BET_NOT_FOUND,
+            WalletError::BetRefunded => BET_REFUNDED,
+            WalletError::RefundAmountMismatch => REFUND_AMOUNT_MISMATCH,
+            WalletError::MaxBetExceeded => MAX_BET_EXCEEDED,
+            WalletError::BalanceLimitExceeded => BALANCE_LIMIT_EXCEEDED,
+            WalletError::ReferenceReused(_) => REFERENCE_REUSED,
+            WalletError::BonusActive => BONUS_ACTIVE,
+            WalletError::AccountNotFound => ACCOUNT_NOT_FOUND,
+            WalletError::StreamsFull => SSE_STREAMS_FULL,
+            WalletError::OutboxFull => OUTBOX_FULL,
+            WalletError::Store(_) => STORE_UNAVAILABLE,
             WalletError::Request(e) => e.error_code(),
             WalletError::Script(e) => e.error_code(),
         }
@@ -193,31 +223,85 @@ impl Feature for Wallet {
                 "wallet_transaction",
                 self.clone(),
                 |w, req, _| async move { handlers::transaction(&w, req).await },
-            ),
+            )
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_PLAYER_ID,
+                INVALID_CURRENCY,
+                INVALID_TYPE,
+                INVALID_AMOUNT,
+                INVALID_REFERENCE_ID,
+                INVALID_GAME,
+                INVALID_BET_REFERENCE_ID,
+                BET_NOT_FOUND,
+                ACCOUNT_NOT_FOUND,
+                INSUFFICIENT_FUNDS,
+                BET_REFUNDED,
+                MAX_BET_EXCEEDED,
+                REFERENCE_REUSED,
+                REFUND_AMOUNT_MISMATCH,
+                BALANCE_LIMIT_EXCEEDED,
+                OUTBOX_FULL,
+            ]),
             Route::new(
                 Method::GET,
                 "/wallet/{player_id}",
                 "wallet_balance",
                 self.clone(),
                 |w, req, params| async move { handlers::balance(&w, req, params.get("player_id")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_PLAYER_ID,
+                INVALID_CURRENCY,
+                ACCOUNT_NOT_FOUND,
+                error::REDIS_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/wallet/{player_id}/transactions",
                 "wallet_history",
                 self.clone(),
                 |w, req, params| async move { handlers::history(&w, req, params.get("player_id")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_PLAYER_ID,
+                INVALID_CURRENCY,
+                INVALID_LIMIT,
+                INVALID_BEFORE,
+                STORE_UNAVAILABLE,
+            ]),
             Route::new(
                 Method::GET,
                 "/wallet/{player_id}/events",
                 "wallet_events",
                 self.clone(),
                 |w, req, params| async move { events::stream(&w, req, params.get("player_id")).await },
-            ),
+            )
+            .answers(&[
+                INVALID_PLAYER_ID,
+                INVALID_LAST_EVENT_ID,
+                SSE_STREAMS_FULL,
+                error::REDIS_UNAVAILABLE,
+            ]),
             Route::new(Method::POST, "/bonuses", "bonus_grant", self, |w, req, _| async move {
                 handlers::grant_bonus(&w, req).await
-            }),
+            })
+            .answers(error::ADMIN_ANSWERS)
+            .answers(error::BODY_ANSWERS)
+            .answers(error::SCRIPT_ANSWERS)
+            .answers(&[
+                INVALID_PLAYER_ID,
+                INVALID_CURRENCY,
+                INVALID_AMOUNT,
+                INVALID_WAGERING_MULTIPLIER,
+                INVALID_EXPIRES_IN,
+                INVALID_MAX_BET,
+                INVALID_CONTRIBUTIONS,
+                BONUS_ACTIVE,
+                BALANCE_LIMIT_EXCEEDED,
+                OUTBOX_FULL,
+            ]),
         ]
     }
 
