@@ -51,7 +51,8 @@ fn outcome(script: &LuaScript, reply: &[Value]) -> Result<(), SaleError> {
         "ITEM_NOT_FOUND" => Err(SaleError::ItemNotFound),
         "ITEM_SOLD" => Err(SaleError::ItemSold),
         "USER_LIMIT_REACHED" => Err(SaleError::UserLimitReached),
-        "TOO_MANY_CHECKOUTS" => Err(SaleError::TooManyCheckouts),
+        // `checkout` sets the wait: it knows when the sale ends.
+        "TOO_MANY_CHECKOUTS" => Err(SaleError::TooManyCheckouts { retry_after_secs: 0 }),
         "CODE_NOT_FOUND" => Err(SaleError::CodeNotFound),
         "CODE_USED" => Err(SaleError::CodeUsed),
         "CODE_EXPIRED" => Err(SaleError::CodeExpired),
@@ -119,7 +120,15 @@ pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest
             args,
         )
         .await?;
-    outcome(&script.lua, &reply)
+    outcome(&script.lua, &reply).map_err(|e| match e {
+        // The cap is per sale: the next sale is the first that can take
+        // another checkout of this user.
+        SaleError::TooManyCheckouts { .. } => SaleError::TooManyCheckouts {
+            retry_after_secs: u32::try_from(((req.window.ends_ms - req.now_ms).max(1) + 999) / 1000)
+                .unwrap_or(u32::MAX),
+        },
+        other => other,
+    })
 }
 
 /// What a successful purchase reports back.

@@ -44,7 +44,10 @@ pub enum SaleError {
     #[error("user has reached the purchase limit for this sale")]
     UserLimitReached,
     #[error("user holds too many checkout codes for this sale")]
-    TooManyCheckouts,
+    TooManyCheckouts {
+        /// Seconds until the sale ends (`Retry-After`).
+        retry_after_secs: u32,
+    },
     #[error("unknown checkout code")]
     CodeNotFound,
     #[error("checkout code already used")]
@@ -105,7 +108,7 @@ impl ApiError for SaleError {
             SaleError::ItemNotFound => ITEM_NOT_FOUND,
             SaleError::ItemSold => ITEM_SOLD,
             SaleError::UserLimitReached => USER_LIMIT_REACHED,
-            SaleError::TooManyCheckouts => TOO_MANY_CHECKOUTS,
+            SaleError::TooManyCheckouts { .. } => TOO_MANY_CHECKOUTS,
             SaleError::CodeNotFound => CODE_NOT_FOUND,
             SaleError::CodeUsed => CODE_USED,
             SaleError::CodeExpired => CODE_EXPIRED,
@@ -113,6 +116,13 @@ impl ApiError for SaleError {
             SaleError::OutboxFull | SaleError::RefusalsFull => OUTBOX_FULL,
             SaleError::Request(e) => e.error_code(),
             SaleError::Script(e) => e.error_code(),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            SaleError::TooManyCheckouts { retry_after_secs } => Some(*retry_after_secs),
+            other => (other.error_code().status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
         }
     }
 

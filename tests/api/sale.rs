@@ -338,3 +338,30 @@ async fn contention_for_few_items_sells_each_once() {
     assert_eq!(sold, (1..=20).collect::<Vec<_>>(), "each item sold exactly once");
     Arc::into_inner(app).expect("done").finish().await;
 }
+
+/// A user's codes are capped per sale; past the cap the answer says to come
+/// back when the sale ends, since only the next sale takes another checkout.
+#[tokio::test]
+async fn too_many_checkouts_says_when_to_come_back() {
+    let app = spawn_app(&[("SALE_PERIOD_SECS", "60")]).await;
+    // The clock stands 1 s into the sale: it ends 59 s from now.
+    for i in 0..1_000 {
+        let reply = app.post(&format!("/checkout?user_id=hoarder&id={}", 1 + i % 50)).await;
+        assert_eq!(reply.status, StatusCode::OK, "checkout {i}: {:?}", reply.body);
+    }
+    let refused = app.post("/checkout?user_id=hoarder&id=1").await;
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_CHECKOUTS")
+    );
+    let retry_after = refused
+        .headers
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(retry_after, Some(59));
+    // Another user is not held back by the first one's codes.
+    let other = app.post("/checkout?user_id=someone&id=1").await;
+    assert_eq!(other.status, StatusCode::OK, "{:?}", other.body);
+    app.finish().await;
+}
