@@ -2,7 +2,9 @@
 # The one command that runs the engine: private Redis + Postgres, then `stampede serve`.
 #   bash scripts/run.sh
 # Honours REDIS_URL / DATABASE_URL (external services) and every STAMPEDE_* variable
-# (see README.md). Listens on 0.0.0.0:8080 and 0.0.0.0:8032 unless STAMPEDE_LISTEN is set.
+# (see README.md). Listens on 127.0.0.1:8080 and 127.0.0.1:8032 unless STAMPEDE_LISTEN is set:
+# on loopback, without STAMPEDE_API_KEYS_FILE, the engine serves openly (open mode, README.md
+# "Access"); to listen beyond loopback, give it keys (`stampede keys new`).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -24,7 +26,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-export STAMPEDE_LISTEN=${STAMPEDE_LISTEN:-0.0.0.0:8080,0.0.0.0:8032}
+export STAMPEDE_LISTEN=${STAMPEDE_LISTEN:-127.0.0.1:8080,127.0.0.1:8032}
 # A flash sale opens thousands of connections at once.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -75,6 +75,29 @@ pub struct Config {
     pub redis_checks: bool,
     /// `STAMPEDE_ADMIN_TOKEN`; `None` disables the admin routes.
     pub admin_token: Option<Secret>,
+    /// Who may call the routes (`server::access`).
+    pub access: AccessConfig,
+}
+
+/// Where the service keys and the player tokens' verification key come
+/// from, and whether the engine may serve without them.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// `STAMPEDE_API_KEYS_FILE`: one service key a line (name, scopes, the
+    /// SHA-256 of its secret).
+    pub keys_file: Option<std::path::PathBuf>,
+    /// `STAMPEDE_PLAYER_TOKEN_SECRET`: the HS256 secret shared with the
+    /// operator's backend, which signs the player tokens.
+    pub player_token_secret: Option<Secret>,
+    /// `STAMPEDE_PLAYER_TOKEN_PUBLIC_KEY`: an Ed25519 public key (PEM, or
+    /// the path of a PEM file) for player tokens signed with EdDSA.
+    pub player_token_public_key: Option<String>,
+    /// `STAMPEDE_AUTH=off`: every route but the admin ones is open, whatever
+    /// the listen addresses, as the operator asked.
+    pub off: bool,
+    /// `STAMPEDE_METRICS_REQUIRE_KEY`: `/metrics` takes a key with the
+    /// `metrics` scope.
+    pub metrics_require_key: bool,
 }
 
 /// A value that never shows in logs or `Debug` output.
@@ -164,7 +187,32 @@ impl Config {
                 reason: "must be at least 16 printable ASCII characters without spaces".into(),
             });
         }
+        let player_token_secret = env
+            .get("STAMPEDE_PLAYER_TOKEN_SECRET")
+            .map(|t| Secret(t.trim().to_owned()));
+        if let Some(Secret(secret)) = &player_token_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::Invalid {
+                var: "STAMPEDE_PLAYER_TOKEN_SECRET",
+                value: "(hidden)".into(),
+                reason: "must be at least 32 characters (HS256 needs a key as long as its hash)".into(),
+            });
+        }
+        let access = AccessConfig {
+            keys_file: env
+                .get("STAMPEDE_API_KEYS_FILE")
+                .filter(|f| !f.trim().is_empty())
+                .map(std::path::PathBuf::from),
+            player_token_secret,
+            player_token_public_key: env
+                .get("STAMPEDE_PLAYER_TOKEN_PUBLIC_KEY")
+                .filter(|k| !k.trim().is_empty()),
+            off: !env.switch("STAMPEDE_AUTH", true)?,
+            metrics_require_key: env.switch("STAMPEDE_METRICS_REQUIRE_KEY", false)?,
+        };
         Ok(Self {
+            access,
             outbox_events_max,
             script_inflight,
             script_queue_max,

@@ -1,5 +1,5 @@
-//! The `stampede` binary: `stampede serve`, `stampede gen-purchases`,
-//! `stampede gen-transactions`.
+//! The `stampede` binary: `stampede serve`, `stampede keys new`,
+//! `stampede gen-purchases`, `stampede gen-transactions`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,11 +37,35 @@ struct Cli {
 enum Command {
     /// Run the engine; configuration comes from environment variables (README.md)
     Serve,
+    /// Service keys (README.md, Access)
+    #[command(subcommand)]
+    Keys(Keys),
     /// Write purchase lines as NDJSON, for tests and demos of `POST /ingest`
     GenPurchases(GenPurchases),
     /// Load merchant transactions into the `transactions` table of DATABASE_URL by COPY
     #[command(after_help = "The database is migrated first. About 90% of the rows are PAID, 1% on a UTC day boundary.")]
     GenTransactions(GenTransactions),
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// Make a key: prints its secret (shown only now) and the line to add to STAMPEDE_API_KEYS_FILE
+    #[command(
+        after_help = "The file holds only the secret's SHA-256. To rotate: add the new key's line, restart the engines, \
+                      move the service to the new secret, remove the old line, restart again."
+    )]
+    New(NewKey),
+}
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+struct NewKey {
+    /// The key's name: in the credential, logs and metrics (a-z, 0-9, '-', '_')
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// What it may call, comma-separated: sale, orders, wallet, ingest, read, metrics
+    #[arg(long, value_name = "SCOPES", value_delimiter = ',', required = true)]
+    scopes: Vec<String>,
 }
 
 #[derive(Args)]
@@ -92,6 +116,7 @@ fn clock_seed() -> u64 {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve => serve(),
+        Command::Keys(Keys::New(args)) => new_key(args),
         Command::GenPurchases(args) => gen_purchases(args),
         Command::GenTransactions(args) => gen_transactions(args),
     }
@@ -131,6 +156,20 @@ fn serve() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+fn new_key(args: NewKey) -> ExitCode {
+    match stampede::server::access::new_key(&args.name, &args.scopes) {
+        Ok(key) => {
+            println!("secret: {}", key.secret);
+            println!("line: {}", key.line);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stampede keys new: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn gen_purchases(args: GenPurchases) -> ExitCode {

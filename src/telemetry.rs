@@ -132,6 +132,15 @@ pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) 
         .record(elapsed.as_secs_f64());
 }
 
+/// Requests by caller: a service key's name (keys are few, so the label
+/// stays low-cardinality), `player`, `admin`, `none` (public routes, open
+/// mode) or `refused` (no valid credential). Never a secret, a token or a
+/// query string.
+pub fn http_request_by_caller(caller: &'static str, status: StatusCode) {
+    counter!("stampede_http_requests_by_caller_total", "caller" => caller, "status" => status_label(status))
+        .increment(1);
+}
+
 fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",

@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::limits::{DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX};
 use crate::outbox::Flusher;
 use crate::outbox::dead_letters::{self, DeadLetter, RetryError, StatusFilter};
-use crate::server::auth::AdminGuard;
+use crate::server::access::Access;
 use crate::server::error::{self, ApiError, ErrorBody, ErrorCode};
 use crate::server::http::{HttpResponse, PageError, Query, json, rfc3339};
 use crate::server::{RequestError, Route};
@@ -84,20 +84,16 @@ impl From<sqlx::Error> for DeadLetterError {
 struct DeadLetters {
     ctx: Arc<Context>,
     flusher: Arc<Flusher>,
-    admin: AdminGuard,
 }
 
 pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
-    let state = Arc::new(DeadLetters {
-        admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
-        ctx,
-        flusher,
-    });
+    let state = Arc::new(DeadLetters { ctx, flusher });
     vec![
         Route::new(
             Method::GET,
             "/admin/dead-letters",
             "dead_letters",
+            Access::Admin,
             state.clone(),
             |s, req, _| async move { list(&s, req).await },
         )
@@ -112,8 +108,9 @@ pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
             Method::POST,
             "/admin/dead-letters/{id}/retry",
             "dead_letter_retry",
+            Access::Admin,
             state,
-            |s, req, params| async move { retry(&s, req, params.get("id")).await },
+            |s, _, params| async move { retry(&s, params.get("id")).await },
         )
         .answers(error::ADMIN_ANSWERS)
         .answers(&[
@@ -188,7 +185,6 @@ pub struct DeadLettersApi;
     description = "Newest first. An event is set aside after failing alone with a data error (a constraint, a value \
 Postgres refuses, a value that does not parse) `DEAD_LETTER_AFTER_ATTEMPTS` times, or at once when it cannot be \
 decoded; its shard then flows on. Replay one with `POST /admin/dead-letters/{id}/retry` once its cause is fixed.",
-    security(("admin" = [])),
     params(
         ("status" = Option<String>, Query, description = "`unresolved` (default), `resolved` or `all`"),
         ("limit" = Option<i64>, Query, description = "1-500, default 50"),
@@ -198,9 +194,7 @@ decoded; its shard then flows on. Replay one with `POST /admin/dead-letters/{id}
         (status = 200, description = "a page of dead letters", body = DeadLetterPage),
     ))]
 async fn list(state: &DeadLetters, req: Request<Incoming>) -> Result<HttpResponse, DeadLetterError> {
-    let (parts, _) = req.into_parts();
-    state.admin.check(&parts)?;
-    let query = Query::parse(parts.uri.query());
+    let query = Query::parse(req.uri().query());
     let filter = match query.get(&["status"]) {
         None => StatusFilter::Unresolved,
         Some(raw) => StatusFilter::parse(raw).ok_or(DeadLetterError::InvalidStatus)?,
@@ -227,18 +221,11 @@ async fn list(state: &DeadLetters, req: Request<Incoming>) -> Result<HttpRespons
     description = "Decodes the event from its raw fields and writes it as the flusher would, in one transaction with \
 its resolution. A resolved dead letter is answered as it is. `DEAD_LETTER_STILL_FAILING` (409): the sinks refused it \
 again; the new error and attempt are recorded.",
-    security(("admin" = [])),
     params(("id" = i64, Path, description = "the dead letter's id")),
     responses(
         (status = 200, description = "the dead letter, resolved", body = DeadLetterView),
     ))]
-async fn retry(
-    state: &DeadLetters,
-    req: Request<Incoming>,
-    raw_id: Option<&str>,
-) -> Result<HttpResponse, DeadLetterError> {
-    let (parts, _) = req.into_parts();
-    state.admin.check(&parts)?;
+async fn retry(state: &DeadLetters, raw_id: Option<&str>) -> Result<HttpResponse, DeadLetterError> {
     let id = raw_id
         .and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id > 0)

@@ -29,6 +29,7 @@ use crate::sale::domain::SaleWindow;
 use crate::sale::lua::SaleKeys;
 use crate::sale::settings::SaleSettings;
 use crate::server::Route;
+use crate::server::access::Access;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::http::{HttpResponse, with_content_type};
@@ -263,13 +264,19 @@ impl Feature for Live {
 
     fn routes(self: Arc<Self>) -> Vec<Route> {
         vec![
-            Route::new(Method::GET, "/live", "live", self.clone(), |_, _, _| async move {
-                Ok::<_, Infallible>(page())
-            }),
+            Route::new(
+                Method::GET,
+                "/live",
+                "live",
+                Access::Public,
+                self.clone(),
+                |_, _, _| async move { Ok::<_, Infallible>(page()) },
+            ),
             Route::new(
                 Method::GET,
                 "/live/events",
                 "live_events",
+                Access::Public,
                 self,
                 |live, _, _| async move { events(live) },
             )

@@ -33,6 +33,7 @@ use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::redis::keyspace::Keyspace;
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::redis::settings::{RedisSettings, RedisSettingsError};
+use crate::server::access::{self, Gate};
 use crate::server::apidoc::ApiDocError;
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
@@ -171,7 +172,25 @@ impl App {
         let ops = Ops::new(ctx.clone(), flusher.clone(), metrics.clone(), redis_settings);
         routes.extend(ops.clone().routes());
         telemetry::register_routes(routes.iter().map(|r| r.name));
-        let router = Arc::new(Router::new(routes)?);
+        let gate = Gate::new(
+            &ctx.config.access,
+            ctx.config.admin_token.as_ref(),
+            &ctx.config.listen,
+            &access::scopes(routes.iter().map(|r| &r.access)),
+            ctx.clock.clone(),
+        )?;
+        if gate.is_open() {
+            let reason = match ctx.config.access.off {
+                true => "STAMPEDE_AUTH=off",
+                false => "no keys file nor player-token key, every listen address loopback",
+            };
+            tracing::warn!(
+                listen = ?ctx.config.listen,
+                reason,
+                "open mode: every route but the admin ones serves anyone; see docs/operations.md, Access"
+            );
+        }
+        let router = Arc::new(Router::new(routes, gate)?);
         ops.publish(&router.describe(), features.iter().map(|f| f.api()))?;
 
         let mut listeners = Vec::new();

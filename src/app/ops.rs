@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::outbox::Flusher;
 use crate::redis::settings::RedisSettings;
 use crate::server::Route;
+use crate::server::access::{Access, METRICS_SCOPE};
 use crate::server::apidoc::{self, ApiDocError, IndexEntry};
 use crate::server::http::{HttpResponse, json, with_content_type};
 use crate::server::route::RouteInfo;
@@ -44,29 +45,9 @@ declared codes); an unknown path answers `NOT_FOUND` (404). A connection opened 
 connection bound is answered `OVERLOADED` (503, `Retry-After`, `Connection: close`) whatever it asks."
     ),
     paths(health, metrics, index, openapi),
-    components(schemas(crate::server::error::ErrorBody)),
-    modifiers(&AdminScheme)
+    components(schemas(crate::server::error::ErrorBody))
 )]
 struct OpsApi;
-
-/// The `admin` security scheme admin routes name: a bearer token.
-struct AdminScheme;
-
-impl utoipa::Modify for AdminScheme {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("STAMPEDE_ADMIN_TOKEN"))
-                    .build(),
-            ),
-        );
-    }
-}
 
 impl Ops {
     pub fn new(
@@ -105,14 +86,26 @@ impl Ops {
 
     pub fn routes(self: Arc<Self>) -> Vec<Route> {
         let dead_letters = dead_letters::routes(self.ctx.clone(), self.flusher.clone());
+        // Metrics name routes and keys, not players: public unless the
+        // operator asks for a key.
+        let metrics_access = match self.ctx.config.access.metrics_require_key {
+            true => Access::service(METRICS_SCOPE),
+            false => Access::Public,
+        };
         let mut routes = vec![
-            Route::new(Method::GET, "/health", "health", self.clone(), |ops, _, _| async move {
-                Ok::<_, Infallible>(health(&ops).await)
-            }),
+            Route::new(
+                Method::GET,
+                "/health",
+                "health",
+                Access::Public,
+                self.clone(),
+                |ops, _, _| async move { Ok::<_, Infallible>(health(&ops).await) },
+            ),
             Route::new(
                 Method::GET,
                 "/metrics",
                 "metrics",
+                metrics_access,
                 self.clone(),
                 |ops, _, _| async move { Ok::<_, Infallible>(metrics(&ops)) },
             ),
@@ -120,12 +113,18 @@ impl Ops {
                 Method::GET,
                 "/openapi.json",
                 "openapi",
+                Access::Public,
                 self.clone(),
                 |ops, _, _| async move { Ok::<_, Infallible>(openapi(&ops)) },
             ),
-            Route::new(Method::GET, "/", "index", self, |ops, _, _| async move {
-                Ok::<_, Infallible>(index(&ops))
-            }),
+            Route::new(
+                Method::GET,
+                "/",
+                "index",
+                Access::Public,
+                self,
+                |ops, _, _| async move { Ok::<_, Infallible>(index(&ops)) },
+            ),
         ];
         routes.extend(dead_letters);
         routes

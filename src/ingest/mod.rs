@@ -38,6 +38,7 @@ use crate::config::ConfigError;
 use crate::context::Context;
 use crate::postgres::BatchError;
 use crate::server::Route;
+use crate::server::access::Access;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use settings::IngestSettings;
@@ -172,6 +173,7 @@ impl Feature for Ingest {
                 Method::POST,
                 "/ingest",
                 "ingest",
+                Access::service("ingest"),
                 self.clone(),
                 |ingest, req, _| async move { handlers::ingest(&ingest, req).await },
             )
@@ -194,6 +196,7 @@ impl Feature for Ingest {
                 Method::GET,
                 "/players/{id}",
                 "player",
+                Access::player("id"),
                 self,
                 |ingest, _, params| async move { handlers::player(&ingest, params.get("id").unwrap_or("")).await },
             )

@@ -33,7 +33,7 @@ use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
-use crate::server::auth::AdminGuard;
+use crate::server::access::Access;
 use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
@@ -176,6 +176,13 @@ impl ApiError for OrdersError {
         }
     }
 
+    fn challenge(&self) -> Option<&'static str> {
+        match self {
+            OrdersError::Request(e) => e.challenge(),
+            _ => None,
+        }
+    }
+
     fn extra_field(&self) -> Option<(&'static str, &str)> {
         match self {
             OrdersError::OutcomeUnknown { order_id, .. } => Some(("order_id", order_id)),
@@ -187,18 +194,13 @@ impl ApiError for OrdersError {
 /// The orders feature: what its handlers and its expiry task need.
 pub struct Orders {
     ctx: Arc<Context>,
-    admin: AdminGuard,
     settings: OrdersSettings,
 }
 
 impl Orders {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
         let settings = OrdersSettings::from_env(&ctx.config.env())?;
-        Ok(Arc::new(Self {
-            admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
-            ctx,
-            settings,
-        }))
+        Ok(Arc::new(Self { ctx, settings }))
     }
 }
 
@@ -221,6 +223,7 @@ impl Feature for Orders {
                 Method::POST,
                 "/orders",
                 "order_create",
+                Access::service("orders"),
                 self.clone(),
                 |f, req, _| async move { handlers::create_order(&f, req).await },
             )
@@ -243,8 +246,9 @@ impl Feature for Orders {
                 Method::GET,
                 "/orders/{id}",
                 "order_get",
+                Access::player_checked_by_handler(),
                 self.clone(),
-                |f, _, params| async move { handlers::get_order(&f, params.get("id")).await },
+                |f, req, params| async move { handlers::get_order(&f, req, params.get("id")).await },
             )
             .answers(&[
                 INVALID_ORDER_ID,
@@ -256,6 +260,7 @@ impl Feature for Orders {
                 Method::POST,
                 "/orders/{id}/confirm",
                 "order_confirm",
+                Access::service("orders"),
                 self.clone(),
                 |f, req, params| async move { handlers::confirm_order(&f, req, params.get("id")).await },
             )
@@ -273,6 +278,7 @@ impl Feature for Orders {
                 Method::POST,
                 "/orders/{id}/cancel",
                 "order_cancel",
+                Access::service("orders"),
                 self.clone(),
                 |f, req, params| async move { handlers::cancel_order(&f, req, params.get("id")).await },
             )
@@ -289,6 +295,7 @@ impl Feature for Orders {
                 Method::POST,
                 "/products",
                 "product_create",
+                Access::Admin,
                 self.clone(),
                 |f, req, _| async move { handlers::create_product(&f, req).await },
             )
@@ -307,6 +314,7 @@ impl Feature for Orders {
                 Method::GET,
                 "/products/{id}",
                 "product_get",
+                Access::Public,
                 self.clone(),
                 |f, _, params| async move { handlers::get_product(&f, params.get("id")).await },
             )
@@ -320,6 +328,7 @@ impl Feature for Orders {
                 Method::POST,
                 "/products/{id}/stock",
                 "product_restock",
+                Access::Admin,
                 self.clone(),
                 |f, req, params| async move { handlers::restock(&f, req, params.get("id")).await },
             )
@@ -340,8 +349,9 @@ impl Feature for Orders {
                 Method::GET,
                 "/admin/reconcile",
                 "reconcile",
+                Access::Admin,
                 self,
-                |f, req, _| async move { reconcile::reconcile(&f, req).await },
+                |f, _, _| async move { reconcile::reconcile(&f).await },
             )
             .answers(error::ADMIN_ANSWERS)
             .answers(&[BACKLOG_NOT_FLUSHED, STORE_UNAVAILABLE, error::REDIS_UNAVAILABLE]),

@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
+use crate::server::access::Access;
 use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
@@ -169,6 +170,7 @@ impl Feature for Sale {
                 Method::POST,
                 "/checkout",
                 "checkout",
+                Access::service("sale"),
                 self.clone(),
                 |sale, req, _| async move { handlers::checkout(&sale, req).await },
             )
@@ -188,6 +190,7 @@ impl Feature for Sale {
                 Method::POST,
                 "/purchase",
                 "purchase",
+                Access::service("sale"),
                 self.clone(),
                 |sale, req, _| async move { handlers::purchase(&sale, req).await },
             )
@@ -208,6 +211,7 @@ impl Feature for Sale {
                 Method::GET,
                 "/sales/current",
                 "sales_current",
+                Access::Public,
                 self.clone(),
                 |sale, _, _| async move { handlers::current(&sale).await },
             )
@@ -216,6 +220,7 @@ impl Feature for Sale {
                 Method::GET,
                 "/codes/{code}",
                 "code_state",
+                Access::Public,
                 self,
                 |sale, _, params| async move { handlers::code_state(&sale, params.get("code")).await },
             )

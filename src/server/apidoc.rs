@@ -6,6 +6,11 @@
 //! codes, so no operation's document misses a status the engine can send
 //! and no handler describes its errors a second time by hand.
 //!
+//! Each operation's `security` is generated the same way, from the route's
+//! declared access (`access::Access`): the schemes `key` (a service key,
+//! its scope as the requirement's role), `player` (a player token) and
+//! `admin`, with the 401/403 answers of the router's check.
+//!
 //! The document is also the one place a route is described: `GET /` lists
 //! each route of the router with its operation's `summary` ([`index`]), so
 //! the index and the document cannot disagree, and a route without a
@@ -20,6 +25,7 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
+use super::access::{Access, AccessInfo, READ_SCOPE};
 use super::error::{BODY_TOO_LARGE, EVERY_ROUTE, ErrorCode};
 use super::route::RouteInfo;
 
@@ -100,6 +106,7 @@ pub fn assemble(
     for part in parts {
         base.merge(part);
     }
+    add_security_schemes(&mut base);
     for route in routes {
         let Some(operation) = base
             .paths
@@ -110,6 +117,7 @@ pub fn assemble(
             // `index` names the route the document does not describe.
             continue;
         };
+        operation.security = security(route.access);
         for (status, (code, codes)) in by_status(&route.answers) {
             let key = status.to_string();
             if operation.responses.responses.contains_key(&key) {
@@ -128,6 +136,52 @@ pub fn assemble(
     Ok(base)
 }
 
+/// The schemes operations name: a service key, a player token, the admin
+/// token; all sent as `Authorization: Bearer …`.
+fn add_security_schemes(doc: &mut OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let components = doc.components.get_or_insert_with(Default::default);
+    let bearer = |description: &str, format: Option<&str>| {
+        let mut http = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(description));
+        if let Some(format) = format {
+            http = http.bearer_format(format);
+        }
+        SecurityScheme::Http(http.build())
+    };
+    components.add_security_scheme(
+        "key",
+        bearer(
+            "a service key `<name>.<secret>` from STAMPEDE_API_KEYS_FILE; the requirement's role is the scope it needs",
+            None,
+        ),
+    );
+    components.add_security_scheme(
+        "player",
+        bearer(
+            "a player token (JWT, `sub` = the player): reads only that player's data",
+            Some("JWT"),
+        ),
+    );
+    components.add_security_scheme("admin", bearer("STAMPEDE_ADMIN_TOKEN", None));
+}
+
+/// An operation's security, from its route's access: any one requirement
+/// of the list suffices; none for a public route.
+fn security(access: Access) -> Option<Vec<utoipa::openapi::security::SecurityRequirement>> {
+    use utoipa::openapi::security::SecurityRequirement;
+    match access {
+        Access::Public => None,
+        Access::Service(scope) => Some(vec![SecurityRequirement::new("key", [scope])]),
+        Access::Player { .. } => Some(vec![
+            SecurityRequirement::new("key", [READ_SCOPE]),
+            SecurityRequirement::new("player", Vec::<String>::new()),
+        ]),
+        Access::Admin => Some(vec![SecurityRequirement::new("admin", Vec::<String>::new())]),
+    }
+}
+
 /// One route as `GET /` lists it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IndexEntry {
@@ -135,6 +189,8 @@ pub struct IndexEntry {
     pub description: String,
     pub method: String,
     pub path: &'static str,
+    /// Who may call it.
+    pub access: AccessInfo,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +255,7 @@ pub fn index(doc: &OpenApi, routes: &[RouteInfo]) -> Result<Vec<IndexEntry>, Api
                     description,
                     method: route.method.to_string(),
                     path: route.path,
+                    access: route.access.info(),
                 }),
                 None => Err(ApiDocError::Undocumented {
                     method: route.method.clone(),
@@ -232,6 +289,7 @@ mod tests {
         RouteInfo {
             method,
             path: "/things/{id}",
+            access: Access::Public,
             answers: Vec::new(),
         }
     }

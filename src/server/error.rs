@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use hyper::StatusCode;
-use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -41,6 +41,7 @@ pub const NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "NOT_FOUN
 pub const METHOD_NOT_ALLOWED: ErrorCode = ErrorCode::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
 pub const UNAUTHORIZED: ErrorCode = ErrorCode::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
 pub const ADMIN_DISABLED: ErrorCode = ErrorCode::new(StatusCode::FORBIDDEN, "ADMIN_DISABLED");
+pub const FORBIDDEN: ErrorCode = ErrorCode::new(StatusCode::FORBIDDEN, "FORBIDDEN");
 pub const REDIS_UNAVAILABLE: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE");
 pub const OVERLOADED: ErrorCode = ErrorCode::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED");
 pub const INTERNAL: ErrorCode = ErrorCode::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL");
@@ -56,8 +57,12 @@ pub const EVERY_ROUTE: &[ErrorCode] = &[METHOD_NOT_ALLOWED, URI_TOO_LONG, OVERLO
 /// may answer.
 pub const BODY_ANSWERS: &[ErrorCode] = &[INVALID_JSON, BODY_UNREADABLE, BODY_TIMEOUT];
 
-/// What a route behind the admin guard (`auth::AdminGuard`) may answer.
+/// What the router answers on an admin route (`access::Access::Admin`).
 pub const ADMIN_ANSWERS: &[ErrorCode] = &[UNAUTHORIZED, ADMIN_DISABLED];
+
+/// What the router answers on a route that takes a service key or a player
+/// token (`access::Access::Service`, `Player`).
+pub const CREDENTIAL_ANSWERS: &[ErrorCode] = &[UNAUTHORIZED, FORBIDDEN];
 
 /// What a route that calls a Lua script may answer (`ScriptError`).
 pub const SCRIPT_ANSWERS: &[ErrorCode] = &[REDIS_UNAVAILABLE, OVERLOADED, INTERNAL];
@@ -77,6 +82,11 @@ pub trait ApiError: std::error::Error + Send + Sync + 'static {
     /// message: their text may name hosts, keys or SQL.
     fn is_internal(&self) -> bool {
         false
+    }
+
+    /// For 401 and 403: the `WWW-Authenticate` challenge (RFC 6750 §3).
+    fn challenge(&self) -> Option<&'static str> {
+        None
     }
 
     /// For 405: the methods the path does allow.
@@ -146,6 +156,11 @@ pub fn error_response(error: &dyn ApiError) -> HttpResponse {
     if let Some(secs) = error.retry_after_secs() {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+    if let Some(challenge) = error.challenge() {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
     if let Some(allow) = error.allow().and_then(|a| HeaderValue::from_str(a).ok()) {
         response.headers_mut().insert(ALLOW, allow);
     }
@@ -176,6 +191,17 @@ impl ApiError for RequestError {
             RequestError::MethodNotAllowed { .. } => METHOD_NOT_ALLOWED,
             RequestError::Unauthorized => UNAUTHORIZED,
             RequestError::AdminDisabled => ADMIN_DISABLED,
+            RequestError::CredentialMissing | RequestError::CredentialInvalid => UNAUTHORIZED,
+            RequestError::Forbidden => FORBIDDEN,
+        }
+    }
+
+    fn challenge(&self) -> Option<&'static str> {
+        match self {
+            RequestError::Unauthorized | RequestError::CredentialMissing => Some("Bearer"),
+            RequestError::CredentialInvalid => Some(r#"Bearer error="invalid_token""#),
+            RequestError::Forbidden => Some(r#"Bearer error="insufficient_scope""#),
+            _ => None,
         }
     }
 

@@ -7,10 +7,12 @@
 //! - `route`: routes as data and the router that composes them;
 //! - `error`: the trait through which an error becomes a response;
 //! - `http`: query, body and JSON helpers;
+//! - `access`: who may call each route, checked by the router;
 //! - `auth`: the admin guard;
 //! - `apidoc`: the API document assembled from the features' parts;
 //! - `feature`: the contract a feature implements.
 
+pub mod access;
 pub mod apidoc;
 pub mod auth;
 pub mod error;
@@ -59,6 +61,14 @@ pub enum RequestError {
     Unauthorized,
     #[error("admin routes are disabled: STAMPEDE_ADMIN_TOKEN is not set")]
     AdminDisabled,
+    #[error("this route needs `Authorization: Bearer <service key or player token>`")]
+    CredentialMissing,
+    // One answer whatever is wrong (an unknown key name, a wrong secret, a
+    // bad signature, an expired token), so it tells nothing of which.
+    #[error("the credential is not valid")]
+    CredentialInvalid,
+    #[error("the credential does not allow this route")]
+    Forbidden,
 }
 
 /// Binds with a listen backlog deep enough for an opening burst of

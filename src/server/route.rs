@@ -1,7 +1,10 @@
 //! Routes as data, and the router that composes them. A feature declares its
-//! routes (method, path pattern, metric name, handler); the router matches
-//! paths with `matchit`, answers 404 and 405 (with `Allow`) from the same
-//! list, and records the request metrics of every response. A route carries
+//! routes (method, path pattern, metric name, who may call it, handler); the
+//! router matches paths with `matchit`, answers 404 and 405 (with `Allow`)
+//! from the same list, checks the caller's credential against the route's
+//! [`Access`] before the handler runs (the handler finds the `access::Caller` in
+//! the request's extensions), and records the request metrics of every
+//! response. A route carries
 //! no text: what it does is said once, in its handler's `#[utoipa::path]`,
 //! and the index reads it from the API document (see `apidoc::index`).
 
@@ -16,7 +19,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::RequestError;
-use super::error::{ApiError, BODY_TOO_LARGE, EVERY_ROUTE, ErrorCode, error_response, respond};
+use super::access::{Access, Gate};
+use super::error::{
+    ADMIN_ANSWERS, ApiError, BODY_TOO_LARGE, CREDENTIAL_ANSWERS, EVERY_ROUTE, ErrorCode, error_response, respond,
+};
 use super::http::{HttpResponse, check_declared_size};
 use crate::limits::REQUEST_URI_BYTES_MAX;
 use crate::telemetry;
@@ -40,6 +46,11 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub name: &'static str,
+    /// Who may call it; the router checks it before the handler runs.
+    pub access: Access,
+    /// Whether the credential may also come as `?access_token=` (event
+    /// streams, which a browser opens without headers).
+    pub token_in_query: bool,
     /// Whether the handler bounds its own body (uploads); every other route
     /// refuses a declared body over `REQUEST_BODY_BYTES_MAX` before it runs.
     pub own_body_limit: bool,
@@ -51,8 +62,16 @@ pub struct Route {
 
 impl Route {
     /// A route whose handler gets `state` (the feature), the request and the
-    /// path parameters.
-    pub fn new<S, F, Fut, E>(method: Method, path: &'static str, name: &'static str, state: Arc<S>, handler: F) -> Self
+    /// path parameters, once the router has checked the caller against
+    /// `access`.
+    pub fn new<S, F, Fut, E>(
+        method: Method,
+        path: &'static str,
+        name: &'static str,
+        access: Access,
+        state: Arc<S>,
+        handler: F,
+    ) -> Self
     where
         S: Send + Sync + 'static,
         F: Fn(Arc<S>, Request<Incoming>, Params) -> Fut + Send + Sync + 'static,
@@ -63,6 +82,8 @@ impl Route {
             method,
             path,
             name,
+            access,
+            token_in_query: false,
             own_body_limit: false,
             answers: Vec::new(),
             handler: Arc::new(move |req, params| {
@@ -70,6 +91,14 @@ impl Route {
                 Box::pin(async move { respond(response.await) })
             }),
         }
+    }
+
+    /// Takes the bearer credential from `?access_token=` as well (RFC 6750
+    /// §2.3): a browser's `EventSource` cannot set `Authorization`. The
+    /// query is never logged nor a metric label.
+    pub fn with_token_in_query(mut self) -> Self {
+        self.token_in_query = true;
+        self
     }
 
     /// For handlers that stream a body larger than the general bound.
@@ -99,14 +128,18 @@ impl Route {
 pub struct RouteInfo {
     pub method: Method,
     pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
     /// Every error code the route may answer: those it declares, then those
     /// the toolkit gives on every route (`error::EVERY_ROUTE`, and
-    /// `BODY_TOO_LARGE` unless it bounds its own body).
+    /// `BODY_TOO_LARGE` unless it bounds its own body), and those of its
+    /// access check.
     pub answers: Vec<ErrorCode>,
 }
 
 /// Every route of every feature. Built once at start.
 pub struct Router {
+    gate: Gate,
     paths: matchit::Router<usize>,
     /// Per path pattern, its routes (one per method) and its `Allow` value.
     entries: Vec<(Vec<Route>, String)>,
@@ -125,7 +158,7 @@ pub enum RouterError {
 }
 
 impl Router {
-    pub fn new(routes: Vec<Route>) -> Result<Self, RouterError> {
+    pub fn new(routes: Vec<Route>, gate: Gate) -> Result<Self, RouterError> {
         let mut by_path: BTreeMap<&'static str, Vec<Route>> = BTreeMap::new();
         let mut order: Vec<&'static str> = Vec::new();
         for route in routes {
@@ -155,7 +188,7 @@ impl Router {
                 })?;
             entries.push((routes, allow));
         }
-        Ok(Self { paths, entries })
+        Ok(Self { gate, paths, entries })
     }
 
     /// Every route, in declaration order of their paths.
@@ -165,7 +198,15 @@ impl Router {
             .flat_map(|(routes, _)| routes.iter())
             .map(|r| {
                 let mut answers = r.answers.clone();
-                let toolkit = EVERY_ROUTE.iter().chain((!r.own_body_limit).then_some(&BODY_TOO_LARGE));
+                let access_answers: &[ErrorCode] = match r.access {
+                    Access::Public => &[],
+                    Access::Service(_) | Access::Player { .. } => CREDENTIAL_ANSWERS,
+                    Access::Admin => ADMIN_ANSWERS,
+                };
+                let toolkit = access_answers
+                    .iter()
+                    .chain(EVERY_ROUTE)
+                    .chain((!r.own_body_limit).then_some(&BODY_TOO_LARGE));
                 for code in toolkit {
                     if !answers.contains(code) {
                         answers.push(*code);
@@ -174,6 +215,7 @@ impl Router {
                 RouteInfo {
                     method: r.method.clone(),
                     path: r.path,
+                    access: r.access,
                     answers,
                 }
             })
@@ -184,12 +226,29 @@ impl Router {
     /// request metrics see them all.
     pub async fn route(self: Arc<Self>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
         let started = Instant::now();
-        let (name, response) = match self.find(&req) {
-            Ok((route, params)) => (route.name, (route.handler)(req, params).await),
-            Err(e) => ("unknown", error_response(&e)),
+        let (name, caller, response) = match self.find(&req) {
+            Ok((route, params)) => {
+                let (mut parts, body) = req.into_parts();
+                match self.gate.check(route.access, &parts, &params, route.token_in_query) {
+                    Ok(caller) => {
+                        let label = caller.label();
+                        parts.extensions.insert(caller);
+                        let req = Request::from_parts(parts, body);
+                        (route.name, label, (route.handler)(req, params).await)
+                    }
+                    Err(e) => (route.name, "refused", error_response(&e)),
+                }
+            }
+            Err(e) => ("unknown", "none", error_response(&e)),
         };
         telemetry::http_request(name, response.status(), started.elapsed());
+        telemetry::http_request_by_caller(caller, response.status());
         Ok(response)
+    }
+
+    /// The gate the router checks every request with.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     fn find(&self, req: &Request<Incoming>) -> Result<(&Route, Params), RequestError> {

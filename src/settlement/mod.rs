@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::server::auth::AdminGuard;
+use crate::server::access::Access;
 use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
@@ -149,7 +149,6 @@ impl ApiError for SettlementError {
 pub struct Settlement {
     ctx: Arc<Context>,
     settings: SettlementSettings,
-    guard: AdminGuard,
     /// Names this engine's workers in `jobs.locked_by`: the consumer name
     /// plus a random part, so a restarted engine never mistakes a dead
     /// engine's lease for its own.
@@ -165,7 +164,6 @@ impl Settlement {
         let settings = SettlementSettings::from_env(&ctx.config.env())?;
         let engine_id = format!("{}-{:016x}", ctx.config.flush.consumer, rand::random::<u64>());
         Ok(Arc::new(Self {
-            guard: AdminGuard::new(ctx.config.admin_token.as_ref()),
             ctx,
             settings,
             engine_id,
@@ -194,6 +192,7 @@ impl Feature for Settlement {
                 Method::POST,
                 "/jobs/settlement",
                 "settlement_create",
+                Access::Admin,
                 self.clone(),
                 |s, req, _| async move { handlers::create(&s, req).await },
             )
@@ -214,8 +213,9 @@ impl Feature for Settlement {
                 Method::GET,
                 "/jobs/{id}",
                 "settlement_job",
+                Access::Admin,
                 self.clone(),
-                |s, req, params| async move { handlers::job(&s, req, params.get("id").unwrap_or("")).await },
+                |s, _, params| async move { handlers::job(&s, params.get("id").unwrap_or("")).await },
             )
             .answers(error::ADMIN_ANSWERS)
             .answers(&[JOB_NOT_FOUND, STORE_UNAVAILABLE]),
@@ -223,8 +223,9 @@ impl Feature for Settlement {
                 Method::POST,
                 "/jobs/{id}/cancel",
                 "settlement_cancel",
+                Access::Admin,
                 self.clone(),
-                |s, req, params| async move { handlers::cancel(&s, req, params.get("id").unwrap_or("")).await },
+                |s, _, params| async move { handlers::cancel(&s, params.get("id").unwrap_or("")).await },
             )
             .answers(error::ADMIN_ANSWERS)
             .answers(&[
@@ -237,8 +238,9 @@ impl Feature for Settlement {
                 Method::GET,
                 "/downloads/{job_id}.csv",
                 "settlement_download",
+                Access::Admin,
                 self,
-                |s, req, params| async move { handlers::download(&s, req, params.get("job_id").unwrap_or("")).await },
+                |s, _, params| async move { handlers::download(&s, params.get("job_id").unwrap_or("")).await },
             )
             .answers(error::ADMIN_ANSWERS)
             .answers(&[JOB_NOT_FOUND, JOB_NOT_COMPLETED, DOWNLOADS_BUSY, STORE_UNAVAILABLE]),

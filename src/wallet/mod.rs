@@ -34,6 +34,7 @@ use crate::context::Context;
 use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
+use crate::server::access::Access;
 use crate::server::auth::AdminGuard;
 use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
@@ -221,6 +222,7 @@ impl Feature for Wallet {
                 Method::POST,
                 "/wallet/transactions",
                 "wallet_transaction",
+                Access::service("wallet"),
                 self.clone(),
                 |w, req, _| async move { handlers::transaction(&w, req).await },
             )
@@ -248,6 +250,7 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}",
                 "wallet_balance",
+                Access::player("player_id"),
                 self.clone(),
                 |w, req, params| async move { handlers::balance(&w, req, params.get("player_id")).await },
             )
@@ -261,6 +264,7 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}/transactions",
                 "wallet_history",
+                Access::player("player_id"),
                 self.clone(),
                 |w, req, params| async move { handlers::history(&w, req, params.get("player_id")).await },
             )
@@ -275,18 +279,25 @@ impl Feature for Wallet {
                 Method::GET,
                 "/wallet/{player_id}/events",
                 "wallet_events",
+                Access::player("player_id"),
                 self.clone(),
                 |w, req, params| async move { events::stream(&w, req, params.get("player_id")).await },
             )
+            .with_token_in_query()
             .answers(&[
                 INVALID_PLAYER_ID,
                 INVALID_LAST_EVENT_ID,
                 SSE_STREAMS_FULL,
                 error::REDIS_UNAVAILABLE,
             ]),
-            Route::new(Method::POST, "/bonuses", "bonus_grant", self, |w, req, _| async move {
-                handlers::grant_bonus(&w, req).await
-            })
+            Route::new(
+                Method::POST,
+                "/bonuses",
+                "bonus_grant",
+                Access::Admin,
+                self,
+                |w, req, _| async move { handlers::grant_bonus(&w, req).await },
+            )
             .answers(error::ADMIN_ANSWERS)
             .answers(error::BODY_ANSWERS)
             .answers(error::SCRIPT_ANSWERS)

@@ -18,8 +18,8 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{
-    EngineProcess, TestApp, create_database, database_url, delete_keys, drop_database, free_port, http_client,
-    redis_client, spawn_app, unique_name,
+    EngineProcess, TestApp, auth_line, create_database, database_url, delete_keys, drop_database, free_port,
+    http_client, redis_client, spawn_app, unique_name,
 };
 use crate::ingest::{file, line, upload};
 
@@ -159,7 +159,7 @@ async fn some_wallet(app: &TestApp, round: u32) {
             let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
                 return;
             };
-            let request = format!("GET /wallet/{player}/events HTTP/1.1\r\nHost: x\r\n\r\n");
+            let request = format!("GET /wallet/{player}/events HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_line());
             let _ = stream.write_all(request.as_bytes()).await;
             let mut buf = [0u8; 4096];
             let until = tokio::time::Instant::now() + Duration::from_millis(500);

@@ -43,6 +43,67 @@ pub fn database_url() -> String {
 /// The admin token every test engine is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The player-token secret every test engine shares with the tests, which
+/// sign the tokens as the operator's backend would.
+pub const PLAYER_TOKEN_SECRET: &str = "test-player-token-secret-0123456789abcdef";
+
+/// The service scopes the engine's routes ask for, and the two beside them.
+pub const SCOPES: &[&str] = &["sale", "orders", "wallet", "ingest", "read", "metrics"];
+
+/// The keys file every test engine starts with: a key per scope, and `all`
+/// with every scope, which the request helpers send unless told otherwise.
+pub struct TestKeys {
+    pub path: std::path::PathBuf,
+    /// Every scope.
+    pub all: String,
+    /// One key per scope, by scope.
+    pub by_scope: BTreeMap<&'static str, String>,
+}
+
+pub fn test_keys() -> &'static TestKeys {
+    static KEYS: std::sync::OnceLock<TestKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        use stampede::server::access::new_key;
+        let mut lines = vec!["# made by the test harness".to_owned()];
+        let all_scopes: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
+        let all = new_key("all", &all_scopes).expect("key");
+        lines.push(all.line);
+        let mut by_scope = BTreeMap::new();
+        for scope in SCOPES {
+            let key = new_key(&format!("only-{scope}"), &[(*scope).to_owned()]).expect("key");
+            lines.push(key.line);
+            by_scope.insert(*scope, key.secret);
+        }
+        let path =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-keys-{}.txt", std::process::id()));
+        std::fs::write(&path, lines.join("\n") + "\n").expect("keys file written");
+        TestKeys {
+            path,
+            all: all.secret,
+            by_scope,
+        }
+    })
+}
+
+/// `Authorization: Bearer <key with every scope>`, as a header line for a
+/// request written by hand.
+pub fn auth_line() -> String {
+    format!("Authorization: Bearer {}\r\n", test_keys().all)
+}
+
+/// A player token of `player`, signed with the test engines' secret,
+/// valid for a day (`exp_secs` from the epoch otherwise).
+pub fn player_token(player: &str, exp_secs: Option<i64>) -> String {
+    let exp = exp_secs.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after epoch")
+            .as_secs() as i64
+            + 86_400
+    });
+    stampede::server::access::player_token(PLAYER_TOKEN_SECRET, player, exp).expect("token signs")
+}
+
 /// A unique name for this test's database and Redis key prefix.
 pub fn unique_name() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
@@ -157,6 +218,8 @@ pub fn engine_config(db_url: &str, name: &str, overrides: &[(&str, &str)]) -> Co
         ("STAMPEDE_FLUSH_LINGER_MS", "2".into()),
         ("STAMPEDE_SHUTDOWN_GRACE_MS", "5000".into()),
         ("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ("STAMPEDE_API_KEYS_FILE", test_keys().path.display().to_string()),
+        ("STAMPEDE_PLAYER_TOKEN_SECRET", PLAYER_TOKEN_SECRET.into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -242,8 +305,31 @@ pub async fn send(
     send_with(http, addr, method, path_and_query, body, &[]).await
 }
 
-/// One request with extra headers (`Authorization`, `Idempotency-Key`, …).
+/// One request with extra headers (`Idempotency-Key`, …), and the key with
+/// every scope unless they carry an `Authorization` (an empty one sends
+/// none).
 pub async fn send_with(
+    http: &HttpClient,
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let bearer = format!("Bearer {}", test_keys().all);
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("authorization", &bearer));
+    }
+    all.retain(|(name, value)| !(name.eq_ignore_ascii_case("authorization") && value.is_empty()));
+    send_raw(http, addr, method, path_and_query, body, &all).await
+}
+
+/// One request with exactly these headers: no credential is added.
+pub async fn send_raw(
     http: &HttpClient,
     addr: SocketAddr,
     method: Method,
@@ -640,6 +726,8 @@ impl EngineProcess {
             .env("STAMPEDE_KEY_PREFIX", prefix)
             .env("STAMPEDE_CONSUMER", &consumer)
             .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("STAMPEDE_API_KEYS_FILE", &test_keys().path)
+            .env("STAMPEDE_PLAYER_TOKEN_SECRET", PLAYER_TOKEN_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr);

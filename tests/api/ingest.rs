@@ -16,7 +16,7 @@ use stampede::ingest::record::parse_line;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Reply, TestApp, scaled, spawn_app};
+use crate::helpers::{Reply, TestApp, auth_line, scaled, spawn_app};
 
 const BOUNDARY: &str = "stampede-test-boundary-7f3a";
 
@@ -113,7 +113,8 @@ async fn start_raw_upload(addr: SocketAddr, content_length: usize) -> TcpStream 
     let mut stream = TcpStream::connect(addr).await.expect("connects");
     let head = format!(
         "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-         Content-Length: {content_length}\r\n\r\n"
+         {}Content-Length: {content_length}\r\n\r\n",
+        auth_line()
     );
     stream.write_all(head.as_bytes()).await.expect("head");
     stream
@@ -443,7 +444,8 @@ async fn raw_upload(addr: SocketAddr, body: &[u8], declared: Option<usize>, read
         None => "Transfer-Encoding: chunked\r\n".into(),
     };
     let head = format!(
-        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n{length}Connection: close\r\n\r\n"
+        "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n{}{length}Connection: close\r\n\r\n",
+        auth_line()
     );
     stream.write_all(head.as_bytes()).await.expect("head");
     for chunk in body.chunks(1024) {

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    EngineProcess, PrivateRedis, create_database, database_url, delete_keys, drop_database, free_port, http_client,
-    redis_client, scaled, send, spawn_app, unique_name,
+    EngineProcess, PrivateRedis, auth_line, create_database, database_url, delete_keys, drop_database, free_port,
+    http_client, redis_client, scaled, send, spawn_app, unique_name,
 };
 
 /// An event stream on a raw connection, so the test decides exactly when
@@ -45,8 +45,9 @@ impl RawStream {
     async fn open_with(addr: SocketAddr, path: &str, last_event_id: Option<&str>, first_frame: bool) -> Opened {
         let mut stream = TcpStream::connect(addr).await.expect("connects");
         let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let auth = auth_line();
         let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{resume}Connection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{resume}{auth}Connection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.expect("request");
         let mut raw = RawStream {
@@ -457,7 +458,8 @@ async fn partial_upload(addr: SocketAddr, body: &[u8], sent: usize) -> (Option<S
     let mut stream = TcpStream::connect(addr).await.expect("connects");
     let head = format!(
         "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-         Content-Length: {}\r\n\r\n",
+         {}Content-Length: {}\r\n\r\n",
+        auth_line(),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("head");
@@ -474,7 +476,8 @@ async fn whole_upload(addr: SocketAddr, body: Vec<u8>) -> (Option<String>, usize
     let (mut reader, mut writer) = stream.into_split();
     let head = format!(
         "POST /ingest HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-         Content-Length: {}\r\n\r\n",
+         {}Content-Length: {}\r\n\r\n",
+        auth_line(),
         body.len()
     );
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -1,6 +1,7 @@
 //! All API tests in one binary: they share one build and run in parallel,
 //! each against its own engine, database and Redis key prefix.
 
+mod access;
 mod at_most_once;
 mod batching;
 mod browser;

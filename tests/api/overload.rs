@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{PrivateRedis, TestApp, scaled, spawn_app};
+use crate::helpers::{PrivateRedis, TestApp, auth_line, scaled, spawn_app};
 
 /// The lines of `/metrics` that start with `name{` and hold every label.
 async fn metric_lines(app: &TestApp, name: &str, labels: &[&str]) -> Vec<String> {
@@ -26,7 +26,10 @@ async fn metric_lines(app: &TestApp, name: &str, labels: &[&str]) -> Vec<String>
 
 async fn http_text(app: &TestApp, path: &str) -> String {
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: test\r\n{}connection: close\r\n\r\n",
+        auth_line()
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut text = String::new();
     stream.read_to_string(&mut text).await.expect("read");

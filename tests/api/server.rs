@@ -7,7 +7,7 @@ use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{scaled, spawn_app};
+use crate::helpers::{auth_line, scaled, spawn_app};
 
 /// Shutdown stops accepting, finishes what is in flight and flushes the
 /// outbox: Postgres holds every purchase when the engine returns, even with a
@@ -38,7 +38,11 @@ async fn an_oversized_body_is_refused_with_413() {
 
     // Chunked, so no declared size: the limit still holds while reading.
     let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-    let mut request = b"POST /purchase HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut request = format!(
+        "POST /purchase HTTP/1.1\r\nhost: x\r\n{}transfer-encoding: chunked\r\n\r\n",
+        auth_line()
+    )
+    .into_bytes();
     for _ in 0..20 {
         request.extend_from_slice(b"400\r\n");
         request.extend_from_slice(&[b'a'; 1024]);
