@@ -18,6 +18,8 @@ SEED=${FUZZ_SEED:-1}
 PORT=${FUZZ_PORT:-18090}
 TOKEN=fuzz-admin-token-$(date +%s%N)
 NAME=fuzz$(date +%s)
+KEYS=$ROOT/.data/fuzz-keys.txt
+AUTH_CONFIG=$ROOT/.data/fuzz-schemathesis.toml
 
 # The very build the test step makes (a no-op after it): a plain `cargo
 # build` resolves the dependencies' features without the tests' and would
@@ -36,17 +38,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Keys on, as in production: one key with every scope, the admin token, and
+# a player-token secret. schemathesis sends each operation the credential
+# of the scheme its `security` names, and checks (`ignored_auth`) that an
+# operation refuses a request without it.
+mkdir -p "$ROOT/.data"
+key_out=$("$BIN" keys new --name fuzz --scopes sale,orders,wallet,ingest,read)
+FUZZ_KEY=$(sed -n 's/^secret: //p' <<<"$key_out")
+(umask 077 && sed -n 's/^line: //p' <<<"$key_out" >"$KEYS")
+cat >"$AUTH_CONFIG" <<'TOML'
+[auth.openapi.key]
+bearer = "${FUZZ_KEY}"
+
+[auth.openapi.admin]
+bearer = "${FUZZ_ADMIN_TOKEN}"
+TOML
+export FUZZ_KEY FUZZ_ADMIN_TOKEN=$TOKEN
+
 LOG=$ROOT/.data/fuzz-engine.log
 STAMPEDE_LISTEN=127.0.0.1:$PORT DATABASE_URL=$server/$NAME STAMPEDE_KEY_PREFIX=$NAME \
-    STAMPEDE_CONSUMER=$NAME STAMPEDE_ADMIN_TOKEN=$TOKEN RUST_LOG=warn "$BIN" serve >"$LOG" 2>&1 &
+    STAMPEDE_CONSUMER=$NAME STAMPEDE_ADMIN_TOKEN=$TOKEN STAMPEDE_API_KEYS_FILE=$KEYS \
+    STAMPEDE_PLAYER_TOKEN_SECRET=fuzz-player-secret-$(date +%s%N)-0123456789 RUST_LOG=warn "$BIN" serve >"$LOG" 2>&1 &
 ENGINE_PID=$!
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
     sleep 0.2
 done
 
-"$SCHEMATHESIS" run "http://127.0.0.1:$PORT/openapi.json" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+"$SCHEMATHESIS" --config-file "$AUTH_CONFIG" run "http://127.0.0.1:$PORT/openapi.json" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth \
     --max-examples "$EXAMPLES" --seed "$SEED" \
-    -H "Authorization: Bearer $TOKEN" \
     --no-color

@@ -7,7 +7,7 @@
 // Allowed answers are only 200 (won), 409 (ITEM_SOLD / CODE_USED: lost the race) and
 // 403 (USER_LIMIT_REACHED). The thresholds also verify no overselling: at most one
 // successful purchase per item, and at most 20 in total.
-import http from 'k6/http';
+import http from './key.js';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
 

@@ -8,7 +8,7 @@
 //
 // Run it against a fresh sale (new sale period, or an engine with a fresh STAMPEDE_KEY_PREFIX):
 // items already sold by an earlier run fail the checks.
-import http from 'k6/http';
+import http from './key.js';
 import { check, fail } from 'k6';
 import { Counter } from 'k6/metrics';
 

@@ -7,7 +7,7 @@
 // created + updated + unchanged + rejected = total. Make FILE with
 // `cargo run --release -- gen-purchases --count 100000 --output FILE`.
 // k6 reads FILE into memory once (open() at init), so keep it to a few hundred MB.
-import http from 'k6/http';
+import http from './key.js';
 import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 

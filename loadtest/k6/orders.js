@@ -6,7 +6,7 @@
 // get the same status and body, with Idempotent-Replayed: true). Demand exceeds stock, so 409
 // OUT_OF_STOCK is an expected answer. teardown() checks every product's counters
 // (available + reserved + sold = stock_total, available >= 0) and GET /admin/reconcile.
-import http from 'k6/http';
+import http from './key.js';
 import { check, fail, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 

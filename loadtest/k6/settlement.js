@@ -6,7 +6,7 @@
 //
 // Environment: BASE_URL, ADMIN_TOKEN (the engine's STAMPEDE_ADMIN_TOKEN),
 // FROM and TO (2025-01-01, 2025-01-31), MAX_SECS (600).
-import http from 'k6/http';
+import http from './key.js';
 import { check, fail, sleep } from 'k6';
 import { Trend } from 'k6/metrics';
 

@@ -6,7 +6,7 @@
 // take users in turn: checkout then purchase, item after item, until every item is sold. It
 // measures throughput rather than an opening burst. The engine must be started with
 // ITEMS_PER_SALE >= ITEMS, on a fresh sale.
-import http from 'k6/http';
+import http from './key.js';
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';

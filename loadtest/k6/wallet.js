@@ -7,7 +7,7 @@
 // event stream open each (k6 has no SSE client: a GET with a long timeout keeps the connection,
 // which is what loads the engine; event delivery latency is measured by loadtest/run.sh wallet).
 // At the end, every player's balance must be non-negative.
-import http from 'k6/http';
+import http from './key.js';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
 

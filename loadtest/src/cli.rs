@@ -33,6 +33,11 @@ pub struct Cli {
     /// A SKIPPED check fails the run: nothing may go unchecked (for CI).
     #[arg(long, global = true)]
     pub strict: bool,
+    /// A service key (`<name>.<secret>`, `stampede keys new`) sent as
+    /// `Authorization: Bearer` on every request that carries no other
+    /// credential; give it every scope the scenario calls.
+    #[arg(long, global = true, env = "STAMPEDE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// A flag given twice takes its last value: `run.sh` passes its own flags

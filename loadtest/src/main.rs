@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The settlement run times the engine against psql on the same cores:
     // one driver thread leaves them the rest unless asked otherwise.
+    if let Some(key) = &cli.api_key {
+        common::http::set_api_key(key);
+    }
     let threads = match &cli.command {
         Command::Settlement(_) => cli.threads.or(NonZeroUsize::new(1)),
         _ => cli.threads,

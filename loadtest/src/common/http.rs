@@ -19,6 +19,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `Authorization: Bearer <key>` for every request without its own: the
+/// engine's service key (`--api-key`), set once at start.
+static API_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_api_key(key: &str) {
+    let _ = API_KEY.set(format!("Bearer {}", key.trim()));
+}
+
 /// Where the engine listens, resolved once.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -230,6 +238,14 @@ impl Conn {
         self.req.extend_from_slice(path_and_query.as_bytes());
         self.req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.req.extend_from_slice(target.authority.as_bytes());
+        if let Some(bearer) = API_KEY.get()
+            && !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            self.req.extend_from_slice(b"\r\nAuthorization: ");
+            self.req.extend_from_slice(bearer.as_bytes());
+        }
         for (name, value) in headers {
             self.req.extend_from_slice(b"\r\n");
             self.req.extend_from_slice(name.as_bytes());
