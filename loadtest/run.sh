@@ -38,6 +38,9 @@
 #   STAMPEDE_SETTLEMENT_* settlement: the engine's settings (workers, batch rows, chunks in flight)
 #   LOAD_PORT             port of the engine under test (18080)
 #   NO_BASELINE_SERVER=1  contest, sustained: skip the baseline server's run
+#   LOAD_KEYS=1           keys on: the engine gets a keys file with one key of every scope, and the
+#                         driver sends it (STAMPEDE_API_KEY); unset, the engine serves on loopback in
+#                         open mode. Run once with each to measure what the key check costs
 #   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
 #                         STAMPEDE_WORKER_THREADS and STAMPEDE_REDIS_POOL when they are set
 #   KEEP_DATA=1           keep the load database and the Redis keys afterwards
@@ -240,6 +243,7 @@ cleanup() {
   local rc=$?
   stop_engine
   stop_baseline_server
+  [[ -n ${LOAD_KEYS_FILE:-} ]] && rm -f "$LOAD_KEYS_FILE"
   if [[ -n ${KEEP_DATA:-} ]]; then
     echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:* and $BASELINE_PREFIX:*" >&2
   else
@@ -321,7 +325,19 @@ if [[ $SCENARIO == settlement ]]; then
 fi
 
 echo "run.sh: engine on 127.0.0.1:$LOAD_PORT, database $LOAD_DB, key prefix $PREFIX, log $ENGINE_LOG" >&2
+# Keys on: one key with every scope, made by the engine's own command; the
+# driver reads it from STAMPEDE_API_KEY.
+LOAD_KEYS_FILE=""
+if [[ -n ${LOAD_KEYS:-} ]]; then
+  LOAD_KEYS_FILE=$(mktemp)
+  key_out=$("$BIN/stampede" keys new --name load --scopes sale,orders,wallet,ingest,read,metrics)
+  sed -n 's/^line: //p' <<<"$key_out" >"$LOAD_KEYS_FILE"
+  STAMPEDE_API_KEY=$(sed -n 's/^secret: //p' <<<"$key_out")
+  export STAMPEDE_API_KEY
+  echo "run.sh: keys on ($LOAD_KEYS_FILE)" >&2
+fi
 STAMPEDE_LISTEN=127.0.0.1:$LOAD_PORT \
+  STAMPEDE_API_KEYS_FILE=$LOAD_KEYS_FILE \
   REDIS_URL=$REDIS_URL \
   DATABASE_URL=$LOAD_URL \
   STAMPEDE_KEY_PREFIX=$PREFIX \
