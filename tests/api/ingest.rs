@@ -16,7 +16,7 @@ use stampede::ingest::record::parse_line;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Reply, TestApp, auth_line, scaled, spawn_app};
+use crate::helpers::{Reply, TestApp, auth_line, scaled, spawn_app, test_keys};
 
 const BOUNDARY: &str = "stampede-test-boundary-7f3a";
 
@@ -59,6 +59,7 @@ async fn post_body(app: &TestApp, content_type: &str, body: Vec<u8>) -> Reply {
         .method(Method::POST)
         .uri(app.url("/ingest"))
         .header("content-type", content_type)
+        .header("authorization", format!("Bearer {}", test_keys().all))
         .body(Full::new(Bytes::from(body)))
         .expect("request builds");
     let res = app.http.request(req).await.expect("engine answers");

@@ -759,7 +759,8 @@ impl SseClient {
     async fn connect(http: &HttpClient, addr: SocketAddr, player: &str, last_event_id: Option<&str>) -> Self {
         let mut builder = Request::builder()
             .method(Method::GET)
-            .uri(format!("http://{addr}/wallet/{player}/events"));
+            .uri(format!("http://{addr}/wallet/{player}/events"))
+            .header("authorization", format!("Bearer {}", crate::helpers::test_keys().all));
         if let Some(id) = last_event_id {
             builder = builder.header("last-event-id", id);
         }
