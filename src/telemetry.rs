@@ -106,6 +106,9 @@ pub fn register_routes(routes: impl IntoIterator<Item = &'static str>) {
         counter!("stampede_http_requests_total", "route" => route, "status" => status).increment(0);
         let _ = histogram!("stampede_http_request_duration_seconds", "route" => route, "status" => status);
     }
+    // Refusals read 0 rather than "no data" until the first one.
+    counter!("stampede_http_requests_by_caller_total", "caller" => "refused", "status" => status_label(StatusCode::UNAUTHORIZED))
+        .increment(0);
 }
 
 /// The executor's metrics of every batched script, at 0.

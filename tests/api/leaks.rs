@@ -574,6 +574,7 @@ async fn a_long_multipart_preamble_or_part_header_block_is_refused_at_its_bound(
 async fn post_multipart(app: &crate::helpers::TestApp, boundary: &str, body: Vec<u8>) -> (StatusCode, String) {
     let request = hyper::Request::post(app.url("/ingest"))
         .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("authorization", format!("Bearer {}", crate::helpers::test_keys().all))
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("request");
     let response = app.http.request(request).await.expect("answer");
