@@ -118,6 +118,7 @@ fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, Wallet
         "INSUFFICIENT_FUNDS" => WalletError::InsufficientFunds,
         "BET_NOT_FOUND" => WalletError::BetNotFound,
         "BET_REFUNDED" => WalletError::BetRefunded,
+        "BET_SETTLED" => WalletError::BetSettled,
         "REFUND_AMOUNT_MISMATCH" => WalletError::RefundAmountMismatch,
         "MAX_BET_EXCEEDED" => WalletError::MaxBetExceeded,
         "BALANCE_LIMIT_EXCEEDED" => WalletError::BalanceLimitExceeded,

@@ -53,6 +53,8 @@ pub enum WalletError {
     BetNotFound,
     #[error("that bet was refunded")]
     BetRefunded,
+    #[error("that bet's win was already paid: a bet has one win, and is not refunded after it")]
+    BetSettled,
     #[error("a refund must return the bet's whole amount_minor")]
     RefundAmountMismatch,
     #[error("the bet exceeds the active bonus's max_bet_minor")]
@@ -113,6 +115,7 @@ pub const INVALID_LAST_EVENT_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQU
 pub const INSUFFICIENT_FUNDS: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "INSUFFICIENT_FUNDS");
 pub const BET_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "BET_NOT_FOUND");
 pub const BET_REFUNDED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BET_REFUNDED");
+pub const BET_SETTLED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BET_SETTLED");
 pub const REFUND_AMOUNT_MISMATCH: ErrorCode =
     ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "REFUND_AMOUNT_MISMATCH");
 pub const MAX_BET_EXCEEDED: ErrorCode = ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "MAX_BET_EXCEEDED");
@@ -147,6 +150,7 @@ impl ApiError for WalletError {
             WalletError::InsufficientFunds => INSUFFICIENT_FUNDS,
             WalletError::BetNotFound => BET_NOT_FOUND,
             WalletError::BetRefunded => BET_REFUNDED,
+            WalletError::BetSettled => BET_SETTLED,
             WalletError::RefundAmountMismatch => REFUND_AMOUNT_MISMATCH,
             WalletError::MaxBetExceeded => MAX_BET_EXCEEDED,
             WalletError::BalanceLimitExceeded => BALANCE_LIMIT_EXCEEDED,
@@ -238,6 +242,7 @@ impl Feature for Wallet {
                 ACCOUNT_NOT_FOUND,
                 INSUFFICIENT_FUNDS,
                 BET_REFUNDED,
+                BET_SETTLED,
                 MAX_BET_EXCEEDED,
                 REFERENCE_REUSED,
                 REFUND_AMOUNT_MISMATCH,

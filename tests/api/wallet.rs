@@ -1203,3 +1203,125 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
     delete_keys(&redis, &name).await;
     let _ = redis.quit().await;
 }
+
+/// A bet is settled once: after its win, a refund and a second win (another
+/// reference) are refused with `BET_SETTLED`, leaving the balance as it was;
+/// the win itself still replays.
+#[tokio::test]
+async fn a_won_bet_is_neither_refunded_nor_won_again() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "s1", "deposit", 100, "s1-d", json!({})).await;
+    ok_tx(&app, "s1", "bet", 40, "s1-b", json!({"game": "slots"})).await;
+    let won = ok_tx(&app, "s1", "win", 90, "s1-w", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(balances(&won), (150, 0));
+    let refund = post_tx(&app, "s1", "refund", 40, "s1-r", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(refund.status, StatusCode::CONFLICT, "{:?}", refund.body);
+    assert_eq!(refund.error_code(), "BET_SETTLED");
+    let second = post_tx(&app, "s1", "win", 90, "s1-w2", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(second.status, StatusCode::CONFLICT, "{:?}", second.body);
+    assert_eq!(second.error_code(), "BET_SETTLED");
+    let replay = post_tx(&app, "s1", "win", 90, "s1-w", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(
+        replay.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(
+        balances(&wallet(&app, "s1").await),
+        (150, 0),
+        "the refusals moved nothing"
+    );
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+/// Sends the two bodies at once, many times over (one bet each): exactly one
+/// of each pair is applied; the other gets 409 with one of `codes`.
+async fn race_pairs(app: &TestApp, pairs: Vec<(String, String)>, codes: &[&str]) -> Vec<(usize, String)> {
+    let mut calls = Vec::new();
+    for (a, b) in pairs {
+        let (http, addr) = (app.http.clone(), app.addr);
+        calls.push(tokio::spawn(async move {
+            let (a, b) = tokio::join!(
+                send(&http, addr, Method::POST, "/wallet/transactions", Some(&a)),
+                send(&http, addr, Method::POST, "/wallet/transactions", Some(&b)),
+            );
+            (a.expect("answer"), b.expect("answer"))
+        }));
+    }
+    let mut winners = Vec::new();
+    for call in calls {
+        let (a, b) = call.await.expect("task");
+        let (winner, loser, index) = match (a.status, b.status) {
+            (StatusCode::OK, _) => (a, b, 0),
+            (_, StatusCode::OK) => (b, a, 1),
+            _ => panic!("neither applied: {:?} {:?}", a.body, b.body),
+        };
+        assert_eq!(loser.status, StatusCode::CONFLICT, "{:?}", loser.body);
+        assert!(codes.contains(&loser.error_code()), "{:?}", loser.body);
+        winners.push((index, winner.body["type"].as_str().unwrap_or("").to_owned()));
+    }
+    winners
+}
+
+/// A refund racing its bet's win, and two wins racing on one bet: one of
+/// each pair is applied, the other is refused, and the money is exactly what
+/// the applied ones moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_racing_the_win_and_two_wins_racing_settle_each_bet_once() {
+    let app = spawn_app(&[]).await;
+    const BETS: i64 = 40;
+    ok_tx(&app, "race-w", "deposit", BETS * 10, "race-w-d", json!({})).await;
+    for i in 0..BETS {
+        ok_tx(&app, "race-w", "bet", 10, &format!("rw-b{i}"), json!({"game": "slots"})).await;
+    }
+    let (half, all) = (BETS as usize / 2, BETS as usize);
+    // Refund (10 back) against win (25 paid), per bet.
+    let pairs = (0..half)
+        .map(|i| {
+            let bet = json!({"bet_reference_id": format!("rw-b{i}")});
+            (
+                tx_body("race-w", "refund", 10, &format!("rw-r{i}"), bet.clone()),
+                tx_body("race-w", "win", 25, &format!("rw-w{i}"), bet),
+            )
+        })
+        .collect();
+    let refund_vs_win = race_pairs(&app, pairs, &["BET_SETTLED", "BET_REFUNDED"]).await;
+    // Two wins of 25, two references, per bet.
+    let pairs = (half..all)
+        .map(|i| {
+            let bet = json!({"bet_reference_id": format!("rw-b{i}")});
+            (
+                tx_body("race-w", "win", 25, &format!("rw-w{i}"), bet.clone()),
+                tx_body("race-w", "win", 25, &format!("rw-x{i}"), bet),
+            )
+        })
+        .collect();
+    let win_vs_win = race_pairs(&app, pairs, &["BET_SETTLED"]).await;
+    let refunds = refund_vs_win.iter().filter(|(_, t)| t == "refund").count() as i64;
+    let wins = (half as i64 - refunds) + win_vs_win.len() as i64;
+    println!(
+        "refund vs win: {refunds} refunds won the race, {} wins; win vs win: {} first, {} second",
+        half as i64 - refunds,
+        win_vs_win.iter().filter(|(i, _)| *i == 0).count(),
+        win_vs_win.iter().filter(|(i, _)| *i == 1).count()
+    );
+    assert_eq!(win_vs_win.len(), all - half);
+    assert_eq!(
+        balances(&wallet(&app, "race-w").await),
+        (refunds * 10 + wins * 25, 0),
+        "one settlement per bet"
+    );
+    let rows: i64 = {
+        app.wait_flushed(Duration::from_secs(30)).await;
+        sqlx::query_scalar(
+            "SELECT count(*) FROM wallet_entries WHERE player_id = 'race-w' AND type IN ('win', 'refund')",
+        )
+        .fetch_one(&app.db)
+        .await
+        .expect("count")
+    };
+    assert_eq!(rows, BETS, "one win or refund row per bet");
+    assert_conserved(&app).await;
+    app.finish().await;
+}
