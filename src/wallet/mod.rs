@@ -86,6 +86,34 @@ impl From<Invalid> for WalletError {
 }
 
 impl WalletError {
+    /// True when the transaction that got this error from `wallet_apply.lua`
+    /// certainly moved no money and found no record of its reference: the
+    /// script looked the reference up, found none, and refused. Only then is
+    /// the attempt's claim given back. A replay or a reuse (the account's own
+    /// record exists) and every script error keep it: even `Overloaded`,
+    /// which is also what a request gets when its executor worker is gone
+    /// mid-call, so it does not prove the call never ran.
+    pub fn applied_nothing(&self) -> bool {
+        match self {
+            WalletError::InsufficientFunds
+            | WalletError::BetNotFound
+            | WalletError::BetRefunded
+            | WalletError::BetSettled
+            | WalletError::RefundAmountMismatch
+            | WalletError::MaxBetExceeded
+            | WalletError::BalanceLimitExceeded
+            | WalletError::OutboxFull => true,
+            WalletError::Invalid(_)
+            | WalletError::ReferenceReused(_)
+            | WalletError::BonusActive
+            | WalletError::AccountNotFound
+            | WalletError::StreamsFull
+            | WalletError::Store(_)
+            | WalletError::Request(_)
+            | WalletError::Script(_) => false,
+        }
+    }
+
     fn outcome_label(&self) -> &'static str {
         match self {
             WalletError::Store(_) | WalletError::Request(_) | WalletError::Script(_) | WalletError::Invalid(_) => {
