@@ -52,13 +52,6 @@ local function int(x)
   return string.format('%d', x)
 end
 
-local function split(s)
-  local f = {}
-  for part in string.gmatch(s .. S, '([^\31]*)\31') do
-    f[#f + 1] = part
-  end
-  return f
-end
 
 -- The shard's next entry number and the transaction id "<shard>-<n>".
 -- Read once per call, written back once at the end.

@@ -27,26 +27,17 @@
 --
 -- Nothing here is an outbox event: the claim's only durable effect is the
 -- ledger entry that wallet_apply.lua writes, which carries the reference.
+-- Joined with batch/prologue.lua (n, S, split, replies) and
+-- batch/epilogue.lua, which appends nothing when there is no event.
 -- Nothing raises: inputs were validated by the engine.
 --
 -- Batch protocol (src/redis/executor.rs):
--- KEYS: 1 outbox stream, 2 unflushed-event counter (both unused), then per
+-- KEYS: 1 outbox stream, 2 unflushed-event counter (no event: unused), then per
 --       request (1): the claim key of (type, reference).
 -- ARGV: 1 requests, 2 outbox bound (unused), then per request (3):
 --       op ('claim' | 'release'), player, currency.
 -- Reply per request: {'OK'} | {'REFERENCE_REUSED', 'player_id' | 'currency'}
 --   (release always answers {'OK'}).
-local n = tonumber(ARGV[1])
-local S = '\31'
-local replies = {}
-
-local function split(s)
-  local f = {}
-  for part in string.gmatch(s .. S, '([^\31]*)\31') do
-    f[#f + 1] = part
-  end
-  return f
-end
 
 for i = 1, n do
   local key = KEYS[2 + i]
@@ -81,4 +72,3 @@ for i = 1, n do
     replies[i] = {'REFERENCE_REUSED', 'currency'}
   end
 end
-return replies

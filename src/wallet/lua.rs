@@ -19,10 +19,9 @@ pub static WALLET_APPLY: LazyLock<BatchScript> = LazyLock::new(|| batch_script!(
 
 /// Claims a transaction's `(reference, type)` for its account, or gives a
 /// refused attempt's claim back, on the reference's own shard: see
-/// `lua/wallet_claim.lua`. It appends no event, so it is not joined with the
-/// batch prologue and epilogue.
-pub static WALLET_CLAIM: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("wallet_claim", include_str!("../../lua/wallet_claim.lua"), 1, 3));
+/// `lua/wallet_claim.lua`. It appends no event; the shared epilogue then
+/// writes nothing.
+pub static WALLET_CLAIM: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("wallet_claim", 1, 3));
 
 /// The keys of one account; all in the player's shard, so one hash slot for
 /// every currency of the player.

@@ -1157,18 +1157,7 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
             .expect("answer after restart");
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::helpers::outbox_backlog(&redis, &name).await > 0 {
-        assert!(Instant::now() < deadline, "outbox not drained after restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
-    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
-        .fetch_all(&db)
-        .await
-        .expect("entries")
-        .into_iter()
-        .collect();
+    let (db, in_postgres) = ledger_once_drained(&redis, &name, &db_url).await;
     let acknowledged = acknowledged.lock().expect("lock").clone();
     for tx in acknowledged.keys() {
         assert!(in_postgres.contains(tx), "acknowledged {tx} missing from the ledger");
@@ -1526,18 +1515,7 @@ async fn kill_9_between_claim_and_apply_errs_on_the_safe_side() {
         }
     }
     println!("after the kill: {freed} references free, {stranded} kept by the refused account");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::helpers::outbox_backlog(&redis, &name).await > 0 {
-        assert!(Instant::now() < deadline, "outbox not drained after restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
-    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
-        .fetch_all(&db)
-        .await
-        .expect("entries")
-        .into_iter()
-        .collect();
+    let (db, in_postgres) = ledger_once_drained(&redis, &name, &db_url).await;
     assert_eq!(
         in_postgres, applied,
         "the ledger holds exactly what clients were told of"
@@ -1569,4 +1547,26 @@ async fn kill_9_between_claim_and_apply_errs_on_the_safe_side() {
     drop_database(&database_url(), &name).await;
     delete_keys(&redis, &name).await;
     let _ = redis.quit().await;
+}
+
+/// Once the outbox has drained after a restart: a pool on the test's
+/// database and the ledger's transaction ids.
+async fn ledger_once_drained(
+    redis: &fred::clients::Client,
+    name: &str,
+    db_url: &str,
+) -> (sqlx::PgPool, HashSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::helpers::outbox_backlog(redis, name).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = sqlx::PgPool::connect(db_url).await.expect("db");
+    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
+        .fetch_all(&db)
+        .await
+        .expect("entries")
+        .into_iter()
+        .collect();
+    (db, in_postgres)
 }
