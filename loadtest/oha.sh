@@ -40,6 +40,20 @@ if [[ ! -x $OHA ]]; then
 fi
 output=(--no-tui)
 if [[ -n ${OHA_JSON:-} ]]; then output+=(--output-format json -o "$OHA_JSON"); fi
+extra=("$@")
+
+# POSTs bodies drawn at random from the JSON lines of file $1 to path $2,
+# with the run's length and connections as the remaining arguments (and the
+# caller's extra flags last), then removes the file; oha's status is the
+# script's.
+post_bodies() {
+  local bodies=$1 path=$2 status=0
+  shift 2
+  "$OHA" "${output[@]}" "$@" -m POST -T application/json -Z "$bodies" "$BASE_URL$path" \
+    ${extra[@]+"${extra[@]}"} || status=$?
+  rm -f "$bodies"
+  exit "$status"
+}
 
 case "$RECIPE" in
   checkout)
@@ -70,11 +84,7 @@ case "$RECIPE" in
       echo "oha.sh: only $got of $codes checkouts answered with a code (a fresh sale with >= $codes items?)" >&2
       exit 2
     fi
-    status=0
-    "$OHA" "${output[@]}" -n "$((codes / 4))" -c "${CONNECTIONS:-1000}" -m POST \
-      -T application/json -Z "$bodies" "$BASE_URL/purchase" "$@" || status=$?
-    rm -f "$bodies"
-    exit "$status"
+    post_bodies "$bodies" /purchase -n "$((codes / 4))" -c "${CONNECTIONS:-1000}"
     ;;
   orders)
     # One product with stock for any run (10^8, the bound is 10^9), then
@@ -97,11 +107,7 @@ case "$RECIPE" in
     for ((b = 0; b < 1000; b++)); do
       printf '{"product_id":%d,"quantity":1,"buyer_id":"oha-%d"}\n' "$product" "$b"
     done >"$bodies"
-    status=0
-    "$OHA" "${output[@]}" -z "${SECS:-10}s" -c "${CONNECTIONS:-200}" -m POST \
-      -T application/json -Z "$bodies" "$BASE_URL/orders" "$@" || status=$?
-    rm -f "$bodies"
-    exit "$status"
+    post_bodies "$bodies" /orders -z "${SECS:-10}s" -c "${CONNECTIONS:-200}"
     ;;
   wallet)
     # Deposits of 100 to 1000 players, 100,000 distinct references. oha
@@ -113,11 +119,7 @@ case "$RECIPE" in
       for (n = 0; n < 100000; n++)
         printf "{\"player_id\":\"oha-%d\",\"currency\":\"EUR\",\"type\":\"deposit\",\"amount_minor\":100,\"reference_id\":\"oha-%s-%d\"}\n", n % 1000, run, n
     }' >"$bodies"
-    status=0
-    "$OHA" "${output[@]}" -z "${SECS:-10}s" -c "${CONNECTIONS:-200}" -m POST \
-      -T application/json -Z "$bodies" "$BASE_URL/wallet/transactions" "$@" || status=$?
-    rm -f "$bodies"
-    exit "$status"
+    post_bodies "$bodies" /wallet/transactions -z "${SECS:-10}s" -c "${CONNECTIONS:-200}"
     ;;
   *)
     echo "usage: loadtest/oha.sh checkout|purchase|orders|wallet [extra oha flags]" >&2

@@ -37,7 +37,8 @@
 -- b bet, W win, r refund), fields joined by \31:
 --   1 currency, 2 amount, 3 detail, 4 tx_id, 5 cash, 6 bonus, 7 bonus_id,
 --   8 bonus_status, 9 wagered, 10 required [bet: 11 cash part, 12 bonus
---   part, 13 contribution, 14 refunded 0/1]
+--   part, 13 contribution, 14 refunded 0/1, 15 won 0/1 (absent on bets
+--   recorded before wins were counted: read as 0)]
 -- and 'B:<bonus_id>' -> final status of an ended bonus (for late wins and
 -- refunds of bets it funded). Kept for ever: see ARCHITECTURE.md.
 local notify = {}   -- notify stream key -> its entry's field/value list
@@ -51,13 +52,6 @@ local function int(x)
   return string.format('%d', x)
 end
 
-local function split(s)
-  local f = {}
-  for part in string.gmatch(s .. S, '([^\31]*)\31') do
-    f[#f + 1] = part
-  end
-  return f
-end
 
 -- The shard's next entry number and the transaction id "<shard>-<n>".
 -- Read once per call, written back once at the end.
@@ -211,11 +205,13 @@ function ops.bet(c, a, amount, game)
       bonus_state(c, a, b)
     end
   end
-  return nil, {int(cash_part), int(bonus_part), int(contribution), '0'}
+  return nil, {int(cash_part), int(bonus_part), int(contribution), '0', '0'}
 end
 
--- The bet a win or refund names, if it is a bet of this account not yet
--- refunded; else nil and the refusal.
+-- The bet a win or refund names, if it is a bet of this account still
+-- open; else nil and the refusal. A bet is settled once: by one win or by
+-- its refund. A second win would pay the same stake twice, and a refund
+-- after its win would return the stake the win already settled.
 local function open_bet(c, bet_ref)
   local stored = redis.call('HGET', c.refs, 'b:' .. bet_ref)
   if not stored then
@@ -227,6 +223,9 @@ local function open_bet(c, bet_ref)
   end
   if f[14] == '1' then
     return nil, 'BET_REFUNDED'
+  end
+  if f[15] == '1' then
+    return nil, 'BET_SETTLED'
   end
   return {fields = f, amount = tonumber(f[2]), bonus_id = f[7], cash_part = tonumber(f[11]),
           bonus_part = tonumber(f[12]), contribution = tonumber(f[13])}
@@ -250,6 +249,9 @@ function ops.win(c, a, amount, bet_ref)
   end
   a.cash, a.bonus = a.cash + cash_d, a.bonus + bonus_d
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
+  local f = bet.fields
+  f[15] = '1'
+  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
   c.tx = entry(c, a, 'win', c.ref, amount, cash_d, bonus_d, 0, bet_ref, a.b and a.b.id)
 end
 

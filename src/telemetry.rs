@@ -89,6 +89,12 @@ pub fn register_metrics() {
     for name in ["stampede_flush_batch_rows", "stampede_flush_duration_seconds"] {
         let _ = histogram!(name);
     }
+    // Read once connected, before the first request; named here too so
+    // that every recorded metric has one place that registers it.
+    for dependency in ["redis", "postgres"] {
+        gauge!("stampede_dependency_up", "dependency" => dependency).increment(0.0);
+    }
+    gauge!("stampede_redis_appendonly").increment(0.0);
 }
 
 /// The request metrics of every route, at 0. The status is 413 because

@@ -1882,3 +1882,121 @@ fn the_route_checks_catch_what_they_look_for() {
         "DOCUMENT_ONLY names `SseEvent`: expected one such type, found None",
     );
 }
+
+/// The string literals in a token stream, groups (macro arguments, blocks)
+/// included.
+fn literals_in(tokens: TokenStream, out: &mut BTreeSet<String>) {
+    for token in tokens {
+        match token {
+            TokenTree::Group(group) => literals_in(group.stream(), out),
+            TokenTree::Literal(literal) => {
+                if let Ok(syn::Lit::Str(s)) = syn::parse_str::<syn::Lit>(&literal.to_string()) {
+                    out.insert(s.value());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Metric names a metrics macro (`counter!`, `gauge!`, `histogram!`) is
+/// called with as its first argument, in a token stream.
+fn metric_macro_names(tokens: TokenStream, out: &mut BTreeSet<String>) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            TokenTree::Ident(ident) if ["counter", "gauge", "histogram"].contains(&ident.to_string().as_str()) => {
+                let bang = matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!');
+                if let (true, Some(TokenTree::Group(args))) = (bang, tokens.get(i + 2))
+                    && let Some(TokenTree::Literal(first)) = args.stream().into_iter().next()
+                    && let Ok(syn::Lit::Str(s)) = syn::parse_str::<syn::Lit>(&first.to_string())
+                {
+                    out.insert(s.value());
+                }
+            }
+            TokenTree::Group(group) => metric_macro_names(group.stream(), out),
+            _ => {}
+        }
+    }
+}
+
+/// The bodies of the functions named `register…` in a token stream.
+fn register_fn_bodies(tokens: TokenStream, out: &mut Vec<TokenStream>) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            TokenTree::Ident(kw) if kw == "fn" => {
+                if let Some(TokenTree::Ident(name)) = tokens.get(i + 1)
+                    && name.to_string().starts_with("register")
+                {
+                    let body = tokens[i + 2..].iter().find_map(|t| match t {
+                        TokenTree::Group(g) if g.delimiter() == proc_macro2::Delimiter::Brace => Some(g.stream()),
+                        _ => None,
+                    });
+                    out.extend(body);
+                }
+            }
+            TokenTree::Group(group) => register_fn_bodies(group.stream(), out),
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// What the registration functions (`register…` in `src/telemetry.rs` and
+/// the features' `metrics.rs`) name, and every metric name `src/` records.
+fn registered_and_recorded(files: &[PathBuf]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut registered = BTreeSet::new();
+    let mut recorded = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).expect("source reads");
+        let tokens: TokenStream = text.parse().expect("source tokenizes");
+        metric_macro_names(tokens.clone(), &mut recorded);
+        if file.ends_with("telemetry.rs") || file.ends_with("metrics.rs") {
+            let mut bodies = Vec::new();
+            register_fn_bodies(tokens, &mut bodies);
+            for body in bodies {
+                literals_in(body, &mut registered);
+            }
+        }
+    }
+    (registered, recorded)
+}
+
+/// Every metric the engine records is registered at start by a
+/// `register…` function (`src/telemetry.rs` or the feature's `metrics.rs`),
+/// so it is exported, at 0, before it first happens. (The API test
+/// `dashboards::every_metric_in_the_source_is_exported_before_the_first_request`
+/// checks the same against a running engine's `/metrics`.)
+#[test]
+fn every_metric_is_registered_at_start() {
+    let (registered, recorded) = registered_and_recorded(&rust_files(Path::new(SRC)));
+    assert!(
+        recorded.len() >= 30,
+        "the scan found only {} metric names: is it broken?",
+        recorded.len()
+    );
+    let missing: Vec<&String> = recorded.iter().filter(|name| !registered.contains(*name)).collect();
+    assert!(
+        missing.is_empty(),
+        "metrics recorded in src/ but not registered at start: {missing:?}"
+    );
+    // The check can fail: a recorded metric no register function names.
+    let fixture: TokenStream = r#"
+        pub fn register() { counter!("a_total", "k" => "v").increment(0); }
+        pub fn seen() { counter!("a_total").increment(1); gauge!("b_open").set(1.0); }
+    "#
+    .parse()
+    .expect("fixture tokenizes");
+    let mut rec = BTreeSet::new();
+    metric_macro_names(fixture.clone(), &mut rec);
+    let mut bodies = Vec::new();
+    register_fn_bodies(fixture, &mut bodies);
+    let mut reg = BTreeSet::new();
+    for body in bodies {
+        literals_in(body, &mut reg);
+    }
+    let unregistered: Vec<&String> = rec.iter().filter(|n| !reg.contains(*n)).collect();
+    assert_eq!(unregistered, vec!["b_open"]);
+}

@@ -16,6 +16,15 @@ local events, replies = {}, {}
 -- (ASCII unit separator): ids and codes cannot contain control characters.
 local S = '\31'
 
+-- The fields of a record joined by S, empty ones kept.
+local function split(s)
+  local f = {}
+  for part in string.gmatch(s .. S, '([^\31]*)\31') do
+    f[#f + 1] = part
+  end
+  return f
+end
+
 -- Appends one event: its kind, then its values joined by S.
 local function emit(kind, values)
   events[#events + 1] = kind

@@ -75,7 +75,21 @@ pub async fn transaction(wallet: &Wallet, req: Request<Incoming>) -> Result<Http
     // settles whose it is before the player's shard decides the transaction.
     lua::claim(&ctx.executor, &ctx.keys, &tx).await?;
     let now_ms = ctx.clock.now_ms();
-    let answer = lua::apply(&ctx.executor, &ctx.keys, &tx, now_ms).await?;
+    let answer = match lua::apply(&ctx.executor, &ctx.keys, &tx, now_ms).await {
+        Ok(answer) => answer,
+        Err(refused) => {
+            // A refused attempt gives its claim back, so a guessed reference
+            // does not keep the real transaction out. If the release fails the
+            // claim stays (the safe side: the reference stays this account's)
+            // and the client still gets the true answer, the refusal.
+            if refused.applied_nothing()
+                && let Err(e) = lua::release(&ctx.executor, &ctx.keys, &tx).await
+            {
+                tracing::warn!(error = %e, "wallet reference claim not released; it stays the account's");
+            }
+            return Err(refused);
+        }
+    };
     let mut response = json(
         StatusCode::OK,
         &TransactionReply {

@@ -17,11 +17,11 @@ use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
 pub static WALLET_APPLY: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("wallet_apply", 6, 15));
 
-/// Claims a transaction's `(reference, type)` for its account, on the
-/// reference's own shard: see `lua/wallet_claim.lua`. It appends no event,
-/// so it is not joined with the batch prologue and epilogue.
-pub static WALLET_CLAIM: LazyLock<BatchScript> =
-    LazyLock::new(|| BatchScript::new("wallet_claim", include_str!("../../lua/wallet_claim.lua"), 1, 2));
+/// Claims a transaction's `(reference, type)` for its account, or gives a
+/// refused attempt's claim back, on the reference's own shard: see
+/// `lua/wallet_claim.lua`. It appends no event; the shared epilogue then
+/// writes nothing.
+pub static WALLET_CLAIM: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("wallet_claim", 1, 3));
 
 /// The keys of one account; all in the player's shard, so one hash slot for
 /// every currency of the player.
@@ -118,6 +118,7 @@ fn refusal(script: &LuaScript, reply: &[Value]) -> Result<Option<String>, Wallet
         "INSUFFICIENT_FUNDS" => WalletError::InsufficientFunds,
         "BET_NOT_FOUND" => WalletError::BetNotFound,
         "BET_REFUNDED" => WalletError::BetRefunded,
+        "BET_SETTLED" => WalletError::BetSettled,
         "REFUND_AMOUNT_MISMATCH" => WalletError::RefundAmountMismatch,
         "MAX_BET_EXCEEDED" => WalletError::MaxBetExceeded,
         "BALANCE_LIMIT_EXCEEDED" => WalletError::BalanceLimitExceeded,
@@ -167,16 +168,23 @@ fn args(
     ]
 }
 
-/// Makes `(tx.reference, tx.kind)` belong to the transaction's account, or
-/// refuses because another account holds it. Passing says nothing about the
-/// transaction itself: [`apply`] decides that, on the player's shard.
-pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Result<(), WalletError> {
+/// The claim call of `tx`'s reference: its shard, key and arguments.
+fn claim_call(keys: &Keyspace, tx: &Transaction, op: &str) -> (Shard, Vec<String>, Vec<Value>) {
     let reference = tx.reference.as_str();
     let shard = Shard::of_text(reference);
     let key = keys.key(shard, format_args!("wallet:claim:{}:{reference}", tx.kind.as_str()));
-    let args = vec![tx.player.as_str().into(), tx.currency.code().into()];
+    let args = vec![op.into(), tx.player.as_str().into(), tx.currency.code().into()];
+    (shard, vec![key], args)
+}
+
+/// Makes `(tx.reference, tx.kind)` belong to the transaction's account, or
+/// refuses because another account holds it. Passing says nothing about the
+/// transaction itself: [`apply`] decides that, on the player's shard; if it
+/// refuses, [`release`] gives this attempt's claim back.
+pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Result<(), WalletError> {
+    let (shard, key, args) = claim_call(keys, tx, "claim");
     let script = &*WALLET_CLAIM;
-    let reply = executor.call(script, shard, vec![key], args).await?;
+    let reply = executor.call(script, shard, key, args).await?;
     match reply_str(&script.lua, &reply, 0)?.as_str() {
         "OK" => Ok(()),
         "REFERENCE_REUSED" => {
@@ -186,6 +194,22 @@ pub async fn claim(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Re
         }
         other => Err(WalletError::Script(
             script.lua.unexpected(format!("unknown claim outcome {other:?}")),
+        )),
+    }
+}
+
+/// Gives back the claim [`claim`] took for `tx`, once [`apply`] refused it
+/// in a way that proves it moved no money (see [`WalletError::applied_nothing`]);
+/// the reference is free again when no other attempt of the account holds
+/// it. Never called when the outcome is unknown: that claim stays.
+pub async fn release(executor: &Executor, keys: &Keyspace, tx: &Transaction) -> Result<(), WalletError> {
+    let (shard, key, args) = claim_call(keys, tx, "release");
+    let script = &*WALLET_CLAIM;
+    let reply = executor.call(script, shard, key, args).await?;
+    match reply_str(&script.lua, &reply, 0)?.as_str() {
+        "OK" => Ok(()),
+        other => Err(WalletError::Script(
+            script.lua.unexpected(format!("unknown release outcome {other:?}")),
         )),
     }
 }

@@ -54,6 +54,8 @@ pub enum WalletError {
     BetNotFound,
     #[error("that bet was refunded")]
     BetRefunded,
+    #[error("that bet's win was already paid: a bet has one win, and is not refunded after it")]
+    BetSettled,
     #[error("a refund must return the bet's whole amount_minor")]
     RefundAmountMismatch,
     #[error("the bet exceeds the active bonus's max_bet_minor")]
@@ -85,6 +87,34 @@ impl From<Invalid> for WalletError {
 }
 
 impl WalletError {
+    /// True when the transaction that got this error from `wallet_apply.lua`
+    /// certainly moved no money and found no record of its reference: the
+    /// script looked the reference up, found none, and refused. Only then is
+    /// the attempt's claim given back. A replay or a reuse (the account's own
+    /// record exists) and every script error keep it: even `Overloaded`,
+    /// which is also what a request gets when its executor worker is gone
+    /// mid-call, so it does not prove the call never ran.
+    pub fn applied_nothing(&self) -> bool {
+        match self {
+            WalletError::InsufficientFunds
+            | WalletError::BetNotFound
+            | WalletError::BetRefunded
+            | WalletError::BetSettled
+            | WalletError::RefundAmountMismatch
+            | WalletError::MaxBetExceeded
+            | WalletError::BalanceLimitExceeded
+            | WalletError::OutboxFull => true,
+            WalletError::Invalid(_)
+            | WalletError::ReferenceReused(_)
+            | WalletError::BonusActive
+            | WalletError::AccountNotFound
+            | WalletError::StreamsFull
+            | WalletError::Store(_)
+            | WalletError::Request(_)
+            | WalletError::Script(_) => false,
+        }
+    }
+
     fn outcome_label(&self) -> &'static str {
         match self {
             WalletError::Store(_) | WalletError::Request(_) | WalletError::Script(_) | WalletError::Invalid(_) => {
@@ -114,6 +144,7 @@ pub const INVALID_LAST_EVENT_ID: ErrorCode = ErrorCode::new(StatusCode::BAD_REQU
 pub const INSUFFICIENT_FUNDS: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "INSUFFICIENT_FUNDS");
 pub const BET_NOT_FOUND: ErrorCode = ErrorCode::new(StatusCode::NOT_FOUND, "BET_NOT_FOUND");
 pub const BET_REFUNDED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BET_REFUNDED");
+pub const BET_SETTLED: ErrorCode = ErrorCode::new(StatusCode::CONFLICT, "BET_SETTLED");
 pub const REFUND_AMOUNT_MISMATCH: ErrorCode =
     ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "REFUND_AMOUNT_MISMATCH");
 pub const MAX_BET_EXCEEDED: ErrorCode = ErrorCode::new(StatusCode::UNPROCESSABLE_ENTITY, "MAX_BET_EXCEEDED");
@@ -148,6 +179,7 @@ impl ApiError for WalletError {
             WalletError::InsufficientFunds => INSUFFICIENT_FUNDS,
             WalletError::BetNotFound => BET_NOT_FOUND,
             WalletError::BetRefunded => BET_REFUNDED,
+            WalletError::BetSettled => BET_SETTLED,
             WalletError::RefundAmountMismatch => REFUND_AMOUNT_MISMATCH,
             WalletError::MaxBetExceeded => MAX_BET_EXCEEDED,
             WalletError::BalanceLimitExceeded => BALANCE_LIMIT_EXCEEDED,
@@ -240,6 +272,7 @@ impl Feature for Wallet {
                 ACCOUNT_NOT_FOUND,
                 INSUFFICIENT_FUNDS,
                 BET_REFUNDED,
+                BET_SETTLED,
                 MAX_BET_EXCEEDED,
                 REFERENCE_REUSED,
                 REFUND_AMOUNT_MISMATCH,

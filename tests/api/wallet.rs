@@ -1158,18 +1158,7 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
             .expect("answer after restart");
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::helpers::outbox_backlog(&redis, &name).await > 0 {
-        assert!(Instant::now() < deadline, "outbox not drained after restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
-    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
-        .fetch_all(&db)
-        .await
-        .expect("entries")
-        .into_iter()
-        .collect();
+    let (db, in_postgres) = ledger_once_drained(&redis, &name, &db_url).await;
     let acknowledged = acknowledged.lock().expect("lock").clone();
     for tx in acknowledged.keys() {
         assert!(in_postgres.contains(tx), "acknowledged {tx} missing from the ledger");
@@ -1203,4 +1192,382 @@ async fn kill_9_under_load_leaves_the_ledger_intact() {
     drop_database(&database_url(), &name).await;
     delete_keys(&redis, &name).await;
     let _ = redis.quit().await;
+}
+
+/// A bet is settled once: after its win, a refund and a second win (another
+/// reference) are refused with `BET_SETTLED`, leaving the balance as it was;
+/// the win itself still replays.
+#[tokio::test]
+async fn a_won_bet_is_neither_refunded_nor_won_again() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "s1", "deposit", 100, "s1-d", json!({})).await;
+    ok_tx(&app, "s1", "bet", 40, "s1-b", json!({"game": "slots"})).await;
+    let won = ok_tx(&app, "s1", "win", 90, "s1-w", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(balances(&won), (150, 0));
+    let refund = post_tx(&app, "s1", "refund", 40, "s1-r", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(refund.status, StatusCode::CONFLICT, "{:?}", refund.body);
+    assert_eq!(refund.error_code(), "BET_SETTLED");
+    let second = post_tx(&app, "s1", "win", 90, "s1-w2", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(second.status, StatusCode::CONFLICT, "{:?}", second.body);
+    assert_eq!(second.error_code(), "BET_SETTLED");
+    let replay = post_tx(&app, "s1", "win", 90, "s1-w", json!({"bet_reference_id": "s1-b"})).await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.body);
+    assert_eq!(
+        replay.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(
+        balances(&wallet(&app, "s1").await),
+        (150, 0),
+        "the refusals moved nothing"
+    );
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+/// Sends the two bodies at once, many times over (one bet each): exactly one
+/// of each pair is applied; the other gets 409 with one of `codes`.
+async fn race_pairs(app: &TestApp, pairs: Vec<(String, String)>, codes: &[&str]) -> Vec<(usize, String)> {
+    let mut calls = Vec::new();
+    for (a, b) in pairs {
+        let (http, addr) = (app.http.clone(), app.addr);
+        calls.push(tokio::spawn(async move {
+            let (a, b) = tokio::join!(
+                send(&http, addr, Method::POST, "/wallet/transactions", Some(&a)),
+                send(&http, addr, Method::POST, "/wallet/transactions", Some(&b)),
+            );
+            (a.expect("answer"), b.expect("answer"))
+        }));
+    }
+    let mut winners = Vec::new();
+    for call in calls {
+        let (a, b) = call.await.expect("task");
+        let (winner, loser, index) = match (a.status, b.status) {
+            (StatusCode::OK, _) => (a, b, 0),
+            (_, StatusCode::OK) => (b, a, 1),
+            _ => panic!("neither applied: {:?} {:?}", a.body, b.body),
+        };
+        assert_eq!(loser.status, StatusCode::CONFLICT, "{:?}", loser.body);
+        assert!(codes.contains(&loser.error_code()), "{:?}", loser.body);
+        winners.push((index, winner.body["type"].as_str().unwrap_or("").to_owned()));
+    }
+    winners
+}
+
+/// A refund racing its bet's win, and two wins racing on one bet: one of
+/// each pair is applied, the other is refused, and the money is exactly what
+/// the applied ones moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_racing_the_win_and_two_wins_racing_settle_each_bet_once() {
+    let app = spawn_app(&[]).await;
+    const BETS: i64 = 40;
+    ok_tx(&app, "race-w", "deposit", BETS * 10, "race-w-d", json!({})).await;
+    for i in 0..BETS {
+        ok_tx(&app, "race-w", "bet", 10, &format!("rw-b{i}"), json!({"game": "slots"})).await;
+    }
+    let (half, all) = (BETS as usize / 2, BETS as usize);
+    // Refund (10 back) against win (25 paid), per bet.
+    let pairs = (0..half)
+        .map(|i| {
+            let bet = json!({"bet_reference_id": format!("rw-b{i}")});
+            (
+                tx_body("race-w", "refund", 10, &format!("rw-r{i}"), bet.clone()),
+                tx_body("race-w", "win", 25, &format!("rw-w{i}"), bet),
+            )
+        })
+        .collect();
+    let refund_vs_win = race_pairs(&app, pairs, &["BET_SETTLED", "BET_REFUNDED"]).await;
+    // Two wins of 25, two references, per bet.
+    let pairs = (half..all)
+        .map(|i| {
+            let bet = json!({"bet_reference_id": format!("rw-b{i}")});
+            (
+                tx_body("race-w", "win", 25, &format!("rw-w{i}"), bet.clone()),
+                tx_body("race-w", "win", 25, &format!("rw-x{i}"), bet),
+            )
+        })
+        .collect();
+    let win_vs_win = race_pairs(&app, pairs, &["BET_SETTLED"]).await;
+    let refunds = refund_vs_win.iter().filter(|(_, t)| t == "refund").count() as i64;
+    let wins = (half as i64 - refunds) + win_vs_win.len() as i64;
+    println!(
+        "refund vs win: {refunds} refunds won the race, {} wins; win vs win: {} first, {} second",
+        half as i64 - refunds,
+        win_vs_win.iter().filter(|(i, _)| *i == 0).count(),
+        win_vs_win.iter().filter(|(i, _)| *i == 1).count()
+    );
+    assert_eq!(win_vs_win.len(), all - half);
+    assert_eq!(
+        balances(&wallet(&app, "race-w").await),
+        (refunds * 10 + wins * 25, 0),
+        "one settlement per bet"
+    );
+    let rows: i64 = {
+        app.wait_flushed(Duration::from_secs(30)).await;
+        sqlx::query_scalar(
+            "SELECT count(*) FROM wallet_entries WHERE player_id = 'race-w' AND type IN ('win', 'refund')",
+        )
+        .fetch_one(&app.db)
+        .await
+        .expect("count")
+    };
+    assert_eq!(rows, BETS, "one win or refund row per bet");
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
+/// A refused transaction does not keep its reference: a withdrawal refused
+/// under a guessed reference leaves it free for the real one of another
+/// player, while a reference whose transaction succeeded stays its account's
+/// and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_transaction_leaves_its_reference_free() {
+    let app = spawn_app(&[]).await;
+    let guessed = post_tx(&app, "mallory", "withdrawal", 500, "payout-7", json!({})).await;
+    assert_eq!(guessed.status, StatusCode::CONFLICT, "{:?}", guessed.body);
+    assert_eq!(guessed.error_code(), "INSUFFICIENT_FUNDS");
+    ok_tx(&app, "alice", "deposit", 1000, "alice-d", json!({})).await;
+    let real = ok_tx(&app, "alice", "withdrawal", 500, "payout-7", json!({})).await;
+    assert_eq!(balances(&real), (500, 0));
+    // Now it is alice's: a repeat replays, mallory is refused by name.
+    let again = post_tx(&app, "alice", "withdrawal", 500, "payout-7", json!({})).await;
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let late = post_tx(&app, "mallory", "withdrawal", 500, "payout-7", json!({})).await;
+    assert_eq!(late.error_code(), "REFERENCE_REUSED", "{:?}", late.body);
+    // A refused bet (no such bet to win on) frees its reference too.
+    let bogus = post_tx(
+        &app,
+        "mallory",
+        "win",
+        5,
+        "round-9",
+        json!({"bet_reference_id": "nope"}),
+    )
+    .await;
+    assert_eq!(bogus.error_code(), "BET_NOT_FOUND");
+    ok_tx(&app, "alice", "bet", 100, "alice-b", json!({"game": "slots"})).await;
+    ok_tx(
+        &app,
+        "alice",
+        "win",
+        5,
+        "round-9",
+        json!({"bet_reference_id": "alice-b"}),
+    )
+    .await;
+
+    // 20 players without money race one with it for one reference: the
+    // refusals give the reference back, so the funded player gets through
+    // (it may meet a refused claim still in flight: REFERENCE_REUSED, then
+    // retries), and exactly one withdrawal lands.
+    let mut calls = Vec::new();
+    for p in 0..20 {
+        let (http, addr) = (app.http.clone(), app.addr);
+        calls.push(tokio::spawn(async move {
+            let body = tx_body(&format!("poor-{p}"), "withdrawal", 100, "race-ref", json!({}));
+            let reply = send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer");
+            assert!(
+                matches!(reply.error_code(), "INSUFFICIENT_FUNDS" | "REFERENCE_REUSED"),
+                "{:?}",
+                reply.body
+            );
+        }));
+    }
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let reply = post_tx(&app, "alice", "withdrawal", 100, "race-ref", json!({})).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(reply.error_code(), "REFERENCE_REUSED", "{:?}", reply.body);
+        assert!(tries < 200, "the reference was never given back");
+        tokio::task::yield_now().await;
+    }
+    for call in calls {
+        call.await.expect("task");
+    }
+    println!("the funded withdrawal landed on try {tries}");
+    assert_eq!(balances(&wallet(&app, "alice").await), (1000 - 500 - 100 + 5 - 100, 0));
+    assert_conserved(&app).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM wallet_entries WHERE reference_id IN ('payout-7', 'race-ref')")
+            .fetch_one(&app.db)
+            .await
+            .expect("count");
+    assert_eq!(rows, 2);
+    app.finish().await;
+}
+
+/// What one player's stream of requests was told before the kill: the
+/// transaction ids applied, and the request in flight when the engine died.
+struct ClaimRun {
+    applied: Vec<String>,
+    in_flight: Option<(usize, usize, String)>,
+}
+
+/// `kill -9` while refused withdrawals under guessed references race the
+/// real ones: a refusal that was answered gave its reference back (the real
+/// withdrawal under it succeeds at once); a claim the crash caught between
+/// claim and apply stays with the account that tried (the safe side: the
+/// real one is refused by name, and nobody's money moved under it); every
+/// transaction applies exactly once and the ledger sums to the balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_between_claim_and_apply_errs_on_the_safe_side() {
+    const PLAYERS: usize = 30;
+    const ROUNDS: usize = 20;
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    let mut first = EngineProcess::start(&db_url, &name, "claim-a", &[("STAMPEDE_FLUSH_LINGER_MS", "10000")]).await;
+    let http = http_client();
+    let done = Arc::new(AtomicUsize::new(0));
+    // Per round i of player p: the funded player deposits, a player without
+    // money tries a withdrawal under the reference the funded one then uses.
+    let round = |p: usize, i: usize| {
+        [
+            tx_body(&format!("cf{p}"), "deposit", 100, &format!("cf{p}-d{i}"), json!({})),
+            tx_body(&format!("cg{p}"), "withdrawal", 50, &format!("cf{p}-w{i}"), json!({})),
+            tx_body(&format!("cf{p}"), "withdrawal", 50, &format!("cf{p}-w{i}"), json!({})),
+        ]
+    };
+    let mut players = Vec::new();
+    for p in 0..PLAYERS {
+        let (http, done, addr) = (http.clone(), done.clone(), first.addr);
+        players.push(tokio::spawn(async move {
+            let mut run = ClaimRun {
+                applied: Vec::new(),
+                in_flight: None,
+            };
+            for i in 0..ROUNDS {
+                for (step, body) in round(p, i).into_iter().enumerate() {
+                    match send(&http, addr, Method::POST, "/wallet/transactions", Some(&body)).await {
+                        Ok(reply) if step == 1 => {
+                            assert_eq!(reply.error_code(), "INSUFFICIENT_FUNDS", "{:?}", reply.body)
+                        }
+                        Ok(reply) if reply.status == StatusCode::OK => {
+                            run.applied
+                                .push(reply.body["transaction_id"].as_str().expect("tx").to_owned());
+                        }
+                        Ok(reply) => panic!("refused before the kill: {:?}", reply.body),
+                        Err(_) => {
+                            run.in_flight = Some((i, step, body));
+                            return run;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            run
+        }));
+    }
+    wait_for_acknowledged(&done, 600, &players, "requests").await;
+    first.kill_9();
+    let mut runs = Vec::new();
+    for player in players {
+        runs.push(player.await.expect("player task"));
+    }
+
+    let second = EngineProcess::start(&db_url, &name, "claim-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
+    let post = |body: String| {
+        let http = http.clone();
+        let addr = second.addr;
+        async move {
+            send(&http, addr, Method::POST, "/wallet/transactions", Some(&body))
+                .await
+                .expect("answer after restart")
+        }
+    };
+    let mut applied: HashSet<String> = HashSet::new();
+    let (mut stranded, mut freed) = (0, 0);
+    for (p, run) in runs.iter().enumerate() {
+        applied.extend(run.applied.iter().cloned());
+        let Some((i, step, body)) = &run.in_flight else {
+            continue;
+        };
+        // The client retries what got no answer.
+        let retried = post(body.clone()).await;
+        if *step == 1 {
+            assert_eq!(retried.error_code(), "INSUFFICIENT_FUNDS", "{:?}", retried.body);
+            // The real withdrawal under that reference: free, unless the
+            // crash caught the refused attempt between claim and apply.
+            let real = post(round(p, *i)[2].clone()).await;
+            if real.status == StatusCode::OK {
+                freed += 1;
+                applied.insert(real.body["transaction_id"].as_str().expect("tx").to_owned());
+            } else {
+                assert_eq!(real.error_code(), "REFERENCE_REUSED", "{:?}", real.body);
+                assert!(
+                    real.body["error"]["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("player_id")
+                );
+                stranded += 1;
+            }
+        } else {
+            assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+            applied.insert(retried.body["transaction_id"].as_str().expect("tx").to_owned());
+        }
+    }
+    println!("after the kill: {freed} references free, {stranded} kept by the refused account");
+    let (db, in_postgres) = ledger_once_drained(&redis, &name, &db_url).await;
+    assert_eq!(
+        in_postgres, applied,
+        "the ledger holds exactly what clients were told of"
+    );
+    let refused_players: i64 = sqlx::query_scalar("SELECT count(*) FROM wallet_entries WHERE player_id LIKE 'cg%'")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(refused_players, 0, "no refused withdrawal moved money");
+    let sums: Vec<(String, i64)> =
+        sqlx::query_as("SELECT player_id, sum(cash_delta_minor)::bigint FROM wallet_entries GROUP BY player_id")
+            .fetch_all(&db)
+            .await
+            .expect("sums");
+    for (player, cash) in sums {
+        let reply = send(
+            &http,
+            second.addr,
+            Method::GET,
+            &format!("/wallet/{player}?currency=EUR"),
+            None,
+        )
+        .await
+        .expect("wallet");
+        assert_eq!(reply.body["cash_minor"].as_i64(), Some(cash), "{player}");
+    }
+    db.close().await;
+    drop(second);
+    drop_database(&database_url(), &name).await;
+    delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}
+
+/// Once the outbox has drained after a restart: a pool on the test's
+/// database and the ledger's transaction ids.
+async fn ledger_once_drained(
+    redis: &fred::clients::Client,
+    name: &str,
+    db_url: &str,
+) -> (sqlx::PgPool, HashSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::helpers::outbox_backlog(redis, name).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = sqlx::PgPool::connect(db_url).await.expect("db");
+    let in_postgres: HashSet<String> = sqlx::query_scalar("SELECT transaction_id FROM wallet_entries")
+        .fetch_all(&db)
+        .await
+        .expect("entries")
+        .into_iter()
+        .collect();
+    (db, in_postgres)
 }
