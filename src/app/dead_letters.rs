@@ -14,7 +14,7 @@ use crate::limits::{DEAD_LETTERS_PAGE_DEFAULT, DEAD_LETTERS_PAGE_MAX};
 use crate::outbox::Flusher;
 use crate::outbox::dead_letters::{self, DeadLetter, RetryError, StatusFilter};
 use crate::server::access::Access;
-use crate::server::error::{self, ApiError, ErrorBody, ErrorCode};
+use crate::server::error::{ApiError, ErrorBody, ErrorCode};
 use crate::server::http::{HttpResponse, PageError, Query, json, rfc3339};
 use crate::server::{RequestError, Route};
 
@@ -97,7 +97,6 @@ pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
             state.clone(),
             |s, req, _| async move { list(&s, req).await },
         )
-        .answers(error::ADMIN_ANSWERS)
         .answers(&[
             INVALID_DEAD_LETTER_STATUS,
             INVALID_LIMIT,
@@ -112,7 +111,6 @@ pub fn routes(ctx: Arc<Context>, flusher: Arc<Flusher>) -> Vec<Route> {
             state,
             |s, _, params| async move { retry(&s, params.get("id")).await },
         )
-        .answers(error::ADMIN_ANSWERS)
         .answers(&[
             INVALID_DEAD_LETTER_ID,
             DEAD_LETTER_NOT_FOUND,

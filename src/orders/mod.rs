@@ -299,7 +299,6 @@ impl Feature for Orders {
                 self.clone(),
                 |f, req, _| async move { handlers::create_product(&f, req).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(error::BODY_ANSWERS)
             .answers(error::SCRIPT_ANSWERS)
             .answers(&[
@@ -332,7 +331,6 @@ impl Feature for Orders {
                 self.clone(),
                 |f, req, params| async move { handlers::restock(&f, req, params.get("id")).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(error::BODY_ANSWERS)
             .answers(error::SCRIPT_ANSWERS)
             .answers(&[
@@ -353,7 +351,6 @@ impl Feature for Orders {
                 self,
                 |f, _, _| async move { reconcile::reconcile(&f).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(&[BACKLOG_NOT_FLUSHED, STORE_UNAVAILABLE, error::REDIS_UNAVAILABLE]),
         ]
     }

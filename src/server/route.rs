@@ -108,8 +108,9 @@ impl Route {
     }
 
     /// Error codes the handler may answer: its feature's, and the toolkit's
-    /// groups it uses (`error::BODY_ANSWERS`, `ADMIN_ANSWERS`,
-    /// `SCRIPT_ANSWERS`). Called again, it adds to the list. The API
+    /// groups it uses (`error::BODY_ANSWERS`, `SCRIPT_ANSWERS`). Called
+    /// again, it adds to the list. The router adds what its access check
+    /// answers (`ADMIN_ANSWERS`, `CREDENTIAL_ANSWERS`) itself. The API
     /// document's error responses of the route are generated from it.
     pub fn answers(mut self, codes: &'static [ErrorCode]) -> Self {
         for code in codes {

@@ -196,7 +196,6 @@ impl Feature for Settlement {
                 self.clone(),
                 |s, req, _| async move { handlers::create(&s, req).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(error::BODY_ANSWERS)
             .answers(&[
                 INVALID_BODY,
@@ -217,7 +216,6 @@ impl Feature for Settlement {
                 self.clone(),
                 |s, _, params| async move { handlers::job(&s, params.get("id").unwrap_or("")).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(&[JOB_NOT_FOUND, STORE_UNAVAILABLE]),
             Route::new(
                 Method::POST,
@@ -227,7 +225,6 @@ impl Feature for Settlement {
                 self.clone(),
                 |s, _, params| async move { handlers::cancel(&s, params.get("id").unwrap_or("")).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(&[
                 JOB_NOT_FOUND,
                 JOB_ALREADY_COMPLETED,
@@ -242,7 +239,6 @@ impl Feature for Settlement {
                 self,
                 |s, _, params| async move { handlers::download(&s, params.get("job_id").unwrap_or("")).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(&[JOB_NOT_FOUND, JOB_NOT_COMPLETED, DOWNLOADS_BUSY, STORE_UNAVAILABLE]),
         ]
     }

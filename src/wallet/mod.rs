@@ -35,7 +35,6 @@ use crate::outbox::Sink;
 use crate::redis::executor::BatchScript;
 use crate::redis::lua::ScriptError;
 use crate::server::access::Access;
-use crate::server::auth::AdminGuard;
 use crate::server::error::{self, ApiError, ErrorCode};
 use crate::server::feature::Feature;
 use crate::server::{RequestError, Route};
@@ -213,7 +212,6 @@ impl ApiError for WalletError {
 /// The wallet feature: what its handlers and tasks need.
 pub struct Wallet {
     ctx: Arc<Context>,
-    admin: AdminGuard,
     hub: Arc<events::Hub>,
     /// Turns true when the engine begins to shut down; open event streams
     /// end on it.
@@ -226,7 +224,6 @@ impl Wallet {
         let settings = WalletSettings::from_env(&ctx.config.env())?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Arc::new(Self {
-            admin: AdminGuard::new(ctx.config.admin_token.as_ref()),
             hub: Arc::new(events::Hub::new(settings.sse_streams_max)),
             ctx,
             shutdown,
@@ -331,7 +328,6 @@ impl Feature for Wallet {
                 self,
                 |w, req, _| async move { handlers::grant_bonus(&w, req).await },
             )
-            .answers(error::ADMIN_ANSWERS)
             .answers(error::BODY_ANSWERS)
             .answers(error::SCRIPT_ANSWERS)
             .answers(&[
