@@ -6,6 +6,8 @@
 #   bash scripts/services.sh pg-stop        # stop only Postgres (returns when it is really down)
 #   bash scripts/services.sh pg-start       # start only Postgres (returns when it accepts queries)
 #   bash scripts/services.sh redis-stop | redis-start | status
+#   eval "$(bash scripts/services.sh cluster-start)"   # a private Redis Cluster; exports REDIS_CLUSTER_URL
+#   bash scripts/services.sh cluster-stop   # stop it and delete its data
 #
 # Only `export NAME=value` lines go to stdout; everything else goes to stderr.
 #
@@ -19,6 +21,13 @@
 #   STAMPEDE_PG_PORT           private Postgres port (default 5441)
 #   STAMPEDE_PG_SOCKDIR        Unix socket dir (default: $STAMPEDE_DATA_DIR/pg-sock)
 #   STAMPEDE_PG_BIN            Postgres bin dir (default: newest /usr/lib/postgresql/*/bin)
+#   STAMPEDE_CLUSTER_PORT      first port of the private cluster (default 7301); its nodes take the
+#                              next ports, and each node's cluster bus is its port + 10000
+#   STAMPEDE_CLUSTER_PRIMARIES primaries (default 3)
+#   STAMPEDE_CLUSTER_REPLICAS  replicas per primary (default 0; 1 for failover tests)
+#   STAMPEDE_CLUSTER_NODE_TIMEOUT_MS  how long a primary may be silent before its replica takes
+#                              over (default 2000)
+#   STAMPEDE_CLUSTER_DIR       its data (default: $STAMPEDE_DATA_DIR/cluster-<first port>)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -50,6 +59,13 @@ PG_LOG=$PG_DIR.log # next to the cluster: initdb wants an empty dir
 PG_DB=stampede
 PG_USER=postgres
 APT_LOG=$DATA/apt.log
+# Below 32768 (Linux's ephemeral range starts there), bus ports included.
+CLUSTER_PORT=${STAMPEDE_CLUSTER_PORT:-7301}
+CLUSTER_PRIMARIES=${STAMPEDE_CLUSTER_PRIMARIES:-3}
+CLUSTER_REPLICAS=${STAMPEDE_CLUSTER_REPLICAS:-0}
+CLUSTER_NODE_TIMEOUT_MS=${STAMPEDE_CLUSTER_NODE_TIMEOUT_MS:-2000}
+CLUSTER_DIR=$(abspath "${STAMPEDE_CLUSTER_DIR:-$DATA/cluster-$CLUSTER_PORT}")
+CLUSTER_NODES=$((CLUSTER_PRIMARIES * (1 + CLUSTER_REPLICAS)))
 
 # Unix socket paths are limited to 107 bytes; fall back to /tmp for deep checkouts.
 if [ "${#PG_SOCKDIR}" -gt 90 ]; then
@@ -479,6 +495,112 @@ pg_stop() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Redis Cluster: private nodes from Debian's redis-server, each in its own
+# folder with its own nodes-<port>.conf, with the same durability settings as
+# the private Redis.
+
+cluster_ports() { seq "$CLUSTER_PORT" $((CLUSTER_PORT + CLUSTER_NODES - 1)); }
+
+cluster_cli() { # $1 = port, then the command
+    local port=$1
+    shift
+    timeout 5 redis-cli -h 127.0.0.1 -p "$port" "$@" 2>/dev/null </dev/null || true
+}
+
+cluster_ok() { # every node says cluster_state:ok and knows every node
+    local port
+    for port in $(cluster_ports); do
+        cluster_cli "$port" cluster info | grep -q '^cluster_state:ok' || return 1
+        [ "$(cluster_cli "$port" cluster nodes | grep -c .)" -eq "$CLUSTER_NODES" ] || return 1
+    done
+}
+
+cluster_url() {
+    local url port
+    url="redis-cluster://127.0.0.1:$CLUSTER_PORT"
+    for port in $(seq $((CLUSTER_PORT + 1)) $((CLUSTER_PORT + CLUSTER_PRIMARIES - 1))); do
+        if [ "$port" -eq $((CLUSTER_PORT + 1)) ]; then url="$url?"; else url="$url&"; fi
+        url="${url}node=127.0.0.1:$port"
+    done
+    printf '%s\n' "$url"
+}
+
+cluster_stop() {
+    local port pid
+    for port in $(cluster_ports); do
+        pid=$(cat "$CLUSTER_DIR/$port/redis.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q redis "/proc/$pid/comm" 2>/dev/null; then
+            # The data is thrown away below: no SHUTDOWN save needed.
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    for port in $(cluster_ports); do
+        pid=$(cat "$CLUSTER_DIR/$port/redis.pid" 2>/dev/null || true)
+        while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    done
+    rm -rf "$CLUSTER_DIR"
+    log "cluster on ports $CLUSTER_PORT.. stopped, $CLUSTER_DIR removed"
+}
+
+cluster_start() {
+    ensure_redis_installed
+    if cluster_ok; then
+        log "the cluster on ports $CLUSTER_PORT.. is up ($CLUSTER_NODES nodes)"
+        return 0
+    fi
+    # A half-made cluster (killed mid-creation, a node lost) is not repaired:
+    # it holds test data only, so it is made again.
+    cluster_stop
+    local port dir ports=()
+    for port in $(cluster_ports); do
+        [ $((port + 10000)) -lt 32768 ] || die "cluster port $port: its bus port $((port + 10000)) is in the ephemeral range"
+        if [ "$(cluster_cli "$port" ping)" = PONG ]; then
+            die "port $port already answers PING and is not this cluster's node: pick STAMPEDE_CLUSTER_PORT"
+        fi
+        dir=$CLUSTER_DIR/$port
+        mkdir -p "$dir"
+        redis-server \
+            --bind 127.0.0.1 \
+            --port "$port" \
+            --dir "$dir" \
+            --cluster-enabled yes \
+            --cluster-config-file "nodes-$port.conf" \
+            --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" \
+            --appendonly yes \
+            --appendfsync always \
+            --save "" \
+            --latency-tracking no \
+            --pidfile "$dir/redis.pid" \
+            --logfile "$dir/redis.log" \
+            --daemonize yes \
+            </dev/null >>"$dir/redis.log" 2>&1 9>&- || die "redis-server failed to start on port $port (see $dir/redis.log)"
+        ports+=("127.0.0.1:$port")
+    done
+    local i
+    for port in $(cluster_ports); do
+        for i in $(seq 1 100); do
+            [ "$(cluster_cli "$port" ping)" = PONG ] && break
+            sleep 0.1
+        done
+        [ "$(cluster_cli "$port" ping)" = PONG ] || die "cluster node $port did not start (see $CLUSTER_DIR/$port/redis.log)"
+    done
+    log "creating a cluster of $CLUSTER_PRIMARIES primaries with $CLUSTER_REPLICAS replica(s) each on ports $CLUSTER_PORT.."
+    timeout 60 redis-cli --cluster create "${ports[@]}" --cluster-replicas "$CLUSTER_REPLICAS" --cluster-yes \
+        </dev/null >"$CLUSTER_DIR/create.log" 2>&1 || {
+        tail -n 20 "$CLUSTER_DIR/create.log" >&2
+        die "redis-cli --cluster create failed"
+    }
+    for i in $(seq 1 300); do
+        if cluster_ok; then
+            log "cluster is up: cluster_state:ok on all $CLUSTER_NODES nodes ($((i / 10)) s)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the cluster on ports $CLUSTER_PORT.. did not reach cluster_state:ok within 30 s"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 status() {
     local rc=0
@@ -521,8 +643,10 @@ emit() { printf 'export %s=%q\n' "$1" "$2"; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|test-tools|oha|status]
+usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|cluster-start|cluster-stop|test-tools|oha|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
+  cluster-start make sure a private Redis Cluster runs (STAMPEDE_CLUSTER_*); print REDIS_CLUSTER_URL
+  cluster-stop  stop that cluster and delete its data
   test-tools    install what the tests need besides the services (prometheus, promtool,
                 chromium, playwright-core, schemathesis, oha)
   oha           install oha only (cargo install, into .data/tools)
@@ -572,6 +696,15 @@ main() {
     redis-stop)
         take_lock
         redis_stop
+        ;;
+    cluster-start)
+        take_lock
+        cluster_start
+        emit REDIS_CLUSTER_URL "$(cluster_url)"
+        ;;
+    cluster-stop)
+        take_lock
+        cluster_stop
         ;;
     test-tools)
         # What the test command needs beyond the services: Prometheus and
