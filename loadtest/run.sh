@@ -40,7 +40,10 @@
 #   NO_BASELINE_SERVER=1  contest, sustained: skip the baseline server's run
 #   LOAD_KEYS=1           keys on: the engine gets a keys file with one key of every scope, and the
 #                         driver sends it (STAMPEDE_API_KEY); unset, the engine serves on loopback in
-#                         open mode. Run once with each to measure what the key check costs
+#                         open mode
+#   LOAD_KEYS=compare     what the key check costs: the scenario runs keys off (with the baseline
+#                         server unless NO_BASELINE_SERVER=1), then keys on, each on a fresh engine,
+#                         and a table sets requests/s and CPU us per request side by side
 #   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
 #                         STAMPEDE_WORKER_THREADS and STAMPEDE_REDIS_POOL when they are set
 #   KEEP_DATA=1           keep the load database and the Redis keys afterwards
@@ -64,6 +67,41 @@ usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|order
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
+
+if [[ ${LOAD_KEYS:-} == compare ]]; then
+  # Two runs of this script, one after the other (they would compete for the
+  # CPUs side by side), each writing where its JSON summary went.
+  off_at=$(mktemp) on_at=$(mktemp)
+  set +e
+  LOAD_KEYS='' RUN_JSON_PATH_FILE=$off_at "$0" "$SCENARIO" "$@"
+  off_rc=$?
+  LOAD_KEYS=1 NO_BASELINE_SERVER=1 RUN_JSON_PATH_FILE=$on_at "$0" "$SCENARIO" "$@"
+  on_rc=$?
+  set -e
+  off_json=$(cat "$off_at") on_json=$(cat "$on_at")
+  rm -f "$off_at" "$on_at"
+  if [[ -f $off_json && -f $on_json ]]; then
+    python3 - "$off_json" "$on_json" <<'PY'
+import json, sys
+off, on = (json.load(open(p)) for p in sys.argv[1:3])
+def get(d, *path):
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+rows = [("purchases/s", ("purchases_per_sec",)), ("requests/s", ("requests_per_sec",)),
+        ("orders/s", ("orders_per_sec",)), ("operations/s", ("operations_per_sec",))]
+rows += [(f"{role} CPU us/request", ("cpu", "us_per_request", role))
+         for role in ("server", "redis", "postgres", "machine")]
+print(f"keys off vs keys on ({sys.argv[1]} / {sys.argv[2]}):")
+print(f"  {'figure':<26}{'keys off':>12}{'keys on':>12}{'on/off':>9}")
+for name, path in rows:
+    a, b = get(off, *path), get(on, *path)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        print(f"  {name:<26}{a:>12.1f}{b:>12.1f}{(b / a if a else float('nan')):>9.3f}")
+PY
+  fi
+  exit $(( off_rc > on_rc ? off_rc : on_rc ))
+fi
 
 case "$SCENARIO" in
   contest)    USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000} ;;
@@ -518,6 +556,7 @@ fi
 
 if [[ -f $JSON_OUT ]]; then
   echo "run.sh: JSON summary $JSON_OUT, engine log $ENGINE_LOG" >&2
+  if [[ -n ${RUN_JSON_PATH_FILE:-} ]]; then echo "$JSON_OUT" >"$RUN_JSON_PATH_FILE"; fi
 else
   echo "run.sh: engine log $ENGINE_LOG" >&2
 fi
