@@ -51,6 +51,9 @@ pub struct Config {
     pub redis_url: String,
     pub database_url: String,
     pub key_prefix: String,
+    /// Outbox shards (`STAMPEDE_OUTBOX_SHARDS`): recorded in Redis at the
+    /// first start, and must match the record on every later one.
+    pub outbox_shards: u64,
     pub flush: FlushConfig,
     pub redis_pool_size: usize,
     pub postgres_pool_size: u32,
@@ -149,6 +152,12 @@ impl Config {
                 reason: "must be non-empty and must not contain '{' or '}' (they mark hash tags)".into(),
             });
         }
+        let outbox_shards = env.number(
+            "STAMPEDE_OUTBOX_SHARDS",
+            limits::OUTBOX_SHARDS_DEFAULT,
+            1,
+            limits::OUTBOX_SHARDS_MAX,
+        )?;
         let consumer = env.get("STAMPEDE_CONSUMER").unwrap_or_else(default_consumer_name);
         let outbox_events_max = env.number(
             "STAMPEDE_OUTBOX_MAX_EVENTS",
@@ -225,6 +234,7 @@ impl Config {
             redis_url: env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             database_url,
             key_prefix,
+            outbox_shards,
             flush: FlushConfig {
                 batch_rows: env.number("STAMPEDE_FLUSH_BATCH_ROWS", 5000, 1, limits::FLUSH_BATCH_ROWS_MAX)?,
                 linger: Duration::from_millis(env.number("STAMPEDE_FLUSH_LINGER_MS", 100, 0, 10_000)?),

@@ -39,11 +39,36 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// ending its stream frees its slot, and it can reconnect (`Last-Event-ID`).
 pub const SSE_SEND_STALL_MAX: Duration = Duration::from_secs(30);
 
-/// Outbox shards: each entity's keys and its outbox live under the hash tag
-/// `{id % OUTBOX_SHARDS}` (or a hash of a text id), so a cluster spreads
-/// consecutive entities over nodes. Fixed, because changing it moves keys:
-/// drain the outbox first.
-pub const OUTBOX_SHARDS: u64 = 8;
+/// Default of `STAMPEDE_OUTBOX_SHARDS`: each entity's keys and its outbox
+/// live under the hash tag of shard `id % shards` (or a hash of a text id).
+/// 8 keeps the keys of engines that predate the setting where they are.
+/// Fixed for a deployment at its first start (`redis::layout`), because
+/// changing it moves keys.
+pub const OUTBOX_SHARDS_DEFAULT: u64 = 8;
+
+/// Ceiling of `STAMPEDE_OUTBOX_SHARDS`. Every shard costs each batch script a
+/// queue and its workers, the flusher a reader, and each per-shard
+/// background pass or reader of the features one call or connection per
+/// shard; 1024 is far more than a cluster's primaries need to share the work
+/// evenly, and leaves room in ids that carry their shard in two bytes.
+pub const OUTBOX_SHARDS_MAX: u64 = 1_024;
+
+/// Most candidate tags tried for one shard when the layout picks tags whose
+/// hash slot a given primary serves. A primary holding 1/P of the slots takes
+/// about P tries a tag; one holding a single slot of 16,384 about 16,384. A
+/// search this long means a primary holds almost no slots: the layout then
+/// refuses to start rather than search without end.
+pub const LAYOUT_TAG_SEARCH_MAX: u64 = 1_000_000;
+
+/// Times a script call answered `TRYAGAIN` is sent again. Redis answers it,
+/// without running the script, while the slot of its keys is being migrated
+/// and only some of them have moved; the migration of one slot's keys takes
+/// milliseconds, so a few short pauses usually outlast it. Past them the
+/// request answers 503 as any failed call does.
+pub const REDIS_TRYAGAIN_RETRIES_MAX: u32 = 3;
+
+/// Pause before each resend after `TRYAGAIN`.
+pub const REDIS_TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// Default of `STAMPEDE_OUTBOX_MAX_EVENTS`: unflushed events one outbox shard
 /// may hold before scripts shed new writes with 503. At ~150 bytes an event
@@ -155,6 +180,11 @@ pub const BACKLOG_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEPENDENCY_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
+const _: () = assert!(1 <= OUTBOX_SHARDS_DEFAULT && OUTBOX_SHARDS_DEFAULT <= OUTBOX_SHARDS_MAX);
+// A TRYAGAIN resend finishes well inside the Redis command timeout.
+const _: () = assert!(
+    (REDIS_TRYAGAIN_RETRIES_MAX as u128) * REDIS_TRYAGAIN_PAUSE.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis() / 2
+);
 const _: () = assert!(2 + 4 * SCRIPT_BATCH_REQUESTS_MAX < 8_000);
 const _: () = assert!(SCRIPT_BATCH_REQUESTS_MAX <= FLUSH_BATCH_ROWS_MAX);
 const _: () = assert!(REQUEST_HEAD_BYTES_MAX >= 8192 && REQUEST_HEAD_BYTES_MAX > REQUEST_URI_BYTES_MAX);

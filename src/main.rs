@@ -11,6 +11,7 @@ use time::Date;
 use stampede::app::{App, StartupError};
 use stampede::clock::SystemClock;
 use stampede::config::Config;
+use stampede::redis::layout::LayoutError;
 
 /// glibc malloc took a fifth of the engine's CPU under load (perf); every
 /// request allocates a little, from many threads.
@@ -144,6 +145,11 @@ fn serve() -> ExitCode {
             // Each feature reads its own settings as it is built: a bad one
             // is a configuration error like a bad shared setting.
             Err(StartupError::Config(e)) => {
+                eprintln!("stampede: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+            // A shard count other than the recorded one: a setting to fix.
+            Err(StartupError::Layout(e @ LayoutError::CountChanged { .. })) => {
                 eprintln!("stampede: configuration error: {e}");
                 return ExitCode::from(2);
             }

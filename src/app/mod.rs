@@ -30,7 +30,7 @@ use crate::config::{Config, ConfigError};
 use crate::context::Context;
 use crate::outbox::{DuplicateKind, FlushError, Flusher, SinkRegistry};
 use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
-use crate::redis::keyspace::Keyspace;
+use crate::redis::layout::LayoutError;
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::redis::settings::{RedisSettings, RedisSettingsError};
 use crate::server::access::{self, Gate};
@@ -60,6 +60,8 @@ pub enum StartupError {
     Redis(#[from] fred::error::Error),
     #[error(transparent)]
     RedisSettings(#[from] RedisSettingsError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -109,7 +111,7 @@ impl App {
         telemetry::dependency_up("redis", true);
         telemetry::dependency_up("postgres", true);
 
-        let keys = Keyspace::new(config.key_prefix.clone());
+        let keys = crate::redis::layout::establish(&redis, &config.key_prefix, config.outbox_shards).await?;
         let executor = Executor::new(
             redis.clone(),
             keys.clone(),

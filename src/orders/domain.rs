@@ -8,8 +8,8 @@ use super::OrdersError;
 use super::limits::{
     HOLD_SECS_MAX, ORDER_QUANTITY_MAX, PRODUCT_NAME_BYTES_MAX, PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX,
 };
-use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, OUTBOX_SHARDS, USER_ID_BYTES_MAX};
-use crate::redis::keyspace::Shard;
+use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, USER_ID_BYTES_MAX};
+use crate::redis::keyspace::{Keyspace, Shard};
 use crate::server::http::InvalidIdempotencyKey;
 
 /// Which input an error is about; each has its own stable code.
@@ -87,8 +87,8 @@ impl ProductId {
     }
 
     /// The shard of the product's keys, its orders and their idempotency keys.
-    pub fn shard(self) -> Shard {
-        Shard::of_number(self.0)
+    pub fn shard(self, keys: &Keyspace) -> Shard {
+        keys.shard_of_number(self.0)
     }
 }
 
@@ -126,25 +126,32 @@ pub fn hold_secs(raw: Option<i64>) -> Result<Option<i64>, OrdersError> {
         .transpose()
 }
 
-/// An order id: a random (version 4) UUID whose last byte also names the
-/// order's shard (`byte % OUTBOX_SHARDS`), the shard of its product. So
-/// `GET /orders/{id}`, confirm and cancel find the order's keys from the id
-/// alone, with no index that would have to live in another hash slot. The
-/// id keeps 119 random bits.
+/// An order id: a random (version 4) UUID whose last two bytes, read as a
+/// number, also name the order's shard (`number % shards`), the shard of its
+/// product. So `GET /orders/{id}`, confirm and cancel find the order's keys
+/// from the id alone, with no index that would have to live in another hash
+/// slot. The id keeps at least 112 random bits (122 less the shard's up to
+/// 10). Ids made when the shard lived in the last byte alone (8 shards)
+/// name the same shard: 256 is a multiple of 8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderId {
     text: String,
-    shard: Shard,
+    /// The last two bytes: the shard is this modulo the shard count.
+    number: u64,
 }
 
 impl OrderId {
-    pub fn generate(shard: Shard) -> Self {
+    pub fn generate(shard: Shard, keys: &Keyspace) -> Self {
         let mut bytes: [u8; 16] = rand::rng().random();
-        let shards = OUTBOX_SHARDS as u8;
-        bytes[15] = bytes[15] - bytes[15] % shards + shard.index() as u8;
+        let shards = keys.shard_count();
+        let random = u64::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+        // The largest multiple of `shards` that fits two bytes bounds it, so
+        // adding the shard's index never overflows.
+        let number = (random % (65_536 / shards)) * shards + shard.index();
+        [bytes[14], bytes[15]] = (number as u16).to_be_bytes();
         // Sets the version (4) and variant bits, which are in bytes 6 and 8.
         let text = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
-        Self { text, shard }
+        Self { text, number }
     }
 
     /// A canonical (lower-case, hyphenated) UUID; upper case is accepted.
@@ -159,17 +166,16 @@ impl OrderId {
         if !well_formed {
             return Err(malformed());
         }
-        let last = u8::from_str_radix(&raw[34..36], 16).map_err(|_| malformed())?;
-        let shard = Shard::of_number(u64::from(last));
-        Ok(Self { text: raw, shard })
+        let number = u64::from(u16::from_str_radix(&raw[32..36], 16).map_err(|_| malformed())?);
+        Ok(Self { text: raw, number })
     }
 
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
-    pub fn shard(&self) -> Shard {
-        self.shard
+    pub fn shard(&self, keys: &Keyspace) -> Shard {
+        keys.shard_of_number(self.number)
     }
 }
 
@@ -229,20 +235,29 @@ mod tests {
 
     #[test]
     fn order_ids_carry_their_shard_and_round_trip() {
-        for shard in Shard::all() {
-            for _ in 0..50 {
-                let id = OrderId::generate(shard);
-                let parsed = OrderId::parse(Some(id.as_str())).expect("own id parses");
-                assert_eq!(parsed.shard(), shard);
-                assert_eq!(parsed.as_str(), id.as_str());
-                assert_eq!(&id.as_str()[14..15], "4", "version 4: {}", id.as_str());
+        for count in [1, 3, 8, 12, 1000, crate::limits::OUTBOX_SHARDS_MAX] {
+            let keys = Keyspace::numbered("p", count);
+            for shard in keys.shards() {
+                for _ in 0..10 {
+                    let id = OrderId::generate(shard, &keys);
+                    let parsed = OrderId::parse(Some(id.as_str())).expect("own id parses");
+                    assert_eq!(parsed.shard(&keys), shard);
+                    assert_eq!(parsed.as_str(), id.as_str());
+                    assert_eq!(&id.as_str()[14..15], "4", "version 4: {}", id.as_str());
+                }
             }
         }
-        let upper = OrderId::generate(Shard::of_number(3)).as_str().to_ascii_uppercase();
+        let keys = Keyspace::numbered("p", 8);
+        let upper = OrderId::generate(keys.shard_of_number(3), &keys)
+            .as_str()
+            .to_ascii_uppercase();
         assert_eq!(
-            OrderId::parse(Some(&upper)).expect("upper").shard(),
-            Shard::of_number(3)
+            OrderId::parse(Some(&upper)).expect("upper").shard(&keys),
+            keys.shard_of_number(3)
         );
+        // An id made when the last byte alone carried the shard (8 shards).
+        let old = OrderId::parse(Some("5f0c2d1e-9a7b-4c3d-8e1f-a0b1c2d3e40b")).expect("old id");
+        assert_eq!(old.shard(&keys), keys.shard_of_number(0x0b));
         for garbage in [
             "",
             "x",

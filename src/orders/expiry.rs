@@ -24,7 +24,7 @@ pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
         tokio::select! {
             _ = tick.tick() => {
-                for shard in Shard::all() {
+                for shard in feature.ctx.keys.shards() {
                     if let Err(e) = expire_due(&feature, shard).await {
                         tracing::warn!(error = %e, shard = shard.index(), "hold expiry pass failed; retrying next tick");
                     }

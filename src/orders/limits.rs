@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::limits::{OUTBOX_SHARDS, SCRIPT_QUEUE_DEPTH_DEFAULT};
+use crate::limits::{OUTBOX_SHARDS_MAX, SCRIPT_QUEUE_DEPTH_DEFAULT};
 
 /// Largest `quantity` of one order. A buyer of a limited-stock product takes
 /// a handful; the bound keeps `quantity * price_cents` far from overflow.
@@ -70,5 +70,6 @@ const _: () = assert!(PRODUCT_STOCK_MAX < (1 << 52));
 const _: () = assert!(PRODUCT_STOCK_MAX + PRODUCT_STOCK_MAX < (1 << 53));
 // Every order script appends at most one event per request.
 const _: () = assert!(HOLDS_EXPIRED_PER_PASS_MAX <= SCRIPT_QUEUE_DEPTH_DEFAULT);
-// The order id's last byte carries its shard (src/orders/domain.rs).
-const _: () = assert!(256 % OUTBOX_SHARDS == 0);
+// The order id's last two bytes carry its shard (src/orders/domain.rs), and
+// ids made when the last byte alone did (8 shards) keep naming theirs.
+const _: () = assert!(OUTBOX_SHARDS_MAX <= 65_536 && 256 % crate::limits::OUTBOX_SHARDS_DEFAULT == 0);

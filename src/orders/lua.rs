@@ -21,15 +21,15 @@ pub static PRODUCT_STOCK: LazyLock<BatchScript> = LazyLock::new(|| batch_script!
 /// idempotency records and the shard's holds) lives in the product's shard,
 /// so every script call touches one hash slot.
 pub fn product_key(keys: &Keyspace, product: ProductId) -> String {
-    keys.key(product.shard(), format_args!("product:{}", product.get()))
+    keys.key(product.shard(keys), format_args!("product:{}", product.get()))
 }
 
 fn buyers_key(keys: &Keyspace, product: ProductId) -> String {
-    keys.key(product.shard(), format_args!("product:{}:buyers", product.get()))
+    keys.key(product.shard(keys), format_args!("product:{}:buyers", product.get()))
 }
 
 pub fn order_key(keys: &Keyspace, order: &OrderId) -> String {
-    keys.key(order.shard(), format_args!("order:{}", order.as_str()))
+    keys.key(order.shard(keys), format_args!("order:{}", order.as_str()))
 }
 
 /// The shard's zset of holds by expiry; members are `<product_id>:<order_id>`.
@@ -151,8 +151,8 @@ pub fn create_fingerprint(req: &CreateRequest<'_>) -> String {
 
 /// Runs order_create.lua for one order.
 pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>) -> Result<Decided, OrdersError> {
-    let shard = req.product.shard();
-    let order = OrderId::generate(shard);
+    let shard = req.product.shard(keys);
+    let order = OrderId::generate(shard, keys);
     let target = format!("p{}", req.product.get());
     let script = &*ORDER_CREATE;
     let args: Vec<Value> = vec![
@@ -225,7 +225,7 @@ pub struct UpdateRequest<'a> {
 
 /// Runs order_update.lua for one order.
 pub async fn update(executor: &Executor, keys: &Keyspace, req: UpdateRequest<'_>) -> Result<Decided, OrdersError> {
-    let shard = req.order.shard();
+    let shard = req.order.shard(keys);
     let target = format!("o{}", req.order.as_str());
     let fingerprint = format!("POST /orders/{}/{}", req.order.as_str(), req.action.as_str());
     let script = &*ORDER_UPDATE;
@@ -293,7 +293,7 @@ pub struct StockDecided {
 /// Runs product_stock.lua: seeds the product (once), then restocks it.
 pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) -> Result<StockDecided, OrdersError> {
     let script = &*PRODUCT_STOCK;
-    let shard = req.product.shard();
+    let shard = req.product.shard(keys);
     let target = format!("s{}", req.product.get());
     let fingerprint = format!(
         "POST /products/{}/stock\u{1f}{}",

@@ -27,7 +27,6 @@ use super::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_
 use super::metrics;
 use super::{Orders, OrdersError, lua};
 use crate::outbox::dead_letters::{self, StatusFilter};
-use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, json};
 
@@ -116,7 +115,7 @@ async fn wait_flushed(feature: &Orders) -> Result<(), OrdersError> {
     let deadline = Instant::now() + RECONCILE_FLUSH_WAIT;
     loop {
         let mut backlog = 0;
-        for shard in Shard::all() {
+        for shard in state.keys.shards() {
             let count: Option<i64> = state
                 .redis
                 .get(state.keys.outbox_events(shard))
@@ -202,9 +201,10 @@ async fn sales(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<usize
     let mut checked = 0;
     for (sale_id, purchases) in rows {
         // The sale feature's key layout (src/sale/lua.rs, SaleKeys).
-        let key = state
-            .keys
-            .key(Shard::of_number(sale_id as u64), format_args!("sale:{sale_id}:sold"));
+        let key = state.keys.key(
+            state.keys.shard_of_number(sale_id as u64),
+            format_args!("sale:{sale_id}:sold"),
+        );
         let exists: i64 = state.redis.exists(&key).await.map_err(redis_error)?;
         if exists == 0 {
             continue; // past its retention in Redis: nothing live to compare

@@ -367,6 +367,7 @@ impl crate::postgres::PostgresCause for SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::keyspace::Keyspace;
 
     fn s(x: &str) -> Value {
         Value::from(x)
@@ -400,7 +401,7 @@ mod tests {
         let raw = decode_read_reply(reply).expect("decodes");
         let entries: Vec<OutboxEntry> = raw
             .into_iter()
-            .map(|r| decode_entry(Shard::of_number(3), r, kinds))
+            .map(|r| decode_entry(Keyspace::numbered("p", 8).shard_of_number(3), r, kinds))
             .collect();
         assert_eq!(entries.len(), 3);
         assert!(entries.iter().all(|e| e.undecodable.is_empty()));
@@ -448,7 +449,7 @@ mod tests {
         let entries: Vec<OutboxEntry> = decode_read_reply(reply)
             .expect("the read succeeds")
             .into_iter()
-            .map(|r| decode_entry(Shard::of_number(0), r, kinds))
+            .map(|r| decode_entry(Keyspace::numbered("p", 8).shard_of_number(0), r, kinds))
             .collect();
         assert_eq!(entries.len(), 3);
         let first = &entries[0];

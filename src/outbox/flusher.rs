@@ -34,7 +34,7 @@ use crate::clock::SharedClock;
 use crate::config::FlushConfig;
 use crate::limits::{
     DEAD_LETTER_AFTER_ATTEMPTS, DEAD_LETTER_GAUGE_INTERVAL, FLUSH_RETRY_BACKOFF_MAX, FLUSH_RETRY_BACKOFF_MIN,
-    OUTBOX_SHARDS, POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
+    POSTGRES_STATEMENT_TIMEOUT, SCRIPT_BATCH_REQUESTS_MAX,
 };
 use crate::postgres::{self, BatchError};
 use crate::redis::keyspace::{Keyspace, Shard};
@@ -104,6 +104,7 @@ impl Flusher {
         sinks: SinkRegistry,
         clock: SharedClock,
     ) -> Self {
+        let failures = keys.shards().map(|_| Mutex::new(HashMap::new())).collect();
         Self {
             redis,
             postgres,
@@ -111,13 +112,13 @@ impl Flusher {
             config,
             sinks: Arc::new(sinks),
             clock,
-            failures: (0..OUTBOX_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            failures,
         }
     }
 
     /// Creates the consumer group on every shard's stream (and the stream).
     pub async fn ensure_groups(&self) -> Result<(), FlushError> {
-        for shard in Shard::all() {
+        for shard in self.keys.shards() {
             self.ensure_group(shard).await?;
         }
         Ok(())
@@ -140,7 +141,7 @@ impl Flusher {
     pub async fn backlog(&self) -> Result<u64, FlushError> {
         // One GET per shard: the counters live in different hash slots.
         let mut total = 0;
-        for shard in Shard::all() {
+        for shard in self.keys.shards() {
             let count: Option<i64> = self.redis.get(self.keys.outbox_events(shard)).await?;
             total += count.unwrap_or(0).max(0) as u64;
         }
@@ -161,7 +162,7 @@ impl Flusher {
         let mut held_back: HashSet<u64> = HashSet::new();
         loop {
             let mut pass = 0;
-            for shard in Shard::all() {
+            for shard in self.keys.shards() {
                 if held_back.contains(&shard.index()) {
                     continue;
                 }
@@ -510,7 +511,7 @@ impl Flusher {
     /// stall every command pipelined behind it.
     pub async fn run(self: Arc<Self>, readers: fred::types::Builder, shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
-        for shard in Shard::all() {
+        for shard in self.keys.shards() {
             let flusher = self.clone();
             let reader = match readers.build() {
                 Ok(reader) => reader,

@@ -141,7 +141,7 @@ impl Executor {
         let mut queues = HashMap::new();
         let mut workers = Vec::new();
         for script in scripts {
-            for shard in Shard::all() {
+            for shard in inner.keys.shards() {
                 let (tx, rx) = mpsc::channel(inner.config.queue_max.max(1));
                 if queues.insert((script.lua.name(), shard), tx).is_some() {
                     return Err(ExecutorError::Duplicate(script.lua.name()));

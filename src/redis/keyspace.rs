@@ -1,32 +1,20 @@
 //! Redis key naming. Every key a script touches carries the hash tag of one
-//! outbox shard, `{N}`, so each script runs within one hash slot and works
+//! outbox shard, `{tag}`, so each script runs within one hash slot and works
 //! unchanged on Redis Cluster (invariant 3).
+//!
+//! How many shards there are and which tag each one has is the layout
+//! (`layout`), fixed at the first start and read back on every later one:
+//! a shard's keys stay under its tag for good.
 
-use crate::limits::OUTBOX_SHARDS;
+use std::sync::Arc;
 
-/// Which outbox shard (and hash slot) holds the keys of an entity.
+/// Which outbox shard (and hash slot) holds the keys of an entity: an index
+/// below the layout's shard count. Only a [`Keyspace`] makes one, so an
+/// index always has a tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shard(u64);
 
 impl Shard {
-    /// The shard of an entity with a numeric id.
-    pub fn of_number(id: u64) -> Self {
-        Self(id % OUTBOX_SHARDS)
-    }
-
-    /// The shard of an entity with a text id (FNV-1a: stable across
-    /// processes and versions, unlike std's randomly keyed hasher).
-    pub fn of_text(id: &str) -> Self {
-        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        Self(hash % OUTBOX_SHARDS)
-    }
-
-    pub fn all() -> impl Iterator<Item = Shard> {
-        (0..OUTBOX_SHARDS).map(Shard)
-    }
-
     pub fn index(self) -> u64 {
         self.0
     }
@@ -35,18 +23,68 @@ impl Shard {
 #[derive(Debug, Clone)]
 pub struct Keyspace {
     prefix: String,
+    /// Shard i's hash tag; never empty (the layout checks it).
+    tags: Arc<[String]>,
 }
 
 impl Keyspace {
-    /// `prefix` must not contain braces (checked by the config): a brace in
-    /// it would change which part of the key is the hash tag.
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+    /// `prefix` must not contain braces (checked by the config), nor may a
+    /// tag: a brace would change which part of the key is the hash tag.
+    /// `tags` holds one tag per shard, at least one (the layout checks both).
+    pub fn new(prefix: impl Into<String>, tags: Vec<String>) -> Self {
+        let tags: Arc<[String]> = match tags.is_empty() {
+            true => Arc::from(vec!["0".to_owned()]),
+            false => tags.into(),
+        };
+        Self {
+            prefix: prefix.into(),
+            tags,
+        }
     }
 
-    /// A key in `shard`'s hash slot: `<prefix>:{<shard>}:<rest>`.
+    /// The standalone layout of `shards` shards: tags `0`..`shards-1`.
+    pub fn numbered(prefix: impl Into<String>, shards: u64) -> Self {
+        Self::new(prefix, (0..shards).map(|i| i.to_string()).collect())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// How many outbox shards there are.
+    pub fn shard_count(&self) -> u64 {
+        self.tags.len() as u64
+    }
+
+    /// Every shard, in index order.
+    pub fn shards(&self) -> impl Iterator<Item = Shard> + use<> {
+        (0..self.shard_count()).map(Shard)
+    }
+
+    /// The shard of an entity with a numeric id: consecutive ids take
+    /// consecutive shards, which the layout puts on different primaries of
+    /// a cluster.
+    pub fn shard_of_number(&self, id: u64) -> Shard {
+        Shard(id % self.shard_count())
+    }
+
+    /// The shard of an entity with a text id (FNV-1a: stable across
+    /// processes and versions, unlike std's randomly keyed hasher).
+    pub fn shard_of_text(&self, id: &str) -> Shard {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.shard_of_number(hash)
+    }
+
+    /// `shard`'s hash tag (without braces).
+    pub fn tag(&self, shard: Shard) -> &str {
+        &self.tags[(shard.0 % self.shard_count()) as usize]
+    }
+
+    /// A key in `shard`'s hash slot: `<prefix>:{<tag>}:<rest>`.
     pub fn key(&self, shard: Shard, rest: std::fmt::Arguments<'_>) -> String {
-        format!("{}:{{{}}}:{}", self.prefix, shard.0, rest)
+        format!("{}:{{{}}}:{}", self.prefix, self.tag(shard), rest)
     }
 
     pub fn outbox(&self, shard: Shard) -> String {
@@ -67,17 +105,21 @@ mod tests {
 
     #[test]
     fn keys_of_an_entity_share_its_hash_tag() {
-        let keys = Keyspace::new("p");
-        let shard = Shard::of_number(493_013);
+        let keys = Keyspace::numbered("p", 8);
+        let shard = keys.shard_of_number(493_013);
         assert_eq!(keys.outbox(shard), "p:{5}:outbox");
         assert_eq!(keys.key(shard, format_args!("item:{}", 493_013)), "p:{5}:item:493013");
         assert_eq!(keys.outbox_events(shard), "p:{5}:outbox:events");
+        let spread = Keyspace::new("p", vec!["a".into(), "bc".into(), "d".into()]);
+        assert_eq!(spread.outbox(spread.shard_of_number(4)), "p:{bc}:outbox");
     }
 
     #[test]
     fn text_ids_spread_and_stay_put() {
-        assert_eq!(Shard::of_text("player-1"), Shard::of_text("player-1"));
-        let used: std::collections::HashSet<u64> = (0..200).map(|i| Shard::of_text(&format!("p{i}")).index()).collect();
-        assert_eq!(used.len() as u64, OUTBOX_SHARDS);
+        let keys = Keyspace::numbered("p", 8);
+        assert_eq!(keys.shard_of_text("player-1"), keys.shard_of_text("player-1"));
+        let used: std::collections::HashSet<u64> =
+            (0..200).map(|i| keys.shard_of_text(&format!("p{i}")).index()).collect();
+        assert_eq!(used.len() as u64, keys.shard_count());
     }
 }

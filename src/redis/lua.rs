@@ -2,7 +2,13 @@
 //! EVALSHA. On a NOSCRIPT reply (Redis restarted, `SCRIPT FLUSH`) the call is
 //! repeated as EVAL with the embedded source, which runs the script and caches
 //! it again in one step: unlike SCRIPT LOAD then EVALSHA, no flush can slip in
-//! between, so callers never see NOSCRIPT.
+//! between, so callers never see NOSCRIPT. Scripts are loaded on every
+//! primary of a cluster (fred's `Script::load` is `SCRIPT LOAD` on each).
+//!
+//! On a cluster, a call answered `TRYAGAIN` (its slot is being migrated and
+//! only some of its keys have moved) did not run: Redis refuses it before
+//! running anything. It is sent again after a short pause, a bounded number
+//! of times (`REDIS_TRYAGAIN_RETRIES_MAX`), then fails like any call.
 
 use std::borrow::Cow;
 
@@ -10,6 +16,8 @@ use fred::clients::Pool;
 use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
+
+use crate::limits::{REDIS_TRYAGAIN_PAUSE, REDIS_TRYAGAIN_RETRIES_MAX};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ScriptError {
@@ -41,6 +49,7 @@ impl LuaScript {
         self.name
     }
 
+    /// `SCRIPT LOAD` on the server, or on every primary of a cluster.
     pub async fn load(&self, redis: &Pool) -> Result<(), ScriptError> {
         self.script.load(redis.next()).await?;
         Ok(())
@@ -53,9 +62,21 @@ impl LuaScript {
     {
         let keys: MultipleKeys = keys.into();
         let client = redis.next();
-        let reply: Value = match self.script.evalsha(client, keys.clone(), args.clone()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => client.eval(self.lua, keys, args).await?,
-            other => other?,
+        let mut resent = 0;
+        let reply: Value = loop {
+            let sent = match self.script.evalsha(client, keys.clone(), args.clone()).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    client.eval(self.lua, keys.clone(), args.clone()).await
+                }
+                other => other,
+            };
+            match sent {
+                Err(e) if e.details().starts_with("TRYAGAIN") && resent < REDIS_TRYAGAIN_RETRIES_MAX => {
+                    resent += 1;
+                    tokio::time::sleep(REDIS_TRYAGAIN_PAUSE).await;
+                }
+                other => break other?,
+            }
         };
         match reply {
             Value::Array(values) if !values.is_empty() => Ok(values),

@@ -4,6 +4,8 @@
 //!   once, timeouts, reconnect policy).
 //! - `settings`: the Redis settings the guarantees rest on, checked at start.
 //! - `keyspace`: key names and the shard hash tag every script's keys carry.
+//! - `layout`: how many shards and which tag each has, recorded at first
+//!   start; on a cluster, consecutive shards on different primaries.
 //! - `lua`: Lua scripts embedded from `lua/`, called by EVALSHA with an EVAL
 //!   fallback; `ScriptError` and the reply helpers.
 //! - `executor`: the batched script executor every hot-path state change goes
@@ -14,5 +16,6 @@
 pub mod client;
 pub mod executor;
 pub mod keyspace;
+pub mod layout;
 pub mod lua;
 pub mod settings;

@@ -8,17 +8,22 @@
 //!   acknowledged write survive a Redis crash. Otherwise the engine warns,
 //!   and `/health` and `stampede_redis_appendonly` say so.
 //!
-//! Managed services may disable or rename `CONFIG`: then the engine warns
-//! and goes on, since it cannot tell. `STAMPEDE_REDIS_CHECKS=off` skips it.
+//! On Redis Cluster every primary is checked (each holds its share of the
+//! keys), and a refusal or warning names the node. Managed services may
+//! disable or rename `CONFIG`: then the engine warns and goes on, since it
+//! cannot tell. `STAMPEDE_REDIS_CHECKS=off` skips it.
 
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
+use fred::prelude::Server;
 use fred::types::Value;
 
 /// What was read, `None` where Redis would not say.
 #[derive(Debug, Clone, Default)]
 pub struct RedisSettings {
     pub checked: bool,
+    /// On a cluster, each setting is the one of the first primary (in slot
+    /// order) whose value the warnings are about, or else of the first.
     pub maxmemory_policy: Option<String>,
     pub appendonly: Option<String>,
     pub appendfsync: Option<String>,
@@ -48,30 +53,64 @@ impl RedisSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSettingsError {
     #[error(
-        "Redis's maxmemory-policy is {0:?}: under an eviction policy Redis may delete keys the engine's guarantees \
+        "Redis's maxmemory-policy is {policy:?}{node}: under an eviction policy Redis may delete keys the engine's guarantees \
          rest on (what is sold, one-time codes, idempotency records, references already applied), which would \
          sell an item twice or apply a request twice. Set it to noeviction: `redis-cli CONFIG SET maxmemory-policy noeviction`, and \
          `maxmemory-policy noeviction` in redis.conf so that it survives a restart. (STAMPEDE_REDIS_CHECKS=off \
          skips this check, at that risk.)"
     )]
-    Eviction(String),
+    Eviction { policy: String, node: String },
+    #[error("cannot list the cluster's primaries to check their settings: {0}")]
+    Primaries(String),
 }
 
-/// Reads the settings; refuses an eviction policy, warns about the rest.
+/// Reads the settings of every primary; refuses an eviction policy on any,
+/// warns about the rest.
 pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
+    let nodes: Vec<Option<Server>> = match redis.next().is_clustered() {
+        true => crate::redis::layout::primaries(redis)
+            .await
+            .map_err(|e| RedisSettingsError::Primaries(e.to_string()))?
+            .into_iter()
+            .map(|p| Some(p.server))
+            .collect(),
+        false => vec![None],
+    };
     let mut settings = RedisSettings {
         checked: true,
         ..RedisSettings::default()
     };
+    let mut first = true;
+    for node in &nodes {
+        let one = check_node(redis, node.as_ref()).await?;
+        let flagged = !one.warnings.is_empty();
+        if first || (flagged && settings.warnings.is_empty()) {
+            settings.maxmemory_policy = one.maxmemory_policy;
+            settings.appendonly = one.appendonly;
+            settings.appendfsync = one.appendfsync;
+        }
+        first = false;
+        settings.warnings.extend(one.warnings);
+    }
+    for warning in settings.warnings.iter().filter(|w| !w.starts_with("cannot read")) {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
+}
+
+/// The checks on one node (`None`: the one server of a standalone Redis).
+async fn check_node(redis: &Pool, node: Option<&Server>) -> Result<RedisSettings, RedisSettingsError> {
+    let on = node.map(|n| format!(" on primary {n}")).unwrap_or_default();
+    let mut settings = RedisSettings::default();
     for (name, slot) in [
         ("maxmemory-policy", &mut settings.maxmemory_policy),
         ("appendonly", &mut settings.appendonly),
         ("appendfsync", &mut settings.appendfsync),
     ] {
-        match config_get(redis, name).await {
+        match config_get(redis, node, name).await {
             Ok(value) => *slot = value,
             Err(e) => {
-                let warning = format!("cannot read Redis's {name} (CONFIG GET failed: {e}); not checked");
+                let warning = format!("cannot read Redis's {name}{on} (CONFIG GET failed: {e}); not checked");
                 tracing::warn!("{warning}");
                 settings.warnings.push(warning);
             }
@@ -80,12 +119,15 @@ pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
     if let Some(policy) = &settings.maxmemory_policy
         && policy != "noeviction"
     {
-        return Err(RedisSettingsError::Eviction(policy.clone()));
+        return Err(RedisSettingsError::Eviction {
+            policy: policy.clone(),
+            node: on,
+        });
     }
     match settings.appendonly.as_deref() {
         Some("yes") => {}
         Some(other) => settings.warnings.push(format!(
-            "Redis's appendonly is {other:?}: acknowledged writes since its last snapshot are lost if Redis \
+            "Redis's appendonly is {other:?}{on}: acknowledged writes since its last snapshot are lost if Redis \
              restarts; set `appendonly yes` and `appendfsync always`"
         )),
         None => {}
@@ -95,19 +137,27 @@ pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
         && fsync != "always"
     {
         settings.warnings.push(format!(
-            "Redis's appendfsync is {fsync:?}: acknowledged writes of up to the last second are lost if the \
+            "Redis's appendfsync is {fsync:?}{on}: acknowledged writes of up to the last second are lost if the \
              machine fails; set `appendfsync always`"
         ));
-    }
-    for warning in settings.warnings.iter().filter(|w| !w.starts_with("cannot read")) {
-        tracing::warn!("{warning}");
     }
     Ok(settings)
 }
 
-/// `CONFIG GET name`: the value, `None` if Redis does not know the name.
-async fn config_get(redis: &Pool, name: &str) -> Result<Option<String>, fred::error::Error> {
-    let reply: Value = redis.next().custom(fred::cmd!("CONFIG"), vec!["GET", name]).await?;
+/// `CONFIG GET name` on `node` (or the one server): the value, `None` if
+/// Redis does not know the name.
+async fn config_get(redis: &Pool, node: Option<&Server>, name: &str) -> Result<Option<String>, fred::error::Error> {
+    let args = vec!["GET", name];
+    let reply: Value = match node {
+        Some(node) => {
+            redis
+                .next()
+                .with_cluster_node(node.clone())
+                .custom(fred::cmd!("CONFIG"), args)
+                .await?
+        }
+        None => redis.next().custom(fred::cmd!("CONFIG"), args).await?,
+    };
     // RESP2 answers [name, value]; RESP3 a map.
     let value = match reply {
         Value::Array(values) => values.into_iter().nth(1),

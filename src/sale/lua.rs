@@ -26,7 +26,7 @@ pub struct SaleKeys {
 
 impl SaleKeys {
     pub fn new(keys: &Keyspace, sale_id: u64) -> Self {
-        let shard = Shard::of_number(sale_id);
+        let shard = keys.shard_of_number(sale_id);
         Self {
             shard,
             meta: keys.key(shard, format_args!("sale:{sale_id}")),

@@ -427,7 +427,8 @@ fn frame(id: &EventId, fields: &[(String, String)]) -> Bytes {
 
 /// Starts one fan-out reader per shard.
 pub fn spawn_fanout(ctx: &Arc<Context>, hub: Arc<Hub>, shutdown: &mut watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    Shard::all()
+    ctx.keys
+        .shards()
         .map(|shard| tokio::spawn(fanout(ctx.clone(), hub.clone(), shard, shutdown.clone())))
         .collect()
 }

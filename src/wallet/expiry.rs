@@ -30,7 +30,7 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        for shard in Shard::all() {
+        for shard in ctx.keys.shards() {
             match pass(&ctx, shard).await {
                 Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
                 Ok(_) => {}

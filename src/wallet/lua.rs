@@ -37,7 +37,7 @@ pub struct AccountKeys {
 
 impl AccountKeys {
     pub fn new(keys: &Keyspace, player: &str, currency: &str) -> Self {
-        let shard = Shard::of_text(player);
+        let shard = keys.shard_of_text(player);
         Self {
             shard,
             account: keys.key(shard, format_args!("wallet:acct:{currency}:{player}")),
@@ -171,7 +171,7 @@ fn args(
 /// The claim call of `tx`'s reference: its shard, key and arguments.
 fn claim_call(keys: &Keyspace, tx: &Transaction, op: &str) -> (Shard, Vec<String>, Vec<Value>) {
     let reference = tx.reference.as_str();
-    let shard = Shard::of_text(reference);
+    let shard = keys.shard_of_text(reference);
     let key = keys.key(shard, format_args!("wallet:claim:{}:{reference}", tx.kind.as_str()));
     let args = vec![op.into(), tx.player.as_str().into(), tx.currency.code().into()];
     (shard, vec![key], args)

@@ -11,8 +11,8 @@ use fred::interfaces::ClientLike;
 use hyper::{Method, StatusCode};
 
 use crate::helpers::{
-    EngineProcess, buy, create_database, database_url, delete_keys, drop_database, http_client, outbox_backlog,
-    redis_client, send, spawn_app, unique_name, wait_for_acknowledged,
+    EngineProcess, buy, create_database, database_url, delete_keys, drop_database, engine_keys, http_client,
+    outbox_backlog, redis_client, send, spawn_app, unique_name, wait_for_acknowledged,
 };
 
 /// What a buyer was told about one item, or what it was doing when the
@@ -165,10 +165,10 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
     let sold_in_redis: i64 = redis
         .custom(
             fred::cmd!("BITCOUNT"),
-            vec![format!(
-                "{name}:{{{}}}:sale:{sale}:sold",
-                sale as u64 % stampede::limits::OUTBOX_SHARDS
-            )],
+            vec![{
+                let keys = engine_keys(&redis, &name).await;
+                keys.key(keys.shard_of_number(sale as u64), format_args!("sale:{sale}:sold"))
+            }],
         )
         .await
         .expect("BITCOUNT");
@@ -221,12 +221,10 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
 /// batched entry is `kind, values` pairs).
 async fn largest_outbox_entry(redis: &fred::clients::Client, prefix: &str) -> usize {
     let mut largest = 0;
-    for shard in 0..stampede::limits::OUTBOX_SHARDS {
+    let keys = engine_keys(redis, prefix).await;
+    for shard in keys.shards() {
         let entries: fred::types::Value = redis
-            .custom(
-                fred::cmd!("XRANGE"),
-                vec![format!("{prefix}:{{{shard}}}:outbox"), "-".into(), "+".into()],
-            )
+            .custom(fred::cmd!("XRANGE"), vec![keys.outbox(shard), "-".into(), "+".into()])
             .await
             .expect("XRANGE");
         if let fred::types::Value::Array(entries) = entries {

@@ -28,6 +28,7 @@ use stampede::clock::ManualClock;
 use stampede::config::Config;
 use stampede::context::Context;
 use stampede::outbox::Flusher;
+use stampede::redis::keyspace::Keyspace;
 use stampede::sale::settings::SaleSettings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -411,17 +412,50 @@ pub async fn redis_client() -> RedisClient {
     redis
 }
 
+/// The key space of the engines on `prefix`, as the shard layout their
+/// first start recorded in Redis (on a cluster, the tags are not the shard
+/// numbers), for tests that name keys of an engine in another process.
+pub async fn engine_keys(redis: &RedisClient, prefix: &str) -> Keyspace {
+    let raw: Option<String> = redis.get(format!("{prefix}:layout")).await.expect("GET layout");
+    let record: Value = serde_json::from_str(&raw.expect("the engine recorded its layout")).expect("layout is JSON");
+    let tags = record["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .map(|t| t.as_str().expect("tag").to_owned())
+        .collect();
+    Keyspace::new(prefix, tags)
+}
+
 /// Entries left in all outbox shards of `prefix`.
 pub async fn outbox_backlog(redis: &RedisClient, prefix: &str) -> u64 {
+    let keys = engine_keys(redis, prefix).await;
     let mut total = 0;
-    for shard in 0..stampede::limits::OUTBOX_SHARDS {
+    for shard in keys.shards() {
         let len: u64 = redis
-            .custom(fred::cmd!("XLEN"), vec![format!("{prefix}:{{{shard}}}:outbox")])
+            .custom(fred::cmd!("XLEN"), vec![keys.outbox(shard)])
             .await
             .expect("XLEN");
         total += len;
     }
     total
+}
+
+/// Every key matching `pattern`, on every primary of a cluster (a plain
+/// SCAN on a clustered client reads one node).
+pub async fn keys_matching(redis: &RedisClient, pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pages = match redis.is_clustered() {
+        true => redis.scan_cluster(pattern.to_owned(), Some(1000), None).boxed(),
+        false => redis.scan(pattern.to_owned(), Some(1000), None).boxed(),
+    };
+    while let Some(page) = pages.next().await {
+        let mut page = page.expect("SCAN");
+        for key in page.take_results().unwrap_or_default() {
+            found.push(key.into_string().expect("key is text"));
+        }
+    }
+    found
 }
 
 impl TestApp {
@@ -488,11 +522,8 @@ impl TestApp {
 
     /// Redis key of the current sale's `suffix` (e.g. ":sold").
     pub fn sale_key(&self, sale_id: u64, suffix: &str) -> String {
-        format!(
-            "{}:{{{}}}:sale:{sale_id}{suffix}",
-            self.prefix,
-            sale_id % stampede::limits::OUTBOX_SHARDS
-        )
+        let keys = &self.ctx.keys;
+        keys.key(keys.shard_of_number(sale_id), format_args!("sale:{sale_id}{suffix}"))
     }
 
     pub async fn sold_in_redis(&self, sale_id: u64) -> i64 {
@@ -552,12 +583,18 @@ impl TestApp {
 }
 
 pub async fn delete_keys(redis: &RedisClient, prefix: &str) {
-    let mut scan = redis.scan(format!("{prefix}:*"), Some(1000), None);
-    while let Some(Ok(mut page)) = scan.next().await {
-        if let Some(keys) = page.take_results()
-            && !keys.is_empty()
-        {
-            let _: Result<i64, _> = redis.del(keys).await;
+    // One DEL per hash slot: on a cluster a DEL of keys in several slots
+    // is refused (CROSSSLOT).
+    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for key in keys_matching(redis, &format!("{prefix}:*")).await {
+        by_slot
+            .entry(fred::util::redis_keyslot(key.as_bytes()))
+            .or_default()
+            .push(key);
+    }
+    for keys in by_slot.into_values() {
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis.del(chunk.to_vec()).await;
         }
     }
 }

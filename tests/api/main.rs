@@ -5,6 +5,7 @@ mod access;
 mod at_most_once;
 mod batching;
 mod browser;
+mod cluster;
 mod dashboards;
 mod durability;
 mod faults;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fred::types::scan::Scanner;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use rand::RngExt;
@@ -16,7 +15,8 @@ use serde_json::{Value, json};
 use crate::helpers::EngineProcess;
 use crate::helpers::{
     ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
-    redis_client, scaled, send, send_with, spawn_app, spawn_app_sharing, unique_name, wait_for_acknowledged,
+    keys_matching, redis_client, scaled, send, send_with, spawn_app, spawn_app_sharing, unique_name,
+    wait_for_acknowledged,
 };
 
 async fn create_product(app: &TestApp, stock: i64, price_cents: i64, max_per_buyer: i64) -> u64 {
@@ -778,13 +778,8 @@ async fn kill_9_under_order_load_loses_no_order() {
     );
     // Every order Redis holds is in Postgres, and nothing else is.
     let mut in_redis = HashSet::new();
-    let mut scan = redis.scan(format!("{name}:*:order:*"), Some(1000), None);
-    while let Some(page) = scan.next().await {
-        let mut page = page.expect("SCAN");
-        for key in page.take_results().unwrap_or_default() {
-            let key = key.as_str().expect("key is text").to_owned();
-            in_redis.insert(key.rsplit(':').next().expect("order id").to_owned());
-        }
+    for key in keys_matching(&redis, &format!("{name}:*:order:*")).await {
+        in_redis.insert(key.rsplit(':').next().expect("order id").to_owned());
     }
     assert_eq!(in_redis, in_postgres, "Postgres orders = Redis orders");
     let p = send(&http, second.addr, Method::GET, &format!("/products/{id}"), None)

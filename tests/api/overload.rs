@@ -241,10 +241,10 @@ async fn refused_checkouts_cannot_crowd_purchases_out_of_the_outbox() {
             other => panic!("unexpected {other:?}: {:?}", reply.body),
         }
     }
-    let shard = app.sale_id() % stampede::limits::OUTBOX_SHARDS;
+    let keys = &app.ctx.keys;
     let backlog: i64 = app
         .redis
-        .get(format!("{}:{{{shard}}}:outbox:events", app.prefix))
+        .get(keys.outbox_events(keys.shard_of_number(app.sale_id())))
         .await
         .expect("counter");
     println!("{logged_refusals} refusals logged, {shed} shed; backlog {backlog} events");

@@ -11,7 +11,7 @@ use fred::interfaces::ClientLike;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use stampede::clock::Clock;
-use stampede::limits::{DEAD_LETTER_AFTER_ATTEMPTS, OUTBOX_SHARDS};
+use stampede::limits::DEAD_LETTER_AFTER_ATTEMPTS;
 use stampede::orders::limits::{ORDER_QUANTITY_MAX, PRODUCT_PRICE_CENTS_MAX, PRODUCT_STOCK_MAX};
 
 use crate::helpers::{TestApp, buy, free_port, spawn_app, spawn_app_on};
@@ -25,8 +25,8 @@ async fn inject(app: &TestApp, shard: u64, events: u32, fields: &[(&str, &str)])
          redis.call('INCRBY', KEYS[2], ARGV[1]) return 1"
             .to_owned(),
         "2".to_owned(),
-        format!("{}:{{{shard}}}:outbox", app.prefix),
-        format!("{}:{{{shard}}}:outbox:events", app.prefix),
+        app.ctx.keys.outbox(app.ctx.keys.shard_of_number(shard)),
+        app.ctx.keys.outbox_events(app.ctx.keys.shard_of_number(shard)),
         events.to_string(),
     ];
     for (k, v) in fields {
@@ -98,7 +98,7 @@ async fn buy_all(app: &TestApp, items: std::ops::RangeInclusive<u32>) -> u32 {
 async fn a_refused_event_is_set_aside_and_its_shard_flows_on() {
     let app = spawn_app(&[]).await;
     let sale = app.sale_id();
-    let shard = sale % OUTBOX_SHARDS;
+    let shard = app.ctx.keys.shard_of_number(sale).index();
     let first = buy(&app.http, app.addr, "first", 1).await.expect("answer");
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
     app.wait_flushed(Duration::from_secs(10)).await;
@@ -246,7 +246,7 @@ async fn a_refused_event_is_set_aside_and_its_shard_flows_on() {
 async fn undecodable_and_unparseable_events_are_set_aside_raw() {
     let app = spawn_app(&[]).await;
     let sale = app.sale_id();
-    let shard = sale % OUTBOX_SHARDS;
+    let shard = app.ctx.keys.shard_of_number(sale).index();
     let now = app.clock.now_ms();
     let unparseable = format!("{sale}\u{1f}someone\u{1f}1e+14\u{1f}code-x\u{1f}{now}");
     let before = buy_all(&app, 1..=20).await;

@@ -1,0 +1,323 @@
+//! The engine on Redis Cluster: the outbox shards spread over the primaries
+//! (shard i on primary i mod P, so consecutive sales land on different
+//! primaries), the shard count recorded at first start and a later start
+//! with another count refused, and what a moved slot does to a call.
+//!
+//! The spread test runs on the cluster of `REDIS_CLUSTER_URL` (or
+//! `REDIS_URL` when that is a cluster URL): `scripts/test.sh` starts one.
+//! The moved-slot test reshards, so it starts a private cluster of its own
+//! (`services.sh cluster-start`, first port `STAMPEDE_TEST_CLUSTER_PORT`,
+//! default 7541).
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fred::clients::Client as RedisClient;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::Config as RedisConfig;
+use hyper::StatusCode;
+use stampede::redis::layout::{Primary, primaries};
+
+use crate::helpers::{
+    EngineProcess, create_database, database_url, delete_keys, drop_database, redis_url, scaled, spawn_app,
+    spawn_app_on, unique_name,
+};
+
+/// A cluster the tests may share (never reshard, kill or flush it).
+fn shared_cluster_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+        return url;
+    }
+    let url = redis_url();
+    assert!(
+        url.starts_with("redis-cluster://"),
+        "these tests need a Redis Cluster: set REDIS_CLUSTER_URL (scripts/test.sh starts one with \
+         `services.sh cluster-start`), or run the suite with REDIS_URL set to a cluster URL"
+    );
+    url
+}
+
+/// Which primary serves `key`.
+fn primary_of<'a>(primaries: &'a [Primary], key: &str) -> &'a Primary {
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    primaries
+        .iter()
+        .find(|p| p.ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .expect("every slot is served")
+}
+
+/// A plain client of one node: it answers only for the slots it serves
+/// (anything else is a MOVED error, not followed).
+async fn node_client(primary: &Primary) -> RedisClient {
+    let url = format!("redis://{}:{}", primary.server.host, primary.server.port);
+    let client = RedisClient::new(RedisConfig::from_url(&url).expect("url"), None, None, None);
+    client.init().await.expect("node connects");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_shards_spread_evenly_over_the_primaries() {
+    let url = shared_cluster_url();
+    let app = spawn_app(&[("REDIS_URL", url.as_str()), ("STAMPEDE_OUTBOX_SHARDS", "12")]).await;
+    let keys = &app.ctx.keys;
+    let primaries = primaries(&app.ctx.redis).await.expect("CLUSTER SLOTS");
+    let nodes: Vec<RedisClient> = futures::future::join_all(primaries.iter().map(node_client)).await;
+    assert_eq!(keys.shard_count(), 12);
+    println!(
+        "{} primaries; tags {:?}",
+        primaries.len(),
+        keys.shards().map(|s| keys.tag(s)).collect::<Vec<_>>()
+    );
+
+    // Shard i's outbox is on primary i mod P, where the flusher created it.
+    let mut per_primary: HashMap<usize, usize> = HashMap::new();
+    for shard in keys.shards() {
+        let outbox = keys.outbox(shard);
+        let index = primaries
+            .iter()
+            .position(|p| p == primary_of(&primaries, &outbox))
+            .expect("a primary");
+        assert_eq!(
+            index as u64,
+            shard.index() % primaries.len() as u64,
+            "shard {shard:?}: {outbox}"
+        );
+        let there: u64 = nodes[index].exists(&outbox).await.expect("EXISTS on its node");
+        assert_eq!(there, 1, "{outbox} is held by primary {index}");
+        *per_primary.entry(index).or_default() += 1;
+    }
+    println!("outbox shards per primary: {per_primary:?}");
+    assert!(
+        per_primary.values().all(|n| *n == 12 / primaries.len()),
+        "{per_primary:?}"
+    );
+
+    // Consecutive sales land on different primaries; a purchase writes its
+    // sale's keys on the primary its shard names.
+    let sale = app.sale_id();
+    let owners: Vec<_> = (sale..sale + primaries.len() as u64)
+        .map(|id| primary_of(&primaries, &app.sale_key(id, ":sold")).server.clone())
+        .collect();
+    let distinct: std::collections::HashSet<_> = owners.iter().collect();
+    assert_eq!(distinct.len(), primaries.len(), "sales {sale}.. on {owners:?}");
+    let code = app.code_for("spread-buyer", 1).await;
+    assert_eq!(app.purchase(&code).await.status, StatusCode::OK);
+    let sold = app.sale_key(sale, ":sold");
+    let holder = primaries
+        .iter()
+        .position(|p| p == primary_of(&primaries, &sold))
+        .expect("a primary");
+    let there: u64 = nodes[holder].exists(&sold).await.expect("EXISTS");
+    assert_eq!(there, 1, "{sold} on primary {holder}");
+    for node in nodes {
+        let _ = node.quit().await;
+    }
+    let prefix = app.prefix.clone();
+    app.finish().await;
+    // `finish` cleans up on REDIS_URL's server; this engine's keys are here.
+    let client = RedisClient::new(RedisConfig::from_url(&url).expect("url"), None, None, None);
+    client.init().await.expect("cluster connects");
+    delete_keys(&client, &prefix).await;
+    let _ = client.quit().await;
+}
+
+/// The shard count is recorded at the first start; a later start with
+/// another count exits 2 saying what the record holds and what to do. On
+/// whatever Redis the suite runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_shard_count_refuses_and_says_what_to_do() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let mut first = EngineProcess::start(&db_url, &name, "", &[]).await;
+    assert!(first.terminate().success(), "SIGTERM exits 0");
+
+    let refusal = EngineProcess::expect_refusal(
+        &db_url,
+        &name,
+        &[("STAMPEDE_OUTBOX_SHARDS", "12")],
+        Duration::from_secs(30),
+    )
+    .await;
+    let (status, stderr) = refusal.expect("a start with 12 shards over a layout of 8 refuses");
+    println!("exited with {status}: {}", stderr.trim());
+    assert_eq!(status.code(), Some(2), "a configuration error: {stderr}");
+    for says in [
+        "STAMPEDE_OUTBOX_SHARDS is 12",
+        "8 outbox shards",
+        &format!("{name}:layout"),
+        "STAMPEDE_OUTBOX_SHARDS=8",
+        "STAMPEDE_KEY_PREFIX",
+    ] {
+        assert!(stderr.contains(says), "the message says {says:?}: {stderr}");
+    }
+    // The recorded count still starts.
+    let mut again = EngineProcess::start(&db_url, &name, "", &[("STAMPEDE_OUTBOX_SHARDS", "8")]).await;
+    assert!(again.terminate().success());
+    drop_database(&database_url(), &name).await;
+    let redis = crate::helpers::redis_client().await;
+    crate::helpers::delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}
+
+/// A private 3-primary cluster (`services.sh cluster-start`), stopped and
+/// deleted when dropped.
+struct PrivateCluster {
+    services: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PrivateCluster {
+    fn start() -> Self {
+        let services = std::env::var("STAMPEDE_TEST_SERVICES")
+            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
+        let port: u16 = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(7541);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{port}"));
+        let mut cluster = Self {
+            services,
+            port,
+            dir,
+            url: String::new(),
+        };
+        let out = cluster.services("cluster-start");
+        cluster.url = out
+            .lines()
+            .find_map(|l| l.strip_prefix("export REDIS_CLUSTER_URL="))
+            .expect("cluster-start prints REDIS_CLUSTER_URL")
+            // Shell-quoted (`printf %q`): `?` and `&` come escaped.
+            .replace(['\\', '\''], "");
+        cluster
+    }
+
+    fn services(&self, action: &str) -> String {
+        let out = Command::new("bash")
+            .arg(&self.services)
+            .arg(action)
+            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
+            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("services.sh runs");
+        assert!(out.status.success(), "services.sh {action} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.services("cluster-stop");
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Moves `slot` with its keys from `from` to `to` (node ports), the way
+/// `redis-cli --cluster reshard` does, one slot.
+fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
+    let slot = slot.to_string();
+    let from_id = cli(from, &["CLUSTER", "MYID"]);
+    let to_id = cli(to, &["CLUSTER", "MYID"]);
+    assert_eq!(cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]), "OK");
+    assert_eq!(cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]), "OK");
+    loop {
+        let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        assert_eq!(cli(from, &args), "OK", "MIGRATE");
+    }
+    for node in [to, from].iter().chain(all.iter().filter(|p| **p != to && **p != from)) {
+        assert_eq!(cli(*node, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "OK");
+    }
+}
+
+/// fred does not follow MOVED under `max_command_attempts = 1` (its
+/// redirect re-writes the command through the spent attempt counter): a
+/// call on a client whose slot map predates the move fails with 503,
+/// unknown to the client but not run (the old node refused it), and that
+/// client re-reads the slot map, so its later calls land (meanwhile some
+/// time out: 503 too). Nothing is sent twice: what the client was told and
+/// what Redis holds agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_slot_moves_one_call_fails_unrun_and_the_next_lands() {
+    let cluster = PrivateCluster::start();
+    let app = spawn_app_on(
+        &database_url(),
+        &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
+    )
+    .await;
+    let sale = app.sale_id();
+    let code = app.code_for("mover", 1).await;
+    let sold = app.sale_key(sale, ":sold");
+    let slot = fred::util::redis_keyslot(sold.as_bytes());
+    let ports: Vec<u16> = (cluster.port..cluster.port + 3).collect();
+    let primaries = primaries(&app.ctx.redis).await.expect("slots");
+    let from = primary_of(&primaries, &sold).server.port;
+    let to = *ports.iter().find(|p| **p != from).expect("another primary");
+    move_slot(slot, from, to, &ports);
+    println!("moved slot {slot} of {sold} from :{from} to :{to}");
+
+    // Each pooled client (and each background reader) meets the move once,
+    // and while fred re-reads the slot map a call may also time out; so a
+    // few calls may fail before one lands. Every failure is a 503, and the
+    // purchase that lands proves none of them ran (a code is spent once: a
+    // run one would have made it CODE_USED).
+    let moved_at = Instant::now();
+    let within = scaled(Duration::from_secs(15));
+    let mut outcomes = Vec::new();
+    loop {
+        let reply = app.purchase(&code).await;
+        println!("purchase after the move: {} {:?}", reply.status, reply.body);
+        outcomes.push(reply.status);
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+        assert!(moved_at.elapsed() < within, "still failing after {outcomes:?}");
+    }
+    println!(
+        "{} call(s) failed unrun before one landed, {:?} after the move",
+        outcomes.len() - 1,
+        moved_at.elapsed()
+    );
+    let sold_count: i64 = loop {
+        match app.ctx.redis.custom(fred::cmd!("BITCOUNT"), vec![sold.clone()]).await {
+            Ok(count) => break count,
+            Err(e) => {
+                assert!(moved_at.elapsed() < within, "BITCOUNT still failing: {e}");
+                println!("BITCOUNT after the move: {e}");
+            }
+        }
+    };
+    assert_eq!(sold_count, 1, "bought once: {outcomes:?}");
+    // Then the engine serves on: every client's map is fresh.
+    for i in 0..20 {
+        let next = loop {
+            let reply = app.checkout(&format!("mover-{i}"), 2 + i).await;
+            if reply.status == StatusCode::OK || moved_at.elapsed() > within {
+                break reply;
+            }
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+        };
+        assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    }
+    println!("all calls land {:?} after the move", moved_at.elapsed());
+    app.finish().await;
+    drop(cluster);
+}
