@@ -8,6 +8,7 @@
 //!   fallback; `ScriptError` and the reply helpers.
 //! - `executor`: the batched script executor every hot-path state change goes
 //!   through, and the batch protocol its scripts follow.
+//! - `wait`: `WAIT` for replicas after each batch call, when asked for.
 //!
 //! It is infrastructure: it names no feature.
 
@@ -16,3 +17,4 @@ pub mod executor;
 pub mod keyspace;
 pub mod lua;
 pub mod settings;
+pub mod wait;
