@@ -8,6 +8,7 @@
 #   bash scripts/services.sh redis-stop | redis-start | status
 #   eval "$(bash scripts/services.sh cluster-start)"   # a private Redis Cluster; exports REDIS_CLUSTER_URL
 #   bash scripts/services.sh cluster-stop   # stop it and delete its data
+#   STAMPEDE_CLUSTER_NODE=<port> bash scripts/services.sh cluster-node-start   # start one node again
 #
 # Only `export NAME=value` lines go to stdout; everything else goes to stderr.
 #
@@ -542,6 +543,26 @@ cluster_stop() {
     log "cluster on ports $CLUSTER_PORT.. stopped, $CLUSTER_DIR removed"
 }
 
+cluster_node_start() { # $1 = port: start that node on its own dir (a restarted node rejoins from nodes.conf)
+    local port=$1 dir=$CLUSTER_DIR/$1
+    mkdir -p "$dir"
+    redis-server \
+        --bind 127.0.0.1 \
+        --port "$port" \
+        --dir "$dir" \
+        --cluster-enabled yes \
+        --cluster-config-file "nodes-$port.conf" \
+        --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" \
+        --appendonly yes \
+        --appendfsync always \
+        --save "" \
+        --latency-tracking no \
+        --pidfile "$dir/redis.pid" \
+        --logfile "$dir/redis.log" \
+        --daemonize yes \
+        </dev/null >>"$dir/redis.log" 2>&1 9>&- || die "redis-server failed to start on port $port (see $dir/redis.log)"
+}
+
 cluster_start() {
     ensure_redis_installed
     if cluster_ok; then
@@ -551,29 +572,13 @@ cluster_start() {
     # A half-made cluster (killed mid-creation, a node lost) is not repaired:
     # it holds test data only, so it is made again.
     cluster_stop
-    local port dir ports=()
+    local port ports=()
     for port in $(cluster_ports); do
         [ $((port + 10000)) -lt 32768 ] || die "cluster port $port: its bus port $((port + 10000)) is in the ephemeral range"
         if [ "$(cluster_cli "$port" ping)" = PONG ]; then
             die "port $port already answers PING and is not this cluster's node: pick STAMPEDE_CLUSTER_PORT"
         fi
-        dir=$CLUSTER_DIR/$port
-        mkdir -p "$dir"
-        redis-server \
-            --bind 127.0.0.1 \
-            --port "$port" \
-            --dir "$dir" \
-            --cluster-enabled yes \
-            --cluster-config-file "nodes-$port.conf" \
-            --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" \
-            --appendonly yes \
-            --appendfsync always \
-            --save "" \
-            --latency-tracking no \
-            --pidfile "$dir/redis.pid" \
-            --logfile "$dir/redis.log" \
-            --daemonize yes \
-            </dev/null >>"$dir/redis.log" 2>&1 9>&- || die "redis-server failed to start on port $port (see $dir/redis.log)"
+        cluster_node_start "$port"
         ports+=("127.0.0.1:$port")
     done
     local i
@@ -643,10 +648,11 @@ emit() { printf 'export %s=%q\n' "$1" "$2"; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|cluster-start|cluster-stop|test-tools|oha|status]
+usage: $0 [up|stop|pg-start|pg-stop|redis-start|redis-stop|cluster-start|cluster-stop|cluster-node-start|test-tools|oha|status]
   up (default)  make sure private Redis and Postgres run; print export lines for eval
   cluster-start make sure a private Redis Cluster runs (STAMPEDE_CLUSTER_*); print REDIS_CLUSTER_URL
   cluster-stop  stop that cluster and delete its data
+  cluster-node-start  start node STAMPEDE_CLUSTER_NODE of that cluster again (it rejoins)
   test-tools    install what the tests need besides the services (prometheus, promtool,
                 chromium, playwright-core, schemathesis, oha)
   oha           install oha only (cargo install, into .data/tools)
@@ -705,6 +711,13 @@ main() {
     cluster-stop)
         take_lock
         cluster_stop
+        ;;
+    cluster-node-start)
+        # One node of the running cluster, e.g. a primary killed by a failover
+        # test: it rejoins as a replica of the node promoted in its place.
+        [ -n "${STAMPEDE_CLUSTER_NODE:-}" ] || die "cluster-node-start needs STAMPEDE_CLUSTER_NODE=<port>"
+        take_lock
+        cluster_node_start "$STAMPEDE_CLUSTER_NODE"
         ;;
     test-tools)
         # What the test command needs beyond the services: Prometheus and

@@ -128,6 +128,7 @@ CLUSTER_SKIP=(
     faults::latency::                 # a slowed proxy before a private Redis
     faults::redis_kill::              # kill -9 and restart of a private Redis
     cluster::after_a_slot_moves_one_call_fails_unrun_and_the_next_lands # its own private cluster
+    scale_out::acknowledged_writes_survive_a_primary_failover           # its own private cluster, with replicas
 )
 cluster_suite() {
     local skip=() name

@@ -76,6 +76,14 @@ pub struct Config {
     pub redis_command_timeout: Duration,
     /// Whether Redis's eviction and persistence settings are checked at start.
     pub redis_checks: bool,
+    /// Replicas that must acknowledge a batch call's writes (`WAIT`) before
+    /// any request of the batch is answered; 0 = no `WAIT`.
+    pub redis_wait_replicas: u32,
+    /// How long that `WAIT` may take; past it the batch answers 503.
+    pub redis_wait_timeout: Duration,
+    /// `STAMPEDE_REUSEPORT`: listeners take `SO_REUSEPORT`, so several engine
+    /// processes on one host share a port and the kernel spreads connections.
+    pub reuseport: bool,
     /// `STAMPEDE_ADMIN_TOKEN`; `None` disables the admin routes.
     pub admin_token: Option<Secret>,
     /// Who may call the routes (`server::access`).
@@ -186,6 +194,9 @@ impl Config {
             60_000,
         )?);
         let redis_checks = env.switch("STAMPEDE_REDIS_CHECKS", true)?;
+        let redis_wait_replicas = env.number("STAMPEDE_REDIS_WAIT_REPLICAS", 0, 0, limits::REDIS_WAIT_REPLICAS_MAX)?;
+        let redis_wait_timeout = redis_wait_timeout(&env, redis_command_timeout)?;
+        let reuseport = env.switch("STAMPEDE_REUSEPORT", false)?;
         let admin_token = env.get("STAMPEDE_ADMIN_TOKEN").map(|t| Secret(t.trim().to_owned()));
         if let Some(Secret(token)) = &admin_token
             && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
@@ -228,6 +239,9 @@ impl Config {
             queue_deadline,
             redis_command_timeout,
             redis_checks,
+            redis_wait_replicas,
+            redis_wait_timeout,
+            reuseport,
             max_connections,
             admin_token,
             listen,
@@ -287,6 +301,32 @@ fn script_queue_max(env: &Env<'_>, max_connections: usize) -> Result<usize, Conf
         });
     }
     Ok(value)
+}
+
+/// `STAMPEDE_REDIS_WAIT_TIMEOUT_MS`. `WAIT` is a Redis command like any
+/// other: past the command timeout fred gives up on it first, so a longer
+/// `WAIT` could never report its count. Refused rather than silently cut.
+fn redis_wait_timeout(env: &Env<'_>, command_timeout: Duration) -> Result<Duration, ConfigError> {
+    let default = limits::REDIS_WAIT_TIMEOUT_DEFAULT.min(command_timeout / 2);
+    let millis = env.number(
+        "STAMPEDE_REDIS_WAIT_TIMEOUT_MS",
+        default.as_millis() as u64,
+        1,
+        limits::REDIS_WAIT_TIMEOUT_MAX.as_millis() as u64,
+    )?;
+    let timeout = Duration::from_millis(millis);
+    if timeout >= command_timeout {
+        return Err(ConfigError::Invalid {
+            var: "STAMPEDE_REDIS_WAIT_TIMEOUT_MS",
+            value: millis.to_string(),
+            reason: format!(
+                "must be below STAMPEDE_REDIS_COMMAND_TIMEOUT_MS ({} ms): the WAIT command itself must answer \
+                 before the command timeout ends it",
+                command_timeout.as_millis()
+            ),
+        });
+    }
+    Ok(timeout)
 }
 
 /// One core is left to Redis, which runs beside the engine and is single
@@ -411,6 +451,18 @@ mod tests {
             (
                 &[("DATABASE_URL", "x"), ("STAMPEDE_REDIS_CHECKS", "maybe")],
                 "STAMPEDE_REDIS_CHECKS",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_REDIS_WAIT_REPLICAS", "99")],
+                "STAMPEDE_REDIS_WAIT_REPLICAS",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_REDIS_WAIT_TIMEOUT_MS", "2000")],
+                "STAMPEDE_REDIS_WAIT_TIMEOUT_MS",
+            ),
+            (
+                &[("DATABASE_URL", "x"), ("STAMPEDE_REUSEPORT", "maybe")],
+                "STAMPEDE_REUSEPORT",
             ),
         ];
         for (vars, var) in cases {

@@ -165,6 +165,20 @@ pub const DEAD_LETTER_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// with 503 instead of hanging.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most replicas `STAMPEDE_REDIS_WAIT_REPLICAS` may ask for. A primary with
+/// more replicas than this is unusual, and asking for more than exist makes
+/// every state change wait out its timeout and answer 503.
+pub const REDIS_WAIT_REPLICAS_MAX: u32 = 5;
+
+/// Default of `STAMPEDE_REDIS_WAIT_TIMEOUT_MS`: a replica on the same network
+/// acknowledges within a millisecond or two; one that has not within this is
+/// lagging or gone, and the batch answers 503 rather than hold its requests.
+pub const REDIS_WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(500);
+
+/// Most `STAMPEDE_REDIS_WAIT_TIMEOUT_MS` may be: the requests of a batch wait
+/// for it, holding their connections.
+pub const REDIS_WAIT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
 /// Listen backlog. A burst opens ~1000 connections at once; tokio's
 /// default (128) drops SYNs, which clients retry after ~200 ms.
 pub const LISTEN_BACKLOG: u32 = 4096;

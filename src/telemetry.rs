@@ -124,6 +124,7 @@ pub fn register_batch_scripts(scripts: impl IntoIterator<Item = &'static str>) {
         for reason in ["queue_full", "deadline"] {
             counter!("stampede_script_shed_total", "script" => script, "reason" => reason).increment(0);
         }
+        counter!("stampede_redis_wait_failed_total", "script" => script).increment(0);
     }
 }
 
@@ -187,6 +188,12 @@ pub fn script_shed(script: &'static str, reason: &'static str) {
 }
 
 /// A connection turned away at the connection bound with a canned 503.
+/// Requests of a batch answered 503 because fewer replicas than
+/// `STAMPEDE_REDIS_WAIT_REPLICAS` acknowledged its call in time.
+pub fn redis_wait_failed(script: &'static str, requests: usize) {
+    counter!("stampede_redis_wait_failed_total", "script" => script).increment(requests as u64);
+}
+
 pub fn connection_rejected() {
     counter!("stampede_connections_rejected_total").increment(1);
 }

@@ -33,6 +33,7 @@ use crate::redis::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::redis::layout::LayoutError;
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::redis::settings::{RedisSettings, RedisSettingsError};
+use crate::redis::wait::WaitForReplicas;
 use crate::server::access::{self, Gate};
 use crate::server::apidoc::ApiDocError;
 use crate::server::feature::Feature;
@@ -120,6 +121,7 @@ impl App {
                 outbox_events_max: config.outbox_events_max,
                 queue_max: config.script_queue_max,
                 queue_deadline: config.queue_deadline,
+                wait: WaitForReplicas::new(config.redis_wait_replicas, config.redis_wait_timeout),
             },
         );
         let ctx = Arc::new(Context {
@@ -197,7 +199,8 @@ impl App {
 
         let mut listeners = Vec::new();
         for addr in &ctx.config.listen {
-            let listener = server::bind(*addr).map_err(|source| StartupError::Bind { addr: *addr, source })?;
+            let listener = server::bind(*addr, ctx.config.reuseport)
+                .map_err(|source| StartupError::Bind { addr: *addr, source })?;
             listeners.push(listener);
         }
         Ok(Self {

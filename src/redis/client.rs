@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fred::types::Builder;
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::config::{ClusterDiscoveryPolicy, Config as RedisConfig, ReconnectPolicy};
 
 /// The clients of every script call, state-changing read and flusher read.
 ///
@@ -15,12 +15,30 @@ use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 /// with the connection error instead, and the request answers 503 with a way
 /// to find out what happened. What else fred does, read in its 10.1 source,
 /// is in ARCHITECTURE.md ("A call runs at most once").
+///
+/// On a cluster, fred learns a new topology from `CLUSTER SLOTS` when a
+/// reply is `MOVED` and whenever a node's connection closes (it reconnects
+/// through a cluster sync, retried on the reconnect policy until the slots'
+/// owners answer). When a primary dies its replica is promoted after the
+/// node timeout; until then the sync keeps failing on the dead node and
+/// commands wait, up to the command timeout, then answer 503. Discovery uses
+/// the cached routing table as well as the URL's nodes (`UseCache`): if the
+/// dead primary is the URL's first node, any other known node answers.
 pub fn builder(url: &str, command_timeout: Duration) -> Result<Builder, fred::error::Error> {
-    let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
+    let mut config = RedisConfig::from_url(url)?;
+    if config.server.is_clustered() {
+        config
+            .server
+            .set_cluster_discovery_policy(ClusterDiscoveryPolicy::UseCache)?;
+    }
+    let mut builder = Builder::from_config(config);
     builder
         .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
         .with_connection_config(|conn| {
             conn.connection_timeout = command_timeout;
+            // `CLUSTER SLOTS` during a sync: fred's 10 s default would hold
+            // every command through a topology change on a hung node.
+            conn.internal_command_timeout = command_timeout;
             conn.max_command_attempts = 1;
             // No unresponsive-connection checks (fred's default): they
             // close a slow connection and fail what is in flight on it,

@@ -41,6 +41,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError};
+use crate::redis::wait::WaitForReplicas;
 use crate::telemetry;
 
 /// A [`BatchScript`] named `$name`: `lua/<name>.lua` between the shared
@@ -91,6 +92,9 @@ pub struct ExecutorConfig {
     pub queue_max: usize,
     /// A request that waited longer than this is shed, never sent.
     pub queue_deadline: Duration,
+    /// Replicas each call's writes must reach before its requests are
+    /// answered (`WAIT`); `None`: answered as soon as the primary ran it.
+    pub wait: Option<WaitForReplicas>,
 }
 
 struct Job {
@@ -152,6 +156,8 @@ impl Executor {
                     counter: inner.keys.outbox_events(shard),
                     outbox_events_max: inner.config.outbox_events_max,
                     queue_deadline: inner.config.queue_deadline,
+                    wait: inner.config.wait,
+                    slot: fred::util::redis_keyslot(inner.keys.outbox(shard).as_bytes()),
                 };
                 for _ in 0..inner.config.inflight.max(1) {
                     workers.push((*script, header.clone(), rx.clone()));
@@ -217,6 +223,9 @@ struct Header {
     counter: String,
     outbox_events_max: u64,
     queue_deadline: Duration,
+    wait: Option<WaitForReplicas>,
+    /// The shard's hash slot: where its `WAIT` goes on a cluster.
+    slot: u16,
 }
 
 async fn worker(script: &'static BatchScript, redis: Pool, header: Header, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
@@ -270,7 +279,16 @@ async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, 
         keys.append(&mut job.keys);
         args.append(&mut job.args);
     }
-    match script.lua.call(redis, keys, args).await {
+    // WAIT must follow the call on its connection: the same client.
+    let client = redis.next();
+    let mut called = script.lua.call_on(client, keys, args).await;
+    if let (Ok(_), Some(wait)) = (&called, header.wait)
+        && let Err(e) = wait.replicated(client, header.slot).await
+    {
+        telemetry::redis_wait_failed(script.lua.name(), n);
+        called = Err(ScriptError::Redis(e));
+    }
+    match called {
         Ok(replies) if replies.len() == n => {
             for (job, reply) in jobs.drain(..).zip(replies) {
                 // A client that hung up no longer waits; its effect stands.

@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use fred::clients::Pool;
+use fred::clients::{Client, Pool};
 use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
@@ -60,8 +60,16 @@ impl LuaScript {
     where
         K: Into<MultipleKeys> + Send,
     {
+        self.call_on(redis.next(), keys, args).await
+    }
+
+    /// [`call`](Self::call) on one client of the pool, for a caller that
+    /// sends a command after it on the same connection (`WAIT`).
+    pub async fn call_on<K>(&self, client: &Client, keys: K, args: Vec<Value>) -> Result<Vec<Value>, ScriptError>
+    where
+        K: Into<MultipleKeys> + Send,
+    {
         let keys: MultipleKeys = keys.into();
-        let client = redis.next();
         let mut resent = 0;
         let reply: Value = loop {
             let sent = match self.script.evalsha(client, keys.clone(), args.clone()).await {

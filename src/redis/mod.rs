@@ -10,6 +10,7 @@
 //!   fallback; `ScriptError` and the reply helpers.
 //! - `executor`: the batched script executor every hot-path state change goes
 //!   through, and the batch protocol its scripts follow.
+//! - `wait`: `WAIT` for replicas after each batch call, when asked for.
 //!
 //! It is infrastructure: it names no feature.
 
@@ -19,3 +20,4 @@ pub mod keyspace;
 pub mod layout;
 pub mod lua;
 pub mod settings;
+pub mod wait;

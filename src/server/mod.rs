@@ -72,16 +72,36 @@ pub enum RequestError {
 }
 
 /// Binds with a listen backlog deep enough for an opening burst of
-/// connections.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// connections. With `reuseport`, the socket takes `SO_REUSEPORT` before it
+/// binds: several processes (of the same user) bind the same address, each
+/// with its own accept queue, and the kernel spreads new connections over
+/// them by a hash of the client's address and port. No process hands
+/// connections to another, so one that stops takes only its own queue.
+pub fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        set_reuseport(&socket)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(unix)]
+fn set_reuseport(socket: &TcpSocket) -> std::io::Result<()> {
+    socket.set_reuseport(true)
+}
+
+#[cfg(not(unix))]
+fn set_reuseport(_: &TcpSocket) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "STAMPEDE_REUSEPORT needs SO_REUSEPORT (Linux, BSD)",
+    ))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits (bounded

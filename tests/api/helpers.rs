@@ -734,13 +734,40 @@ impl EngineProcess {
     /// (`REDIS_URL` included). Waits until `GET /health` answers 200.
     pub async fn start(db_url: &str, prefix: &str, consumer: &str, extra: &[(&str, &str)]) -> Self {
         let engine = Self::spawn(db_url, prefix, consumer, extra, Stdio::inherit());
+        engine.wait_healthy().await;
+        engine
+    }
+
+    /// [`start`](Self::start) listening on `listen` (`addr` is the first,
+    /// where its health and metrics are read), e.g. its own address and one
+    /// it shares with others (`STAMPEDE_REUSEPORT=on`).
+    #[allow(dead_code)] // for the scale-out tests
+    pub async fn start_listening(
+        db_url: &str,
+        prefix: &str,
+        consumer: &str,
+        listen: &[std::net::SocketAddr],
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let joined: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+        let joined = joined.join(",");
+        let mut vars = vec![("STAMPEDE_LISTEN", joined.as_str())];
+        vars.extend_from_slice(extra);
+        let mut engine = Self::spawn(db_url, prefix, consumer, &vars, Stdio::inherit());
+        engine.addr = listen[0];
+        engine.wait_healthy().await;
+        engine
+    }
+
+    async fn wait_healthy(&self) {
+        let engine = self;
         let http = http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(reply) = send(&http, engine.addr, Method::GET, "/health", None).await
                 && reply.status == StatusCode::OK
             {
-                return engine;
+                return;
             }
             assert!(Instant::now() < deadline, "engine did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;

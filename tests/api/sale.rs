@@ -1,38 +1,63 @@
 //! The flash sale's rules, through the real engine against real Redis and Postgres.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use rand::RngExt;
+use sqlx::PgPool;
 use stampede::clock::Clock;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{HttpClient, send, spawn_app};
 
+/// 1000 buyers race over 10,000 items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_buyers_sell_exactly_ten_thousand_items() {
+    let app = Arc::new(spawn_app(&[]).await);
+    contest(&app.http, app.addr).await;
+    let sale = app.sale_id();
+    assert_eq!(app.sold_in_redis(sale).await, i64::from(CONTEST_ITEMS));
+    app.wait_flushed(Duration::from_secs(30)).await;
+    assert_contest_in_postgres(&app.db, sale).await;
+    Arc::into_inner(app).expect("all buyers done").finish().await;
+}
+
+/// Items of the contest: the sale's default stock.
+pub const CONTEST_ITEMS: u32 = 10_000;
+const CONTEST_BUYERS: u32 = 1000;
+const CONTEST_LIMIT: usize = 10;
+
+/// The contest, through `addr` (one engine, or several behind one port):
 /// 1000 buyers race over 10,000 items. Each starts near its own share but
 /// with a random overlap into its neighbours', walks forward until it holds
 /// 10 items or has seen every item sold. So any item left unsold would mean
-/// some buyer stopped early, and any double sale shows up below.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thousand_buyers_sell_exactly_ten_thousand_items() {
-    const BUYERS: u32 = 1000;
-    const ITEMS: u32 = 10_000;
-    const LIMIT: usize = 10;
-    let app = Arc::new(spawn_app(&[]).await);
+/// some buyer stopped early, and any double sale shows up here. Returns
+/// once every item is sold exactly once and no buyer is over the limit.
+pub async fn contest(http: &HttpClient, addr: SocketAddr) {
     let mut buyers = Vec::new();
-    for buyer in 0..BUYERS {
-        let app = app.clone();
+    for buyer in 0..CONTEST_BUYERS {
+        let http = http.clone();
         buyers.push(tokio::spawn(async move {
             let user = format!("buyer-{buyer}");
-            let start = (buyer * 10 + rand::rng().random_range(0..30)) % ITEMS;
+            let post = |path: String| {
+                let http = http.clone();
+                async move {
+                    send(&http, addr, Method::POST, &path, None)
+                        .await
+                        .expect("engine answers")
+                }
+            };
+            let checkout = |item: u32| post(format!("/checkout?user_id={user}&id={item}"));
+            let start = (buyer * 10 + rand::rng().random_range(0..30)) % CONTEST_ITEMS;
             let mut bought = Vec::new();
             let mut seen_sold = 0;
             let mut offset = 0;
-            while bought.len() < LIMIT && seen_sold < ITEMS {
-                let item = (start + offset) % ITEMS + 1;
+            while bought.len() < CONTEST_LIMIT && seen_sold < CONTEST_ITEMS {
+                let item = (start + offset) % CONTEST_ITEMS + 1;
                 offset += 1;
-                let checkout = app.checkout(&user, item).await;
+                let checkout = checkout(item).await;
                 match checkout.error_code() {
                     "" => {}
                     "ITEM_SOLD" => {
@@ -42,7 +67,7 @@ async fn thousand_buyers_sell_exactly_ten_thousand_items() {
                     other => panic!("{user} checkout {item}: unexpected {other} {:?}", checkout.body),
                 }
                 let code = checkout.body["code"].as_str().expect("code").to_owned();
-                let purchase = app.purchase(&code).await;
+                let purchase = post(format!("/purchase?code={code}")).await;
                 match purchase.error_code() {
                     "" => bought.push(item),
                     "ITEM_SOLD" => seen_sold += 1,
@@ -50,7 +75,7 @@ async fn thousand_buyers_sell_exactly_ten_thousand_items() {
                 }
             }
             // Over the limit is refused at checkout.
-            let over = app.checkout(&user, (start + offset) % ITEMS + 1).await;
+            let over = checkout((start + offset) % CONTEST_ITEMS + 1).await;
             assert!(
                 matches!(over.error_code(), "USER_LIMIT_REACHED" | "ITEM_SOLD"),
                 "{user} past the limit: {:?}",
@@ -63,7 +88,7 @@ async fn thousand_buyers_sell_exactly_ten_thousand_items() {
     let mut total = 0;
     for buyer in buyers {
         let (user, bought) = buyer.await.expect("buyer task");
-        assert!(bought.len() <= LIMIT, "{user} bought {}", bought.len());
+        assert!(bought.len() <= CONTEST_LIMIT, "{user} bought {}", bought.len());
         total += bought.len();
         for item in bought {
             if let Some(first) = owner_of.insert(item, user.clone()) {
@@ -71,23 +96,23 @@ async fn thousand_buyers_sell_exactly_ten_thousand_items() {
             }
         }
     }
-    assert_eq!(total, ITEMS as usize, "every item sold exactly once");
-    let sale = app.sale_id();
-    assert_eq!(app.sold_in_redis(sale).await, i64::from(ITEMS));
+    assert_eq!(total, CONTEST_ITEMS as usize, "every item sold exactly once");
+}
 
-    app.wait_flushed(Duration::from_secs(30)).await;
+/// Postgres holds the contest's sale exactly: every item once, no buyer
+/// over the limit. Call once the outbox is flushed.
+pub async fn assert_contest_in_postgres(db: &PgPool, sale: u64) {
     let (count, distinct, max_per_user): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(DISTINCT item_id),
                 (SELECT COALESCE(max(n), 0) FROM (SELECT count(*) AS n FROM purchases GROUP BY user_id) u)
          FROM purchases WHERE sale_id = $1",
     )
     .bind(sale as i64)
-    .fetch_one(&app.db)
+    .fetch_one(db)
     .await
     .expect("query purchases");
-    assert_eq!((count, distinct), (i64::from(ITEMS), i64::from(ITEMS)));
-    assert!(max_per_user <= LIMIT as i64);
-    Arc::into_inner(app).expect("all buyers done").finish().await;
+    assert_eq!((count, distinct), (i64::from(CONTEST_ITEMS), i64::from(CONTEST_ITEMS)));
+    assert!(max_per_user <= CONTEST_LIMIT as i64);
 }
 
 /// 200 concurrent purchases of one code: exactly one succeeds.
