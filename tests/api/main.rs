@@ -18,6 +18,7 @@ mod poison;
 mod redis_checks;
 mod sale;
 mod sale_bad_input;
+mod sale_split;
 mod server;
 mod settlement;
 mod wallet;

@@ -16,10 +16,16 @@ use crate::helpers::spawn_app;
 /// some buyer stopped early, and any double sale shows up below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_buyers_sell_exactly_ten_thousand_items() {
+    thousand_buyers_contest(&[]).await;
+}
+
+/// The contest above, on an engine started with `overrides` (a sale split
+/// over several slots runs it too); Redis is checked over every shard.
+pub async fn thousand_buyers_contest(overrides: &[(&str, &str)]) {
     const BUYERS: u32 = 1000;
     const ITEMS: u32 = 10_000;
     const LIMIT: usize = 10;
-    let app = Arc::new(spawn_app(&[]).await);
+    let app = Arc::new(spawn_app(overrides).await);
     let mut buyers = Vec::new();
     for buyer in 0..BUYERS {
         let app = app.clone();
@@ -73,7 +79,13 @@ async fn thousand_buyers_sell_exactly_ten_thousand_items() {
     }
     assert_eq!(total, ITEMS as usize, "every item sold exactly once");
     let sale = app.sale_id();
-    assert_eq!(app.sold_in_redis(sale).await, i64::from(ITEMS));
+    assert_eq!(app.sold_over_shards(sale).await, i64::from(ITEMS));
+    let counts = app.user_counts(sale).await;
+    assert_eq!(counts.values().map(|(p, _)| p).sum::<i64>(), i64::from(ITEMS));
+    for (user, (purchased, reserved)) in &counts {
+        assert!(*purchased <= LIMIT as i64, "{user} holds {purchased} in Redis");
+        assert_eq!(*reserved, 0, "{user} has a reservation left");
+    }
 
     app.wait_flushed(Duration::from_secs(30)).await;
     let (count, distinct, max_per_user): (i64, i64, i64) = sqlx::query_as(
