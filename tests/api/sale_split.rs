@@ -86,6 +86,21 @@ async fn split_sale_concurrent_purchases_never_overrun_the_user_limit() {
     assert_eq!(app.get(&format!("/codes/{late}")).await.body["state"], "void");
     assert_eq!(app.user_counts(app.sale_id()).await.get("bob"), Some(&(0, 0)));
     assert_eq!(app.sold_over_shards(app.sale_id()).await, 11);
+
+    // Postgres: one sale row (every part recorded the opening), each
+    // answered checkout attempt once, and reconcile sums the parts.
+    app.wait_flushed(Duration::from_secs(30)).await;
+    let (sales, attempts, purchases): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sales), (SELECT count(*) FROM checkout_attempts),
+                (SELECT count(*) FROM purchases)",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("counts");
+    assert_eq!((sales, attempts, purchases), (1, 15 + 1 + 2, 11));
+    let reconcile = app.admin(Method::GET, "/admin/reconcile", None).await;
+    assert_eq!(reconcile.body["ok"], true, "{:?}", reconcile.body);
+    assert_eq!(reconcile.body["sales_checked"], 1, "{:?}", reconcile.body);
     Arc::into_inner(app).expect("done").finish().await;
 }
 
