@@ -161,9 +161,10 @@ impl Sale {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
         let settings = SaleSettings::from_env(&ctx.config.env())?;
         // Resolving a reservation voids its code: it must not happen while
-        // the purchase that made it may still reach Redis.
+        // the purchase that made it may still reach Redis. Only a split sale
+        // reserves.
         let in_flight_ms = (ctx.config.queue_deadline + ctx.config.redis_command_timeout).as_millis() as i64;
-        if settings.reservation_timeout_ms <= in_flight_ms {
+        if settings.split > 1 && settings.reservation_timeout_ms <= in_flight_ms {
             return Err(ConfigError::Invalid {
                 var: "STAMPEDE_SALE_RESERVATION_TIMEOUT_MS",
                 value: settings.reservation_timeout_ms.to_string(),
