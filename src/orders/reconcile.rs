@@ -7,8 +7,8 @@
 //!   `available + reserved + sold = stock_total`, `available >= 0` in Redis.
 //! - Per flash sale still in Redis: the sold bitmap's BITCOUNT against the
 //!   sale's rows in `purchases`. The key is read by its documented layout
-//!   (`<prefix>:{sale_id % shards}:sale:<id>:sold`); this feature does not
-//!   import the sale feature.
+//!   (`<prefix>:{shard}:sale:<id>:sold`, one per part of a sale split over
+//!   several shards, summed); this feature does not import the sale feature.
 //! - Every unresolved dead letter of the outbox: an event Redis decided that
 //!   Postgres does not hold, a mismatch until a replay resolves it.
 //!
@@ -200,20 +200,28 @@ async fn sales(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<usize
             .await?;
     let mut checked = 0;
     for (sale_id, purchases) in rows {
-        // The sale feature's key layout (src/sale/lua.rs, SaleKeys).
-        let key = state.keys.key(
-            state.keys.shard_of_number(sale_id as u64),
-            format_args!("sale:{sale_id}:sold"),
-        );
-        let exists: i64 = state.redis.exists(&key).await.map_err(redis_error)?;
-        if exists == 0 {
+        // The sale feature's key layout (src/sale/lua.rs, SaleKeys): a sale
+        // split over several slots has a sold bitmap on each of its parts'
+        // shards, at most one per shard, so the sum over every shard is the
+        // sale's count however it is split.
+        let (mut live, mut sold) = (false, 0_i64);
+        for shard in state.keys.shards() {
+            let key = state.keys.key(shard, format_args!("sale:{sale_id}:sold"));
+            let exists: i64 = state.redis.exists(&key).await.map_err(redis_error)?;
+            if exists == 0 {
+                continue;
+            }
+            live = true;
+            let part: i64 = state
+                .redis
+                .custom(fred::cmd!("BITCOUNT"), vec![key])
+                .await
+                .map_err(redis_error)?;
+            sold += part;
+        }
+        if !live {
             continue; // past its retention in Redis: nothing live to compare
         }
-        let sold: i64 = state
-            .redis
-            .custom(fred::cmd!("BITCOUNT"), vec![key])
-            .await
-            .map_err(redis_error)?;
         checked += 1;
         if sold != purchases {
             mismatches.push(Mismatch {

@@ -10,7 +10,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::limits::OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR;
 use super::lua::{self, CheckoutRequest, SaleKeys};
-use super::{Sale, SaleError};
+use super::{Sale, SaleError, split};
 use crate::redis::lua::ScriptError;
 use crate::server::RequestError;
 use crate::server::error::ErrorBody;
@@ -60,23 +60,29 @@ pub async fn checkout(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     let window = SaleWindow::at(now_ms, sale.period_secs);
     // A code never outlives its sale: past the end it could not be spent.
     let expires_ms = (now_ms + (sale.checkout_ttl_secs * 1000) as i64).min(window.ends_ms);
-    let code = CheckoutCode::generate(window.sale_id);
-    lua::checkout(
-        &state.executor,
-        &state.keys,
-        CheckoutRequest {
-            window,
-            items: sale.items,
-            per_user_limit: sale.per_user_limit,
-            user: &user,
-            item,
-            code: &code,
-            now_ms,
-            expires_ms,
-            refused_bound: state.config.outbox_events_max / OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR,
-        },
-    )
-    .await?;
+    let code = if sale.split > 1 {
+        split::new_code(window, &user, item, sale.split)
+    } else {
+        CheckoutCode::generate(window.sale_id)
+    };
+    let request = CheckoutRequest {
+        window,
+        items: sale.items,
+        per_user_limit: sale.per_user_limit,
+        user: &user,
+        item,
+        code: &code,
+        now_ms,
+        expires_ms,
+        refused_bound: state.config.outbox_events_max / OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR,
+    };
+    if sale.split > 1 {
+        split::checkout(&state.executor, &state.keys, &request, sale.split)
+            .await
+            .map_err(|e| lua::with_retry_after(e, &request))?;
+    } else {
+        lua::checkout(&state.executor, &state.keys, request).await?;
+    }
     Ok(json(
         StatusCode::OK,
         &CheckoutIssued {
@@ -147,7 +153,12 @@ pub async fn purchase(feature: &Sale, req: Request<Incoming>) -> Result<HttpResp
     if code.sale_id() != active.sale_id {
         return Err(SaleError::SaleOver);
     }
-    let done = lua::purchase(&state.executor, &state.keys, &code, active, now_ms).await?;
+    let split = feature.settings.split;
+    let done = if split > 1 {
+        split::purchase(&state.executor, &state.keys, &code, active, now_ms, split).await?
+    } else {
+        lua::purchase(&state.executor, &state.keys, &code, active, now_ms).await?
+    };
     Ok(json(
         StatusCode::OK,
         &Purchased {
@@ -190,18 +201,26 @@ struct CurrentSale {
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
     let state = &*feature.ctx;
     let window = SaleWindow::at(state.clock.now_ms(), feature.settings.period_secs);
-    let keys = SaleKeys::new(&state.keys, window.sale_id);
     let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
-    let (items, limit): (Option<u64>, Option<u64>) = state
-        .redis
-        .hmget(&keys.meta, vec!["items", "limit"])
-        .await
-        .map_err(redis_error)?;
-    let items_sold: u64 = state
-        .redis
-        .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
-        .await
-        .map_err(redis_error)?;
+    // A split sale's parts each hold their share of the sold items, and
+    // each opens on its own first checkout.
+    let (mut items, mut limit, mut items_sold): (Option<u64>, Option<u64>, u64) = (None, None, 0);
+    for part in 0..feature.settings.split {
+        let keys = SaleKeys::of_part(&state.keys, window.sale_id, part);
+        let (part_items, part_limit): (Option<u64>, Option<u64>) = state
+            .redis
+            .hmget(&keys.meta, vec!["items", "limit"])
+            .await
+            .map_err(redis_error)?;
+        items = items.or(part_items);
+        limit = limit.or(part_limit);
+        let sold: u64 = state
+            .redis
+            .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
+            .await
+            .map_err(redis_error)?;
+        items_sold += sold;
+    }
     let items_total = items.unwrap_or(u64::from(feature.settings.items));
     Ok(json(
         StatusCode::OK,
@@ -221,7 +240,9 @@ pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
 #[derive(Serialize, ToSchema)]
 struct CodeState {
     code: String,
-    /// `issued` (spendable until `expires_at`), `spent` or `expired`.
+    /// `issued` (spendable until `expires_at`), `spent`, `expired`, or, in
+    /// a sale split over several slots, `void` (refused for good, or a
+    /// purchase abandoned after a 503: it did not go through).
     state: &'static str,
     sale_id: u64,
     item_id: u32,
@@ -249,15 +270,38 @@ pub async fn code_state(feature: &Sale, raw: Option<&str>) -> Result<HttpRespons
     let state = &*feature.ctx;
     let decoded = raw.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());
     let code = CheckoutCode::parse(decoded.as_deref())?;
-    let key = SaleKeys::new(&state.keys, code.sale_id()).code(&code);
+    // A split sale's code lives on its item's part, named in the code.
+    let part = if feature.settings.split > 1 { code.parts().1 } else { 0 };
+    if part >= feature.settings.split {
+        return Err(SaleError::CodeNotFound);
+    }
+    let key = SaleKeys::of_part(&state.keys, code.sale_id(), part).code(&code);
     let stored: Option<String> = state
         .redis
         .get(key)
         .await
         .map_err(|e| SaleError::Script(ScriptError::Redis(e)))?;
     let stored = stored.ok_or(SaleError::CodeNotFound)?;
-    // "sale|user|item|expires|limit[|used_at]", as checkout.lua writes it.
+    // "sale|user|item|expires|limit[|used_at]", as checkout.lua writes it;
+    // a split sale's may end "|void|<reason>" instead (sale_item.lua).
     let fields: Vec<&str> = stored.split('\u{1f}').collect();
+    if fields.get(5) == Some(&"void") {
+        return Ok(json(
+            StatusCode::OK,
+            &CodeState {
+                code: code.as_str().to_owned(),
+                state: "void",
+                sale_id: code.sale_id(),
+                item_id: fields.get(2).and_then(|f| f.parse().ok()).unwrap_or_default(),
+                expires_at: fields
+                    .get(3)
+                    .and_then(|f| f.parse().ok())
+                    .map(rfc3339)
+                    .unwrap_or_default(),
+                purchased_at: None,
+            },
+        ));
+    }
     let field = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
     let (Some(item), Some(expires_ms)) = (field(2), field(3)) else {
         return Err(SaleError::Script(ScriptError::UnexpectedReply {

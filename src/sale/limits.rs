@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::limits::SCRIPT_QUEUE_DEPTH_DEFAULT;
+
 /// Longest checkout code accepted on input. Real codes are far shorter
 /// (sale id + 32 hex digits); anything longer is garbage, refused before Redis.
 pub const CHECKOUT_CODE_BYTES_MAX: usize = 64;
@@ -40,5 +42,32 @@ pub const SALE_PERIOD_SECS_MAX: u64 = 24 * 3600;
 /// Largest sale accepted. The sold bitmap is items/8 bytes; 10M items is 1.25 MB.
 pub const ITEMS_PER_SALE_MAX: u32 = 10_000_000;
 
+/// Most parts one sale may be split into (`STAMPEDE_SALE_SPLIT`): a code
+/// names its parts in one hex digit each. Each part is also on its own
+/// shard (two parts on one shard would share keys), so the split may not
+/// exceed `STAMPEDE_OUTBOX_SHARDS` either (checked at start).
+pub const SALE_SPLIT_MAX: u32 = 16;
+
+/// Default and bounds of `STAMPEDE_SALE_RESERVATION_TIMEOUT_MS`: a split
+/// sale's reservation older than this is taken for abandoned (its purchase
+/// crashed or got a 503) and resolved by the sweeper. It must outlast any
+/// purchase still on its way (checked at start against the queue deadline
+/// plus the Redis command timeout): resolving voids the code, and a
+/// purchase that arrives later is refused. Until then the reserved unit
+/// holds the user below the limit, never above it.
+pub const SALE_RESERVATION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const SALE_RESERVATION_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// How often each engine sweeps the reservations of the current and the
+/// previous sale: one ZRANGEBYSCORE per part.
+pub const SALE_SWEEP_TICK: Duration = Duration::from_millis(500);
+
+/// Reservations resolved per part in one sweep (two script calls each);
+/// a larger backlog takes several ticks, never an unbounded reply.
+pub const SALE_SWEEP_BATCH: usize = 512;
+
+const _: () = assert!(SALE_SPLIT_MAX >= 1 && SALE_SPLIT_MAX <= 16);
+// Each swept reservation is one request in a script queue.
+const _: () = assert!(SALE_SWEEP_BATCH <= SCRIPT_QUEUE_DEPTH_DEFAULT);
 const _: () = assert!(CHECKOUT_CODE_RANDOM_BYTES * 2 + 21 <= CHECKOUT_CODE_BYTES_MAX);
 const _: () = assert!(OUTBOX_REFUSED_ATTEMPTS_SHARE_DIVISOR > 1);

@@ -15,24 +15,42 @@ use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 pub static CHECKOUT: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("checkout", 4, 14));
 pub static PURCHASE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("purchase", 3, 3));
 
-/// The keys of one sale; all in the sale's shard, so one hash slot.
+/// The shard of part `part` of sale `sale_id`. A sale that is not split is
+/// all part 0, on the sale's own shard; the parts of a split sale are on
+/// consecutive shard indices, each its own hash slot. The only place that
+/// maps a sale's part to a shard.
+pub fn part_shard(keys: &Keyspace, sale_id: u64, part: u32) -> Shard {
+    keys.shard_of_number(sale_id + u64::from(part))
+}
+
+/// The keys of one part of a sale; all in the part's shard, so one hash
+/// slot. A sale that is not split has one part, 0.
 pub struct SaleKeys {
     pub shard: Shard,
     pub meta: String,
     pub sold: String,
     pub users: String,
+    /// A split sale's reservations on this part (sale_user.lua).
+    pub reserving: String,
     keyspace_code_prefix: String,
+    keyspace_ticket_prefix: String,
 }
 
 impl SaleKeys {
     pub fn new(keys: &Keyspace, sale_id: u64) -> Self {
-        let shard = keys.shard_of_number(sale_id);
+        Self::of_part(keys, sale_id, 0)
+    }
+
+    pub fn of_part(keys: &Keyspace, sale_id: u64, part: u32) -> Self {
+        let shard = part_shard(keys, sale_id, part);
         Self {
             shard,
             meta: keys.key(shard, format_args!("sale:{sale_id}")),
             sold: keys.key(shard, format_args!("sale:{sale_id}:sold")),
             users: keys.key(shard, format_args!("sale:{sale_id}:users")),
+            reserving: keys.key(shard, format_args!("sale:{sale_id}:reserving")),
             keyspace_code_prefix: keys.key(shard, format_args!("code:")),
+            keyspace_ticket_prefix: keys.key(shard, format_args!("ticket:")),
         }
     }
 
@@ -41,10 +59,17 @@ impl SaleKeys {
         key.push_str(code.as_str());
         key
     }
+
+    /// A split sale's code on the user's part (sale_user.lua).
+    pub fn ticket(&self, code: &CheckoutCode) -> String {
+        let mut key = self.keyspace_ticket_prefix.clone();
+        key.push_str(code.as_str());
+        key
+    }
 }
 
 /// Decodes a script's outcome: `Ok` or a refusal, counted either way.
-fn outcome(script: &LuaScript, reply: &[Value]) -> Result<(), SaleError> {
+pub(super) fn outcome(script: &LuaScript, reply: &[Value]) -> Result<(), SaleError> {
     let text = reply_str(script, reply, 0)?;
     let decoded = match text.as_str() {
         "OK" => Ok(()),
@@ -120,15 +145,19 @@ pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest
             args,
         )
         .await?;
-    outcome(&script.lua, &reply).map_err(|e| match e {
-        // The cap is per sale: the next sale is the first that can take
-        // another checkout of this user.
+    outcome(&script.lua, &reply).map_err(|e| with_retry_after(e, &req))
+}
+
+/// Sets the wait of `TOO_MANY_CHECKOUTS`: the cap is per sale, so the next
+/// sale is the first that can take another checkout of this user.
+pub fn with_retry_after(e: SaleError, req: &CheckoutRequest<'_>) -> SaleError {
+    match e {
         SaleError::TooManyCheckouts { .. } => SaleError::TooManyCheckouts {
             retry_after_secs: u32::try_from(((req.window.ends_ms - req.now_ms).max(1) + 999) / 1000)
                 .unwrap_or(u32::MAX),
         },
         other => other,
-    })
+    }
 }
 
 /// What a successful purchase reports back.

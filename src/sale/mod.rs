@@ -4,6 +4,11 @@
 //! - `lua`: bindings of `lua/checkout.lua` and `lua/purchase.lua`.
 //! - `handlers`: `POST /checkout`, `POST /purchase`, `GET /sales/current`,
 //!   `GET /codes/{code}`.
+//! - `split`: a sale spread over several slots (`STAMPEDE_SALE_SPLIT`): the
+//!   steps of checkout and purchase across the user's and the item's part,
+//!   bindings of `lua/sale_user.lua` and `lua/sale_item.lua`.
+//! - `sweeper`: the background task that resolves a split sale's
+//!   reservations left behind.
 //! - `sink`: how the sale's outbox events land in Postgres.
 //! - `settings`: the rules of every sale, from the environment.
 
@@ -14,10 +19,14 @@ pub mod lua;
 mod metrics;
 pub mod settings;
 pub mod sink;
+pub mod split;
+mod sweeper;
 
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
 use crate::context::Context;
@@ -151,6 +160,30 @@ pub struct Sale {
 impl Sale {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
         let settings = SaleSettings::from_env(&ctx.config.env())?;
+        // Resolving a reservation voids its code: it must not happen while
+        // the purchase that made it may still reach Redis. Only a split sale
+        // reserves.
+        let in_flight_ms = (ctx.config.queue_deadline + ctx.config.redis_command_timeout).as_millis() as i64;
+        if settings.split > 1 && settings.reservation_timeout_ms <= in_flight_ms {
+            return Err(ConfigError::Invalid {
+                var: "STAMPEDE_SALE_RESERVATION_TIMEOUT_MS",
+                value: settings.reservation_timeout_ms.to_string(),
+                reason: format!(
+                    "must exceed STAMPEDE_QUEUE_DEADLINE_MS + STAMPEDE_REDIS_COMMAND_TIMEOUT_MS ({in_flight_ms} ms)"
+                ),
+            });
+        }
+        // Each part has a shard of its own.
+        if u64::from(settings.split) > ctx.keys.shard_count() {
+            return Err(ConfigError::Invalid {
+                var: "STAMPEDE_SALE_SPLIT",
+                value: settings.split.to_string(),
+                reason: format!(
+                    "must not exceed the outbox shards ({}, STAMPEDE_OUTBOX_SHARDS): each part of a sale has a shard of its own",
+                    ctx.keys.shard_count()
+                ),
+            });
+        }
         Ok(Arc::new(Self { ctx, settings }))
     }
 }
@@ -239,7 +272,15 @@ impl Feature for Sale {
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&lua::CHECKOUT, &lua::PURCHASE]
+        vec![&lua::CHECKOUT, &lua::PURCHASE, &split::SALE_USER, &split::SALE_ITEM]
+    }
+
+    fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        if self.settings.split > 1 {
+            vec![tokio::spawn(sweeper::run(self, shutdown))]
+        } else {
+            Vec::new()
+        }
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {

@@ -2,7 +2,7 @@
 //! Postgres database and its own Redis key prefix, against the real services
 //! that `scripts/test.sh` starts (REDIS_URL, DATABASE_URL).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::Client as RedisClient;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use fred::types::config::Config as RedisConfig;
 use fred::types::scan::Scanner;
 use futures::StreamExt;
@@ -458,6 +458,45 @@ pub async fn keys_matching(redis: &RedisClient, pattern: &str) -> Vec<String> {
     found
 }
 
+/// Items sold in Redis for `sale_id` of `prefix`, over every shard.
+pub async fn sold_over_shards(redis: &RedisClient, prefix: &str, sale_id: u64) -> i64 {
+    let keys = engine_keys(redis, prefix).await;
+    let mut sold = 0;
+    for shard in keys.shards() {
+        let part: i64 = redis
+            .custom(
+                fred::cmd!("BITCOUNT"),
+                vec![keys.key(shard, format_args!("sale:{sale_id}:sold"))],
+            )
+            .await
+            .expect("BITCOUNT");
+        sold += part;
+    }
+    sold
+}
+
+/// Each user's `p:` (purchased) and `r:` (reserved) counts for `sale_id`,
+/// summed over every shard's users hash.
+pub async fn user_counts(redis: &RedisClient, prefix: &str, sale_id: u64) -> HashMap<String, (i64, i64)> {
+    let keys = engine_keys(redis, prefix).await;
+    let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
+    for shard in keys.shards() {
+        let fields: HashMap<String, String> = redis
+            .hgetall(keys.key(shard, format_args!("sale:{sale_id}:users")))
+            .await
+            .expect("HGETALL");
+        for (field, value) in fields {
+            let n: i64 = value.parse().unwrap_or(0);
+            if let Some(user) = field.strip_prefix("p:") {
+                counts.entry(user.to_owned()).or_default().0 += n;
+            } else if let Some(user) = field.strip_prefix("r:") {
+                counts.entry(user.to_owned()).or_default().1 += n;
+            }
+        }
+    }
+    counts
+}
+
 impl TestApp {
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
@@ -532,6 +571,17 @@ impl TestApp {
             .custom::<i64, _>(fred::cmd!("BITCOUNT"), vec![key])
             .await
             .expect("BITCOUNT")
+    }
+
+    /// Items sold in Redis over every shard: a sale split over several
+    /// slots has a sold bitmap on each of its parts' shards.
+    pub async fn sold_over_shards(&self, sale_id: u64) -> i64 {
+        sold_over_shards(&self.redis, &self.prefix, sale_id).await
+    }
+
+    /// Each user's purchased and reserved counts in Redis, over every part.
+    pub async fn user_counts(&self, sale_id: u64) -> HashMap<String, (i64, i64)> {
+        user_counts(&self.redis, &self.prefix, sale_id).await
     }
 
     pub async fn purchases_in_postgres(&self) -> i64 {

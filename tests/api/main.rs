@@ -19,6 +19,7 @@ mod poison;
 mod redis_checks;
 mod sale;
 mod sale_bad_input;
+mod sale_split;
 mod scale_out;
 mod server;
 mod settlement;

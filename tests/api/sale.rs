@@ -15,10 +15,23 @@ use crate::helpers::{HttpClient, send, spawn_app};
 /// 1000 buyers race over 10,000 items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_buyers_sell_exactly_ten_thousand_items() {
-    let app = Arc::new(spawn_app(&[]).await);
+    thousand_buyers_contest(&[]).await;
+}
+
+/// The contest, on an engine started with `overrides` (a sale split over
+/// several slots runs it too); Redis is checked over every shard, then
+/// Postgres.
+pub async fn thousand_buyers_contest(overrides: &[(&str, &str)]) {
+    let app = Arc::new(spawn_app(overrides).await);
     contest(&app.http, app.addr).await;
     let sale = app.sale_id();
-    assert_eq!(app.sold_in_redis(sale).await, i64::from(CONTEST_ITEMS));
+    assert_eq!(app.sold_over_shards(sale).await, i64::from(CONTEST_ITEMS));
+    let counts = app.user_counts(sale).await;
+    assert_eq!(counts.values().map(|(p, _)| p).sum::<i64>(), i64::from(CONTEST_ITEMS));
+    for (user, (purchased, reserved)) in &counts {
+        assert!(*purchased <= CONTEST_LIMIT as i64, "{user} holds {purchased} in Redis");
+        assert_eq!(*reserved, 0, "{user} has a reservation left");
+    }
     app.wait_flushed(Duration::from_secs(30)).await;
     assert_contest_in_postgres(&app.db, sale).await;
     Arc::into_inner(app).expect("all buyers done").finish().await;

@@ -1,0 +1,92 @@
+//! The reservation sweeper of a split sale: every `SALE_SWEEP_TICK`, per
+//! part of the current and the previous sale, the reservations older than
+//! `STAMPEDE_SALE_RESERVATION_TIMEOUT_MS` (a purchase that crashed or got a
+//! 503 between its steps) are resolved by `split::resolve`: the item's part
+//! voids the code unless it was spent, and the user's part settles the
+//! reservation with that answer. Every engine runs it; each step is
+//! idempotent, so two engines resolving one reservation agree.
+
+use std::sync::Arc;
+
+use fred::interfaces::ClientLike;
+use fred::types::Value;
+use futures_util::future::join_all;
+use tokio::sync::watch;
+
+use super::domain::{CheckoutCode, SaleWindow};
+use super::limits::{SALE_SWEEP_BATCH, SALE_SWEEP_TICK};
+use super::lua::SaleKeys;
+use super::{Sale, split};
+
+pub async fn run(sale: Arc<Sale>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SALE_SWEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let now_ms = sale.ctx.clock.now_ms();
+        let current = SaleWindow::at(now_ms, sale.settings.period_secs).sale_id;
+        // A reservation made just before a sale ended is swept after it.
+        for sale_id in [current, current.saturating_sub(1)] {
+            for part in 0..sale.settings.split {
+                if let Err(e) = pass(&sale, sale_id, part, now_ms).await {
+                    tracing::warn!(error = %e, sale_id, part, "reservation sweep failed; retrying next tick");
+                }
+            }
+        }
+    }
+}
+
+/// Resolves the due reservations of one part (up to a batch); returns how
+/// many it resolved.
+async fn pass(sale: &Sale, sale_id: u64, part: u32, now_ms: i64) -> Result<usize, String> {
+    let ctx = &*sale.ctx;
+    let keys = SaleKeys::of_part(&ctx.keys, sale_id, part);
+    let due: Value = ctx
+        .redis
+        .custom(
+            fred::cmd!("ZRANGEBYSCORE"),
+            vec![
+                keys.reserving,
+                "-inf".into(),
+                (now_ms - sale.settings.reservation_timeout_ms).to_string(),
+                "LIMIT".into(),
+                "0".into(),
+                SALE_SWEEP_BATCH.to_string(),
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let Value::Array(members) = due else {
+        return Ok(0);
+    };
+    let codes: Vec<CheckoutCode> = members
+        .iter()
+        .filter_map(|m| m.as_string())
+        .filter_map(|m| CheckoutCode::parse(Some(&m)).ok())
+        .collect();
+    // Concurrent calls ride one batched script call per part.
+    let results = join_all(
+        codes
+            .iter()
+            .map(|code| split::resolve(&ctx.executor, &ctx.keys, sale_id, part, code, now_ms)),
+    )
+    .await;
+    let (mut spent, mut voided) = (0, 0);
+    for result in results {
+        match result {
+            Ok(true) => spent += 1,
+            Ok(false) => voided += 1,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if spent + voided > 0 {
+        tracing::info!(sale_id, part, spent, voided, "resolved reservations left behind");
+    }
+    Ok(spent + voided)
+}
