@@ -1,5 +1,8 @@
 //! Baseline: the raw EVALSHA rate of the purchase script's shortest path
 //! (unknown code), measured with `redis-benchmark` against the same Redis.
+//! The script is the engine's batch form (`lua/batch/prologue.lua`, then
+//! `purchase.lua`, then `lua/batch/epilogue.lua`, as the engine joins them)
+//! called with a batch of one request.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -118,10 +121,14 @@ pub fn parse_csv_rps(output: &str) -> Option<f64> {
 
 pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseline {
     let lua_path = cfg.lua_dir.join("purchase.lua");
-    let script = match tokio::fs::read_to_string(&lua_path).await {
-        Ok(s) => s,
-        Err(e) => return Baseline::skipped(format!("cannot read {}: {e}", lua_path.display())),
-    };
+    let mut script = String::new();
+    for part in ["batch/prologue.lua", "purchase.lua", "batch/epilogue.lua"] {
+        let path = cfg.lua_dir.join(part);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(s) => script.push_str(&s),
+            Err(e) => return Baseline::skipped(format!("cannot read {}: {e}", path.display())),
+        }
+    }
     let sha: String = match client.script_load(script).await {
         Ok(sha) => sha,
         Err(e) => return Baseline::skipped(format!("SCRIPT LOAD {}: {e}", lua_path.display())),
@@ -156,17 +163,22 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         shown.push_str(" -a ***");
     }
     let command: Vec<String> = vec![
+        // The batch protocol (src/redis/executor.rs): the outbox and its
+        // counter, then one request's code, sold bitmap and users hash; a
+        // batch of 1, the outbox bound, then now, the active sale, the code.
         "EVALSHA".into(),
         sha.clone(),
-        "4".into(),
+        "5".into(),
+        format!("{p}:{{7}}:outbox-bench"),
+        format!("{p}:{{7}}:outbox-bench:events"),
         format!("{p}:{{7}}:code:nonexistent"),
         format!("{p}:{{7}}:sale:0:sold"),
         format!("{p}:{{7}}:sale:0:users"),
-        format!("{p}:{{7}}:outbox-bench"),
+        "1".into(),
+        "1000000".into(),
         "0".into(),
         "0".into(),
         "nonexistent".into(),
-        "1000000".into(),
     ];
     shown = format!("redis-benchmark {shown} {}", command.join(" "));
     args.extend(command);
