@@ -8,6 +8,17 @@
 
 use std::sync::Arc;
 
+use crate::config::ConfigError;
+
+/// A stable hash of a text id (FNV-1a 64): the same in every process and
+/// version, unlike std's randomly keyed hasher, so an id maps to the same
+/// shard or part for good.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Which outbox shard (and hash slot) holds the keys of an entity: an index
 /// below the layout's shard count. Only a [`Keyspace`] makes one, so an
 /// index always has a tag.
@@ -68,13 +79,35 @@ impl Keyspace {
         Shard(id % self.shard_count())
     }
 
-    /// The shard of an entity with a text id (FNV-1a: stable across
-    /// processes and versions, unlike std's randomly keyed hasher).
+    /// The shard of an entity with a text id.
     pub fn shard_of_text(&self, id: &str) -> Shard {
-        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        self.shard_of_number(hash)
+        self.shard_of_number(stable_hash(id))
+    }
+
+    /// The shard of part `part` of an entity spread over several parts
+    /// (each on its own slot): part p of the entity with number n is on
+    /// shard `n + p`. Consecutive shards land on different primaries of a
+    /// cluster, so the parts of one entity do too. The only place that maps
+    /// a part to a shard.
+    pub fn shard_of_part(&self, id: u64, part: u32) -> Shard {
+        self.shard_of_number(id.wrapping_add(u64::from(part)))
+    }
+
+    /// Checks a setting that spreads one entity over `parts` parts: each part
+    /// needs a shard of its own (two parts on one shard would share their
+    /// keys), so there may not be more parts than shards.
+    pub fn check_parts(&self, var: &'static str, parts: u32) -> Result<(), ConfigError> {
+        if u64::from(parts) <= self.shard_count() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            var,
+            value: parts.to_string(),
+            reason: format!(
+                "must not exceed the outbox shards ({}, STAMPEDE_OUTBOX_SHARDS): each part has a shard of its own",
+                self.shard_count()
+            ),
+        })
     }
 
     /// `shard`'s hash tag (without braces).
@@ -121,5 +154,16 @@ mod tests {
         let used: std::collections::HashSet<u64> =
             (0..200).map(|i| keys.shard_of_text(&format!("p{i}")).index()).collect();
         assert_eq!(used.len() as u64, keys.shard_count());
+    }
+
+    #[test]
+    fn the_parts_of_an_entity_take_consecutive_shards() {
+        let keys = Keyspace::numbered("p", 8);
+        let shards: Vec<u64> = (0..4).map(|part| keys.shard_of_part(6, part).index()).collect();
+        assert_eq!(shards, [6, 7, 0, 1]);
+        assert_eq!(keys.shard_of_part(6, 0), keys.shard_of_number(6));
+        assert!(keys.check_parts("STAMPEDE_X", 8).is_ok());
+        let refused = keys.check_parts("STAMPEDE_X", 9).expect_err("more parts than shards");
+        assert!(refused.to_string().starts_with("STAMPEDE_X"), "{refused}");
     }
 }

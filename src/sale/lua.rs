@@ -17,10 +17,10 @@ pub static PURCHASE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("pur
 
 /// The shard of part `part` of sale `sale_id`. A sale that is not split is
 /// all part 0, on the sale's own shard; the parts of a split sale are on
-/// consecutive shard indices, each its own hash slot. The only place that
-/// maps a sale's part to a shard.
+/// consecutive shard indices (`Keyspace::shard_of_part`), each its own hash
+/// slot.
 pub fn part_shard(keys: &Keyspace, sale_id: u64, part: u32) -> Shard {
-    keys.shard_of_number(sale_id + u64::from(part))
+    keys.shard_of_part(sale_id, part)
 }
 
 /// The keys of one part of a sale; all in the part's shard, so one hash

@@ -174,16 +174,7 @@ impl Sale {
             });
         }
         // Each part has a shard of its own.
-        if u64::from(settings.split) > ctx.keys.shard_count() {
-            return Err(ConfigError::Invalid {
-                var: "STAMPEDE_SALE_SPLIT",
-                value: settings.split.to_string(),
-                reason: format!(
-                    "must not exceed the outbox shards ({}, STAMPEDE_OUTBOX_SHARDS): each part of a sale has a shard of its own",
-                    ctx.keys.shard_count()
-                ),
-            });
-        }
+        ctx.keys.check_parts("STAMPEDE_SALE_SPLIT", settings.split)?;
         Ok(Arc::new(Self { ctx, settings }))
     }
 }

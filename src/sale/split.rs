@@ -14,19 +14,16 @@ use super::domain::{CheckoutCode, ItemId, SaleWindow, UserId};
 use super::limits::{CHECKOUT_CODES_PER_USER_MAX, CODE_RETENTION_AFTER_EXPIRY, SALE_RETENTION_AFTER_END};
 use super::lua::{CheckoutRequest, Purchased, SaleKeys, outcome};
 use crate::redis::executor::{BatchScript, Executor, batch_script};
-use crate::redis::keyspace::Keyspace;
+use crate::redis::keyspace::{Keyspace, stable_hash};
 use crate::redis::lua::{ScriptError, reply_i64, reply_str};
 
 pub static SALE_USER: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("sale_user", 4, 16));
 pub static SALE_ITEM: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("sale_item", 3, 14));
 
-/// The user's part: a stable hash (FNV-1a, as `Keyspace::shard_of_text`) of the id,
-/// so all of a user's counters of a sale are on one slot.
+/// The user's part: a stable hash of the id, so all of a user's counters of
+/// a sale are on one slot.
 pub fn user_part(user: &UserId, split: u32) -> u32 {
-    let hash = user.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % u64::from(split)) as u32
+    (stable_hash(user.as_str()) % u64::from(split)) as u32
 }
 
 /// The item's part: consecutive items on different parts, so buyers who
