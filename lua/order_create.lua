@@ -8,6 +8,16 @@
 -- never runs twice, and the stock counters keep
 -- available + reserved + sold = stock_total after every step.
 --
+-- A product split over several slots (STAMPEDE_STOCK_SPLIT, docs/orders.md)
+-- is decided here too, one bucket at a time: the product hash is the buyer's
+-- bucket, which holds the buyer's count, and the order is recorded with its
+-- bucket. Bucket 0 also holds the product's reserve (`reserve`): an order
+-- there that its available cannot serve takes what it lacks, plus a share,
+-- from the reserve in the same step. Another bucket that cannot serve it
+-- answers REFILL with what it lacks, taking nothing, unless the engine says
+-- a rebalance already found nothing to move (refill 0): then OUT_OF_STOCK.
+-- A product that is not split has no reserve and is refused as always.
+--
 -- Redis does not roll back a script that fails half-way, so each request's
 -- checks come before its writes, and nothing here raises an error: inputs
 -- were validated by the engine.
@@ -16,23 +26,26 @@
 -- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request (5):
 --       product hash, product's buyers hash, order hash, shard's holds zset,
 --       idempotency record (a placeholder when there is no key).
--- ARGV: 1 requests, 2 outbox bound (events), then per request (10):
+-- ARGV: 1 requests, 2 outbox bound (events), then per request (13):
 --       now_ms, product_id, order_id, buyer_id, quantity, hold_ms (0: buy now),
 --       idempotency key ('' for none), request fingerprint, idempotency ttl_ms,
---       order record ttl_ms.
+--       order record ttl_ms, bucket ('' when not split), refill (1: answer
+--       REFILL when short, 0: OUT_OF_STOCK), most a refill moves beyond the
+--       need.
 -- Reply: per request {outcome, replayed (0/1), id, product_id, quantity,
 --       buyer_id, status, total_cents, created_ms, expires_ms ('' for none)}
 --       for an order, {outcome, replayed} for a refusal (most answers once a
---       product sells out: the short reply is less to encode and decode).
+--       product sells out: the short reply is less to encode and decode);
+--       {'REFILL', 0, lacking} for a bucket short of stock.
 -- Outcomes: OK, OUT_OF_STOCK, BUYER_LIMIT_REACHED, PRODUCT_NOT_FOUND (all
 --       stored under the idempotency key and replayed), IDEMPOTENCY_KEY_REUSED,
---       OUTBOX_FULL (not stored: they change nothing).
+--       OUTBOX_FULL, REFILL (not stored: they change nothing).
 -- Events: order (id, product, buyer, quantity, total, status, created_ms,
 --       expires_ms, idempotency key, at_ms).
 local RECORD = {'fp', 'outcome', 'id', 'product', 'qty', 'buyer', 'status', 'total', 'created', 'expires'}
 
 local function order(product, buyers, order_key, holds, idem, now, product_id, order_id, buyer, qty_arg,
-                     hold_ms, key, fp, idem_ttl, order_ttl)
+                     hold_ms, key, fp, idem_ttl, order_ttl, bucket, refill, refill_max)
   if key ~= '' then
     local seen = redis.call('HMGET', idem, unpack(RECORD))
     if seen[1] then
@@ -51,9 +64,9 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
   end
 
   local qty = tonumber(qty_arg)
-  local p = redis.call('HMGET', product, 'available', 'price_cents', 'max_per_buyer')
+  local p = redis.call('HMGET', product, 'available', 'price_cents', 'max_per_buyer', 'reserve', 'split')
   local outcome = 'OK'
-  local bought = 0
+  local bought, draw, lacking = 0, 0, 0
   if not p[1] then
     outcome = 'PRODUCT_NOT_FOUND'
   else
@@ -64,12 +77,23 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     if limit > 0 and bought + qty > limit then
       outcome = 'BUYER_LIMIT_REACHED'
     elseif tonumber(p[1]) < qty then
-      outcome = 'OUT_OF_STOCK'
+      local available, reserve = tonumber(p[1]), tonumber(p[4] or '0')
+      if available + reserve >= qty then
+        -- What it lacks, plus its share of the reserve (at most refill_max).
+        local share = math.min(math.ceil(reserve / tonumber(p[5] or '1')), tonumber(refill_max))
+        draw = math.min(reserve, math.max(qty - available, share))
+      elseif refill == '1' then
+        outcome, lacking = 'REFILL', qty - available - reserve
+      else
+        outcome = 'OUT_OF_STOCK'
+      end
     end
   end
 
   local reply
-  if outcome ~= 'OK' then
+  if outcome == 'REFILL' then
+    return {'REFILL', 0, lacking}
+  elseif outcome ~= 'OK' then
     reply = {outcome, 0}
   else
     -- Writes start here. Money and times are written with %d: tostring
@@ -77,6 +101,10 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     -- Both stay below 2^53 (limits.rs), so the doubles hold them exactly.
     local total = string.format('%d', qty * tonumber(p[2]))
     local status, expires = 'completed', ''
+    if draw > 0 then
+      redis.call('HINCRBY', product, 'reserve', -draw)
+      redis.call('HINCRBY', product, 'available', draw)
+    end
     if tonumber(hold_ms) > 0 then
       status, expires = 'reserved', string.format('%d', tonumber(now) + tonumber(hold_ms))
       redis.call('HINCRBY', product, 'reserved', qty)
@@ -92,6 +120,9 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     end
     redis.call('HSET', order_key, 'product', product_id, 'qty', qty_arg, 'buyer', buyer, 'status', status,
       'total', total, 'created', now, 'expires', expires, 'key', key, 'updated', now)
+    if bucket ~= '' then
+      redis.call('HSET', order_key, 'bucket', bucket)
+    end
     redis.call('PEXPIRE', order_key, order_ttl)
     emit('order', {order_id, product_id, buyer, qty_arg, total, status, now, expires, key, now})
     reply = {'OK', 0, order_id, product_id, qty_arg, buyer, status, total, now, expires}
@@ -109,8 +140,8 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
 end
 
 for r = 0, n - 1 do
-  local k, a = 2 + r * 5, 2 + r * 10
+  local k, a = 2 + r * 5, 2 + r * 13
   replies[r + 1] = order(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
     ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8],
-    ARGV[a + 9], ARGV[a + 10])
+    ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12], ARGV[a + 13])
 end

@@ -2,6 +2,7 @@
 //! `lua`); reads go to Redis, and to Postgres for old orders.
 
 use fred::interfaces::HashesInterface;
+use futures_util::future::join_all;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
@@ -10,7 +11,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::domain::{self, BuyerId, Field, NewProduct, OrderId, ProductId};
 use super::limits::PRODUCT_STOCK_MAX;
-use super::lua::{self, Action, CreateRequest, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
+use super::lua::{self, Action, Decided, OrderRecord, Stock, StockRequest, UpdateRequest};
+use super::split::{self, NewOrder, Parts, ProductRead};
 use super::{Orders, OrdersError};
 use crate::redis::lua::ScriptError;
 use crate::server::RequestError;
@@ -116,17 +118,15 @@ pub async fn create_order(feature: &Orders, req: Request<Incoming>) -> Result<Ht
     let quantity = domain::quantity(body.quantity)?;
     let buyer = BuyerId::parse(body.buyer_id)?;
     let hold_secs = domain::hold_secs(body.hold_secs)?;
-    let decided = lua::create(
-        &state.executor,
-        &state.keys,
-        CreateRequest {
+    let decided = split::order(
+        feature,
+        NewOrder {
             product,
             quantity,
             buyer: &buyer,
             hold_secs,
             key: key.as_ref(),
             now_ms: state.clock.now_ms(),
-            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
         },
     )
     .await?;
@@ -332,9 +332,15 @@ struct ProductView<'a> {
     max_per_buyer: i64,
     /// `available + reserved + sold`.
     stock_total: i64,
+    /// For a product split over several slots, with its reserve and the
+    /// stock in transit between its buckets.
     available: i64,
     reserved: i64,
     sold: i64,
+    /// A product split over several slots: where its stock is. Absent for a
+    /// product on one slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<Parts>,
 }
 
 impl<'a> ProductView<'a> {
@@ -349,6 +355,21 @@ impl<'a> ProductView<'a> {
             available: stock.available,
             reserved: stock.reserved,
             sold: stock.sold,
+            split: None,
+        }
+    }
+
+    fn of_read(id: ProductId, read: &'a ProductRead) -> Self {
+        Self {
+            split: read.parts.clone(),
+            ..Self::new(
+                id,
+                &read.name,
+                read.price_cents,
+                read.merchant_id,
+                read.max_per_buyer,
+                read.stock,
+            )
         }
     }
 }
@@ -384,24 +405,22 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
     .fetch_one(&state.postgres)
     .await?;
     let id = ProductId::new(id)?;
-    let stock = lua::stock(
-        &state.executor,
-        &state.keys,
-        StockRequest {
-            product: id,
-            name: &product.name,
-            stock_total: product.stock,
-            price_cents: product.price_cents,
-            merchant_id: product.merchant_id,
-            max_per_buyer: product.max_per_buyer,
-            add: None,
-            key: None,
-            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
-            now_ms: state.clock.now_ms(),
-        },
-    )
-    .await?
-    .result?;
+    let request = StockRequest {
+        product: id,
+        split: feature.settings.stock_split,
+        name: &product.name,
+        stock_total: product.stock,
+        price_cents: product.price_cents,
+        merchant_id: product.merchant_id,
+        max_per_buyer: product.max_per_buyer,
+        add: None,
+        key: None,
+        idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
+        now_ms: state.clock.now_ms(),
+    };
+    let decided = lua::stock(&state.executor, &state.keys, request).await?;
+    let stock = decided.result?;
+    seed_buckets(feature, &request, decided.split).await?;
     Ok(json(
         StatusCode::CREATED,
         &ProductView::new(
@@ -449,28 +468,35 @@ pub async fn restock(
             .fetch_optional(&state.postgres)
             .await?;
     let (name, price_cents, merchant_id, max_per_buyer, stock_total) = row.ok_or(OrdersError::ProductNotFound)?;
-    let decided = lua::stock(
-        &state.executor,
-        &state.keys,
-        StockRequest {
-            product: id,
-            name: &name,
-            stock_total,
-            price_cents,
-            merchant_id,
-            max_per_buyer: i64::from(max_per_buyer),
-            add: Some(add),
-            key: key.as_ref(),
-            idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
-            now_ms: state.clock.now_ms(),
-        },
-    )
-    .await?;
-    let view = |stock| {
-        json(
+    let request = StockRequest {
+        product: id,
+        split: feature.settings.stock_split,
+        name: &name,
+        stock_total,
+        price_cents,
+        merchant_id,
+        max_per_buyer: i64::from(max_per_buyer),
+        add: Some(add),
+        key: key.as_ref(),
+        idempotency_ttl_ms: feature.settings.idempotency_ttl_ms,
+        now_ms: state.clock.now_ms(),
+    };
+    let decided = lua::stock(&state.executor, &state.keys, request).await?;
+    // A split product's answer is its stock across every slot, read after
+    // the step (a replay reads it again): the script sees the head's only.
+    // Seeding its buckets again heals a creation whose seeding failed.
+    let split_read = if decided.split > 1 && decided.result.is_ok() {
+        seed_buckets(feature, &request, decided.split).await?;
+        split::read(&state.redis, &state.keys, id).await?
+    } else {
+        None
+    };
+    let view = |stock| match &split_read {
+        Some(read) => json(StatusCode::OK, &ProductView::of_read(id, read)),
+        None => json(
             StatusCode::OK,
             &ProductView::new(id, &name, price_cents, merchant_id, i64::from(max_per_buyer), stock),
-        )
+        ),
     };
     if !decided.replayed {
         return decided.result.map(view);
@@ -486,51 +512,31 @@ pub async fn restock(
     Ok(response)
 }
 
-/// `GET /products/{id}`: the live counters, read from Redis in one HMGET.
+/// Creates the buckets other than the head of a product split in `split`
+/// (each on its own slot; idempotent), and remembers the split.
+async fn seed_buckets(feature: &Orders, request: &StockRequest<'_>, split: u32) -> Result<(), OrdersError> {
+    let state = &*feature.ctx;
+    let seeded = join_all((1..split).map(|bucket| {
+        let shard = split::bucket_shard(&state.keys, request.product, bucket);
+        lua::seed_bucket(&state.executor, &state.keys, StockRequest { split, ..*request }, shard)
+    }))
+    .await;
+    seeded.into_iter().collect::<Result<Vec<()>, _>>()?;
+    feature.splits.remember(request.product, split);
+    Ok(())
+}
+
+/// `GET /products/{id}`: the live counters, read from Redis in one HMGET;
+/// a split product's summed over its slots (`split::read`).
 #[utoipa::path(get, path = "/products/{id}", tag = "orders", summary = "A product with its live stock",
     params(("id" = String, Path, description = "the product id")),
     responses(
         (status = 200, description = "the product; available + reserved + sold = stock_total", body = ProductView),
     ))]
 pub async fn get_product(feature: &Orders, raw_id: Option<&str>) -> Result<HttpResponse, OrdersError> {
-    let state = &*feature.ctx;
     let id = ProductId::parse(raw_id)?;
-    let fields: Vec<Option<String>> = state
-        .redis
-        .hmget(
-            lua::product_key(&state.keys, id),
-            vec![
-                "name",
-                "price_cents",
-                "merchant_id",
-                "max_per_buyer",
-                "stock_total",
-                "available",
-                "reserved",
-                "sold",
-            ],
-        )
-        .await
-        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
-    let int = |i: usize| fields.get(i).cloned().flatten().and_then(|v| v.parse::<i64>().ok());
-    let name = fields.first().cloned().flatten().ok_or(OrdersError::ProductNotFound)?;
-    let (Some(price_cents), Some(merchant_id), Some(max_per_buyer)) = (int(1), int(2), int(3)) else {
-        return Err(OrdersError::ProductNotFound);
-    };
-    Ok(json(
-        StatusCode::OK,
-        &ProductView::new(
-            id,
-            &name,
-            price_cents,
-            merchant_id,
-            max_per_buyer,
-            Stock {
-                stock_total: int(4).unwrap_or(0),
-                available: int(5).unwrap_or(0),
-                reserved: int(6).unwrap_or(0),
-                sold: int(7).unwrap_or(0),
-            },
-        ),
-    ))
+    let read = split::read(&feature.ctx.redis, &feature.ctx.keys, id)
+        .await?
+        .ok_or(OrdersError::ProductNotFound)?;
+    Ok(json(StatusCode::OK, &ProductView::of_read(id, &read)))
 }

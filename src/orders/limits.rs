@@ -61,7 +61,84 @@ pub const RECONCILE_DEAD_LETTERS_MAX: i64 = 1_000;
 /// still in flight as drift.
 pub const RECONCILE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
+/// Most buckets one product's stock may be split into
+/// (`STAMPEDE_STOCK_SPLIT`). Each bucket has a shard of its own (two on one
+/// shard would share keys), so it may not exceed `STAMPEDE_OUTBOX_SHARDS`
+/// either (checked at start); an order that finds its bucket dry visits up
+/// to every other bucket, so the split bounds that walk too.
+pub const STOCK_SPLIT_MAX: u32 = 16;
+
+/// Default and bounds of `STAMPEDE_STOCK_REFILL_MAX`: the most one refill
+/// moves beyond what the order lacks. A refill takes its share (a 1/K of the
+/// reserve, half a donor bucket's available) so that the next orders of the
+/// bucket need none; this caps the share, trading refill calls for stock
+/// spread thinner. By default only the share limits it.
+pub const STOCK_REFILL_MAX_DEFAULT: i64 = PRODUCT_STOCK_MAX;
+
+/// Rounds of "order, then refill the bucket" one order of a split product
+/// may take: a refill's stock can be taken by the bucket's other buyers
+/// before the order that asked for it gets there. Past this, and while stock
+/// still moves, the order answers 503 `OVERLOADED` (retry) rather than keep
+/// its client waiting; it is never answered `OUT_OF_STOCK` while a rebalance
+/// still finds stock.
+pub const STOCK_REFILL_ROUNDS_MAX: usize = 4;
+
+/// Tries of a read of a split product's stock across its slots (one read of
+/// each part, then their `moves` again): a try is discarded when stock moved
+/// between slots while it read, and after this many the read answers 503
+/// `OVERLOADED` (retry) rather than a sum that may be off.
+pub const STOCK_READ_TRIES_MAX: usize = 8;
+
+/// Transfers one part of a split product may have in transit at once (each
+/// is a refill in flight, or one a crash left for the sweeper). A reader
+/// reads a part's transit hash whole, so it stays this small; a give past it
+/// is refused (503 `OVERLOADED`) and changes nothing.
+pub const STOCK_TRANSIT_PER_PART_MAX: i64 = 1_024;
+
+/// How long a bucket remembers the id of a transfer it received, so a second
+/// take of it (the sweeper finishing a transfer the order finished too)
+/// changes nothing. A take is sent right after its give, or by a sweeper
+/// that just read the transfer, so it arrives within the queue deadline plus
+/// the command timeout (at most two minutes) or never; an hour is far past
+/// that, and past the longest a sweeper leaves a transfer (below).
+pub const STOCK_RECEIPT_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Receipts past their retention one take forgets: the set shrinks as it
+/// grows, by bounded work per call.
+pub const STOCK_RECEIPTS_FORGOTTEN_PER_CALL: usize = 64;
+
+/// Default and bounds of `STAMPEDE_STOCK_TRANSIT_TIMEOUT_MS`: a transfer in
+/// transit longer than this is taken for cut by a crash (its order's engine
+/// died between the steps) and finished by the sweeper. Finishing is
+/// idempotent, so a sweeper racing a live order only repeats a step that
+/// changes nothing; the timeout only spares that work.
+pub const STOCK_TRANSIT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const STOCK_TRANSIT_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// Default and ceiling of `STAMPEDE_STOCK_SWEEP_BATCH`: transfers the
+/// sweeper finishes per shard per tick (two script calls each); a larger
+/// backlog takes several ticks, never an unbounded reply.
+pub const STOCK_SWEEP_BATCH_DEFAULT: usize = 256;
+pub const STOCK_SWEEP_BATCH_MAX: usize = SCRIPT_QUEUE_DEPTH_DEFAULT;
+
+/// How often each engine sweeps: one ZRANGEBYSCORE per shard.
+pub const STOCK_SWEEP_TICK: Duration = Duration::from_millis(500);
+
+/// Products whose split an engine remembers (a product's split never
+/// changes once recorded). Past it the memory is cleared and refilled by
+/// one read per product.
+pub const PRODUCT_SPLITS_CACHED_MAX: usize = 100_000;
+
 const _: () = assert!(ORDER_RECORD_RETENTION.as_secs() > HOLD_SECS_MAX as u64 * 2);
+// A receipt outlives any take still on its way (queue deadline and command
+// timeout are at most a minute each) and the longest a transfer waits for
+// the sweeper.
+const _: () = assert!(STOCK_RECEIPT_RETENTION.as_secs() > 10 * 120);
+const _: () = assert!(STOCK_RECEIPT_RETENTION.as_millis() > 2 * STOCK_TRANSIT_TIMEOUT_MS_MAX as u128);
+const _: () = assert!(STOCK_SPLIT_MAX >= 1 && STOCK_SPLIT_MAX as u64 <= OUTBOX_SHARDS_MAX);
+// Every swept transfer, and every give of one rebalance, is a request in a
+// script queue.
+const _: () = assert!(STOCK_SWEEP_BATCH_MAX <= SCRIPT_QUEUE_DEPTH_DEFAULT);
 // Lua numbers are doubles, exact below 2^53, and `%d` prints them exactly:
 // an order's total (order_create.lua) and a restock's new total, computed
 // before it is checked against the ceiling (product_stock.lua), stay below.

@@ -7,25 +7,54 @@ use fred::types::Value;
 
 use super::OrdersError;
 use super::domain::{BuyerId, OrderId, ProductId};
-use super::limits::{ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX};
+use super::limits::{
+    ORDER_RECORD_RETENTION, PRODUCT_STOCK_MAX, STOCK_RECEIPT_RETENTION, STOCK_RECEIPTS_FORGOTTEN_PER_CALL,
+};
 use crate::redis::executor::{BatchScript, Executor, batch_script};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, ScriptError, reply_i64, reply_str, reply_text};
 use crate::server::http::IdempotencyKey;
 
-pub static ORDER_CREATE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("order_create", 5, 10));
+pub static ORDER_CREATE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("order_create", 5, 13));
 pub static ORDER_UPDATE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("order_update", 5, 8));
-pub static PRODUCT_STOCK: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("product_stock", 2, 13));
+pub static PRODUCT_STOCK: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("product_stock", 2, 14));
+pub static STOCK_MOVE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("stock_move", 4, 11));
 
 /// Key names. Everything of a product (its stock, buyers, orders, their
 /// idempotency records and the shard's holds) lives in the product's shard,
-/// so every script call touches one hash slot.
+/// so every script call touches one hash slot. A product split over several
+/// buckets (`split`) has one such set per bucket, on the bucket's shard,
+/// under the same names: bucket 0 is the product's own shard and keys.
 pub fn product_key(keys: &Keyspace, product: ProductId) -> String {
-    keys.key(product.shard(keys), format_args!("product:{}", product.get()))
+    bucket_key(keys, product.shard(keys), product)
 }
 
-fn buyers_key(keys: &Keyspace, product: ProductId) -> String {
-    keys.key(product.shard(keys), format_args!("product:{}:buyers", product.get()))
+/// The product's hash on `shard`: its stock there (one bucket's).
+pub fn bucket_key(keys: &Keyspace, shard: Shard, product: ProductId) -> String {
+    keys.key(shard, format_args!("product:{}", product.get()))
+}
+
+fn buyers_key(keys: &Keyspace, shard: Shard, product: ProductId) -> String {
+    keys.key(shard, format_args!("product:{}:buyers", product.get()))
+}
+
+/// The transfers a split product's part on `shard` gave and that are not
+/// yet dropped: transfer id -> `taker␟quantity␟created_ms`.
+pub fn transit_key(keys: &Keyspace, shard: Shard, product: ProductId) -> String {
+    keys.key(shard, format_args!("product:{}:transit", product.get()))
+}
+
+/// The transfer ids a split product's bucket on `shard` received (zset by
+/// when).
+pub fn receipts_key(keys: &Keyspace, shard: Shard, product: ProductId) -> String {
+    keys.key(shard, format_args!("product:{}:received", product.get()))
+}
+
+/// The shard's transfers in transit, every product's, by creation time:
+/// members `product␟tid␟taker␟quantity␟created_ms`, where the sweeper finds
+/// the ones a crash left.
+pub fn transits_key(keys: &Keyspace, shard: Shard) -> String {
+    keys.key(shard, format_args!("transits"))
 }
 
 pub fn order_key(keys: &Keyspace, order: &OrderId) -> String {
@@ -130,6 +159,16 @@ fn decide(script: &LuaScript, reply: &[Value]) -> Result<Decided, OrdersError> {
 
 pub struct CreateRequest<'a> {
     pub product: ProductId,
+    /// The order's id; it names the shard the order is decided on (the
+    /// product's, or the buyer's bucket's).
+    pub order: &'a OrderId,
+    /// The buyer's bucket of a split product (`None`: not split).
+    pub bucket: Option<u32>,
+    /// Whether a bucket short of stock answers `Short` (a refill may serve
+    /// it) rather than `OUT_OF_STOCK`.
+    pub refill: bool,
+    /// The most bucket 0 takes from the reserve beyond what an order lacks.
+    pub refill_max: i64,
     pub quantity: i64,
     pub buyer: &'a BuyerId,
     pub hold_secs: Option<i64>,
@@ -149,10 +188,18 @@ pub fn create_fingerprint(req: &CreateRequest<'_>) -> String {
     )
 }
 
-/// Runs order_create.lua for one order.
-pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>) -> Result<Decided, OrdersError> {
-    let shard = req.product.shard(keys);
-    let order = OrderId::generate(shard, keys);
+/// What order_create.lua answered for one order.
+#[derive(Debug)]
+pub enum Created {
+    Decided(Decided),
+    /// The bucket lacks this much stock and took nothing (`refill` only).
+    Short(i64),
+}
+
+/// Runs order_create.lua for one order, on the order's shard.
+pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>) -> Result<Created, OrdersError> {
+    let order = req.order;
+    let shard = order.shard(keys);
     let target = format!("p{}", req.product.get());
     let script = &*ORDER_CREATE;
     let args: Vec<Value> = vec![
@@ -166,15 +213,18 @@ pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>
         create_fingerprint(&req).into(),
         req.idempotency_ttl_ms.into(),
         (ORDER_RECORD_RETENTION.as_millis() as i64).into(),
+        req.bucket.map_or(String::new(), |b| b.to_string()).into(),
+        (if req.refill { "1" } else { "0" }).into(),
+        req.refill_max.into(),
     ];
     let called = executor
         .call(
             script,
             shard,
             vec![
-                product_key(keys, req.product),
-                buyers_key(keys, req.product),
-                order_key(keys, &order),
+                bucket_key(keys, shard, req.product),
+                buyers_key(keys, shard, req.product),
+                order_key(keys, order),
                 holds_key(keys, shard),
                 idem_key(keys, shard, &target, req.key),
             ],
@@ -194,7 +244,11 @@ pub async fn create(executor: &Executor, keys: &Keyspace, req: CreateRequest<'_>
         }
         Err(other) => return Err(other.into()),
     };
-    decide(&script.lua, &reply)
+    if reply_str(&script.lua, &reply, 0)? == "REFILL" {
+        crate::telemetry::script_outcome(script.lua.name(), "REFILL");
+        return Ok(Created::Short(reply_i64(&script.lua, &reply, 2)?));
+    }
+    decide(&script.lua, &reply).map(Created::Decided)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +277,9 @@ pub struct UpdateRequest<'a> {
     pub idempotency_ttl_ms: i64,
 }
 
-/// Runs order_update.lua for one order.
+/// Runs order_update.lua for one order, on the order's shard: the product's
+/// hash and buyers there are those of the bucket the order was taken from
+/// (the product's own when it is not split), so its stock goes back there.
 pub async fn update(executor: &Executor, keys: &Keyspace, req: UpdateRequest<'_>) -> Result<Decided, OrdersError> {
     let shard = req.order.shard(keys);
     let target = format!("o{}", req.order.as_str());
@@ -245,8 +301,8 @@ pub async fn update(executor: &Executor, keys: &Keyspace, req: UpdateRequest<'_>
             shard,
             vec![
                 order_key(keys, req.order),
-                product_key(keys, req.product),
-                buyers_key(keys, req.product),
+                bucket_key(keys, shard, req.product),
+                buyers_key(keys, shard, req.product),
                 holds_key(keys, shard),
                 idem_key(keys, shard, &target, req.key),
             ],
@@ -265,8 +321,11 @@ pub struct Stock {
     pub sold: i64,
 }
 
+#[derive(Clone, Copy)]
 pub struct StockRequest<'a> {
     pub product: ProductId,
+    /// The split a product seeded here gets (1: not split).
+    pub split: u32,
     /// The Postgres row's values, to seed a product not yet in Redis.
     pub name: &'a str,
     pub stock_total: i64,
@@ -285,9 +344,12 @@ pub struct StockRequest<'a> {
 #[derive(Debug)]
 pub struct StockDecided {
     /// The counters after the step, or the refusal (replayed ones included).
+    /// For a split product, the head's, its reserve counted as available.
     pub result: Result<Stock, OrdersError>,
     /// True when the answer is the stored one of an earlier restock.
     pub replayed: bool,
+    /// The product's split, as recorded in its head.
+    pub split: u32,
 }
 
 /// Runs product_stock.lua: seeds the product (once), then restocks it.
@@ -314,6 +376,7 @@ pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) 
         req.key.map_or("", IdempotencyKey::as_str).into(),
         fingerprint.into(),
         req.idempotency_ttl_ms.into(),
+        i64::from(req.split).into(),
     ];
     let reply = executor
         .call(
@@ -338,10 +401,13 @@ pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) 
     let label = refusal.as_ref().map_or("OK", OrdersError::outcome_label);
     crate::telemetry::script_outcome(script.lua.name(), label);
     let replayed = reply_i64(&script.lua, &reply, 5)? == 1;
+    let split =
+        u32::try_from(reply_i64(&script.lua, &reply, 6)?).map_err(|_| script.lua.unexpected("split out of range"))?;
     if let Some(refusal) = refusal {
         return Ok(StockDecided {
             result: Err(refusal),
             replayed,
+            split,
         });
     }
     let n = |i| reply_i64(&script.lua, &reply, i);
@@ -353,5 +419,205 @@ pub async fn stock(executor: &Executor, keys: &Keyspace, req: StockRequest<'_>) 
             sold: n(4)?,
         }),
         replayed,
+        split,
     })
+}
+
+/// Creates bucket `bucket` (> 0) of a product split in `split`, on its own
+/// shard, with the catalogue fields its orders need and no stock
+/// (product_stock.lua's `bucket`). Idempotent.
+pub async fn seed_bucket(
+    executor: &Executor,
+    keys: &Keyspace,
+    req: StockRequest<'_>,
+    shard: Shard,
+) -> Result<(), OrdersError> {
+    let script = &*PRODUCT_STOCK;
+    let args: Vec<Value> = vec![
+        req.now_ms.into(),
+        "bucket".into(),
+        (req.product.get() as i64).into(),
+        0_i64.into(),
+        0_i64.into(),
+        "".into(),
+        req.price_cents.into(),
+        req.merchant_id.into(),
+        req.max_per_buyer.into(),
+        PRODUCT_STOCK_MAX.into(),
+        "".into(),
+        "".into(),
+        req.idempotency_ttl_ms.into(),
+        i64::from(req.split).into(),
+    ];
+    let reply = executor
+        .call(
+            script,
+            shard,
+            vec![bucket_key(keys, shard, req.product), idem_key(keys, shard, "", None)],
+            args,
+        )
+        .await?;
+    match reply_str(&script.lua, &reply, 0)?.as_str() {
+        "OK" => Ok(()),
+        other => Err(script.lua.unexpected(format!("bucket seed answered {other:?}")).into()),
+    }
+}
+
+/// One step of a move of stock between the parts of a split product
+/// (lua/stock_move.lua), on the slot of the part it names.
+pub struct MoveStep<'a> {
+    pub product: ProductId,
+    /// The slot the step runs on: the giver's (give, drop) or the taker's.
+    pub shard: Shard,
+    pub transfer: &'a str,
+    /// The bucket the stock goes to.
+    pub taker: u32,
+    pub now_ms: i64,
+}
+
+/// The limits a give is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct GiveLimits {
+    /// The most a give moves beyond what the taker lacks.
+    pub refill_max: i64,
+    /// Transfers a part may have in transit at once.
+    pub transit_max: i64,
+}
+
+/// Whether the reserve gives, or a bucket's available stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Reserve,
+    Bucket,
+}
+
+async fn move_step(
+    executor: &Executor,
+    keys: &Keyspace,
+    step: &MoveStep<'_>,
+    op: &str,
+    quantity: i64,
+    seventh: Value,
+    limits: GiveLimits,
+) -> Result<Vec<Value>, ScriptError> {
+    let args: Vec<Value> = vec![
+        op.into(),
+        step.now_ms.into(),
+        (step.product.get() as i64).into(),
+        step.transfer.into(),
+        i64::from(step.taker).into(),
+        quantity.into(),
+        seventh,
+        limits.refill_max.into(),
+        limits.transit_max.into(),
+        (STOCK_RECEIPT_RETENTION.as_millis() as i64).into(),
+        (STOCK_RECEIPTS_FORGOTTEN_PER_CALL as i64).into(),
+    ];
+    let keys_of = vec![
+        bucket_key(keys, step.shard, step.product),
+        transit_key(keys, step.shard, step.product),
+        receipts_key(keys, step.shard, step.product),
+        transits_key(keys, step.shard),
+    ];
+    executor.call(&STOCK_MOVE, step.shard, keys_of, args).await
+}
+
+/// What a give did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    /// This much left the giver and is in transit.
+    Given(i64),
+    /// The giver had nothing to give.
+    Empty,
+    /// The giver has too many transfers in transit already.
+    Busy,
+}
+
+/// give: lowers the giver by what the taker lacks (`need`) or its share,
+/// and records the transfer in transit.
+pub async fn give(
+    executor: &Executor,
+    keys: &Keyspace,
+    step: &MoveStep<'_>,
+    need: i64,
+    source: Source,
+    limits: GiveLimits,
+) -> Result<Given, OrdersError> {
+    let source = match source {
+        Source::Reserve => "reserve",
+        Source::Bucket => "bucket",
+    };
+    let reply = move_step(executor, keys, step, "give", need, source.into(), limits).await?;
+    let script = &STOCK_MOVE.lua;
+    let outcome = reply_str(script, &reply, 0)?;
+    crate::telemetry::script_outcome(script.name(), outcome_label(&outcome));
+    match outcome.as_str() {
+        "GIVEN" => Ok(Given::Given(reply_i64(script, &reply, 1)?)),
+        "EMPTY" => Ok(Given::Empty),
+        "BUSY" => Ok(Given::Busy),
+        other => Err(script.unexpected(format!("give answered {other:?}")).into()),
+    }
+}
+
+/// What a take did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The taker has it: by this call, or by an earlier one (a repeat).
+    Taken,
+    /// The taker's bucket does not exist (never seeded): left in transit.
+    NoBucket,
+    /// The transfer is older than the receipts the taker still keeps: left
+    /// in transit rather than risk crediting it twice.
+    Stale,
+}
+
+/// take: raises the taker by what was given, once per transfer id.
+pub async fn take(
+    executor: &Executor,
+    keys: &Keyspace,
+    step: &MoveStep<'_>,
+    quantity: i64,
+    created_ms: i64,
+) -> Result<Taken, OrdersError> {
+    let limits = GiveLimits {
+        refill_max: 0,
+        transit_max: 0,
+    };
+    let reply = move_step(executor, keys, step, "take", quantity, created_ms.into(), limits).await?;
+    let script = &STOCK_MOVE.lua;
+    let outcome = reply_str(script, &reply, 0)?;
+    crate::telemetry::script_outcome(script.name(), outcome_label(&outcome));
+    match outcome.as_str() {
+        "TAKEN" | "DONE" => Ok(Taken::Taken),
+        "NO_BUCKET" => Ok(Taken::NoBucket),
+        "STALE" => Ok(Taken::Stale),
+        other => Err(script.unexpected(format!("take answered {other:?}")).into()),
+    }
+}
+
+/// drop: removes the giver's in-transit record of a taken transfer.
+pub async fn drop_transit(executor: &Executor, keys: &Keyspace, step: &MoveStep<'_>) -> Result<(), OrdersError> {
+    let limits = GiveLimits {
+        refill_max: 0,
+        transit_max: 0,
+    };
+    let reply = move_step(executor, keys, step, "drop", 0, 0_i64.into(), limits).await?;
+    match reply_str(&STOCK_MOVE.lua, &reply, 0)?.as_str() {
+        "OK" => Ok(()),
+        other => Err(STOCK_MOVE.lua.unexpected(format!("drop answered {other:?}")).into()),
+    }
+}
+
+/// The metric label of a stock_move outcome (a fixed set).
+fn outcome_label(outcome: &str) -> &'static str {
+    match outcome {
+        "GIVEN" => "GIVEN",
+        "EMPTY" => "EMPTY",
+        "BUSY" => "BUSY",
+        "TAKEN" => "TAKEN",
+        "DONE" => "DONE",
+        "NO_BUCKET" => "NO_BUCKET",
+        "STALE" => "STALE",
+        _ => "UNKNOWN",
+    }
 }

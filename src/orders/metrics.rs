@@ -3,7 +3,7 @@
 
 use ::metrics::{counter, gauge};
 
-use super::lua::{ORDER_CREATE, ORDER_UPDATE, PRODUCT_STOCK};
+use super::lua::{ORDER_CREATE, ORDER_UPDATE, PRODUCT_STOCK, STOCK_MOVE};
 use crate::telemetry;
 
 /// Its metrics exist from the start at zero, so a dashboard or an alert
@@ -15,6 +15,11 @@ pub fn register() {
     for script in [&*ORDER_CREATE, &*ORDER_UPDATE, &*PRODUCT_STOCK] {
         telemetry::register_script_outcomes(script.lua.name(), &["OK"]);
     }
+    telemetry::register_script_outcomes(STOCK_MOVE.lua.name(), &["GIVEN", "TAKEN"]);
+    for by in ["order", "sweeper"] {
+        counter!("stampede_stock_transfers_total", "by" => by).increment(0);
+    }
+    counter!("stampede_stock_transfers_stuck_total").increment(0);
     for outcome in ["expired", "settled"] {
         counter!("stampede_order_holds_expired_total", "outcome" => outcome).increment(0);
     }
@@ -44,4 +49,16 @@ pub fn idempotent_replay(route: &'static str) {
 pub fn reconcile_mismatches(kind: &'static str, mismatches: u64) {
     gauge!("stampede_reconcile_mismatches", "kind" => kind).set(mismatches as f64);
     counter!("stampede_reconcile_mismatches_total", "kind" => kind).increment(mismatches);
+}
+
+/// A transfer of a split product's stock finished (taken and dropped), by
+/// the order that asked for it or by the sweeper after a crash.
+pub fn transfer_finished(by: &'static str) {
+    counter!("stampede_stock_transfers_total", "by" => by).increment(1);
+}
+
+/// A transfer the sweeper found it cannot finish (its taker has no bucket,
+/// or its receipts were forgotten): its stock stays counted in transit.
+pub fn transfer_stuck() {
+    counter!("stampede_stock_transfers_stuck_total").increment(1);
 }

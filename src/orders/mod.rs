@@ -4,13 +4,19 @@
 //!
 //! - `domain`: input types (`ProductId`, `BuyerId`, `OrderId` which carries
 //!   its shard, `NewProduct`; a bad `Idempotency-Key` as its error).
-//! - `lua`: bindings of `lua/order_create.lua`, `lua/order_update.lua`
-//!   and `lua/product_stock.lua`.
+//! - `lua`: bindings of `lua/order_create.lua`, `lua/order_update.lua`,
+//!   `lua/product_stock.lua` and `lua/stock_move.lua`.
 //! - `handlers`: the routes.
+//! - `split`: a product split over several slots (`STAMPEDE_STOCK_SPLIT`):
+//!   the buyer's bucket, an order's refills, the moves of stock between
+//!   buckets, and the read of a product's stock across its slots.
 //! - `expiry`: the background task that expires due holds.
+//! - `sweeper`: the background task that finishes transfers of split
+//!   products a crash left in transit.
 //! - `reconcile`: `GET /admin/reconcile`.
 //! - `sink`: how the orders' outbox events land in Postgres.
-//! - `settings`: idempotency key lifetime and the fee, from the environment.
+//! - `settings`: idempotency key lifetime, the fee and the stock split, from
+//!   the environment.
 
 pub mod domain;
 pub mod expiry;
@@ -21,6 +27,8 @@ mod metrics;
 pub mod reconcile;
 pub mod settings;
 pub mod sink;
+pub mod split;
+pub mod sweeper;
 
 use std::sync::Arc;
 
@@ -67,6 +75,11 @@ pub enum OrdersError {
     OutboxFull,
     #[error("the outbox backlog did not drain in time; reconcile compares flushed history only")]
     BacklogNotFlushed,
+    /// A split product's stock kept moving between its slots: an order's
+    /// refills were taken by other buyers each time, or a read kept seeing
+    /// stock cross slots. Nothing was done; a retry shortly succeeds.
+    #[error("the product's stock is being moved between its slots; retry shortly")]
+    StockMoving,
     /// The order's script call failed after it may have reached Redis: the
     /// order may or may not exist. The id is the one it has if it does.
     #[error(
@@ -95,6 +108,7 @@ impl OrdersError {
             | OrdersError::Store(_)
             | OrdersError::OutcomeUnknown { .. }
             | OrdersError::BacklogNotFlushed => "UNKNOWN",
+            OrdersError::StockMoving => "STOCK_MOVING",
             other => other.error_code().code,
         }
     }
@@ -154,6 +168,8 @@ impl ApiError for OrdersError {
             OrdersError::StockLimit => STOCK_LIMIT,
             OrdersError::OutboxFull => OUTBOX_FULL,
             OrdersError::BacklogNotFlushed => BACKLOG_NOT_FLUSHED,
+            // The shared "retry shortly" answer: 503 with Retry-After.
+            OrdersError::StockMoving => error::OVERLOADED,
             OrdersError::OutcomeUnknown { .. } => OUTCOME_UNKNOWN,
             OrdersError::Store(_) => STORE_UNAVAILABLE,
             OrdersError::Request(e) => e.error_code(),
@@ -191,16 +207,24 @@ impl ApiError for OrdersError {
     }
 }
 
-/// The orders feature: what its handlers and its expiry task need.
+/// The orders feature: what its handlers and its background tasks need.
 pub struct Orders {
     ctx: Arc<Context>,
     settings: OrdersSettings,
+    /// The split of each product seen (recorded with the product, fixed).
+    splits: split::Splits,
 }
 
 impl Orders {
     pub fn new(ctx: Arc<Context>) -> Result<Arc<Self>, ConfigError> {
         let settings = OrdersSettings::from_env(&ctx.config.env())?;
-        Ok(Arc::new(Self { ctx, settings }))
+        // Each bucket has a shard of its own.
+        ctx.keys.check_parts("STAMPEDE_STOCK_SPLIT", settings.stock_split)?;
+        Ok(Arc::new(Self {
+            ctx,
+            settings,
+            splits: split::Splits::default(),
+        }))
     }
 }
 
@@ -322,6 +346,7 @@ impl Feature for Orders {
                 PRODUCT_NOT_FOUND,
                 STORE_UNAVAILABLE,
                 error::REDIS_UNAVAILABLE,
+                error::OVERLOADED,
             ]),
             Route::new(
                 Method::POST,
@@ -351,12 +376,22 @@ impl Feature for Orders {
                 self,
                 |f, _, _| async move { reconcile::reconcile(&f).await },
             )
-            .answers(&[BACKLOG_NOT_FLUSHED, STORE_UNAVAILABLE, error::REDIS_UNAVAILABLE]),
+            .answers(&[
+                BACKLOG_NOT_FLUSHED,
+                STORE_UNAVAILABLE,
+                error::REDIS_UNAVAILABLE,
+                error::OVERLOADED,
+            ]),
         ]
     }
 
     fn batch_scripts(&self) -> Vec<&'static BatchScript> {
-        vec![&lua::ORDER_CREATE, &lua::ORDER_UPDATE, &lua::PRODUCT_STOCK]
+        vec![
+            &lua::ORDER_CREATE,
+            &lua::ORDER_UPDATE,
+            &lua::PRODUCT_STOCK,
+            &lua::STOCK_MOVE,
+        ]
     }
 
     fn sink(self: Arc<Self>) -> Option<Arc<dyn Sink>> {
@@ -364,6 +399,9 @@ impl Feature for Orders {
     }
 
     fn spawn_background(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(expiry::run(self, shutdown))]
+        vec![
+            tokio::spawn(expiry::run(self.clone(), shutdown.clone())),
+            tokio::spawn(sweeper::run(self, shutdown)),
+        ]
     }
 }

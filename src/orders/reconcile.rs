@@ -5,6 +5,8 @@
 //!   completed and reserved orders in Postgres, `stock_total` against the
 //!   catalogue row (initial stock plus flushed restocks), and the invariant
 //!   `available + reserved + sold = stock_total`, `available >= 0` in Redis.
+//!   A product split over several slots is summed over its buckets, its
+//!   reserve and its stock in transit (`split::read`), each at least 0.
 //! - Per flash sale still in Redis: the sold bitmap's BITCOUNT against the
 //!   sale's rows in `purchases`. The key is read by its documented layout
 //!   (`<prefix>:{shard}:sale:<id>:sold`, one per part of a sale split over
@@ -18,14 +20,15 @@
 
 use std::time::Instant;
 
-use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
+use fred::interfaces::{ClientLike, KeysInterface};
 use hyper::StatusCode;
 use serde::Serialize;
 
 use super::domain::ProductId;
 use super::limits::{RECONCILE_DEAD_LETTERS_MAX, RECONCILE_FLUSH_WAIT, RECONCILE_PRODUCTS_MAX, RECONCILE_SALES_MAX};
+use super::lua::Stock;
 use super::metrics;
-use super::{Orders, OrdersError, lua};
+use super::{Orders, OrdersError, split};
 use crate::outbox::dead_letters::{self, StatusFilter};
 use crate::redis::lua::ScriptError;
 use crate::server::http::{HttpResponse, json};
@@ -146,13 +149,8 @@ async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<us
     .fetch_all(&state.postgres)
     .await?;
     for (id, stock_total, sold, reserved) in &rows {
-        let key = lua::product_key(&state.keys, ProductId::new(*id)?);
-        let live: Vec<Option<i64>> = state
-            .redis
-            .hmget(key, vec!["stock_total", "available", "reserved", "sold"])
-            .await
-            .map_err(redis_error)?;
-        let [Some(r_total), Some(r_available), Some(r_reserved), Some(r_sold)] = live[..] else {
+        // A split product summed over its slots (`split::read`).
+        let Some(live) = split::read(&state.redis, &state.keys, ProductId::new(*id)?).await? else {
             mismatches.push(Mismatch {
                 kind: "product",
                 id: *id,
@@ -162,6 +160,12 @@ async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<us
             });
             continue;
         };
+        let Stock {
+            stock_total: r_total,
+            available: r_available,
+            reserved: r_reserved,
+            sold: r_sold,
+        } = live.stock;
         for (field, redis, postgres) in [
             ("sold", r_sold, *sold),
             ("reserved", r_reserved, *reserved),
@@ -178,12 +182,23 @@ async fn products(feature: &Orders, mismatches: &mut Vec<Mismatch>) -> Result<us
                 });
             }
         }
-        if r_available < 0 {
+        // Every part of a split product, its reserve and its stock in
+        // transit, are at least 0 too.
+        let lowest = live.parts.as_ref().map_or(r_available, |parts| {
+            parts
+                .buckets
+                .iter()
+                .map(|b| b.available)
+                .chain([parts.reserve, parts.in_transit, r_available])
+                .min()
+                .unwrap_or(r_available)
+        });
+        if lowest < 0 {
             mismatches.push(Mismatch {
                 kind: "product",
                 id: *id,
                 field: "available",
-                redis: r_available,
+                redis: lowest,
                 postgres: 0,
             });
         }
