@@ -14,6 +14,7 @@ mod ingest;
 mod leaks;
 mod openapi;
 mod orders;
+mod orders_split;
 mod overload;
 mod poison;
 mod redis_checks;

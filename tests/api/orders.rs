@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use fred::interfaces::SortedSetsInterface;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 use rand::RngExt;
@@ -14,12 +15,12 @@ use serde_json::{Value, json};
 
 use crate::helpers::EngineProcess;
 use crate::helpers::{
-    ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
-    keys_matching, redis_client, scaled, send, send_with, spawn_app, spawn_app_sharing, unique_name,
+    ADMIN_TOKEN, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, engine_keys,
+    http_client, keys_matching, redis_client, scaled, send, send_with, spawn_app, spawn_app_sharing, unique_name,
     wait_for_acknowledged,
 };
 
-async fn create_product(app: &TestApp, stock: i64, price_cents: i64, max_per_buyer: i64) -> u64 {
+pub async fn create_product(app: &TestApp, stock: i64, price_cents: i64, max_per_buyer: i64) -> u64 {
     let body = json!({"name": "Widget", "stock": stock, "price_cents": price_cents, "merchant_id": 7,
                       "max_per_buyer": max_per_buyer})
     .to_string();
@@ -28,24 +29,24 @@ async fn create_product(app: &TestApp, stock: i64, price_cents: i64, max_per_buy
     reply.body["id"].as_u64().expect("integer id")
 }
 
-async fn order(app: &TestApp, body: &Value, key: Option<&str>) -> Reply {
+pub async fn order(app: &TestApp, body: &Value, key: Option<&str>) -> Reply {
     let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
     app.request_with(Method::POST, "/orders", Some(&body.to_string()), &headers)
         .await
 }
 
-async fn product(app: &TestApp, id: u64) -> Value {
+pub async fn product(app: &TestApp, id: u64) -> Value {
     let reply = app.get(&format!("/products/{id}")).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.body
 }
 
-fn counts(p: &Value) -> (i64, i64, i64, i64) {
+pub fn counts(p: &Value) -> (i64, i64, i64, i64) {
     let n = |f: &str| p[f].as_i64().unwrap_or_else(|| panic!("{f} in {p}"));
     (n("stock_total"), n("available"), n("reserved"), n("sold"))
 }
 
-fn assert_invariant(p: &Value) {
+pub fn assert_invariant(p: &Value) {
     let (total, available, reserved, sold) = counts(p);
     assert!(available >= 0, "available below 0: {p}");
     assert_eq!(
@@ -76,7 +77,7 @@ fn watch_invariant(
     })
 }
 
-async fn reconcile_ok(app: &TestApp) -> Value {
+pub async fn reconcile_ok(app: &TestApp) -> Value {
     let reply = app.admin(Method::GET, "/admin/reconcile", None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["ok"], json!(true), "reconcile: {}", reply.body);
@@ -84,7 +85,7 @@ async fn reconcile_ok(app: &TestApp) -> Value {
 }
 
 /// Postgres's count of each status for `product`.
-async fn statuses_in_postgres(app: &TestApp, product: u64) -> HashMap<String, (i64, i64)> {
+pub async fn statuses_in_postgres(app: &TestApp, product: u64) -> HashMap<String, (i64, i64)> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT status, count(*), COALESCE(SUM(quantity), 0)::bigint FROM orders WHERE product_id = $1 GROUP BY status",
     )
@@ -403,7 +404,7 @@ async fn holds_confirm_cancel_and_buyer_limits() {
 }
 
 /// Waits (real time) until the product has no reserved stock.
-async fn wait_released(app: &TestApp, id: u64, within: Duration) -> Value {
+pub async fn wait_released(app: &TestApp, id: u64, within: Duration) -> Value {
     wait_released_to(app, id, 0, within).await
 }
 
@@ -607,14 +608,22 @@ async fn two_engines_never_return_a_holds_stock_twice() {
 /// reconcile is ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_order_load_loses_no_order() {
+    kill_9_under_order_load(&[]).await;
+}
+
+/// The body of the kill test, with `settings` for both engines (a split
+/// product's adds its own checks: every transfer a kill cut is finished by
+/// the restarted engine's sweeper, and nothing stays in transit).
+pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
     let redis = redis_client().await;
     let admin = format!("Bearer {ADMIN_TOKEN}");
-    let extra = [
+    let mut extra = vec![
         ("STAMPEDE_FLUSH_LINGER_MS", "10000"),
         ("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
+    extra.extend_from_slice(settings);
     let mut engine = EngineProcess::start(&db_url, &name, "engine-a", &extra).await;
     let http = http_client();
     let body = json!({"name": "Crash", "stock": 100_000, "price_cents": 10, "merchant_id": 1}).to_string();
@@ -697,21 +706,25 @@ async fn kill_9_under_order_load_loses_no_order() {
     let acknowledged = acknowledged.lock().expect("lock").clone();
     let cut = cut.lock().expect("lock").clone();
     println!(
-        "{} orders acknowledged, {} cut by the kill",
+        "{} orders acknowledged, {} cut by the kill, {} stock transfers left in transit",
         acknowledged.len(),
-        cut.len()
+        cut.len(),
+        transfers_in_transit(&redis, &name).await
     );
 
-    let mut second = EngineProcess::start(
-        &db_url,
-        &name,
-        "engine-b",
-        &[
-            ("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500"),
-            ("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN),
-        ],
-    )
-    .await;
+    let mut again = vec![
+        ("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500"),
+        ("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    again.extend_from_slice(settings);
+    let mut second = EngineProcess::start(&db_url, &name, "engine-b", &again).await;
+    // The restarted engine's sweeper finishes every transfer the kill cut.
+    let swept = Instant::now();
+    while transfers_in_transit(&redis, &name).await > 0 {
+        assert!(swept.elapsed() < Duration::from_secs(60), "transfers left in transit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("nothing in transit {:?} after the restart", swept.elapsed());
     // Each reconcile waits up to 5 s for the backlog; the restarted engine
     // claims the dead one's entries after 500 ms, so a minute is ample.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -793,6 +806,9 @@ async fn kill_9_under_order_load_loses_no_order() {
         "Postgres orders = Redis orders"
     );
     assert_eq!(available + reserved + sold, total);
+    if let Some(parts) = p.body.get("split") {
+        assert_eq!(parts["in_transit"], 0, "{}", p.body);
+    }
     db.close().await;
     assert!(second.terminate().success(), "SIGTERM exits 0");
     drop_database(&database_url(), &name).await;
@@ -1115,4 +1131,19 @@ async fn bad_input_gets_stable_codes() {
     // Nothing was taken by any of them.
     assert_eq!(counts(&product(&app, id).await), (5, 5, 0, 0));
     app.finish().await;
+}
+
+/// Transfers of split products' stock in transit, over every shard of
+/// `prefix` (each shard's transits zset).
+pub async fn transfers_in_transit(redis: &fred::clients::Client, prefix: &str) -> u64 {
+    let keys = engine_keys(redis, prefix).await;
+    let mut total = 0;
+    for shard in keys.shards() {
+        let n: u64 = redis
+            .zcard(keys.key(shard, format_args!("transits")))
+            .await
+            .expect("ZCARD");
+        total += n;
+    }
+    total
 }
