@@ -375,7 +375,8 @@ impl<'a> ProductView<'a> {
 }
 
 /// `POST /products` (admin): the Postgres row first, then the live stock in
-/// Redis; both are durable before the 201. If the Redis step fails the
+/// Redis (a split product's head, its other buckets and their shares of the
+/// stock); both are durable before the 201. If the Redis step fails the
 /// answer is 503 and the product exists in Postgres only, unsellable
 /// (`PRODUCT_NOT_FOUND`) until a restock of it seeds Redis from its row.
 #[utoipa::path(post, path = "/products", tag = "orders", summary = "Add a product (admin)",
@@ -421,6 +422,12 @@ pub async fn create_product(feature: &Orders, req: Request<Incoming>) -> Result<
     let decided = lua::stock(&state.executor, &state.keys, request).await?;
     let stock = decided.result?;
     seed_buckets(feature, &request, decided.split).await?;
+    if decided.split > 1 {
+        split::distribute(feature, id, decided.split, product.stock, request.now_ms).await?;
+        if let Some(read) = split::read(&state.redis, &state.keys, id).await? {
+            return Ok(json(StatusCode::CREATED, &ProductView::of_read(id, &read)));
+        }
+    }
     Ok(json(
         StatusCode::CREATED,
         &ProductView::new(

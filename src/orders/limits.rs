@@ -75,13 +75,26 @@ pub const STOCK_SPLIT_MAX: u32 = 16;
 /// spread thinner. By default only the share limits it.
 pub const STOCK_REFILL_MAX_DEFAULT: i64 = PRODUCT_STOCK_MAX;
 
-/// Rounds of "order, then refill the bucket" one order of a split product
-/// may take: a refill's stock can be taken by the bucket's other buyers
-/// before the order that asked for it gets there. Past this, and while stock
-/// still moves, the order answers 503 `OVERLOADED` (retry) rather than keep
-/// its client waiting; it is never answered `OUT_OF_STOCK` while a rebalance
-/// still finds stock.
+/// Refills one order of a split product may make itself, once its turn at
+/// the bucket's gate comes: a refill's stock can be taken by orders just
+/// arriving at the bucket before the order that asked for it gets there, or
+/// be on its way between buckets. Past this, and
+/// while stock still moves, the order answers 503 `OVERLOADED` (retry)
+/// rather than keep its client waiting; it is never answered `OUT_OF_STOCK`
+/// while the product has stock enough for it.
 pub const STOCK_REFILL_ROUNDS_MAX: usize = 4;
+
+/// Gates an engine keeps for the refills of buckets (one refill per bucket
+/// at a time; buckets share gates by hash, so it is bounded whatever the
+/// number of products, at the price of two buckets on one gate waiting for
+/// each other).
+pub const STOCK_REFILL_GATES: usize = 1_024;
+
+/// How long an order waits before asking again when a refill found nothing
+/// to move but the product has stock on its way between buckets: a
+/// transfer's take follows its give at once, so a few milliseconds see it
+/// land.
+pub const STOCK_TRANSIT_PAUSE: Duration = Duration::from_millis(5);
 
 /// Tries of a read of a split product's stock across its slots (one read of
 /// each part, then their `moves` again): a try is discarded when stock moved

@@ -16,7 +16,7 @@ pub fn register() {
         telemetry::register_script_outcomes(script.lua.name(), &["OK"]);
     }
     telemetry::register_script_outcomes(STOCK_MOVE.lua.name(), &["GIVEN", "TAKEN"]);
-    for by in ["order", "sweeper"] {
+    for by in ["request", "sweeper"] {
         counter!("stampede_stock_transfers_total", "by" => by).increment(0);
     }
     counter!("stampede_stock_transfers_stuck_total").increment(0);
@@ -52,7 +52,8 @@ pub fn reconcile_mismatches(kind: &'static str, mismatches: u64) {
 }
 
 /// A transfer of a split product's stock finished (taken and dropped), by
-/// the order that asked for it or by the sweeper after a crash.
+/// the request that made it (an order's refill, a new product's shares) or
+/// by the sweeper after a crash.
 pub fn transfer_finished(by: &'static str) {
     counter!("stampede_stock_transfers_total", "by" => by).increment(1);
 }

@@ -213,6 +213,8 @@ pub struct Orders {
     settings: OrdersSettings,
     /// The split of each product seen (recorded with the product, fixed).
     splits: split::Splits,
+    /// One refill per bucket at a time in this engine.
+    refills: split::Refills,
 }
 
 impl Orders {
@@ -224,6 +226,7 @@ impl Orders {
             ctx,
             settings,
             splits: split::Splits::default(),
+            refills: split::Refills::default(),
         }))
     }
 }

@@ -13,7 +13,8 @@
 //! (giver's slot), take (taker's slot), drop (giver's slot), each one
 //! idempotent call keyed by a transfer id (`lua/stock_move.lua`), and asks
 //! again. `OUT_OF_STOCK` is answered only once a rebalance found nothing to
-//! move and the bucket still cannot serve the order. A crash between the
+//! move and the whole product, read at one instant, has less available than
+//! the order asks (stock in transit counts: it is on its way to a bucket). A crash between the
 //! steps leaves the stock in transit, counted on the giver's side, until the
 //! sweeper (`sweeper`) finishes the transfer. So
 //! `Σ available + Σ reserved + Σ sold + reserve + in transit = stock_total`
@@ -21,6 +22,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use fred::interfaces::{HashesInterface, SortedSetsInterface};
 use futures_util::future::join_all;
@@ -28,7 +31,8 @@ use rand::RngExt;
 
 use super::domain::{BuyerId, OrderId, ProductId};
 use super::limits::{
-    PRODUCT_SPLITS_CACHED_MAX, STOCK_READ_TRIES_MAX, STOCK_REFILL_ROUNDS_MAX, STOCK_TRANSIT_PER_PART_MAX,
+    PRODUCT_SPLITS_CACHED_MAX, STOCK_READ_TRIES_MAX, STOCK_REFILL_GATES, STOCK_REFILL_ROUNDS_MAX, STOCK_TRANSIT_PAUSE,
+    STOCK_TRANSIT_PER_PART_MAX,
 };
 use super::lua::{self, CreateRequest, Created, Decided, GiveLimits, Given, MoveStep, Source, Stock, Taken};
 use super::{Orders, OrdersError, metrics};
@@ -109,9 +113,76 @@ pub struct NewOrder<'a> {
     pub now_ms: i64,
 }
 
+/// What this engine last learnt refilling one bucket of one product.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gate {
+    /// The (product, bucket) this is about: gates are shared by hash.
+    of: Option<(u64, u32)>,
+    /// When a refill of the bucket last moved stock to it.
+    refilled_at: Option<Instant>,
+    /// The last whole-product read after a refill found nothing to move:
+    /// when it started, and what the product had available then.
+    sold_down_to: Option<(Instant, i64)>,
+}
+
+/// One refill per bucket at a time in this engine: the orders of a bucket
+/// that find it short pass its gate one by one, each asking again if a
+/// refill came since it was short, refilling otherwise, instead of each
+/// draining the givers at once. A fixed set of gates shared by hash, so it
+/// stays bounded; two buckets sharing a gate only wait for each other.
+pub struct Refills {
+    gates: Box<[tokio::sync::Mutex<Gate>]>,
+    /// Orders waiting at each gate, so a refill brings enough for them too.
+    waiting: Box<[AtomicUsize]>,
+}
+
+impl Default for Refills {
+    fn default() -> Self {
+        Self {
+            gates: (0..STOCK_REFILL_GATES)
+                .map(|_| tokio::sync::Mutex::new(Gate::default()))
+                .collect(),
+            waiting: (0..STOCK_REFILL_GATES).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+}
+
+impl Refills {
+    fn index(&self, product: ProductId, bucket: u32) -> usize {
+        let at = product
+            .get()
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(u64::from(bucket));
+        (at % self.gates.len() as u64) as usize
+    }
+
+    /// Waits for the bucket's gate; the guard says it is this bucket's.
+    async fn enter(&self, product: ProductId, bucket: u32) -> tokio::sync::MutexGuard<'_, Gate> {
+        let i = self.index(product, bucket);
+        self.waiting[i].fetch_add(1, Ordering::SeqCst);
+        let mut gate = self.gates[i].lock().await;
+        self.waiting[i].fetch_sub(1, Ordering::SeqCst);
+        if gate.of != Some((product.get(), bucket)) {
+            *gate = Gate {
+                of: Some((product.get(), bucket)),
+                ..Gate::default()
+            };
+        }
+        gate
+    }
+
+    /// Orders waiting at the bucket's gate now.
+    fn waiting(&self, product: ProductId, bucket: u32) -> i64 {
+        self.waiting[self.index(product, bucket)].load(Ordering::SeqCst) as i64
+    }
+}
+
 /// Decides an order: one call on the product's slot, or, for a split
 /// product, on the buyer's bucket, refilled from the reserve and the other
-/// buckets when it is short (at most `STOCK_REFILL_ROUNDS_MAX` rounds).
+/// buckets while it is short. `OUT_OF_STOCK` is the bucket's answer once a
+/// refill found nothing to move and a read of the whole product (one
+/// instant, across its slots) showed less available than the order asks:
+/// stock on its way between buckets is never taken for gone.
 pub async fn order(feature: &Orders, new: NewOrder<'_>) -> Result<Decided, OrdersError> {
     let ctx = &*feature.ctx;
     // A product not seeded yet is refused by the script on the bucket this
@@ -140,20 +211,65 @@ pub async fn order(feature: &Orders, new: NewOrder<'_>) -> Result<Decided, Order
     let Some(taker) = bucket else {
         return decided(lua::create(&ctx.executor, &ctx.keys, request(false)).await?);
     };
-    for _ in 0..STOCK_REFILL_ROUNDS_MAX {
-        let lacking = match lua::create(&ctx.executor, &ctx.keys, request(true)).await? {
+    let ask = |refill: bool| lua::create(&ctx.executor, &ctx.keys, request(refill));
+    let mut lacking = match ask(true).await? {
+        Created::Decided(decided) => return Ok(decided),
+        Created::Short(lacking) => lacking,
+    };
+    let short_at = Instant::now();
+    // The orders that find the bucket short go through its gate one at a
+    // time, in the order they came: what a refill brings serves them in
+    // that order, and only orders arriving meanwhile compete with them.
+    let mut gate = feature.refills.enter(new.product, taker).await;
+    // A read of the whole product after this order asked found it short.
+    if gate
+        .sold_down_to
+        .is_some_and(|(at, available)| at > short_at && available < new.quantity)
+    {
+        drop(gate);
+        return decided(ask(false).await?);
+    }
+    // Another order refilled the bucket while this one waited: ask again.
+    if gate.refilled_at.is_some_and(|at| at > short_at) {
+        match ask(true).await? {
             Created::Decided(decided) => return Ok(decided),
-            Created::Short(lacking) => lacking,
-        };
-        let moved = rebalance(feature, new.product, split, taker, lacking, new.now_ms)
-            .await
-            .map_err(|e| unknown_order(e, &order))?;
-        if moved == 0 {
-            // Nothing left to move anywhere: the bucket's answer is final.
-            return decided(lua::create(&ctx.executor, &ctx.keys, request(false)).await?);
+            Created::Short(now_lacking) => lacking = now_lacking,
         }
     }
-    // Stock kept moving but other buyers of the bucket kept taking it first.
+    // Refill the bucket, for this order and those waiting behind it.
+    for _ in 0..STOCK_REFILL_ROUNDS_MAX {
+        // What the orders waiting lack counts as beyond what this one
+        // lacks: the refill cap holds it.
+        let waiting = feature.refills.waiting(new.product, taker) * new.quantity;
+        let need = lacking + waiting.min(feature.settings.refill_max);
+        let moved = rebalance(feature, new.product, split, taker, need, new.now_ms)
+            .await
+            .map_err(|e| unknown_order(e, &order))?;
+        if moved > 0 {
+            gate.refilled_at = Some(Instant::now());
+        } else {
+            let read_at = Instant::now();
+            let whole = read(&ctx.redis, &ctx.keys, new.product).await?;
+            let (available, in_transit) = whole.map_or((0, 0), |read| {
+                (read.stock.available, read.parts.map_or(0, |p| p.in_transit))
+            });
+            gate.sold_down_to = Some((read_at, available));
+            if available < new.quantity {
+                drop(gate);
+                return decided(ask(false).await?);
+            }
+            if in_transit > 0 {
+                // It is on its way to a bucket, where the next round finds it.
+                tokio::time::sleep(STOCK_TRANSIT_PAUSE).await;
+            }
+        }
+        match ask(true).await? {
+            Created::Decided(decided) => return Ok(decided),
+            Created::Short(now_lacking) => lacking = now_lacking,
+        }
+    }
+    // Stock kept moving, and orders arriving meanwhile kept taking what came
+    // first.
     Err(OrdersError::StockMoving)
 }
 
@@ -256,8 +372,29 @@ async fn transfer(
     if let Err(e) = lua::drop_transit(&ctx.executor, &ctx.keys, &at_giver).await {
         tracing::warn!(error = %e, transfer = id, "a taken transfer's record waits for the sweeper");
     }
-    metrics::transfer_finished("order");
+    metrics::transfer_finished("request");
     Ok(given)
+}
+
+/// Gives every bucket but the head its share of a new split product's stock
+/// (a K-th, one transfer from the reserve each), so that at the opening no
+/// bucket needs a refill; the head's share stays in the reserve, which
+/// bucket 0 draws on within its own order calls.
+pub async fn distribute(
+    feature: &Orders,
+    product: ProductId,
+    split: u32,
+    stock: i64,
+    now_ms: i64,
+) -> Result<(), OrdersError> {
+    let share = stock / i64::from(split.max(1));
+    if share == 0 {
+        return Ok(());
+    }
+    let given =
+        join_all((1..split).map(|bucket| transfer(feature, product, 0, Source::Reserve, bucket, share, now_ms))).await;
+    given.into_iter().collect::<Result<Vec<i64>, _>>()?;
+    Ok(())
 }
 
 /// A transfer in transit, as the shard's transits zset names it.
