@@ -608,13 +608,15 @@ async fn two_engines_never_return_a_holds_stock_twice() {
 /// reconcile is ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_order_load_loses_no_order() {
-    kill_9_under_order_load(&[]).await;
+    let buyers = (0..50).map(|b| format!("b{b}")).collect();
+    kill_9_under_order_load(&[], 100_000, buyers).await;
 }
 
-/// The body of the kill test, with `settings` for both engines (a split
-/// product's adds its own checks: every transfer a kill cut is finished by
-/// the restarted engine's sweeper, and nothing stays in transit).
-pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
+/// The body of the kill test, with `settings` for both engines, a product
+/// of `stock`, and 50 `buyers` (a split product's adds its own checks:
+/// every transfer a kill cut is finished by the restarted engine's sweeper,
+/// and nothing stays in transit).
+pub async fn kill_9_under_order_load(settings: &[(&str, &str)], stock: i64, buyers: Vec<String>) {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
     let redis = redis_client().await;
@@ -626,7 +628,7 @@ pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
     extra.extend_from_slice(settings);
     let mut engine = EngineProcess::start(&db_url, &name, "engine-a", &extra).await;
     let http = http_client();
-    let body = json!({"name": "Crash", "stock": 100_000, "price_cents": 10, "merchant_id": 1}).to_string();
+    let body = json!({"name": "Crash", "stock": stock, "price_cents": 10, "merchant_id": 1}).to_string();
     let created = send_with(
         &http,
         engine.addr,
@@ -645,8 +647,8 @@ pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
     let acknowledged = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let cut = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let done = Arc::new(AtomicUsize::new(0));
-    let mut buyers = Vec::new();
-    for buyer in 0..50 {
+    let mut tasks = Vec::new();
+    for buyer_id in buyers {
         let (http, acknowledged, cut, done, addr) = (
             http.clone(),
             acknowledged.clone(),
@@ -654,8 +656,7 @@ pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
             done.clone(),
             engine.addr,
         );
-        buyers.push(tokio::spawn(async move {
-            let buyer_id = format!("b{buyer}");
+        tasks.push(tokio::spawn(async move {
             for k in 0..100 {
                 // Every third order is a hold, so statuses differ.
                 let (body, status, quantity) = if k % 3 == 0 {
@@ -698,10 +699,10 @@ pub async fn kill_9_under_order_load(settings: &[(&str, &str)]) {
             }
         }));
     }
-    wait_for_acknowledged(&done, 1_000, &buyers, "orders").await;
+    wait_for_acknowledged(&done, 1_000, &tasks, "orders").await;
     engine.kill_9();
-    for buyer in buyers {
-        buyer.await.expect("buyer task");
+    for task in tasks {
+        task.await.expect("buyer task");
     }
     let acknowledged = acknowledged.lock().expect("lock").clone();
     let cut = cut.lock().expect("lock").clone();
