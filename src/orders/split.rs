@@ -249,7 +249,9 @@ pub async fn order(feature: &Orders, new: NewOrder<'_>) -> Result<Decided, Order
             gate.refilled_at = Some(Instant::now());
         } else {
             let read_at = Instant::now();
-            let whole = read(&ctx.redis, &ctx.keys, new.product).await?;
+            let whole = read(&ctx.redis, &ctx.keys, new.product)
+                .await
+                .map_err(|e| unknown_order(e, &order))?;
             let (available, in_transit) = whole.map_or((0, 0), |read| {
                 (read.stock.available, read.parts.map_or(0, |p| p.in_transit))
             });
@@ -282,9 +284,10 @@ fn decided(created: Created) -> Result<Decided, OrdersError> {
     }
 }
 
-/// A refill step that failed in Redis: the order itself was not placed (its
-/// call answered REFILL and was not sent again), but the client is told as
-/// for any order whose call failed, with the id: `GET /orders/{id}` says 404.
+/// A refill step (or the read after it) that failed in Redis: the order
+/// itself was not placed (its call answered REFILL and was not sent again),
+/// but the client is told as for any order whose call failed, with the id:
+/// `GET /orders/{id}` says 404.
 fn unknown_order(e: OrdersError, order: &OrderId) -> OrdersError {
     match e {
         OrdersError::Script(ScriptError::Redis(source)) => OrdersError::OutcomeUnknown {
