@@ -15,6 +15,8 @@
 #   CODES         purchase: checkout codes issued first, one per user and item (4000); oha then
 #                 sends CODES / 4 purchases, each with a code drawn at random (see below)
 #   ADMIN_TOKEN   orders: creates the product ordered ($STAMPEDE_ADMIN_TOKEN)
+#   STAMPEDE_API_KEY  a service key (`stampede keys new`) with the recipe's scope: sent
+#                 with every request, the setup's included, when the engine checks keys
 #   OHA           the oha binary (oha on PATH, else .data/tools/bin/oha, which
 #                 `scripts/services.sh test-tools` installs)
 #   OHA_JSON      write oha's JSON result (--output-format json) to this file
@@ -40,6 +42,18 @@ if [[ ! -x $OHA ]]; then
 fi
 output=(--no-tui)
 if [[ -n ${OHA_JSON:-} ]]; then output+=(--output-format json -o "$OHA_JSON"); fi
+# The key goes in a header file for curl's setup requests (kept off its
+# command line, where `ps` would show it) and as a header to oha.
+key_header=()
+curl_key=()
+if [[ -n ${STAMPEDE_API_KEY:-} ]]; then
+  key_header=(-H "Authorization: Bearer $STAMPEDE_API_KEY")
+  key_file=$WORK_DIR/oha-key-$RUN.header
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$STAMPEDE_API_KEY" >"$key_file")
+  trap 'rm -f "$key_file"' EXIT
+  curl_key=(-H "@$key_file")
+fi
+output+=(${key_header[@]+"${key_header[@]}"})
 extra=("$@")
 
 # POSTs bodies drawn at random from the JSON lines of file $1 to path $2,
@@ -61,7 +75,7 @@ case "$RECIPE" in
     # 1..9999 (the default sale has 10,000): nobody competes, nothing is
     # sold, each answer is a fresh code. `\?`: in the regex `?` would make
     # the `t` before it optional.
-    exec "$OHA" "${output[@]}" -z "${SECS:-10}s" -c "${CONNECTIONS:-1000}" -m POST \
+    "$OHA" "${output[@]}" -z "${SECS:-10}s" -c "${CONNECTIONS:-1000}" -m POST \
       --rand-regex-url "$BASE_URL/checkout\\?user_id=oha[0-9]{12}&id=[1-9][0-9]{0,3}" "$@"
     ;;
   purchase)
@@ -77,7 +91,7 @@ case "$RECIPE" in
     for ((n = 1; n <= codes; n++)); do
       printf 'url = "%s/checkout?user_id=oha-%s-%d&id=%d"\n' "$BASE_URL" "$RUN" "$n" "$n"
     done >"$config"
-    curl -sS -X POST -K "$config" -w '\n' | sed -n 's/.*"code":"\([^"]*\)".*/{"checkout_code":"\1"}/p' >"$bodies"
+    curl -sS -X POST ${curl_key[@]+"${curl_key[@]}"} -K "$config" -w '\n' | sed -n 's/.*"code":"\([^"]*\)".*/{"checkout_code":"\1"}/p' >"$bodies"
     rm -f "$config"
     got=$(wc -l <"$bodies")
     if ((got < codes)); then

@@ -141,15 +141,16 @@ step fuzz bash scripts/fuzz.sh
 # A short load run whose invariants gate the test command: the contest on
 # the debug build `cargo test` just made (no second, release build), 300
 # users buying 3,000 items at once against a fresh engine, database and key
-# prefix; no baseline server, no redis-benchmark. --strict: a check that
+# prefix, with keys on (the driver sends a service key); no baseline
+# server, no redis-benchmark. --strict: a check that
 # could not run fails the step instead of passing it silently.
-step loadtest env LOADTEST_PROFILE=dev NO_BASELINE_SERVER=1 USERS=300 ITEMS=3000 \
+step loadtest env LOADTEST_PROFILE=dev NO_BASELINE_SERVER=1 USERS=300 ITEMS=3000 LOAD_KEYS=1 \
     LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh contest --no-baseline --strict
 # The checkout recipe of loadtest/oha.sh (oha, installed by services.sh
 # test-tools) for 3 s against a fresh debug engine; `loadtest oha` then
 # wants no error, a rate above zero and only 200s in oha's JSON result.
 step oha-build oha_ready
-step oha env LOADTEST_PROFILE=dev OHA_RECIPE=checkout SECS=3 CONNECTIONS=20 \
+step oha env LOADTEST_PROFILE=dev OHA_RECIPE=checkout SECS=3 CONNECTIONS=20 LOAD_KEYS=1 \
     LOAD_PORT="${LOADTEST_PORT:-18180}" bash loadtest/run.sh oha --strict
 # The k6 scripts are for users with k6 (no package of it here): at least
 # they must parse, as the ES modules they are.

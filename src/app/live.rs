@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fred::interfaces::{ClientLike, HashesInterface};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -26,7 +25,6 @@ use crate::context::Context;
 use crate::limits::SSE_SEND_STALL_MAX;
 use crate::outbox::Flusher;
 use crate::sale::domain::SaleWindow;
-use crate::sale::lua::SaleKeys;
 use crate::sale::settings::SaleSettings;
 use crate::server::Route;
 use crate::server::access::Access;
@@ -36,7 +34,7 @@ use crate::server::http::{HttpResponse, with_content_type};
 
 /// How often a snapshot is pushed.
 const LIVE_TICK: Duration = Duration::from_millis(500);
-/// Open `/live/events` streams; each renders the metrics every tick.
+/// Open `/live/events` streams. They share one snapshot a tick.
 const LIVE_STREAMS_MAX: usize = 64;
 
 const PAGE: &str = include_str!("live.html");
@@ -64,6 +62,17 @@ pub struct Live {
     metrics: PrometheusHandle,
     streams: Arc<Semaphore>,
     shutdown: OnceLock<watch::Receiver<bool>>,
+    /// The latest snapshot and the counters its rates were taken from. One
+    /// stream computes it (rendering every metric and reading Redis), the
+    /// others reuse it within the tick: 64 streams rendering on their own
+    /// took the engine long enough under load to delay everything else.
+    latest: tokio::sync::Mutex<Latest>,
+}
+
+#[derive(Default)]
+struct Latest {
+    counters: Option<(Instant, Counters)>,
+    frame: Option<(Instant, Bytes)>,
 }
 
 impl Live {
@@ -76,6 +85,7 @@ impl Live {
             metrics,
             streams: Arc::new(Semaphore::new(LIVE_STREAMS_MAX)),
             shutdown: OnceLock::new(),
+            latest: tokio::sync::Mutex::new(Latest::default()),
         }))
     }
 
@@ -90,7 +100,6 @@ impl Live {
         mut stop: Option<watch::Receiver<bool>>,
         _permit: OwnedSemaphorePermit,
     ) {
-        let mut previous: Option<(Instant, Counters)> = None;
         let mut tick = tokio::time::interval(LIVE_TICK);
         // A snapshot slower than a tick (Redis away) is followed by one
         // tick's wait, not by a burst of the missed ones.
@@ -98,14 +107,7 @@ impl Live {
         loop {
             let step = async {
                 tick.tick().await;
-                let counters = Counters::read(&self.metrics.render());
-                let now = Instant::now();
-                let snapshot = self
-                    .snapshot(&counters, previous.as_ref().map(|(at, c)| (now - *at, c)))
-                    .await;
-                previous = Some((now, counters));
-                let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
-                let frame = Frame::data(Bytes::from(format!("event: snapshot\ndata: {data}\n\n")));
+                let frame = Frame::data(self.latest_frame().await);
                 tokio::time::timeout(SSE_SEND_STALL_MAX, tx.send(Ok(frame))).await
             };
             tokio::select! {
@@ -125,16 +127,36 @@ impl Live {
         }
     }
 
+    /// The current snapshot as an SSE frame: the shared one if it is less
+    /// than half a tick old, else a new one (rates over the time since the
+    /// last).
+    async fn latest_frame(&self) -> Bytes {
+        let mut latest = self.latest.lock().await;
+        let now = Instant::now();
+        if let Some((at, frame)) = &latest.frame
+            && now.saturating_duration_since(*at) < LIVE_TICK / 2
+        {
+            return frame.clone();
+        }
+        let counters = Counters::read(&self.metrics.render());
+        let snapshot = self
+            .snapshot(&counters, latest.counters.as_ref().map(|(at, c)| (now - *at, c)))
+            .await;
+        let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+        let frame = Bytes::from(format!("event: snapshot\ndata: {data}\n\n"));
+        latest.counters = Some((now, counters));
+        latest.frame = Some((now, frame.clone()));
+        frame
+    }
+
     async fn snapshot(&self, now: &Counters, before: Option<(Duration, &Counters)>) -> Snapshot {
         let ctx = &self.ctx;
         let window = SaleWindow::at(ctx.clock.now_ms(), self.sale.period_secs);
-        let keys = SaleKeys::new(&ctx.keys, window.sale_id);
-        let items: Option<u64> = ctx.redis.hget(&keys.meta, "items").await.ok().flatten();
-        let sold: u64 = ctx
-            .redis
-            .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
-            .await
-            .unwrap_or(0);
+        let (items, sold) =
+            match crate::sale::lua::progress(&ctx.redis, &ctx.keys, window.sale_id, self.sale.split).await {
+                Ok(p) => (p.items, p.sold),
+                Err(_) => (None, 0),
+            };
         let items_total = items.unwrap_or(u64::from(self.sale.items));
         let rate = |name: &str| -> f64 {
             match before {

@@ -1,7 +1,7 @@
 //! HTTP handlers of the sale. Each parses its input into domain types, makes
 //! exactly one script call, and shapes the reply.
 
-use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
+use fred::interfaces::KeysInterface;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -201,26 +201,13 @@ struct CurrentSale {
 pub async fn current(feature: &Sale) -> Result<HttpResponse, SaleError> {
     let state = &*feature.ctx;
     let window = SaleWindow::at(state.clock.now_ms(), feature.settings.period_secs);
-    let redis_error = |e| SaleError::Script(ScriptError::Redis(e));
-    // A split sale's parts each hold their share of the sold items, and
-    // each opens on its own first checkout.
-    let (mut items, mut limit, mut items_sold): (Option<u64>, Option<u64>, u64) = (None, None, 0);
-    for part in 0..feature.settings.split {
-        let keys = SaleKeys::of_part(&state.keys, window.sale_id, part);
-        let (part_items, part_limit): (Option<u64>, Option<u64>) = state
-            .redis
-            .hmget(&keys.meta, vec!["items", "limit"])
-            .await
-            .map_err(redis_error)?;
-        items = items.or(part_items);
-        limit = limit.or(part_limit);
-        let sold: u64 = state
-            .redis
-            .custom(fred::cmd!("BITCOUNT"), vec![keys.sold])
-            .await
-            .map_err(redis_error)?;
-        items_sold += sold;
-    }
+    let lua::SaleProgress {
+        items,
+        limit,
+        sold: items_sold,
+    } = lua::progress(&state.redis, &state.keys, window.sale_id, feature.settings.split)
+        .await
+        .map_err(|e| SaleError::Script(ScriptError::Redis(e)))?;
     let items_total = items.unwrap_or(u64::from(feature.settings.items));
     Ok(json(
         StatusCode::OK,

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use fred::interfaces::{ClientLike, HashesInterface};
 use fred::types::Value;
 
 use super::SaleError;
@@ -66,6 +67,39 @@ impl SaleKeys {
         key.push_str(code.as_str());
         key
     }
+}
+
+/// A sale as Redis holds it, over all its parts: the size and limit it
+/// opened with (`None` before its first checkout), and the items sold.
+pub struct SaleProgress {
+    pub items: Option<u64>,
+    pub limit: Option<u64>,
+    pub sold: u64,
+}
+
+/// Reads [`SaleProgress`] of `sale_id`, split over `split` parts: a split
+/// sale's parts each hold their share of the sold items, and each opens on
+/// its own first checkout. Read-only.
+pub async fn progress(
+    redis: &fred::clients::Pool,
+    keys: &Keyspace,
+    sale_id: u64,
+    split: u32,
+) -> Result<SaleProgress, fred::error::Error> {
+    let mut progress = SaleProgress {
+        items: None,
+        limit: None,
+        sold: 0,
+    };
+    for part in 0..split {
+        let keys = SaleKeys::of_part(keys, sale_id, part);
+        let (items, limit): (Option<u64>, Option<u64>) = redis.hmget(&keys.meta, vec!["items", "limit"]).await?;
+        progress.items = progress.items.or(items);
+        progress.limit = progress.limit.or(limit);
+        let sold: u64 = redis.custom(fred::cmd!("BITCOUNT"), vec![keys.sold]).await?;
+        progress.sold += sold;
+    }
+    Ok(progress)
 }
 
 /// Decodes a script's outcome: `Ok` or a refusal, counted either way.

@@ -73,7 +73,7 @@ mod tests {
         for (vars, var) in [
             (&[("ITEMS_PER_SALE", "many")], "ITEMS_PER_SALE"),
             (&[("PER_USER_LIMIT", "0")], "PER_USER_LIMIT"),
-            (&[("STAMPEDE_SALE_SPLIT", "9")], "STAMPEDE_SALE_SPLIT"),
+            (&[("STAMPEDE_SALE_SPLIT", "17")], "STAMPEDE_SALE_SPLIT"),
         ] {
             let err = settings(vars).expect_err("must be refused").to_string();
             assert!(err.starts_with(var), "{err:?} should name {var}");

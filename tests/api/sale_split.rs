@@ -336,3 +336,27 @@ async fn check_counts(
     assert_eq!(sold_over_shards(redis, prefix, sale_id).await, rows.len() as i64);
     rows.into_iter().map(|(_, code)| code).collect()
 }
+
+/// Each part of a sale needs a shard of its own: a split above the shard
+/// count is refused at start, saying both settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_above_the_shard_count_is_refused_at_start() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let refusal = EngineProcess::expect_refusal(
+        &db_url,
+        &name,
+        &[("STAMPEDE_OUTBOX_SHARDS", "4"), ("STAMPEDE_SALE_SPLIT", "5")],
+        Duration::from_secs(30),
+    )
+    .await;
+    let (status, stderr) = refusal.expect("a split of 5 over 4 shards refuses to start");
+    assert_eq!(status.code(), Some(2), "a configuration error: {stderr}");
+    for says in ["STAMPEDE_SALE_SPLIT", "STAMPEDE_OUTBOX_SHARDS"] {
+        assert!(stderr.contains(says), "the message names {says}: {stderr}");
+    }
+    drop_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}

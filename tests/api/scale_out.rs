@@ -470,15 +470,16 @@ async fn acknowledged_writes_survive_a_primary_failover() {
         products.push(created.body["id"].as_u64().expect("product id"));
     }
     let sale = current_sale(&http, a.addr).await;
-    let redis = RedisClient::new(
-        RedisConfig::from_url(&cluster.url).expect("cluster URL parses"),
-        None,
-        None,
-        None,
-    );
-    redis.init().await.expect("test client reaches the cluster");
     // Where the engines put the sale: the layout they recorded at start.
-    let keys = engine_keys(&redis, &name).await;
+    // Read on a client of its own, closed before the kill: a test client
+    // has no reconnect policy, and one kept across the failover would wait
+    // forever on the dead node.
+    let keys = {
+        let redis = cluster_client(&cluster.url).await;
+        let keys = engine_keys(&redis, &name).await;
+        let _ = redis.quit().await;
+        keys
+    };
     let shard = keys.shard_of_number(sale);
     let sale_slot = fred::util::redis_keyslot(keys.outbox(shard).as_bytes());
     let victim = cluster
@@ -574,6 +575,7 @@ async fn acknowledged_writes_survive_a_primary_failover() {
 
     // Redis: every acknowledged purchase's item is sold, every acknowledged
     // order is there.
+    let redis = cluster_client(&cluster.url).await;
     let sold_key = keys.key(shard, format_args!("sale:{sale}:sold"));
     for (user, item, _) in &purchases {
         let bit: i64 = redis
@@ -639,4 +641,16 @@ async fn acknowledged_writes_survive_a_primary_failover() {
     drop((a, b));
     drop_database(&database_url(), &name).await;
     drop(cluster);
+}
+
+/// A test client of the cluster at `url`, connected.
+async fn cluster_client(url: &str) -> RedisClient {
+    let redis = RedisClient::new(
+        RedisConfig::from_url(url).expect("cluster URL parses"),
+        None,
+        None,
+        None,
+    );
+    redis.init().await.expect("test client reaches the cluster");
+    redis
 }
