@@ -70,6 +70,13 @@ pub const REDIS_TRYAGAIN_RETRIES_MAX: u32 = 3;
 /// Pause before each resend after `TRYAGAIN`.
 pub const REDIS_TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
 
+/// Pauses before a Redis client's routing task, ended by an error, is
+/// started again: the first, then doubled per restart in a row up to the
+/// last. Short, because while it is down every command of that client
+/// fails; bounded, so a setup that ends it at once cannot spin.
+pub const REDIS_ROUTER_RESTART_PAUSE_MIN: Duration = Duration::from_millis(20);
+pub const REDIS_ROUTER_RESTART_PAUSE_MAX: Duration = Duration::from_secs(2);
+
 /// Default of `STAMPEDE_OUTBOX_MAX_EVENTS`: unflushed events one outbox shard
 /// may hold before scripts shed new writes with 503. At ~150 bytes an event
 /// this is ~150 MiB of Redis per shard, hours of a burst's traffic while

@@ -76,6 +76,7 @@ pub fn register_metrics() {
         "stampede_flushed_events_total",
         "stampede_connections_rejected_total",
         "stampede_dead_letters_total",
+        "stampede_redis_router_restarts_total",
     ] {
         counter!(name).increment(0);
     }
@@ -187,13 +188,18 @@ pub fn script_shed(script: &'static str, reason: &'static str) {
     counter!("stampede_script_shed_total", "script" => script, "reason" => reason).increment(1);
 }
 
-/// A connection turned away at the connection bound with a canned 503.
 /// Requests of a batch answered 503 because fewer replicas than
 /// `STAMPEDE_REDIS_WAIT_REPLICAS` acknowledged its call in time.
 pub fn redis_wait_failed(script: &'static str, requests: usize) {
     counter!("stampede_redis_wait_failed_total", "script" => script).increment(requests as u64);
 }
 
+/// A Redis client's routing task ended by an error and was started again.
+pub fn redis_router_restarted() {
+    counter!("stampede_redis_router_restarts_total").increment(1);
+}
+
+/// A connection turned away at the connection bound with a canned 503.
 pub fn connection_rejected() {
     counter!("stampede_connections_rejected_total").increment(1);
 }

@@ -99,7 +99,7 @@ impl App {
         telemetry::register_metrics();
         let redis_builder = crate::redis::client::builder(&config.redis_url, config.redis_command_timeout)?;
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
-        redis.init().await?;
+        crate::redis::client::init_pool(&redis).await?;
         let redis_settings = match config.redis_checks {
             true => crate::redis::settings::check(&redis).await?,
             false => RedisSettings::unchecked(),

@@ -522,7 +522,7 @@ impl Flusher {
             };
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = reader.init().await {
+                if let Err(e) = crate::redis::client::init(&reader).await {
                     tracing::error!(error = %e, "outbox reader could not connect; retrying in its loop");
                 }
                 flusher.run_shard(shard, &reader, shutdown).await;

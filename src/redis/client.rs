@@ -1,9 +1,14 @@
 //! The builder of every Redis client the engine makes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fred::types::Builder;
+use fred::clients::{Client, Pool};
+use fred::interfaces::ClientLike;
 use fred::types::config::{ClusterDiscoveryPolicy, Config as RedisConfig, ReconnectPolicy};
+use fred::types::{Builder, ConnectHandle};
+
+use crate::limits::{REDIS_ROUTER_RESTART_PAUSE_MAX, REDIS_ROUTER_RESTART_PAUSE_MIN};
+use crate::telemetry;
 
 /// The clients of every script call, state-changing read and flusher read.
 ///
@@ -47,4 +52,54 @@ pub fn builder(url: &str, command_timeout: Duration) -> Result<Builder, fred::er
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     Ok(builder)
+}
+
+/// Connects every client of `pool` (as `Pool::init`) and keeps each one's
+/// routing task running; see [`init`].
+pub async fn init_pool(pool: &Pool) -> Result<(), fred::error::Error> {
+    futures_util::future::try_join_all(pool.clients().iter().map(init)).await?;
+    Ok(())
+}
+
+/// Connects `client` and keeps its routing task running.
+///
+/// fred ends a client's routing task for good on some errors, and nothing
+/// starts it again: every later command then waits out its timeout. One
+/// such error is an `ASK` redirection (a slot being migrated) met with no
+/// write attempt left, which `max_command_attempts = 1` makes certain; a
+/// cluster sync that fails past the reconnect policy is another. A
+/// supervisor starts the task again after a pause. Nothing is resent by
+/// this: the commands the old task held were failed to their callers, and
+/// fred never writes a command whose caller timed out.
+pub async fn init(client: &Client) -> Result<(), fred::error::Error> {
+    let handle = client.init().await?;
+    tokio::spawn(supervise(client.clone(), handle));
+    Ok(())
+}
+
+async fn supervise(client: Client, mut handle: ConnectHandle) {
+    let mut pause = REDIS_ROUTER_RESTART_PAUSE_MIN;
+    loop {
+        let started = Instant::now();
+        match handle.await {
+            // `QUIT`: closed on purpose.
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if e.is_canceled() => return,
+            Ok(Err(e)) => {
+                tracing::warn!(client = %client.id(), error = %e, "a Redis client's router ended; starting it again")
+            }
+            Err(e) => {
+                tracing::warn!(client = %client.id(), error = %e, "a Redis client's router failed; starting it again")
+            }
+        }
+        telemetry::redis_router_restarted();
+        // A router that served a while before ending starts again at once;
+        // one that keeps ending backs off, so a broken setup cannot spin.
+        if started.elapsed() > REDIS_ROUTER_RESTART_PAUSE_MAX * 4 {
+            pause = REDIS_ROUTER_RESTART_PAUSE_MIN;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(REDIS_ROUTER_RESTART_PAUSE_MAX);
+        handle = client.connect();
+    }
 }

@@ -441,7 +441,7 @@ async fn blocking_client(url: &str) -> Result<Client, fred::error::Error> {
         .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     let client = builder.build()?;
-    if let Err(e) = client.init().await {
+    if let Err(e) = crate::redis::client::init(&client).await {
         // fred does not stop a client that is dropped: stop it.
         let _ = client.quit().await;
         return Err(e);

@@ -7,7 +7,7 @@
 //! `REDIS_URL` when that is a cluster URL): `scripts/test.sh` starts one.
 //! The moved-slot test reshards, so it starts a private cluster of its own
 //! (`services.sh cluster-start`, first port `STAMPEDE_TEST_CLUSTER_PORT`,
-//! default 7541).
+//! default 7541), and so does the migration test (that port + 10).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -170,13 +170,16 @@ struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    fn start() -> Self {
+    /// A cluster on the first port plus `offset`: each test that
+    /// reshards has its own.
+    fn start(offset: u16) -> Self {
         let services = std::env::var("STAMPEDE_TEST_SERVICES")
             .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
         let port: u16 = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
             .ok()
             .and_then(|p| p.parse().ok())
-            .unwrap_or(7541);
+            .unwrap_or(7541)
+            + offset;
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{port}"));
         let mut cluster = Self {
             services,
@@ -226,6 +229,14 @@ fn cli(port: u16, args: &[&str]) -> String {
 /// Moves `slot` with its keys from `from` to `to` (node ports), the way
 /// `redis-cli --cluster reshard` does, one slot.
 fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
+    migrate_slot_keys(slot, from, to);
+    finish_slot_move(slot, from, to, all);
+}
+
+/// The first half of a slot's move: both nodes mark it (importing,
+/// migrating) and every key of it goes to `to`. Until the move finishes,
+/// `from` still owns the slot and answers a call on those keys `ASK`.
+fn migrate_slot_keys(slot: u16, from: u16, to: u16) {
     let slot = slot.to_string();
     let from_id = cli(from, &["CLUSTER", "MYID"]);
     let to_id = cli(to, &["CLUSTER", "MYID"]);
@@ -242,6 +253,12 @@ fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
         args.extend(keys);
         assert_eq!(cli(from, &args), "OK", "MIGRATE");
     }
+}
+
+/// The second half: every node learns that `to` owns the slot.
+fn finish_slot_move(slot: u16, from: u16, to: u16, all: &[u16]) {
+    let slot = slot.to_string();
+    let to_id = cli(to, &["CLUSTER", "MYID"]);
     for node in [to, from].iter().chain(all.iter().filter(|p| **p != to && **p != from)) {
         assert_eq!(cli(*node, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "OK");
     }
@@ -256,7 +273,7 @@ fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
 /// what Redis holds agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slot_moves_one_call_fails_unrun_and_the_next_lands() {
-    let cluster = PrivateCluster::start();
+    let cluster = PrivateCluster::start(0);
     let app = spawn_app_on(
         &database_url(),
         &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
@@ -310,6 +327,86 @@ async fn after_a_slot_moves_one_call_fails_unrun_and_the_next_lands() {
     for i in 0..20 {
         let next = loop {
             let reply = app.checkout(&format!("mover-{i}"), 2 + i).await;
+            if reply.status == StatusCode::OK || moved_at.elapsed() > within {
+                break reply;
+            }
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+        };
+        assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    }
+    println!("all calls land {:?} after the move", moved_at.elapsed());
+    app.finish().await;
+    drop(cluster);
+}
+
+/// While a slot migrates, a call whose keys already went to the importing
+/// node is answered `ASK` by the old one. fred, allowed one write per
+/// command, fails it unrun, and ends that client's routing task for good;
+/// the engine starts the task again. So calls during the migration answer
+/// 503 and change nothing, and once the move finishes every pooled client
+/// serves again (without the restart, each client that met an `ASK` would
+/// time out every later call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on() {
+    let cluster = PrivateCluster::start(10);
+    let app = spawn_app_on(
+        &database_url(),
+        &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
+    )
+    .await;
+    let sale = app.sale_id();
+    let code = app.code_for("migrant", 1).await;
+    let sold = app.sale_key(sale, ":sold");
+    let slot = fred::util::redis_keyslot(sold.as_bytes());
+    let ports: Vec<u16> = (cluster.port..cluster.port + 3).collect();
+    let primaries = primaries(&app.ctx.redis).await.expect("slots");
+    let from = primary_of(&primaries, &sold).server.port;
+    let to = *ports.iter().find(|p| **p != from).expect("another primary");
+    migrate_slot_keys(slot, from, to);
+    println!("slot {slot} of {sold} migrating from :{from} to :{to}");
+
+    // Twice the pool's clients, so every one of them meets the migration.
+    let mut landed = false;
+    for _ in 0..8 {
+        let reply = app.purchase(&code).await;
+        println!("purchase while migrating: {} {:?}", reply.status, reply.body);
+        if reply.status == StatusCode::OK {
+            landed = true;
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+    }
+    finish_slot_move(slot, from, to, &ports);
+    let moved_at = Instant::now();
+    let within = scaled(Duration::from_secs(15));
+    while !landed {
+        let reply = app.purchase(&code).await;
+        println!("purchase after the move: {} {:?}", reply.status, reply.body);
+        landed = reply.status == StatusCode::OK;
+        if !landed {
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+            assert!(
+                moved_at.elapsed() < within,
+                "purchases still fail {:?} after the move",
+                moved_at.elapsed()
+            );
+        }
+    }
+    // Bought once: none of the failed calls ran.
+    let sold_count: i64 = loop {
+        match app.ctx.redis.custom(fred::cmd!("BITCOUNT"), vec![sold.clone()]).await {
+            Ok(count) => break count,
+            Err(e) => {
+                assert!(moved_at.elapsed() < within, "BITCOUNT still failing: {e}");
+                println!("BITCOUNT after the move: {e}");
+            }
+        }
+    };
+    assert_eq!(sold_count, 1);
+    // Every pooled client serves: more calls than clients, each landing.
+    for i in 0..12 {
+        let next = loop {
+            let reply = app.checkout(&format!("migrant-{i}"), 2 + i).await;
             if reply.status == StatusCode::OK || moved_at.elapsed() > within {
                 break reply;
             }
