@@ -70,6 +70,24 @@ pub const REDIS_TRYAGAIN_RETRIES_MAX: u32 = 3;
 /// Pause before each resend after `TRYAGAIN`.
 pub const REDIS_TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
 
+/// Times a batch call is sent again after fred failed it without knowing
+/// whether it ran: a `MOVED` or `ASK` redirection (it did not: the node
+/// refused it) and a connection dropped under it (it may have) end with the
+/// same error. The call's mark makes the resend safe: a call that ran
+/// answers `SEEN` and runs nothing. Two, so that a call meeting `MOVED` and
+/// then `ASK` in one reshard still lands; past them the request answers 503.
+pub const REDIS_RESENDS_MAX: u32 = 2;
+
+/// Pause before each such resend: fred has re-read the slot map after
+/// `MOVED` already, and restarts a routing task that `ASK` ended in 20 ms.
+pub const REDIS_RESEND_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long a batch call's mark lives in Redis. Every resend of the call
+/// is sent within a few command timeouts of the first sending; a minute is
+/// far past that, and at a few thousand calls a second the marks hold a few
+/// megabytes.
+pub const BATCH_MARK_TTL: Duration = Duration::from_secs(60);
+
 /// Pauses before a Redis client's routing task, ended by an error, is
 /// started again: the first, then doubled per restart in a row up to the
 /// last. Short, because while it is down every command of that client

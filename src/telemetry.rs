@@ -126,6 +126,9 @@ pub fn register_batch_scripts(scripts: impl IntoIterator<Item = &'static str>) {
             counter!("stampede_script_shed_total", "script" => script, "reason" => reason).increment(0);
         }
         counter!("stampede_redis_wait_failed_total", "script" => script).increment(0);
+        for outcome in ["sent", "seen"] {
+            counter!("stampede_redis_resends_total", "script" => script, "outcome" => outcome).increment(0);
+        }
     }
 }
 
@@ -192,6 +195,12 @@ pub fn script_shed(script: &'static str, reason: &'static str) {
 /// `STAMPEDE_REDIS_WAIT_REPLICAS` acknowledged its call in time.
 pub fn redis_wait_failed(script: &'static str, requests: usize) {
     counter!("stampede_redis_wait_failed_total", "script" => script).increment(requests as u64);
+}
+
+/// A batch call sent again after fred failed it unknown (`sent`), and the
+/// resends that found the first sending had run (`seen`: 503 as before).
+pub fn redis_resent(script: &'static str, outcome: &'static str) {
+    counter!("stampede_redis_resends_total", "script" => script, "outcome" => outcome).increment(1);
 }
 
 /// A Redis client's routing task ended by an error and was started again.

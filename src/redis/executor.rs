@@ -9,9 +9,9 @@
 //!
 //! The batch protocol every batch script follows:
 //! - KEYS: 1 the shard's outbox stream, 2 its unflushed-event counter, then
-//!   `keys_per_request` keys per request;
+//!   `keys_per_request` keys per request, then the call's mark;
 //! - ARGV: 1 number of requests, 2 the outbox bound in events, then
-//!   `args_per_request` arguments per request;
+//!   `args_per_request` arguments per request, then the mark's lifetime;
 //! - reply: one array per request, in order;
 //! - events: at most one `XADD` per call, of `kind, values` pairs (see
 //!   `crate::outbox`), and `INCRBY` of the counter by the number of events.
@@ -23,8 +23,14 @@
 //!
 //! A call that fails (timeout, reset) fails every request in it with the
 //! same `ScriptError`: the client cannot tell whether it took effect, which
-//! is why features offer a read-only way to look a state up. A call is sent
-//! once: the Redis clients never resend by themselves (see `client`).
+//! is why features offer a read-only way to look a state up. The Redis
+//! clients never resend by themselves (see `client`). A call runs at most
+//! once: each carries a mark (a random id, its last key), which the script
+//! sets as it runs. When fred fails a call without knowing whether it ran
+//! (after a `MOVED` or `ASK` redirection it did not; on a dropped connection
+//! it may have), the call is sent again, at most `REDIS_RESENDS_MAX` times;
+//! a call that ran finds its mark and answers `SEEN`, and its requests get
+//! the first error, an unknown outcome, as before.
 //!
 //! Overload is answered before Redis: a request finding its queue full, or
 //! found by a worker to have waited past the queue deadline, gets
@@ -38,9 +44,9 @@ use fred::clients::Pool;
 use fred::types::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
+use crate::limits::{BATCH_MARK_TTL, SCRIPT_BATCH_REQUESTS_MAX};
 use crate::redis::keyspace::{Keyspace, Shard};
-use crate::redis::lua::{LuaScript, ScriptError};
+use crate::redis::lua::{LuaScript, Marked, ScriptError};
 use crate::redis::wait::WaitForReplicas;
 use crate::telemetry;
 
@@ -154,6 +160,7 @@ impl Executor {
                 let header = Header {
                     outbox: inner.keys.outbox(shard),
                     counter: inner.keys.outbox_events(shard),
+                    mark_prefix: inner.keys.batch_mark_prefix(shard),
                     outbox_events_max: inner.config.outbox_events_max,
                     queue_deadline: inner.config.queue_deadline,
                     wait: inner.config.wait,
@@ -221,6 +228,8 @@ impl Executor {
 struct Header {
     outbox: String,
     counter: String,
+    /// A call's mark is this and a random id (see `lua/batch/prologue.lua`).
+    mark_prefix: String,
     outbox_events_max: u64,
     queue_deadline: Duration,
     wait: Option<WaitForReplicas>,
@@ -269,19 +278,21 @@ fn admit(script: &'static BatchScript, header: &Header, now: Instant, job: Job, 
 async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, jobs: &mut Vec<Job>) {
     let n = jobs.len();
     telemetry::script_batch(script.lua.name(), n);
-    let mut keys = Vec::with_capacity(2 + n * script.keys_per_request);
+    let mut keys = Vec::with_capacity(3 + n * script.keys_per_request);
     keys.push(header.outbox.clone());
     keys.push(header.counter.clone());
-    let mut args: Vec<Value> = Vec::with_capacity(2 + n * script.args_per_request);
+    let mut args: Vec<Value> = Vec::with_capacity(3 + n * script.args_per_request);
     args.push((n as i64).into());
     args.push((header.outbox_events_max as i64).into());
     for job in jobs.iter_mut() {
         keys.append(&mut job.keys);
         args.append(&mut job.args);
     }
+    keys.push(format!("{}{:016x}", header.mark_prefix, rand::random::<u64>()));
+    args.push((BATCH_MARK_TTL.as_millis() as i64).into());
     // WAIT must follow the call on its connection: the same client.
     let client = redis.next();
-    let mut called = script.lua.call_on(client, keys, args).await;
+    let mut called = script.lua.call_on(client, keys, args, Marked::Yes).await;
     if let (Ok(_), Some(wait)) = (&called, header.wait)
         && let Err(e) = wait.replicated(client, header.slot).await
     {

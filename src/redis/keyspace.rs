@@ -124,6 +124,13 @@ impl Keyspace {
         self.key(shard, format_args!("outbox"))
     }
 
+    /// The start of the marks of `shard`'s batch calls: a call's mark is
+    /// this and the call's id (16 hex digits). The call sets it when it runs,
+    /// so the same call sent again finds it and does not run a second time.
+    pub fn batch_mark_prefix(&self, shard: Shard) -> String {
+        self.key(shard, format_args!("call:"))
+    }
+
     /// Events in `shard`'s outbox not yet in Postgres. Kept by the scripts
     /// that append and the one that acknowledges, so it bounds the backlog
     /// in events whatever the entries hold.

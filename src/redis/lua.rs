@@ -17,7 +17,8 @@ use fred::interfaces::LuaInterface;
 use fred::types::scripts::Script;
 use fred::types::{MultipleKeys, Value};
 
-use crate::limits::{REDIS_TRYAGAIN_PAUSE, REDIS_TRYAGAIN_RETRIES_MAX};
+use crate::limits::{REDIS_RESEND_PAUSE, REDIS_RESENDS_MAX, REDIS_TRYAGAIN_PAUSE, REDIS_TRYAGAIN_RETRIES_MAX};
+use crate::telemetry;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ScriptError {
@@ -60,17 +61,28 @@ impl LuaScript {
     where
         K: Into<MultipleKeys> + Send,
     {
-        self.call_on(redis.next(), keys, args).await
+        self.call_on(redis.next(), keys, args, Marked::No).await
     }
 
     /// [`call`](Self::call) on one client of the pool, for a caller that
-    /// sends a command after it on the same connection (`WAIT`).
-    pub async fn call_on<K>(&self, client: &Client, keys: K, args: Vec<Value>) -> Result<Vec<Value>, ScriptError>
+    /// sends a command after it on the same connection (`WAIT`). A
+    /// [`Marked::Yes`] call (a batch script's: its mark is its last key) is
+    /// sent again when fred failed it without knowing whether it ran.
+    pub async fn call_on<K>(
+        &self,
+        client: &Client,
+        keys: K,
+        args: Vec<Value>,
+        marked: Marked,
+    ) -> Result<Vec<Value>, ScriptError>
     where
         K: Into<MultipleKeys> + Send,
     {
         let keys: MultipleKeys = keys.into();
-        let mut resent = 0;
+        let (mut tryagain, mut resent) = (0, 0);
+        // The error of the first sending: what a resend answered `SEEN`
+        // (the first one ran) leaves the caller with, an unknown outcome.
+        let mut first: Option<fred::error::Error> = None;
         let reply: Value = loop {
             let sent = match self.script.evalsha(client, keys.clone(), args.clone()).await {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -79,9 +91,19 @@ impl LuaScript {
                 other => other,
             };
             match sent {
-                Err(e) if e.details().starts_with("TRYAGAIN") && resent < REDIS_TRYAGAIN_RETRIES_MAX => {
-                    resent += 1;
+                Err(e) if e.details().starts_with("TRYAGAIN") && tryagain < REDIS_TRYAGAIN_RETRIES_MAX => {
+                    tryagain += 1;
                     tokio::time::sleep(REDIS_TRYAGAIN_PAUSE).await;
+                }
+                Err(e) if marked == Marked::Yes && unknown_to_fred(&e) && resent < REDIS_RESENDS_MAX => {
+                    resent += 1;
+                    telemetry::redis_resent(self.name, "sent");
+                    first.get_or_insert(e);
+                    tokio::time::sleep(REDIS_RESEND_PAUSE).await;
+                }
+                Err(e) if e.details().starts_with("SEEN") => {
+                    telemetry::redis_resent(self.name, "seen");
+                    return Err(first.unwrap_or(e).into());
                 }
                 other => break other?,
             }
@@ -98,6 +120,23 @@ impl LuaScript {
             detail: detail.into(),
         }
     }
+}
+
+/// Whether a call may be sent again: [`Marked::Yes`] when its script sets a
+/// mark as it runs and answers `SEEN` when it finds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    Yes,
+    No,
+}
+
+/// The errors fred fails a command with when its one write attempt is spent
+/// and it cannot say whether the command ran: after a `MOVED` (it re-read
+/// the slot map; the command did not run), after an `ASK` (not run either),
+/// and for a command in flight on a connection it dropped (it may have run).
+/// Read in fred 10.1's `router/commands.rs` and `router/utils.rs`.
+fn unknown_to_fred(e: &fred::error::Error) -> bool {
+    matches!(e.details(), "Too many failed write attempts." | "Max attempts reached.")
 }
 
 /// Reads reply element `index` as a string.

@@ -148,6 +148,8 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         cfg.clients.to_string(),
         "-n".into(),
         cfg.requests.to_string(),
+        "-r".into(),
+        "1000000000".into(),
         "-q".into(),
         "--csv".into(),
     ];
@@ -164,21 +166,26 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
     }
     let command: Vec<String> = vec![
         // The batch protocol (src/redis/executor.rs): the outbox and its
-        // counter, then one request's code, sold bitmap and users hash; a
-        // batch of 1, the outbox bound, then now, the active sale, the code.
+        // counter, then one request's code, sold bitmap and users hash, then
+        // the call's mark (redis-benchmark puts a random number in place of
+        // `__rand_int__`, so each call has its own); a batch of 1, the
+        // outbox bound, then now, the active sale, the code, then the mark's
+        // lifetime (ms).
         "EVALSHA".into(),
         sha.clone(),
-        "5".into(),
+        "6".into(),
         format!("{p}:{{7}}:outbox-bench"),
         format!("{p}:{{7}}:outbox-bench:events"),
         format!("{p}:{{7}}:code:nonexistent"),
         format!("{p}:{{7}}:sale:0:sold"),
         format!("{p}:{{7}}:sale:0:users"),
+        format!("{p}:{{7}}:call:__rand_int__"),
         "1".into(),
         "1000000".into(),
         "0".into(),
         "0".into(),
         "nonexistent".into(),
+        "60000".into(),
     ];
     shown = format!("redis-benchmark {shown} {}", command.join(" "));
     args.extend(command);
