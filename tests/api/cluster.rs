@@ -10,7 +10,6 @@
 //! default 7541).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client as RedisClient;
@@ -23,6 +22,7 @@ use crate::helpers::{
     EngineProcess, create_database, database_url, delete_keys, drop_database, redis_url, scaled, spawn_app,
     spawn_app_on, unique_name,
 };
+use crate::private_cluster::PrivateCluster;
 
 /// A cluster the tests may share (never reshard, kill or flush it).
 fn shared_cluster_url() -> String {
@@ -160,72 +160,10 @@ async fn a_restart_with_another_shard_count_refuses_and_says_what_to_do() {
     let _ = redis.quit().await;
 }
 
-/// A private 3-primary cluster (`services.sh cluster-start`), stopped and
-/// deleted when dropped.
-struct PrivateCluster {
-    services: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl PrivateCluster {
-    fn start() -> Self {
-        let services = std::env::var("STAMPEDE_TEST_SERVICES")
-            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
-        let port: u16 = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(7541);
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{port}"));
-        let mut cluster = Self {
-            services,
-            port,
-            dir,
-            url: String::new(),
-        };
-        let out = cluster.services("cluster-start");
-        cluster.url = out
-            .lines()
-            .find_map(|l| l.strip_prefix("export REDIS_CLUSTER_URL="))
-            .expect("cluster-start prints REDIS_CLUSTER_URL")
-            // Shell-quoted (`printf %q`): `?` and `&` come escaped.
-            .replace(['\\', '\''], "");
-        cluster
-    }
-
-    fn services(&self, action: &str) -> String {
-        let out = Command::new("bash")
-            .arg(&self.services)
-            .arg(action)
-            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
-            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("services.sh runs");
-        assert!(out.status.success(), "services.sh {action} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let _ = self.services("cluster-stop");
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Moves `slot` with its keys from `from` to `to` (node ports), the way
 /// `redis-cli --cluster reshard` does, one slot.
-fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
+fn move_slot(cluster: &PrivateCluster, slot: u16, from: u16, to: u16, all: &[u16]) {
+    let cli = |port: u16, args: &[&str]| cluster.cli(port, args);
     let slot = slot.to_string();
     let from_id = cli(from, &["CLUSTER", "MYID"]);
     let to_id = cli(to, &["CLUSTER", "MYID"]);
@@ -256,7 +194,11 @@ fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
 /// what Redis holds agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slot_moves_one_call_fails_unrun_and_the_next_lands() {
-    let cluster = PrivateCluster::start();
+    let port = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7541);
+    let cluster = PrivateCluster::start(port, 0);
     let app = spawn_app_on(
         &database_url(),
         &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
@@ -270,7 +212,7 @@ async fn after_a_slot_moves_one_call_fails_unrun_and_the_next_lands() {
     let primaries = primaries(&app.ctx.redis).await.expect("slots");
     let from = primary_of(&primaries, &sold).server.port;
     let to = *ports.iter().find(|p| **p != from).expect("another primary");
-    move_slot(slot, from, to, &ports);
+    move_slot(&cluster, slot, from, to, &ports);
     println!("moved slot {slot} of {sold} from :{from} to :{to}");
 
     // Each pooled client (and each background reader) meets the move once,
