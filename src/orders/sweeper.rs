@@ -20,25 +20,21 @@ use super::split::{self, InTransit};
 use super::{Orders, OrdersError, lua};
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
+use crate::ticker;
 
-pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(STOCK_SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let now_ms = feature.ctx.clock.now_ms();
-        for shard in feature.ctx.keys.shards() {
-            if let Err(e) = pass(&feature, shard, now_ms).await {
-                tracing::warn!(error = %e, shard = shard.index(), "transfer sweep failed; retrying next tick");
+pub async fn run(feature: Arc<Orders>, shutdown: watch::Receiver<bool>) {
+    ticker::every(STOCK_SWEEP_TICK, shutdown, || {
+        let feature = feature.clone();
+        async move {
+            let now_ms = feature.ctx.clock.now_ms();
+            for shard in feature.ctx.keys.shards() {
+                if let Err(e) = pass(&feature, shard, now_ms).await {
+                    tracing::warn!(error = %e, shard = shard.index(), "transfer sweep failed; retrying next tick");
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Finishes the due transfers given on `shard` (up to a batch); returns how

@@ -17,29 +17,25 @@ use super::domain::{CheckoutCode, SaleWindow};
 use super::limits::{SALE_SWEEP_BATCH, SALE_SWEEP_TICK};
 use super::lua::SaleKeys;
 use super::{Sale, split};
+use crate::ticker;
 
-pub async fn run(sale: Arc<Sale>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SALE_SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let now_ms = sale.ctx.clock.now_ms();
-        let current = SaleWindow::at(now_ms, sale.settings.period_secs).sale_id;
-        // A reservation made just before a sale ended is swept after it.
-        for sale_id in [current, current.saturating_sub(1)] {
-            for part in 0..sale.settings.split {
-                if let Err(e) = pass(&sale, sale_id, part, now_ms).await {
-                    tracing::warn!(error = %e, sale_id, part, "reservation sweep failed; retrying next tick");
+pub async fn run(sale: Arc<Sale>, shutdown: watch::Receiver<bool>) {
+    ticker::every(SALE_SWEEP_TICK, shutdown, || {
+        let sale = sale.clone();
+        async move {
+            let now_ms = sale.ctx.clock.now_ms();
+            let current = SaleWindow::at(now_ms, sale.settings.period_secs).sale_id;
+            // A reservation made just before a sale ended is swept after it.
+            for sale_id in [current, current.saturating_sub(1)] {
+                for part in 0..sale.settings.split {
+                    if let Err(e) = pass(&sale, sale_id, part, now_ms).await {
+                        tracing::warn!(error = %e, sale_id, part, "reservation sweep failed; retrying next tick");
+                    }
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Resolves the due reservations of one part (up to a batch); returns how

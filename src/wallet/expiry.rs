@@ -18,26 +18,22 @@ use super::lua::{self, expiry_key};
 use super::metrics;
 use crate::context::Context;
 use crate::redis::keyspace::Shard;
+use crate::ticker;
 
-pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(WALLET_EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        for shard in ctx.keys.shards() {
-            match pass(&ctx, shard).await {
-                Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
+pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+    ticker::every(WALLET_EXPIRY_TICK, shutdown, || {
+        let ctx = ctx.clone();
+        async move {
+            for shard in ctx.keys.shards() {
+                match pass(&ctx, shard).await {
+                    Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Expires the due bonuses of one shard (up to a batch); returns how many.
