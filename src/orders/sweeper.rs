@@ -11,13 +11,13 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use super::limits::STOCK_SWEEP_TICK;
 use super::split::{self, InTransit};
 use super::{Orders, OrdersError, lua};
+use crate::redis::due::due_members;
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
 use crate::ticker;
@@ -41,21 +41,14 @@ pub async fn run(feature: Arc<Orders>, shutdown: watch::Receiver<bool>) {
 /// many it finished.
 pub async fn pass(feature: &Orders, shard: Shard, now_ms: i64) -> Result<usize, OrdersError> {
     let ctx = &*feature.ctx;
-    let due: Vec<String> = ctx
-        .redis
-        .custom(
-            fred::cmd!("ZRANGEBYSCORE"),
-            vec![
-                lua::transits_key(&ctx.keys, shard),
-                "-inf".into(),
-                (now_ms - feature.settings.transit_timeout_ms).to_string(),
-                "LIMIT".into(),
-                "0".into(),
-                feature.settings.sweep_batch.to_string(),
-            ],
-        )
-        .await
-        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
+    let due = due_members(
+        &ctx.redis,
+        lua::transits_key(&ctx.keys, shard),
+        now_ms - feature.settings.transit_timeout_ms,
+        feature.settings.sweep_batch,
+    )
+    .await
+    .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
     let transfers: Vec<InTransit> = due.iter().filter_map(|m| InTransit::parse(m)).collect();
     if transfers.len() < due.len() {
         tracing::warn!(

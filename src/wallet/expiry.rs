@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
-use fred::types::Value;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
@@ -17,6 +15,7 @@ use super::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use super::lua::{self, expiry_key};
 use super::metrics;
 use crate::context::Context;
+use crate::redis::due::due_members;
 use crate::redis::keyspace::Shard;
 use crate::ticker;
 
@@ -39,27 +38,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
 /// Expires the due bonuses of one shard (up to a batch); returns how many.
 async fn pass(ctx: &Context, shard: Shard) -> Result<u64, String> {
     let now_ms = ctx.clock.now_ms();
-    let due: Value = ctx
-        .redis
-        .custom(
-            fred::cmd!("ZRANGEBYSCORE"),
-            vec![
-                expiry_key(&ctx.keys, shard),
-                "-inf".into(),
-                now_ms.to_string(),
-                "LIMIT".into(),
-                "0".into(),
-                WALLET_EXPIRY_BATCH.to_string(),
-            ],
-        )
+    let due = due_members(&ctx.redis, expiry_key(&ctx.keys, shard), now_ms, WALLET_EXPIRY_BATCH)
         .await
         .map_err(|e| e.to_string())?;
-    let Value::Array(members) = due else {
-        return Ok(0);
-    };
-    let accounts: Vec<(PlayerId, Currency)> = members
+    let accounts: Vec<(PlayerId, Currency)> = due
         .iter()
-        .filter_map(|m| m.as_string())
         .filter_map(|m| {
             // "<currency>:<player>", as the script writes it.
             let (currency, player) = m.split_once(':')?;
