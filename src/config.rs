@@ -143,6 +143,20 @@ impl Config {
         Self::from_vars(std::env::vars().collect())
     }
 
+    /// A valid configuration: `vars` over the one variable with no default.
+    /// What the features' settings tests read their own settings from.
+    #[cfg(test)]
+    pub fn for_tests(vars: &[(&str, &str)]) -> Self {
+        Self::from_vars(
+            [("DATABASE_URL", "x")]
+                .iter()
+                .chain(vars)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .expect("the shared settings are valid")
+    }
+
     /// Builds the configuration from any variable source (tests pass a map).
     pub fn from_vars(vars: BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let vars = Vars(vars);

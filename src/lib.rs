@@ -6,7 +6,8 @@
 //! (earlier in this list), which `tests/structure.rs` checks:
 //!
 //! 1. Infrastructure, which names no feature: [`config`] (the shared
-//!    settings), [`clock`], [`limits`] (the shared bounds), [`telemetry`]
+//!    settings), [`clock`], [`ticker`] (the loop of a periodic background
+//!    pass), [`limits`] (the shared bounds), [`telemetry`]
 //!    (logs and the shared metrics), [`postgres`], [`redis`] (the client
 //!    builder, the Redis settings checked at start, the key space, Lua
 //!    loading with EVALSHA and reload, the batched script executor),
@@ -46,4 +47,5 @@ pub mod sale;
 pub mod server;
 pub mod settlement;
 pub mod telemetry;
+pub mod ticker;
 pub mod wallet;

@@ -30,6 +30,7 @@ use super::record::{LineError, PurchaseRecord, parse_line};
 use super::sink::{self, BatchCounts};
 use crate::limits::POSTGRES_STATEMENT_TIMEOUT;
 use crate::postgres::{self, BatchError};
+use crate::redis::keyspace::stable_hash;
 
 /// The response to a finished upload. Every non-blank line is counted
 /// exactly once: `total = created + updated + unchanged + rejected`.
@@ -226,13 +227,10 @@ impl Upload {
     }
 }
 
-/// Which writer takes an id: stable within an upload, spread evenly.
+/// Which writer takes an id: stable within an upload (every line of one id
+/// goes to one writer), spread evenly.
 fn writer_of(transaction_id: &str, writers: usize) -> usize {
-    // FNV-1a: cheap, and good enough to spread ids over a few writers.
-    let hash = transaction_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % writers as u64) as usize
+    (stable_hash(transaction_id) % writers as u64) as usize
 }
 
 impl Drop for Upload {

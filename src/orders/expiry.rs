@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
@@ -16,6 +15,7 @@ use super::domain::{OrderId, ProductId};
 use super::limits::{HOLD_EXPIRY_INTERVAL, HOLDS_EXPIRED_PER_PASS_MAX};
 use super::lua::{self, Action, UpdateRequest};
 use super::metrics;
+use crate::redis::due::due_members;
 use crate::redis::keyspace::Shard;
 
 pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
@@ -43,19 +43,7 @@ pub async fn expire_due(feature: &Orders, shard: Shard) -> Result<u64, super::Or
     let mut expired = 0;
     loop {
         let now_ms = state.clock.now_ms();
-        let due: Vec<String> = state
-            .redis
-            .custom(
-                fred::cmd!("ZRANGEBYSCORE"),
-                vec![
-                    key.clone(),
-                    "-inf".into(),
-                    now_ms.to_string(),
-                    "LIMIT".into(),
-                    "0".into(),
-                    HOLDS_EXPIRED_PER_PASS_MAX.to_string(),
-                ],
-            )
+        let due = due_members(&state.redis, key.clone(), now_ms, HOLDS_EXPIRED_PER_PASS_MAX)
             .await
             .map_err(|e| super::OrdersError::Script(crate::redis::lua::ScriptError::Redis(e)))?;
         let page = due.len();

@@ -68,15 +68,7 @@ mod tests {
     use crate::config::Config;
 
     fn settings(vars: &[(&str, &str)]) -> Result<OrdersSettings, ConfigError> {
-        let config = Config::from_vars(
-            [("DATABASE_URL", "x")]
-                .iter()
-                .chain(vars)
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-        .expect("the shared settings are valid");
-        OrdersSettings::from_env(&config.env())
+        OrdersSettings::from_env(&Config::for_tests(vars).env())
     }
 
     #[test]

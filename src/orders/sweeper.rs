@@ -11,55 +11,44 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use super::limits::STOCK_SWEEP_TICK;
 use super::split::{self, InTransit};
 use super::{Orders, OrdersError, lua};
+use crate::redis::due::due_members;
 use crate::redis::keyspace::Shard;
 use crate::redis::lua::ScriptError;
+use crate::ticker;
 
-pub async fn run(feature: Arc<Orders>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(STOCK_SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let now_ms = feature.ctx.clock.now_ms();
-        for shard in feature.ctx.keys.shards() {
-            if let Err(e) = pass(&feature, shard, now_ms).await {
-                tracing::warn!(error = %e, shard = shard.index(), "transfer sweep failed; retrying next tick");
+pub async fn run(feature: Arc<Orders>, shutdown: watch::Receiver<bool>) {
+    ticker::every(STOCK_SWEEP_TICK, shutdown, || {
+        let feature = feature.clone();
+        async move {
+            let now_ms = feature.ctx.clock.now_ms();
+            for shard in feature.ctx.keys.shards() {
+                if let Err(e) = pass(&feature, shard, now_ms).await {
+                    tracing::warn!(error = %e, shard = shard.index(), "transfer sweep failed; retrying next tick");
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Finishes the due transfers given on `shard` (up to a batch); returns how
 /// many it finished.
 pub async fn pass(feature: &Orders, shard: Shard, now_ms: i64) -> Result<usize, OrdersError> {
     let ctx = &*feature.ctx;
-    let due: Vec<String> = ctx
-        .redis
-        .custom(
-            fred::cmd!("ZRANGEBYSCORE"),
-            vec![
-                lua::transits_key(&ctx.keys, shard),
-                "-inf".into(),
-                (now_ms - feature.settings.transit_timeout_ms).to_string(),
-                "LIMIT".into(),
-                "0".into(),
-                feature.settings.sweep_batch.to_string(),
-            ],
-        )
-        .await
-        .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
+    let due = due_members(
+        &ctx.redis,
+        lua::transits_key(&ctx.keys, shard),
+        now_ms - feature.settings.transit_timeout_ms,
+        feature.settings.sweep_batch,
+    )
+    .await
+    .map_err(|e| OrdersError::Script(ScriptError::Redis(e)))?;
     let transfers: Vec<InTransit> = due.iter().filter_map(|m| InTransit::parse(m)).collect();
     if transfers.len() < due.len() {
         tracing::warn!(

@@ -154,6 +154,15 @@ mod tests {
         assert_eq!(spread.outbox(spread.shard_of_number(4)), "p:{bc}:outbox");
     }
 
+    /// The published FNV-1a 64 test vectors: an id placed by the hash (on a
+    /// shard, in a part) stays where it is across versions.
+    #[test]
+    fn the_stable_hash_is_fnv_1a_64() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash("foobar"), 0x8594_4171_f739_67e8);
+    }
+
     #[test]
     fn text_ids_spread_and_stay_put() {
         let keys = Keyspace::numbered("p", 8);

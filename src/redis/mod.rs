@@ -11,10 +11,13 @@
 //! - `executor`: the batched script executor every hot-path state change goes
 //!   through, and the batch protocol its scripts follow.
 //! - `wait`: `WAIT` for replicas after each batch call, when asked for.
+//! - `due`: the read of what a time-scored sorted set holds due, with which
+//!   every periodic pass starts.
 //!
 //! It is infrastructure: it names no feature.
 
 pub mod client;
+pub mod due;
 pub mod executor;
 pub mod keyspace;
 pub mod layout;

@@ -47,15 +47,7 @@ mod tests {
     use crate::config::Config;
 
     fn settings(vars: &[(&str, &str)]) -> Result<SaleSettings, ConfigError> {
-        let config = Config::from_vars(
-            [("DATABASE_URL", "x")]
-                .iter()
-                .chain(vars)
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-        .expect("the shared settings are valid");
-        SaleSettings::from_env(&config.env())
+        SaleSettings::from_env(&Config::for_tests(vars).env())
     }
 
     #[test]

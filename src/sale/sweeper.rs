@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
-use fred::types::Value;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
@@ -17,29 +15,26 @@ use super::domain::{CheckoutCode, SaleWindow};
 use super::limits::{SALE_SWEEP_BATCH, SALE_SWEEP_TICK};
 use super::lua::SaleKeys;
 use super::{Sale, split};
+use crate::redis::due::due_members;
+use crate::ticker;
 
-pub async fn run(sale: Arc<Sale>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SALE_SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let now_ms = sale.ctx.clock.now_ms();
-        let current = SaleWindow::at(now_ms, sale.settings.period_secs).sale_id;
-        // A reservation made just before a sale ended is swept after it.
-        for sale_id in [current, current.saturating_sub(1)] {
-            for part in 0..sale.settings.split {
-                if let Err(e) = pass(&sale, sale_id, part, now_ms).await {
-                    tracing::warn!(error = %e, sale_id, part, "reservation sweep failed; retrying next tick");
+pub async fn run(sale: Arc<Sale>, shutdown: watch::Receiver<bool>) {
+    ticker::every(SALE_SWEEP_TICK, shutdown, || {
+        let sale = sale.clone();
+        async move {
+            let now_ms = sale.ctx.clock.now_ms();
+            let current = SaleWindow::at(now_ms, sale.settings.period_secs).sale_id;
+            // A reservation made just before a sale ended is swept after it.
+            for sale_id in [current, current.saturating_sub(1)] {
+                for part in 0..sale.settings.split {
+                    if let Err(e) = pass(&sale, sale_id, part, now_ms).await {
+                        tracing::warn!(error = %e, sale_id, part, "reservation sweep failed; retrying next tick");
+                    }
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Resolves the due reservations of one part (up to a batch); returns how
@@ -47,29 +42,15 @@ pub async fn run(sale: Arc<Sale>, mut shutdown: watch::Receiver<bool>) {
 async fn pass(sale: &Sale, sale_id: u64, part: u32, now_ms: i64) -> Result<usize, String> {
     let ctx = &*sale.ctx;
     let keys = SaleKeys::of_part(&ctx.keys, sale_id, part);
-    let due: Value = ctx
-        .redis
-        .custom(
-            fred::cmd!("ZRANGEBYSCORE"),
-            vec![
-                keys.reserving,
-                "-inf".into(),
-                (now_ms - sale.settings.reservation_timeout_ms).to_string(),
-                "LIMIT".into(),
-                "0".into(),
-                SALE_SWEEP_BATCH.to_string(),
-            ],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let Value::Array(members) = due else {
-        return Ok(0);
-    };
-    let codes: Vec<CheckoutCode> = members
-        .iter()
-        .filter_map(|m| m.as_string())
-        .filter_map(|m| CheckoutCode::parse(Some(&m)).ok())
-        .collect();
+    let due = due_members(
+        &ctx.redis,
+        keys.reserving,
+        now_ms - sale.settings.reservation_timeout_ms,
+        SALE_SWEEP_BATCH,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let codes: Vec<CheckoutCode> = due.iter().filter_map(|m| CheckoutCode::parse(Some(m)).ok()).collect();
     // Concurrent calls ride one batched script call per part.
     let results = join_all(
         codes

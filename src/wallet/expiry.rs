@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use fred::interfaces::ClientLike;
-use fred::types::Value;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
@@ -17,53 +15,34 @@ use super::limits::{WALLET_EXPIRY_BATCH, WALLET_EXPIRY_TICK};
 use super::lua::{self, expiry_key};
 use super::metrics;
 use crate::context::Context;
+use crate::redis::due::due_members;
 use crate::redis::keyspace::Shard;
+use crate::ticker;
 
-pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(WALLET_EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        for shard in ctx.keys.shards() {
-            match pass(&ctx, shard).await {
-                Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
+pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+    ticker::every(WALLET_EXPIRY_TICK, shutdown, || {
+        let ctx = ctx.clone();
+        async move {
+            for shard in ctx.keys.shards() {
+                match pass(&ctx, shard).await {
+                    Ok(expired) if expired > 0 => metrics::wallet_bonus_expired(expired),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, shard = shard.index(), "bonus expiry pass failed"),
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Expires the due bonuses of one shard (up to a batch); returns how many.
 async fn pass(ctx: &Context, shard: Shard) -> Result<u64, String> {
     let now_ms = ctx.clock.now_ms();
-    let due: Value = ctx
-        .redis
-        .custom(
-            fred::cmd!("ZRANGEBYSCORE"),
-            vec![
-                expiry_key(&ctx.keys, shard),
-                "-inf".into(),
-                now_ms.to_string(),
-                "LIMIT".into(),
-                "0".into(),
-                WALLET_EXPIRY_BATCH.to_string(),
-            ],
-        )
+    let due = due_members(&ctx.redis, expiry_key(&ctx.keys, shard), now_ms, WALLET_EXPIRY_BATCH)
         .await
         .map_err(|e| e.to_string())?;
-    let Value::Array(members) = due else {
-        return Ok(0);
-    };
-    let accounts: Vec<(PlayerId, Currency)> = members
+    let accounts: Vec<(PlayerId, Currency)> = due
         .iter()
-        .filter_map(|m| m.as_string())
         .filter_map(|m| {
             // "<currency>:<player>", as the script writes it.
             let (currency, player) = m.split_once(':')?;

@@ -10,7 +10,6 @@
 //! default 7541), and so does the migration test (that port + 10).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client as RedisClient;
@@ -23,6 +22,7 @@ use crate::helpers::{
     EngineProcess, create_database, database_url, delete_keys, drop_database, redis_url, scaled, spawn_app,
     spawn_app_on, unique_name,
 };
+use crate::private_cluster::PrivateCluster;
 
 /// A cluster the tests may share (never reshard, kill or flush it).
 fn shared_cluster_url() -> String {
@@ -160,83 +160,29 @@ async fn a_restart_with_another_shard_count_refuses_and_says_what_to_do() {
     let _ = redis.quit().await;
 }
 
-/// A private 3-primary cluster (`services.sh cluster-start`), stopped and
-/// deleted when dropped.
-struct PrivateCluster {
-    services: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl PrivateCluster {
-    /// A cluster on the first port plus `offset`: each test that
-    /// reshards has its own.
-    fn start(offset: u16) -> Self {
-        let services = std::env::var("STAMPEDE_TEST_SERVICES")
-            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
-        let port: u16 = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(7541)
-            + offset;
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{port}"));
-        let mut cluster = Self {
-            services,
-            port,
-            dir,
-            url: String::new(),
-        };
-        let out = cluster.services("cluster-start");
-        cluster.url = out
-            .lines()
-            .find_map(|l| l.strip_prefix("export REDIS_CLUSTER_URL="))
-            .expect("cluster-start prints REDIS_CLUSTER_URL")
-            // Shell-quoted (`printf %q`): `?` and `&` come escaped.
-            .replace(['\\', '\''], "");
-        cluster
-    }
-
-    fn services(&self, action: &str) -> String {
-        let out = Command::new("bash")
-            .arg(&self.services)
-            .arg(action)
-            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
-            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("services.sh runs");
-        assert!(out.status.success(), "services.sh {action} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let _ = self.services("cluster-stop");
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+/// A private cluster for a test that reshards, on the first port
+/// (`STAMPEDE_TEST_CLUSTER_PORT`, default 7541) plus `offset`: each such
+/// test has its own.
+fn private_cluster(offset: u16) -> PrivateCluster {
+    let port: u16 = std::env::var("STAMPEDE_TEST_CLUSTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7541);
+    PrivateCluster::start(port + offset, 0)
 }
 
 /// Moves `slot` with its keys from `from` to `to` (node ports), the way
 /// `redis-cli --cluster reshard` does, one slot.
-fn move_slot(slot: u16, from: u16, to: u16, all: &[u16]) {
-    migrate_slot_keys(slot, from, to);
-    finish_slot_move(slot, from, to, all);
+fn move_slot(cluster: &PrivateCluster, slot: u16, from: u16, to: u16, all: &[u16]) {
+    migrate_slot_keys(cluster, slot, from, to);
+    finish_slot_move(cluster, slot, from, to, all);
 }
 
 /// The first half of a slot's move: both nodes mark it (importing,
 /// migrating) and every key of it goes to `to`. Until the move finishes,
 /// `from` still owns the slot and answers a call on those keys `ASK`.
-fn migrate_slot_keys(slot: u16, from: u16, to: u16) {
+fn migrate_slot_keys(cluster: &PrivateCluster, slot: u16, from: u16, to: u16) {
+    let cli = |port: u16, args: &[&str]| cluster.cli(port, args);
     let slot = slot.to_string();
     let from_id = cli(from, &["CLUSTER", "MYID"]);
     let to_id = cli(to, &["CLUSTER", "MYID"]);
@@ -256,7 +202,8 @@ fn migrate_slot_keys(slot: u16, from: u16, to: u16) {
 }
 
 /// The second half: every node learns that `to` owns the slot.
-fn finish_slot_move(slot: u16, from: u16, to: u16, all: &[u16]) {
+fn finish_slot_move(cluster: &PrivateCluster, slot: u16, from: u16, to: u16, all: &[u16]) {
+    let cli = |port: u16, args: &[&str]| cluster.cli(port, args);
     let slot = slot.to_string();
     let to_id = cli(to, &["CLUSTER", "MYID"]);
     for node in [to, from].iter().chain(all.iter().filter(|p| **p != to && **p != from)) {
@@ -274,7 +221,7 @@ fn finish_slot_move(slot: u16, from: u16, to: u16, all: &[u16]) {
 /// checkouts after it without an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slot_moves_calls_land_without_an_error() {
-    let cluster = PrivateCluster::start(0);
+    let cluster = private_cluster(0);
     let app = spawn_app_on(
         &database_url(),
         &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
@@ -288,7 +235,7 @@ async fn after_a_slot_moves_calls_land_without_an_error() {
     let primaries = primaries(&app.ctx.redis).await.expect("slots");
     let from = primary_of(&primaries, &sold).server.port;
     let to = *ports.iter().find(|p| **p != from).expect("another primary");
-    move_slot(slot, from, to, &ports);
+    move_slot(&cluster, slot, from, to, &ports);
     println!("moved slot {slot} of {sold} from :{from} to :{to}");
 
     let moved_at = Instant::now();
@@ -326,7 +273,7 @@ async fn after_a_slot_moves_calls_land_without_an_error() {
 /// time out every later call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on() {
-    let cluster = PrivateCluster::start(10);
+    let cluster = private_cluster(10);
     let app = spawn_app_on(
         &database_url(),
         &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
@@ -340,7 +287,7 @@ async fn during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on() {
     let primaries = primaries(&app.ctx.redis).await.expect("slots");
     let from = primary_of(&primaries, &sold).server.port;
     let to = *ports.iter().find(|p| **p != from).expect("another primary");
-    migrate_slot_keys(slot, from, to);
+    migrate_slot_keys(&cluster, slot, from, to);
     println!("slot {slot} of {sold} migrating from :{from} to :{to}");
 
     // Twice the pool's clients, so every one of them meets the migration.
@@ -354,7 +301,7 @@ async fn during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on() {
         }
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
     }
-    finish_slot_move(slot, from, to, &ports);
+    finish_slot_move(&cluster, slot, from, to, &ports);
     let moved_at = Instant::now();
     let within = scaled(Duration::from_secs(15));
     while !landed {

@@ -17,6 +17,7 @@ mod orders;
 mod orders_split;
 mod overload;
 mod poison;
+mod private_cluster;
 mod redis_checks;
 mod sale;
 mod sale_bad_input;

@@ -10,7 +10,7 @@ use rand::RngExt;
 use sqlx::PgPool;
 use stampede::clock::Clock;
 
-use crate::helpers::{HttpClient, send, spawn_app};
+use crate::helpers::{HttpClient, TestApp, send, spawn_app};
 
 /// 1000 buyers race over 10,000 items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -133,9 +133,18 @@ pub async fn assert_contest_in_postgres(db: &PgPool, sale: u64) {
 async fn a_code_is_spent_once_under_200_concurrent_purchases() {
     let app = Arc::new(spawn_app(&[]).await);
     let code = app.code_for("alice", 7).await;
+    let by_status = purchase_200_times_at_once(&app, &code).await;
+    assert_eq!(by_status.get(&StatusCode::OK), Some(&1), "{by_status:?}");
+    assert_eq!(by_status.get(&StatusCode::CONFLICT), Some(&199), "{by_status:?}");
+    Arc::into_inner(app).expect("done").finish().await;
+}
+
+/// Sends 200 purchases of `code` at once; every 409 is `CODE_USED`. The
+/// replies counted by status.
+pub async fn purchase_200_times_at_once(app: &Arc<TestApp>, code: &str) -> HashMap<StatusCode, usize> {
     let mut attempts = Vec::new();
     for _ in 0..200 {
-        let (app, code) = (app.clone(), code.clone());
+        let (app, code) = (app.clone(), code.to_owned());
         attempts.push(tokio::spawn(async move { app.purchase(&code).await }));
     }
     let mut by_status: HashMap<StatusCode, usize> = HashMap::new();
@@ -146,15 +155,21 @@ async fn a_code_is_spent_once_under_200_concurrent_purchases() {
         }
         *by_status.entry(reply.status).or_default() += 1;
     }
-    assert_eq!(by_status.get(&StatusCode::OK), Some(&1), "{by_status:?}");
-    assert_eq!(by_status.get(&StatusCode::CONFLICT), Some(&199), "{by_status:?}");
-    Arc::into_inner(app).expect("done").finish().await;
+    by_status
 }
 
 /// One user holding 15 codes, purchasing all at once, gets exactly the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_purchases_never_overrun_the_user_limit() {
     let app = Arc::new(spawn_app(&[]).await);
+    greedy_user_gets_exactly_the_limit(&app).await;
+    Arc::into_inner(app).expect("done").finish().await;
+}
+
+/// User `greedy` checks out items 1 to 15 and purchases them all at once:
+/// exactly the limit (10) goes through, the rest are `USER_LIMIT_REACHED`,
+/// and so is a further checkout.
+pub async fn greedy_user_gets_exactly_the_limit(app: &Arc<TestApp>) {
     let mut codes = Vec::new();
     for item in 1..=15 {
         codes.push(app.code_for("greedy", item).await);
@@ -179,7 +194,6 @@ async fn concurrent_purchases_never_overrun_the_user_limit() {
         (refused.status, refused.error_code()),
         (StatusCode::FORBIDDEN, "USER_LIMIT_REACHED")
     );
-    Arc::into_inner(app).expect("done").finish().await;
 }
 
 #[tokio::test]

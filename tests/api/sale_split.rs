@@ -15,7 +15,7 @@ use crate::helpers::{
     EngineProcess, create_database, database_url, delete_keys, drop_database, engine_keys, http_client, outbox_backlog,
     redis_client, send, sold_over_shards, spawn_app, unique_name, user_counts, wait_for_acknowledged,
 };
-use crate::sale::thousand_buyers_contest;
+use crate::sale::{greedy_user_gets_exactly_the_limit, purchase_200_times_at_once, thousand_buyers_contest};
 
 const SPLIT: (&str, &str) = ("STAMPEDE_SALE_SPLIT", "3");
 
@@ -32,47 +32,14 @@ async fn split_sale_thousand_buyers_sell_exactly_ten_thousand_items() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_sale_concurrent_purchases_never_overrun_the_user_limit() {
     let app = Arc::new(spawn_app(&[SPLIT]).await);
-    let mut codes = Vec::new();
-    for item in 1..=15 {
-        codes.push(app.code_for("greedy", item).await);
-    }
-    let replies = join_all(codes.iter().map(|code| {
-        let (app, code) = (app.clone(), code.clone());
-        async move { app.purchase(&code).await }
-    }))
-    .await;
-    let mut ok = 0;
-    for reply in replies {
-        match reply.status {
-            StatusCode::OK => ok += 1,
-            StatusCode::FORBIDDEN => assert_eq!(reply.error_code(), "USER_LIMIT_REACHED"),
-            other => panic!("unexpected {other}: {:?}", reply.body),
-        }
-    }
-    assert_eq!(ok, 10);
-    let refused = app.checkout("greedy", 100).await;
-    assert_eq!(
-        (refused.status, refused.error_code()),
-        (StatusCode::FORBIDDEN, "USER_LIMIT_REACHED")
-    );
+    greedy_user_gets_exactly_the_limit(&app).await;
     let counts = app.user_counts(app.sale_id()).await;
     assert_eq!(counts.get("greedy"), Some(&(10, 0)), "{counts:?}");
 
     let code = app.code_for("alice", 20).await;
     // Checked out while the item is free, spent after it is sold.
     let late = app.code_for("bob", 20).await;
-    let replies = join_all((0..200).map(|_| {
-        let (app, code) = (app.clone(), code.clone());
-        async move { app.purchase(&code).await }
-    }))
-    .await;
-    let mut by_status: HashMap<StatusCode, usize> = HashMap::new();
-    for reply in replies {
-        if reply.status == StatusCode::CONFLICT {
-            assert_eq!(reply.error_code(), "CODE_USED");
-        }
-        *by_status.entry(reply.status).or_default() += 1;
-    }
+    let by_status = purchase_200_times_at_once(&app, &code).await;
     assert_eq!(by_status.get(&StatusCode::OK), Some(&1), "{by_status:?}");
     let state = app.get(&format!("/codes/{code}")).await;
     assert_eq!(state.body["state"], "spent", "{:?}", state.body);

@@ -3,8 +3,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use crate::helpers::{
     ADMIN_TOKEN, EngineProcess, HttpClient, create_database, database_url, delete_keys, drop_database, engine_keys,
     free_port, http_client, redis_client, send, send_with, unique_name,
 };
+use crate::private_cluster::PrivateCluster;
 use crate::sale::{CONTEST_ITEMS, assert_contest_in_postgres, contest};
 
 /// A sale period of a day (the longest allowed): engines run as processes on
@@ -136,158 +135,9 @@ async fn three_engines_on_one_port_sell_exactly_ten_thousand_items() {
     delete_keys(&redis_client().await, &name).await;
 }
 
-/// A private Redis Cluster with a replica per primary, from
-/// `scripts/services.sh cluster-start`; stopped and removed when dropped
-/// (also when the test panics).
-struct PrivateCluster {
-    services: String,
-    port: u16,
-    dir: PathBuf,
-    url: String,
-}
-
 /// The failover test's cluster ports: 6 nodes from here, bus ports +10000,
 /// all below the ephemeral range (32768) as `services.sh` requires.
 const FAILOVER_CLUSTER_PORT: u16 = 7611;
-const CLUSTER_NODES: u16 = 6;
-
-impl PrivateCluster {
-    fn start(port: u16) -> Self {
-        let services = std::env::var("STAMPEDE_TEST_SERVICES")
-            .expect("STAMPEDE_TEST_SERVICES must name scripts/services.sh: run the tests with scripts/test.sh");
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{port}"));
-        let mut cluster = Self {
-            services,
-            port,
-            dir,
-            url: String::new(),
-        };
-        // A cluster left by an interrupted run is in no known state.
-        cluster.run("cluster-stop");
-        cluster.url = cluster.run("cluster-start").trim().to_owned();
-        assert!(
-            cluster.url.starts_with("redis-cluster://"),
-            "cluster URL: {}",
-            cluster.url
-        );
-        cluster.wait_replicas_online();
-        cluster
-    }
-
-    /// `cluster_state:ok` comes before the replicas' first sync: until each
-    /// primary has an online replica, every `WAIT 1` would come up short.
-    fn wait_replicas_online(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in self.port..self.port + CLUSTER_NODES {
-            loop {
-                let info = self.cli(port, &["info", "replication"]);
-                let online = info.contains("role:slave") || info.contains("state=online");
-                if online {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {port} has no online replica: {info}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// Runs `services.sh action` for this cluster; prints what it exported
-    /// (`REDIS_CLUSTER_URL`).
-    fn run(&self, action: &str) -> String {
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(r#"eval "$(bash "$0" "$1")" && printf '%s' "${REDIS_CLUSTER_URL:-}""#)
-            .arg(&self.services)
-            .arg(action)
-            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
-            .env("STAMPEDE_CLUSTER_REPLICAS", "1")
-            .env("STAMPEDE_CLUSTER_NODE_TIMEOUT_MS", "2000")
-            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("services.sh runs");
-        assert!(output.status.success(), "services.sh {action} failed");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn cli(&self, port: u16, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// The port of the primary that serves `slot`, as node `ask` sees it:
-    /// a master not flagged as failed.
-    fn owner(&self, ask: u16, slot: u16) -> Option<u16> {
-        for line in self.cli(ask, &["cluster", "nodes"]).lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-                continue;
-            }
-            let serves = fields[8..].iter().any(|range| {
-                let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>().ok());
-                match (ends.next().flatten(), ends.next()) {
-                    (Some(first), None) => first == slot,
-                    (Some(first), Some(Some(last))) => (first..=last).contains(&slot),
-                    _ => false,
-                }
-            });
-            if serves {
-                let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
-                return Some(port);
-            }
-        }
-        None
-    }
-
-    /// Starts a killed node again, as its supervisor would: it rejoins as
-    /// a replica of the node promoted in its place.
-    fn restart(&self, port: u16) {
-        let status = Command::new("bash")
-            .arg(&self.services)
-            .arg("cluster-node-start")
-            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
-            .env("STAMPEDE_CLUSTER_REPLICAS", "1")
-            .env("STAMPEDE_CLUSTER_NODE_TIMEOUT_MS", "2000")
-            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
-            .env("STAMPEDE_CLUSTER_NODE", port.to_string())
-            .stdout(Stdio::null())
-            .status()
-            .expect("services.sh runs");
-        assert!(status.success(), "services.sh cluster-node-start {port} failed");
-    }
-
-    /// Whether the primary on `port` has a replica in sync.
-    fn has_online_replica(&self, port: u16) -> bool {
-        self.cli(port, &["info", "replication"]).contains("state=online")
-    }
-
-    fn kill_9(&self, port: u16) {
-        let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid")).expect("node pid file");
-        let status = Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -9 {}", pid.trim());
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.services)
-            .arg("cluster-stop")
-            .env("STAMPEDE_CLUSTER_PORT", self.port.to_string())
-            .env("STAMPEDE_CLUSTER_REPLICAS", "1")
-            .env("STAMPEDE_CLUSTER_DIR", &self.dir)
-            .stdout(Stdio::null())
-            .status();
-    }
-}
 
 /// What the load saw, shared by its tasks.
 #[derive(Default)]
@@ -437,7 +287,7 @@ async fn wait_until(within: Duration, what: &str, seen: &Seen, mut done: impl Fn
 /// twice, with the stock invariant and reconcile intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_primary_failover() {
-    let cluster = PrivateCluster::start(FAILOVER_CLUSTER_PORT);
+    let cluster = PrivateCluster::start(FAILOVER_CLUSTER_PORT, 1);
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
     let items = FAILOVER_ITEMS.to_string();
@@ -520,9 +370,7 @@ async fn acknowledged_writes_survive_a_primary_failover() {
     cluster.kill_9(victim);
     let killed = Instant::now();
     *seen.killed.lock().expect("lock") = Some(killed);
-    let witness = (FAILOVER_CLUSTER_PORT..FAILOVER_CLUSTER_PORT + CLUSTER_NODES)
-        .find(|&p| p != victim)
-        .expect("another node");
+    let witness = cluster.ports().find(|&p| p != victim).expect("another node");
     wait_until(Duration::from_secs(30), "a replica promoted", &seen, || {
         cluster.owner(witness, sale_slot).is_some_and(|p| p != victim)
     })
