@@ -82,11 +82,13 @@ pub const REDIS_RESENDS_MAX: u32 = 2;
 /// `MOVED` already, and restarts a routing task that `ASK` ended in 20 ms.
 pub const REDIS_RESEND_PAUSE: Duration = Duration::from_millis(20);
 
-/// How long a batch call's mark lives in Redis. Every resend of the call
-/// is sent within a few command timeouts of the first sending; a minute is
-/// far past that, and at a few thousand calls a second the marks hold a few
-/// megabytes.
-pub const BATCH_MARK_TTL: Duration = Duration::from_secs(60);
+/// How long a batch call's mark lives in Redis, in command timeouts
+/// (`STAMPEDE_REDIS_COMMAND_TIMEOUT_MS`): every sending of a call is issued
+/// within `REDIS_RESENDS_MAX + 1` timeouts of the first, and a mark must
+/// outlive them all, with room for a stalled Redis to run a late one. Ten
+/// (20 s by default) is that with margin; at a few thousand calls a second
+/// the marks hold a few megabytes.
+pub const BATCH_MARK_TTL_TIMEOUTS: u32 = 10;
 
 /// Pauses before a Redis client's routing task, ended by an error, is
 /// started again: the first, then doubled per restart in a row up to the

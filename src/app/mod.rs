@@ -121,6 +121,7 @@ impl App {
                 outbox_events_max: config.outbox_events_max,
                 queue_max: config.script_queue_max,
                 queue_deadline: config.queue_deadline,
+                mark_ttl: config.redis_command_timeout * crate::limits::BATCH_MARK_TTL_TIMEOUTS,
                 wait: WaitForReplicas::new(config.redis_wait_replicas, config.redis_wait_timeout),
             },
         );

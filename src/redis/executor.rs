@@ -44,7 +44,7 @@ use fred::clients::Pool;
 use fred::types::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::limits::{BATCH_MARK_TTL, SCRIPT_BATCH_REQUESTS_MAX};
+use crate::limits::SCRIPT_BATCH_REQUESTS_MAX;
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, Marked, ScriptError};
 use crate::redis::wait::WaitForReplicas;
@@ -98,6 +98,9 @@ pub struct ExecutorConfig {
     pub queue_max: usize,
     /// A request that waited longer than this is shed, never sent.
     pub queue_deadline: Duration,
+    /// How long a call's mark lives (`lua/batch/prologue.lua`): longer than
+    /// every sending of the call can take.
+    pub mark_ttl: Duration,
     /// Replicas each call's writes must reach before its requests are
     /// answered (`WAIT`); `None`: answered as soon as the primary ran it.
     pub wait: Option<WaitForReplicas>,
@@ -162,6 +165,7 @@ impl Executor {
                     counter: inner.keys.outbox_events(shard),
                     mark_prefix: inner.keys.batch_mark_prefix(shard),
                     outbox_events_max: inner.config.outbox_events_max,
+                    mark_ttl_ms: inner.config.mark_ttl.as_millis() as i64,
                     queue_deadline: inner.config.queue_deadline,
                     wait: inner.config.wait,
                     slot: fred::util::redis_keyslot(inner.keys.outbox(shard).as_bytes()),
@@ -230,6 +234,7 @@ struct Header {
     counter: String,
     /// A call's mark is this and a random id (see `lua/batch/prologue.lua`).
     mark_prefix: String,
+    mark_ttl_ms: i64,
     outbox_events_max: u64,
     queue_deadline: Duration,
     wait: Option<WaitForReplicas>,
@@ -289,7 +294,7 @@ async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, 
         args.append(&mut job.args);
     }
     keys.push(format!("{}{:016x}", header.mark_prefix, rand::random::<u64>()));
-    args.push((BATCH_MARK_TTL.as_millis() as i64).into());
+    args.push(header.mark_ttl_ms.into());
     // WAIT must follow the call on its connection: the same client.
     let client = redis.next();
     let mut called = script.lua.call_on(client, keys, args, Marked::Yes).await;

@@ -185,7 +185,7 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         "0".into(),
         "0".into(),
         "nonexistent".into(),
-        "60000".into(),
+        "20000".into(),
     ];
     shown = format!("redis-benchmark {shown} {}", command.join(" "));
     args.extend(command);
