@@ -101,7 +101,7 @@ impl App {
         let redis: Pool = redis_builder.build_pool(config.redis_pool_size)?;
         crate::redis::client::init_pool(&redis).await?;
         let redis_settings = match config.redis_checks {
-            true => crate::redis::settings::check(&redis).await?,
+            true => crate::redis::settings::check(&redis, config.redis_wait_replicas).await?,
             false => RedisSettings::unchecked(),
         };
         telemetry::redis_appendonly(redis_settings.appendonly_gauge());

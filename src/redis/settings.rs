@@ -16,7 +16,7 @@
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::prelude::Server;
-use fred::types::Value;
+use fred::types::{InfoKind, Value};
 
 /// What was read, `None` where Redis would not say.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +66,7 @@ pub enum RedisSettingsError {
 
 /// Reads the settings of every primary; refuses an eviction policy on any,
 /// warns about the rest.
-pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
+pub async fn check(redis: &Pool, wait_replicas: u32) -> Result<RedisSettings, RedisSettingsError> {
     let nodes: Vec<Option<Server>> = match redis.next().is_clustered() {
         true => crate::redis::layout::primaries(redis)
             .await
@@ -82,7 +82,7 @@ pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
     };
     let mut first = true;
     for node in &nodes {
-        let one = check_node(redis, node.as_ref()).await?;
+        let one = check_node(redis, node.as_ref(), wait_replicas).await?;
         let flagged = !one.warnings.is_empty();
         if first || (flagged && settings.warnings.is_empty()) {
             settings.maxmemory_policy = one.maxmemory_policy;
@@ -99,9 +99,27 @@ pub async fn check(redis: &Pool) -> Result<RedisSettings, RedisSettingsError> {
 }
 
 /// The checks on one node (`None`: the one server of a standalone Redis).
-async fn check_node(redis: &Pool, node: Option<&Server>) -> Result<RedisSettings, RedisSettingsError> {
+async fn check_node(
+    redis: &Pool,
+    node: Option<&Server>,
+    wait_replicas: u32,
+) -> Result<RedisSettings, RedisSettingsError> {
     let on = node.map(|n| format!(" on primary {n}")).unwrap_or_default();
     let mut settings = RedisSettings::default();
+    // With too few replicas every write would wait out the WAIT timeout and
+    // answer 503: say so at start rather than at the first write.
+    if wait_replicas > 0 {
+        match connected_replicas(redis, node).await {
+            Ok(Some(n)) if n < u64::from(wait_replicas) => settings.warnings.push(format!(
+                "{n} replica(s) connected{on}, but STAMPEDE_REDIS_WAIT_REPLICAS is {wait_replicas}: every write there \
+                 waits STAMPEDE_REDIS_WAIT_TIMEOUT_MS and answers 503 until enough replicas are in sync"
+            )),
+            Ok(_) => {}
+            Err(e) => settings.warnings.push(format!(
+                "cannot read Redis's replicas{on} (INFO replication failed: {e}); STAMPEDE_REDIS_WAIT_REPLICAS not checked"
+            )),
+        }
+    }
     for (name, slot) in [
         ("maxmemory-policy", &mut settings.maxmemory_policy),
         ("appendonly", &mut settings.appendonly),
@@ -146,6 +164,25 @@ async fn check_node(redis: &Pool, node: Option<&Server>) -> Result<RedisSettings
 
 /// `CONFIG GET name` on `node` (or the one server): the value, `None` if
 /// Redis does not know the name.
+/// `connected_slaves` of `INFO replication` on `node` (the one Redis when
+/// `None`).
+async fn connected_replicas(redis: &Pool, node: Option<&Server>) -> Result<Option<u64>, fred::error::Error> {
+    let client = redis.next();
+    let info: String = match node {
+        Some(node) => {
+            client
+                .with_cluster_node(node.clone())
+                .info(Some(InfoKind::Replication))
+                .await?
+        }
+        None => client.info(Some(InfoKind::Replication)).await?,
+    };
+    Ok(info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse().ok()))
+}
+
 async fn config_get(redis: &Pool, node: Option<&Server>, name: &str) -> Result<Option<String>, fred::error::Error> {
     let args = vec!["GET", name];
     let reply: Value = match node {

@@ -1,6 +1,7 @@
 //! Redis is checked at start: an eviction policy refuses to start (it would
 //! delete the keys the guarantees rest on), a missing append-only file is a
-//! warning that `/health` repeats, a disabled `CONFIG` is a warning, and
+//! warning that `/health` repeats, a disabled `CONFIG` is a warning, fewer
+//! replicas than `STAMPEDE_REDIS_WAIT_REPLICAS` asks for is a warning, and
 //! `STAMPEDE_REDIS_CHECKS=off` skips the checks.
 
 use hyper::StatusCode;
@@ -96,6 +97,28 @@ async fn the_checks_can_be_switched_off() {
         warnings
             .iter()
             .any(|w| w.as_str().is_some_and(|w| w.contains("not checked"))),
+        "{warnings:?}"
+    );
+    app.finish().await;
+    drop(redis);
+}
+
+/// With `WAIT 1` and no replica, every write would wait out the timeout and
+/// answer 503: the engine says so at start and on `/health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_more_replicas_than_there_are_is_a_warning() {
+    let redis = PrivateRedis::fresh("redis-no-replica", &[]);
+    let app = spawn_app(&[
+        ("REDIS_URL", redis.url().as_str()),
+        ("STAMPEDE_REDIS_WAIT_REPLICAS", "1"),
+    ])
+    .await;
+    let health = app.get("/health").await;
+    let warnings = health.body["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("0 replica(s) connected") && w.contains("STAMPEDE_REDIS_WAIT_REPLICAS is 1"))),
         "{warnings:?}"
     );
     app.finish().await;
