@@ -5,8 +5,11 @@
 -- Operations: deposit, withdrawal, bet, win, refund (client transactions,
 -- exactly once per (reference, type) of a player), grant (a bonus), expire
 -- (the engine's bonus expiry). Every balance change is a ledger event in
--- the outbox, an event in the player's event stream (SSE) and the player's
--- name in the shard's notify stream, all in this call.
+-- the outbox, an event in the player's event stream (SSE) and the same
+-- event in the shard's notify stream, all in this call. The streams carry
+-- the outbox event's values, not JSON: the engine renders the JSON clients
+-- see where it reads them (src/wallet/events.rs), so the shard's Redis,
+-- which runs this script for every engine, no longer formats it.
 --
 -- Redis does not roll back a script that fails half-way, so each request's
 -- reads and checks come before its writes, and nothing here raises an error:
@@ -75,10 +78,12 @@ local function load(key)
   return a
 end
 
--- One event in the player's stream (the SSE feed), and the player's name
--- in the shard's notify stream at the end of the call.
-local function publish(c, name, json)
-  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'd', json)
+-- One event in the player's stream (the SSE feed), and the same event in
+-- the shard's notify stream at the end of the call. `values` are the
+-- event's values joined by S (src/wallet/events.rs `render` reads them):
+-- the outbox event's, and for a bonus event the bonus balance after it.
+local function publish(c, name, values)
+  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'v', values)
   if not c.stream_touched then
     redis.call('PEXPIRE', c.stream, c.ttl)
     c.stream_touched = true
@@ -89,32 +94,25 @@ local function publish(c, name, json)
     nk = {}
     notify[c.notify] = nk
   end
-  nk[#nk + 1] = 'e'
-  nk[#nk + 1] = table.concat({c.player, id, name, json}, S)
+  nk[#nk + 1] = 'v'
+  nk[#nk + 1] = c.player .. S .. id .. S .. name .. S .. values
 end
 
 -- A ledger entry: outbox event and balance event. Returns the tx id.
 local function entry(c, a, typ, ref, amount, cash_d, bonus_d, wag_d, detail, bonus_id)
   local seq, tx = next_tx(c)
   c.last_seq = seq
-  emit('wallet_entry', {tx, c.player, c.cur, typ, ref, int(amount), int(cash_d), int(bonus_d),
-    int(a.cash), int(a.bonus), bonus_id or '', int(wag_d), detail or '', c.now})
-  publish(c, 'balance', string.format(
-    '{"transaction_id":"%s","type":"%s","reference_id":"%s","currency":"%s","amount_minor":%d,'
-      .. '"cash_delta_minor":%d,"bonus_delta_minor":%d,"cash_minor":%d,"bonus_minor":%d,"at_ms":%s}',
-    tx, typ, ref, c.cur, amount, cash_d, bonus_d, a.cash, a.bonus, c.now))
+  publish(c, 'balance', emit('wallet_entry', {tx, c.player, c.cur, typ, ref, int(amount), int(cash_d),
+    int(bonus_d), int(a.cash), int(a.bonus), bonus_id or '', int(wag_d), detail or '', c.now}))
   return tx
 end
 
 -- The bonus's state as an outbox event (upserted into `bonuses`) and an
 -- event in the player's stream.
 local function bonus_state(c, a, b)
-  emit('bonus_state', {b.id, c.player, c.cur, b.status, int(b.amt), int(b.req), int(b.wag), int(b.max),
-    int(b.exp), b.con, int(c.last_seq), c.now})
-  publish(c, 'bonus', string.format(
-    '{"bonus_id":"%s","currency":"%s","status":"%s","wagered_minor":%d,"required_minor":%d,'
-      .. '"remaining_minor":%d,"bonus_minor":%d,"at_ms":%s}',
-    b.id, c.cur, b.status, b.wag, b.req, math.max(b.req - b.wag, 0), a.bonus, c.now))
+  local values = emit('bonus_state', {b.id, c.player, c.cur, b.status, int(b.amt), int(b.req), int(b.wag),
+    int(b.max), int(b.exp), b.con, int(c.last_seq), c.now})
+  publish(c, 'bonus', values .. S .. int(a.bonus))
 end
 
 -- Ends the active bonus: completed moves the bonus balance to cash; expired

@@ -34,10 +34,13 @@ local function split(s)
   return f
 end
 
--- Appends one event: its kind, then its values joined by S.
+-- Appends one event: its kind, then its values joined by S. Returns the
+-- joined values, for a script that also publishes them elsewhere.
 local function emit(kind, values)
+  local joined = table.concat(values, S)
   events[#events + 1] = kind
-  events[#events + 1] = table.concat(values, S)
+  events[#events + 1] = joined
+  return joined
 end
 
 -- Whether the outbox already holds `limit` events (by default its bound).
