@@ -50,9 +50,20 @@ local notify_maxlen = '10000'
 local TYPE_CODE = {deposit = 'd', withdrawal = 'w', bet = 'b', win = 'W', refund = 'r'}
 local ACCOUNT = {'cash', 'bonus', 'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
 local BONUS_FIELDS = {'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
+-- The values of the events, each joined by S in one string.format.
+local ENTRY_VALUES = '%s\31%s\31%s\31%s\31%s\31%d\31%d\31%d\31%d\31%d\31%s\31%d\31%s\31%s'
+local BONUS_VALUES = '%s\31%s\31%s\31%s\31%d\31%d\31%d\31%d\31%d\31%s\31%d\31%s'
+-- A reference record's first ten fields, and a bet's five more.
+local RECORD = '%s\31%d\31%s\31%s\31%d\31%d\31%s\31%s\31%d\31%d'
+local BET_EXTRA = '\31%d\31%d\31%d\31%s\31%s'
 
 local function int(x)
   return string.format('%d', x)
+end
+
+-- The expiry zset's member names the account: "<currency>:<player>".
+local function member(c)
+  return c.cur .. ':' .. c.player
 end
 
 
@@ -65,7 +76,7 @@ local function next_tx(c)
     seqs[c.seq] = s
   end
   s.value = s.value + 1
-  return s.value, s.tag .. '-' .. int(s.value)
+  return s.value, string.format('%s-%d', s.tag, s.value)
 end
 
 local function load(key)
@@ -102,17 +113,25 @@ end
 local function entry(c, a, typ, ref, amount, cash_d, bonus_d, wag_d, detail, bonus_id)
   local seq, tx = next_tx(c)
   c.last_seq = seq
-  publish(c, 'balance', emit('wallet_entry', {tx, c.player, c.cur, typ, ref, int(amount), int(cash_d),
-    int(bonus_d), int(a.cash), int(a.bonus), bonus_id or '', int(wag_d), detail or '', c.now}))
+  -- tx, player, currency, type, reference, amount, cash delta, bonus
+  -- delta, cash, bonus, bonus id, wagered delta, detail, at.
+  local values = string.format(ENTRY_VALUES, tx, c.player, c.cur, typ, ref, amount, cash_d, bonus_d, a.cash,
+    a.bonus, bonus_id or '', wag_d, detail or '', c.now)
+  emit_joined('wallet_entry', values)
+  publish(c, 'balance', values)
   return tx
 end
 
 -- The bonus's state as an outbox event (upserted into `bonuses`) and an
 -- event in the player's stream.
 local function bonus_state(c, a, b)
-  local values = emit('bonus_state', {b.id, c.player, c.cur, b.status, int(b.amt), int(b.req), int(b.wag),
-    int(b.max), int(b.exp), b.con, int(c.last_seq), c.now})
-  publish(c, 'bonus', values .. S .. int(a.bonus))
+  -- bonus id, player, currency, status, amount, required, wagered, max
+  -- bet, expiry, contributions, last entry, at; the stream adds the bonus
+  -- balance.
+  local values = string.format(BONUS_VALUES, b.id, c.player, c.cur, b.status, b.amt, b.req, b.wag, b.max, b.exp,
+    b.con, c.last_seq, c.now)
+  emit_joined('bonus_state', values)
+  publish(c, 'bonus', string.format('%s\31%d', values, a.bonus))
 end
 
 -- Ends the active bonus: completed moves the bonus balance to cash; expired
@@ -128,7 +147,7 @@ local function end_bonus(c, a, status)
   b.status = status
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', 0)
   redis.call('HDEL', a.key, unpack(BONUS_FIELDS))
-  redis.call('ZREM', c.zset, c.member)
+  redis.call('ZREM', c.zset, member(c))
   redis.call('HSET', c.refs, 'B:' .. b.id, status)
   entry(c, a, 'bonus_' .. status, b.id, amount, cash_d, -amount, 0, '', b.id)
   bonus_state(c, a, b)
@@ -203,7 +222,7 @@ function ops.bet(c, a, amount, game)
       bonus_state(c, a, b)
     end
   end
-  return nil, {int(cash_part), int(bonus_part), int(contribution), '0', '0'}
+  return nil, string.format(BET_EXTRA, cash_part, bonus_part, contribution, '0', '0')
 end
 
 -- The bet a win or refund names, if it is a bet of this account still
@@ -290,13 +309,14 @@ function ops.refund(c, a, amount, bet_ref)
   end
 end
 
--- The answer of a transaction, as stored and as replied.
+-- The answer of a transaction, as stored and as replied (numbers as
+-- numbers: the record formats them with %d).
 local function answer(c, a)
   local b = a.b or c.ended
   if b then
-    return {c.tx, int(a.cash), int(a.bonus), b.id, b.status, int(b.wag), int(b.req)}
+    return {c.tx, a.cash, a.bonus, b.id, b.status, b.wag, b.req}
   end
-  return {c.tx, int(a.cash), int(a.bonus), '', '', '0', '0'}
+  return {c.tx, a.cash, a.bonus, '', '', 0, 0}
 end
 
 -- The account as of now. Writes may start here: a bonus past its expiry is
@@ -340,14 +360,12 @@ local function transaction(c, op, amount, detail)
     return {refusal}
   end
   local ans = answer(c, a)
-  local record = {c.cur, int(amount), detail, unpack(ans)}
+  local record = string.format(RECORD, c.cur, amount, detail, unpack(ans))
   if extra then
-    for _, v in ipairs(extra) do
-      record[#record + 1] = v
-    end
+    record = record .. extra
   end
-  redis.call('HSET', c.refs, field, table.concat(record, S))
-  return reply_of('OK', ans)
+  redis.call('HSET', c.refs, field, record)
+  return {'OK', unpack(ans)}
 end
 
 local function grant(c, amount, required, max_bet, expires, contributions)
@@ -367,7 +385,7 @@ local function grant(c, amount, required, max_bet, expires, contributions)
   a.b = b
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_id', b.id, 'b_amt', int(amount),
     'b_req', int(required), 'b_wag', 0, 'b_max', int(max_bet), 'b_exp', int(expires), 'b_con', contributions)
-  redis.call('ZADD', c.zset, expires, c.member)
+  redis.call('ZADD', c.zset, expires, member(c))
   entry(c, a, 'bonus_granted', b.id, amount, 0, amount, 0, '', b.id)
   bonus_state(c, a, b)
   return {'OK', b.id, a.cash, a.bonus}
@@ -377,7 +395,7 @@ local function expire(c)
   local a = load(c.acct)
   if not a.b then
     -- A member left behind (the bonus ended another way): drop it.
-    redis.call('ZREM', c.zset, c.member)
+    redis.call('ZREM', c.zset, member(c))
     return {'NOOP'}
   end
   if tonumber(c.now) < a.b.exp then
@@ -399,8 +417,6 @@ for r = 0, n - 1 do
     maxlen = ARGV[g + 12], ttl = ARGV[g + 13], balance_max = tonumber(ARGV[g + 14]),
   }
   notify_maxlen = ARGV[g + 15]
-  -- The expiry zset's member names the account: "<currency>:<player>".
-  c.member = c.cur .. ':' .. c.player
   local op, amount, detail = ARGV[g + 1], tonumber(ARGV[g + 6]), ARGV[g + 7]
   if op == 'grant' then
     replies[r + 1] = grant(c, amount, tonumber(ARGV[g + 10]), tonumber(ARGV[g + 8]), tonumber(ARGV[g + 9]),
