@@ -225,12 +225,13 @@ function ops.bet(c, a, amount, game)
   return nil, string.format(BET_EXTRA, cash_part, bonus_part, contribution, '0', '0')
 end
 
--- The bet a win or refund names, if it is a bet of this account still
--- open; else nil and the refusal. A bet is settled once: by one win or by
--- its refund. A second win would pay the same stake twice, and a refund
--- after its win would return the stake the win already settled.
-local function open_bet(c, bet_ref)
-  local stored = redis.call('HGET', c.refs, 'b:' .. bet_ref)
+-- The bet a win or refund names (its record, read with the request's own
+-- in transaction()), if it is a bet of this account still open; else nil
+-- and the refusal. A bet is settled once: by one win or by its refund. A
+-- second win would pay the same stake twice, and a refund after its win
+-- would return the stake the win already settled.
+local function open_bet(c)
+  local stored = c.bet_record
   if not stored then
     return nil, 'BET_NOT_FOUND'
   end
@@ -249,7 +250,7 @@ local function open_bet(c, bet_ref)
 end
 
 function ops.win(c, a, amount, bet_ref)
-  local bet, refusal = open_bet(c, bet_ref)
+  local bet, refusal = open_bet(c)
   if not bet then
     return refusal
   end
@@ -268,12 +269,12 @@ function ops.win(c, a, amount, bet_ref)
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
   local f = bet.fields
   f[15] = '1'
-  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
+  c.bet_settled = table.concat(f, S)
   c.tx = entry(c, a, 'win', c.ref, amount, cash_d, bonus_d, 0, bet_ref, a.b and a.b.id)
 end
 
 function ops.refund(c, a, amount, bet_ref)
-  local bet, refusal = open_bet(c, bet_ref)
+  local bet, refusal = open_bet(c)
   if not bet then
     return refusal
   end
@@ -302,7 +303,7 @@ function ops.refund(c, a, amount, bet_ref)
   end
   local f = bet.fields
   f[14] = '1'
-  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
+  c.bet_settled = table.concat(f, S)
   c.tx = entry(c, a, 'refund', c.ref, amount, cash_d, bonus_d, wag_d, bet_ref, b and b.id)
   if wag_d ~= 0 then
     bonus_state(c, a, b)
@@ -336,7 +337,14 @@ end
 local function transaction(c, op, amount, detail)
   local code = TYPE_CODE[op]
   local field = code .. ':' .. c.ref
-  local stored = redis.call('HGET', c.refs, field)
+  local stored
+  if op == 'win' or op == 'refund' then
+    -- The bet it settles comes in the same read (false when absent).
+    local v = redis.call('HMGET', c.refs, field, 'b:' .. detail)
+    stored, c.bet_record = v[1], v[2]
+  else
+    stored = redis.call('HGET', c.refs, field)
+  end
   if stored then
     -- Seen before: the same request gets the first answer; other content
     -- is refused, naming the first field that differs.
@@ -364,7 +372,12 @@ local function transaction(c, op, amount, detail)
   if extra then
     record = record .. extra
   end
-  redis.call('HSET', c.refs, field, record)
+  if c.bet_settled then
+    -- The settled bet's record, written with this one.
+    redis.call('HSET', c.refs, field, record, 'b:' .. detail, c.bet_settled)
+  else
+    redis.call('HSET', c.refs, field, record)
+  end
   return {'OK', unpack(ans)}
 end
 
