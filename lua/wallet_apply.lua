@@ -5,8 +5,11 @@
 -- Operations: deposit, withdrawal, bet, win, refund (client transactions,
 -- exactly once per (reference, type) of a player), grant (a bonus), expire
 -- (the engine's bonus expiry). Every balance change is a ledger event in
--- the outbox, an event in the player's event stream (SSE) and the player's
--- name in the shard's notify stream, all in this call.
+-- the outbox, an event in the player's event stream (SSE) and the same
+-- event in the shard's notify stream, all in this call. The streams carry
+-- the outbox event's values, not JSON: the engine renders the JSON clients
+-- see where it reads them (src/wallet/events.rs), so the shard's Redis,
+-- which runs this script for every engine, no longer formats it.
 --
 -- Redis does not roll back a script that fails half-way, so each request's
 -- reads and checks come before its writes, and nothing here raises an error:
@@ -47,9 +50,20 @@ local notify_maxlen = '10000'
 local TYPE_CODE = {deposit = 'd', withdrawal = 'w', bet = 'b', win = 'W', refund = 'r'}
 local ACCOUNT = {'cash', 'bonus', 'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
 local BONUS_FIELDS = {'b_id', 'b_amt', 'b_req', 'b_wag', 'b_max', 'b_exp', 'b_con'}
+-- The values of the events, each joined by S in one string.format.
+local ENTRY_VALUES = '%s\31%s\31%s\31%s\31%s\31%d\31%d\31%d\31%d\31%d\31%s\31%d\31%s\31%s'
+local BONUS_VALUES = '%s\31%s\31%s\31%s\31%d\31%d\31%d\31%d\31%d\31%s\31%d\31%s'
+-- A reference record's first ten fields, and a bet's five more.
+local RECORD = '%s\31%d\31%s\31%s\31%d\31%d\31%s\31%s\31%d\31%d'
+local BET_EXTRA = '\31%d\31%d\31%d\31%s\31%s'
 
 local function int(x)
   return string.format('%d', x)
+end
+
+-- The expiry zset's member names the account: "<currency>:<player>".
+local function member(c)
+  return c.cur .. ':' .. c.player
 end
 
 
@@ -62,7 +76,7 @@ local function next_tx(c)
     seqs[c.seq] = s
   end
   s.value = s.value + 1
-  return s.value, s.tag .. '-' .. int(s.value)
+  return s.value, string.format('%s-%d', s.tag, s.value)
 end
 
 local function load(key)
@@ -75,10 +89,12 @@ local function load(key)
   return a
 end
 
--- One event in the player's stream (the SSE feed), and the player's name
--- in the shard's notify stream at the end of the call.
-local function publish(c, name, json)
-  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'd', json)
+-- One event in the player's stream (the SSE feed), and the same event in
+-- the shard's notify stream at the end of the call. `values` are the
+-- event's values joined by S (src/wallet/events.rs `render` reads them):
+-- the outbox event's, and for a bonus event the bonus balance after it.
+local function publish(c, name, values)
+  local id = redis.call('XADD', c.stream, 'MAXLEN', '~', c.maxlen, '*', 'e', name, 'v', values)
   if not c.stream_touched then
     redis.call('PEXPIRE', c.stream, c.ttl)
     c.stream_touched = true
@@ -89,32 +105,33 @@ local function publish(c, name, json)
     nk = {}
     notify[c.notify] = nk
   end
-  nk[#nk + 1] = 'e'
-  nk[#nk + 1] = table.concat({c.player, id, name, json}, S)
+  nk[#nk + 1] = 'v'
+  nk[#nk + 1] = c.player .. S .. id .. S .. name .. S .. values
 end
 
 -- A ledger entry: outbox event and balance event. Returns the tx id.
 local function entry(c, a, typ, ref, amount, cash_d, bonus_d, wag_d, detail, bonus_id)
   local seq, tx = next_tx(c)
   c.last_seq = seq
-  emit('wallet_entry', {tx, c.player, c.cur, typ, ref, int(amount), int(cash_d), int(bonus_d),
-    int(a.cash), int(a.bonus), bonus_id or '', int(wag_d), detail or '', c.now})
-  publish(c, 'balance', string.format(
-    '{"transaction_id":"%s","type":"%s","reference_id":"%s","currency":"%s","amount_minor":%d,'
-      .. '"cash_delta_minor":%d,"bonus_delta_minor":%d,"cash_minor":%d,"bonus_minor":%d,"at_ms":%s}',
-    tx, typ, ref, c.cur, amount, cash_d, bonus_d, a.cash, a.bonus, c.now))
+  -- tx, player, currency, type, reference, amount, cash delta, bonus
+  -- delta, cash, bonus, bonus id, wagered delta, detail, at.
+  local values = string.format(ENTRY_VALUES, tx, c.player, c.cur, typ, ref, amount, cash_d, bonus_d, a.cash,
+    a.bonus, bonus_id or '', wag_d, detail or '', c.now)
+  emit_joined('wallet_entry', values)
+  publish(c, 'balance', values)
   return tx
 end
 
 -- The bonus's state as an outbox event (upserted into `bonuses`) and an
 -- event in the player's stream.
 local function bonus_state(c, a, b)
-  emit('bonus_state', {b.id, c.player, c.cur, b.status, int(b.amt), int(b.req), int(b.wag), int(b.max),
-    int(b.exp), b.con, int(c.last_seq), c.now})
-  publish(c, 'bonus', string.format(
-    '{"bonus_id":"%s","currency":"%s","status":"%s","wagered_minor":%d,"required_minor":%d,'
-      .. '"remaining_minor":%d,"bonus_minor":%d,"at_ms":%s}',
-    b.id, c.cur, b.status, b.wag, b.req, math.max(b.req - b.wag, 0), a.bonus, c.now))
+  -- bonus id, player, currency, status, amount, required, wagered, max
+  -- bet, expiry, contributions, last entry, at; the stream adds the bonus
+  -- balance.
+  local values = string.format(BONUS_VALUES, b.id, c.player, c.cur, b.status, b.amt, b.req, b.wag, b.max, b.exp,
+    b.con, c.last_seq, c.now)
+  emit_joined('bonus_state', values)
+  publish(c, 'bonus', string.format('%s\31%d', values, a.bonus))
 end
 
 -- Ends the active bonus: completed moves the bonus balance to cash; expired
@@ -130,7 +147,7 @@ local function end_bonus(c, a, status)
   b.status = status
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', 0)
   redis.call('HDEL', a.key, unpack(BONUS_FIELDS))
-  redis.call('ZREM', c.zset, c.member)
+  redis.call('ZREM', c.zset, member(c))
   redis.call('HSET', c.refs, 'B:' .. b.id, status)
   entry(c, a, 'bonus_' .. status, b.id, amount, cash_d, -amount, 0, '', b.id)
   bonus_state(c, a, b)
@@ -205,15 +222,16 @@ function ops.bet(c, a, amount, game)
       bonus_state(c, a, b)
     end
   end
-  return nil, {int(cash_part), int(bonus_part), int(contribution), '0', '0'}
+  return nil, string.format(BET_EXTRA, cash_part, bonus_part, contribution, '0', '0')
 end
 
--- The bet a win or refund names, if it is a bet of this account still
--- open; else nil and the refusal. A bet is settled once: by one win or by
--- its refund. A second win would pay the same stake twice, and a refund
--- after its win would return the stake the win already settled.
-local function open_bet(c, bet_ref)
-  local stored = redis.call('HGET', c.refs, 'b:' .. bet_ref)
+-- The bet a win or refund names (its record, read with the request's own
+-- in transaction()), if it is a bet of this account still open; else nil
+-- and the refusal. A bet is settled once: by one win or by its refund. A
+-- second win would pay the same stake twice, and a refund after its win
+-- would return the stake the win already settled.
+local function open_bet(c)
+  local stored = c.bet_record
   if not stored then
     return nil, 'BET_NOT_FOUND'
   end
@@ -232,7 +250,7 @@ local function open_bet(c, bet_ref)
 end
 
 function ops.win(c, a, amount, bet_ref)
-  local bet, refusal = open_bet(c, bet_ref)
+  local bet, refusal = open_bet(c)
   if not bet then
     return refusal
   end
@@ -251,12 +269,12 @@ function ops.win(c, a, amount, bet_ref)
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus))
   local f = bet.fields
   f[15] = '1'
-  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
+  c.bet_settled = table.concat(f, S)
   c.tx = entry(c, a, 'win', c.ref, amount, cash_d, bonus_d, 0, bet_ref, a.b and a.b.id)
 end
 
 function ops.refund(c, a, amount, bet_ref)
-  local bet, refusal = open_bet(c, bet_ref)
+  local bet, refusal = open_bet(c)
   if not bet then
     return refusal
   end
@@ -285,20 +303,21 @@ function ops.refund(c, a, amount, bet_ref)
   end
   local f = bet.fields
   f[14] = '1'
-  redis.call('HSET', c.refs, 'b:' .. bet_ref, table.concat(f, S))
+  c.bet_settled = table.concat(f, S)
   c.tx = entry(c, a, 'refund', c.ref, amount, cash_d, bonus_d, wag_d, bet_ref, b and b.id)
   if wag_d ~= 0 then
     bonus_state(c, a, b)
   end
 end
 
--- The answer of a transaction, as stored and as replied.
+-- The answer of a transaction, as stored and as replied (numbers as
+-- numbers: the record formats them with %d).
 local function answer(c, a)
   local b = a.b or c.ended
   if b then
-    return {c.tx, int(a.cash), int(a.bonus), b.id, b.status, int(b.wag), int(b.req)}
+    return {c.tx, a.cash, a.bonus, b.id, b.status, b.wag, b.req}
   end
-  return {c.tx, int(a.cash), int(a.bonus), '', '', '0', '0'}
+  return {c.tx, a.cash, a.bonus, '', '', 0, 0}
 end
 
 -- The account as of now. Writes may start here: a bonus past its expiry is
@@ -318,7 +337,14 @@ end
 local function transaction(c, op, amount, detail)
   local code = TYPE_CODE[op]
   local field = code .. ':' .. c.ref
-  local stored = redis.call('HGET', c.refs, field)
+  local stored
+  if op == 'win' or op == 'refund' then
+    -- The bet it settles comes in the same read (false when absent).
+    local v = redis.call('HMGET', c.refs, field, 'b:' .. detail)
+    stored, c.bet_record = v[1], v[2]
+  else
+    stored = redis.call('HGET', c.refs, field)
+  end
   if stored then
     -- Seen before: the same request gets the first answer; other content
     -- is refused, naming the first field that differs.
@@ -342,14 +368,17 @@ local function transaction(c, op, amount, detail)
     return {refusal}
   end
   local ans = answer(c, a)
-  local record = {c.cur, int(amount), detail, unpack(ans)}
+  local record = string.format(RECORD, c.cur, amount, detail, unpack(ans))
   if extra then
-    for _, v in ipairs(extra) do
-      record[#record + 1] = v
-    end
+    record = record .. extra
   end
-  redis.call('HSET', c.refs, field, table.concat(record, S))
-  return reply_of('OK', ans)
+  if c.bet_settled then
+    -- The settled bet's record, written with this one.
+    redis.call('HSET', c.refs, field, record, 'b:' .. detail, c.bet_settled)
+  else
+    redis.call('HSET', c.refs, field, record)
+  end
+  return {'OK', unpack(ans)}
 end
 
 local function grant(c, amount, required, max_bet, expires, contributions)
@@ -369,7 +398,7 @@ local function grant(c, amount, required, max_bet, expires, contributions)
   a.b = b
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_id', b.id, 'b_amt', int(amount),
     'b_req', int(required), 'b_wag', 0, 'b_max', int(max_bet), 'b_exp', int(expires), 'b_con', contributions)
-  redis.call('ZADD', c.zset, expires, c.member)
+  redis.call('ZADD', c.zset, expires, member(c))
   entry(c, a, 'bonus_granted', b.id, amount, 0, amount, 0, '', b.id)
   bonus_state(c, a, b)
   return {'OK', b.id, a.cash, a.bonus}
@@ -379,7 +408,7 @@ local function expire(c)
   local a = load(c.acct)
   if not a.b then
     -- A member left behind (the bonus ended another way): drop it.
-    redis.call('ZREM', c.zset, c.member)
+    redis.call('ZREM', c.zset, member(c))
     return {'NOOP'}
   end
   if tonumber(c.now) < a.b.exp then
@@ -401,8 +430,6 @@ for r = 0, n - 1 do
     maxlen = ARGV[g + 12], ttl = ARGV[g + 13], balance_max = tonumber(ARGV[g + 14]),
   }
   notify_maxlen = ARGV[g + 15]
-  -- The expiry zset's member names the account: "<currency>:<player>".
-  c.member = c.cur .. ':' .. c.player
   local op, amount, detail = ARGV[g + 1], tonumber(ARGV[g + 6]), ARGV[g + 7]
   if op == 'grant' then
     replies[r + 1] = grant(c, amount, tonumber(ARGV[g + 10]), tonumber(ARGV[g + 8]), tonumber(ARGV[g + 9]),

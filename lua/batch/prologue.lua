@@ -7,9 +7,9 @@
 -- ARGV: 1 requests (n), 2 outbox bound (events), then the requests' args,
 -- then the mark's lifetime (ms).
 -- The script decides its n requests in order, puts each reply in `replies`,
--- appends its events with emit(), and sheds a write with OUTBOX_FULL when
--- outbox_full(): the counter is read once, and this batch's own events
--- count too.
+-- appends its events with emit() (or emit_joined()), and sheds a write with
+-- OUTBOX_FULL when outbox_full(): the counter is read once, and this
+-- batch's own events count too.
 local outbox, counter = KEYS[1], KEYS[2]
 local n, bound = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- The last key marks this call, the last argument says how long (ms). The
@@ -38,6 +38,13 @@ end
 local function emit(kind, values)
   events[#events + 1] = kind
   events[#events + 1] = table.concat(values, S)
+end
+
+-- Appends one event whose values the script already joined by S (one
+-- string.format costs less than formatting each value and joining them).
+local function emit_joined(kind, joined)
+  events[#events + 1] = kind
+  events[#events + 1] = joined
 end
 
 -- Whether the outbox already holds `limit` events (by default its bound).

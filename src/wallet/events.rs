@@ -3,7 +3,11 @@
 //! Events flow through Redis, so a client sees changes made through any
 //! engine. `wallet_apply.lua` appends each event to the player's stream
 //! (`XADD MAXLEN ~`; its entry ids are the SSE `id:`s) and, once per call,
-//! the same events with their ids to its shard's notify stream. Per engine,
+//! the same events with their ids to its shard's notify stream. Both carry
+//! the event's values as the outbox has them (joined by the unit
+//! separator), not JSON: the script's Redis time is the wallet's scarce
+//! resource, so the JSON a client sees is rendered here (`render`), once
+//! per event and engine, and only for a player someone watches. Per engine,
 //! one fan-out task per shard `XREAD BLOCK`s that notify stream on a
 //! connection of its own and hands each event, framed once, to this
 //! engine's streams of that player. A stream reads the player's stream
@@ -112,13 +116,16 @@ impl Hub {
         })
     }
 
-    /// Hands an event to this engine's streams of `player`. A stream whose
-    /// inbox is full is told to resync instead (a `Notify` permit is kept,
-    /// so that wake-up is not lost).
-    fn deliver(&self, player: &str, id: EventId, frame: &Bytes) {
+    /// Hands an event to this engine's streams of `player`, framing it
+    /// (`frame`) only if there is one. A stream whose inbox is full is told
+    /// to resync instead (a `Notify` permit is kept, so that wake-up is not
+    /// lost).
+    fn deliver(&self, player: &str, id: EventId, frame: impl FnOnce() -> Option<Bytes>) {
         if let Ok(map) = self.subscribers.lock()
             && let Some(list) = map.get(player)
+            && !list.is_empty()
         {
+            let Some(frame) = frame() else { return };
             for r in list {
                 if r.overflowed.load(Ordering::Acquire) {
                     continue;
@@ -350,9 +357,11 @@ async fn feed_loop(feed: &mut Feed, tx: &mpsc::Sender<Bytes>) -> Result<std::con
                     for (id, fields) in entries {
                         let Ok(id) = EventId::parse(&id) else { continue };
                         if id > feed.last {
-                            pending.push_back(frame(&id, &fields));
+                            if let Some(frame) = frame(&id, &fields) {
+                                pending.push_back(frame);
+                                sent += 1;
+                            }
                             feed.last = id;
-                            sent += 1;
                         }
                     }
                     metrics::wallet_sse_events(sent);
@@ -419,10 +428,60 @@ async fn read_after(
     Ok(decode_entries(reply))
 }
 
-/// `id:`, `event:` and `data:` of one stream entry (fields `e` and `d`).
-fn frame(id: &EventId, fields: &[(String, String)]) -> Bytes {
-    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
-    Bytes::from(format!("id: {id}\nevent: {}\ndata: {}\n\n", get("e"), get("d")))
+/// `id:`, `event:` and `data:` of one player stream entry: fields `e` (the
+/// event's name) and `v` (its values), or `d` (its JSON) in an entry written
+/// before the script stopped rendering JSON (kept for the stream's
+/// retention). `None` for an entry that is neither.
+fn frame(id: &EventId, fields: &[(String, String)]) -> Option<Bytes> {
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let name = get("e")?;
+    match (get("v"), get("d")) {
+        (Some(values), _) => sse_frame(id, name, &render(name, values)?),
+        (None, Some(json)) => sse_frame(id, name, json),
+        (None, None) => None,
+    }
+}
+
+fn sse_frame(id: &EventId, name: &str, data: &str) -> Option<Bytes> {
+    Some(Bytes::from(format!("id: {id}\nevent: {name}\ndata: {data}\n\n")))
+}
+
+/// The JSON of a `balance` or `bonus` event from the values the script
+/// stored (see `publish` in lua/wallet_apply.lua): a `wallet_entry` outbox
+/// event's, or a `bonus_state` one's followed by the bonus balance. Ids,
+/// codes and currencies are validated to `[A-Za-z0-9._:-]` and numbers are
+/// the script's `%d`, so they go in as they are, byte for byte what the
+/// script rendered before. `None` for an event of another name or shape.
+fn render(name: &str, values: &str) -> Option<String> {
+    let mut v = [""; 14];
+    let mut count = 0;
+    for (slot, part) in v.iter_mut().zip(values.split('\u{1f}')) {
+        *slot = part;
+        count += 1;
+    }
+    match (name, count) {
+        // tx, player, currency, type, reference, amount, cash delta, bonus
+        // delta, cash, bonus, bonus id, wagered delta, detail, at.
+        ("balance", 14) => Some(format!(
+            "{{\"transaction_id\":\"{}\",\"type\":\"{}\",\"reference_id\":\"{}\",\"currency\":\"{}\",\
+             \"amount_minor\":{},\"cash_delta_minor\":{},\"bonus_delta_minor\":{},\"cash_minor\":{},\
+             \"bonus_minor\":{},\"at_ms\":{}}}",
+            v[0], v[3], v[4], v[2], v[5], v[6], v[7], v[8], v[9], v[13]
+        )),
+        // bonus id, player, currency, status, amount, required, wagered,
+        // max bet, expiry, contributions, last entry, at; bonus balance.
+        ("bonus", 13) => {
+            let required: i64 = v[5].parse().ok()?;
+            let wagered: i64 = v[6].parse().ok()?;
+            let remaining = required.saturating_sub(wagered).max(0);
+            Some(format!(
+                "{{\"bonus_id\":\"{}\",\"currency\":\"{}\",\"status\":\"{}\",\"wagered_minor\":{},\
+                 \"required_minor\":{},\"remaining_minor\":{remaining},\"bonus_minor\":{},\"at_ms\":{}}}",
+                v[0], v[2], v[3], v[6], v[5], v[12], v[11]
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Starts one fan-out reader per shard.
@@ -488,8 +547,9 @@ async fn fanout(ctx: Arc<Context>, hub: Arc<Hub>, shard: Shard, mut shutdown: wa
                     ],
                 )
                 .await?;
-            // RESP2: [[stream, [[id, [e, event, e, event, ...]], ...]]], or
-            // nil on timeout; each event is player␟id␟name␟json.
+            // RESP2: [[stream, [[id, [v, event, v, event, ...]], ...]]], or
+            // nil on timeout; each event is player␟id␟name␟values (`e`:
+            // player␟id␟name␟json, from a script that rendered JSON).
             if let Value::Array(mut streams) = reply
                 && let Some(Value::Array(mut pair)) = streams.pop()
                 && let Some(entries) = pair.pop()
@@ -501,7 +561,12 @@ async fn fanout(ctx: Arc<Context>, hub: Arc<Hub>, shard: Shard, mut shutdown: wa
                     hub.resync_all();
                 }
                 for (id, fields) in entries {
-                    for (_, event) in fields.iter().filter(|(k, _)| k == "e") {
+                    for (field, event) in &fields {
+                        let values = match field.as_str() {
+                            "v" => true,
+                            "e" => false,
+                            _ => continue,
+                        };
                         let mut parts = event.splitn(4, '\u{1f}');
                         if let (Some(player), Some(Ok(event_id)), Some(name), Some(data)) = (
                             parts.next(),
@@ -509,8 +574,13 @@ async fn fanout(ctx: Arc<Context>, hub: Arc<Hub>, shard: Shard, mut shutdown: wa
                             parts.next(),
                             parts.next(),
                         ) {
-                            let frame = Bytes::from(format!("id: {event_id}\nevent: {name}\ndata: {data}\n\n"));
-                            hub.deliver(player, event_id, &frame);
+                            hub.deliver(player, event_id, || {
+                                if values {
+                                    sse_frame(&event_id, name, &render(name, data)?)
+                                } else {
+                                    sse_frame(&event_id, name, data)
+                                }
+                            });
                         }
                     }
                     last = Some(id);

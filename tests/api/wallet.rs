@@ -16,8 +16,8 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    EngineProcess, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, http_client,
-    redis_client, scaled, send, spawn_app, unique_name, wait_for_acknowledged,
+    EngineProcess, HttpClient, Reply, TestApp, create_database, database_url, delete_keys, drop_database, engine_keys,
+    http_client, redis_client, scaled, send, spawn_app, unique_name, wait_for_acknowledged,
 };
 
 fn tx_body(player: &str, kind: &str, amount: i64, reference: &str, extra: Value) -> String {
@@ -753,6 +753,45 @@ struct SseEvent {
     id: String,
     event: String,
     data: Value,
+    /// The `data:` line as sent.
+    raw: String,
+}
+
+/// The exact bytes of an event's JSON: its fields in this order, integers
+/// as digits, no spaces (what clients have always received).
+fn assert_exact_json(event: &SseEvent) {
+    let d = &event.data;
+    let expected = match event.event.as_str() {
+        "balance" => format!(
+            "{{\"transaction_id\":\"{}\",\"type\":\"{}\",\"reference_id\":\"{}\",\"currency\":\"{}\",\
+             \"amount_minor\":{},\"cash_delta_minor\":{},\"bonus_delta_minor\":{},\"cash_minor\":{},\
+             \"bonus_minor\":{},\"at_ms\":{}}}",
+            d["transaction_id"].as_str().expect("transaction_id"),
+            d["type"].as_str().expect("type"),
+            d["reference_id"].as_str().expect("reference_id"),
+            d["currency"].as_str().expect("currency"),
+            d["amount_minor"].as_i64().expect("amount_minor"),
+            d["cash_delta_minor"].as_i64().expect("cash_delta_minor"),
+            d["bonus_delta_minor"].as_i64().expect("bonus_delta_minor"),
+            d["cash_minor"].as_i64().expect("cash_minor"),
+            d["bonus_minor"].as_i64().expect("bonus_minor"),
+            d["at_ms"].as_i64().expect("at_ms"),
+        ),
+        "bonus" => format!(
+            "{{\"bonus_id\":\"{}\",\"currency\":\"{}\",\"status\":\"{}\",\"wagered_minor\":{},\
+             \"required_minor\":{},\"remaining_minor\":{},\"bonus_minor\":{},\"at_ms\":{}}}",
+            d["bonus_id"].as_str().expect("bonus_id"),
+            d["currency"].as_str().expect("currency"),
+            d["status"].as_str().expect("status"),
+            d["wagered_minor"].as_i64().expect("wagered_minor"),
+            d["required_minor"].as_i64().expect("required_minor"),
+            d["remaining_minor"].as_i64().expect("remaining_minor"),
+            d["bonus_minor"].as_i64().expect("bonus_minor"),
+            d["at_ms"].as_i64().expect("at_ms"),
+        ),
+        other => panic!("unexpected event {other}"),
+    };
+    assert_eq!(event.raw, expected, "{} event bytes", event.event);
 }
 
 impl SseClient {
@@ -803,7 +842,7 @@ impl SseClient {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let frame = self.next_frame(left).await?;
-            let (mut id, mut event, mut data) = (String::new(), String::new(), Value::Null);
+            let (mut id, mut event, mut data, mut raw) = (String::new(), String::new(), Value::Null, String::new());
             for line in frame.lines() {
                 if let Some(v) = line.strip_prefix("id: ") {
                     id = v.to_owned();
@@ -811,10 +850,11 @@ impl SseClient {
                     event = v.to_owned();
                 } else if let Some(v) = line.strip_prefix("data: ") {
                     data = serde_json::from_str(v).expect("data is JSON");
+                    raw = v.to_owned();
                 }
             }
             if !id.is_empty() {
-                return Some(SseEvent { id, event, data });
+                return Some(SseEvent { id, event, data, raw });
             }
         }
     }
@@ -849,6 +889,16 @@ async fn events_arrive_within_100ms_and_resume_from_last_event_id() {
         assert_eq!(event.event, "balance");
         assert_eq!(event.data["type"], "bet");
         assert_eq!(event.data["cash_minor"], 1_000 - i - 1);
+        assert_eq!(event.data["reference_id"], format!("b{i}"));
+        assert_eq!(
+            (
+                &event.data["amount_minor"],
+                &event.data["cash_delta_minor"],
+                &event.data["bonus_delta_minor"]
+            ),
+            (&json!(1), &json!(-1), &json!(0))
+        );
+        assert_exact_json(event);
     }
     assert!(
         worst < scaled(Duration::from_millis(100)),
@@ -867,9 +917,12 @@ async fn events_arrive_within_100ms_and_resume_from_last_event_id() {
         .until_transaction(reply["transaction_id"].as_str().expect("tx"), Duration::from_secs(2))
         .await;
     assert!(seen.iter().any(|e| e.event == "bonus" && e.data["status"] == "active"));
+    seen.iter().for_each(assert_exact_json);
     let progress = sse.next_event(Duration::from_secs(2)).await.expect("progress");
     assert_eq!(progress.event, "bonus");
     assert_eq!(progress.data["wagered_minor"], 5);
+    assert_eq!(progress.data["bonus_minor"], 100);
+    assert_exact_json(&progress);
     let last_seen = progress.id.clone();
     drop(sse);
 
@@ -884,11 +937,61 @@ async fn events_arrive_within_100ms_and_resume_from_last_event_id() {
         let event = resumed.next_event(Duration::from_secs(2)).await.expect("missed event");
         assert_eq!(event.data["transaction_id"], tx.as_str(), "no gap, in order");
         assert!(event.id > last_seen);
+        // Read back from the player's stream, rendered the same.
+        assert_exact_json(&event);
     }
     // Nothing else: the next event is that of a transaction made now.
     let marker = ok_tx(&app, "s1", "deposit", 1, "marker", json!({})).await;
     let event = resumed.next_event(Duration::from_secs(2)).await.expect("marker event");
     assert_eq!(event.data["transaction_id"], marker["transaction_id"], "nothing else");
+    app.finish().await;
+}
+
+/// Events the script wrote as JSON (an engine of an earlier version, still
+/// within the player stream's retention) reach clients as they are, pushed
+/// and read back alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_stored_as_json_are_still_delivered() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "j1", "deposit", 10, "d0", json!({})).await;
+    let mut sse = SseClient::connect(&app.http, app.addr, "j1", None).await;
+    let redis = redis_client().await;
+    let keys = engine_keys(&redis, &app.prefix).await;
+    let account = stampede::wallet::lua::AccountKeys::new(&keys, "j1", "EUR");
+    let json = r#"{"transaction_id":"0-1","type":"deposit","reference_id":"old","currency":"EUR","amount_minor":1,"cash_delta_minor":1,"bonus_delta_minor":0,"cash_minor":11,"bonus_minor":0,"at_ms":1}"#;
+    let id: String = redis
+        .custom(
+            fred::cmd!("XADD"),
+            vec![account.events.as_str(), "*", "e", "balance", "d", json],
+        )
+        .await
+        .expect("XADD player stream");
+    let pushed = format!("j1\u{1f}{id}\u{1f}balance\u{1f}{json}");
+    let _: String = redis
+        .custom(
+            fred::cmd!("XADD"),
+            vec![account.notify.as_str(), "*", "e", pushed.as_str()],
+        )
+        .await
+        .expect("XADD notify stream");
+    let event = sse.next_event(Duration::from_secs(2)).await.expect("pushed event");
+    assert_eq!(
+        (event.id.as_str(), event.event.as_str(), event.raw.as_str()),
+        (id.as_str(), "balance", json)
+    );
+    drop(sse);
+    // Read back from the player's stream, with one of the new kind after it.
+    let reply = ok_tx(&app, "j1", "deposit", 1, "d1", json!({})).await;
+    let mut resumed = SseClient::connect(&app.http, app.addr, "j1", Some("0-0")).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(resumed.next_event(Duration::from_secs(2)).await.expect("stored event"));
+    }
+    assert_eq!(seen[0].data["reference_id"], "d0");
+    assert_eq!((seen[1].id.as_str(), seen[1].raw.as_str()), (id.as_str(), json));
+    assert_eq!(seen[2].data["transaction_id"], reply["transaction_id"]);
+    seen.iter().for_each(assert_exact_json);
+    let _ = redis.quit().await;
     app.finish().await;
 }
 
