@@ -302,6 +302,28 @@ async fn wait(
     }
 }
 
+/// A mark for the next edge: the end mark if the phase has ended (then
+/// `true`), else one taken now. Looked at before marking, so no edge is
+/// read after the end.
+fn next_mark(probe: &CostProbe, requests: &Requests, stopped: &mut oneshot::Receiver<Mark>) -> (Mark, bool) {
+    match stopped.try_recv() {
+        Ok(end) => (end, true),
+        Err(oneshot::error::TryRecvError::Closed) => (probe.mark(requests, None), true),
+        Err(oneshot::error::TryRecvError::Empty) => (probe.mark(requests, None), false),
+    }
+}
+
+/// `mark`, unless it is older than the slice's start (an end mark taken
+/// while the start was being read, with more than one driver thread): then
+/// one taken now, a little late rather than a slice of negative length.
+fn later_than(mark: Mark, from: &Point, probe: &CostProbe, requests: &Requests) -> Mark {
+    if mark.at < from.at {
+        probe.mark(requests, None)
+    } else {
+        mark
+    }
+}
+
 async fn record(
     probe: Arc<CostProbe>,
     requests: Requests,
@@ -327,7 +349,7 @@ async fn record(
     let (Some(guard), Some((off, on))) = (guard, probe.slices) else {
         let end = wait(&probe, &requests, Duration::MAX, &mut stopped).await;
         let end = end.unwrap_or_else(|| probe.mark(&requests, None));
-        let to = probe.point(end).await;
+        let to = probe.point(later_than(end, &from, &probe, &requests)).await;
         return Recording {
             slices: vec![Slice {
                 sampled: false,
@@ -341,21 +363,19 @@ async fn record(
     let mut slices = Vec::new();
     let mut sample = Sample::default();
     loop {
-        if let Some(end) = wait(&probe, &requests, off, &mut stopped).await {
-            let to = probe.point(end).await;
-            slices.push(Slice {
-                sampled: false,
-                from,
-                to,
-            });
-            break;
-        }
-        let edge = probe.point(probe.mark(&requests, None)).await;
+        let (mark, last) = match wait(&probe, &requests, off, &mut stopped).await {
+            Some(end) => (end, true),
+            None => next_mark(&probe, &requests, &mut stopped),
+        };
+        let edge = probe.point(later_than(mark, &from, &probe, &requests)).await;
         slices.push(Slice {
             sampled: false,
             from,
             to: edge.clone(),
         });
+        if last {
+            break;
+        }
         // The sampler's own commands fall in the slice they serve.
         from = edge;
         if let Err(e) = guard.start().await {
@@ -365,8 +385,11 @@ async fn record(
         if let Err(e) = guard.collect(&probe.names, &mut sample).await {
             note(&mut notes, format!("slow log: {e}"));
         }
-        let last = end.is_some();
-        let to = probe.point(end.unwrap_or_else(|| probe.mark(&requests, None))).await;
+        let (mark, last) = match end {
+            Some(end) => (end, true),
+            None => next_mark(&probe, &requests, &mut stopped),
+        };
+        let to = probe.point(later_than(mark, &from, &probe, &requests)).await;
         slices.push(Slice {
             sampled: true,
             from,

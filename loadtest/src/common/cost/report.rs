@@ -595,7 +595,7 @@ impl CostReport {
             row(&label, self.cpu_us(role), &note);
         }
         if self.scripts.is_empty() {
-            println!("  per script: no script call seen ({})", self.script_method);
+            println!("  per script: no script call in the window");
         } else {
             println!("  per script ({}):", self.script_method);
             println!(
