@@ -630,13 +630,13 @@ impl CostReport {
         if !self.primaries.is_empty() {
             println!("  per primary (µs/{unit}):");
             println!(
-                "    {:<24}{:>10}{:>10}{:>10}{:>12}",
+                "    {:<24}{:>10}{:>10}{:>10}{:>14}",
                 "node", "CPU", "commands", "scripts", "script calls"
             );
             for (name, t) in &self.primaries {
                 match t {
                     Some(t) => println!(
-                        "    {name:<24}{:>10}{:>10}{:>10}{:>12}",
+                        "    {name:<24}{:>10}{:>10}{:>10}{:>14}",
                         fmt_value(t.cpu_us.and_then(|c| self.per(c as f64))),
                         fmt_value(self.per(t.commands.usec as f64)),
                         fmt_value(self.per(t.scripts.usec as f64)),
