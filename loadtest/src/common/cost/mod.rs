@@ -17,7 +17,8 @@
 //! The table is then read over the other slices only, which the log did not
 //! slow down, and each script's share of the sampled script time splits the
 //! measured one. Readings are taken at every slice's edges, so each slice's
-//! requests are known (`Requests`).
+//! requests are known (`Requests`). The watch runs on a thread of its own,
+//! so that its reading never holds up the driver's load.
 
 pub mod info;
 pub mod metrics;
@@ -136,10 +137,13 @@ impl<'a> CostSetup<'a> {
 }
 
 /// Everything a reading needs, found once before the phase.
-pub struct CostProbe {
+struct Shared {
     server: &'static str,
     unit: &'static str,
-    redis: Option<RedisNodes>,
+    /// Connected again by the watch, on its own thread.
+    redis_url: Option<String>,
+    /// `host:port` of each Redis server, in the order of every reading.
+    node_names: Vec<String>,
     engine: Option<Target>,
     cpu: CpuSplit,
     names: ScriptNames,
@@ -149,10 +153,76 @@ pub struct CostProbe {
     notes: Vec<String>,
 }
 
+/// What the watch needs to start: the first mark, taken at the instant the
+/// phase starts, and where the end mark will come from.
+struct Launch {
+    requests: Requests,
+    first: Mark,
+    stopped: oneshot::Receiver<Mark>,
+}
+
+/// The readings found, and the watch's thread waiting for the phase.
+pub struct CostProbe {
+    shared: Arc<Shared>,
+    launch: oneshot::Sender<Launch>,
+    recorded: oneshot::Receiver<Recording>,
+}
+
 impl CostProbe {
+    /// Finds what can be read, and starts the watch's thread: it runs on a
+    /// runtime of its own, connected to Redis before the phase, because
+    /// reading thousands of slow log entries on the driver's (one) thread
+    /// would hold up the responses of a sampled slice until the next slice,
+    /// which would then count them.
     pub async fn discover(setup: CostSetup<'_>) -> CostProbe {
+        let shared = Arc::new(Shared::discover(setup).await);
+        let (launch, launched) = oneshot::channel::<Launch>();
+        let (done, recorded) = oneshot::channel();
+        let watched = shared.clone();
+        let spawned = std::thread::Builder::new().name("cost-watch".into()).spawn(move || {
+            let recording = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(record(watched, launched)),
+                Err(e) => Some(Recording::failed(format!("the cost watch has no runtime: {e}"))),
+            };
+            if let Some(recording) = recording {
+                let _ = done.send(recording);
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("warning: the cost watch did not start: {e}");
+        }
+        CostProbe {
+            shared,
+            launch,
+            recorded,
+        }
+    }
+
+    /// Reads everything now (`/proc` and the driver's count at once, the
+    /// rest a round trip later) and keeps reading at every slice's edge
+    /// until [`CostWatch::finish`].
+    pub fn start(self, requests: Requests) -> CostWatch {
+        let first = self.shared.mark(&requests, None);
+        let (stop, stopped) = oneshot::channel();
+        let _ = self.launch.send(Launch {
+            requests: requests.clone(),
+            first,
+            stopped,
+        });
+        CostWatch {
+            probe: self.shared,
+            requests,
+            stop,
+            recorded: self.recorded,
+        }
+    }
+}
+
+impl Shared {
+    async fn discover(setup: CostSetup<'_>) -> Shared {
         let mut notes = Vec::new();
-        let redis = match setup.args.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        let redis_url = setup.args.redis_url.clone().filter(|u| !u.is_empty());
+        let redis = match &redis_url {
             Some(url) => match RedisNodes::connect(url).await {
                 Ok(nodes) => Some(nodes),
                 Err(e) => {
@@ -169,6 +239,10 @@ impl CostProbe {
             Some(nodes) => Some(nodes.pids().await),
             None => None,
         };
+        let node_names = redis.as_ref().map(|r| r.names().to_vec()).unwrap_or_default();
+        if let Some(nodes) = &redis {
+            nodes.quit().await;
+        }
         let mut pg = match setup.database_url.filter(|u| !u.is_empty()) {
             Some(url) => connect_pg(url).await.ok(),
             None => None,
@@ -188,31 +262,17 @@ impl CostProbe {
         if slices.is_some() && redis.is_none() {
             slices = None;
         }
-        CostProbe {
+        Shared {
             server: setup.server,
             unit: setup.unit,
-            redis,
+            redis_url: redis.and(redis_url),
+            node_names,
             engine: setup.engine,
             cpu,
             names,
             slices,
             max_len: setup.args.slowlog_max_len,
             notes,
-        }
-    }
-
-    /// Reads everything now (`/proc` first, at once) and keeps reading at
-    /// every slice's edge until [`CostWatch::finish`].
-    pub fn start(self, requests: Requests) -> CostWatch {
-        let probe = Arc::new(self);
-        let first = probe.mark(&requests, None);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(record(probe.clone(), requests.clone(), first, stopped));
-        CostWatch {
-            probe,
-            requests,
-            stop,
-            task,
         }
     }
 
@@ -229,8 +289,8 @@ impl CostProbe {
     }
 
     /// A mark completed with what takes a round trip: Redis and `/metrics`.
-    async fn point(&self, mark: Mark) -> Point {
-        let redis = match &self.redis {
+    async fn point(&self, nodes: Option<&RedisNodes>, mark: Mark) -> Point {
+        let redis = match nodes {
             Some(nodes) => nodes.counters().await,
             None => Vec::new(),
         };
@@ -280,18 +340,28 @@ struct Recording {
     notes: Vec<String>,
 }
 
+impl Recording {
+    fn failed(why: String) -> Recording {
+        Recording {
+            slices: Vec::new(),
+            sample: None,
+            notes: vec![why],
+        }
+    }
+}
+
 /// The phase being measured.
 pub struct CostWatch {
-    probe: Arc<CostProbe>,
+    probe: Arc<Shared>,
     requests: Requests,
     stop: oneshot::Sender<Mark>,
-    task: tokio::task::JoinHandle<Recording>,
+    recorded: oneshot::Receiver<Recording>,
 }
 
 /// Sleeps `len`, or returns the end mark if the phase ends first (or the
 /// watch was dropped: then nothing reads the result).
 async fn wait(
-    probe: &CostProbe,
+    probe: &Shared,
     requests: &Requests,
     len: Duration,
     stopped: &mut oneshot::Receiver<Mark>,
@@ -305,7 +375,7 @@ async fn wait(
 /// A mark for the next edge: the end mark if the phase has ended (then
 /// `true`), else one taken now. Looked at before marking, so no edge is
 /// read after the end.
-fn next_mark(probe: &CostProbe, requests: &Requests, stopped: &mut oneshot::Receiver<Mark>) -> (Mark, bool) {
+fn next_mark(probe: &Shared, requests: &Requests, stopped: &mut oneshot::Receiver<Mark>) -> (Mark, bool) {
     match stopped.try_recv() {
         Ok(end) => (end, true),
         Err(oneshot::error::TryRecvError::Closed) => (probe.mark(requests, None), true),
@@ -316,7 +386,7 @@ fn next_mark(probe: &CostProbe, requests: &Requests, stopped: &mut oneshot::Rece
 /// `mark`, unless it is older than the slice's start (an end mark taken
 /// while the start was being read, with more than one driver thread): then
 /// one taken now, a little late rather than a slice of negative length.
-fn later_than(mark: Mark, from: &Point, probe: &CostProbe, requests: &Requests) -> Mark {
+fn later_than(mark: Mark, from: &Point, probe: &Shared, requests: &Requests) -> Mark {
     if mark.at < from.at {
         probe.mark(requests, None)
     } else {
@@ -324,15 +394,45 @@ fn later_than(mark: Mark, from: &Point, probe: &CostProbe, requests: &Requests) 
     }
 }
 
-async fn record(
-    probe: Arc<CostProbe>,
+/// The watch's thread: connects, waits for the phase, reads it. `None`
+/// when the probe was dropped before its phase.
+async fn record(probe: Arc<Shared>, launched: oneshot::Receiver<Launch>) -> Option<Recording> {
+    let mut notes = Vec::new();
+    let redis = match &probe.redis_url {
+        Some(url) => match RedisNodes::connect(url).await {
+            Ok(nodes) => Some(nodes),
+            Err(e) => {
+                notes.push(format!("Redis not measured: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let recording = match launched.await {
+        Ok(Launch {
+            requests,
+            first,
+            stopped,
+        }) => Some(sliced(&probe, redis.as_ref(), requests, first, stopped, notes).await),
+        Err(_) => None,
+    };
+    if let Some(nodes) = &redis {
+        nodes.quit().await;
+    }
+    recording
+}
+
+/// The phase's readings: one slice, or slices with and without the slow log.
+async fn sliced(
+    probe: &Shared,
+    redis: Option<&RedisNodes>,
     requests: Requests,
     first: Mark,
     mut stopped: oneshot::Receiver<Mark>,
+    mut notes: Vec<String>,
 ) -> Recording {
-    let mut notes = Vec::new();
-    let mut from = probe.point(first).await;
-    let guard = match (&probe.redis, probe.slices, &requests) {
+    let mut from = probe.point(redis, first).await;
+    let guard = match (redis, probe.slices, &requests) {
         (Some(nodes), Some(_), Requests::Live(_) | Requests::EngineHttp) => match nodes.slowlog(probe.max_len).await {
             Ok(guard) => Some(guard),
             Err(e) => {
@@ -347,9 +447,9 @@ async fn record(
         _ => None,
     };
     let (Some(guard), Some((off, on))) = (guard, probe.slices) else {
-        let end = wait(&probe, &requests, Duration::MAX, &mut stopped).await;
+        let end = wait(probe, &requests, Duration::MAX, &mut stopped).await;
         let end = end.unwrap_or_else(|| probe.mark(&requests, None));
-        let to = probe.point(later_than(end, &from, &probe, &requests)).await;
+        let to = probe.point(redis, later_than(end, &from, probe, &requests)).await;
         return Recording {
             slices: vec![Slice {
                 sampled: false,
@@ -363,11 +463,11 @@ async fn record(
     let mut slices = Vec::new();
     let mut sample = Sample::default();
     loop {
-        let (mark, last) = match wait(&probe, &requests, off, &mut stopped).await {
+        let (mark, last) = match wait(probe, &requests, off, &mut stopped).await {
             Some(end) => (end, true),
-            None => next_mark(&probe, &requests, &mut stopped),
+            None => next_mark(probe, &requests, &mut stopped),
         };
-        let edge = probe.point(later_than(mark, &from, &probe, &requests)).await;
+        let edge = probe.point(redis, later_than(mark, &from, probe, &requests)).await;
         slices.push(Slice {
             sampled: false,
             from,
@@ -381,15 +481,15 @@ async fn record(
         if let Err(e) = guard.start().await {
             note(&mut notes, format!("slow log: {e}"));
         }
-        let end = wait(&probe, &requests, on, &mut stopped).await;
+        let end = wait(probe, &requests, on, &mut stopped).await;
         if let Err(e) = guard.collect(&probe.names, &mut sample).await {
             note(&mut notes, format!("slow log: {e}"));
         }
         let (mark, last) = match end {
             Some(end) => (end, true),
-            None => next_mark(&probe, &requests, &mut stopped),
+            None => next_mark(probe, &requests, &mut stopped),
         };
-        let to = probe.point(later_than(mark, &from, &probe, &requests)).await;
+        let to = probe.point(redis, later_than(mark, &from, probe, &requests)).await;
         slices.push(Slice {
             sampled: true,
             from,
@@ -411,7 +511,7 @@ async fn record(
 }
 
 /// A slice's growth; its problems noted once.
-fn growth(probe: &CostProbe, s: &Slice, notes: &mut Vec<String>) -> (Growth, CpuUsage) {
+fn growth(probe: &Shared, s: &Slice, notes: &mut Vec<String>) -> (Growth, CpuUsage) {
     let nodes = s
         .from
         .redis
@@ -463,14 +563,10 @@ impl CostWatch {
         let end = self.probe.mark(&self.requests, None);
         let _ = self.stop.send(end);
         let probe = self.probe;
-        let mut rec = match self.task.await {
-            Ok(rec) => rec,
-            Err(e) => Recording {
-                slices: Vec::new(),
-                sample: None,
-                notes: vec![format!("the cost watch failed: {e}")],
-            },
-        };
+        let mut rec = self
+            .recorded
+            .await
+            .unwrap_or_else(|_| Recording::failed("the cost watch ended without its readings".into()));
         let mut notes = probe.notes.clone();
         notes.append(&mut rec.notes);
         let mut slices = Vec::new();
@@ -523,13 +619,10 @@ impl CostWatch {
             main,
             phase,
             sampled: sampled_part,
-            node_names: probe.redis.as_ref().map(|r| r.names().to_vec()).unwrap_or_default(),
+            node_names: probe.node_names.clone(),
             script_commands: probe.names.commands.clone(),
             notes,
         };
-        if let Some(nodes) = &probe.redis {
-            nodes.quit().await;
-        }
         report::compute(measured)
     }
 }

@@ -299,4 +299,101 @@ mod tests {
             Some("128".into())
         );
     }
+
+    /// A redis-server of the test's own on a free port, killed on drop.
+    struct OwnRedis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl OwnRedis {
+        fn start() -> OwnRedis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/services.sh installs it)");
+            OwnRedis { child, port }
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn config(nodes: &RedisNodes, name: &str) -> String {
+        let reply = nodes.on(0, "CONFIG", vec!["GET".into(), name.into()]).await.unwrap();
+        config_value(reply).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sampled_slow_log_names_scripts_and_is_put_back() {
+        let redis = OwnRedis::start();
+        let url = format!("redis://127.0.0.1:{}", redis.port);
+        let mut nodes = None;
+        for _ in 0..100 {
+            if let Ok(n) = RedisNodes::connect(&url).await {
+                nodes = Some(n);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let nodes = nodes.expect("the test's redis-server answers");
+        assert_eq!(nodes.names(), [format!("127.0.0.1:{}", redis.port)]);
+        assert_eq!(nodes.pids().await.unwrap(), [redis.child.id()]);
+        let before = (config(&nodes, SLOWER_THAN).await, config(&nodes, MAX_LEN).await);
+
+        let body = "redis.call('hset', KEYS[1], 'a', 1) return redis.call('hget', KEYS[1], 'a')";
+        let mut names = ScriptNames::default();
+        names.add("tiny", body, None);
+        nodes.on(0, "SCRIPT", vec!["LOAD".into(), body.into()]).await.unwrap();
+        let sha = fred::util::sha1_hash(body);
+        let evalsha = || nodes.on(0, "EVALSHA", vec![sha.clone(), "1".into(), "k".into()]);
+        let guard = nodes.slowlog(1000).await.unwrap();
+        assert_eq!(config(&nodes, SLOWER_THAN).await, "-1");
+        assert_eq!(config(&nodes, MAX_LEN).await, "1000");
+        evalsha().await.unwrap();
+        guard.start().await.unwrap();
+        for _ in 0..3 {
+            evalsha().await.unwrap();
+        }
+        let mut sample = Sample::default();
+        guard.collect(&names, &mut sample).await.unwrap();
+        // Called after the slice: not in the sample.
+        evalsha().await.unwrap();
+        let tiny = &sample.scripts["tiny"];
+        assert_eq!(tiny.calls, 3);
+        assert_eq!(tiny.inner["hset"].calls, 3);
+        assert_eq!(tiny.inner["hget"].calls, 3);
+        guard.restore().await.unwrap();
+        assert_eq!(
+            (config(&nodes, SLOWER_THAN).await, config(&nodes, MAX_LEN).await),
+            before
+        );
+        let len = nodes.on(0, "SLOWLOG", vec!["LEN".into()]).await.unwrap();
+        assert_eq!(len.as_i64(), Some(0));
+
+        let counters = nodes.counters().await;
+        let c = counters[0].as_ref().unwrap();
+        assert_eq!(c.commands["evalsha"].calls, 5);
+        assert_eq!(c.commands["hset"].calls, 5);
+        assert!(c.cpu_us.is_some());
+        nodes.quit().await;
+    }
 }

@@ -321,22 +321,12 @@ fn attribute(m: &Measured, redis: Option<&RedisTotals>) -> (Vec<ScriptCost>, Str
         })
         .collect();
     let method = match &summary {
-        Some(s) => format!(
-            "µs: the window's script µs (commandstats) split by each script's share of the slow log's script µs \
-             ({} slices, {:.2} s, {} entries{}), less {} µs of logging per inner command",
-            s.slices,
-            s.secs,
-            s.entries,
-            if s.full_reads > 0 {
-                format!("; the log was full in {} reads", s.full_reads)
-            } else {
-                String::new()
-            },
-            s.overhead_us.map_or("0 (no estimate)".into(), |o| format!("{o:.2}"))
-        ),
-        None => "µs: not split by script (the slow log is sampled only on a Redis this run may reconfigure: \
+        Some(_) => "µs: the window's script µs (commandstats) split by each script's share of the slow log's, \
+                    less what logging its inner commands cost"
+            .to_owned(),
+        None => "µs: not split by script (the slow log is sampled only on a Redis the run may reconfigure: \
                  --slowlog-sample)"
-            .into(),
+            .to_owned(),
     };
     (scripts, method, summary)
 }
@@ -399,8 +389,7 @@ pub fn compute(m: Measured) -> CostReport {
         commands,
         scripts,
         script_method: format!(
-            "calls: engine /metrics where it counts the script, else INFO commandstats split by the slow log; {}",
-            script_method
+            "calls: engine /metrics where it counts the script, else commandstats split by the slow log; {script_method}"
         ),
         flushed_events: m.main.engine.as_ref().map(|e| e.flushed_events),
         cpu: m.cpu,
@@ -627,6 +616,24 @@ impl CostReport {
                 );
             }
         }
+        if let Some(s) = &self.slowlog {
+            let rate = |n: u64, secs: f64| if secs > 0.0 { Some(n as f64 / secs) } else { None };
+            println!(
+                "  slow log: {} slices, {:.2} s ({} {unit}s/s in them, {} outside), {} entries{}; logging cost {} µs per \
+                 inner command",
+                s.slices,
+                s.secs,
+                fmt_value(rate(s.requests, s.secs)),
+                fmt_value(rate(self.requests, self.secs)),
+                s.entries,
+                if s.full_reads > 0 {
+                    format!(" (the log was full in {} reads: raise --slowlog-max-len)", s.full_reads)
+                } else {
+                    String::new()
+                },
+                fmt_value(s.overhead_us),
+            );
+        }
         if !self.primaries.is_empty() {
             println!("  per primary (µs/{unit}):");
             println!(
@@ -844,7 +851,7 @@ mod tests {
         let hget = r.commands.iter().find(|c| c.name == "hget").unwrap();
         assert_eq!((hget.inner_share, hget.share_from), (0.8, "slow log"));
         assert!(r.window.contains("without its 2 slow-log slices"));
-        assert!(r.script_method.contains("less 1.00 µs"));
+        assert!(r.script_method.contains("share of the slow log's"));
         let j = r.to_json();
         assert_eq!(j["slowlog"]["entries"], 235);
         assert!(j["scripts"][2]["us_per_call"].as_f64().unwrap() > 0.0);
