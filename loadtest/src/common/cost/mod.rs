@@ -40,7 +40,7 @@ use crate::common::proc::cpu_split::{CpuSplit, CpuUsage, Snapshot};
 use crate::common::stores::connect_pg;
 use info::NodeCounters;
 use metrics::EngineCounters;
-use redis::RedisNodes;
+use redis::{RedisNodes, SlowlogGuard};
 use report::{CostReport, Growth, Measured};
 use scripts::ScriptNames;
 use slowlog::Sample;
@@ -394,8 +394,9 @@ fn later_than(mark: Mark, from: &Point, probe: &Shared, requests: &Requests) -> 
     }
 }
 
-/// The watch's thread: connects, waits for the phase, reads it. `None`
-/// when the probe was dropped before its phase.
+/// The watch's thread: connects and sets the slow log up before the phase
+/// (its calibration, the settings), waits for the phase, reads it, puts the
+/// settings back. `None` when the probe was dropped before its phase.
 async fn record(probe: Arc<Shared>, launched: oneshot::Receiver<Launch>) -> Option<Recording> {
     let mut notes = Vec::new();
     let redis = match &probe.redis_url {
@@ -408,14 +409,30 @@ async fn record(probe: Arc<Shared>, launched: oneshot::Receiver<Launch>) -> Opti
         },
         None => None,
     };
-    let recording = match launched.await {
-        Ok(Launch {
-            requests,
-            first,
-            stopped,
-        }) => Some(sliced(&probe, redis.as_ref(), requests, first, stopped, notes).await),
+    let mut guard = None;
+    let mut logging_us = None;
+    if let (Some(nodes), Some(_)) = (&redis, probe.slices) {
+        match nodes.slowlog(probe.max_len).await {
+            Ok(g) => {
+                match g.calibrate().await {
+                    Ok(us) => logging_us = Some(us),
+                    Err(e) => notes.push(format!("slow log's cost not calibrated: {e}")),
+                }
+                guard = Some(g);
+            }
+            Err(e) => notes.push(format!("slow log not sampled: {e}")),
+        }
+    }
+    let mut recording = match launched.await {
+        Ok(launch) => Some(sliced(&probe, redis.as_ref(), guard.as_ref(), logging_us, launch, notes).await),
         Err(_) => None,
     };
+    if let Some(guard) = guard
+        && let Err(e) = guard.restore().await
+        && let Some(r) = recording.as_mut()
+    {
+        r.notes.push(format!("slow log settings not restored: {e}"));
+    }
     if let Some(nodes) = &redis {
         nodes.quit().await;
     }
@@ -426,25 +443,23 @@ async fn record(probe: Arc<Shared>, launched: oneshot::Receiver<Launch>) -> Opti
 async fn sliced(
     probe: &Shared,
     redis: Option<&RedisNodes>,
-    requests: Requests,
-    first: Mark,
-    mut stopped: oneshot::Receiver<Mark>,
+    guard: Option<&SlowlogGuard<'_>>,
+    logging_us: Option<f64>,
+    launch: Launch,
     mut notes: Vec<String>,
 ) -> Recording {
+    let Launch {
+        requests,
+        first,
+        mut stopped,
+    } = launch;
     let mut from = probe.point(redis, first).await;
-    let guard = match (redis, probe.slices, &requests) {
-        (Some(nodes), Some(_), Requests::Live(_) | Requests::EngineHttp) => match nodes.slowlog(probe.max_len).await {
-            Ok(guard) => Some(guard),
-            Err(e) => {
-                notes.push(format!("slow log not sampled: {e}"));
-                None
-            }
-        },
-        (_, Some(_), Requests::AtEnd) => {
+    let guard = match (guard, &requests) {
+        (Some(_), Requests::AtEnd) => {
             notes.push("slow log not sampled: this run counts its units only at the end".into());
             None
         }
-        _ => None,
+        (guard, _) => guard,
     };
     let (Some(guard), Some((off, on))) = (guard, probe.slices) else {
         let end = wait(probe, &requests, Duration::MAX, &mut stopped).await;
@@ -461,7 +476,10 @@ async fn sliced(
         };
     };
     let mut slices = Vec::new();
-    let mut sample = Sample::default();
+    let mut sample = Sample {
+        logging_us,
+        ..Sample::default()
+    };
     loop {
         let (mark, last) = match wait(probe, &requests, off, &mut stopped).await {
             Some(end) => (end, true),
@@ -499,9 +517,6 @@ async fn sliced(
             break;
         }
         from = to;
-    }
-    if let Err(e) = guard.restore().await {
-        notes.push(format!("slow log settings not restored: {e}"));
     }
     Recording {
         slices,

@@ -194,6 +194,21 @@ impl RedisNodes {
 const SLOWER_THAN: &str = "slowlog-log-slower-than";
 const MAX_LEN: &str = "slowlog-max-len";
 
+/// The calibration's script: `ARGV[1]` inner commands, each an ECHO of a
+/// key-sized argument (the engine's inner commands carry a key and a few
+/// short arguments; what the log copies of each is what it costs). No key,
+/// so it runs on whichever primary it is sent to, and writes nothing.
+const CALIBRATION_SCRIPT: &str = "for i = 1, tonumber(ARGV[1]) do redis.call('echo', ARGV[2]) end return 0";
+const CALIBRATION_INNER: u64 = 200;
+const CALIBRATION_ARG: &str = "stampede:{0}:sale:123456:users:calibration";
+/// Runs with and without the log, alternated; the medians are compared.
+const CALIBRATION_ROUNDS: usize = 9;
+
+fn median(mut v: Vec<u64>) -> f64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0) as f64
+}
+
 /// The slow log of every server set up for sampling; [`restore`](Self::restore)
 /// puts the settings it found back.
 pub struct SlowlogGuard<'a> {
@@ -211,6 +226,50 @@ impl SlowlogGuard<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What logging one inner command adds to its script's time, in µs:
+    /// the calibration script timed (`INFO commandstats`) with the log off
+    /// and on, on every server, before the phase. The log is emptied after.
+    pub async fn calibrate(&self) -> Result<f64, String> {
+        let mut per_server = Vec::new();
+        for i in 0..self.nodes.names.len() {
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            for _ in 0..CALIBRATION_ROUNDS {
+                off.push(self.timed_eval(i).await?);
+                self.nodes
+                    .on(i, "CONFIG", vec!["SET".into(), SLOWER_THAN.into(), "0".into()])
+                    .await?;
+                let timed = self.timed_eval(i).await;
+                self.nodes
+                    .on(i, "CONFIG", vec!["SET".into(), SLOWER_THAN.into(), "-1".into()])
+                    .await?;
+                on.push(timed?);
+            }
+            self.nodes.on(i, "SLOWLOG", vec!["RESET".into()]).await?;
+            per_server.push((median(on) - median(off)) / CALIBRATION_INNER as f64);
+        }
+        Ok((per_server.iter().sum::<f64>() / per_server.len().max(1) as f64).max(0.0))
+    }
+
+    /// The µs one run of the calibration script took on server `i`.
+    async fn timed_eval(&self, i: usize) -> Result<u64, String> {
+        let eval_usec = |v: Value| {
+            info::parse(&v.as_string().unwrap_or_default())
+                .commands
+                .get("eval")
+                .map_or(0, |c| c.usec)
+        };
+        let before = eval_usec(self.nodes.on(i, "INFO", vec!["commandstats".into()]).await?);
+        let args = vec![
+            CALIBRATION_SCRIPT.to_string(),
+            "0".into(),
+            CALIBRATION_INNER.to_string(),
+            CALIBRATION_ARG.into(),
+        ];
+        self.nodes.on(i, "EVAL", args).await?;
+        let after = eval_usec(self.nodes.on(i, "INFO", vec!["commandstats".into()]).await?);
+        Ok(after.saturating_sub(before))
     }
 
     /// Every command is logged from now on.
@@ -368,6 +427,10 @@ mod tests {
         let guard = nodes.slowlog(1000).await.unwrap();
         assert_eq!(config(&nodes, SLOWER_THAN).await, "-1");
         assert_eq!(config(&nodes, MAX_LEN).await, "1000");
+        let cost = guard.calibrate().await.unwrap();
+        println!("logging one inner command costs {cost:.3} µs here");
+        assert!(cost < 20.0, "{cost} µs: the calibration timed something else");
+        assert_eq!(config(&nodes, SLOWER_THAN).await, "-1");
         evalsha().await.unwrap();
         guard.start().await.unwrap();
         for _ in 0..3 {
@@ -392,6 +455,7 @@ mod tests {
         let counters = nodes.counters().await;
         let c = counters[0].as_ref().unwrap();
         assert_eq!(c.commands["evalsha"].calls, 5);
+        assert_eq!(c.commands["eval"].calls, 2 * CALIBRATION_ROUNDS as u64);
         assert_eq!(c.commands["hset"].calls, 5);
         assert!(c.cpu_us.is_some());
         nodes.quit().await;

@@ -147,8 +147,8 @@ pub struct SlowlogSummary {
     pub secs: f64,
     pub entries: u64,
     pub full_reads: u64,
-    /// What logging each inner command added to its script's time, as
-    /// estimated from the scripts' µs per call with and without the log.
+    /// What logging each inner command adds to its script's time, as
+    /// calibrated on this Redis before the phase.
     pub overhead_us: Option<f64>,
     pub stray_inner: CommandStat,
 }
@@ -239,31 +239,18 @@ fn attribute(m: &Measured, redis: Option<&RedisTotals>) -> (Vec<ScriptCost>, Str
         names.extend(s.scripts.keys().cloned());
     }
 
-    // What the log added per inner command: the scripts' µs per call in the
-    // sampled slices above the unsampled ones, spread over the inner
-    // commands the log saw per call.
+    // What the log added per inner command, as calibrated before the phase.
     let mut summary = None;
     let mut overhead = 0.0;
     if let Some((on, slices, s)) = sample {
-        let on_scripts = on.redis().map(|c| c.scripts()).unwrap_or_default();
-        let seen = s.scripts_total();
-        let inner_calls = s.inner_total().calls;
-        let estimate = match (redis, on_scripts.calls, seen.calls) {
-            (Some(main), on_calls, seen_calls) if main.scripts.calls > 0 && on_calls > 0 && seen_calls > 0 => {
-                let extra =
-                    on_scripts.usec as f64 / on_calls as f64 - main.scripts.usec as f64 / main.scripts.calls as f64;
-                (inner_calls > 0).then(|| (extra / (inner_calls as f64 / seen_calls as f64)).max(0.0))
-            }
-            _ => None,
-        };
-        overhead = estimate.unwrap_or(0.0);
+        overhead = s.logging_us.unwrap_or(0.0);
         summary = Some(SlowlogSummary {
             slices: *slices,
             requests: on.requests,
             secs: on.secs,
             entries: s.entries,
             full_reads: s.full_reads,
-            overhead_us: estimate,
+            overhead_us: s.logging_us,
             stray_inner: s.stray_inner,
         });
     }
@@ -825,16 +812,18 @@ mod tests {
 
     #[test]
     fn the_slow_log_splits_the_measured_script_time() {
-        // Sampled slices: 20 script calls at 110 µs each against 100 µs
-        // unsampled (20,000 µs / 200 calls): 10 µs more per call, over 10
-        // inner commands per call: 1 µs of logging per inner command.
         let on = Growth {
             requests: 200,
             secs: 0.2,
             nodes: vec![Some(counters(9000, &[("evalsha", 20, 2200)])), Some(counters(0, &[]))],
             engine: None,
         };
-        let r = compute(measured(Some((on, 2, sample()))));
+        // Logging each inner command added 1 µs to its script's time.
+        let logged = Sample {
+            logging_us: Some(1.0),
+            ..sample()
+        };
+        let r = compute(measured(Some((on, 2, logged))));
         let s = r.slowlog.as_ref().unwrap();
         assert_eq!(s.overhead_us, Some(1.0));
         // Without the log: purchase 3000 - 100 = 2900 µs, checkout 1000 - 100 = 900 µs.

@@ -111,7 +111,7 @@ impl ScriptSample {
 }
 
 /// Everything the slow log showed over the sampled slices.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     /// By script name (see `ScriptNames::name_of`).
     pub scripts: BTreeMap<String, ScriptSample>,
@@ -124,6 +124,9 @@ pub struct Sample {
     pub entries: u64,
     /// Reads that found the log full: its oldest entries were dropped.
     pub full_reads: u64,
+    /// What logging one inner command adds to its script's logged time, in
+    /// µs, as calibrated on this Redis before the phase.
+    pub logging_us: Option<f64>,
 }
 
 /// What names a script call: the script's file for `EVALSHA` (and for an
@@ -188,15 +191,6 @@ impl Sample {
                 calls: s.calls,
                 usec: s.usec,
             });
-        }
-        all
-    }
-
-    /// Inner calls of every script together.
-    pub fn inner_total(&self) -> CommandStat {
-        let mut all = CommandStat::default();
-        for s in self.scripts.values() {
-            all.add(s.inner_total());
         }
         all
     }
@@ -290,7 +284,6 @@ mod tests {
         // an entry lost): counted apart.
         assert_eq!(s.stray_inner, CommandStat { calls: 1, usec: 3 });
         assert_eq!(s.scripts_total(), CommandStat { calls: 3, usec: 95 });
-        assert_eq!(s.inner_total(), CommandStat { calls: 3, usec: 11 });
         assert_eq!(s.inner_share("hset"), Some(1.0));
         assert_eq!(s.inner_share("xreadgroup"), Some(0.0));
         assert_eq!(s.inner_share("get"), None);
