@@ -571,9 +571,8 @@ fn note(notes: &mut Vec<String>, note: String) {
 
 impl CostWatch {
     /// Ends the phase now: `/proc` at once, the rest after. `total`: the
-    /// phase's units as the driver counted them, when it counts them only
-    /// at the end (`Requests::AtEnd`), or to be exact where it counts
-    /// otherwise (the slices' counts are scaled to it).
+    /// phase's units as the driver counted them, needed when it counts them
+    /// only at the end (`Requests::AtEnd`), authoritative otherwise.
     pub async fn finish(self, total: Option<u64>) -> CostReport {
         let end = self.probe.mark(&self.requests, None);
         let _ = self.stop.send(end);
@@ -588,8 +587,9 @@ impl CostWatch {
         for s in &rec.slices {
             slices.push((s.sampled, growth(&probe, s, &mut notes)));
         }
-        // With a live count, the last slice's end is read by `finish` and
-        // `AtEnd`: the driver's total gives it.
+        // The driver's total is the phase's count: with one slice, that
+        // slice's; with several, what the live count had not seen at the
+        // last edge goes to the last slice.
         let counted: u64 = slices.iter().map(|(_, (g, _))| g.requests).sum();
         match (total, slices.last_mut()) {
             (Some(total), Some((_, (last, _)))) if rec.slices.len() == 1 => last.requests = total,
