@@ -68,7 +68,8 @@
 #                         and a table sets requests/s and CPU us per request side by side
 #   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
 #                         STAMPEDE_WORKER_THREADS and STAMPEDE_REDIS_POOL when they are set
-#   KEEP_DATA=1           keep the load database and the Redis keys afterwards
+#   KEEP_DATA=1           keep the load database and the Redis keys afterwards (the run's own
+#                         redis-server is stopped, its data directory kept; its own cluster goes)
 #   RUST_LOG              engine log level (warn)
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
 #                         Redis and Postgres, and one thread costs it the least CPU per request)

@@ -358,42 +358,6 @@ pub struct CostWatch {
     recorded: oneshot::Receiver<Recording>,
 }
 
-/// Sleeps `len`, or returns the end mark if the phase ends first (or the
-/// watch was dropped: then nothing reads the result).
-async fn wait(
-    probe: &Shared,
-    requests: &Requests,
-    len: Duration,
-    stopped: &mut oneshot::Receiver<Mark>,
-) -> Option<Mark> {
-    tokio::select! {
-        mark = stopped => Some(mark.unwrap_or_else(|_| probe.mark(requests, None))),
-        () = tokio::time::sleep(len) => None,
-    }
-}
-
-/// A mark for the next edge: the end mark if the phase has ended (then
-/// `true`), else one taken now. Looked at before marking, so no edge is
-/// read after the end.
-fn next_mark(probe: &Shared, requests: &Requests, stopped: &mut oneshot::Receiver<Mark>) -> (Mark, bool) {
-    match stopped.try_recv() {
-        Ok(end) => (end, true),
-        Err(oneshot::error::TryRecvError::Closed) => (probe.mark(requests, None), true),
-        Err(oneshot::error::TryRecvError::Empty) => (probe.mark(requests, None), false),
-    }
-}
-
-/// `mark`, unless it is older than the slice's start (an end mark taken
-/// while the start was being read, with more than one driver thread): then
-/// one taken now, a little late rather than a slice of negative length.
-fn later_than(mark: Mark, from: &Point, probe: &Shared, requests: &Requests) -> Mark {
-    if mark.at < from.at {
-        probe.mark(requests, None)
-    } else {
-        mark
-    }
-}
-
 /// The watch's thread: connects and sets the slow log up before the phase
 /// (its calibration, the settings), waits for the phase, reads it, puts the
 /// settings back. `None` when the probe was dropped before its phase.
@@ -448,49 +412,37 @@ async fn sliced(
     launch: Launch,
     mut notes: Vec<String>,
 ) -> Recording {
-    let Launch {
-        requests,
-        first,
-        mut stopped,
-    } = launch;
-    let mut from = probe.point(redis, first).await;
-    let guard = match (guard, &requests) {
+    let guard = match (guard, &launch.requests) {
         (Some(_), Requests::AtEnd) => {
             notes.push("slow log not sampled: this run counts its units only at the end".into());
             None
         }
         (guard, _) => guard,
     };
+    let mut from = probe.point(redis, launch.first).await;
+    let mut edges = Edges {
+        probe,
+        redis,
+        requests: launch.requests,
+        stopped: launch.stopped,
+        slices: Vec::new(),
+    };
     let (Some(guard), Some((off, on))) = (guard, probe.slices) else {
-        let end = wait(probe, &requests, Duration::MAX, &mut stopped).await;
-        let end = end.unwrap_or_else(|| probe.mark(&requests, None));
-        let to = probe.point(redis, later_than(end, &from, probe, &requests)).await;
+        let ended = edges.wait(Duration::MAX).await;
+        edges.close(from, false, ended).await;
         return Recording {
-            slices: vec![Slice {
-                sampled: false,
-                from,
-                to,
-            }],
+            slices: edges.slices,
             sample: None,
             notes,
         };
     };
-    let mut slices = Vec::new();
     let mut sample = Sample {
         logging_us,
         ..Sample::default()
     };
     loop {
-        let (mark, last) = match wait(probe, &requests, off, &mut stopped).await {
-            Some(end) => (end, true),
-            None => next_mark(probe, &requests, &mut stopped),
-        };
-        let edge = probe.point(redis, later_than(mark, &from, probe, &requests)).await;
-        slices.push(Slice {
-            sampled: false,
-            from,
-            to: edge.clone(),
-        });
+        let ended = edges.wait(off).await;
+        let (edge, last) = edges.close(from, false, ended).await;
         if last {
             break;
         }
@@ -499,29 +451,69 @@ async fn sliced(
         if let Err(e) = guard.start().await {
             note(&mut notes, format!("slow log: {e}"));
         }
-        let end = wait(probe, &requests, on, &mut stopped).await;
+        let ended = edges.wait(on).await;
         if let Err(e) = guard.collect(&probe.names, &mut sample).await {
             note(&mut notes, format!("slow log: {e}"));
         }
-        let (mark, last) = match end {
-            Some(end) => (end, true),
-            None => next_mark(probe, &requests, &mut stopped),
-        };
-        let to = probe.point(redis, later_than(mark, &from, probe, &requests)).await;
-        slices.push(Slice {
-            sampled: true,
-            from,
-            to: to.clone(),
-        });
+        let (edge, last) = edges.close(from, true, ended).await;
         if last {
             break;
         }
-        from = to;
+        from = edge;
     }
     Recording {
-        slices,
+        slices: edges.slices,
         sample: Some(sample),
         notes,
+    }
+}
+
+/// The slices read so far, and how the next edge is read.
+struct Edges<'a> {
+    probe: &'a Shared,
+    redis: Option<&'a RedisNodes>,
+    requests: Requests,
+    stopped: oneshot::Receiver<Mark>,
+    slices: Vec<Slice>,
+}
+
+impl Edges<'_> {
+    /// Sleeps `len`, or returns the end mark if the phase ends first (or the
+    /// watch was dropped: then nothing reads the result).
+    async fn wait(&mut self, len: Duration) -> Option<Mark> {
+        tokio::select! {
+            mark = &mut self.stopped => Some(mark.unwrap_or_else(|_| self.probe.mark(&self.requests, None))),
+            () = tokio::time::sleep(len) => None,
+        }
+    }
+
+    /// Ends the slice that began at `from` at `ended` (the phase's end mark)
+    /// or now, and returns its end, the next one's start, and whether the
+    /// phase has ended. The end mark is looked for before marking, so no
+    /// edge is read after the end; one older than `from` (taken while `from`
+    /// was being read, with more than one driver thread) is replaced by one
+    /// taken now, a little late rather than a slice of negative length.
+    async fn close(&mut self, from: Point, sampled: bool, ended: Option<Mark>) -> (Point, bool) {
+        let (mark, last) = match ended {
+            Some(end) => (end, true),
+            None => match self.stopped.try_recv() {
+                Ok(end) => (end, true),
+                Err(oneshot::error::TryRecvError::Closed) => (self.probe.mark(&self.requests, None), true),
+                Err(oneshot::error::TryRecvError::Empty) => (self.probe.mark(&self.requests, None), false),
+            },
+        };
+        let mark = if mark.at < from.at {
+            self.probe.mark(&self.requests, None)
+        } else {
+            mark
+        };
+        let to = self.probe.point(self.redis, mark).await;
+        self.slices.push(Slice {
+            sampled,
+            from,
+            to: to.clone(),
+        });
+        (to, last)
     }
 }
 

@@ -198,24 +198,18 @@ impl Sample {
     /// The share of `command`'s time the scripts spent, when the sample saw
     /// it at all.
     pub fn inner_share(&self, command: &str) -> Option<f64> {
-        let inner: u64 = self
-            .scripts
-            .values()
-            .filter_map(|s| s.inner.get(command))
-            .map(|c| c.usec)
-            .sum();
-        let inner_calls: u64 = self
-            .scripts
-            .values()
-            .filter_map(|s| s.inner.get(command))
-            .map(|c| c.calls)
-            .sum();
+        let mut inner = CommandStat::default();
+        for script in self.scripts.values() {
+            if let Some(stat) = script.inner.get(command) {
+                inner.add(*stat);
+            }
+        }
         let direct = self.direct.get(command).copied().unwrap_or_default();
-        match (inner_calls + direct.calls, inner + direct.usec) {
+        match (inner.calls + direct.calls, inner.usec + direct.usec) {
             (0, _) => None,
             // Every call took under a microsecond: count calls instead.
-            (calls, 0) => Some(inner_calls as f64 / calls as f64),
-            (_, usec) => Some(inner as f64 / usec as f64),
+            (calls, 0) => Some(inner.calls as f64 / calls as f64),
+            (_, usec) => Some(inner.usec as f64 / usec as f64),
         }
     }
 }
