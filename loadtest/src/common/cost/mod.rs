@@ -262,6 +262,11 @@ impl Shared {
         if slices.is_some() && redis.is_none() {
             slices = None;
         }
+        if redis.is_some() && slices.is_none() {
+            notes.push(
+                "INFO counts every client of this Redis: exact only if the load measured is all it serves".into(),
+            );
+        }
         Shared {
             server: setup.server,
             unit: setup.unit,
