@@ -356,6 +356,18 @@ pub fn compute(m: Measured) -> CostReport {
         .unwrap_or_default();
     commands.sort_by(|a, b| b.stat.usec.cmp(&a.stat.usec).then(a.name.cmp(&b.name)));
     let (scripts, script_method, slowlog) = attribute(&m, redis.as_ref());
+    let mut notes = m.notes;
+    // commandstats and the slow log time a command by the wall clock.
+    if let Some(t) = &redis
+        && let Some(cpu) = t.cpu_us
+        && t.commands.usec as f64 > WALL_OVER_CPU_NOTED * cpu as f64
+    {
+        notes.push(format!(
+            "Redis's commands took {:.0}% of its CPU time in wall time: it waited for a CPU in the middle of \
+             them (the machine was busy), so the commands' µs are inflated; read their shares",
+            100.0 * t.commands.usec as f64 / cpu as f64
+        ));
+    }
     let window = match &slowlog {
         Some(s) => format!(
             "the phase without its {} slow-log slices ({:.2} s of {:.2} s)",
@@ -382,9 +394,13 @@ pub fn compute(m: Measured) -> CostReport {
         cpu: m.cpu,
         phase_cpu: m.phase_cpu,
         slowlog,
-        notes: m.notes,
+        notes,
     }
 }
+
+/// Commands' wall time above Redis's CPU time by this factor is worth a
+/// note: Redis's own network and event loop alone keep it below.
+const WALL_OVER_CPU_NOTED: f64 = 1.1;
 
 /// How many commands the table names by name, the rest summed.
 const COMMANDS_LISTED: usize = 6;
@@ -808,6 +824,13 @@ mod tests {
         assert!(j["scripts"][2]["us_per_unit"].is_null());
         assert_eq!(j["primaries"][1]["redis"]["scripts_us"], 4.0);
         assert_eq!(j["postgres_us_per_flushed_event"], 500.0);
+        assert!(r.notes.is_empty());
+        // The commands' wall time well above the CPU time: a note says why.
+        let mut m = measured(None);
+        m.main.nodes[0].as_mut().unwrap().cpu_us = Some(10_000);
+        m.main.nodes[1].as_mut().unwrap().cpu_us = Some(0);
+        let r = compute(m);
+        assert!(r.notes.iter().any(|n| n.contains("waited for a CPU")), "{:?}", r.notes);
     }
 
     #[test]
