@@ -83,7 +83,8 @@
 #   LOAD_REDIS_PORT       port of that redis-server (LOAD_PORT + 3; FAULTS_REDIS_PORT is read too)
 #   LOAD_REDIS=cluster    instead, a Redis Cluster of its own (3 primaries, scripts/services.sh
 #                         cluster-start) on LOAD_CLUSTER_PORT.. (LOAD_PORT + 4; cluster bus ports
-#                         + 10000), stopped and deleted afterwards: the cost table per primary
+#                         + 10000), stopped and deleted afterwards: the cost table per primary (the
+#                         sale's Redis checks read the standalone key layout and FAIL there)
 #   COST_SLOWLOG=0        no slow-log sampling even on run.sh's own Redis (no split by script)
 #   DATABASE_URL          use this Postgres instead of the private one (see scripts/services.sh)
 #   ENGINE_URL, ENGINE_PID, COST_SECS (10), COST_REQUESTS   costs: see above
