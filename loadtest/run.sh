@@ -3,6 +3,28 @@
 # One command for a load run against a freshly started engine.
 #
 #   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [extra loadtest flags]
+#   loadtest/run.sh costs [extra loadtest costs flags]   # a running deployment: starts nothing
+#
+# contest, sustained, contention, orders, wallet and ingest (and the baseline
+# server's runs) print a cost table over their measured phase and write it
+# into the JSON summary ("cost"): per request (wallet: operation, ingest:
+# line), Redis CPU from INFO cpu and the commands' time from INFO
+# commandstats, summed over every primary of a cluster and per primary; the
+# scripts' time (EVALSHA/EVAL/FCALL) beside their inner commands' (hset,
+# xadd, ...: "Lua itself" is the difference); per script its calls (the
+# engine's /metrics) and its share of the time; engine, Redis and Postgres
+# CPU from /proc; Postgres CPU per event the flusher wrote. The split of the
+# time by script comes from Redis's slow log, sampled in short slices of the
+# phase (the table is read over the other slices): run.sh does that only on
+# the Redis it starts itself (see REDIS_URL below), never on one it is given.
+#
+# costs measures a deployment already running and loaded by something else:
+# ENGINE_URL (its /metrics counts the requests and script calls) and
+# REDIS_URL (redis-cluster://h:p?node=h2:p2 reads every primary), for
+# COST_SECS seconds or until the engine has answered COST_REQUESTS
+# requests; ENGINE_PID and DATABASE_URL add the engine's and Postgres's CPU
+# when they run on this machine. No slow log there: it would reconfigure a
+# Redis run.sh did not start.
 #
 # contest and sustained then run the same scenario against the baseline server
 # (loadtest/src/bin/baseline-server.rs: hyper + one EVALSHA per request, fresh
@@ -46,15 +68,26 @@
 #                         and a table sets requests/s and CPU us per request side by side
 #   BASELINE_PORT         port of the baseline server (LOAD_PORT + 1); it gets the engine's
 #                         STAMPEDE_WORKER_THREADS and STAMPEDE_REDIS_POOL when they are set
-#   KEEP_DATA=1           keep the load database and the Redis keys afterwards
+#   KEEP_DATA=1           keep the load database and the Redis keys afterwards (the run's own
+#                         redis-server is stopped, its data directory kept; its own cluster goes)
 #   RUST_LOG              engine log level (warn)
 #   DRIVER_THREADS        the driver's tokio threads (1: it shares 2 cores with the engine,
 #                         Redis and Postgres, and one thread costs it the least CPU per request)
 #   LOADTEST_PROFILE      release (default: a release build, for figures) or dev (the debug build
 #                         `cargo test` already made: the test command's short run checks invariants,
 #                         not speed)
-#   REDIS_URL, DATABASE_URL  use these servers instead of the private ones (see scripts/services.sh)
-#   FAULTS_REDIS_PORT     faults: port of its private redis-server (LOAD_PORT + 3)
+#   REDIS_URL             use this Redis (redis-cluster://... for a cluster); unset, run.sh starts a
+#                         redis-server of its own for the run on LOAD_REDIS_PORT (AOF, appendfsync
+#                         always), which only this run uses (INFO counts every client) and whose slow
+#                         log it may sample; deleted afterwards
+#   LOAD_REDIS_PORT       port of that redis-server (LOAD_PORT + 3; FAULTS_REDIS_PORT is read too)
+#   LOAD_REDIS=cluster    instead, a Redis Cluster of its own (3 primaries, scripts/services.sh
+#                         cluster-start) on LOAD_CLUSTER_PORT.. (LOAD_PORT + 4; cluster bus ports
+#                         + 10000), stopped and deleted afterwards: the cost table per primary (the
+#                         sale's Redis checks read the standalone key layout and FAIL there)
+#   COST_SLOWLOG=0        no slow-log sampling even on run.sh's own Redis (no split by script)
+#   DATABASE_URL          use this Postgres instead of the private one (see scripts/services.sh)
+#   ENGINE_URL, ENGINE_PID, COST_SECS (10), COST_REQUESTS   costs: see above
 #   STAMPEDE_QUEUE_DEADLINE_MS  faults: given to the engine (50 unless set), so the flood is shed fast
 #   OHA_RECIPE            oha: the recipe (checkout); SECS, CONNECTIONS, CODES go to loadtest/oha.sh
 #
@@ -63,7 +96,7 @@
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha|costs [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -123,6 +156,7 @@ case "$SCENARIO" in
               export STAMPEDE_QUEUE_DEADLINE_MS=${STAMPEDE_QUEUE_DEADLINE_MS:-50} ;;
   # The checkout recipe asks for items up to 9999, the purchase one up to CODES.
   oha)        USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}; OHA_RECIPE=${OHA_RECIPE:-checkout} ;;
+  costs)      ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -140,19 +174,34 @@ LOAD_ADMIN_TOKEN=${STAMPEDE_ADMIN_TOKEN:-loadtest-admin-token-0123456789}
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-# faults: was the Redis given (honoured, not killed) or is it ours to start?
+# Was the Redis given (used as it is: never reconfigured, never killed), or
+# is it ours to start? Ours: INFO's counters are this run's alone, the slow
+# log may be sampled, and the faults scenario may kill it.
 USER_REDIS_URL=${REDIS_URL:-}
+OWN_REDIS_PORT=${LOAD_REDIS_PORT:-${FAULTS_REDIS_PORT:-$((LOAD_PORT + 3))}}
+OWN_CLUSTER_PORT=${LOAD_CLUSTER_PORT:-$((LOAD_PORT + 4))}
+if [[ -z $USER_REDIS_URL && $SCENARIO != costs ]]; then
+  # services.sh leaves a Redis alone when REDIS_URL is set: ours starts below.
+  case ${LOAD_REDIS:-server} in
+    server)  REDIS_URL=redis://127.0.0.1:$OWN_REDIS_PORT ;;
+    cluster) REDIS_URL=redis-cluster://127.0.0.1:$OWN_CLUSTER_PORT ;;
+    *) echo "run.sh: LOAD_REDIS is server or cluster, not $LOAD_REDIS" >&2; exit 2 ;;
+  esac
+  export REDIS_URL
+fi
 
-# Private Redis/Postgres (or the ones already in REDIS_URL/DATABASE_URL).
-if [[ -f scripts/services.sh ]]; then
+# Private Postgres (or the one already in DATABASE_URL). costs starts nothing.
+if [[ $SCENARIO == costs ]]; then
+  :
+elif [[ -f scripts/services.sh ]]; then
   services_env=$(bash scripts/services.sh)
   eval "$services_env"
 elif [[ -z ${REDIS_URL:-} || -z ${DATABASE_URL:-} ]]; then
   echo "run.sh: scripts/services.sh is missing and REDIS_URL/DATABASE_URL are not set" >&2
   exit 2
 fi
-: "${REDIS_URL:?services.sh did not set REDIS_URL}"
-: "${DATABASE_URL:?services.sh did not set DATABASE_URL}"
+: "${REDIS_URL:?set REDIS_URL}"
+if [[ $SCENARIO != costs ]]; then : "${DATABASE_URL:?services.sh did not set DATABASE_URL}"; fi
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "run.sh: open files limit $(ulimit -n)" >&2
@@ -166,6 +215,22 @@ case "${LOADTEST_PROFILE:-release}" in
   dev)     cargo test --workspace --all-targets --no-run; BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug ;;
   *) echo "run.sh: LOADTEST_PROFILE is dev or release, not ${LOADTEST_PROFILE}" >&2; exit 2 ;;
 esac
+
+if [[ $SCENARIO == costs ]]; then
+  # The deployment runs and is loaded already: only read it.
+  costs_args=(--url "${ENGINE_URL:-http://127.0.0.1:8080}" --redis-url "$REDIS_URL")
+  if [[ -n ${COST_REQUESTS:-} ]]; then costs_args+=(--requests "$COST_REQUESTS"); else costs_args+=(--secs "${COST_SECS:-10}"); fi
+  if [[ -n ${ENGINE_PID:-} ]]; then costs_args+=(--engine-pid "$ENGINE_PID"); fi
+  if [[ -n ${DATABASE_URL:-} ]]; then costs_args+=(--database-url "$DATABASE_URL"); fi
+  mkdir -p "$ROOT/.data/loadtest"
+  COSTS_JSON=$ROOT/.data/loadtest/costs-$(date +%s).json
+  set +e
+  "$BIN/loadtest" costs "${costs_args[@]}" --json "$COSTS_JSON" --threads "${DRIVER_THREADS:-1}" "$@"
+  rc=$?
+  set -e
+  echo "run.sh: JSON summary $COSTS_JSON" >&2
+  exit "$rc"
+fi
 
 EPOCH=$(date +%s)
 PREFIX=lt$EPOCH
@@ -220,7 +285,8 @@ LOAD_URL=$server/$LOAD_DB$query
 ENGINE_PID=""
 BASELINE_PID=""
 DB_CREATED=""
-FAULTS_REDIS_DIR=""
+OWN_REDIS_DIR=""
+OWN_CLUSTER_DIR=""
 
 # stop_pid NAME PID: SIGTERM, SIGKILL after 30 s.
 stop_pid() {
@@ -240,12 +306,12 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 stop_engine() { stop_pid engine "$ENGINE_PID"; ENGINE_PID=""; }
-# The faults scenario's own redis-server (daemonized: its pid is in its pid file;
-# the kill case may have started it again).
-stop_faults_redis() {
-  [[ -n $FAULTS_REDIS_DIR ]] || return 0
+# The run's own redis-server (daemonized: its pid is in its pid file; the
+# faults kill case may have started it again).
+stop_own_redis() {
+  [[ -n $OWN_REDIS_DIR ]] || return 0
   local pid=""
-  [[ -f $FAULTS_REDIS_DIR/redis.pid ]] && pid=$(cat "$FAULTS_REDIS_DIR/redis.pid" 2>/dev/null || true)
+  [[ -f $OWN_REDIS_DIR/redis.pid ]] && pid=$(cat "$OWN_REDIS_DIR/redis.pid" 2>/dev/null || true)
   if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
@@ -254,10 +320,38 @@ stop_faults_redis() {
     done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  if [[ -z ${KEEP_DATA:-} ]]; then rm -rf "$FAULTS_REDIS_DIR"; fi
-  FAULTS_REDIS_DIR=""
+  if [[ -z ${KEEP_DATA:-} ]]; then rm -rf "$OWN_REDIS_DIR"; fi
+  OWN_REDIS_DIR=""
+}
+# The run's own cluster (services.sh stops its nodes and deletes their data).
+stop_own_cluster() {
+  [[ -n $OWN_CLUSTER_DIR ]] || return 0
+  STAMPEDE_CLUSTER_PORT=$OWN_CLUSTER_PORT STAMPEDE_CLUSTER_DIR=$OWN_CLUSTER_DIR \
+    bash scripts/services.sh cluster-stop >/dev/null 2>&1 \
+    || echo "run.sh: could not stop the run's cluster on $OWN_CLUSTER_PORT.." >&2
+  OWN_CLUSTER_DIR=""
 }
 stop_baseline_server() { stop_pid baseline-server "$BASELINE_PID"; BASELINE_PID=""; }
+
+# delete_keys PATTERN: the run's keys, on the Redis server or on every
+# primary of a cluster (each primary scanned for its own keys, deleted one
+# by one there: keys of several slots cannot go in one DEL).
+delete_keys() {
+  local pattern=$1 seed node
+  if [[ $REDIS_URL == redis-cluster://* ]]; then
+    seed=${REDIS_URL#redis-cluster://}
+    seed=${seed%%\?*}
+    seed=${seed##*@}
+    for node in $(timeout 10 redis-cli -h "${seed%:*}" -p "${seed##*:}" cluster nodes 2>/dev/null \
+                  | awk '$3 ~ /master/ && $3 !~ /fail/ { split($2, a, "@"); print a[1] }'); do
+      timeout 60 redis-cli -h "${node%:*}" -p "${node##*:}" --scan --pattern "$pattern" 2>/dev/null \
+        | sed 's/^/DEL /' | timeout 60 redis-cli -h "${node%:*}" -p "${node##*:}" >/dev/null 2>&1 || true
+    done
+  else
+    timeout 60 redis-cli -u "$REDIS_URL" --scan --pattern "$pattern" 2>/dev/null \
+      | timeout 60 xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+  fi
+}
 
 # wait_healthy NAME PID PORT LOG: until GET /health answers 200 (30 s at most).
 wait_healthy() {
@@ -283,20 +377,19 @@ cleanup() {
   stop_baseline_server
   [[ -n ${LOAD_KEYS_FILE:-} ]] && rm -f "$LOAD_KEYS_FILE"
   if [[ -n ${KEEP_DATA:-} ]]; then
-    echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:* and $BASELINE_PREFIX:*" >&2
+    echo "run.sh: kept database $LOAD_DB and Redis keys $PREFIX:* and $BASELINE_PREFIX:*${OWN_REDIS_DIR:+ (in $OWN_REDIS_DIR)}" >&2
   else
     if [[ -n $DB_CREATED ]]; then
       psql "$ADMIN_URL" -qX -c "DROP DATABASE IF EXISTS $LOAD_DB WITH (FORCE)" >/dev/null 2>&1 \
         || echo "run.sh: could not drop database $LOAD_DB" >&2
     fi
-    if command -v redis-cli >/dev/null; then
-      for pattern in "$PREFIX:*" "$BASELINE_PREFIX:*"; do
-        timeout 60 redis-cli -u "$REDIS_URL" --scan --pattern "$pattern" 2>/dev/null \
-          | timeout 60 xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
-      done
+    # The run's own Redis goes with its keys.
+    if [[ -z $OWN_REDIS_DIR$OWN_CLUSTER_DIR ]] && command -v redis-cli >/dev/null; then
+      for pattern in "$PREFIX:*" "$BASELINE_PREFIX:*"; do delete_keys "$pattern"; done
     fi
   fi
-  stop_faults_redis
+  stop_own_redis
+  stop_own_cluster
   exit "$rc"
 }
 trap cleanup EXIT
@@ -312,41 +405,56 @@ if [[ -n $BASELINE_SERVER ]] && curl -s -o /dev/null --max-time 1 "http://127.0.
   exit 2
 fi
 
-if [[ $SCENARIO == faults && -z $USER_REDIS_URL ]]; then
-  # A private redis-server the kill case may kill: AOF with fsync before every
-  # reply, so an acknowledged write survives SIGKILL.
-  FAULTS_REDIS_PORT=${FAULTS_REDIS_PORT:-$((LOAD_PORT + 3))}
-  if redis-cli -p "$FAULTS_REDIS_PORT" ping >/dev/null 2>&1; then
-    echo "run.sh: something already listens on 127.0.0.1:$FAULTS_REDIS_PORT (set FAULTS_REDIS_PORT)" >&2
+if [[ -z $USER_REDIS_URL && ${LOAD_REDIS:-server} == cluster ]]; then
+  # The run's own cluster (3 primaries, as services.sh makes them: AOF, fsync always).
+  OWN_CLUSTER_DIR=$OUT_DIR/cluster-$SCENARIO-$EPOCH
+  if ! cluster_env=$(STAMPEDE_CLUSTER_PORT=$OWN_CLUSTER_PORT STAMPEDE_CLUSTER_DIR=$OWN_CLUSTER_DIR \
+                     bash scripts/services.sh cluster-start); then
+    echo "run.sh: the run's cluster on $OWN_CLUSTER_PORT.. did not start (set LOAD_CLUSTER_PORT)" >&2
     exit 2
   fi
-  FAULTS_REDIS_DIR=$OUT_DIR/faults-redis-$EPOCH
-  mkdir -p "$FAULTS_REDIS_DIR"
-  cat >"$FAULTS_REDIS_DIR/redis.conf" <<CONF
-port $FAULTS_REDIS_PORT
+  eval "$cluster_env"
+  REDIS_URL=$REDIS_CLUSTER_URL
+  echo "run.sh: Redis Cluster of the run: $REDIS_URL, dir $OWN_CLUSTER_DIR" >&2
+elif [[ -z $USER_REDIS_URL ]]; then
+  # The run's own redis-server: AOF with fsync before every reply (an
+  # acknowledged write survives the faults scenario's SIGKILL), as the
+  # private one of services.sh.
+  if redis-cli -p "$OWN_REDIS_PORT" ping >/dev/null 2>&1; then
+    echo "run.sh: something already listens on 127.0.0.1:$OWN_REDIS_PORT (set LOAD_REDIS_PORT, or REDIS_URL to use it)" >&2
+    exit 2
+  fi
+  OWN_REDIS_DIR=$OUT_DIR/redis-$SCENARIO-$EPOCH
+  mkdir -p "$OWN_REDIS_DIR"
+  cat >"$OWN_REDIS_DIR/redis.conf" <<CONF
+port $OWN_REDIS_PORT
 bind 127.0.0.1
-dir $FAULTS_REDIS_DIR
+dir $OWN_REDIS_DIR
 appendonly yes
 appendfsync always
+auto-aof-rewrite-min-size 512mb
+latency-tracking no
 save ""
 daemonize yes
-pidfile $FAULTS_REDIS_DIR/redis.pid
-logfile $FAULTS_REDIS_DIR/redis.log
+pidfile $OWN_REDIS_DIR/redis.pid
+logfile $OWN_REDIS_DIR/redis.log
 CONF
-  redis-server "$FAULTS_REDIS_DIR/redis.conf"
+  redis-server "$OWN_REDIS_DIR/redis.conf"
   for _ in $(seq 1 100); do
-    [[ $(redis-cli -p "$FAULTS_REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+    [[ $(redis-cli -p "$OWN_REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
     sleep 0.1
   done
-  if [[ $(redis-cli -p "$FAULTS_REDIS_PORT" ping 2>/dev/null) != PONG ]]; then
-    echo "run.sh: the faults redis-server did not start; see $FAULTS_REDIS_DIR/redis.log" >&2
+  if [[ $(redis-cli -p "$OWN_REDIS_PORT" ping 2>/dev/null) != PONG ]]; then
+    echo "run.sh: the run's redis-server did not start; see $OWN_REDIS_DIR/redis.log" >&2
     exit 2
   fi
-  REDIS_URL=redis://127.0.0.1:$FAULTS_REDIS_PORT
-  echo "run.sh: faults: private redis-server on 127.0.0.1:$FAULTS_REDIS_PORT (AOF always), dir $FAULTS_REDIS_DIR" >&2
+  echo "run.sh: Redis of the run on 127.0.0.1:$OWN_REDIS_PORT (AOF always), dir $OWN_REDIS_DIR" >&2
 elif [[ $SCENARIO == faults ]]; then
   echo "run.sh: faults: REDIS_URL was given: drop and flood run against it, kill is SKIPPED" >&2
 fi
+# The cost table's split by script: the slow log, only on our own Redis.
+COST_FLAGS=()
+if [[ -n $OWN_REDIS_DIR$OWN_CLUSTER_DIR && ${COST_SLOWLOG:-1} != 0 ]]; then COST_FLAGS=(--slowlog-sample); fi
 
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
 DB_CREATED=1
@@ -395,6 +503,7 @@ if [[ $SCENARIO == ingest ]]; then
     --url "http://127.0.0.1:$LOAD_PORT"
     --database-url "$LOAD_URL"
     --engine-pid "$ENGINE_PID"
+    --redis-url "$REDIS_URL"
     --file "$LARGE_FILE"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
@@ -407,6 +516,7 @@ elif [[ $SCENARIO == orders ]]; then
     --products "${PRODUCTS:-20}" --stock "${STOCK:-5000}" --buyers "${BUYERS:-2000}"
     --database-url "$LOAD_URL"
     --operations "${OPERATIONS:-150000}" --connections "${CONNECTIONS:-200}"
+    --server-pid "$ENGINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
@@ -417,6 +527,7 @@ elif [[ $SCENARIO == wallet ]]; then
     --players "$PLAYERS" --sse-clients "$SSE_CLIENTS"
     --connections "$CONNECTIONS" --secs "$SECS"
     --database-url "$LOAD_URL"
+    --redis-url "$REDIS_URL" "${COST_FLAGS[@]}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
@@ -431,8 +542,8 @@ elif [[ $SCENARIO == faults ]]; then
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
-  if [[ -n $FAULTS_REDIS_DIR ]]; then
-    driver_args+=(--redis-pidfile "$FAULTS_REDIS_DIR/redis.pid" --redis-conf "$FAULTS_REDIS_DIR/redis.conf")
+  if [[ -n $OWN_REDIS_DIR ]]; then
+    driver_args+=(--redis-pidfile "$OWN_REDIS_DIR/redis.pid" --redis-conf "$OWN_REDIS_DIR/redis.conf")
   fi
 elif [[ $SCENARIO == oha ]]; then
   OHA_RESULT=$OUT_DIR/oha-$OHA_RECIPE-$EPOCH.oha.json
@@ -465,20 +576,13 @@ else
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
+  case $SCENARIO in contest|sustained|contention) driver_args+=("${COST_FLAGS[@]}") ;; esac
 fi
 
 set +e
 "$BIN/loadtest" "$SCENARIO" "${driver_args[@]}" "$@"
 rc=$?
 set -e
-# Requests per script call: how much the batched executor shared each call.
-if command -v curl >/dev/null; then
-  curl -s "http://127.0.0.1:$LOAD_PORT/metrics" | awk '
-    /^stampede_script_batch_requests_sum/   { split($1, a, "\""); sum[a[2]] = $2 }
-    /^stampede_script_batch_requests_count/ { split($1, a, "\""); n[a[2]] = $2 }
-    END { for (s in n) if (n[s] > 0) printf "run.sh: script %s: %d calls, %.1f requests per call\n", s, n[s], sum[s] / n[s] }' >&2 || true
-fi
-
 stop_engine
 
 # The same scenario against the baseline server, once the engine is gone (it
@@ -507,6 +611,7 @@ if [[ -n $BASELINE_SERVER ]]; then
     fi
     set +e
     "$BIN/loadtest" wallet --server baseline --url "http://127.0.0.1:$BASELINE_PORT" \
+      --server-pid "$BASELINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}" \
       --connections "${CONNECTIONS:-200}" --secs "$baseline_secs" --engine-json "$JSON_OUT" \
       --json "$BASELINE_JSON" --threads "${DRIVER_THREADS:-1}"
     baseline_rc=$?
@@ -524,6 +629,7 @@ if [[ -n $BASELINE_SERVER ]]; then
       --key-prefix "$BASELINE_PREFIX" \
       --json "$BASELINE_JSON" \
       --threads "${DRIVER_THREADS:-1}" \
+      "${COST_FLAGS[@]}" \
       "${baseline_extra[@]}"
     baseline_rc=$?
     set -e
@@ -541,11 +647,20 @@ engine = json.load(open(engine_path))
 rps = json.load(open(baseline_path)).get("requests_per_sec")
 engine["baseline_requests_per_sec"] = rps
 engine["ratio_orders_to_baseline"] = engine["orders_per_sec"] / rps if rps else None
+engine["baseline_server"] = json.load(open(baseline_path))
 json.dump(engine, open(engine_path, "w"), indent=2)
 ratio = engine["ratio_orders_to_baseline"]
 print(f"orders: {engine['orders_per_sec']:.0f} orders/s (p50 {engine['orders_p50_ms']:.2f} ms, "
       f"p99 {engine['orders_p99_ms']:.2f} ms); baseline server {rps:.0f} requests/s; "
       f"ratio {ratio:.2f}" if ratio else "orders: no baseline figure")
+PY
+  elif [[ $SCENARIO == wallet && -f $JSON_OUT && -f $BASELINE_JSON ]]; then
+    # The baseline server's run (its cost table included) in the run's summary.
+    python3 - "$JSON_OUT" "$BASELINE_JSON" <<'PY'
+import json, sys
+engine = json.load(open(sys.argv[1]))
+engine["baseline_server"] = json.load(open(sys.argv[2]))
+json.dump(engine, open(sys.argv[1], "w"), indent=2)
 PY
   elif [[ $SCENARIO != wallet && -f $JSON_OUT && -f $BASELINE_JSON ]]; then
     # Exit code 1 only says an invariant failed, which rc already tells.

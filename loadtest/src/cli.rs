@@ -8,6 +8,7 @@ use std::num::NonZeroUsize;
 use clap::{Parser, Subcommand};
 
 use crate::scenarios::compare::CompareArgs;
+use crate::scenarios::costs::CostsArgs;
 use crate::scenarios::faults::FaultsArgs;
 use crate::scenarios::ingest::IngestArgs;
 use crate::scenarios::oha::OhaArgs;
@@ -83,6 +84,11 @@ pub enum Command {
     /// (run.sh runs it).
     #[command(args_override_self = true)]
     Compare(CompareArgs),
+    /// The cost per request (Redis by script, engine, Postgres) of a
+    /// deployment already running and loaded, over a window of --secs or
+    /// --requests; starts nothing.
+    #[command(args_override_self = true)]
+    Costs(CostsArgs),
 }
 
 #[cfg(test)]
@@ -161,7 +167,7 @@ mod tests {
         let Command::Contest(a) = cli.command else {
             panic!("not a contest")
         };
-        assert_eq!(a.redis_url.as_deref(), Some("b"));
+        assert_eq!(a.cost.redis_url.as_deref(), Some("b"));
     }
 
     #[test]
@@ -183,6 +189,8 @@ mod tests {
             "settlement --database-url d --admin-token t --from=2025-03-01 --to 2025-03-31 --runs=1",
             "faults --admin-token t --redis-url r --database-url=d --cases drop,flood --secs=2",
             "compare --engine a.json --baseline=b.json --json c.json",
+            "costs --url http://e:1 --redis-url redis-cluster://a:1?node=b:2 --requests=500 --engine-pid 3",
+            "costs --secs 5 --slowlog-sample --slowlog-ms=50 --slowlog-every-ms 200 --scripts-dir lua",
             "oha --recipe purchase --result=r.json --json s.json",
         ] {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
@@ -195,5 +203,11 @@ mod tests {
         assert!(parse("faults --admin-token t --redis-url r --database-url d --cases nope").is_err());
         assert!(parse("faults --admin-token t --redis-url r --database-url d --clients 11").is_err());
         assert!(parse("compare --engine a.json").is_err());
+        assert!(
+            parse("costs --secs 5 --requests 10").is_err(),
+            "a window is one or the other"
+        );
+        assert!(parse("costs --slowlog-ms 5").is_err());
+        assert!(parse("costs --secs 0").is_err());
     }
 }

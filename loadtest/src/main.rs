@@ -24,7 +24,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 use common::verdict::Checks;
 use scenarios::sale::args::{Args as SaleRun, SaleKind};
-use scenarios::{compare, faults, ingest, oha, orders, sale, settlement, wallet};
+use scenarios::{compare, costs, faults, ingest, oha, orders, sale, settlement, wallet};
 
 /// The driver shares the machine with the engine: a cheaper allocator leaves
 /// more CPU to what is being measured.
@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Faults(args) => Ok(Box::pin(faults::run(args))),
         Command::Oha(args) => Ok(Box::pin(async move { oha::run(args) })),
         Command::Compare(args) => Ok(Box::pin(async move { compare::run(args) })),
+        Command::Costs(args) => Ok(Box::pin(costs::run(args))),
     };
     match run {
         Ok(run) => block_on(threads.map(usize::from), cli.strict, run),

@@ -1,8 +1,9 @@
 //! What every scenario uses and none owns: the verdict of a check, number
 //! formatting, the HTTP client, latency statistics, the `/proc` readers,
-//! the connections to the engine's stores and the JSON summary. Nothing here
-//! names a scenario.
+//! the cost table, the connections to the engine's stores and the JSON
+//! summary. Nothing here names a scenario.
 
+pub mod cost;
 pub mod engine;
 pub mod fmt;
 pub mod http;

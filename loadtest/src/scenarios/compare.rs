@@ -102,6 +102,26 @@ const FIGURES: &[Figure] = &[
         label: "CPU µs/req machine",
         pointer: "/cpu/us_per_request/machine",
     },
+    Figure {
+        key: "redis_info_cpu_us",
+        label: "Redis INFO cpu µs/req",
+        pointer: "/cost/redis/cpu_us",
+    },
+    Figure {
+        key: "redis_scripts_us",
+        label: "scripts µs/req",
+        pointer: "/cost/redis/scripts_us",
+    },
+    Figure {
+        key: "redis_lua_us",
+        label: "Lua itself µs/req",
+        pointer: "/cost/redis/lua_us",
+    },
+    Figure {
+        key: "redis_script_calls",
+        label: "script calls/req",
+        pointer: "/cost/redis/script_calls",
+    },
 ];
 
 /// One line of the table.

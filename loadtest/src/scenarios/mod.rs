@@ -1,6 +1,7 @@
 //! One module per scenario of the command line.
 
 pub mod compare;
+pub mod costs;
 pub mod faults;
 pub mod ingest;
 pub mod oha;

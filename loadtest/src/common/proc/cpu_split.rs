@@ -6,11 +6,16 @@
 //! sessions' builds and tests, the kernel's softirqs, anything else.
 //!
 //! Processes are found before the load: the server by the pid it is given,
-//! Redis by `INFO server`'s `process_id`, Postgres by the postmaster pid in
+//! Redis by `INFO server`'s `process_id` (of every primary of a cluster:
+//! their sum), Postgres by the postmaster pid in
 //! `<data_directory>/postmaster.pid`. Redis and Postgres are counted as
 //! process trees (see `cpu::tree_ticks`): a backend that exits during the
 //! phase still counts. Without the postmaster pid, every process named
 //! `postgres` is summed instead.
+//!
+//! Readings can be taken at any number of instants: the CPU between two of
+//! them is a [`CpuUsage`], and usages add up, so a window made of several
+//! slices (see `common::cost`) is reported like one.
 
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -20,8 +25,9 @@ use crate::common::proc::cpu::{self, MachineCpu, ProcStat, USER_HZ};
 /// How a watched process (or group) is found in the process table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// A process and its direct children.
-    Tree(u32),
+    /// Processes and their direct children, summed (one for a server, one
+    /// per primary for a Redis Cluster whose nodes run here).
+    Trees(Vec<u32>),
     /// Every process of that name.
     Named(&'static str),
 }
@@ -29,7 +35,7 @@ pub enum Probe {
 impl Probe {
     fn ticks(&self, table: &[(u32, ProcStat)]) -> Option<u64> {
         match self {
-            Probe::Tree(pid) => cpu::tree_ticks(*pid, table),
+            Probe::Trees(pids) => pids.iter().map(|pid| cpu::tree_ticks(*pid, table)).sum(),
             Probe::Named(comm) => Some(cpu::named_ticks(comm, table)),
         }
     }
@@ -45,6 +51,7 @@ pub struct Watched {
 }
 
 /// Readings at one instant.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     ticks: Vec<Option<u64>>,
     machine: Option<MachineCpu>,
@@ -72,40 +79,65 @@ fn comm_of(pid: u32) -> Option<String> {
         .map(|c| c.trim().to_string())
 }
 
-/// A process tree rooted at `pid` if it runs here and its name passes `expect`.
-fn local_tree(role: &'static str, pid: u32, how: &str, expect: impl Fn(&str) -> bool) -> Watched {
-    match comm_of(pid) {
-        Some(comm) if expect(&comm) => Watched {
-            role,
-            probe: Some(Probe::Tree(pid)),
-            source: format!("pid {pid} ({comm}) and its children, {how}"),
-        },
-        Some(comm) => Watched {
+/// The process trees rooted at `pids` if they all run here and their names
+/// pass `expect`.
+fn local_trees(role: &'static str, pids: &[u32], how: &str, expect: impl Fn(&str) -> bool) -> Watched {
+    let mut names = Vec::new();
+    for &pid in pids {
+        match comm_of(pid) {
+            Some(comm) if expect(&comm) => names.push(format!("pid {pid} ({comm})")),
+            Some(comm) => {
+                return Watched {
+                    role,
+                    probe: None,
+                    source: format!("{how} gave pid {pid}, but that process here is {comm:?}: not measured"),
+                };
+            }
+            None => {
+                return Watched {
+                    role,
+                    probe: None,
+                    source: format!("{how} gave pid {pid}, which is not a process of this machine: not measured"),
+                };
+            }
+        }
+    }
+    if names.is_empty() {
+        return Watched {
             role,
             probe: None,
-            source: format!("{how} gave pid {pid}, but that process here is {comm:?}: not measured"),
-        },
-        None => Watched {
-            role,
-            probe: None,
-            source: format!("{how} gave pid {pid}, which is not a process of this machine: not measured"),
-        },
+            source: format!("{how} gave no pid: not measured"),
+        };
+    }
+    Watched {
+        role,
+        probe: Some(Probe::Trees(pids.to_vec())),
+        source: format!(
+            "{} and {}, {how}",
+            names.join(", "),
+            if pids.len() == 1 {
+                "its children"
+            } else {
+                "their children"
+            }
+        ),
     }
 }
 
 impl CpuSplit {
     /// Finds the processes. Each argument may be missing; that role is then
-    /// reported as not measured.
+    /// reported as not measured. `redis`: the pids `INFO server` gave, one
+    /// per primary, or why there are none.
     pub async fn discover(
         server_pid: Option<u32>,
-        redis: Option<&fred::prelude::Client>,
+        redis: Option<Result<Vec<u32>, String>>,
         pg: Option<&mut PgConnection>,
     ) -> CpuSplit {
         let server = match server_pid {
             Some(pid) => match comm_of(pid) {
                 Some(comm) => Watched {
                     role: "server",
-                    probe: Some(Probe::Tree(pid)),
+                    probe: Some(Probe::Trees(vec![pid])),
                     source: format!("pid {pid} ({comm}), --server-pid"),
                 },
                 None => Watched {
@@ -126,8 +158,8 @@ impl CpuSplit {
                 probe: None,
                 source: "no Redis connection: not measured".into(),
             },
-            Some(client) => match redis_pid(client).await {
-                Ok(pid) => local_tree("redis", pid, "INFO server", |c| c.starts_with("redis")),
+            Some(pids) => match pids {
+                Ok(pids) => local_trees("redis", &pids, "INFO server", |c| c.starts_with("redis")),
                 Err(e) => Watched {
                     role: "redis",
                     probe: None,
@@ -142,7 +174,7 @@ impl CpuSplit {
                 source: "no Postgres connection: not measured".into(),
             },
             Some(conn) => match postmaster_pid(conn).await {
-                Ok((pid, file)) => local_tree("postgres", pid, &file, |c| c == "postgres"),
+                Ok((pid, file)) => local_trees("postgres", &[pid], &file, |c| c == "postgres"),
                 Err(e) => Watched {
                     role: "postgres",
                     probe: Some(Probe::Named("postgres")),
@@ -153,7 +185,7 @@ impl CpuSplit {
         let me = std::process::id();
         let driver = Watched {
             role: "driver",
-            probe: Some(Probe::Tree(me)),
+            probe: Some(Probe::Trees(vec![me])),
             source: format!("pid {me} (this driver)"),
         };
         CpuSplit {
@@ -175,37 +207,62 @@ impl CpuSplit {
         }
     }
 
-    /// CPU between two snapshots, per role and per request.
-    pub fn report(&self, before: &Snapshot, after: &Snapshot, requests: u64, phase_secs: f64) -> CpuReport {
-        let used: Vec<Option<u64>> = before
+    /// CPU between two snapshots.
+    pub fn usage(&self, before: &Snapshot, after: &Snapshot) -> CpuUsage {
+        let used = before
             .ticks
             .iter()
             .zip(&after.ticks)
             .map(|(b, a)| a.zip(*b).and_then(|(a, b)| a.checked_sub(b)))
             .collect();
-        let machine_busy = match (before.machine, after.machine) {
-            (Some(b), Some(a)) => a.busy.checked_sub(b.busy),
+        let machine = match (before.machine, after.machine) {
+            (Some(b), Some(a)) => a
+                .busy
+                .checked_sub(b.busy)
+                .zip(a.total.checked_sub(b.total))
+                .map(|(busy, total)| MachineCpu { busy, total }),
             _ => None,
         };
-        let busy_share = match (before.machine, after.machine) {
-            (Some(b), Some(a)) => cpu::busy_share(b, a),
-            _ => None,
-        };
-        split(&self.watched, &used, machine_busy, busy_share, requests, phase_secs)
+        CpuUsage { used, machine }
+    }
+
+    /// A usage (one slice or several added up), per role and per request.
+    pub fn report_usage(&self, usage: &CpuUsage, requests: u64, phase_secs: f64) -> CpuReport {
+        let busy_share = usage
+            .machine
+            .filter(|m| m.total > 0)
+            .map(|m| m.busy as f64 / m.total as f64);
+        split(
+            &self.watched,
+            &usage.used,
+            usage.machine.map(|m| m.busy),
+            busy_share,
+            requests,
+            phase_secs,
+        )
     }
 }
 
-async fn redis_pid(client: &fred::prelude::Client) -> Result<u32, String> {
-    use fred::prelude::ClientLike;
-    use fred::types::{ClusterHash, CustomCommand};
-    let info: String = client
-        .custom(
-            CustomCommand::new_static("INFO", ClusterHash::Random, false),
-            vec!["server"],
-        )
-        .await
-        .map_err(|e| format!("INFO server: {e}"))?;
-    parse_info_pid(&info).ok_or_else(|| "INFO server has no process_id".to_string())
+/// Ticks each watched role used between two snapshots, and the machine's
+/// busy and total ticks; `None` where a reading is missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuUsage {
+    used: Vec<Option<u64>>,
+    machine: Option<MachineCpu>,
+}
+
+impl CpuUsage {
+    /// Adds another slice of the same `CpuSplit`: a role missing from
+    /// either is missing from the sum.
+    pub fn add(&mut self, other: &CpuUsage) {
+        for (a, b) in self.used.iter_mut().zip(&other.used) {
+            *a = a.zip(*b).map(|(a, b)| a + b);
+        }
+        self.machine = self.machine.zip(other.machine).map(|(a, b)| MachineCpu {
+            busy: a.busy + b.busy,
+            total: a.total + b.total,
+        });
+    }
 }
 
 async fn postmaster_pid(conn: &mut PgConnection) -> Result<(u32, String), String> {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::common::cost::CostArgs;
+
 /// Flags of `loadtest ingest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
@@ -48,6 +50,8 @@ pub struct IngestArgs {
     /// A missed target (RSS growth, \copy ratio) makes the exit code 1.
     #[arg(long)]
     pub enforce_targets: bool,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 impl IngestArgs {

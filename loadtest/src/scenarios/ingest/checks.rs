@@ -264,6 +264,7 @@ mod tests {
                 },
             }),
             cpu: CpuRun::default(),
+            cost: None,
             notes: Vec::new(),
         }
     }

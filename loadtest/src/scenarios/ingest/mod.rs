@@ -23,6 +23,7 @@ mod upload;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::cost::{CostProbe, CostSetup, Requests};
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::proc::{cpu, rss};
 use crate::common::stores::connect_pg;
@@ -78,6 +79,7 @@ async fn upload_one(
     label: &'static str,
     scan: FileScan,
     pg: Option<&mut sqlx::PgConnection>,
+    cost: Option<CostProbe>,
 ) -> UploadRun {
     let mut notes = Vec::new();
     if let Some(conn) = pg
@@ -108,8 +110,14 @@ async fn upload_one(
         scan.bytes as f64 / 1e6
     );
     let cpu_start = cpu::CpuStart::now(args.engine_pid);
+    // Lines are known only once the answer is in: the phase is not sliced.
+    let watch = cost.map(|c| c.start(Requests::AtEnd));
     let outcome = upload::upload(target, "/ingest", &scan.path, Duration::from_secs(args.max_secs)).await;
     let cpu = cpu_start.finish(args.engine_pid, background);
+    let cost = match watch {
+        Some(watch) => Some(watch.finish(Some(scan.lines)).await),
+        None => None,
+    };
     let sampled = sampler.map(rss::Sampler::stop);
     let mem = match (args.engine_pid, sampled) {
         (Some(pid), Some(sampled)) => {
@@ -140,6 +148,7 @@ async fn upload_one(
         reply,
         mem,
         cpu,
+        cost,
         notes,
     }
 }
@@ -257,12 +266,23 @@ pub async fn run(args: IngestArgs) -> Result<Checks, String> {
 
     let mut uploads = Vec::new();
     for (i, scan) in scans.into_iter().enumerate() {
-        let label = if i == large_file_number as usize {
-            "large"
-        } else {
-            "small"
+        let large = i == large_file_number as usize;
+        let label = if large { "large" } else { "small" };
+        // The cost table is the large upload's.
+        let cost = match large {
+            true => Some(
+                CostProbe::discover(CostSetup::engine(
+                    "line",
+                    &target,
+                    args.engine_pid,
+                    args.database_url.as_deref(),
+                    &args.cost,
+                ))
+                .await,
+            ),
+            false => None,
         };
-        let run = upload_one(&args, &target, label, scan, pg.as_mut()).await;
+        let run = upload_one(&args, &target, label, scan, pg.as_mut(), cost).await;
         uploads.push(run);
     }
 

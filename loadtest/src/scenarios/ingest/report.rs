@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::common::cost::report::CostReport;
 use crate::common::fmt::{fmt_mib, fmt_rate, fmt_ratio, mib};
 use crate::common::proc::cpu::{CpuRun, cpus};
 use crate::common::verdict::{Checks, Verdict};
@@ -43,6 +44,9 @@ impl Report<'_> {
         println!();
         for upload in &self.f.uploads {
             print_upload(upload);
+        }
+        for cost in self.f.uploads.iter().filter_map(|u| u.cost.as_ref()) {
+            cost.print_human();
         }
         println!("distinct rows   {} transaction ids over all files", self.f.distinct);
         println!();
@@ -263,6 +267,7 @@ fn upload_json(u: &UploadRun) -> Value {
         "engine_cpu_secs": u.cpu.engine.map(|d| d.as_secs_f64()),
         "machine_busy_pct": u.cpu.machine_busy.map(|b| b * 100.0),
         "background_busy_pct": u.cpu.background_busy.map(|b| b * 100.0),
+        "cost": u.cost.as_ref().map(CostReport::to_json),
         "notes": u.notes,
     });
     if let (Some(m), Some(obj)) = (&u.mem, v.as_object_mut())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::common::cost::report::CostReport;
 use crate::common::fmt::{mib, ratio};
 use crate::common::proc::cpu::CpuRun;
 use crate::common::proc::rss::Sampled;
@@ -58,6 +59,8 @@ pub struct UploadRun {
     pub reply: Option<Result<IngestReply, String>>,
     pub mem: Option<MemRun>,
     pub cpu: CpuRun,
+    /// The cost table of the large upload, per line.
+    pub cost: Option<CostReport>,
     pub notes: Vec<String>,
 }
 

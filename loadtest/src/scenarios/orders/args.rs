@@ -1,6 +1,7 @@
 //! The flags of `loadtest orders`.
 
 use crate::common::at_least_one;
+use crate::common::cost::CostArgs;
 
 /// Flags of `loadtest orders`.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,4 +37,9 @@ pub struct OrdersArgs {
     /// Also write the JSON summary to PATH.
     #[arg(long, value_name = "PATH")]
     pub json: Option<std::path::PathBuf>,
+    /// The engine's process, for its CPU per request (not measured if unset).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }

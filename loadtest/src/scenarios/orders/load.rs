@@ -7,6 +7,7 @@
 //! can be two orders.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -166,8 +167,10 @@ impl Records {
         self.told.iter().filter(|t| t.completed).map(|t| t.quantity).sum()
     }
 
-    fn answered(&mut self, answer: &Answer, order: bool) {
+    /// Counts a request in the record and in the run's live count.
+    fn answered(&mut self, answer: &Answer, order: bool, live: &AtomicU64) {
         self.requests += 1;
+        live.fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = answer.latency() {
             record(&mut self.all_us, latency);
             if order {
@@ -182,6 +185,8 @@ pub struct Work {
     pub target: Target,
     pub products: Arc<Vec<u64>>,
     pub buyers: usize,
+    /// Requests answered (or lost) so far, by every connection.
+    pub requests: Arc<AtomicU64>,
 }
 
 /// One connection: `operations` operations one after another.
@@ -209,7 +214,7 @@ pub async fn connection(work: Arc<Work>, operations: usize) -> Records {
         let key = (plan == Plan::Keyed).then_some(key);
         let headers: Vec<(&str, &str)> = key.iter().map(|k| ("idempotency-key", k.as_str())).collect();
         let first = client.call_json(Method::POST, "/orders", &headers, &body).await;
-        rec.answered(&first, true);
+        rec.answered(&first, true, &work.requests);
         let id = match (first.status(), first.code()) {
             (Some(200), _) => {
                 rec.orders_decided += 1;
@@ -247,7 +252,7 @@ pub async fn connection(work: Arc<Work>, operations: usize) -> Records {
                 // The retry of a client that did not see the answer: the key
                 // makes it safe, and it must get the first answer back.
                 let again = client.call_json(Method::POST, "/orders", &headers, &body).await;
-                rec.answered(&again, true);
+                rec.answered(&again, true, &work.requests);
                 match &again {
                     Answer::Reply {
                         status, raw, replayed, ..
@@ -269,7 +274,7 @@ pub async fn connection(work: Arc<Work>, operations: usize) -> Records {
                 let answer = client
                     .call(Method::POST, &format!("/orders/{id}/{action}"), &[], b"")
                     .await;
-                rec.answered(&answer, false);
+                rec.answered(&answer, false, &work.requests);
                 match answer.status() {
                     Some(200) if action == "confirm" => {
                         rec.confirmed += 1;

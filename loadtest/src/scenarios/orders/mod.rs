@@ -16,10 +16,12 @@ mod report;
 mod resolve;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use serde_json::json;
 
+use crate::common::cost::{CostProbe, CostSetup, Requests};
 use crate::common::http::{Client, Method, Target};
 use crate::common::summary;
 use crate::common::verdict::Checks;
@@ -58,11 +60,21 @@ pub async fn run(mut args: OrdersArgs) -> Result<Checks, String> {
         "loadtest orders: {} products x {} stock, {} buyers, {} operations over {} connections against {} ...",
         args.products, args.stock, args.buyers, args.operations, args.connections, args.url
     );
+    let cost = CostProbe::discover(CostSetup::engine(
+        "request",
+        &target,
+        args.server_pid,
+        args.database_url.as_deref(),
+        &args.cost,
+    ))
+    .await;
     let work = Arc::new(Work {
         target: target.clone(),
         products: Arc::new(products.clone()),
         buyers: args.buyers,
+        requests: Arc::new(AtomicU64::new(0)),
     });
+    let watch = cost.start(Requests::Live(work.requests.clone()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
@@ -74,6 +86,7 @@ pub async fn run(mut args: OrdersArgs) -> Result<Checks, String> {
         rec.merge(task.await.map_err(|e| format!("connection task: {e}"))?);
     }
     let elapsed_secs = started.elapsed().as_secs_f64();
+    let cost = watch.finish(Some(rec.requests)).await;
 
     let unknown = rec.unknown_orders.len() + rec.unknown_actions.len();
     let unresolved = resolve::resolve(&target, &mut rec).await;
@@ -91,6 +104,7 @@ pub async fn run(mut args: OrdersArgs) -> Result<Checks, String> {
         unknown,
         unresolved: &unresolved,
         checks: &all,
+        cost: &cost,
     };
     report.print_human();
     summary::write(args.json.as_deref(), &report.to_json());

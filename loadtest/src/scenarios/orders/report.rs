@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::common::cost::report::CostReport;
 use crate::common::fmt::{fmt_ratio, ratio};
 use crate::common::stats::quantile_ms;
 use crate::common::verdict::Checks;
@@ -19,6 +20,7 @@ pub struct Report<'a> {
     pub unknown: usize,
     pub unresolved: &'a [String],
     pub checks: &'a Checks,
+    pub cost: &'a CostReport,
 }
 
 impl Report<'_> {
@@ -48,6 +50,7 @@ impl Report<'_> {
                 fmt_ratio(ratio(Some(self.orders_per_sec()), Some(b)))
             );
         }
+        self.cost.print_human();
         println!("invariants:");
         self.checks.print();
     }
@@ -82,6 +85,8 @@ impl Report<'_> {
             "all_p99_ms": quantile_ms(&rec.all_us, 0.99),
             "baseline_requests_per_sec": args.baseline_rps,
             "ratio_orders_to_baseline": ratio(Some(self.orders_per_sec()), args.baseline_rps),
+            "cpu": self.cost.phase_cpu.to_json(),
+            "cost": self.cost.to_json(),
         });
         self.checks.add_to(&mut summary);
         summary

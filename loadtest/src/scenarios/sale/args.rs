@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::common::cost::CostArgs;
+use crate::common::cost::scripts::default_lua_dir;
 use crate::common::server::ServerKind;
-
-use super::redis_bench::default_lua_dir;
 
 /// What the connection tasks play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +90,6 @@ pub struct SaleArgs {
     /// Contention: checkouts per user before it gives up.
     #[arg(long, default_value_t = 50)]
     pub attempts: usize,
-    /// The engine's Redis, for the checks and the baseline (checks SKIPPED if unset).
-    #[arg(long, env = "REDIS_URL", value_name = "URL")]
-    pub redis_url: Option<String>,
     /// The engine's Postgres, for the checks (checks SKIPPED if unset).
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -126,6 +123,8 @@ pub struct SaleArgs {
     /// redis-benchmark -c.
     #[arg(long, default_value_t = 50)]
     pub bench_clients: u32,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 /// The settings of one sale run, defaults filled in and checked.
@@ -153,6 +152,7 @@ pub struct Args {
     pub baseline: bool,
     pub bench_requests: u64,
     pub bench_clients: u32,
+    pub cost: CostArgs,
 }
 
 impl Args {
@@ -171,7 +171,7 @@ impl Args {
             limit: a.limit,
             connections: a.connections.unwrap_or(users.min(1000)),
             attempts: a.attempts,
-            redis_url: nonempty(a.redis_url),
+            redis_url: nonempty(a.cost.redis_url.clone()),
             database_url: nonempty(a.database_url),
             key_prefix: a.key_prefix,
             user_prefix: a.user_prefix,
@@ -185,6 +185,7 @@ impl Args {
             baseline: !a.no_baseline,
             bench_requests: a.bench_requests,
             bench_clients: a.bench_clients,
+            cost: a.cost,
         };
         args.validate()?;
         Ok(args)

@@ -249,6 +249,8 @@ impl Vu {
         let cfg = self.cfg.clone();
         let conn = self.conn.as_mut()?;
         let outcome = conn.request(&cfg.target, Method::POST, path, timeout).await;
+        // Counted like the endpoint's statistics below: every outcome.
+        cfg.progress.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Outcome::Response { status, body, latency } => {
                 // Not JSON (or not an object): no fields, as before.

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::cost::{CostProbe, CostSetup, Requests};
 use crate::common::fmt::fmt_opt;
 use crate::common::http::{Conn, Method, Outcome, Target};
-use crate::common::proc::cpu_split::CpuSplit;
 use crate::common::server::ServerKind;
 use crate::common::stores::{connect_pg, connect_redis};
 use crate::common::summary;
@@ -102,20 +102,23 @@ pub async fn run(args: Args) -> Result<Checks, String> {
         Some(url) => Some(connect_redis(url).await),
         None => None,
     };
-    let mut pg = match &args.database_url {
+    let pg = match &args.database_url {
         Some(url) => Some(connect_pg(url).await),
         None => None,
     };
-    // The processes whose CPU is measured, found before the load.
-    let cpu_split = CpuSplit::discover(
-        args.server_pid,
-        redis.as_ref().and_then(|r| r.as_ref().ok()),
-        pg.as_mut().and_then(|p| p.as_mut().ok()),
-    )
-    .await;
-    // The baseline server writes nothing to Postgres: the connection above
-    // only found its processes.
+    // The baseline server writes nothing to Postgres: nothing is checked
+    // there (the cost table still measures Postgres's CPU).
     let engine = args.server == ServerKind::Engine;
+    // What the cost table reads, found before the load.
+    let cost = CostProbe::discover(CostSetup {
+        server: args.server.label(),
+        unit: "request",
+        server_pid: args.server_pid,
+        engine: engine.then(|| target.clone()),
+        database_url: args.database_url.as_deref(),
+        args: &args.cost,
+    })
+    .await;
     let progress = Arc::new(Progress::new());
     let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
     let (mut pg, watcher) = match pg {
@@ -149,16 +152,12 @@ pub async fn run(args: Args) -> Result<Checks, String> {
         args.server.label(),
         args.url
     );
-    let (load, cpu_start) = load::run_load(cfg, || cpu_split.snapshot()).await;
-    let cpu_end = cpu_split.snapshot();
-    let cpu = cpu_start.map(|start| {
-        cpu_split.report(
-            &start,
-            &cpu_end,
-            load.stats.total_requests(),
-            (load.end - load.start).as_secs_f64(),
-        )
-    });
+    let requests = cfg.progress.requests.clone();
+    let (load, watch) = load::run_load(cfg, || cost.start(Requests::Live(requests))).await;
+    let cost = match watch {
+        Some(watch) => Some(watch.finish(Some(load.stats.total_requests())).await),
+        None => None,
+    };
     let _ = stop_watch.send(true);
     let mut early_flush = None;
     if let Some(handle) = watcher {
@@ -244,7 +243,7 @@ pub async fn run(args: Args) -> Result<Checks, String> {
         not_applicable,
         flush_lag,
         baseline,
-        cpu,
+        cost: cost.as_ref(),
     };
     report.print_human();
     summary::emit(args.json.as_deref(), &report.to_json());

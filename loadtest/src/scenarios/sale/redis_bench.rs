@@ -4,7 +4,7 @@
 //! `purchase.lua`, then `lua/batch/epilogue.lua`, as the engine joins them)
 //! called with a batch of one request.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,16 +35,6 @@ impl Baseline {
             note: note.into(),
         }
     }
-}
-
-/// Default location of the Lua scripts: `lua/` in the working directory,
-/// else `lua/` at the workspace root (next to this crate).
-pub fn default_lua_dir() -> PathBuf {
-    let cwd = PathBuf::from("lua");
-    if cwd.join("purchase.lua").is_file() {
-        return cwd;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("lua")
 }
 
 /// Host, port and credentials of a `redis://[user[:pass]@]host[:port][/db]` URL.

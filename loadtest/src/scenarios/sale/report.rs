@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::cost::report::CostReport;
 use crate::common::fmt::{fmt_opt, fmt_rate, fmt_ratio, ms, ratio};
-use crate::common::proc::cpu_split::CpuReport;
 use crate::common::server::ServerKind;
 use crate::common::stats::Latency;
 use crate::common::verdict::Checks;
@@ -29,8 +29,9 @@ pub struct Summary<'a> {
     pub not_applicable: Vec<String>,
     pub flush_lag: Option<Duration>,
     pub baseline: Option<Baseline>,
-    /// CPU per request of the processes involved, over the measured phase.
-    pub cpu: Option<CpuReport>,
+    /// CPU per request of the processes involved over the measured phase,
+    /// and the cost table.
+    pub cost: Option<&'a CostReport>,
 }
 
 impl Summary<'_> {
@@ -142,8 +143,11 @@ impl Summary<'_> {
                 None => println!("baseline        skipped: {}", b.note),
             },
         }
-        match &self.cpu {
-            Some(cpu) => cpu.print_human(self.server.label()),
+        match self.cost {
+            Some(cost) => {
+                cost.phase_cpu.print_human(self.server.label());
+                cost.print_human();
+            }
             None => println!("cpu             - (no measured phase)"),
         }
         println!();
@@ -197,7 +201,8 @@ impl Summary<'_> {
             "baseline_note": self.baseline.as_ref().map(|b| b.note.clone()),
             "ratio_purchases_to_baseline": ratio(self.purchases_per_sec(), baseline),
             "ratio_requests_to_baseline": ratio(self.requests_per_sec(), baseline),
-            "cpu": self.cpu.as_ref().map(CpuReport::to_json),
+            "cpu": self.cost.map(|c| c.phase_cpu.to_json()),
+            "cost": self.cost.map(CostReport::to_json),
             "error_samples": s.error_samples,
         });
         self.checks.add_to(&mut summary);

@@ -7,6 +7,7 @@
 //! right anyway.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -122,10 +123,13 @@ impl RunStats {
 
 /// The only shared state of the load: how many purchases succeeded so far and
 /// in which sale, so the flush watcher can start polling Postgres as soon as
-/// the sale is sold out (which may be long before the load ends).
+/// the sale is sold out (which may be long before the load ends), and how
+/// many requests were answered or failed, so the cost table knows each
+/// slice's share.
 pub struct Progress {
     purchases: AtomicU64,
     sale: AtomicI64,
+    pub requests: Arc<AtomicU64>,
 }
 
 const NO_SALE: i64 = i64::MIN;
@@ -135,6 +139,7 @@ impl Progress {
         Progress {
             purchases: AtomicU64::new(0),
             sale: AtomicI64::new(NO_SALE),
+            requests: Arc::new(AtomicU64::new(0)),
         }
     }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::common::at_least_one;
+use crate::common::cost::CostArgs;
 use crate::common::server::ServerKind;
 
 /// Flags of `loadtest wallet`.
@@ -42,4 +43,6 @@ pub struct WalletArgs {
     /// Also write the JSON summary to PATH.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }

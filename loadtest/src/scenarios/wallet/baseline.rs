@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::cost::{CostProbe, CostSetup, Requests};
 use crate::common::fmt::fmt_ratio;
 use crate::common::http::{Conn, Method, Outcome, Target};
 use crate::common::summary;
@@ -17,13 +18,25 @@ use super::args::WalletArgs;
 use super::load::TIMEOUT;
 
 pub async fn run(args: &WalletArgs, target: &Target) -> Result<Checks, String> {
+    let cost = CostProbe::discover(CostSetup {
+        server: "baseline server",
+        unit: "request",
+        server_pid: args.server_pid,
+        engine: None,
+        database_url: None,
+        args: &args.cost,
+    })
+    .await;
     let answered = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    // Answered or not: what the cost table divides by.
+    let sent = Arc::new(AtomicU64::new(0));
+    let watch = cost.start(Requests::Live(sent.clone()));
     let until = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
     let mut workers = Vec::new();
     for c in 0..args.connections {
-        let (target, answered, failed) = (target.clone(), answered.clone(), failed.clone());
+        let (target, answered, failed, sent) = (target.clone(), answered.clone(), failed.clone(), sent.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&target, TIMEOUT).await?;
             let mut i: u64 = 0;
@@ -37,6 +50,7 @@ pub async fn run(args: &WalletArgs, target: &Target) -> Result<Checks, String> {
                     Outcome::Response { .. } => answered.fetch_add(1, Ordering::Relaxed),
                     Outcome::Timeout | Outcome::Transport(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
+                sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<(), String>(())
         }));
@@ -46,10 +60,13 @@ pub async fn run(args: &WalletArgs, target: &Target) -> Result<Checks, String> {
     }
     let (answered, failed) = (answered.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     let rps = answered as f64 / started.elapsed().as_secs_f64();
+    let cost = watch.finish(Some(answered + failed)).await;
     println!(
         "baseline server: {rps:.0} requests/s (POST /checkout) over {} connections for {} s",
         args.connections, args.secs
     );
+    cost.phase_cpu.print_human("baseline server");
+    cost.print_human();
     let checks: Checks = [Check::new(
         "baseline_answered",
         answered > 0 && failed == 0,
@@ -58,7 +75,8 @@ pub async fn run(args: &WalletArgs, target: &Target) -> Result<Checks, String> {
     .into_iter()
     .collect();
     let mut out = json!({"scenario": "baseline-load", "server": "baseline", "requests_per_sec": rps,
-                         "connections": args.connections, "secs": args.secs});
+                         "connections": args.connections, "secs": args.secs,
+                         "cpu": cost.phase_cpu.to_json(), "cost": cost.to_json()});
     if let Some(path) = &args.engine_json {
         let engine: Value = std::fs::read(path)
             .ok()

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::cost::{CostProbe, CostSetup, Requests};
 use crate::common::engine;
 use crate::common::http::Target;
-use crate::common::proc::cpu;
 use crate::common::server::ServerKind;
 use crate::common::stores::connect_pg;
 use crate::common::summary;
@@ -41,7 +41,6 @@ pub async fn run(mut args: WalletArgs) -> Result<Checks, String> {
     if args.server == ServerKind::Baseline {
         return baseline::run(&args, &target).await;
     }
-    let started_cpu = args.server_pid.and_then(|pid| cpu::process_cpu(pid).ok());
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -79,7 +78,16 @@ pub async fn run(mut args: WalletArgs) -> Result<Checks, String> {
     );
 
     // Load.
+    let cost = CostProbe::discover(CostSetup::engine(
+        "operation",
+        &target,
+        args.server_pid,
+        args.database_url.as_deref(),
+        &args.cost,
+    ))
+    .await;
     let ops = Arc::new(AtomicU64::new(0));
+    let watch = cost.start(Requests::Live(ops.clone()));
     let until = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -97,10 +105,7 @@ pub async fn run(mut args: WalletArgs) -> Result<Checks, String> {
         rec.merge(w.await.map_err(|e| e.to_string())??);
     }
     let elapsed = started.elapsed();
-    let cpu_used = match (args.server_pid, started_cpu) {
-        (Some(pid), Some(before)) => cpu::process_cpu(pid).ok().map(|after| after - before),
-        _ => None,
-    };
+    let cost = watch.finish(Some(rec.operations)).await;
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
@@ -121,8 +126,8 @@ pub async fn run(mut args: WalletArgs) -> Result<Checks, String> {
         elapsed_secs: elapsed.as_secs_f64(),
         events: &events,
         missing_events,
-        engine_cpu_us_per_op: cpu_used.map(|c| c.as_secs_f64() * 1e6 / rec.operations.max(1) as f64),
         checks: &all,
+        cost: &cost,
     };
     report.print_human();
     summary::write(args.json.as_deref(), &report.to_json());

@@ -3,6 +3,7 @@
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::common::cost::report::CostReport;
 use crate::common::stats::quantile_ms;
 use crate::common::verdict::Checks;
 
@@ -15,13 +16,23 @@ pub struct Report<'a> {
     pub elapsed_secs: f64,
     pub events: &'a Histogram<u64>,
     pub missing_events: usize,
-    pub engine_cpu_us_per_op: Option<f64>,
     pub checks: &'a Checks,
+    pub cost: &'a CostReport,
 }
 
 impl Report<'_> {
     fn ops_per_sec(&self) -> f64 {
         self.rec.operations as f64 / self.elapsed_secs
+    }
+
+    /// The engine's CPU per operation over the load.
+    fn engine_cpu_us_per_op(&self) -> Option<f64> {
+        self.cost
+            .phase_cpu
+            .rows
+            .iter()
+            .find(|r| r.role == "server")
+            .and_then(|r| r.us_per_request)
     }
 
     pub fn print_human(&self) {
@@ -40,9 +51,11 @@ impl Report<'_> {
             quantile_ms(self.events, 1.0),
             self.missing_events
         );
-        if let Some(us) = self.engine_cpu_us_per_op {
+        if let Some(us) = self.engine_cpu_us_per_op() {
             println!("wallet: engine CPU {us:.1} µs per operation");
         }
+        self.cost.phase_cpu.print_human("engine");
+        self.cost.print_human();
         println!("invariants:");
         self.checks.print();
     }
@@ -66,8 +79,10 @@ impl Report<'_> {
             "events_missing": self.missing_events,
             "unexpected_answers": self.rec.unexpected,
             "transactions_acknowledged": self.rec.told.len(),
-            "engine_cpu_us_per_op": self.engine_cpu_us_per_op,
+            "engine_cpu_us_per_op": self.engine_cpu_us_per_op(),
             "conserved": conserved,
+            "cpu": self.cost.phase_cpu.to_json(),
+            "cost": self.cost.to_json(),
         });
         self.checks.add_to(&mut summary);
         summary
