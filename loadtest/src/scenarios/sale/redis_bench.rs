@@ -139,7 +139,7 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         "-n".into(),
         cfg.requests.to_string(),
         "-r".into(),
-        "1000000000".into(),
+        "999999999999".into(),
         "-q".into(),
         "--csv".into(),
     ];
@@ -157,8 +157,9 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
     let command: Vec<String> = vec![
         // The batch protocol (src/redis/executor.rs): the outbox and its
         // counter, then one request's code, sold bitmap and users hash, then
-        // the call's mark (redis-benchmark puts a random number in place of
-        // `__rand_int__`, so each call has its own); a batch of 1, the
+        // the call's mark (redis-benchmark puts a new random number below
+        // 10^12 in place of each `__rand_int__`: two of them, so no two calls
+        // of a run share a mark); a batch of 1, the
         // outbox bound, then now, the active sale, the code, then the mark's
         // lifetime (ms).
         "EVALSHA".into(),
@@ -169,7 +170,7 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         format!("{p}:{{7}}:code:nonexistent"),
         format!("{p}:{{7}}:sale:0:sold"),
         format!("{p}:{{7}}:sale:0:users"),
-        format!("{p}:{{7}}:call:__rand_int__"),
+        format!("{p}:{{7}}:call:__rand_int__:__rand_int__"),
         "1".into(),
         "1000000".into(),
         "0".into(),
