@@ -1,8 +1,9 @@
 //! A split entity's load spread over the primaries of a cluster: on a
 //! private 3-primary cluster, each part of the entity on its own primary,
 //! a sale split in 3 (`STAMPEDE_SALE_SPLIT`) whose contest sells exactly
-//! 10,000, also while every primary drops every connection every 200 ms.
-//! Each primary's script
+//! 10,000, also while every primary drops every connection every 200 ms,
+//! and a product split in 3 (`STAMPEDE_STOCK_SPLIT`) that sells exactly its
+//! stock with the invariant sampled during the run. Each primary's script
 //! time (`INFO commandstats`: `cmdstat_evalsha` + `cmdstat_eval` usec, reset
 //! once the engine is up) is within 2x of the others': with the parts on
 //! one primary the others would show next to nothing.
@@ -18,16 +19,21 @@
 //! `STAMPEDE_TEST_BALANCE_PORT`, default 7581), each starting it afresh.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
+use hyper::{Method, StatusCode};
+use serde_json::json;
 use stampede::redis::keyspace::Keyspace;
 use stampede::sale::domain::UserId;
 use stampede::sale::split::user_part;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{HttpClient, Reply, TestApp, send, spawn_app};
+use crate::orders::{counts, create_product, product, reconcile_ok, statuses_in_postgres};
+use crate::orders_split::{assert_split_invariant, sample_invariant};
 use crate::private_cluster::PrivateCluster;
 use crate::sale::{assert_contest_in_postgres, assert_contest_in_redis, contest, contest_finding_out};
 use crate::sale_split::{check_counts, reservations_left};
@@ -35,6 +41,7 @@ use crate::sale_split::{check_counts, reservations_left};
 /// The parts of a split entity.
 const PARTS: u32 = 3;
 const SALE_SPLIT: (&str, &str) = ("STAMPEDE_SALE_SPLIT", "3");
+const STOCK_SPLIT: (&str, &str) = ("STAMPEDE_STOCK_SPLIT", "3");
 /// Part p of entity n is on shard `(n + p) mod shards`, and shard i on
 /// primary `i mod 3`: with a shard count that is a multiple of 3 the three
 /// parts are on the three primaries whatever n is. With the default 8,
@@ -317,6 +324,122 @@ async fn split_sale_contest_under_dropped_connections_stays_exact_and_spread() {
     check_counts(&redis, &app.prefix, sale, &app.db, LIMIT).await;
     let _ = redis.quit().await;
     time.assert_spread("sale contest under dropped connections");
+    app.finish().await;
+    drop(cluster);
+}
+
+/// Orders in flight at once.
+const ORDERERS: u32 = 200;
+
+/// One order of one unit by `buyer`; a 503 that says it was not carried
+/// out (`OVERLOADED`: shed before Redis) is sent again after its
+/// `Retry-After`.
+async fn order_one(http: &HttpClient, addr: SocketAddr, id: u64, buyer: &str) -> Reply {
+    let body = json!({"product_id": id, "quantity": 1, "buyer_id": buyer}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = send(http, addr, Method::POST, "/orders", Some(&body))
+            .await
+            .expect("engine answers");
+        if (reply.status, reply.error_code()) != (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED") {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "{buyer}: still shed after 60 s");
+        let secs = reply
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
+/// 4,000 buyers order one unit each of a product of stock 3,000 split in 3
+/// (one bucket on each primary), 200 at a time, while the product is read
+/// every 20 ms through `GET /products/{id}` (`split::read` over the three
+/// slots) with the invariant asserted at every sample: exactly 3,000 sold,
+/// every other order `OUT_OF_STOCK`, Postgres equal to Redis, and the
+/// script time within 2x from primary to primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_product_orders_keep_the_invariant_and_spread_script_time() {
+    const STOCK: i64 = 3_000;
+    const ORDERS: u32 = 4_000;
+    let _turn = CLUSTER_TURN.lock().await;
+    let cluster = start_cluster();
+    let app = spawn_app(&[("REDIS_URL", cluster.url.as_str()), STOCK_SPLIT, SHARDS]).await;
+    let id = create_product(&app, STOCK, 1999, 0).await;
+    let primaries = parts_on_primaries(&cluster, &app.ctx.keys, id, "product");
+    assert_split_invariant(&product(&app, id).await);
+    reset_stats(&cluster);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = sample_invariant(
+        app.http.clone(),
+        app.addr,
+        id,
+        Duration::from_millis(20),
+        running.clone(),
+    );
+    let started = Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let mut orderers = Vec::new();
+    for _ in 0..ORDERERS {
+        let (http, addr, next) = (app.http.clone(), app.addr, next.clone());
+        orderers.push(tokio::spawn(async move {
+            let (mut ok, mut out_of_stock) = (0u32, 0u32);
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= ORDERS {
+                    return (ok, out_of_stock);
+                }
+                let reply = order_one(&http, addr, id, &format!("buyer-{n}")).await;
+                match (reply.status, reply.error_code()) {
+                    (StatusCode::OK, _) => {
+                        assert_eq!(reply.body["status"], "completed", "{:?}", reply.body);
+                        ok += 1;
+                    }
+                    (StatusCode::CONFLICT, "OUT_OF_STOCK") => out_of_stock += 1,
+                    other => panic!("order of buyer-{n}: unexpected {other:?} {:?}", reply.body),
+                }
+            }
+        }));
+    }
+    let (mut ok, mut out_of_stock) = (0, 0);
+    for orderer in orderers {
+        let (o, s) = orderer.await.expect("orderer");
+        ok += o;
+        out_of_stock += s;
+    }
+    let took = started.elapsed();
+    running.store(false, Ordering::SeqCst);
+    let (samples, moving) = sampler.await.expect("sampler");
+    let time = ScriptTime::read(&cluster, "split product orders");
+    let p = product(&app, id).await;
+    println!(
+        "split_balance: product {id} on primaries {primaries:?}: {ORDERS} orders in {:.1} s; \
+         {samples} samples of the invariant ({moving} reads answered 503: stock kept moving); \
+         sold per bucket {:?}",
+        took.as_secs_f64(),
+        p["split"]["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b["sold"].as_i64().expect("sold"))
+            .collect::<Vec<_>>()
+    );
+    assert!(samples > 0, "the invariant was never sampled");
+    assert_eq!(
+        (i64::from(ok), i64::from(out_of_stock)),
+        (STOCK, i64::from(ORDERS) - STOCK),
+        "exactly the stock sold"
+    );
+    assert_split_invariant(&p);
+    assert_eq!(counts(&p), (STOCK, 0, 0, STOCK));
+    app.wait_flushed(Duration::from_secs(30)).await;
+    assert_eq!(statuses_in_postgres(&app, id).await["completed"], (STOCK, STOCK));
+    reconcile_ok(&app).await;
+    time.assert_spread("split product orders");
     app.finish().await;
     drop(cluster);
 }
