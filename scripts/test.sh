@@ -113,8 +113,7 @@ step test cargo test --workspace --all-targets
 # by name, only tests whose subject is a private standalone redis-server
 # they start, kill, pause or misconfigure themselves (REDIS_URL plays no
 # part in them, so the cluster pass would repeat the first pass exactly),
-# and the moved-slot test, which starts a private cluster of its own either
-# way. Everything else, the kill -9 tests of the engine included, runs on
+# and the tests that start a private cluster of their own either way. Everything else, the kill -9 tests of the engine included, runs on
 # the cluster.
 CLUSTER_SKIP=(
     at_most_once::a_call_whose_reply_is_lost_is_never_run_twice                  # a TCP proxy before a private Redis
@@ -130,6 +129,7 @@ CLUSTER_SKIP=(
     cluster::after_a_slot_moves_calls_land_without_an_error                      # its own private cluster
     cluster::during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on   # its own private cluster
     scale_out::acknowledged_writes_survive_a_primary_failover           # its own private cluster, with replicas
+    split_balance::   # each starts its own private cluster, to read its primaries' command statistics (and drop their connections)
 )
 cluster_suite() {
     local skip=() name

@@ -25,4 +25,5 @@ mod sale_split;
 mod scale_out;
 mod server;
 mod settlement;
+mod split_balance;
 mod wallet;

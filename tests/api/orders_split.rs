@@ -43,7 +43,7 @@ fn parts(p: &Value) -> (i64, i64, Vec<(i64, i64, i64)>) {
 }
 
 /// The invariant over every part: the totals add up, and so do the parts.
-fn assert_split_invariant(p: &Value) {
+pub fn assert_split_invariant(p: &Value) {
     assert_invariant(p);
     let (_, available, reserved, sold) = counts(p);
     let (reserve, in_transit, buckets) = parts(p);
@@ -58,13 +58,14 @@ fn assert_split_invariant(p: &Value) {
     assert_eq!(buckets.iter().map(|b| b.2).sum::<i64>(), sold, "Σ sold: {p}");
 }
 
-/// Samples the product every 2 ms while `running`, checking the invariant
-/// over every part at each sample; returns (samples, reads answered 503
-/// because stock kept moving while they read).
-fn sample_invariant(
+/// Samples the product `every` while `running`, checking the invariant over
+/// every part at each sample; returns (samples, reads answered 503 because
+/// stock kept moving while they read).
+pub fn sample_invariant(
     http: HttpClient,
     addr: std::net::SocketAddr,
     id: u64,
+    every: Duration,
     running: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(usize, usize)> {
     tokio::spawn(async move {
@@ -84,7 +85,7 @@ fn sample_invariant(
                 }
                 other => panic!("product read answered {other}: {:?}", reply.body),
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(every).await;
         }
         (samples, moving)
     })
@@ -189,7 +190,13 @@ async fn split_five_hundred_concurrent_orders_sell_exactly_the_stock() {
     // 0's stays in the reserve.
     assert_eq!(parts(&created), (34, 0, vec![(0, 0, 0), (33, 0, 0), (33, 0, 0)]));
     let running = Arc::new(AtomicBool::new(true));
-    let sampler = sample_invariant(app.http.clone(), app.addr, id, running.clone());
+    let sampler = sample_invariant(
+        app.http.clone(),
+        app.addr,
+        id,
+        Duration::from_millis(2),
+        running.clone(),
+    );
     let direct = sample_redis(app.ctx.keys.clone(), id, running.clone()).await;
 
     let storm = Instant::now();

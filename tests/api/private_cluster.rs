@@ -1,6 +1,17 @@
-//! A private Redis Cluster for tests that break or reshape one (kill a
-//! primary, move a slot): `scripts/services.sh cluster-start` on its own
+//! A private Redis Cluster for tests that break, reshape or measure one
+//! (kill a primary, move a slot, drop every connection, read each primary's
+//! command statistics): `scripts/services.sh cluster-start` on its own
 //! ports, stopped and removed when dropped, also when the test panics.
+//!
+//! The private clusters' first ports (each takes the next ones too, and its
+//! bus ports +10000); no two may overlap:
+//! - 7311..7313: the suite's cluster of `scripts/test.sh`
+//!   (`STAMPEDE_SUITE_CLUSTER_PORT`), not made here;
+//! - 7541..7543 and 7551..7553: `cluster::`'s moved-slot and migration tests
+//!   (`STAMPEDE_TEST_CLUSTER_PORT`, + 10 for the second);
+//! - 7581..7583: `split_balance::`'s tests, one after another
+//!   (`STAMPEDE_TEST_BALANCE_PORT`);
+//! - 7611..7616: `scale_out::`'s failover test (3 primaries, 3 replicas).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -51,6 +62,26 @@ impl PrivateCluster {
     /// The nodes' ports, primaries first as `services.sh` created them.
     pub fn ports(&self) -> std::ops::Range<u16> {
         self.port..self.port + PRIMARIES * (1 + self.replicas)
+    }
+
+    /// The primaries' ports, as `services.sh` created them (before any
+    /// failover).
+    pub fn primaries(&self) -> std::ops::Range<u16> {
+        self.port..self.port + PRIMARIES
+    }
+
+    /// A test client of the cluster, connected. It has no reconnect policy:
+    /// make it after whatever drops connections has stopped.
+    pub async fn client(&self) -> fred::clients::Client {
+        use fred::interfaces::ClientLike;
+        let redis = fred::clients::Client::new(
+            fred::types::config::Config::from_url(&self.url).expect("cluster URL parses"),
+            None,
+            None,
+            None,
+        );
+        redis.init().await.expect("test client reaches the cluster");
+        redis
     }
 
     /// `cluster_state:ok` comes before the replicas' first sync: until each

@@ -3,14 +3,15 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use fred::clients::Client as RedisClient;
 use hyper::{Method, StatusCode};
 use rand::RngExt;
 use sqlx::PgPool;
 use stampede::clock::Clock;
 
-use crate::helpers::{HttpClient, TestApp, send, spawn_app};
+use crate::helpers::{HttpClient, Reply, TestApp, send, sold_over_shards, spawn_app, user_counts};
 
 /// 1000 buyers race over 10,000 items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -25,13 +26,7 @@ pub async fn thousand_buyers_contest(overrides: &[(&str, &str)]) {
     let app = Arc::new(spawn_app(overrides).await);
     contest(&app.http, app.addr).await;
     let sale = app.sale_id();
-    assert_eq!(app.sold_over_shards(sale).await, i64::from(CONTEST_ITEMS));
-    let counts = app.user_counts(sale).await;
-    assert_eq!(counts.values().map(|(p, _)| p).sum::<i64>(), i64::from(CONTEST_ITEMS));
-    for (user, (purchased, reserved)) in &counts {
-        assert!(*purchased <= CONTEST_LIMIT as i64, "{user} holds {purchased} in Redis");
-        assert_eq!(*reserved, 0, "{user} has a reservation left");
-    }
+    assert_contest_in_redis(&app.redis, &app.prefix, sale).await;
     app.wait_flushed(Duration::from_secs(30)).await;
     assert_contest_in_postgres(&app.db, sale).await;
     Arc::into_inner(app).expect("all buyers done").finish().await;
@@ -41,28 +36,247 @@ pub async fn thousand_buyers_contest(overrides: &[(&str, &str)]) {
 pub const CONTEST_ITEMS: u32 = 10_000;
 const CONTEST_BUYERS: u32 = 1000;
 const CONTEST_LIMIT: usize = 10;
+/// How long a buyer of a contest run under faults may keep waiting out 503s
+/// and reservations left behind on one item before the contest fails.
+const CONTEST_BUYER_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The contest, through `addr` (one engine, or several behind one port):
 /// 1000 buyers race over 10,000 items. Each starts near its own share but
 /// with a random overlap into its neighbours', walks forward until it holds
 /// 10 items or has seen every item sold. So any item left unsold would mean
 /// some buyer stopped early, and any double sale shows up here. Returns
-/// once every item is sold exactly once and no buyer is over the limit.
-pub async fn contest(http: &HttpClient, addr: SocketAddr) {
+/// once every item is sold exactly once and no buyer is over the limit,
+/// with what the buyers sent. Any answer but a sale, `ITEM_SOLD` and, at
+/// the end, the limit fails it.
+pub async fn contest(http: &HttpClient, addr: SocketAddr) -> ContestFigures {
+    run_contest(http, addr, On503::Fail).await
+}
+
+/// The contest while something takes Redis away now and then: a buyer
+/// answered 503 finds out what happened as docs/operations.md ("After a
+/// 503") tells a client to: a checkout is sent again (at once after
+/// `REDIS_UNAVAILABLE`, after the `Retry-After` when shed); after a
+/// purchase's `REDIS_UNAVAILABLE` and the `Retry-After`, the code is looked
+/// up (`spent`: bought; `issued`: bought again; `void`: the item checked
+/// out again). The same end: every item sold exactly once, nobody over the
+/// limit. Returns what the buyers sent and met.
+pub async fn contest_finding_out(http: &HttpClient, addr: SocketAddr) -> ContestFigures {
+    run_contest(http, addr, On503::FindOut).await
+}
+
+/// What a contest buyer does with an answer that only a fault explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On503 {
+    Fail,
+    FindOut,
+}
+
+/// What the buyers of a contest sent, and what those of a contest run
+/// under faults met on the way.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContestFigures {
+    /// Requests sent, and the most one buyer sent: the last buyers to fill
+    /// their share walk past thousands of sold items, each a refused
+    /// checkout.
+    pub requests: usize,
+    pub most_of_one_buyer: usize,
+    /// Requests answered 503 (each retried or followed by a lookup).
+    pub unavailable: usize,
+    /// Purchases of unknown outcome whose code was looked up.
+    pub looked_up: usize,
+    /// Of those, the ones that had gone through (`spent`).
+    pub found_spent: usize,
+    /// Codes found `void` (or refused as expired), whose item was checked
+    /// out again.
+    pub checked_out_again: usize,
+    /// Waits for a reservation left behind to be released (the limit
+    /// counted it).
+    pub held_by_reservation: usize,
+}
+
+impl ContestFigures {
+    fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.most_of_one_buyer = self.most_of_one_buyer.max(other.requests);
+        self.unavailable += other.unavailable;
+        self.looked_up += other.looked_up;
+        self.found_spent += other.found_spent;
+        self.checked_out_again += other.checked_out_again;
+        self.held_by_reservation += other.held_by_reservation;
+    }
+}
+
+/// One contest buyer's client.
+struct Buyer {
+    http: HttpClient,
+    addr: SocketAddr,
+    user: String,
+    on_503: On503,
+    /// When waiting on the current item fails the contest.
+    patience: Instant,
+    met: ContestFigures,
+}
+
+/// How one item ended for a buyer.
+enum Got {
+    Bought,
+    Sold,
+}
+
+impl Buyer {
+    async fn send(&mut self, method: Method, path: &str) -> Reply {
+        self.met.requests += 1;
+        send(&self.http, self.addr, method, path, None)
+            .await
+            .expect("engine answers")
+    }
+
+    fn finds_out(&self) -> bool {
+        self.on_503 == On503::FindOut
+    }
+
+    /// Fails once the buyer has spent its patience on one item.
+    fn keep_patience(&self, reply: &Reply, why: &str) {
+        assert!(
+            Instant::now() < self.patience,
+            "{} still waiting on one item after {CONTEST_BUYER_PATIENCE:?}: {why} {:?}",
+            self.user,
+            reply.body
+        );
+    }
+
+    /// Waits `Retry-After` (1 s when absent), failing once the buyer's
+    /// patience is spent.
+    async fn wait(&self, reply: &Reply, why: &str) {
+        self.keep_patience(reply, why);
+        let secs = reply
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+
+    /// A checkout; under faults one answered `503 REDIS_UNAVAILABLE` is
+    /// checked out again at once (a checkout reserves nothing), one shed
+    /// (`OVERLOADED`) after the wait.
+    async fn checkout(&mut self, item: u32) -> Reply {
+        loop {
+            let reply = self
+                .send(Method::POST, &format!("/checkout?user_id={}&id={item}", self.user))
+                .await;
+            if reply.status != StatusCode::SERVICE_UNAVAILABLE || !self.finds_out() {
+                return reply;
+            }
+            self.met.unavailable += 1;
+            if reply.error_code() == "REDIS_UNAVAILABLE" {
+                self.keep_patience(&reply, "checkout");
+            } else {
+                self.wait(&reply, "checkout").await;
+            }
+        }
+    }
+
+    /// The code's state, read again while the lookup answers 503.
+    async fn look_up(&mut self, code: &str) -> String {
+        self.met.looked_up += 1;
+        loop {
+            let reply = self.send(Method::GET, &format!("/codes/{code}")).await;
+            if reply.status == StatusCode::OK {
+                return reply.body["state"].as_str().expect("state").to_owned();
+            }
+            assert_eq!(
+                reply.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{code}: {:?}",
+                reply.body
+            );
+            self.met.unavailable += 1;
+            self.wait(&reply, "code lookup").await;
+        }
+    }
+
+    /// Checks `item` out and purchases it, until it is bought or found sold.
+    async fn buy(&mut self, item: u32) -> Got {
+        self.patience = Instant::now() + CONTEST_BUYER_PATIENCE;
+        'checkout: loop {
+            let checkout = self.checkout(item).await;
+            match checkout.error_code() {
+                "" => {}
+                "ITEM_SOLD" => return Got::Sold,
+                // A reservation of a purchase that did not go through holds
+                // a unit of the limit until it is released (by the
+                // purchase's last step, or the sweeper).
+                "USER_LIMIT_REACHED" if self.finds_out() => {
+                    self.met.held_by_reservation += 1;
+                    self.wait(&checkout, "the limit, below it").await;
+                    continue;
+                }
+                other => panic!("{} checkout {item}: unexpected {other} {:?}", self.user, checkout.body),
+            }
+            let code = checkout.body["code"].as_str().expect("code").to_owned();
+            loop {
+                let purchase = self.send(Method::POST, &format!("/purchase?code={code}")).await;
+                let unknown = match (purchase.status, purchase.error_code()) {
+                    (StatusCode::OK, _) => return Got::Bought,
+                    (_, "ITEM_SOLD") => return Got::Sold,
+                    _ if !self.finds_out() => {
+                        panic!("{} purchase {item}: unexpected {:?}", self.user, purchase.body)
+                    }
+                    // Not carried out: buy again after the wait.
+                    (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED" | "OUTBOX_FULL") => false,
+                    (StatusCode::SERVICE_UNAVAILABLE, "REDIS_UNAVAILABLE") => true,
+                    // Spent: by an earlier try that answered 503.
+                    (_, "CODE_USED") => true,
+                    // Void: the sweeper resolved an abandoned try.
+                    (_, "CODE_EXPIRED") => {
+                        self.met.checked_out_again += 1;
+                        continue 'checkout;
+                    }
+                    (_, "USER_LIMIT_REACHED") => {
+                        self.met.held_by_reservation += 1;
+                        self.wait(&purchase, "the limit, below it").await;
+                        continue;
+                    }
+                    _ => panic!("{} purchase {item}: unexpected {:?}", self.user, purchase.body),
+                };
+                if purchase.status == StatusCode::SERVICE_UNAVAILABLE {
+                    self.met.unavailable += 1;
+                    self.wait(&purchase, "purchase").await;
+                }
+                if !unknown {
+                    continue;
+                }
+                match self.look_up(&code).await.as_str() {
+                    "spent" => {
+                        self.met.found_spent += 1;
+                        return Got::Bought;
+                    }
+                    "issued" => continue,
+                    "void" | "expired" => {
+                        self.met.checked_out_again += 1;
+                        continue 'checkout;
+                    }
+                    other => panic!("{} code {code} of item {item}: state {other}", self.user),
+                }
+            }
+        }
+    }
+}
+
+async fn run_contest(http: &HttpClient, addr: SocketAddr, on_503: On503) -> ContestFigures {
     let mut buyers = Vec::new();
     for buyer in 0..CONTEST_BUYERS {
-        let http = http.clone();
+        let mut client = Buyer {
+            http: http.clone(),
+            addr,
+            user: format!("buyer-{buyer}"),
+            on_503,
+            patience: Instant::now() + CONTEST_BUYER_PATIENCE,
+            met: ContestFigures::default(),
+        };
         buyers.push(tokio::spawn(async move {
-            let user = format!("buyer-{buyer}");
-            let post = |path: String| {
-                let http = http.clone();
-                async move {
-                    send(&http, addr, Method::POST, &path, None)
-                        .await
-                        .expect("engine answers")
-                }
-            };
-            let checkout = |item: u32| post(format!("/checkout?user_id={user}&id={item}"));
             let start = (buyer * 10 + rand::rng().random_range(0..30)) % CONTEST_ITEMS;
             let mut bought = Vec::new();
             let mut seen_sold = 0;
@@ -70,37 +284,28 @@ pub async fn contest(http: &HttpClient, addr: SocketAddr) {
             while bought.len() < CONTEST_LIMIT && seen_sold < CONTEST_ITEMS {
                 let item = (start + offset) % CONTEST_ITEMS + 1;
                 offset += 1;
-                let checkout = checkout(item).await;
-                match checkout.error_code() {
-                    "" => {}
-                    "ITEM_SOLD" => {
-                        seen_sold += 1;
-                        continue;
-                    }
-                    other => panic!("{user} checkout {item}: unexpected {other} {:?}", checkout.body),
-                }
-                let code = checkout.body["code"].as_str().expect("code").to_owned();
-                let purchase = post(format!("/purchase?code={code}")).await;
-                match purchase.error_code() {
-                    "" => bought.push(item),
-                    "ITEM_SOLD" => seen_sold += 1,
-                    other => panic!("{user} purchase {item}: unexpected {other}"),
+                match client.buy(item).await {
+                    Got::Bought => bought.push(item),
+                    Got::Sold => seen_sold += 1,
                 }
             }
             // Over the limit is refused at checkout.
-            let over = checkout((start + offset) % CONTEST_ITEMS + 1).await;
+            let over = client.checkout((start + offset) % CONTEST_ITEMS + 1).await;
             assert!(
                 matches!(over.error_code(), "USER_LIMIT_REACHED" | "ITEM_SOLD"),
-                "{user} past the limit: {:?}",
+                "{} past the limit: {:?}",
+                client.user,
                 over.body
             );
-            (user, bought)
+            (client.user, bought, client.met)
         }));
     }
     let mut owner_of: HashMap<u32, String> = HashMap::new();
     let mut total = 0;
+    let mut met = ContestFigures::default();
     for buyer in buyers {
-        let (user, bought) = buyer.await.expect("buyer task");
+        let (user, bought, figures) = buyer.await.expect("buyer task");
+        met.add(&figures);
         assert!(bought.len() <= CONTEST_LIMIT, "{user} bought {}", bought.len());
         total += bought.len();
         for item in bought {
@@ -110,6 +315,20 @@ pub async fn contest(http: &HttpClient, addr: SocketAddr) {
         }
     }
     assert_eq!(total, CONTEST_ITEMS as usize, "every item sold exactly once");
+    met
+}
+
+/// Redis holds the contest's sale exactly, over every shard of `prefix`:
+/// 10,000 items sold and as many purchases counted over the users, nobody
+/// over the limit, no reservation left.
+pub async fn assert_contest_in_redis(redis: &RedisClient, prefix: &str, sale: u64) {
+    assert_eq!(sold_over_shards(redis, prefix, sale).await, i64::from(CONTEST_ITEMS));
+    let counts = user_counts(redis, prefix, sale).await;
+    assert_eq!(counts.values().map(|(p, _)| p).sum::<i64>(), i64::from(CONTEST_ITEMS));
+    for (user, (purchased, reserved)) in &counts {
+        assert!(*purchased <= CONTEST_LIMIT as i64, "{user} holds {purchased} in Redis");
+        assert_eq!(*reserved, 0, "{user} has a reservation left");
+    }
 }
 
 /// Postgres holds the contest's sale exactly: every item once, no buyer

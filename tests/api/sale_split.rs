@@ -243,7 +243,7 @@ async fn split_sale_kill_9_between_steps_leaves_nobody_over_the_limit() {
 
 /// Reservations not yet resolved, over every shard (the zset's `_` member
 /// only creates it).
-async fn reservations_left(redis: &fred::clients::Client, prefix: &str, sale_id: u64) -> u64 {
+pub async fn reservations_left(redis: &fred::clients::Client, prefix: &str, sale_id: u64) -> u64 {
     let keys = engine_keys(redis, prefix).await;
     let mut left = 0;
     for shard in keys.shards() {
@@ -271,7 +271,7 @@ async fn drained(redis: &fred::clients::Client, prefix: &str, db_url: &str) -> s
 
 /// Nobody over the limit, no reservation left, Redis and Postgres agree per
 /// user and in all; returns the codes Postgres holds purchases of.
-async fn check_counts(
+pub async fn check_counts(
     redis: &fred::clients::Client,
     prefix: &str,
     sale_id: u64,
