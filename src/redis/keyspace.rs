@@ -86,9 +86,11 @@ impl Keyspace {
 
     /// The shard of part `part` of an entity spread over several parts
     /// (each on its own slot): part p of the entity with number n is on
-    /// shard `n + p`. Consecutive shards land on different primaries of a
-    /// cluster, so the parts of one entity do too. The only place that maps
-    /// a part to a shard.
+    /// shard `n + p` (mod the shard count). Consecutive shards land on
+    /// different primaries of a cluster, so the parts of one entity do too,
+    /// when the shard count is a multiple of the primaries': otherwise the
+    /// parts of an entity whose shards wrap past the last may share one.
+    /// The only place that maps a part to a shard.
     pub fn shard_of_part(&self, id: u64, part: u32) -> Shard {
         self.shard_of_number(id.wrapping_add(u64::from(part)))
     }
