@@ -598,11 +598,34 @@ cluster_start() {
     for i in $(seq 1 300); do
         if cluster_ok; then
             log "cluster is up: cluster_state:ok on all $CLUSTER_NODES nodes ($((i / 10)) s)"
+            cluster_wait_replicas
             return 0
         fi
         sleep 0.1
     done
     die "the cluster on ports $CLUSTER_PORT.. did not reach cluster_state:ok within 30 s"
+}
+
+# cluster_state:ok comes before the replicas' first sync: until each primary
+# has its replicas online, every `WAIT` (STAMPEDE_REDIS_WAIT_REPLICAS) would
+# come up short and its writes answer 503. Waits for them, 30 s at most.
+cluster_wait_replicas() {
+    [ "$CLUSTER_REPLICAS" -gt 0 ] || return 0
+    local port i online
+    for i in $(seq 1 300); do
+        online=0
+        for port in $(cluster_ports); do
+            cluster_cli "$port" info replication | tr -d '\r' | grep -q '^role:slave' && { online=$((online + 1)); continue; }
+            [ "$(cluster_cli "$port" info replication | tr -d '\r' | grep -c 'state=online')" -ge "$CLUSTER_REPLICAS" ] \
+                && online=$((online + 1))
+        done
+        if [ "$online" -eq "$CLUSTER_NODES" ]; then
+            log "replicas in sync: each primary has $CLUSTER_REPLICAS online ($((i / 10)) s)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the cluster's replicas were not all online within 30 s"
 }
 
 # ---------------------------------------------------------------------------------------------
