@@ -19,7 +19,7 @@ use hyper::StatusCode;
 use stampede::redis::layout::{Primary, primaries};
 
 use crate::helpers::{
-    EngineProcess, create_database, database_url, delete_keys, drop_database, redis_url, scaled, spawn_app,
+    EngineProcess, TestApp, create_database, database_url, delete_keys, drop_database, redis_url, scaled, spawn_app,
     spawn_app_on, unique_name,
 };
 use crate::private_cluster::PrivateCluster;
@@ -171,6 +171,44 @@ fn private_cluster(offset: u16) -> PrivateCluster {
     PrivateCluster::start(port + offset, 0)
 }
 
+/// An engine on `cluster` (4 pooled clients) with a code checked out by
+/// `user`, and where the current sale's slot is and may go.
+struct SlotToMove {
+    app: TestApp,
+    code: String,
+    /// The sale's sold bitmap: its slot is the one that moves.
+    sold: String,
+    slot: u16,
+    from: u16,
+    to: u16,
+    ports: Vec<u16>,
+}
+
+async fn slot_to_move(cluster: &PrivateCluster, user: &str) -> SlotToMove {
+    let app = spawn_app_on(
+        &database_url(),
+        &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
+    )
+    .await;
+    let sale = app.sale_id();
+    let code = app.code_for(user, 1).await;
+    let sold = app.sale_key(sale, ":sold");
+    let slot = fred::util::redis_keyslot(sold.as_bytes());
+    let ports: Vec<u16> = (cluster.port..cluster.port + 3).collect();
+    let primaries = primaries(&app.ctx.redis).await.expect("slots");
+    let from = primary_of(&primaries, &sold).server.port;
+    let to = *ports.iter().find(|p| **p != from).expect("another primary");
+    SlotToMove {
+        app,
+        code,
+        sold,
+        slot,
+        from,
+        to,
+        ports,
+    }
+}
+
 /// Moves `slot` with its keys from `from` to `to` (node ports), the way
 /// `redis-cli --cluster reshard` does, one slot.
 fn move_slot(cluster: &PrivateCluster, slot: u16, from: u16, to: u16, all: &[u16]) {
@@ -222,19 +260,15 @@ fn finish_slot_move(cluster: &PrivateCluster, slot: u16, from: u16, to: u16, all
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slot_moves_calls_land_without_an_error() {
     let cluster = private_cluster(0);
-    let app = spawn_app_on(
-        &database_url(),
-        &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
-    )
-    .await;
-    let sale = app.sale_id();
-    let code = app.code_for("mover", 1).await;
-    let sold = app.sale_key(sale, ":sold");
-    let slot = fred::util::redis_keyslot(sold.as_bytes());
-    let ports: Vec<u16> = (cluster.port..cluster.port + 3).collect();
-    let primaries = primaries(&app.ctx.redis).await.expect("slots");
-    let from = primary_of(&primaries, &sold).server.port;
-    let to = *ports.iter().find(|p| **p != from).expect("another primary");
+    let SlotToMove {
+        app,
+        code,
+        sold,
+        slot,
+        from,
+        to,
+        ports,
+    } = slot_to_move(&cluster, "mover").await;
     move_slot(&cluster, slot, from, to, &ports);
     println!("moved slot {slot} of {sold} from :{from} to :{to}");
 
@@ -274,19 +308,15 @@ async fn after_a_slot_moves_calls_land_without_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_slot_migration_calls_fail_unrun_and_the_engine_serves_on() {
     let cluster = private_cluster(10);
-    let app = spawn_app_on(
-        &database_url(),
-        &[("REDIS_URL", cluster.url.as_str()), ("STAMPEDE_REDIS_POOL", "4")],
-    )
-    .await;
-    let sale = app.sale_id();
-    let code = app.code_for("migrant", 1).await;
-    let sold = app.sale_key(sale, ":sold");
-    let slot = fred::util::redis_keyslot(sold.as_bytes());
-    let ports: Vec<u16> = (cluster.port..cluster.port + 3).collect();
-    let primaries = primaries(&app.ctx.redis).await.expect("slots");
-    let from = primary_of(&primaries, &sold).server.port;
-    let to = *ports.iter().find(|p| **p != from).expect("another primary");
+    let SlotToMove {
+        app,
+        code,
+        sold,
+        slot,
+        from,
+        to,
+        ports,
+    } = slot_to_move(&cluster, "migrant").await;
     migrate_slot_keys(&cluster, slot, from, to);
     println!("slot {slot} of {sold} migrating from :{from} to :{to}");
 
