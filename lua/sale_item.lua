@@ -11,19 +11,21 @@
 -- a reservation from it whoever asks.
 --
 -- ops:
--- checkout: the item's checks of a checkout (ITEM_NOT_FOUND, ITEM_SOLD); OK
---           writes the code record. Records the attempt, accepted or
---           refused: the user's part recorded nothing for an attempt it let
---           through. Opens the part.
+-- checkout: the item's checks of a checkout (ITEM_NOT_FOUND, ITEM_SOLD),
+--           which come first as in checkout.lua; OK writes the code record
+--           and records nothing: the user's checks come next, and the
+--           user's part records the attempt. A refusal is recorded here
+--           (the attempt ends here). Opens the part.
 -- spend:    purchase.lua without the user's limit, which the user's part
 --           reserved: OK spends the code, marks the item sold and records the
 --           purchase. A spent code answers SPENT; a code that can never be
 --           spent (ITEM_SOLD, CODE_EXPIRED, SALE_OVER, unknown) is made void
 --           in the same step and answers VOID with the reason; OUTBOX_FULL
 --           changes nothing (the reservation waits for a retry or the sweeper).
--- void:     the sweeper's question for a reservation left behind: SPENT if
---           the code was spent, else the code is made void (if not already)
---           and the answer is VOID, so it can never be spent later.
+-- void:     the sweeper's question for a reservation left behind, and the
+--           end of a checkout the user's part refused: SPENT if the code was
+--           spent, else the code is made void (if not already) and the
+--           answer is VOID, so it can never be spent later.
 --
 -- Redis does not roll back a script that fails half-way, so each request's
 -- reads and checks come before its writes, and nothing here raises an error:
@@ -38,7 +40,7 @@
 --       expires_ms, code_ttl_ms, sale_ttl_ms, refused attempts' bound.
 -- Reply: checkout {outcome}; spend {'OK', item}, {'SPENT'},
 --       {'VOID', reason} or {'OUTBOX_FULL'}; void {'SPENT'} or {'VOID', reason}.
--- Events: sale_opened, checkout, purchase.
+-- Events: sale_opened, checkout (refused at the item's checks), purchase.
 local sales = {}
 
 local function checkout(meta, sold, code_key, a)
@@ -74,14 +76,13 @@ local function checkout(meta, sold, code_key, a)
     -- Every part records the opening; the sink keeps the first per sale.
     emit('sale_opened', {sale_id, ARGV[a + 4], ARGV[a + 5], items, limit, now})
   end
-  local issued_code, expires = '', ''
   if outcome == 'OK' then
-    issued_code, expires = ARGV[a + 10], ARGV[a + 11]
-    -- The limit the user's part checked the code against (its ticket's).
-    redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. ARGV[a + 7],
+    -- The limit the user's part checks the code against (its ticket's).
+    redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. ARGV[a + 11] .. S .. ARGV[a + 7],
       'PX', ARGV[a + 12])
+  else
+    emit('checkout', {sale_id, user, item_arg, outcome, '', '', now})
   end
-  emit('checkout', {sale_id, user, item_arg, outcome, issued_code, expires, now})
   return {outcome}
 end
 

@@ -15,12 +15,11 @@
 -- the ones a crash or an unknown outcome left behind.
 --
 -- ops:
--- issue:   the user's checks of a checkout (USER_LIMIT_REACHED counting the
+-- issue:   the user's checks of a checkout, once the item's part has
+--          passed it and written the code (USER_LIMIT_REACHED counting the
 --          reserved, TOO_MANY_CHECKOUTS); OK writes the ticket and counts the
---          code, and records nothing: the item's part records the attempt. A
---          refusal is recorded here (the attempt ends here). Opens the part.
--- release: the item's part refused the checkout: the ticket (never handed
---          out) is removed and the code uncounted. Idempotent.
+--          code. Records the attempt, accepted or refused: the item's part
+--          recorded nothing for an attempt it let through. Opens the part.
 -- reserve: p + r < limit, else USER_LIMIT_REACHED; the code's ticket moves
 --          to reserved and r grows. A repeat for a reserved code answers
 --          RESERVED again (the existing reservation); a bought one CODE_USED,
@@ -42,9 +41,9 @@
 --       starts_ms, ends_ms, items, per_user_limit, user_id, item_id, code,
 --       expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user, refused
 --       attempts' bound (events), verdict (settle).
--- Reply: issue {outcome}; release {'OK'}; reserve {'RESERVED', item,
+-- Reply: issue {outcome}; reserve {'RESERVED', item,
 --       purchased} or {refusal}; settle {'OK', purchased}.
--- Events: sale_opened, checkout (refused at the user's checks).
+-- Events: sale_opened, checkout (passed by the item's checks).
 local sales = {}
 
 local function issue(meta, users, ticket, zset, a)
@@ -85,26 +84,14 @@ local function issue(meta, users, ticket, zset, a)
     -- Every part records the opening; the sink keeps the first per sale.
     emit('sale_opened', {sale_id, ARGV[a + 4], ARGV[a + 5], items, limit, now})
   end
+  local issued_code, expires = '', ''
   if outcome == 'OK' then
-    redis.call('SET', ticket, sale_id .. S .. user .. S .. item_arg .. S .. ARGV[a + 11] .. S .. limit,
-      'PX', ARGV[a + 12])
+    issued_code, expires = ARGV[a + 10], ARGV[a + 11]
+    redis.call('SET', ticket, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit, 'PX', ARGV[a + 12])
     redis.call('HINCRBY', users, 'c:' .. user, 1)
-  else
-    emit('checkout', {sale_id, user, item_arg, outcome, '', '', now})
   end
+  emit('checkout', {sale_id, user, item_arg, outcome, issued_code, expires, now})
   return {outcome}
-end
-
-local function release(users, ticket)
-  local stored = redis.call('GET', ticket)
-  if stored then
-    local f = split(stored)
-    if not f[6] then
-      redis.call('DEL', ticket)
-      redis.call('HINCRBY', users, 'c:' .. f[2], -1)
-    end
-  end
-  return {'OK'}
 end
 
 local function reserve(users, ticket, zset, a)
@@ -179,8 +166,6 @@ for r = 0, n - 1 do
   local op = ARGV[a + 1]
   if op == 'issue' then
     replies[r + 1] = issue(meta, users, ticket, zset, a)
-  elseif op == 'release' then
-    replies[r + 1] = release(users, ticket)
   elseif op == 'reserve' then
     replies[r + 1] = reserve(users, ticket, zset, a)
   else

@@ -132,11 +132,15 @@ pub fn new_code(window: SaleWindow, user: &UserId, item: ItemId, split: u32) -> 
     CheckoutCode::generate_split(window.sale_id, user_part(user, split), item_part(item, split))
 }
 
-/// Checkout of a split sale: the user's checks on the user's part (which
-/// writes the code's ticket), then the item's on the item's part (which
-/// writes the code and records the attempt). If the item's part refuses, the
-/// ticket, never handed out, is released. If its outcome is unknown, the
-/// ticket stays: one code counted too many errs on the safe side of the cap.
+/// Checkout of a split sale: the item's checks on the item's part (which
+/// write the code, or record the refusal), then the user's on the user's
+/// part (which write the code's ticket and record the attempt). The item's
+/// come first, as in the unsplit checkout: a refused checkout, most of a
+/// sell-out's traffic once buyers walk past sold items, is then one call on
+/// the item's part, which consecutive items spread over every part, instead
+/// of two on the buyer's. A code the user's part refused is voided on the
+/// item's part; it was never handed out, and without a ticket it cannot be
+/// spent either way, so a failed void changes nothing.
 pub async fn checkout(
     executor: &Executor,
     keys: &Keyspace,
@@ -162,15 +166,14 @@ pub async fn checkout(
         sale_ttl_ms: (req.window.ends_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64,
         refused_bound: req.refused_bound,
     };
-    let reply = user_call(executor, &user_keys, req.code, args.user_side("issue", "")).await?;
-    outcome(&SALE_USER.lua, &reply)?;
     let reply = item_call(executor, &item_keys, req.code, args.item_side("checkout")).await?;
-    let decided = outcome(&SALE_ITEM.lua, &reply);
-    if decided.is_err() {
-        // A refusal: certain, and recorded by the item's part.
-        if let Err(e) = user_call(executor, &user_keys, req.code, args.user_side("release", "")).await {
-            tracing::warn!(error = %e, "a refused split checkout's ticket stays counted until the sale ends");
-        }
+    outcome(&SALE_ITEM.lua, &reply)?;
+    let reply = user_call(executor, &user_keys, req.code, args.user_side("issue", "")).await?;
+    let decided = outcome(&SALE_USER.lua, &reply);
+    if decided.is_err()
+        && let Err(e) = item_call(executor, &item_keys, req.code, args.item_side("void")).await
+    {
+        tracing::debug!(error = %e, "a code the user's part refused stays issued, without a ticket");
     }
     decided
 }
