@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
+use super::applied::{self, Placed};
 use super::event::{decode_stored, stored_kind};
 use super::{SinkError, SinkRegistry};
 use crate::limits::{DEAD_LETTER_TEXT_BYTES_MAX, POSTGRES_STATEMENT_TIMEOUT};
@@ -331,10 +332,18 @@ async fn replay(
     }
     let event =
         decode_stored(letter.event_id.clone(), &letter.fields, |kind| sinks.kind(kind)).map_err(ReplayError::Event)?;
-    sinks
-        .write_batch(&mut *tx, std::slice::from_ref(&event))
+    // Marked as written alone, so its entry, should it be read again, does
+    // not write it a second time (and a letter whose event Postgres already
+    // holds writes nothing).
+    let placed = [Placed {
+        entry: &letter.entry_id,
+        event: &event,
+        whole_entry: false,
+    }];
+    let fresh = applied::claim(&mut *tx, letter.shard as u64, &placed, now_ms)
         .await
         .map_err(ReplayError::Event)?;
+    sinks.write_events(&mut *tx, &fresh).await.map_err(ReplayError::Event)?;
     let resolved: Row = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE outbox_dead_letters
          SET status = 'resolved', resolved_at = to_timestamp(0) + $2 * interval '1 millisecond'

@@ -27,6 +27,7 @@ use fred::types::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::applied::{self, Placed};
 use super::dead_letters::{self, DeadLetter, NewDeadLetter, RetryError};
 use super::event::{decode_entry, decode_read_reply};
 use super::{CONSUMER_GROUP, OutboxEntry, OutboxEvent, SinkError, SinkRegistry};
@@ -214,23 +215,32 @@ impl Flusher {
             }
         }
         let started = Instant::now();
-        let events: Vec<OutboxEvent> = batch.iter().flat_map(|e| e.events.iter().cloned()).collect();
+        let placed: Vec<Placed> = batch
+            .iter()
+            .flat_map(|entry| {
+                entry.events.iter().map(|event| Placed {
+                    entry: entry.entry_id.as_str(),
+                    event,
+                    whole_entry: entry.undecodable.is_empty(),
+                })
+            })
+            .collect();
+        let events: Vec<&OutboxEvent> = placed.iter().map(|p| p.event).collect();
         let mut set_aside: Vec<NewDeadLetter> = Vec::new();
         let mut held: HashSet<String> = HashSet::new();
         let mut first_held_error = String::new();
         let mut written = events.len();
         if !events.is_empty() {
-            match self.write(&events).await {
+            match self.write(shard, &placed).await {
                 Ok(()) => self.forget_failures(shard),
                 Err(e) if e.is_data_error() => {
-                    let poison = self.narrow(&events, e).await?;
+                    let poison = self.narrow(shard, &placed, e).await?;
                     written -= poison.len();
                     let now = self.clock.now_ms();
                     let ids: Vec<String> = poison.iter().map(|(i, _)| events[*i].event_id().to_owned()).collect();
                     let known = dead_letters::already_set_aside(&self.postgres, &ids)
                         .await
                         .map_err(SinkError::Postgres)?;
-                    let entry_of = entry_ids(&batch);
                     let mut failures = self.failures_of(shard);
                     let mut still: HashMap<String, Failure> = HashMap::new();
                     for (index, error) in poison {
@@ -247,7 +257,7 @@ impl Flusher {
                             set_aside.push(NewDeadLetter {
                                 event_id: id,
                                 shard: shard.index(),
-                                entry_id: entry_of[index].to_owned(),
+                                entry_id: placed[index].entry.to_owned(),
                                 fields: event.raw_fields(),
                                 error: error.to_string(),
                                 attempts: failure.attempts,
@@ -334,7 +344,12 @@ impl Flusher {
     /// down to the events that fail alone; returns those with their errors.
     /// About two writes per halving per bad event. A fault of the moment on
     /// the way stops it: the whole batch then stays pending and is retried.
-    async fn narrow(&self, events: &[OutboxEvent], failed: FlushError) -> Result<Vec<(usize, FlushError)>, FlushError> {
+    async fn narrow(
+        &self,
+        shard: Shard,
+        events: &[Placed<'_>],
+        failed: FlushError,
+    ) -> Result<Vec<(usize, FlushError)>, FlushError> {
         let mut poison = Vec::new();
         let mut failing = vec![(0, events.len(), failed)];
         while let Some((lo, hi, error)) = failing.pop() {
@@ -345,7 +360,15 @@ impl Flusher {
             let mid = lo + (hi - lo) / 2;
             let mut halves = Vec::new();
             for (a, b) in [(lo, mid), (mid, hi)] {
-                match self.write(&events[a..b]).await {
+                // A half may end inside an entry: each event is marked alone.
+                let half: Vec<Placed> = events[a..b]
+                    .iter()
+                    .map(|p| Placed {
+                        whole_entry: false,
+                        ..*p
+                    })
+                    .collect();
+                match self.write(shard, &half).await {
                     Ok(()) => {}
                     Err(e) if e.is_data_error() => halves.push((a, b, e)),
                     Err(e) => return Err(e),
@@ -472,11 +495,17 @@ impl Flusher {
             .collect())
     }
 
-    async fn write(&self, batch: &[OutboxEvent]) -> Result<(), FlushError> {
+    /// Writes `events` in one transaction, less those Postgres already holds
+    /// (see [`applied`]), and marks them held in the same transaction.
+    async fn write(&self, shard: Shard, events: &[Placed<'_>]) -> Result<(), FlushError> {
         let sinks = self.sinks.clone();
-        postgres::commit_batch(&self.postgres, POSTGRES_STATEMENT_TIMEOUT, batch, move |tx, batch| {
+        let now_ms = self.clock.now_ms();
+        postgres::commit_batch(&self.postgres, POSTGRES_STATEMENT_TIMEOUT, events, move |tx, events| {
             let sinks = sinks.clone();
-            Box::pin(async move { sinks.write_batch(tx, batch).await })
+            Box::pin(async move {
+                let fresh = applied::claim(&mut *tx, shard.index(), events, now_ms).await?;
+                sinks.write_events(tx, &fresh).await
+            })
         })
         .await
         .map_err(|e| match e {
@@ -484,6 +513,28 @@ impl Flusher {
             BatchError::Write(e) => FlushError::Sink(e),
             BatchError::Timeout(limit) => FlushError::Timeout(limit),
         })
+    }
+
+    /// Drops the markers of entries older than the shard's oldest entry still
+    /// in the stream (see [`applied`]). With the stream empty it waits for
+    /// the next time: an entry appended and written meanwhile would be newer
+    /// than any bound read now, but no entry says where that bound is.
+    async fn forget_markers(&self, shard: Shard) -> Result<(), FlushError> {
+        let first: Value = self.redis.xrange(self.keys.outbox(shard), "-", "+", Some(1)).await?;
+        let oldest = match first {
+            Value::Array(entries) => match entries.into_iter().next() {
+                Some(Value::Array(entry)) => entry.into_iter().next().and_then(|id| id.into_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(oldest) = oldest {
+            let dropped = applied::forget_before(&self.postgres, shard.index(), &oldest)
+                .await
+                .map_err(SinkError::Postgres)?;
+            tracing::debug!(shard = shard.index(), dropped, "outbox markers dropped");
+        }
+        Ok(())
     }
 
     /// Takes over entries that another consumer has held longer than the
@@ -545,6 +596,9 @@ impl Flusher {
                 if let Err(e) = self.claim_abandoned(shard).await {
                     tracing::warn!(shard = shard.index(), error = %e, "XAUTOCLAIM failed");
                 }
+                if let Err(e) = self.forget_markers(shard).await {
+                    tracing::warn!(shard = shard.index(), error = %e, "outbox markers not dropped; next time");
+                }
             }
             match self.flush_from(shard, reader, Some(READ_BLOCK)).await {
                 Ok(_) => backoff = FLUSH_RETRY_BACKOFF_MIN,
@@ -590,12 +644,4 @@ async fn dead_letter_gauge(flusher: Arc<Flusher>, mut shutdown: watch::Receiver<
 
 fn event_count(entries: &[OutboxEntry]) -> usize {
     entries.iter().map(OutboxEntry::event_count).sum()
-}
-
-/// The entry id of each decoded event of `batch`, in the batch's order.
-fn entry_ids(batch: &[OutboxEntry]) -> Vec<&str> {
-    batch
-        .iter()
-        .flat_map(|entry| entry.events.iter().map(|_| entry.entry_id.as_str()))
-        .collect()
 }

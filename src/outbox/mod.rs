@@ -7,9 +7,12 @@
 //! - `sinks`: the `Sink` trait (and `SinkFn`, the sink a feature builds from
 //!   its event kinds and a write function), and the registry that
 //!   dispatches each event kind to its sink.
+//! - `applied`: the markers that say which entries and events Postgres
+//!   already holds, so that each event reaches its sink once.
 //! - `dead_letters`: the events set aside, and the functions that list,
 //!   count and replay them.
 
+mod applied;
 pub mod dead_letters;
 mod event;
 pub mod flusher;

@@ -10,8 +10,10 @@ use sqlx::PgConnection;
 use super::{EventKind, OutboxEvent, SinkError};
 
 /// Where a feature's outbox events land in Postgres. `write` runs inside the
-/// flusher's transaction and must be idempotent on the event id: a batch is
-/// written again after a crash between COMMIT and the acknowledgement.
+/// flusher's transaction and gets each event once: the flusher leaves out
+/// the events Postgres already holds (an entry read again after a crash
+/// between COMMIT and the acknowledgement), by markers it commits in the
+/// same transaction (`outbox::applied`).
 pub trait Sink: Send + Sync + 'static {
     fn kinds(&self) -> &'static [EventKind];
 
@@ -90,9 +92,9 @@ impl SinkRegistry {
 
     /// Writes one batch inside the caller's transaction: each sink gets its
     /// events in one call, in the order the sinks were registered.
-    pub async fn write_batch(&self, tx: &mut PgConnection, batch: &[OutboxEvent]) -> Result<(), SinkError> {
+    pub async fn write_events(&self, tx: &mut PgConnection, batch: &[&OutboxEvent]) -> Result<(), SinkError> {
         let mut per_sink: Vec<Vec<&OutboxEvent>> = vec![Vec::new(); self.sinks.len()];
-        for event in batch {
+        for &event in batch {
             let (index, _) = self
                 .kinds
                 .get(event.kind())

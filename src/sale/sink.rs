@@ -1,5 +1,6 @@
-//! Writes the sale's outbox events to Postgres. Each insert is keyed by the
-//! event id, so a batch replayed after a crash changes nothing.
+//! Writes the sale's outbox events to Postgres. The flusher hands each event
+//! over once (its markers, `outbox::applied`), so attempts and purchases are
+//! plain inserts, with no unique index on the event id to keep up.
 
 use std::sync::Arc;
 
@@ -67,8 +68,7 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
              SELECT e, s, u, i, o, c, to_timestamp(0) + x * interval '1 millisecond',
                     to_timestamp(0) + a * interval '1 millisecond'
              FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                         $7::bigint[], $8::bigint[]) AS t(e, s, u, i, o, c, x, a)
-             ON CONFLICT (event_id) DO NOTHING",
+                         $7::bigint[], $8::bigint[]) AS t(e, s, u, i, o, c, x, a)",
         )
         .bind(&attempts.event_id)
         .bind(&attempts.sale_id)
@@ -82,14 +82,13 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
         .await?;
     }
     if !purchases.event_id.is_empty() {
-        // Conflicts on event_id only: a second purchase of one item under
-        // another event id must fail loudly, never vanish.
+        // No ON CONFLICT: a second purchase of one item must fail loudly
+        // (purchases_one_per_item), never vanish.
         sqlx::query(
             "INSERT INTO purchases (event_id, sale_id, item_id, user_id, code, purchased_at)
              SELECT e, s, i, u, c, to_timestamp(0) + a * interval '1 millisecond'
              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[])
-                  AS t(e, s, i, u, c, a)
-             ON CONFLICT (event_id) DO NOTHING",
+                  AS t(e, s, i, u, c, a)",
         )
         .bind(&purchases.event_id)
         .bind(&purchases.sale_id)

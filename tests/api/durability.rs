@@ -217,6 +217,114 @@ async fn kill_9_with_unflushed_outbox_loses_nothing() {
     let _ = redis.quit().await;
 }
 
+/// `kill -9` while Postgres commits a batch (held at COMMIT by a deferred
+/// trigger that sleeps once per transaction), so the batch's rows commit
+/// and its entries are never acknowledged; the next engine reads them again.
+/// Each row is in Postgres once: the write finds its entries' markers and
+/// writes nothing the second time (the sale's tables have no unique index
+/// on the event id that would catch a second copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_committed_but_never_acknowledged_is_written_once() {
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let redis = redis_client().await;
+    let mut first = EngineProcess::start(&db_url, &name, "engine-a", &[]).await;
+    let db = sqlx::PgPool::connect(&db_url).await.expect("db");
+    for statement in [
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF current_setting('test.slept', true) IS DISTINCT FROM 'yes' THEN
+             PERFORM set_config('test.slept', 'yes', true);
+             PERFORM pg_sleep(3);
+           END IF;
+           RETURN NULL;
+         END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON purchases
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    ] {
+        sqlx::query(statement).execute(&db).await.expect("slow commit trigger");
+    }
+
+    let http = http_client();
+    const BOUGHT: u32 = 20;
+    for item in 1..=BOUGHT {
+        let reply = buy(&http, first.addr, &format!("u{item}"), item).await.expect("buy");
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    // The flusher is inside COMMIT once a backend sleeps in the trigger.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        )
+        .fetch_one(&db)
+        .await
+        .expect("pg_stat_activity");
+        if sleeping > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no batch reached COMMIT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill_9();
+    // Postgres finishes the COMMIT without its client.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let committed = loop {
+        let purchases: i64 = sqlx::query_scalar("SELECT count(*) FROM purchases")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        if purchases > 0 {
+            break purchases;
+        }
+        assert!(Instant::now() < deadline, "the held batch never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        outbox_backlog(&redis, &name).await > 0,
+        "the committed batch's entries were never acknowledged"
+    );
+    sqlx::query("DROP TRIGGER slow_commit ON purchases")
+        .execute(&db)
+        .await
+        .expect("drop trigger");
+
+    // Another consumer takes the dead one's entries over and writes them.
+    let mut second = EngineProcess::start(&db_url, &name, "engine-b", &[("STAMPEDE_FLUSH_CLAIM_IDLE_MS", "500")]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_backlog(&redis, &name).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (purchases, items): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT item_id) FROM purchases")
+        .fetch_one(&db)
+        .await
+        .expect("purchases");
+    let (attempts, events): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM checkout_attempts")
+            .fetch_one(&db)
+            .await
+            .expect("attempts");
+    println!(
+        "{committed} purchases committed before the kill; after the restart: {purchases} purchases, {attempts} attempts"
+    );
+    assert_eq!(
+        (purchases, items),
+        (i64::from(BOUGHT), i64::from(BOUGHT)),
+        "each purchase once"
+    );
+    assert_eq!(
+        (attempts, events),
+        (i64::from(BOUGHT), i64::from(BOUGHT)),
+        "each attempt once"
+    );
+    db.close().await;
+    assert!(second.terminate().success(), "SIGTERM exits 0");
+    drop_database(&database_url(), &name).await;
+    delete_keys(&redis, &name).await;
+    let _ = redis.quit().await;
+}
+
 /// The most events one entry of any outbox shard of `prefix` holds (a
 /// batched entry is `kind, values` pairs).
 async fn largest_outbox_entry(redis: &fred::clients::Client, prefix: &str) -> usize {

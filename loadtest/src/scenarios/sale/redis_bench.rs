@@ -138,8 +138,11 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         cfg.clients.to_string(),
         "-n".into(),
         cfg.requests.to_string(),
+        // Below 2^31: redis-benchmark reads -r as a C int, and a larger value
+        // wraps to a negative one, which turns `__rand_int__` off (every call
+        // then shares one mark and all but the first answer SEEN).
         "-r".into(),
-        "999999999999".into(),
+        "2000000000".into(),
         "-q".into(),
         "--csv".into(),
     ];
@@ -158,7 +161,7 @@ pub async fn run(client: &fred::prelude::Client, cfg: &BaselineConfig) -> Baseli
         // The batch protocol (src/redis/executor.rs): the outbox and its
         // counter, then one request's code, sold bitmap and users hash, then
         // the call's mark (redis-benchmark puts a new random number below
-        // 10^12 in place of each `__rand_int__`: two of them, so no two calls
+        // 2*10^9 in place of each `__rand_int__`: two of them, so no two calls
         // of a run share a mark); a batch of 1, the
         // outbox bound, then now, the active sale, the code, then the mark's
         // lifetime (ms).
