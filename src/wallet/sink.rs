@@ -98,8 +98,9 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
         }
     }
     if !entries.event_id.is_empty() {
-        // Conflicts on event_id only: a second entry for one reference under
-        // another event id must fail loudly, never vanish.
+        // No ON CONFLICT: the flusher hands each event over once (its
+        // markers), and a second entry for one reference, or under one
+        // transaction id, must fail loudly, never vanish.
         sqlx::query(
             "INSERT INTO wallet_entries
                  (event_id, transaction_id, seq, player_id, currency, type, reference_id, amount_minor,
@@ -110,8 +111,7 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
                          $14::bigint[], $15::text[], $16::bigint[])
-                  AS u(e, t, s, p, c, ty, r, a, cd, bd, ca, ba, b, w, d, at)
-             ON CONFLICT (event_id) DO NOTHING",
+                  AS u(e, t, s, p, c, ty, r, a, cd, bd, ca, ba, b, w, d, at)",
         )
         .bind(&entries.event_id)
         .bind(&entries.tx)
