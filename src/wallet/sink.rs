@@ -1,9 +1,9 @@
 //! Writes the wallet's outbox events to Postgres: the ledger
 //! (`wallet_entries`, append-only), the balances it reached
-//! (`wallet_accounts`) and each bonus's latest state (`bonuses`). Entries are
-//! keyed by event id, so a batch replayed after a crash changes nothing; the
-//! two upserts only move forward (`seq` / `version`), so an older event never
-//! overwrites a newer one.
+//! (`wallet_accounts`) and each bonus's latest state (`bonuses`). The flusher
+//! hands each event over once (its markers), so entries are plain inserts;
+//! the two upserts only move forward (`seq` / `version`), so an older event
+//! never overwrites a newer one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
