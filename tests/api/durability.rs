@@ -1,5 +1,6 @@
-//! Nothing a client was told succeeded is lost: not when the engine is
-//! killed, not when Redis forgets its scripts. (Redis killed or cut off,
+//! Nothing a client was told succeeded is lost, and nothing is recorded
+//! twice: not when the engine is killed (before or during a commit), not
+//! when Redis forgets its scripts. (Redis killed or cut off,
 //! Postgres down: see the fault suite, `tests/api/faults/`.)
 
 use std::collections::{HashMap, HashSet};
