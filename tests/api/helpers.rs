@@ -285,6 +285,14 @@ impl Reply {
     pub fn error_code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
+
+    /// The `Retry-After` header in whole seconds, when there is one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
 }
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

@@ -149,12 +149,7 @@ impl Buyer {
     /// patience is spent.
     async fn wait(&self, reply: &Reply, why: &str) {
         self.keep_patience(reply, why);
-        let secs = reply
-            .headers
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1);
+        let secs = reply.retry_after_secs().unwrap_or(1);
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
 
@@ -625,12 +620,7 @@ async fn too_many_checkouts_says_when_to_come_back() {
         (refused.status, refused.error_code()),
         (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_CHECKOUTS")
     );
-    let retry_after = refused
-        .headers
-        .get(hyper::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    assert_eq!(retry_after, Some(59));
+    assert_eq!(refused.retry_after_secs(), Some(59));
     // Another user is not held back by the first one's codes.
     let other = app.post("/checkout?user_id=someone&id=1").await;
     assert_eq!(other.status, StatusCode::OK, "{:?}", other.body);

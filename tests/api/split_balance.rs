@@ -345,12 +345,7 @@ async fn order_one(http: &HttpClient, addr: SocketAddr, id: u64, buyer: &str) ->
             return reply;
         }
         assert!(Instant::now() < deadline, "{buyer}: still shed after 60 s");
-        let secs = reply
-            .headers
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1);
+        let secs = reply.retry_after_secs().unwrap_or(1);
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
 }
