@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Executor, PgConnection, PgPool, Postgres};
 
 use crate::config::Config;
 use crate::limits::POSTGRES_STATEMENT_TIMEOUT;
@@ -72,10 +73,22 @@ where
     let mut attempt = 1;
     loop {
         let run = async {
-            let mut tx = pool.begin().await?;
-            let value = write(&mut tx, batch).await.map_err(BatchError::Write)?;
-            tx.commit().await?;
-            Ok::<T, BatchError<E>>(value)
+            let mut tx = Batch::begin(pool).await?;
+            match write(tx.connection(), batch).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok::<T, BatchError<E>>(value)
+                }
+                Err(e) => {
+                    // The write's error is what the caller acts on. A
+                    // rollback that fails leaves the connection to be
+                    // closed, which rolls back too.
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::debug!(error = %rollback, "rollback failed; the connection is closed");
+                    }
+                    Err(BatchError::Write(e))
+                }
+            }
         };
         let result = tokio::time::timeout(timeout, run)
             .await
@@ -86,6 +99,54 @@ where
                 attempt += 1;
             }
             other => return other,
+        }
+    }
+}
+
+/// One batch's transaction on a pooled connection. Dropped before its
+/// `COMMIT` or `ROLLBACK` was acknowledged (the batch's deadline passed, or
+/// the task running it was cancelled), it closes its connection, and Postgres
+/// rolls the transaction back when the session ends. It is never handed back
+/// to the pool: sqlx's own transaction returns a connection whose `BEGIN` was
+/// sent but not yet acknowledged to the pool still inside that transaction,
+/// and every later statement on it then runs in one transaction that never
+/// commits, holding its locks.
+struct Batch {
+    conn: PoolConnection<Postgres>,
+    ended: bool,
+}
+
+impl Batch {
+    async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut tx = Batch {
+            conn: pool.acquire().await?,
+            ended: false,
+        };
+        tx.conn.execute("BEGIN").await?;
+        Ok(tx)
+    }
+
+    fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("COMMIT").await?;
+        self.ended = true;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.conn.execute("ROLLBACK").await?;
+        self.ended = true;
+        Ok(())
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
         }
     }
 }

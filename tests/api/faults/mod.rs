@@ -1,7 +1,8 @@
 //! The fault suite: the engine under a mixed load (purchases, orders with and
 //! without `Idempotency-Key`, wallet transactions) while real faults happen
 //! to it: Redis connections cut mid-call, Redis killed and restarted,
-//! Postgres stopped, a slow Redis link, a flood, a misconfigured Redis.
+//! Postgres stopped or slow to answer, a slow Redis link, a flood, a
+//! misconfigured Redis.
 //!
 //! Every client keeps its own record of what it was told: the acknowledged
 //! purchases, orders and transactions, and each 503 with what it needs to
@@ -21,6 +22,7 @@ mod eviction_policy;
 mod flood;
 mod latency;
 mod postgres_outage;
+mod postgres_stall;
 pub(crate) mod proxy;
 mod redis_kill;
 

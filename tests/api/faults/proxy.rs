@@ -1,4 +1,4 @@
-//! A TCP proxy between the engine and Redis whose faults are switched at run
+//! A TCP proxy between the engine and Redis (or Postgres) whose faults are switched at run
 //! time: cut every open connection at once, refuse new ones for a while,
 //! delay every chunk each way, or cut the connection of chosen script calls
 //! right before or right after they reach Redis. Real sockets, real resets:
