@@ -1,9 +1,10 @@
 //! Writes the wallet's outbox events to Postgres: the ledger
-//! (`wallet_entries`, append-only), the balances it reached
-//! (`wallet_accounts`) and each bonus's latest state (`bonuses`). The flusher
-//! hands each event over once (its markers), so entries are plain inserts;
-//! the two upserts only move forward (`seq` / `version`), so an older event
-//! never overwrites a newer one.
+//! (`wallet_entries`, append-only) and each bonus's latest state
+//! (`bonuses`). The balances an account reached are its latest entry's
+//! (the `wallet_accounts` view), so they cost no write of their own. The
+//! flusher hands each event over once (its markers), so entries are plain
+//! inserts; the bonus upsert only moves forward (`version`), so an older
+//! event never overwrites a newer one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,36 +54,18 @@ const KINDS: &[EventKind] = &[
     },
 ];
 
-/// Where the wallet's events land: `wallet_entries`, `wallet_accounts`,
-/// `bonuses`.
+/// Where the wallet's events land: `wallet_entries`, `bonuses`.
 pub fn sink() -> Arc<dyn Sink> {
     Arc::new(SinkFn::new(KINDS, |tx, events| Box::pin(write(tx, events))))
 }
 
 async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
     let mut entries = EntryRows::default();
-    // Latest per account / per bonus in this batch: one upsert may not touch
-    // a row twice.
-    let mut accounts: HashMap<(String, String), (i64, i64, i64, i64)> = HashMap::new();
+    // Latest per bonus in this batch: one upsert may not touch a row twice.
     let mut bonuses: HashMap<String, &OutboxEvent> = HashMap::new();
     for event in events {
         match event.kind() {
-            "wallet_entry" => {
-                let seq = entries.push(event)?;
-                let key = (event.text("player")?.to_owned(), event.text("currency")?.to_owned());
-                let row = (
-                    seq,
-                    event.int("cash_after")?,
-                    event.int("bonus_after")?,
-                    event.int("at")?,
-                );
-                match accounts.get(&key) {
-                    Some(existing) if existing.0 >= seq => {}
-                    _ => {
-                        accounts.insert(key, row);
-                    }
-                }
-            }
+            "wallet_entry" => entries.push(event)?,
             "bonus_state" => {
                 let version: i64 = event.int("version")?;
                 let id = event.text("bonus")?.to_owned();
@@ -99,8 +82,9 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
     }
     if !entries.event_id.is_empty() {
         // No ON CONFLICT: the flusher hands each event over once (its
-        // markers), and a second entry for one reference, or under one
-        // transaction id, must fail loudly, never vanish.
+        // markers), and a second entry for one reference, or a second copy
+        // of one (an account's sequence number twice), must fail loudly,
+        // never vanish.
         sqlx::query(
             "INSERT INTO wallet_entries
                  (event_id, transaction_id, seq, player_id, currency, type, reference_id, amount_minor,
@@ -129,39 +113,6 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
         .bind(&entries.wagered_delta)
         .bind(&entries.detail)
         .bind(&entries.at_ms)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !accounts.is_empty() {
-        // Sorted, so concurrent flushers lock rows in one order.
-        let mut rows: Vec<_> = accounts.into_iter().collect();
-        rows.sort();
-        let (mut player, mut currency, mut seq, mut cash, mut bonus, mut at) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((p, c), (s, ca, bo, a)) in rows {
-            player.push(p);
-            currency.push(c);
-            seq.push(s);
-            cash.push(ca);
-            bonus.push(bo);
-            at.push(a);
-        }
-        sqlx::query(
-            "INSERT INTO wallet_accounts (player_id, currency, cash_minor, bonus_minor, seq, updated_at)
-             SELECT p, c, ca, bo, s, to_timestamp(0) + a * interval '1 millisecond'
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-                  AS u(p, c, ca, bo, s, a)
-             ON CONFLICT (player_id, currency) DO UPDATE
-             SET cash_minor = EXCLUDED.cash_minor, bonus_minor = EXCLUDED.bonus_minor,
-                 seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
-             WHERE wallet_accounts.seq < EXCLUDED.seq",
-        )
-        .bind(&player)
-        .bind(&currency)
-        .bind(&cash)
-        .bind(&bonus)
-        .bind(&seq)
-        .bind(&at)
         .execute(&mut *tx)
         .await?;
     }
@@ -226,9 +177,9 @@ struct EntryRows {
 }
 
 impl EntryRows {
-    /// Adds an entry; returns its sequence number (the `<n>` of the
-    /// transaction id `<shard>-<n>`).
-    fn push(&mut self, e: &OutboxEvent) -> Result<i64, SinkError> {
+    /// Adds an entry; its sequence number is the `<n>` of the transaction
+    /// id `<shard>-<n>`.
+    fn push(&mut self, e: &OutboxEvent) -> Result<(), SinkError> {
         let tx = e.text("tx")?;
         let seq = tx
             .split_once('-')
@@ -254,7 +205,7 @@ impl EntryRows {
         self.wagered_delta.push(e.int("wagered_delta")?);
         self.detail.push(e.optional_text("detail")?);
         self.at_ms.push(e.int("at")?);
-        Ok(seq)
+        Ok(())
     }
 }
 
