@@ -1,8 +1,10 @@
-//! Writes the orders' outbox events to Postgres, idempotently: replaying a
-//! batch (after a crash between COMMIT and acknowledgement) changes nothing.
+//! Writes the orders' outbox events to Postgres. The flusher hands each
+//! event over once (its markers), even when a batch is read again after a
+//! crash between COMMIT and acknowledgement.
 //!
-//! An `order` event carries the whole order with its new status, so rows
-//! are upserted: a hold's final status wins over `reserved` whichever event
+//! An `order` event carries the whole order with its new status. A buy-now
+//! order has one event in its life, so its row is a plain insert. A hold's
+//! rows are upserted: its final status wins over `reserved` whichever event
 //! lands first (a dead engine's pending entries may be claimed and written
 //! after newer ones), and a terminal status is never overwritten (a hold
 //! leaves `reserved` once).
@@ -41,7 +43,7 @@ const KINDS: &[EventKind] = &[
 /// `transactions` (the settlement feature's table, the contract between the
 /// two) for its product's merchant, with a fee of `fee_bps` basis points
 /// rounded down, in the same transaction as the order row. Keyed by the
-/// order id, so a replay inserts nothing twice.
+/// order id: a second row for one order fails loudly.
 pub fn sink(fee_bps: i64) -> Arc<dyn Sink> {
     Arc::new(SinkFn::new(KINDS, move |tx, events| {
         Box::pin(write(tx, events, fee_bps))
@@ -61,6 +63,60 @@ struct OrderRows {
     at_ms: Vec<i64>,
     key: Vec<Option<String>>,
     event_id: Vec<String>,
+}
+
+/// The orders insert, for [`INSERT_ORDERS`] and [`UPSERT_ORDERS`].
+macro_rules! insert_orders {
+    () => {
+        "INSERT INTO orders (id, product_id, buyer_id, quantity, total_amount_cents, status,
+                         created_at, expires_at, updated_at, idempotency_key, event_id)
+     SELECT i::uuid, p, b, q, t, s,
+            to_timestamp(0) + c * interval '1 millisecond',
+            to_timestamp(0) + x * interval '1 millisecond',
+            to_timestamp(0) + a * interval '1 millisecond', k, e
+     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::int[], $5::bigint[], $6::text[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[])
+          AS t(i, p, b, q, t, s, c, x, a, k, e)"
+    };
+}
+
+const INSERT_ORDERS: &str = insert_orders!();
+
+/// A hold's row leaves `reserved` once, whichever of its events lands first.
+const UPSERT_ORDERS: &str = concat!(
+    insert_orders!(),
+    " ON CONFLICT (id) DO UPDATE
+        SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, event_id = EXCLUDED.event_id
+        WHERE orders.status = 'reserved' AND EXCLUDED.status <> 'reserved'"
+);
+
+impl OrderRows {
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.id)
+            .bind(&self.product)
+            .bind(&self.buyer)
+            .bind(&self.quantity)
+            .bind(&self.total)
+            .bind(&self.status)
+            .bind(&self.created_ms)
+            .bind(&self.expires_ms)
+            .bind(&self.at_ms)
+            .bind(&self.key)
+            .bind(&self.event_id)
+    }
+}
+
+/// The completed orders of a batch: one `transactions` row each.
+#[derive(Default)]
+struct PaidRows {
+    id: Vec<String>,
+    product: Vec<i64>,
+    total: Vec<i64>,
+    at_ms: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -96,52 +152,54 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
             other => return Err(SinkError::UnknownKind(other.to_owned())),
         }
     }
-    let mut orders = OrderRows::default();
+    // A buy-now order (completed, never held) has one event in its whole
+    // life, and the markers hand each event over once, so its row can only
+    // be new: a plain insert, which costs Postgres far less than the
+    // upsert's conflict check. A hold's events may land in any order (a dead
+    // engine's pending entries may be written after newer ones), so they go
+    // through the upsert.
+    let mut new_orders = OrderRows::default();
+    let mut held_orders = OrderRows::default();
+    let mut paid = PaidRows::default();
     for id in order_ids {
         let event = latest[id];
-        orders.id.push(id.to_owned());
-        orders.product.push(event.int("product")?);
-        orders.buyer.push(event.text("buyer")?.to_owned());
-        orders.quantity.push(event.int("quantity")?);
-        orders.total.push(event.int("total")?);
-        orders.status.push(event.text("status")?.to_owned());
-        orders.created_ms.push(event.int("created_ms")?);
-        orders.expires_ms.push(event.optional_int("expires_ms")?);
-        orders.at_ms.push(event.int("at")?);
-        orders.key.push(event.optional_text("key")?);
-        orders.event_id.push(event.event_id().to_owned());
+        let status = event.text("status")?;
+        let expires_ms = event.optional_int("expires_ms")?;
+        let rows = if status == "completed" && expires_ms.is_none() {
+            &mut new_orders
+        } else {
+            &mut held_orders
+        };
+        rows.id.push(id.to_owned());
+        rows.product.push(event.int("product")?);
+        rows.buyer.push(event.text("buyer")?.to_owned());
+        rows.quantity.push(event.int("quantity")?);
+        rows.total.push(event.int("total")?);
+        rows.status.push(status.to_owned());
+        rows.created_ms.push(event.int("created_ms")?);
+        rows.expires_ms.push(expires_ms);
+        rows.at_ms.push(event.int("at")?);
+        rows.key.push(event.optional_text("key")?);
+        rows.event_id.push(event.event_id().to_owned());
+        if status == "completed" {
+            paid.id.push(id.to_owned());
+            paid.product.push(event.int("product")?);
+            paid.total.push(event.int("total")?);
+            paid.at_ms.push(event.int("at")?);
+        }
     }
-    if !orders.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO orders (id, product_id, buyer_id, quantity, total_amount_cents, status,
-                                 created_at, expires_at, updated_at, idempotency_key, event_id)
-             SELECT i::uuid, p, b, q, t, s,
-                    to_timestamp(0) + c * interval '1 millisecond',
-                    to_timestamp(0) + x * interval '1 millisecond',
-                    to_timestamp(0) + a * interval '1 millisecond', k, e
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::int[], $5::bigint[], $6::text[],
-                         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[])
-                  AS t(i, p, b, q, t, s, c, x, a, k, e)
-             ON CONFLICT (id) DO UPDATE
-                SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, event_id = EXCLUDED.event_id
-                WHERE orders.status = 'reserved' AND EXCLUDED.status <> 'reserved'",
-        )
-        .bind(&orders.id)
-        .bind(&orders.product)
-        .bind(&orders.buyer)
-        .bind(&orders.quantity)
-        .bind(&orders.total)
-        .bind(&orders.status)
-        .bind(&orders.created_ms)
-        .bind(&orders.expires_ms)
-        .bind(&orders.at_ms)
-        .bind(&orders.key)
-        .bind(&orders.event_id)
-        .execute(&mut *tx)
-        .await?;
+    if !new_orders.id.is_empty() {
+        new_orders.bind(sqlx::query(INSERT_ORDERS)).execute(&mut *tx).await?;
+    }
+    if !held_orders.id.is_empty() {
+        held_orders.bind(sqlx::query(UPSERT_ORDERS)).execute(&mut *tx).await?;
+    }
+    if !paid.id.is_empty() {
         // Straight from the batch's completed events, without reading the
         // rows back: a completed order is terminal, so its event carries the
-        // row's final values, and a replay conflicts on the id.
+        // row's final values. An order completes once, and its event is
+        // handed over once, so a second row for it fails loudly instead of
+        // vanishing in an ON CONFLICT.
         // Money columns are bigint (migration 0009), so every total fits.
         // The fee is floor(t × bps / 10000) computed as (t / 10000) × bps +
         // (t % 10000) × bps / 10000: exact, and t × bps itself could pass
@@ -151,17 +209,15 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
             "INSERT INTO transactions (id, merchant_id, amount_cents, fee_cents, status, paid_at)
              SELECT o.i::uuid, p.merchant_id::int, o.t, (o.t / 10000) * $4 + (o.t % 10000) * $4 / 10000, 'PAID',
                     (to_timestamp(0) + o.a * interval '1 millisecond') AT TIME ZONE 'UTC'
-             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $5::bigint[], $6::text[]) AS o(i, p, t, a, s)
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $5::bigint[]) AS o(i, p, t, a)
              JOIN products p ON p.id = o.p
-             WHERE o.s = 'completed' AND p.merchant_id <= 2147483647
-             ON CONFLICT (id) DO NOTHING",
+             WHERE p.merchant_id <= 2147483647",
         )
-        .bind(&orders.id)
-        .bind(&orders.product)
-        .bind(&orders.total)
+        .bind(&paid.id)
+        .bind(&paid.product)
+        .bind(&paid.total)
         .bind(fee_bps)
-        .bind(&orders.at_ms)
-        .bind(&orders.status)
+        .bind(&paid.at_ms)
         .execute(&mut *tx)
         .await?;
     }
