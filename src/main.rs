@@ -140,6 +140,10 @@ fn serve() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Taken before anything else: a SIGHUP's default action ends the
+        // process, and an operator may send one as soon as it runs.
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let app = match App::build(config, Arc::new(SystemClock)).await {
             Ok(app) => app,
             // Each feature reads its own settings as it is built: a bad one
@@ -158,7 +162,19 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(unix)]
+        let reloading = match hangups {
+            Ok(hangups) => Some(tokio::spawn(reload_keys_on_hangup(hangups, app.key_reloader()))),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP cannot be caught: the keys file is read at start only");
+                None
+            }
+        };
         app.run_until_stopped(shutdown_signal()).await;
+        #[cfg(unix)]
+        if let Some(reloading) = reloading {
+            reloading.abort();
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
@@ -264,6 +280,21 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(workers)
             .enable_all()
             .build()
+    }
+}
+
+/// Each `SIGHUP` reads the keys file again: a key is added or removed
+/// without a restart. A file that does not parse changes nothing.
+#[cfg(unix)]
+async fn reload_keys_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reload: impl Fn() -> Result<usize, stampede::server::access::ReloadError>,
+) {
+    while hangups.recv().await.is_some() {
+        match reload() {
+            Ok(keys) => tracing::info!(keys, "SIGHUP: keys file read again; its keys are in force"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: keys file not reloaded"),
+        }
     }
 }
 

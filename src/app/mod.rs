@@ -34,7 +34,7 @@ use crate::redis::layout::LayoutError;
 use crate::redis::lua::{LuaScript, ScriptError};
 use crate::redis::settings::{RedisSettings, RedisSettingsError};
 use crate::redis::wait::WaitForReplicas;
-use crate::server::access::{self, Gate};
+use crate::server::access::{self, Gate, ReloadError};
 use crate::server::apidoc::ApiDocError;
 use crate::server::feature::Feature;
 use crate::server::route::RouterError;
@@ -225,6 +225,13 @@ impl App {
 
     pub fn flusher(&self) -> Arc<Flusher> {
         self.flusher.clone()
+    }
+
+    /// Reads the keys file again (see [`Gate::reload_keys`]); callable
+    /// while the engine serves, e.g. on `SIGHUP`.
+    pub fn key_reloader(&self) -> impl Fn() -> Result<usize, ReloadError> + Send + Sync + 'static {
+        let router = self.router.clone();
+        move || router.gate().reload_keys()
     }
 
     /// Every route, as `GET /` lists them.

@@ -20,7 +20,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hyper::header::AUTHORIZATION;
 use hyper::http::request::Parts;
@@ -163,7 +164,14 @@ pub enum KeyFileError {
     TooMany { path: String },
 }
 
-/// One key of the keys file.
+/// One line of the keys file.
+struct KeyLine {
+    name: String,
+    scopes: Vec<String>,
+    hash: [u8; 32],
+}
+
+/// One key in force.
 struct Key {
     name: &'static str,
     scopes: Vec<String>,
@@ -210,8 +218,8 @@ pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, String> {
     Ok(NewKey { secret, line })
 }
 
-fn parse_keys(path: &str, text: &str) -> Result<Vec<Key>, KeyFileError> {
-    let mut keys: Vec<Key> = Vec::new();
+fn parse_keys(path: &str, text: &str) -> Result<Vec<KeyLine>, KeyFileError> {
+    let mut keys: Vec<KeyLine> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -242,10 +250,8 @@ fn parse_keys(path: &str, text: &str) -> Result<Vec<Key>, KeyFileError> {
         if keys.len() == KEYS_MAX {
             return Err(KeyFileError::TooMany { path: path.to_owned() });
         }
-        keys.push(Key {
-            // Read once at start: the few names live as long as the engine
-            // and label its metrics without a copy per request.
-            name: Box::leak(name.to_owned().into_boxed_str()),
+        keys.push(KeyLine {
+            name: name.to_owned(),
             scopes,
             hash: digest,
         });
@@ -266,16 +272,80 @@ struct PlayerTokens {
 }
 
 /// What happened to a presented credential.
-enum Checked<'a> {
-    Key(&'a Key),
+enum Checked {
+    Key { name: &'static str, in_scope: bool },
     Player(String),
     Invalid,
 }
 
+/// Why [`Gate::reload_keys`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no keys file is configured (STAMPEDE_API_KEYS_FILE): nothing to reload")]
+    NoKeysFile,
+    #[error("{0}; the keys in force stay")]
+    Invalid(#[from] ConfigError),
+}
+
+/// The keys in force. A panic elsewhere while the lock was held leaves the
+/// map whole (it is only ever replaced), so a poisoned lock is read as is.
+fn read(keys: &RwLock<Keys>) -> std::sync::RwLockReadGuard<'_, Keys> {
+    keys.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads the keys file: its keys, each with a scope some route asks for (a
+/// typo would lock its service out). A name `previous` already holds keeps
+/// its label, so reloading does not allocate a new one per key.
+fn read_keys_file(path: &Path, scopes: &BTreeSet<&'static str>, previous: Option<&Keys>) -> Result<Keys, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))?;
+    let mut keys = HashMap::new();
+    for key in parse_keys(&shown, &text).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))? {
+        if let Some(scope) = key
+            .scopes
+            .iter()
+            .find(|s| !scopes.contains(s.as_str()) && *s != READ_SCOPE && *s != METRICS_SCOPE)
+        {
+            return Err(invalid(
+                "STAMPEDE_API_KEYS_FILE",
+                &shown,
+                format!(
+                    "key {}: no route asks for the scope {scope:?} (scopes: {}, {READ_SCOPE}, {METRICS_SCOPE})",
+                    key.name,
+                    scopes.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        // Names label metrics for the engine's whole life: each is made
+        // 'static once, and a reload reuses the ones it already has.
+        let name: &'static str = match previous.and_then(|p| p.get_key_value(key.name.as_str())) {
+            Some((name, _)) => name,
+            None => Box::leak(key.name.into_boxed_str()),
+        };
+        keys.insert(
+            name,
+            Key {
+                name,
+                scopes: key.scopes,
+                hash: key.hash,
+            },
+        );
+    }
+    Ok(keys)
+}
+
+/// The service keys in force, by name.
+type Keys = HashMap<&'static str, Key>;
+
 /// The access check of every request.
 pub struct Gate {
-    /// `None`: open mode.
-    keys: Option<HashMap<&'static str, Key>>,
+    /// `None`: open mode. Replaced whole by [`Gate::reload_keys`]; a request
+    /// holds the read lock only while it compares its credential.
+    keys: Option<RwLock<Keys>>,
+    /// Where the keys are read from, and the scopes the routes ask for (a
+    /// key with another scope is refused), for [`Gate::reload_keys`].
+    keys_file: Option<PathBuf>,
+    scopes: BTreeSet<&'static str>,
     dummy: Key,
     players: Option<PlayerTokens>,
     admin: AdminGuard,
@@ -287,7 +357,7 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("open", &self.is_open())
-            .field("keys", &self.keys.as_ref().map(HashMap::len))
+            .field("keys", &self.keys.as_ref().map(|keys| read(keys).len()))
             .field("player_tokens", &self.players.is_some())
             .finish()
     }
@@ -333,6 +403,8 @@ impl Gate {
             }
             return Ok(Self {
                 keys: None,
+                keys_file: None,
+                scopes: scopes.clone(),
                 dummy,
                 players: None,
                 admin,
@@ -340,32 +412,10 @@ impl Gate {
                 metrics_require_key: false,
             });
         }
-        let mut keys = HashMap::new();
-        if let Some(path) = &config.keys_file {
-            let shown = path.display().to_string();
-            let text =
-                std::fs::read_to_string(path).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))?;
-            for key in
-                parse_keys(&shown, &text).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))?
-            {
-                if let Some(scope) = key
-                    .scopes
-                    .iter()
-                    .find(|s| !scopes.contains(s.as_str()) && *s != READ_SCOPE && *s != METRICS_SCOPE)
-                {
-                    return Err(invalid(
-                        "STAMPEDE_API_KEYS_FILE",
-                        &shown,
-                        format!(
-                            "key {}: no route asks for the scope {scope:?} (scopes: {}, {READ_SCOPE}, {METRICS_SCOPE})",
-                            key.name,
-                            scopes.iter().copied().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-                keys.insert(key.name, key);
-            }
-        }
+        let keys = match &config.keys_file {
+            Some(path) => read_keys_file(path, scopes, None)?,
+            None => HashMap::new(),
+        };
         let mut player_keys = Vec::new();
         if let Some(secret) = &config.player_token_secret {
             let key = DecodingKey::from_secret(secret.expose().as_bytes())
@@ -396,13 +446,29 @@ impl Gate {
             }
         });
         Ok(Self {
-            keys: Some(keys),
+            keys: Some(RwLock::new(keys)),
+            keys_file: config.keys_file.clone(),
+            scopes: scopes.clone(),
             dummy,
             players,
             admin,
             clock,
             metrics_require_key: config.metrics_require_key,
         })
+    }
+
+    /// Reads the keys file again and puts its keys in force at once, for
+    /// every request that follows: a key is rotated without a restart. A
+    /// file that does not read or parse, or names a scope no route asks
+    /// for, changes nothing. Returns how many keys are in force.
+    pub fn reload_keys(&self) -> Result<usize, ReloadError> {
+        let (Some(keys), Some(path)) = (&self.keys, &self.keys_file) else {
+            return Err(ReloadError::NoKeysFile);
+        };
+        let fresh = read_keys_file(path, &self.scopes, Some(&read(keys)))?;
+        let count = fresh.len();
+        *keys.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(count)
     }
 
     /// Open mode: no credential is asked for but the admin token.
@@ -436,11 +502,9 @@ impl Gate {
         let Some(presented) = presented else {
             return Err(RequestError::CredentialMissing);
         };
-        match (access, self.verify(&presented)) {
+        match (access, self.verify(&presented, required_scope(access))) {
             (_, Checked::Invalid) => Err(RequestError::CredentialInvalid),
-            (_, Checked::Key(key)) if key.scopes.iter().any(|s| s == required_scope(access)) => {
-                Ok(Caller::Key(key.name))
-            }
+            (_, Checked::Key { name, in_scope: true }) => Ok(Caller::Key(name)),
             (Access::Player { param }, Checked::Player(player)) => {
                 let allowed = match param {
                     None => true,
@@ -460,25 +524,33 @@ impl Gate {
         }
     }
 
-    fn verify(&self, presented: &str) -> Checked<'_> {
+    /// What `presented` is; for a key, whether it has `scope`.
+    fn verify(&self, presented: &str, scope: &str) -> Checked {
         // A JWT has three dot-separated parts; a key `<name>.<secret>` two.
         if presented.bytes().filter(|b| *b == b'.').count() == 2 {
             return self.check_token(presented);
         }
         let name = presented.split_once('.').map_or("", |(name, _)| name);
         let hash = sha256(presented);
-        let (key, known) = match self.keys.as_ref().and_then(|keys| keys.get(name)) {
+        let Some(keys) = &self.keys else {
+            return Checked::Invalid;
+        };
+        let keys = read(keys);
+        let (key, known) = match keys.get(name) {
             Some(key) => (key, true),
             None => (&self.dummy, false),
         };
         if bool::from(hash.ct_eq(&key.hash)) && known {
-            Checked::Key(key)
+            Checked::Key {
+                name: key.name,
+                in_scope: key.scopes.iter().any(|s| s == scope),
+            }
         } else {
             Checked::Invalid
         }
     }
 
-    fn check_token(&self, token: &str) -> Checked<'_> {
+    fn check_token(&self, token: &str) -> Checked {
         let Some(players) = &self.players else {
             return Checked::Invalid;
         };

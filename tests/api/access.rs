@@ -409,3 +409,102 @@ fn keys_new_prints_the_secret_and_the_line() {
         "the line never holds the secret"
     );
 }
+
+/// A key rotated without a restart: on `SIGHUP` the engine reads its keys
+/// file again. The new key works and the removed one is refused from the
+/// next request on; a file that does not parse changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_a_key_without_a_restart() {
+    use stampede::server::access::new_key;
+
+    let name = unique_name();
+    let db_url = create_database(&database_url(), &name).await;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-keys.txt"));
+    let old = new_key("shop", &["sale".to_owned()]).expect("key");
+    let new = new_key("shop-2", &["sale".to_owned()]).expect("key");
+    std::fs::write(&path, format!("{}\n", old.line)).expect("keys file");
+    let keys_file = path.display().to_string();
+    let engine = EngineProcess::start(&db_url, &name, "", &[("STAMPEDE_API_KEYS_FILE", keys_file.as_str())]).await;
+    let http = crate::helpers::http_client();
+    // A sale route: 401 is the gate's answer; anything else, the handler's.
+    let status = |secret: String| {
+        let http = http.clone();
+        async move {
+            status_of(
+                &http,
+                engine.addr,
+                &Method::POST,
+                "/checkout?user_id=u1&id=1",
+                Some(&secret),
+            )
+            .await
+            .0
+        }
+    };
+    let hangup = |pid: u32| {
+        let done = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(done.success(), "kill -HUP");
+    };
+    // Waits until `secret` is answered as `accepted` says (the reload is
+    // asynchronous to the signal).
+    let wait_for = |secret: String, accepted: bool| {
+        let status = &status;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = status(secret.clone()).await;
+                if (now != StatusCode::UNAUTHORIZED) == accepted {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still {now} for a key that should be {}",
+                    if accepted { "accepted" } else { "refused" }
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    assert_ne!(status(old.secret.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(new.secret.clone()).await, StatusCode::UNAUTHORIZED);
+
+    // Both keys while the service moves to the new secret.
+    std::fs::write(&path, format!("{}\n{}\n", old.line, new.line)).expect("keys file");
+    hangup(engine.pid());
+    wait_for(new.secret.clone(), true).await;
+    assert_ne!(status(old.secret.clone()).await, StatusCode::UNAUTHORIZED);
+
+    // The old key removed.
+    std::fs::write(&path, format!("{}\n", new.line)).expect("keys file");
+    hangup(engine.pid());
+    wait_for(old.secret.clone(), false).await;
+    assert_ne!(status(new.secret.clone()).await, StatusCode::UNAUTHORIZED);
+
+    // A file that does not parse, and one naming a scope no route asks for:
+    // the keys in force stay, and the engine goes on serving.
+    for broken in [
+        "shop-3 sale not-a-hash\n".to_owned(),
+        format!(
+            "{}\n",
+            new_key("shop-4", &["nosuchscope".to_owned()]).expect("key").line
+        ),
+    ] {
+        std::fs::write(&path, broken).expect("keys file");
+        hangup(engine.pid());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_ne!(
+            status(new.secret.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "the keys in force stay"
+        );
+        assert_eq!(status(old.secret.clone()).await, StatusCode::UNAUTHORIZED);
+    }
+
+    drop(engine);
+    let _ = std::fs::remove_file(&path);
+    drop_database(&database_url(), &name).await;
+}
