@@ -299,8 +299,8 @@ fn read(keys: &RwLock<Keys>) -> std::sync::RwLockReadGuard<'_, Keys> {
 fn read_keys_file(path: &Path, scopes: &BTreeSet<&'static str>, previous: Option<&Keys>) -> Result<Keys, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))?;
-    let mut keys = HashMap::new();
-    for key in parse_keys(&shown, &text).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))? {
+    let lines = parse_keys(&shown, &text).map_err(|e| invalid("STAMPEDE_API_KEYS_FILE", &shown, e.to_string()))?;
+    for key in &lines {
         if let Some(scope) = key
             .scopes
             .iter()
@@ -316,8 +316,12 @@ fn read_keys_file(path: &Path, scopes: &BTreeSet<&'static str>, previous: Option
                 ),
             ));
         }
+    }
+    let mut keys = HashMap::new();
+    for key in lines {
         // Names label metrics for the engine's whole life: each is made
-        // 'static once, and a reload reuses the ones it already has.
+        // 'static once (only from a file that is taken), and a reload
+        // reuses the ones it already has.
         let name: &'static str = match previous.and_then(|p| p.get_key_value(key.name.as_str())) {
             Some((name, _)) => name,
             None => Box::leak(key.name.into_boxed_str()),
