@@ -170,22 +170,23 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent], fee_bps: i64) -> 
         } else {
             &mut held_orders
         };
+        let (product, total, at_ms) = (event.int("product")?, event.int("total")?, event.int("at")?);
         rows.id.push(id.to_owned());
-        rows.product.push(event.int("product")?);
+        rows.product.push(product);
         rows.buyer.push(event.text("buyer")?.to_owned());
         rows.quantity.push(event.int("quantity")?);
-        rows.total.push(event.int("total")?);
+        rows.total.push(total);
         rows.status.push(status.to_owned());
         rows.created_ms.push(event.int("created_ms")?);
         rows.expires_ms.push(expires_ms);
-        rows.at_ms.push(event.int("at")?);
+        rows.at_ms.push(at_ms);
         rows.key.push(event.optional_text("key")?);
         rows.event_id.push(event.event_id().to_owned());
         if status == "completed" {
             paid.id.push(id.to_owned());
-            paid.product.push(event.int("product")?);
-            paid.total.push(event.int("total")?);
-            paid.at_ms.push(event.int("at")?);
+            paid.product.push(product);
+            paid.total.push(total);
+            paid.at_ms.push(at_ms);
         }
     }
     if !new_orders.id.is_empty() {
