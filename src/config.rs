@@ -52,8 +52,10 @@ pub struct Config {
     pub database_url: String,
     pub key_prefix: String,
     /// Outbox shards (`STAMPEDE_OUTBOX_SHARDS`): recorded in Redis at the
-    /// first start, and must match the record on every later one.
-    pub outbox_shards: u64,
+    /// first start, and must match the record on every later one. Unset:
+    /// the record's count, or at the first start the topology's default
+    /// (`redis::layout`).
+    pub outbox_shards: Option<u64>,
     pub flush: FlushConfig,
     pub redis_pool_size: usize,
     pub postgres_pool_size: u32,
@@ -174,12 +176,7 @@ impl Config {
                 reason: "must be non-empty and must not contain '{' or '}' (they mark hash tags)".into(),
             });
         }
-        let outbox_shards = env.number(
-            "STAMPEDE_OUTBOX_SHARDS",
-            limits::OUTBOX_SHARDS_DEFAULT,
-            1,
-            limits::OUTBOX_SHARDS_MAX,
-        )?;
+        let outbox_shards = env.optional_number("STAMPEDE_OUTBOX_SHARDS", 1, limits::OUTBOX_SHARDS_MAX)?;
         let consumer = env.get("STAMPEDE_CONSUMER").unwrap_or_else(default_consumer_name);
         let outbox_events_max = env.number(
             "STAMPEDE_OUTBOX_MAX_EVENTS",
@@ -374,8 +371,16 @@ impl Env<'_> {
     where
         T: FromStr + PartialOrd + std::fmt::Display + Copy,
     {
+        Ok(self.optional_number(var, min, max)?.unwrap_or(default))
+    }
+
+    /// A whole number in `min..=max`, or `None` when unset.
+    pub fn optional_number<T>(&self, var: &'static str, min: T, max: T) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
         let Some(raw) = self.get(var) else {
-            return Ok(default);
+            return Ok(None);
         };
         let invalid = |reason: String| ConfigError::Invalid {
             var,
@@ -386,7 +391,7 @@ impl Env<'_> {
         if value < min || value > max {
             return Err(invalid(format!("must be between {min} and {max}")));
         }
-        Ok(value)
+        Ok(Some(value))
     }
 
     /// `on` or `off` (also `true`/`false`, `1`/`0`), or `default` when unset.

@@ -39,12 +39,21 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// ending its stream frees its slot, and it can reconnect (`Last-Event-ID`).
 pub const SSE_SEND_STALL_MAX: Duration = Duration::from_secs(30);
 
-/// Default of `STAMPEDE_OUTBOX_SHARDS`: each entity's keys and its outbox
-/// live under the hash tag of shard `id % shards` (or a hash of a text id).
-/// 8 keeps the keys of engines that predate the setting where they are.
-/// Fixed for a deployment at its first start (`redis::layout`), because
-/// changing it moves keys.
+/// Default of `STAMPEDE_OUTBOX_SHARDS` on a Redis Cluster: each entity's
+/// keys and its outbox live under the hash tag of shard `id % shards` (or a
+/// hash of a text id), and the shards spread over the primaries. 8 is also
+/// the count of engines that predate the setting, whose keys are adopted
+/// where they are. Fixed for a deployment at its first start
+/// (`redis::layout`), because changing it moves keys.
 pub const OUTBOX_SHARDS_DEFAULT: u64 = 8;
+
+/// Default of `STAMPEDE_OUTBOX_SHARDS` on a standalone Redis, where shards
+/// spread nothing: every call pays a fixed cost (the call, its mark, the
+/// outbox append, a Postgres transaction), and fewer shards put more
+/// requests in each. Measured with `loadtest/run.sh`: 2 shards instead of
+/// 8 cut a wallet operation's and an order's Redis, engine and Postgres
+/// CPU (loadtest/RESULTS.md); 2 keeps two flusher lanes to Postgres.
+pub const OUTBOX_SHARDS_STANDALONE_DEFAULT: u64 = 2;
 
 /// Ceiling of `STAMPEDE_OUTBOX_SHARDS`. Every shard costs each batch script a
 /// queue and its workers, the flusher a reader, and each per-shard
@@ -222,6 +231,7 @@ pub const DEPENDENCY_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 const _: () = assert!(FLUSH_BATCH_ROWS_MAX < 8_000);
 const _: () = assert!(1 <= OUTBOX_SHARDS_DEFAULT && OUTBOX_SHARDS_DEFAULT <= OUTBOX_SHARDS_MAX);
+const _: () = assert!(1 <= OUTBOX_SHARDS_STANDALONE_DEFAULT && OUTBOX_SHARDS_STANDALONE_DEFAULT <= OUTBOX_SHARDS_MAX);
 // A TRYAGAIN resend finishes well inside the Redis command timeout.
 const _: () = assert!(
     (REDIS_TRYAGAIN_RETRIES_MAX as u128) * REDIS_TRYAGAIN_PAUSE.as_millis() < REDIS_COMMAND_TIMEOUT.as_millis() / 2

@@ -11,6 +11,11 @@
 //!   before the layout was recorded. A Redis holding those engines' outbox
 //!   streams (`<prefix>:{0..7}:outbox`) but no record is adopted as the 8
 //!   shards they used.
+//! - The count is `STAMPEDE_OUTBOX_SHARDS` when set. Unset, a later start
+//!   takes the record's, and a first start the topology's default: 8 on a
+//!   cluster, where the shards spread over the primaries, and 2 on a
+//!   standalone Redis, where they spread nothing and fewer shards put more
+//!   requests in each call (`limits::OUTBOX_SHARDS_STANDALONE_DEFAULT`).
 //! - A start with another count than the record refuses, saying what to do:
 //!   the count decides where every entity's keys live, so changing it would
 //!   lose them.
@@ -23,7 +28,9 @@ use fred::prelude::Server;
 use fred::types::{Expiration, SetOptions, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{LAYOUT_TAG_SEARCH_MAX, OUTBOX_SHARDS_DEFAULT, OUTBOX_SHARDS_MAX};
+use crate::limits::{
+    LAYOUT_TAG_SEARCH_MAX, OUTBOX_SHARDS_DEFAULT, OUTBOX_SHARDS_MAX, OUTBOX_SHARDS_STANDALONE_DEFAULT,
+};
 use crate::redis::keyspace::Keyspace;
 
 /// Redis Cluster's hash slots.
@@ -69,13 +76,13 @@ pub struct Primary {
 }
 
 /// Reads (or records, at first start) the layout and returns the key space
-/// built on it.
-pub async fn establish(redis: &Pool, prefix: &str, shards: u64) -> Result<Keyspace, LayoutError> {
+/// built on it. `configured` is `STAMPEDE_OUTBOX_SHARDS`, if set.
+pub async fn establish(redis: &Pool, prefix: &str, configured: Option<u64>) -> Result<Keyspace, LayoutError> {
     let key = format!("{prefix}:layout");
     let record = match read(redis, &key).await? {
         Some(record) => record,
         None => {
-            let proposed = propose(redis, prefix, shards).await?;
+            let proposed = propose(redis, prefix, configured).await?;
             let json = serde_json::to_string(&proposed).map_err(|e| LayoutError::Malformed {
                 key: key.clone(),
                 detail: e.to_string(),
@@ -96,12 +103,14 @@ pub async fn establish(redis: &Pool, prefix: &str, shards: u64) -> Result<Keyspa
             }
         }
     };
-    if record.shards != shards {
+    if let Some(configured) = configured
+        && record.shards != configured
+    {
         return Err(LayoutError::CountChanged {
             prefix: prefix.to_owned(),
             key,
             recorded: record.shards,
-            configured: shards,
+            configured,
         });
     }
     Ok(Keyspace::new(prefix, record.tags))
@@ -138,8 +147,9 @@ fn validate(record: &Record) -> Result<(), String> {
     Ok(())
 }
 
-/// The layout a first start records.
-async fn propose(redis: &Pool, prefix: &str, shards: u64) -> Result<Record, LayoutError> {
+/// The layout a first start records: `configured` shards, or the
+/// topology's default.
+async fn propose(redis: &Pool, prefix: &str, configured: Option<u64>) -> Result<Record, LayoutError> {
     // Engines that predate the record used 8 shards tagged 0..7; their
     // outbox streams exist from their first start (the flusher creates them).
     for shard in 0..OUTBOX_SHARDS_DEFAULT {
@@ -150,8 +160,9 @@ async fn propose(redis: &Pool, prefix: &str, shards: u64) -> Result<Record, Layo
         }
     }
     if !redis.next().is_clustered() {
-        return Ok(numbered(shards));
+        return Ok(numbered(configured.unwrap_or(OUTBOX_SHARDS_STANDALONE_DEFAULT)));
     }
+    let shards = configured.unwrap_or(OUTBOX_SHARDS_DEFAULT);
     let primaries = primaries(redis).await?;
     let ranges: Vec<Vec<(u16, u16)>> = primaries.into_iter().map(|p| p.ranges).collect();
     let tags = spread_tags(shards, &ranges)?;

@@ -122,15 +122,27 @@ async fn twelve_shards_spread_evenly_over_the_primaries() {
     let _ = client.quit().await;
 }
 
-/// The shard count is recorded at the first start; a later start with
-/// another count exits 2 saying what the record holds and what to do. On
-/// whatever Redis the suite runs on.
+/// The shard count is recorded at the first start: the topology's default
+/// when unset (2 on a standalone Redis, 8 on a cluster). A later start with
+/// another count exits 2 saying what the record holds and what to do; one
+/// with the setting unset takes the record's. On whatever Redis the suite
+/// runs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_another_shard_count_refuses_and_says_what_to_do() {
     let name = unique_name();
     let db_url = create_database(&database_url(), &name).await;
+    let redis = crate::helpers::redis_client().await;
     let mut first = EngineProcess::start(&db_url, &name, "", &[]).await;
     assert!(first.terminate().success(), "SIGTERM exits 0");
+    let recorded = crate::helpers::engine_keys(&redis, &name).await.shard_count();
+    let default = match crate::helpers::redis_url().starts_with("redis-cluster://") {
+        true => 8,
+        false => 2,
+    };
+    assert_eq!(
+        recorded, default,
+        "a first start without the setting records the topology's default"
+    );
 
     let refusal = EngineProcess::expect_refusal(
         &db_url,
@@ -139,23 +151,26 @@ async fn a_restart_with_another_shard_count_refuses_and_says_what_to_do() {
         Duration::from_secs(30),
     )
     .await;
-    let (status, stderr) = refusal.expect("a start with 12 shards over a layout of 8 refuses");
+    let (status, stderr) = refusal.expect("a start with 12 shards over another recorded count refuses");
     println!("exited with {status}: {}", stderr.trim());
     assert_eq!(status.code(), Some(2), "a configuration error: {stderr}");
     for says in [
         "STAMPEDE_OUTBOX_SHARDS is 12",
-        "8 outbox shards",
+        &format!("{recorded} outbox shards"),
         &format!("{name}:layout"),
-        "STAMPEDE_OUTBOX_SHARDS=8",
+        &format!("STAMPEDE_OUTBOX_SHARDS={recorded}"),
         "STAMPEDE_KEY_PREFIX",
     ] {
         assert!(stderr.contains(says), "the message says {says:?}: {stderr}");
     }
-    // The recorded count still starts.
-    let mut again = EngineProcess::start(&db_url, &name, "", &[("STAMPEDE_OUTBOX_SHARDS", "8")]).await;
-    assert!(again.terminate().success());
+    // The recorded count still starts, named or not.
+    let recorded_setting = recorded.to_string();
+    for settings in [&[("STAMPEDE_OUTBOX_SHARDS", recorded_setting.as_str())][..], &[]] {
+        let mut again = EngineProcess::start(&db_url, &name, "", settings).await;
+        assert!(again.terminate().success());
+    }
+    assert_eq!(crate::helpers::engine_keys(&redis, &name).await.shard_count(), recorded);
     drop_database(&database_url(), &name).await;
-    let redis = crate::helpers::redis_client().await;
     crate::helpers::delete_keys(&redis, &name).await;
     let _ = redis.quit().await;
 }

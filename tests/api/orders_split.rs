@@ -27,6 +27,9 @@ use crate::orders::{
 };
 
 const SPLIT: (&str, &str) = ("STAMPEDE_STOCK_SPLIT", "3");
+/// Each part has a shard of its own: more shards than parts, on one Redis
+/// (whose default is 2) as on a cluster.
+const SHARDS: (&str, &str) = ("STAMPEDE_OUTBOX_SHARDS", "8");
 
 /// The split parts of a product as `GET /products/{id}` shows them:
 /// (reserve, in transit, each bucket's (available, reserved, sold)).
@@ -182,7 +185,7 @@ fn buyers_by_bucket(prefix: &str) -> [String; 3] {
 /// throughout the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_five_hundred_concurrent_orders_sell_exactly_the_stock() {
-    let app = spawn_app(&[SPLIT, ("STAMPEDE_STOCK_REFILL_MAX", "5")]).await;
+    let app = spawn_app(&[SPLIT, SHARDS, ("STAMPEDE_STOCK_REFILL_MAX", "5")]).await;
     let id = create_product(&app, 100, 1999, 0).await;
     let created = product(&app, id).await;
     assert_split_invariant(&created);
@@ -257,7 +260,7 @@ async fn split_five_hundred_concurrent_orders_sell_exactly_the_stock() {
 /// across concurrent orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_holds_return_stock_to_their_bucket_and_limits_hold() {
-    let app = spawn_app(&[SPLIT]).await;
+    let app = spawn_app(&[SPLIT, SHARDS]).await;
     let [x0, x1, x2] = buyers_by_bucket("x");
     let id = create_product(&app, 30, 100, 3).await;
     let hold = |buyer: &str, quantity: i64, secs: i64| json!({"product_id": id, "quantity": quantity, "buyer_id": buyer, "hold_secs": secs});
@@ -358,7 +361,7 @@ async fn split_holds_return_stock_to_their_bucket_and_limits_hold() {
 /// after its take is not counted twice; finishing it again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_transfers_cut_between_their_steps_are_finished_by_the_sweeper() {
-    let app = spawn_app(&[SPLIT, ("STAMPEDE_STOCK_TRANSIT_TIMEOUT_MS", "1000")]).await;
+    let app = spawn_app(&[SPLIT, SHARDS, ("STAMPEDE_STOCK_TRANSIT_TIMEOUT_MS", "1000")]).await;
     let id = create_product(&app, 10, 100, 0).await;
     let (ctx, product_id) = (&app.ctx, ProductId::new(id as i64).expect("id"));
     let limits = GiveLimits {
@@ -454,6 +457,7 @@ async fn split_kill_9_under_order_load_loses_no_order_and_nothing_stays_in_trans
     kill_9_under_order_load(
         &[
             SPLIT,
+            SHARDS,
             ("STAMPEDE_STOCK_REFILL_MAX", "2"),
             ("STAMPEDE_STOCK_TRANSIT_TIMEOUT_MS", "500"),
         ],

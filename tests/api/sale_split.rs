@@ -18,12 +18,15 @@ use crate::helpers::{
 use crate::sale::{greedy_user_gets_exactly_the_limit, purchase_200_times_at_once, thousand_buyers_contest};
 
 const SPLIT: (&str, &str) = ("STAMPEDE_SALE_SPLIT", "3");
+/// Each part has a shard of its own: more shards than parts, on one Redis
+/// (whose default is 2) as on a cluster.
+const SHARDS: (&str, &str) = ("STAMPEDE_OUTBOX_SHARDS", "8");
 
 /// 1000 buyers × 10 over 10,000 items on three slots: exactly 10,000 sold,
 /// each once, nobody over the limit, in Redis and in Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_sale_thousand_buyers_sell_exactly_ten_thousand_items() {
-    thousand_buyers_contest(&[SPLIT]).await;
+    thousand_buyers_contest(&[SPLIT, SHARDS]).await;
 }
 
 /// One user's 15 codes, on items of all three parts, purchased at once:
@@ -31,7 +34,7 @@ async fn split_sale_thousand_buyers_sell_exactly_ten_thousand_items() {
 /// 200 times at once is spent once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_sale_concurrent_purchases_never_overrun_the_user_limit() {
-    let app = Arc::new(spawn_app(&[SPLIT]).await);
+    let app = Arc::new(spawn_app(&[SPLIT, SHARDS]).await);
     greedy_user_gets_exactly_the_limit(&app).await;
     let counts = app.user_counts(app.sale_id()).await;
     assert_eq!(counts.get("greedy"), Some(&(10, 0)), "{counts:?}");
@@ -97,6 +100,7 @@ async fn split_sale_kill_9_between_steps_leaves_nobody_over_the_limit() {
     let redis = redis_client().await;
     let settings = [
         SPLIT,
+        SHARDS,
         ("SALE_PERIOD_SECS", "86400"),
         ("STAMPEDE_SALE_RESERVATION_TIMEOUT_MS", "3000"),
     ];

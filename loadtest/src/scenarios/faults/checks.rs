@@ -116,7 +116,14 @@ pub async fn mixed(
     for (sale, count) in &per_sale {
         // A case's items are its own (ranges far apart, byte-aligned): the
         // sale's sold bits in its range.
-        let key = format!("{}:sold", sale_key(stores.key_prefix, *sale));
+        let key = match sale_key(stores.redis, stores.key_prefix, *sale).await {
+            Ok(key) => format!("{key}:sold"),
+            Err(e) => {
+                sold_ok = false;
+                sold_detail.push(format!("sale {sale}: {e}"));
+                continue;
+            }
+        };
         let first_bit = mix.item_base;
         let last_bit = mix.item_base + mix.buyers as u64 * ITEMS_PER_BUYER;
         let bits = stores

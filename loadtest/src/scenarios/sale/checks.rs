@@ -146,8 +146,16 @@ pub fn driver_checks(args: &Args, load: &LoadResult) -> Vec<Check> {
 
 /// The sale's sold bitmap and per-user counts against the driver's record.
 pub async fn redis_checks(client: &fred::prelude::Client, prefix: &str, exp: &Expected<'_>) -> Vec<Check> {
-    let key = sale_key(prefix, exp.sale);
     let mut out = Vec::new();
+    let key = match sale_key(client, prefix, exp.sale).await {
+        Ok(key) => key,
+        Err(e) => {
+            out.push(Check::fail("redis_sold_bits", e.clone()));
+            out.push(Check::fail("redis_user_limit", e.clone()));
+            out.push(Check::fail("redis_user_counts", e));
+            return out;
+        }
+    };
     let told_items: BTreeSet<i64> = exp.stats.acknowledged.iter().map(|a| a.item).collect();
 
     let sold_key = format!("{key}:sold");
