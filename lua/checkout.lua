@@ -91,7 +91,9 @@ for r = 0, n - 1 do
         'PX', ARGV[a + 11])
       redis.call('HINCRBY', users, 'c:' .. user, 1)
     end
-    emit('checkout', {sale_id, user, item_arg, outcome, issued_code, expires, now})
+    -- Every value is a string: one concatenation, no table.
+    emit_joined('checkout',
+      sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S .. expires .. S .. now)
   end
   replies[r + 1] = {outcome}
 end

@@ -60,7 +60,8 @@ local function purchase(code_key, sold, users, now, active_sale, code)
   redis.call('HINCRBY', users, field, 1)
   -- Marks the code spent in place; the key keeps its TTL.
   redis.call('APPEND', code_key, '\31' .. now)
-  emit('purchase', {sale, user, item, code, now})
+  -- Every value is a string: one concatenation, no table.
+  emit_joined('purchase', sale .. S .. user .. S .. item .. S .. code .. S .. now)
   return {'OK', tonumber(item), bought + 1}
 end
 

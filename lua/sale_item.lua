@@ -81,7 +81,7 @@ local function checkout(meta, sold, code_key, a)
     redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. ARGV[a + 11] .. S .. ARGV[a + 7],
       'PX', ARGV[a + 12])
   else
-    emit('checkout', {sale_id, user, item_arg, outcome, '', '', now})
+    emit_joined('checkout', sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. S .. S .. now)
   end
   return {outcome}
 end
@@ -130,7 +130,7 @@ local function spend(sold, code_key, a, op)
   -- Writes start here.
   redis.call('SETBIT', sold, item, 1)
   redis.call('APPEND', code_key, S .. now)
-  emit('purchase', {sale, user, item, code, now})
+  emit_joined('purchase', sale .. S .. user .. S .. item .. S .. code .. S .. now)
   return {'OK', tonumber(item)}
 end
 

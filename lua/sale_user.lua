@@ -90,7 +90,8 @@ local function issue(meta, users, ticket, zset, a)
     redis.call('SET', ticket, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit, 'PX', ARGV[a + 12])
     redis.call('HINCRBY', users, 'c:' .. user, 1)
   end
-  emit('checkout', {sale_id, user, item_arg, outcome, issued_code, expires, now})
+  emit_joined('checkout',
+    sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S .. expires .. S .. now)
   return {outcome}
 end
 

@@ -40,8 +40,11 @@ local function emit(kind, values)
   events[#events + 1] = table.concat(values, S)
 end
 
--- Appends one event whose values the script already joined by S (one
--- string.format costs less than formatting each value and joining them).
+-- Appends one event whose values the script already joined by S: one
+-- string.format, or for values that are all strings one concatenation,
+-- costs less than a table of values and table.concat (about a microsecond
+-- per checkout, measured). Never a number in a concatenation: Lua would
+-- print it with %.14g.
 local function emit_joined(kind, joined)
   events[#events + 1] = kind
   events[#events + 1] = joined
