@@ -51,8 +51,9 @@ pub const OUTBOX_SHARDS_DEFAULT: u64 = 8;
 /// spread nothing: every call pays a fixed cost (the call, its mark, the
 /// outbox append, a Postgres transaction), and fewer shards put more
 /// requests in each. Measured with `loadtest/run.sh`: 2 shards instead of
-/// 8 cut a wallet operation's and an order's Redis, engine and Postgres
-/// CPU (loadtest/RESULTS.md); 2 keeps two flusher lanes to Postgres.
+/// 8 cut the Redis, engine and Postgres CPU per request wherever requests
+/// spread over the shards (loadtest/RESULTS.md); 2 keeps two flusher lanes
+/// to Postgres.
 pub const OUTBOX_SHARDS_STANDALONE_DEFAULT: u64 = 2;
 
 /// Ceiling of `STAMPEDE_OUTBOX_SHARDS`. Every shard costs each batch script a
