@@ -17,21 +17,37 @@
 -- shared bottleneck.
 --
 -- Batch protocol (lua/batch/prologue.lua, src/redis/executor.rs):
--- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request:
---       sale meta hash, sold bitmap, per-user counters hash, code string.
--- ARGV: 1 requests, 2 outbox bound (events), then per request (14):
---       now_ms, sale_id, starts_ms, ends_ms, items, per_user_limit, item_id,
---       user_id, code, expires_ms, code_ttl_ms, sale_ttl_ms, max_codes_per_user,
---       refused attempts' bound (events).
+-- KEYS: 1 outbox stream, 2 unflushed-event counter, then per request: the
+--       sale's part (shared, see ARGV), then the code string.
+--       The sale's part: sale meta hash, sold bitmap, per-user counters hash.
+-- ARGV: 1 requests, 2 outbox bound (events), then per request: a flag, '1'
+--       when the sale's part follows (keys and arguments), '0' when the
+--       request shares the previous request's (the first always sends it);
+--       then its own (7): now_ms, item_id, user_id, code, expires_ms,
+--       code_ttl_ms, sale_ttl_ms.
+--       The sale's part (7): sale_id, starts_ms, ends_ms, items,
+--       per_user_limit, max_codes_per_user, refused attempts' bound (events).
 -- Reply: per request {outcome}. Events: sale_opened, checkout.
 -- A sale keeps the size and limit it opened with, even if the config changes.
 -- Read once per batch, and updated when this batch opens the sale.
 local sales = {}
+-- The sale's part, as the last request that sent it gave it.
+local meta, sold, users, sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max
+-- The last key and argument read.
+local kc, ac = 2, 2
 
-for r = 0, n - 1 do
-  local k, a = 2 + r * 4, 2 + r * 14
-  local meta, sold, users, code_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local now, sale_id, item_arg, user = ARGV[a + 1], ARGV[a + 2], ARGV[a + 7], ARGV[a + 8]
+for r = 1, n do
+  ac = ac + 1
+  if ARGV[ac] == '1' then
+    meta, sold, users = KEYS[kc + 1], KEYS[kc + 2], KEYS[kc + 3]
+    sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max =
+      ARGV[ac + 1], ARGV[ac + 2], ARGV[ac + 3], ARGV[ac + 4], ARGV[ac + 5], ARGV[ac + 6], ARGV[ac + 7]
+    kc, ac = kc + 3, ac + 7
+  end
+  local code_key = KEYS[kc + 1]
+  local now, item_arg, user, code, expires_at, code_ttl, sale_ttl =
+    ARGV[ac + 1], ARGV[ac + 2], ARGV[ac + 3], ARGV[ac + 4], ARGV[ac + 5], ARGV[ac + 6], ARGV[ac + 7]
+  kc, ac = kc + 1, ac + 7
 
   local outcome, sale, items, limit
   -- Shed rather than grow the outbox without bound while Postgres is away:
@@ -45,8 +61,8 @@ for r = 0, n - 1 do
       sale = {opening = stored[1] == false, items = stored[1], limit = stored[2]}
       sales[meta] = sale
     end
-    items = sale.opening and ARGV[a + 5] or sale.items
-    limit = sale.opening and ARGV[a + 6] or sale.limit
+    items = sale.opening and sale_items or sale.items
+    limit = sale.opening and sale_limit or sale.limit
     local item = tonumber(item_arg)
     local counts = redis.call('HMGET', users, 'p:' .. user, 'c:' .. user)
 
@@ -57,12 +73,12 @@ for r = 0, n - 1 do
       outcome = 'ITEM_SOLD'
     elseif tonumber(counts[1] or '0') >= tonumber(limit) then
       outcome = 'USER_LIMIT_REACHED'
-    elseif tonumber(counts[2] or '0') >= tonumber(ARGV[a + 13]) then
+    elseif tonumber(counts[2] or '0') >= tonumber(codes_max) then
       -- Each live code costs memory; a per-user cap bounds what one user can pin.
       outcome = 'TOO_MANY_CHECKOUTS'
     end
     -- A refused attempt is recorded only within its share of the bound.
-    if outcome ~= 'OK' and outbox_full(tonumber(ARGV[a + 14])) then
+    if outcome ~= 'OK' and outbox_full(tonumber(refused_max)) then
       outcome = 'REFUSALS_FULL'
     end
   end
@@ -73,27 +89,27 @@ for r = 0, n - 1 do
       -- Create every key of the sale now so each gets its expiry once,
       -- instead of a PEXPIRE on every later write. Items are numbered from
       -- 1, so bit 0 of the sold bitmap is free to create it.
-      redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', ARGV[a + 3], 'ends_ms', ARGV[a + 4])
-      redis.call('PEXPIRE', meta, ARGV[a + 12])
+      redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', starts, 'ends_ms', ends)
+      redis.call('PEXPIRE', meta, sale_ttl)
       redis.call('SETBIT', sold, 0, 0)
-      redis.call('PEXPIRE', sold, ARGV[a + 12])
+      redis.call('PEXPIRE', sold, sale_ttl)
       redis.call('HSET', users, '_', '')
-      redis.call('PEXPIRE', users, ARGV[a + 12])
+      redis.call('PEXPIRE', users, sale_ttl)
       sale.opening, sale.items, sale.limit = false, items, limit
-      emit('sale_opened', {sale_id, ARGV[a + 3], ARGV[a + 4], items, limit, now})
+      emit('sale_opened', {sale_id, starts, ends, items, limit, now})
     end
     local issued_code, expires = '', ''
     if outcome == 'OK' then
-      issued_code, expires = ARGV[a + 9], ARGV[a + 10]
+      issued_code, expires = code, expires_at
       -- One string, "sale|user|item|expires|limit" with \31 (unit separator)
       -- as the bar: user ids cannot contain control characters.
       redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit,
-        'PX', ARGV[a + 11])
+        'PX', code_ttl)
       redis.call('HINCRBY', users, 'c:' .. user, 1)
     end
     -- Every value is a string: one concatenation, no table.
     emit_joined('checkout',
       sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S .. expires .. S .. now)
   end
-  replies[r + 1] = {outcome}
+  replies[r] = {outcome}
 end

@@ -12,6 +12,15 @@
 //!   `keys_per_request` keys per request, then the call's mark;
 //! - ARGV: 1 number of requests, 2 the outbox bound in events, then
 //!   `args_per_request` arguments per request, then the mark's lifetime;
+//! - a script may declare the leading `shared_keys` keys and `shared_args`
+//!   arguments of its requests shared (the keys and settings of the entity
+//!   the requests act on, the same for most requests of a call). Then each
+//!   request's arguments start with a flag: `1` and its shared part, when
+//!   that differs from the previous request's (always for the first), or
+//!   `0` and none, when it is the same; its own keys and arguments follow.
+//!   Each argument costs the script 0.05–0.1 µs to receive (measured), so
+//!   a call of 150 requests on one entity sends its part once, not 150
+//!   times;
 //! - reply: one array per request, in order;
 //! - events: at most one `XADD` per call, of `kind, values` pairs (see
 //!   `crate::outbox`), and `INCRBY` of the counter by the number of events.
@@ -75,6 +84,11 @@ pub struct BatchScript {
     pub lua: LuaScript,
     pub keys_per_request: usize,
     pub args_per_request: usize,
+    /// How many of a request's leading keys and arguments are sent once for
+    /// a run of requests that share them (see the protocol above); 0 and 0
+    /// for a script that takes every request whole.
+    pub shared_keys: usize,
+    pub shared_args: usize,
 }
 
 impl BatchScript {
@@ -83,6 +97,18 @@ impl BatchScript {
             lua: LuaScript::new(name, lua),
             keys_per_request,
             args_per_request,
+            shared_keys: 0,
+            shared_args: 0,
+        }
+    }
+
+    /// The same script, its requests' first `keys` keys and `args`
+    /// arguments shared (at most all of them).
+    pub fn sharing(self, keys: usize, args: usize) -> Self {
+        Self {
+            shared_keys: keys.min(self.keys_per_request),
+            shared_args: args.min(self.args_per_request),
+            ..self
         }
     }
 }
@@ -280,19 +306,51 @@ fn admit(script: &'static BatchScript, header: &Header, now: Instant, job: Job, 
     }
 }
 
+/// Appends the requests of `jobs` to a call's keys and arguments, in order:
+/// each whole, or, for a script that shares a part of its requests, a flag,
+/// the shared part only where it differs from the previous request's, and
+/// the request's own keys and arguments.
+fn append_requests(script: &BatchScript, jobs: &mut [Job], keys: &mut Vec<String>, args: &mut Vec<Value>) {
+    let (shared_keys, shared_args) = (script.shared_keys, script.shared_args);
+    if shared_keys == 0 && shared_args == 0 {
+        for job in jobs.iter_mut() {
+            keys.append(&mut job.keys);
+            args.append(&mut job.args);
+        }
+        return;
+    }
+    // Where the last shared part sent starts, in `keys` and `args`.
+    let mut last: Option<(usize, usize)> = None;
+    for job in jobs.iter_mut() {
+        // `call` checked each request's lengths, and the shared counts are
+        // at most those.
+        let same = last.is_some_and(|(k, a)| {
+            keys.get(k..k + shared_keys) == job.keys.get(..shared_keys)
+                && args.get(a..a + shared_args) == job.args.get(..shared_args)
+        });
+        if same {
+            args.push(0.into());
+            keys.extend(job.keys.drain(shared_keys.min(job.keys.len())..));
+            args.extend(job.args.drain(shared_args.min(job.args.len())..));
+        } else {
+            args.push(1.into());
+            last = Some((keys.len(), args.len()));
+            keys.append(&mut job.keys);
+            args.append(&mut job.args);
+        }
+    }
+}
+
 async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, jobs: &mut Vec<Job>) {
     let n = jobs.len();
     telemetry::script_batch(script.lua.name(), n);
     let mut keys = Vec::with_capacity(3 + n * script.keys_per_request);
     keys.push(header.outbox.clone());
     keys.push(header.counter.clone());
-    let mut args: Vec<Value> = Vec::with_capacity(3 + n * script.args_per_request);
+    let mut args: Vec<Value> = Vec::with_capacity(3 + n * (1 + script.args_per_request));
     args.push((n as i64).into());
     args.push((header.outbox_events_max as i64).into());
-    for job in jobs.iter_mut() {
-        keys.append(&mut job.keys);
-        args.append(&mut job.args);
-    }
+    append_requests(script, jobs, &mut keys, &mut args);
     keys.push(format!("{}{:016x}", header.mark_prefix, rand::random::<u64>()));
     args.push(header.mark_ttl_ms.into());
     // WAIT must follow the call on its connection: the same client.
@@ -324,5 +382,57 @@ async fn run_batch(script: &'static BatchScript, redis: &Pool, header: &Header, 
                 let _ = job.reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(keys: &[&str], args: &[i64]) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            args: args.iter().map(|&a| a.into()).collect(),
+            queued_at: Instant::now(),
+            reply,
+        }
+    }
+
+    fn assembled(script: &BatchScript, mut jobs: Vec<Job>) -> (Vec<String>, Vec<i64>) {
+        let (mut keys, mut args) = (Vec::new(), Vec::new());
+        append_requests(script, &mut jobs, &mut keys, &mut args);
+        let args = args.iter().map(|v| v.as_i64().expect("an integer")).collect();
+        (keys, args)
+    }
+
+    #[test]
+    fn a_shared_part_is_sent_once_for_each_run_of_requests_that_share_it() {
+        let script = BatchScript::new("t", "", 2, 3).sharing(1, 2);
+        let jobs = vec![
+            job(&["s1", "a"], &[10, 11, 1]),
+            job(&["s1", "b"], &[10, 11, 2]),
+            job(&["s2", "c"], &[10, 11, 3]),
+            job(&["s1", "d"], &[10, 11, 4]),
+            // The same key, another shared argument: sent again.
+            job(&["s1", "e"], &[10, 12, 5]),
+        ];
+        let (keys, args) = assembled(&script, jobs);
+        assert_eq!(keys, ["s1", "a", "b", "s2", "c", "s1", "d", "s1", "e"]);
+        assert_eq!(args, [1, 10, 11, 1, 0, 2, 1, 10, 11, 3, 1, 10, 11, 4, 1, 10, 12, 5]);
+    }
+
+    #[test]
+    fn a_script_that_shares_nothing_takes_each_request_whole() {
+        let script = BatchScript::new("t", "", 2, 2);
+        let (keys, args) = assembled(&script, vec![job(&["s1", "a"], &[1, 2]), job(&["s1", "b"], &[1, 3])]);
+        assert_eq!(keys, ["s1", "a", "s1", "b"]);
+        assert_eq!(args, [1, 2, 1, 3]);
+    }
+
+    #[test]
+    fn sharing_is_at_most_the_whole_request() {
+        let script = BatchScript::new("t", "", 2, 3).sharing(5, 7);
+        assert_eq!((script.shared_keys, script.shared_args), (2, 3));
     }
 }

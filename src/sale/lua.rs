@@ -13,7 +13,9 @@ use crate::redis::executor::{BatchScript, Executor, batch_script};
 use crate::redis::keyspace::{Keyspace, Shard};
 use crate::redis::lua::{LuaScript, reply_i64, reply_str};
 
-pub static CHECKOUT: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("checkout", 4, 14));
+/// A call's checkouts are mostly of one sale: its keys and settings, the
+/// first 3 keys and 7 arguments of each, go once per run of them.
+pub static CHECKOUT: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("checkout", 4, 14).sharing(3, 7));
 pub static PURCHASE: LazyLock<BatchScript> = LazyLock::new(|| batch_script!("purchase", 3, 3));
 
 /// The shard of part `part` of sale `sale_id`. A sale that is not split is
@@ -154,21 +156,23 @@ pub async fn checkout(executor: &Executor, keys: &Keyspace, req: CheckoutRequest
     let code_key = sale_keys.code(req.code);
     let code_ttl_ms = (req.expires_ms - req.now_ms).max(1) + CODE_RETENTION_AFTER_EXPIRY.as_millis() as i64;
     let sale_ttl_ms = (req.window.ends_ms - req.now_ms).max(1) + SALE_RETENTION_AFTER_END.as_millis() as i64;
+    // The sale's part first (shared by the call's checkouts of the sale),
+    // then the request's own.
     let args: Vec<Value> = vec![
-        req.now_ms.into(),
         (req.window.sale_id as i64).into(),
         req.window.starts_ms.into(),
         req.window.ends_ms.into(),
         i64::from(req.items).into(),
         i64::from(req.per_user_limit).into(),
+        i64::from(CHECKOUT_CODES_PER_USER_MAX).into(),
+        (req.refused_bound as i64).into(),
+        req.now_ms.into(),
         i64::from(req.item.get()).into(),
         req.user.as_str().into(),
         req.code.as_str().into(),
         req.expires_ms.into(),
         code_ttl_ms.into(),
         sale_ttl_ms.into(),
-        i64::from(CHECKOUT_CODES_PER_USER_MAX).into(),
-        (req.refused_bound as i64).into(),
     ];
     let script = &*CHECKOUT;
     let reply = executor

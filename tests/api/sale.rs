@@ -626,3 +626,92 @@ async fn too_many_checkouts_says_when_to_come_back() {
     assert_eq!(other.status, StatusCode::OK, "{:?}", other.body);
     app.finish().await;
 }
+
+/// One call may carry checkouts of two sales (around an hour's turn), each
+/// sale's keys and settings sent once per run of its checkouts: every
+/// checkout is judged against its own sale's, and its code records them.
+#[tokio::test]
+async fn a_call_with_checkouts_of_two_sales_judges_each_against_its_own() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    use fred::types::Value;
+    use stampede::redis::lua::Marked;
+    use stampede::sale::lua::CHECKOUT;
+
+    let redis = crate::helpers::redis_client().await;
+    let prefix = crate::helpers::unique_name();
+    let key = |rest: String| format!("{prefix}:{{0}}:{rest}");
+    let now = stampede::clock::SystemClock.now_ms();
+    // (sale, items, per-user limit)
+    let sales = [(1_i64, 10_i64, 1_i64), (2, 5, 3)];
+    let part = |(sale, items, limit): (i64, i64, i64)| -> (Vec<String>, Vec<Value>) {
+        (
+            ["meta", "sold", "users"]
+                .map(|k| key(format!("sale:{sale}:{k}")))
+                .to_vec(),
+            [sale, now, now + 3_600_000, items, limit, 50, 1_000]
+                .map(Value::from)
+                .to_vec(),
+        )
+    };
+    // (sale index, item, user, sends the sale's part)
+    let checkouts = [
+        (0, 3, "a", true),
+        (0, 11, "b", false),
+        (1, 6, "c", true),
+        (1, 4, "d", false),
+        (0, 2, "e", true),
+    ];
+    let mut keys = vec![key("outbox".into()), key("outbox:events".into())];
+    let mut args: Vec<Value> = vec![(checkouts.len() as i64).into(), 1_000_000.into()];
+    for (i, &(sale, item, user, sends)) in checkouts.iter().enumerate() {
+        args.push(i64::from(sends).into());
+        if sends {
+            let (k, a) = part(sales[sale]);
+            keys.extend(k);
+            args.extend(a);
+        }
+        keys.push(key(format!("code:c{i}")));
+        args.extend([
+            now.into(),
+            item.into(),
+            user.into(),
+            format!("c{i}").into(),
+            (now + 600_000).into(),
+            600_000.into(),
+            7_200_000.into(),
+        ]);
+    }
+    keys.push(key("call:two-sales".into()));
+    args.push(20_000.into());
+    let replies = CHECKOUT
+        .lua
+        .call_on(&redis, keys, args, Marked::No)
+        .await
+        .expect("the call runs");
+    let outcomes: Vec<String> = replies
+        .into_iter()
+        .map(|r| match r {
+            Value::Array(v) => v[0].as_string().expect("an outcome"),
+            other => panic!("a reply array, not {other:?}"),
+        })
+        .collect();
+    // Item 11 is past sale 1's 10 items; item 6 past sale 2's 5.
+    assert_eq!(outcomes, ["OK", "ITEM_NOT_FOUND", "ITEM_NOT_FOUND", "OK", "OK"]);
+    // Each code records its own sale and that sale's limit.
+    for (i, sale, item, user, limit) in [(0, 1, 3, "a", 1), (3, 2, 4, "d", 3), (4, 1, 2, "e", 1)] {
+        let stored: String = redis.get(key(format!("code:c{i}"))).await.expect("GET code");
+        let fields: Vec<&str> = stored.split('\u{1f}').collect();
+        assert_eq!(
+            (fields[0], fields[1], fields[2], fields[4]),
+            (
+                sale.to_string().as_str(),
+                user,
+                item.to_string().as_str(),
+                limit.to_string().as_str()
+            ),
+            "code c{i}: {stored:?}"
+        );
+    }
+    crate::helpers::delete_keys(&redis, &prefix).await;
+    let _ = redis.quit().await;
+}
