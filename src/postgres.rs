@@ -7,6 +7,8 @@
 //! that loses a deadlock or serialization race is rolled back whole and run
 //! again: it is all-or-nothing, so a retry cannot double-apply anything.
 
+pub mod copy;
+
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;

@@ -1,12 +1,14 @@
 //! Writes the sale's outbox events to Postgres. The flusher hands each event
 //! over once (its markers, `outbox::applied`), so attempts and purchases are
-//! plain inserts, with no unique index on the event id to keep up.
+//! plain inserts, with no unique index on the event id to keep up, written
+//! by `COPY`, the cheapest way to append rows that can only be new.
 
 use std::sync::Arc;
 
 use sqlx::PgConnection;
 
 use crate::outbox::{EventKind, OutboxEvent, Sink, SinkError, SinkFn};
+use crate::postgres::copy::{BinaryRows, copy_binary};
 
 /// The sale's events, with their values in the order the scripts write them.
 const KINDS: &[EventKind] = &[
@@ -31,13 +33,13 @@ pub fn sink() -> Arc<dyn Sink> {
 
 async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), SinkError> {
     let mut sales = SaleRows::default();
-    let mut attempts = AttemptRows::default();
-    let mut purchases = PurchaseRows::default();
+    let mut attempts = BinaryRows::new(ATTEMPT_COLUMNS, events.len() * ROW_BYTES);
+    let mut purchases = BinaryRows::new(PURCHASE_COLUMNS, events.len() * ROW_BYTES);
     for event in events {
         match event.kind() {
             "sale_opened" => sales.push(event)?,
-            "checkout" => attempts.push(event)?,
-            "purchase" => purchases.push(event)?,
+            "checkout" => push_attempt(&mut attempts, event)?,
+            "purchase" => push_purchase(&mut purchases, event)?,
             other => return Err(SinkError::UnknownKind(other.to_owned())),
         }
     }
@@ -61,48 +63,18 @@ async fn write(tx: &mut PgConnection, events: &[&OutboxEvent]) -> Result<(), Sin
         .execute(&mut *tx)
         .await?;
     }
-    if !attempts.event_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO checkout_attempts
-                 (event_id, sale_id, user_id, item_id, outcome, code, expires_at, attempted_at)
-             SELECT e, s, u, i, o, c, to_timestamp(0) + x * interval '1 millisecond',
-                    to_timestamp(0) + a * interval '1 millisecond'
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                         $7::bigint[], $8::bigint[]) AS t(e, s, u, i, o, c, x, a)",
-        )
-        .bind(&attempts.event_id)
-        .bind(&attempts.sale_id)
-        .bind(&attempts.user_id)
-        .bind(&attempts.item_id)
-        .bind(&attempts.outcome)
-        .bind(&attempts.code)
-        .bind(&attempts.expires_ms)
-        .bind(&attempts.at_ms)
-        .execute(&mut *tx)
-        .await?;
+    if !attempts.is_empty() {
+        copy_binary(&mut *tx, COPY_ATTEMPTS, attempts).await?;
     }
-    if !purchases.event_id.is_empty() {
+    if !purchases.is_empty() {
         // No ON CONFLICT: a second purchase of one item must fail loudly
         // (purchases_one_per_item), never vanish.
-        sqlx::query(
-            "INSERT INTO purchases (event_id, sale_id, item_id, user_id, code, purchased_at)
-             SELECT e, s, i, u, c, to_timestamp(0) + a * interval '1 millisecond'
-             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[])
-                  AS t(e, s, i, u, c, a)",
-        )
-        .bind(&purchases.event_id)
-        .bind(&purchases.sale_id)
-        .bind(&purchases.item_id)
-        .bind(&purchases.user_id)
-        .bind(&purchases.code)
-        .bind(&purchases.at_ms)
-        .execute(&mut *tx)
-        .await?;
+        copy_binary(&mut *tx, COPY_PURCHASES, purchases).await?;
     }
     Ok(())
 }
 
-/// Column vectors for one UNNEST insert each: one round trip per table per batch.
+/// Column vectors for the sales' UNNEST upsert: one round trip per batch.
 #[derive(Default)]
 struct SaleRows {
     sale_id: Vec<i64>,
@@ -125,50 +97,42 @@ impl SaleRows {
     }
 }
 
-#[derive(Default)]
-struct AttemptRows {
-    event_id: Vec<String>,
-    sale_id: Vec<i64>,
-    user_id: Vec<String>,
-    item_id: Vec<i64>,
-    outcome: Vec<String>,
-    code: Vec<Option<String>>,
-    expires_ms: Vec<Option<i64>>,
-    at_ms: Vec<i64>,
+const COPY_ATTEMPTS: &str = "COPY checkout_attempts
+     (event_id, sale_id, user_id, item_id, outcome, code, expires_at, attempted_at) FROM STDIN (FORMAT binary)";
+const ATTEMPT_COLUMNS: i16 = 8;
+const COPY_PURCHASES: &str =
+    "COPY purchases (event_id, sale_id, item_id, user_id, code, purchased_at) FROM STDIN (FORMAT binary)";
+const PURCHASE_COLUMNS: i16 = 6;
+/// About what an attempt or a purchase takes in `COPY`'s binary form: a
+/// capacity hint.
+const ROW_BYTES: usize = 128;
+
+/// Every value is read before the row starts, so a malformed event leaves
+/// no half row behind.
+fn push_attempt(rows: &mut BinaryRows, e: &OutboxEvent) -> Result<(), SinkError> {
+    let (sale, user, item, outcome) = (e.int("sale")?, e.text("user")?, e.int("item")?, e.text("outcome")?);
+    let (code, expires_ms, at_ms) = (e.optional_text("code")?, e.optional_int("expires_ms")?, e.int("at")?);
+    rows.row()
+        .text(e.event_id())
+        .int8(sale)
+        .text(user)
+        .int8(item)
+        .text(outcome)
+        .optional_text(code.as_deref())
+        .optional_millis(expires_ms)
+        .millis(at_ms);
+    Ok(())
 }
 
-impl AttemptRows {
-    fn push(&mut self, e: &OutboxEvent) -> Result<(), SinkError> {
-        self.event_id.push(e.event_id().to_owned());
-        self.sale_id.push(e.int("sale")?);
-        self.user_id.push(e.text("user")?.to_owned());
-        self.item_id.push(e.int("item")?);
-        self.outcome.push(e.text("outcome")?.to_owned());
-        self.code.push(e.optional_text("code")?);
-        self.expires_ms.push(e.optional_int("expires_ms")?);
-        self.at_ms.push(e.int("at")?);
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct PurchaseRows {
-    event_id: Vec<String>,
-    sale_id: Vec<i64>,
-    item_id: Vec<i64>,
-    user_id: Vec<String>,
-    code: Vec<String>,
-    at_ms: Vec<i64>,
-}
-
-impl PurchaseRows {
-    fn push(&mut self, e: &OutboxEvent) -> Result<(), SinkError> {
-        self.event_id.push(e.event_id().to_owned());
-        self.sale_id.push(e.int("sale")?);
-        self.item_id.push(e.int("item")?);
-        self.user_id.push(e.text("user")?.to_owned());
-        self.code.push(e.text("code")?.to_owned());
-        self.at_ms.push(e.int("at")?);
-        Ok(())
-    }
+fn push_purchase(rows: &mut BinaryRows, e: &OutboxEvent) -> Result<(), SinkError> {
+    let (sale, item, user) = (e.int("sale")?, e.int("item")?, e.text("user")?);
+    let (code, at_ms) = (e.text("code")?, e.int("at")?);
+    rows.row()
+        .text(e.event_id())
+        .int8(sale)
+        .int8(item)
+        .text(user)
+        .text(code)
+        .millis(at_ms);
+    Ok(())
 }

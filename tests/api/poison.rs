@@ -510,3 +510,80 @@ async fn the_largest_money_reaches_postgres_exact() {
     assert_eq!(report["ok"], json!(true), "{report}");
     app.finish().await;
 }
+
+/// Rows the write-behind copies (`COPY`, not an INSERT) that Postgres
+/// refuses are set aside like any other: one ledger entry and one order
+/// breaking a check, each in an entry between good events of its kind. The
+/// good ones land, a paid order with its settlement row, and only the two
+/// refused wait as dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copied_rows_postgres_refuses_are_set_aside_and_the_rest_land() {
+    let app = spawn_app(&[]).await;
+    let product = create_product(&app, 10, 500).await;
+    let now = app.clock.now_ms();
+    let entry = |seq: u32, player: &str, cash_after: i64| {
+        format!(
+            "0-{seq}\u{1f}{player}\u{1f}EUR\u{1f}deposit\u{1f}copy-ref-{seq}\u{1f}100\u{1f}100\u{1f}0\u{1f}{cash_after}\
+             \u{1f}0\u{1f}\u{1f}0\u{1f}\u{1f}{now}"
+        )
+    };
+    let (good_a, refused_entry, good_b) = (entry(1, "copy-a", 100), entry(2, "copy-b", -5), entry(3, "copy-c", 100));
+    inject(
+        &app,
+        0,
+        3,
+        &[
+            ("wallet_entry", &good_a),
+            ("wallet_entry", &refused_entry),
+            ("wallet_entry", &good_b),
+        ],
+    )
+    .await;
+    let order = |id: &str, quantity: u32| {
+        format!(
+            "{id}\u{1f}{product}\u{1f}copy-buyer\u{1f}{quantity}\u{1f}500\u{1f}completed\u{1f}{now}\u{1f}\u{1f}\u{1f}{now}"
+        )
+    };
+    let paid = "00000000-0000-4000-8000-000000000001";
+    let refused_order = order("00000000-0000-4000-8000-000000000002", 0);
+    inject(&app, 1, 2, &[("order", &order(paid, 1)), ("order", &refused_order)]).await;
+
+    let (letters, _) = wait_dead_letters(&app, 2, Duration::from_secs(30)).await;
+    let mut refused: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| (l["kind"].as_str().expect("kind").to_owned(), l["error"].to_string()))
+        .collect();
+    refused.sort();
+    assert_eq!(refused[0].0, "order");
+    assert!(refused[0].1.contains("quantity"), "{refused:?}");
+    assert_eq!(refused[1].0, "wallet_entry");
+    assert!(refused[1].1.contains("cash_after"), "{refused:?}");
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["fields"] == json!(["wallet_entry", refused_entry]))
+    );
+    assert!(letters.iter().any(|l| l["fields"] == json!(["order", refused_order])));
+
+    app.wait_flushed(Duration::from_secs(10)).await;
+    let players: Vec<String> = sqlx::query_scalar("SELECT player_id FROM wallet_entries ORDER BY player_id")
+        .fetch_all(&app.db)
+        .await
+        .expect("ledger");
+    assert_eq!(players, ["copy-a", "copy-c"]);
+    let row: (i32, i64, String, i64) = sqlx::query_as(
+        "SELECT o.quantity, o.total_amount_cents, o.status, t.fee_cents
+         FROM orders o JOIN transactions t ON t.id = o.id WHERE o.id = $1::uuid",
+    )
+    .bind(paid)
+    .fetch_one(&app.db)
+    .await
+    .expect("the paid order and its settlement row");
+    assert_eq!(row, (1, 500, "completed".to_owned(), 500 * 250 / 10_000));
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .expect("orders");
+    assert_eq!(orders, 1);
+    app.finish().await;
+}
