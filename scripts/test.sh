@@ -135,9 +135,7 @@ cluster_suite() {
     local skip=() name
     for name in "${CLUSTER_SKIP[@]}"; do skip+=(--skip "$name"); done
     echo "[test] API suite on the cluster $REDIS_CLUSTER_URL (${#CLUSTER_SKIP[@]} skipped by name)" >&2
-    # --workspace, as the test step: the same feature set across the
-    # workspace, so the test step's binary runs again instead of a rebuild.
-    REDIS_URL=$REDIS_CLUSTER_URL cargo test --workspace --test api -- "${skip[@]}"
+    REDIS_URL=$REDIS_CLUSTER_URL cargo test --test api -- "${skip[@]}"
 }
 step test-cluster cluster_suite
 step fuzz bash scripts/fuzz.sh
