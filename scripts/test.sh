@@ -107,7 +107,10 @@ oha_ready() {
 }
 
 step fmt cargo fmt --all -- --check
-step clippy cargo clippy --workspace --all-targets -- -D warnings
+# clippy with the test profile: the proc macros and build scripts it must
+# build are then the very ones the test step links (another profile would
+# build them twice, minutes on a fresh clone).
+step clippy cargo clippy --workspace --all-targets --profile test -- -D warnings
 step test cargo test --workspace --all-targets
 # The API suite again with the engine on the Redis Cluster. Skipped there,
 # by name, only tests whose subject is a private standalone redis-server
@@ -135,7 +138,9 @@ cluster_suite() {
     local skip=() name
     for name in "${CLUSTER_SKIP[@]}"; do skip+=(--skip "$name"); done
     echo "[test] API suite on the cluster $REDIS_CLUSTER_URL (${#CLUSTER_SKIP[@]} skipped by name)" >&2
-    REDIS_URL=$REDIS_CLUSTER_URL cargo test --test api -- "${skip[@]}"
+    # --workspace as in the test step: the same features, so its API test
+    # binary runs again instead of being built a second time.
+    REDIS_URL=$REDIS_CLUSTER_URL cargo test --workspace --test api -- "${skip[@]}"
 }
 step test-cluster cluster_suite
 step fuzz bash scripts/fuzz.sh
