@@ -4,10 +4,7 @@
 # no response is a 5xx and every response conforms to the document (status,
 # content type, schema, headers). Run by scripts/test.sh.
 #   bash scripts/fuzz.sh            (REDIS_URL/DATABASE_URL from services.sh)
-# Environment: FUZZ_EXAMPLES (30), FUZZ_SEED (1), FUZZ_PORT (18090),
-# FUZZ_WORKERS (4: operations fuzzed at once; the event streams' examples
-# each hold a connection open for a while, so one worker left the machine
-# idle nine tenths of the time).
+# Environment: FUZZ_EXAMPLES (30), FUZZ_SEED (1), FUZZ_PORT (18090).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -19,7 +16,6 @@ SCHEMATHESIS=$ROOT/.data/venv/bin/schemathesis
 EXAMPLES=${FUZZ_EXAMPLES:-30}
 SEED=${FUZZ_SEED:-1}
 PORT=${FUZZ_PORT:-18090}
-WORKERS=${FUZZ_WORKERS:-4}
 TOKEN=fuzz-admin-token-$(date +%s%N)
 NAME=fuzz$(date +%s)
 KEYS=$ROOT/.data/fuzz-keys.txt
@@ -72,4 +68,4 @@ done
 "$SCHEMATHESIS" --config-file "$AUTH_CONFIG" run "http://127.0.0.1:$PORT/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth \
     --max-examples "$EXAMPLES" --seed "$SEED" \
-    --workers "$WORKERS" --no-color
+    --no-color
