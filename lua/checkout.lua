@@ -31,8 +31,11 @@
 -- A sale keeps the size and limit it opened with, even if the config changes.
 -- Read once per batch, and updated when this batch opens the sale.
 local sales = {}
--- The sale's part, as the last request that sent it gave it.
+-- The sale's part, as the last request that sent it gave it, and its
+-- bounds as numbers: converted once per part, not once per request (Lua's
+-- tonumber is a strtod).
 local meta, sold, users, sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max
+local codes_max_n, refused_max_n
 -- The last key and argument read.
 local kc, ac = 2, 2
 
@@ -42,6 +45,7 @@ for r = 1, n do
     meta, sold, users = KEYS[kc + 1], KEYS[kc + 2], KEYS[kc + 3]
     sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max =
       ARGV[ac + 1], ARGV[ac + 2], ARGV[ac + 3], ARGV[ac + 4], ARGV[ac + 5], ARGV[ac + 6], ARGV[ac + 7]
+    codes_max_n, refused_max_n = tonumber(codes_max), tonumber(refused_max)
     kc, ac = kc + 3, ac + 7
   end
   local code_key = KEYS[kc + 1]
@@ -49,7 +53,7 @@ for r = 1, n do
     ARGV[ac + 1], ARGV[ac + 2], ARGV[ac + 3], ARGV[ac + 4], ARGV[ac + 5], ARGV[ac + 6], ARGV[ac + 7]
   kc, ac = kc + 1, ac + 7
 
-  local outcome, sale, items, limit
+  local outcome, sale, items, limit, items_n, limit_n
   -- Shed rather than grow the outbox without bound while Postgres is away:
   -- an attempt is recorded even when refused, so all of them are shed.
   if outbox_full() then
@@ -59,26 +63,34 @@ for r = 1, n do
     if not sale then
       local stored = redis.call('HMGET', meta, 'items', 'limit')
       sale = {opening = stored[1] == false, items = stored[1], limit = stored[2]}
+      if not sale.opening then
+        sale.items_n, sale.limit_n = tonumber(sale.items), tonumber(sale.limit)
+      end
       sales[meta] = sale
     end
-    items = sale.opening and sale_items or sale.items
-    limit = sale.opening and sale_limit or sale.limit
+    if sale.opening then
+      items, limit, items_n, limit_n = sale_items, sale_limit, tonumber(sale_items), tonumber(sale_limit)
+    else
+      items, limit, items_n, limit_n = sale.items, sale.limit, sale.items_n, sale.limit_n
+    end
     local item = tonumber(item_arg)
     local counts = redis.call('HMGET', users, 'p:' .. user, 'c:' .. user)
 
     outcome = 'OK'
-    if item > tonumber(items) then
+    if item > items_n then
       outcome = 'ITEM_NOT_FOUND'
-    elseif redis.call('GETBIT', sold, item) == 1 then
+    -- Arguments of redis.call go as strings: a Lua number would be printed
+    -- with %.14g first, which costs more than the command.
+    elseif redis.call('GETBIT', sold, item_arg) == 1 then
       outcome = 'ITEM_SOLD'
-    elseif tonumber(counts[1] or '0') >= tonumber(limit) then
+    elseif tonumber(counts[1] or '0') >= limit_n then
       outcome = 'USER_LIMIT_REACHED'
-    elseif tonumber(counts[2] or '0') >= tonumber(codes_max) then
+    elseif tonumber(counts[2] or '0') >= codes_max_n then
       -- Each live code costs memory; a per-user cap bounds what one user can pin.
       outcome = 'TOO_MANY_CHECKOUTS'
     end
     -- A refused attempt is recorded only within its share of the bound.
-    if outcome ~= 'OK' and outbox_full(tonumber(refused_max)) then
+    if outcome ~= 'OK' and outbox_full(refused_max_n) then
       outcome = 'REFUSALS_FULL'
     end
   end
@@ -95,7 +107,7 @@ for r = 1, n do
       redis.call('PEXPIRE', sold, sale_ttl)
       redis.call('HSET', users, '_', '')
       redis.call('PEXPIRE', users, sale_ttl)
-      sale.opening, sale.items, sale.limit = false, items, limit
+      sale.opening, sale.items, sale.limit, sale.items_n, sale.limit_n = false, items, limit, items_n, limit_n
       emit('sale_opened', {sale_id, starts, ends, items, limit, now})
     end
     local issued_code, expires = '', ''
@@ -105,7 +117,7 @@ for r = 1, n do
       -- as the bar: user ids cannot contain control characters.
       redis.call('SET', code_key, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit,
         'PX', code_ttl)
-      redis.call('HINCRBY', users, 'c:' .. user, 1)
+      redis.call('HINCRBY', users, 'c:' .. user, '1')
     end
     -- Every value is a string: one concatenation, no table.
     emit_joined('checkout',

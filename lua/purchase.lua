@@ -18,6 +18,19 @@
 --       now_ms, active sale_id, code.
 -- Reply: per request {'OK', item_id, user_purchases} or {refusal}.
 -- Events: purchase.
+
+-- The numbers many requests of a call share (their clock reading, their
+-- sale's limit), each converted once: Lua's tonumber is a strtod.
+local nums = {}
+local function num(s)
+  local v = nums[s]
+  if not v then
+    v = tonumber(s)
+    nums[s] = v
+  end
+  return v
+end
+
 local function purchase(code_key, sold, users, now, active_sale, code)
   local stored = redis.call('GET', code_key)
   if not stored then
@@ -39,7 +52,7 @@ local function purchase(code_key, sold, users, now, active_sale, code)
   if sale ~= active_sale then
     return {'SALE_OVER'}
   end
-  if tonumber(now) >= tonumber(expires) then
+  if num(now) >= tonumber(expires) then
     return {'CODE_EXPIRED'}
   end
   if redis.call('GETBIT', sold, item) == 1 then
@@ -47,7 +60,7 @@ local function purchase(code_key, sold, users, now, active_sale, code)
   end
   local field = 'p:' .. user
   local bought = tonumber(redis.call('HGET', users, field) or '0')
-  if bought >= tonumber(limit) then
+  if bought >= num(limit) then
     return {'USER_LIMIT_REACHED'}
   end
   -- Shed rather than grow the outbox without bound while Postgres is away.
@@ -55,9 +68,10 @@ local function purchase(code_key, sold, users, now, active_sale, code)
     return {'OUTBOX_FULL'}
   end
 
-  -- Writes start here.
-  redis.call('SETBIT', sold, item, 1)
-  redis.call('HINCRBY', users, field, 1)
+  -- Writes start here. Their arguments are strings: a Lua number would be
+  -- printed with %.14g first, which costs more than the command.
+  redis.call('SETBIT', sold, item, '1')
+  redis.call('HINCRBY', users, field, '1')
   -- Marks the code spent in place; the key keeps its TTL.
   redis.call('APPEND', code_key, '\31' .. now)
   -- Every value is a string: one concatenation, no table.
