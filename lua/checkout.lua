@@ -103,7 +103,7 @@ for r = 1, n do
       -- 1, so bit 0 of the sold bitmap is free to create it.
       redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', starts, 'ends_ms', ends)
       redis.call('PEXPIRE', meta, sale_ttl)
-      redis.call('SETBIT', sold, 0, 0)
+      redis.call('SETBIT', sold, '0', '0')
       redis.call('PEXPIRE', sold, sale_ttl)
       redis.call('HSET', users, '_', '')
       redis.call('PEXPIRE', users, sale_ttl)

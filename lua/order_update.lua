@@ -86,14 +86,16 @@ local function update(order_key, product, buyers, holds, idem, now, action, orde
       return {'OUTBOX_FULL', 0, unpack(BLANK)}, false
     end
     -- Writes start here.
-    local qty = tonumber(o[2])
-    redis.call('HINCRBY', product, 'reserved', -qty)
+    -- The order's quantity as the strings redis.call takes (a Lua number
+    -- would be printed with %.14g first).
+    local qty, less = string.format('%d', tonumber(o[2])), string.format('%d', -tonumber(o[2]))
+    redis.call('HINCRBY', product, 'reserved', less)
     if to == 'completed' then
       redis.call('HINCRBY', product, 'sold', qty)
     else
       redis.call('HINCRBY', product, 'available', qty)
       if tonumber(redis.call('HGET', product, 'max_per_buyer') or '0') > 0 then
-        redis.call('HINCRBY', buyers, o[3], -qty)
+        redis.call('HINCRBY', buyers, o[3], less)
       end
     end
     redis.call('ZREM', holds, member)

@@ -25,8 +25,8 @@ for i = 2, #ARGV, 2 do
     events = events + tonumber(ARGV[i + 1])
   end
 end
-if events > 0 and redis.call('DECRBY', counter, events) < 0 then
+if events > 0 and redis.call('DECRBY', counter, string.format('%d', events)) < 0 then
   -- Entries written before the counter existed were never counted.
-  redis.call('SET', counter, 0)
+  redis.call('SET', counter, '0')
 end
 return {deleted}

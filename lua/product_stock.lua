@@ -43,8 +43,8 @@ end
 local function bucket(product, price, merchant, limit, split_arg)
   if redis.call('EXISTS', product) == 0 then
     -- Writes start here.
-    redis.call('HSET', product, 'available', 0, 'reserved', 0, 'sold', 0, 'price_cents', price,
-      'merchant_id', merchant, 'max_per_buyer', limit, 'split', split_arg, 'moves', 0)
+    redis.call('HSET', product, 'available', '0', 'reserved', '0', 'sold', '0', 'price_cents', price,
+      'merchant_id', merchant, 'max_per_buyer', limit, 'split', split_arg, 'moves', '0')
   end
   return {'OK', 0, 0, 0, 0, 0, 1}
 end
@@ -79,11 +79,11 @@ local function stock(product, idem, now, action, product_id, seed, amount, name,
   else
     -- Writes start here.
     if not exists and split > 1 then
-      redis.call('HSET', product, 'stock_total', seed, 'available', 0, 'reserved', 0, 'sold', 0, 'reserve', seed,
+      redis.call('HSET', product, 'stock_total', seed, 'available', '0', 'reserved', '0', 'sold', '0', 'reserve', seed,
         'price_cents', price, 'merchant_id', merchant, 'max_per_buyer', limit, 'name', name, 'split', split,
-        'moves', 0)
+        'moves', '0')
     elseif not exists then
-      redis.call('HSET', product, 'stock_total', seed, 'available', seed, 'reserved', 0, 'sold', 0,
+      redis.call('HSET', product, 'stock_total', seed, 'available', seed, 'reserved', '0', 'sold', '0',
         'price_cents', price, 'merchant_id', merchant, 'max_per_buyer', limit, 'name', name)
     end
     if action == 'restock' then

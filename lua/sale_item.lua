@@ -70,7 +70,7 @@ local function checkout(meta, sold, code_key, a)
   if sale.opening then
     redis.call('HSET', meta, 'items', items, 'limit', limit, 'starts_ms', ARGV[a + 4], 'ends_ms', ARGV[a + 5])
     redis.call('PEXPIRE', meta, ARGV[a + 13])
-    redis.call('SETBIT', sold, 0, 0)
+    redis.call('SETBIT', sold, '0', '0')
     redis.call('PEXPIRE', sold, ARGV[a + 13])
     sale.opening, sale.items, sale.limit = false, items, limit
     -- Every part records the opening; the sink keeps the first per sale.
@@ -128,7 +128,7 @@ local function spend(sold, code_key, a, op)
   end
 
   -- Writes start here.
-  redis.call('SETBIT', sold, item, 1)
+  redis.call('SETBIT', sold, item, '1')
   redis.call('APPEND', code_key, S .. now)
   emit_joined('purchase', sale .. S .. user .. S .. item .. S .. code .. S .. now)
   return {'OK', tonumber(item)}

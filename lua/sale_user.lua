@@ -88,7 +88,7 @@ local function issue(meta, users, ticket, zset, a)
   if outcome == 'OK' then
     issued_code, expires = ARGV[a + 10], ARGV[a + 11]
     redis.call('SET', ticket, sale_id .. S .. user .. S .. item_arg .. S .. expires .. S .. limit, 'PX', ARGV[a + 12])
-    redis.call('HINCRBY', users, 'c:' .. user, 1)
+    redis.call('HINCRBY', users, 'c:' .. user, '1')
   end
   emit_joined('checkout',
     sale_id .. S .. user .. S .. item_arg .. S .. outcome .. S .. issued_code .. S .. expires .. S .. now)
@@ -124,7 +124,7 @@ local function reserve(users, ticket, zset, a)
 
   -- Writes start here. The ticket keeps its TTL.
   redis.call('SET', ticket, stored .. S .. 'reserved' .. S .. now, 'KEEPTTL')
-  redis.call('HINCRBY', users, 'r:' .. user, 1)
+  redis.call('HINCRBY', users, 'r:' .. user, '1')
   redis.call('ZADD', zset, now, code)
   return {'RESERVED', tonumber(item), bought}
 end
@@ -145,13 +145,13 @@ local function settle(users, ticket, zset, a)
     -- Writes start here.
     if verdict == 'spent' then
       if state == 'reserved' then
-        redis.call('HINCRBY', users, 'r:' .. user, -1)
-        redis.call('HINCRBY', users, 'p:' .. user, 1)
+        redis.call('HINCRBY', users, 'r:' .. user, '-1')
+        redis.call('HINCRBY', users, 'p:' .. user, '1')
         redis.call('SET', ticket, base .. S .. 'bought' .. S .. ARGV[a + 2], 'KEEPTTL')
       end
     else
       if state == 'reserved' then
-        redis.call('HINCRBY', users, 'r:' .. user, -1)
+        redis.call('HINCRBY', users, 'r:' .. user, '-1')
       end
       local reason = string.sub(verdict, 6)
       redis.call('SET', ticket, base .. S .. 'void' .. S .. reason, 'KEEPTTL')

@@ -68,8 +68,8 @@ local function give(product, transit, index, a)
 
   -- Writes start here. Counts are written with %d, never tostring.
   local record = taker .. S .. string.format('%d', q) .. S .. now
-  redis.call('HINCRBY', product, field, -q)
-  redis.call('HINCRBY', product, 'moves', 1)
+  redis.call('HINCRBY', product, field, string.format('%d', -q))
+  redis.call('HINCRBY', product, 'moves', '1')
   redis.call('HSET', transit, tid, record)
   redis.call('ZADD', index, now, product_id .. S .. tid .. S .. record)
   return {'GIVEN', q}
@@ -89,8 +89,8 @@ local function take(product, receipts, a)
   end
 
   -- Writes start here.
-  redis.call('HINCRBY', product, 'available', q)
-  redis.call('HINCRBY', product, 'moves', 1)
+  redis.call('HINCRBY', product, 'available', string.format('%d', q))
+  redis.call('HINCRBY', product, 'moves', '1')
   redis.call('ZADD', receipts, now, tid)
   local old = redis.call('ZRANGEBYSCORE', receipts, '-inf', now - tonumber(ARGV[a + 10]), 'WITHSCORES',
     'LIMIT', 0, tonumber(ARGV[a + 11]))

@@ -145,7 +145,7 @@ local function end_bonus(c, a, status)
   end
   a.cash, a.bonus, a.b = a.cash + cash_d, 0, nil
   b.status = status
-  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', 0)
+  redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', '0')
   redis.call('HDEL', a.key, unpack(BONUS_FIELDS))
   redis.call('ZREM', c.zset, member(c))
   redis.call('HSET', c.refs, 'B:' .. b.id, status)
@@ -397,8 +397,8 @@ local function grant(c, amount, required, max_bet, expires, contributions)
   a.bonus = a.bonus + amount
   a.b = b
   redis.call('HSET', a.key, 'cash', int(a.cash), 'bonus', int(a.bonus), 'b_id', b.id, 'b_amt', int(amount),
-    'b_req', int(required), 'b_wag', 0, 'b_max', int(max_bet), 'b_exp', int(expires), 'b_con', contributions)
-  redis.call('ZADD', c.zset, expires, member(c))
+    'b_req', int(required), 'b_wag', '0', 'b_max', int(max_bet), 'b_exp', int(expires), 'b_con', contributions)
+  redis.call('ZADD', c.zset, int(expires), member(c))
   entry(c, a, 'bonus_granted', b.id, amount, 0, amount, 0, '', b.id)
   bonus_state(c, a, b)
   return {'OK', b.id, a.cash, a.bonus}
