@@ -4,6 +4,7 @@
 #
 #   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [extra loadtest flags]
 #   loadtest/run.sh costs [extra loadtest costs flags]   # a running deployment: starts nothing
+#   loadtest/run.sh script-bench [--variant DIR ...]     # the sale's scripts alone on a Redis of its own
 #
 # contest, sustained, contention, orders, wallet and ingest (and the baseline
 # server's runs) print a cost table over their measured phase and write it
@@ -33,6 +34,12 @@
 # script call, like one order or one wallet operation) over the same
 # connection count, for as long as the engine's run, and print the engine's
 # orders/s or operations/s against its requests/s.
+#
+# script-bench runs the sale's batch scripts (lua/checkout.lua and
+# lua/purchase.lua, or each --variant DIR's) straight against the run's own
+# Redis, no engine: interleaved blocks per variant, EVALSHA and CPU µs per
+# request, each variant's paired ratio to the first (loadtest script-bench
+# --help). Script changes too small for a whole run's noise are decided here.
 #
 # faults runs the fault cases (loadtest faults --help): the engine's Redis
 # connections dropped, Redis killed with SIGKILL and restarted, a flood at 5x
@@ -96,7 +103,7 @@
 # 1 an invariant failed, 2 setup error).
 set -euo pipefail
 
-usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha|costs [loadtest flags]" >&2; exit 2; }
+usage() { echo "usage: loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha|costs|script-bench [loadtest flags]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 SCENARIO=$1
 shift
@@ -157,6 +164,7 @@ case "$SCENARIO" in
   # The checkout recipe asks for items up to 9999, the purchase one up to CODES.
   oha)        USERS=${USERS:-1000};  ITEMS=${ITEMS:-10000}; OHA_RECIPE=${OHA_RECIPE:-checkout} ;;
   costs)      ;;
+  script-bench) ;;
   *) usage ;;
 esac
 LIMIT=${LIMIT:-10}
@@ -452,6 +460,22 @@ CONF
 elif [[ $SCENARIO == faults ]]; then
   echo "run.sh: faults: REDIS_URL was given: drop and flood run against it, kill is SKIPPED" >&2
 fi
+if [[ $SCENARIO == script-bench ]]; then
+  # The sale's scripts straight against the run's own Redis: no engine and
+  # no Postgres. It resets that Redis's statistics, so never a given one.
+  if [[ -z $OWN_REDIS_DIR ]]; then
+    echo "run.sh: script-bench runs only on a Redis of its own (unset REDIS_URL, LOAD_REDIS=server)" >&2
+    exit 2
+  fi
+  BENCH_JSON=$OUT_DIR/script-bench-$EPOCH.json
+  set +e
+  "$BIN/loadtest" script-bench --redis-url "$REDIS_URL" --json "$BENCH_JSON" --threads 1 "$@"
+  rc=$?
+  set -e
+  echo "run.sh: JSON summary $BENCH_JSON" >&2
+  exit "$rc"
+fi
+
 # The cost table's split by script: the slow log, only on our own Redis.
 COST_FLAGS=()
 if [[ -n $OWN_REDIS_DIR$OWN_CLUSTER_DIR && ${COST_SLOWLOG:-1} != 0 ]]; then COST_FLAGS=(--slowlog-sample); fi

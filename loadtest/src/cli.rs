@@ -14,6 +14,7 @@ use crate::scenarios::ingest::IngestArgs;
 use crate::scenarios::oha::OhaArgs;
 use crate::scenarios::orders::OrdersArgs;
 use crate::scenarios::sale::args::SaleArgs;
+use crate::scenarios::script_bench::ScriptBenchArgs;
 use crate::scenarios::settlement::SettlementArgs;
 use crate::scenarios::wallet::WalletArgs;
 
@@ -89,6 +90,11 @@ pub enum Command {
     /// --requests; starts nothing.
     #[command(args_override_self = true)]
     Costs(CostsArgs),
+    /// The sale's batch scripts straight against an idle Redis, variant
+    /// against variant in interleaved blocks: EVALSHA and CPU microseconds
+    /// per request, and each variant's paired ratio to the first.
+    #[command(args_override_self = true)]
+    ScriptBench(ScriptBenchArgs),
 }
 
 #[cfg(test)]
@@ -117,6 +123,22 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn script_bench_defaults_to_the_engines_scripts() {
+        let cli = parse("script-bench --redis-url redis://x:1 --variant /tmp/a").unwrap();
+        let Command::ScriptBench(a) = cli.command else {
+            panic!("not script-bench: {:?}", cli.command)
+        };
+        assert_eq!(a.variants, vec![std::path::PathBuf::from("/tmp/a")]);
+        assert_eq!((a.batch, a.rounds, a.reps), (150, 20, 30));
+        let cli = parse("script-bench --redis-url redis://x:1").unwrap();
+        let Command::ScriptBench(a) = cli.command else {
+            panic!("not script-bench")
+        };
+        assert_eq!(a.variants, vec![std::path::PathBuf::from("lua")]);
+        assert!(parse("script-bench --redis-url redis://x:1 --batch 0").is_err());
     }
 
     #[test]

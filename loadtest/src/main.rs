@@ -24,7 +24,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 use common::verdict::Checks;
 use scenarios::sale::args::{Args as SaleRun, SaleKind};
-use scenarios::{compare, costs, faults, ingest, oha, orders, sale, settlement, wallet};
+use scenarios::{compare, costs, faults, ingest, oha, orders, sale, script_bench, settlement, wallet};
 
 /// The driver shares the machine with the engine: a cheaper allocator leaves
 /// more CPU to what is being measured.
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Oha(args) => Ok(Box::pin(async move { oha::run(args) })),
         Command::Compare(args) => Ok(Box::pin(async move { compare::run(args) })),
         Command::Costs(args) => Ok(Box::pin(costs::run(args))),
+        Command::ScriptBench(args) => Ok(Box::pin(script_bench::run(args))),
     };
     match run {
         Ok(run) => block_on(threads.map(usize::from), cli.strict, run),

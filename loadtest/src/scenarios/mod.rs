@@ -7,5 +7,6 @@ pub mod ingest;
 pub mod oha;
 pub mod orders;
 pub mod sale;
+pub mod script_bench;
 pub mod settlement;
 pub mod wallet;

@@ -1,0 +1,13 @@
+//! What makes a script bench worth reading.
+
+use crate::common::verdict::Check;
+
+/// Every checkout and purchase was answered OK: a variant that refuses what
+/// it should accept does other work, and its figures compare nothing.
+pub fn checks(refused: u64) -> Vec<Check> {
+    vec![Check::new(
+        "every_request_ok",
+        refused == 0,
+        format!("{refused} checkouts or purchases answered other than OK"),
+    )]
+}
