@@ -35,7 +35,7 @@ local sales = {}
 -- bounds as numbers: converted once per part, not once per request (Lua's
 -- tonumber is a strtod).
 local meta, sold, users, sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max
-local codes_max_n, refused_max_n
+local sale_items_n, sale_limit_n, codes_max_n, refused_max_n
 -- The last key and argument read.
 local kc, ac = 2, 2
 
@@ -45,7 +45,8 @@ for r = 1, n do
     meta, sold, users = KEYS[kc + 1], KEYS[kc + 2], KEYS[kc + 3]
     sale_id, starts, ends, sale_items, sale_limit, codes_max, refused_max =
       ARGV[ac + 1], ARGV[ac + 2], ARGV[ac + 3], ARGV[ac + 4], ARGV[ac + 5], ARGV[ac + 6], ARGV[ac + 7]
-    codes_max_n, refused_max_n = tonumber(codes_max), tonumber(refused_max)
+    sale_items_n, sale_limit_n, codes_max_n, refused_max_n =
+      tonumber(sale_items), tonumber(sale_limit), tonumber(codes_max), tonumber(refused_max)
     kc, ac = kc + 3, ac + 7
   end
   local code_key = KEYS[kc + 1]
@@ -69,7 +70,7 @@ for r = 1, n do
       sales[meta] = sale
     end
     if sale.opening then
-      items, limit, items_n, limit_n = sale_items, sale_limit, tonumber(sale_items), tonumber(sale_limit)
+      items, limit, items_n, limit_n = sale_items, sale_limit, sale_items_n, sale_limit_n
     else
       items, limit, items_n, limit_n = sale.items, sale.limit, sale.items_n, sale.limit_n
     end

@@ -62,7 +62,9 @@ fn primaries_of(reply: &Value) -> Result<Vec<(String, u16)>, String> {
     Ok(out)
 }
 
-fn command(name: &'static str) -> CustomCommand {
+/// A command by name, for any node (`ClusterHash::Random`): the server-wide
+/// ones, `INFO`, `CONFIG`, `SLOWLOG`, which name no key to route by.
+pub fn command(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::Random, false)
 }
 

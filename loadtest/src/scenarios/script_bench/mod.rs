@@ -21,9 +21,10 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fred::prelude::{Client, ClientLike};
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 
 use crate::common::cost::info::{self, NodeCounters};
+use crate::common::cost::redis::command;
 use crate::common::stores::connect_redis;
 use crate::common::summary;
 use crate::common::verdict::Checks;
@@ -214,7 +215,7 @@ fn read(path: &Path) -> Result<String, String> {
 
 async fn send(client: &Client, name: &'static str, args: Vec<String>) -> Result<Value, String> {
     client
-        .custom(CustomCommand::new_static(name, ClusterHash::Random, false), args)
+        .custom(command(name), args)
         .await
         .map_err(|e| format!("{name}: {e}"))
 }
@@ -248,10 +249,10 @@ fn count_not_ok(reply: &Value) -> u64 {
         .iter()
         .filter(|item| {
             let first = match item {
-                Value::Array(inner) => inner.first().and_then(|v| v.as_str().map(|s| s.into_owned())),
-                other => other.as_str().map(|s| s.into_owned()),
+                Value::Array(inner) => inner.first(),
+                other => Some(*other),
             };
-            first.as_deref() != Some("OK")
+            first.and_then(Value::as_str).as_deref() != Some("OK")
         })
         .count() as u64
 }
