@@ -1328,6 +1328,64 @@ async fn a_won_bet_is_neither_refunded_nor_won_again() {
     app.finish().await;
 }
 
+/// A player's reference hash is made a hash table once it holds 32 records
+/// (`lua/wallet_apply.lua`: a listpack is scanned on every read and write).
+/// Records written before and after that are all still found: each replays
+/// its first answer, refuses other content, and a bet is settled once.
+#[tokio::test]
+async fn records_stay_exact_as_the_reference_hash_grows() {
+    let app = spawn_app(&[]).await;
+    ok_tx(&app, "h1", "deposit", 10_000, "h1-d", json!({})).await;
+    let mut bets = Vec::new();
+    for i in 0..20 {
+        let reference = format!("h1-b{i}");
+        bets.push((
+            reference.clone(),
+            ok_tx(&app, "h1", "bet", 10, &reference, json!({"game": "slots"})).await,
+        ));
+    }
+    // Wins write the settled bet with their own record: the hash passes 32
+    // fields on this path.
+    for i in 0..16 {
+        let bet = json!({"bet_reference_id": format!("h1-b{i}")});
+        ok_tx(&app, "h1", "win", 5, &format!("h1-w{i}"), bet).await;
+    }
+    let refs = app
+        .ctx
+        .keys
+        .key(app.ctx.keys.shard_of_text("h1"), format_args!("wallet:refs:h1"));
+    let encoding: String = app
+        .redis
+        .custom(fred::cmd!("OBJECT"), vec!["ENCODING".to_owned(), refs])
+        .await
+        .expect("OBJECT ENCODING");
+    assert_eq!(encoding, "hashtable");
+    // Every bet, recorded before or after, replays its first answer.
+    for (reference, first) in &bets {
+        let replay = post_tx(&app, "h1", "bet", 10, reference, json!({"game": "slots"})).await;
+        assert_eq!(replay.status, StatusCode::OK, "{reference}: {:?}", replay.body);
+        assert_eq!(&replay.body, first, "{reference}");
+        let other = post_tx(&app, "h1", "bet", 11, reference, json!({"game": "slots"})).await;
+        assert_eq!(other.error_code(), "REFERENCE_REUSED", "{reference}");
+    }
+    // Won bets stay settled; the bets not yet won are still open.
+    let again = post_tx(&app, "h1", "win", 5, "h1-again", json!({"bet_reference_id": "h1-b0"})).await;
+    assert_eq!(again.error_code(), "BET_SETTLED", "{:?}", again.body);
+    ok_tx(
+        &app,
+        "h1",
+        "refund",
+        10,
+        "h1-r19",
+        json!({"bet_reference_id": "h1-b19"}),
+    )
+    .await;
+    // 10,000 - 20 bets of 10 + 16 wins of 5 + one refund of 10.
+    assert_eq!(balances(&wallet(&app, "h1").await), (9_890, 0));
+    assert_conserved(&app).await;
+    app.finish().await;
+}
+
 /// Sends the two bodies at once, many times over (one bet each): exactly one
 /// of each pair is applied; the other gets 409 with one of `codes`.
 async fn race_pairs(app: &TestApp, pairs: Vec<(String, String)>, codes: &[&str]) -> Vec<(usize, String)> {
