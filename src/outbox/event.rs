@@ -219,13 +219,16 @@ pub fn decode_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
                 .ok_or("entry id is not a string")?;
             let fields = match fields {
                 Value::Null => RawFields::Deleted,
-                Value::Array(flat) => {
-                    let shown = format!("{flat:?}");
-                    match pairs(flat) {
-                        Ok(pairs) => RawFields::Pairs(pairs),
-                        Err(error) => RawFields::Unreadable { shown, error },
-                    }
-                }
+                // The entry is shown only when it cannot be read: formatting
+                // every entry read cost the flusher a Debug rendering of a
+                // whole batch of events each time.
+                Value::Array(flat) => match pairs(&flat) {
+                    Ok(pairs) => RawFields::Pairs(pairs),
+                    Err(error) => RawFields::Unreadable {
+                        shown: format!("{flat:?}"),
+                        error,
+                    },
+                },
                 other => RawFields::Unreadable {
                     shown: format!("{other:?}"),
                     error: "entry fields are not an array".into(),
@@ -341,16 +344,17 @@ pub fn decode_stored(
     }
 }
 
-fn pairs(flat: Vec<Value>) -> Result<Vec<(String, String)>, String> {
+fn pairs(flat: &[Value]) -> Result<Vec<(String, String)>, String> {
     if !flat.len().is_multiple_of(2) {
         return Err("odd number of field values".into());
     }
     let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let k = value_text(&k).ok_or("field name is not a string")?.into_owned();
-        let v = value_text(&v).ok_or("field value is not a string")?.into_owned();
-        out.push((k, v));
+    for pair in flat.chunks_exact(2) {
+        if let [k, v] = pair {
+            let k = value_text(k).ok_or("field name is not a string")?.into_owned();
+            let v = value_text(v).ok_or("field value is not a string")?.into_owned();
+            out.push((k, v));
+        }
     }
     Ok(out)
 }
