@@ -33,10 +33,8 @@ pub struct SaleKeys {
     pub meta: String,
     pub sold: String,
     pub users: String,
-    /// A split sale's reservations on this part (sale_user.lua).
-    pub reserving: String,
-    keyspace_code_prefix: String,
-    keyspace_ticket_prefix: String,
+    /// The part's shard's key start, which codes and tickets follow.
+    start: String,
 }
 
 impl SaleKeys {
@@ -44,31 +42,48 @@ impl SaleKeys {
         Self::of_part(keys, sale_id, 0)
     }
 
+    /// Built for every checkout and purchase: the sale's key is formatted
+    /// once and the others are joined to it, with no formatting of their own.
     pub fn of_part(keys: &Keyspace, sale_id: u64, part: u32) -> Self {
         let shard = part_shard(keys, sale_id, part);
+        let meta = keys.key(shard, format_args!("sale:{sale_id}"));
         Self {
             shard,
-            meta: keys.key(shard, format_args!("sale:{sale_id}")),
-            sold: keys.key(shard, format_args!("sale:{sale_id}:sold")),
-            users: keys.key(shard, format_args!("sale:{sale_id}:users")),
-            reserving: keys.key(shard, format_args!("sale:{sale_id}:reserving")),
-            keyspace_code_prefix: keys.key(shard, format_args!("code:")),
-            keyspace_ticket_prefix: keys.key(shard, format_args!("ticket:")),
+            sold: joined(&meta, ":sold"),
+            users: joined(&meta, ":users"),
+            meta,
+            start: keys.key_start(shard).to_owned(),
         }
     }
 
+    /// A split sale's reservations on this part (sale_user.lua).
+    pub fn reserving(&self) -> String {
+        joined(&self.meta, ":reserving")
+    }
+
     pub fn code(&self, code: &CheckoutCode) -> String {
-        let mut key = self.keyspace_code_prefix.clone();
-        key.push_str(code.as_str());
-        key
+        self.under_start("code:", code)
     }
 
     /// A split sale's code on the user's part (sale_user.lua).
     pub fn ticket(&self, code: &CheckoutCode) -> String {
-        let mut key = self.keyspace_ticket_prefix.clone();
+        self.under_start("ticket:", code)
+    }
+
+    fn under_start(&self, kind: &str, code: &CheckoutCode) -> String {
+        let mut key = String::with_capacity(self.start.len() + kind.len() + code.as_str().len());
+        key.push_str(&self.start);
+        key.push_str(kind);
         key.push_str(code.as_str());
         key
     }
+}
+
+fn joined(key: &str, suffix: &str) -> String {
+    let mut joined = String::with_capacity(key.len() + suffix.len());
+    joined.push_str(key);
+    joined.push_str(suffix);
+    joined
 }
 
 /// A sale as Redis holds it, over all its parts: the size and limit it

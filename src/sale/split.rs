@@ -111,7 +111,7 @@ async fn user_call(
         part.meta.clone(),
         part.users.clone(),
         part.ticket(code),
-        part.reserving.clone(),
+        part.reserving(),
     ];
     executor.call(&SALE_USER, part.shard, keys, args).await
 }

@@ -44,7 +44,7 @@ async fn pass(sale: &Sale, sale_id: u64, part: u32, now_ms: i64) -> Result<usize
     let keys = SaleKeys::of_part(&ctx.keys, sale_id, part);
     let due = due_members(
         &ctx.redis,
-        keys.reserving,
+        keys.reserving(),
         now_ms - sale.settings.reservation_timeout_ms,
         SALE_SWEEP_BATCH,
     )
