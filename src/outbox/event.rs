@@ -1,4 +1,5 @@
 use std::borrow::Cow;
+use std::ops::Range;
 use std::str::FromStr;
 
 use fred::types::Value;
@@ -59,35 +60,29 @@ pub struct EventKind {
 pub struct OutboxEvent {
     event_id: String,
     kind: String,
-    fields: Vec<(&'static str, String)>,
+    /// The values, joined by [`VALUE_SEPARATOR`] as a batched entry holds
+    /// them, kept whole: each field is a span of it, so decoding an event
+    /// copies its values once instead of once per field.
+    values: String,
+    fields: Vec<(&'static str, Range<usize>)>,
     /// Decoded from an entry written before batching (named fields).
     legacy: bool,
 }
 
 impl OutboxEvent {
-    pub fn new(event_id: String, kind: String, fields: Vec<(&'static str, String)>) -> Self {
-        Self {
-            event_id,
-            kind,
-            fields,
-            legacy: false,
-        }
-    }
-
     /// The event as its stream entry held it (see [`Undecodable::fields`]):
     /// what a dead letter keeps, and what [`decode_stored`] reads back. An
     /// older one-event entry's fields are given in its kind's order.
     pub fn raw_fields(&self) -> Vec<String> {
         if self.legacy {
             let mut out = vec!["kind".to_owned(), self.kind.clone()];
-            for (name, value) in &self.fields {
+            for (name, span) in &self.fields {
                 out.push((*name).to_owned());
-                out.push(value.clone());
+                out.push(self.values.get(span.clone()).unwrap_or_default().to_owned());
             }
             return out;
         }
-        let values: Vec<&str> = self.fields.iter().map(|(_, v)| v.as_str()).collect();
-        vec![self.kind.clone(), values.join(VALUE_SEPARATOR.to_string().as_str())]
+        vec![self.kind.clone(), self.values.clone()]
     }
 
     pub fn event_id(&self) -> &str {
@@ -99,7 +94,8 @@ impl OutboxEvent {
     }
 
     fn lookup(&self, field: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| *k == field).map(|(_, v)| v.as_str())
+        let (_, span) = self.fields.iter().find(|(k, _)| *k == field)?;
+        self.values.get(span.clone())
     }
 
     pub fn text(&self, field: &'static str) -> Result<&str, SinkError> {
@@ -304,37 +300,44 @@ pub fn decode_stored(
         [first, kind_name, rest @ ..] if first == "kind" => {
             let kind = kind_of(kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
             let pairs: Vec<(&String, &String)> = rest.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
-            let named = kind
-                .fields
-                .iter()
-                .filter_map(|name| {
-                    pairs
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| (*name, (*v).clone()))
-                })
-                .collect();
-            let mut event = OutboxEvent::new(event_id, kind_name.clone(), named);
-            event.legacy = true;
-            Ok(event)
+            // The named fields the kind declares, in its order, joined as a
+            // batched entry's values are.
+            let mut values = String::new();
+            let mut fields = Vec::with_capacity(kind.fields.len());
+            for name in kind.fields {
+                if let Some((_, value)) = pairs.iter().find(|(k, _)| k == name) {
+                    if !fields.is_empty() {
+                        values.push(VALUE_SEPARATOR);
+                    }
+                    let start = values.len();
+                    values.push_str(value);
+                    fields.push((*name, start..values.len()));
+                }
+            }
+            Ok(OutboxEvent {
+                event_id,
+                kind: kind_name.clone(),
+                values,
+                fields,
+                legacy: true,
+            })
         }
         [kind_name, values] => {
             let kind = kind_of(kind_name).ok_or_else(|| SinkError::UnknownKind(kind_name.clone()))?;
-            let values: Vec<&str> = values.split(VALUE_SEPARATOR).collect();
-            if values.len() != kind.fields.len() {
-                return Err(SinkError::Malformed {
+            match spans(values, kind.fields) {
+                Some(fields) => Ok(OutboxEvent {
+                    event_id,
+                    kind: kind_name.clone(),
+                    values: values.clone(),
+                    fields,
+                    legacy: false,
+                }),
+                None => Err(SinkError::Malformed {
                     event_id,
                     field: "values",
                     problem: "has another number of values than its kind declares",
-                });
+                }),
             }
-            let named = kind
-                .fields
-                .iter()
-                .copied()
-                .zip(values.into_iter().map(str::to_owned))
-                .collect();
-            Ok(OutboxEvent::new(event_id, kind_name.clone(), named))
         }
         _ => Err(SinkError::Malformed {
             event_id,
@@ -342,6 +345,20 @@ pub fn decode_stored(
             problem: "are neither a kind and its values nor named fields",
         }),
     }
+}
+
+/// Each of `names`, in order, with its span of the joined `values`; `None`
+/// when there are more or fewer values than names.
+fn spans(values: &str, names: &'static [&'static str]) -> Option<Vec<(&'static str, Range<usize>)>> {
+    let mut fields = Vec::with_capacity(names.len());
+    let mut names = names.iter();
+    let mut start = 0;
+    for (at, _) in values.match_indices(VALUE_SEPARATOR) {
+        fields.push((*names.next()?, start..at));
+        start = at + VALUE_SEPARATOR.len_utf8();
+    }
+    fields.push((*names.next()?, start..values.len()));
+    names.next().is_none().then_some(fields)
 }
 
 fn pairs(flat: &[Value]) -> Result<Vec<(String, String)>, String> {
