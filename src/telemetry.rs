@@ -195,6 +195,23 @@ fn with_counter(key: HandleKey, make: impl FnOnce() -> Counter, apply: impl FnOn
     });
 }
 
+/// Adds `by` to the counter `name` with one label, through a handle kept
+/// per thread: for a feature's metric that moves with every request. Its
+/// values must come from a fixed set, as every label's.
+pub fn count_labelled(name: &'static str, label: &'static str, value: &'static str, by: u64) {
+    with_counter(
+        handle_key(name, label, value),
+        || counter!(name, label => value),
+        |c| c.increment(by),
+    );
+}
+
+/// Adds `by` to the counter `name`, which has no labels, through a handle
+/// kept per thread.
+pub fn count(name: &'static str, by: u64) {
+    with_counter(handle_key(name, "", ""), || counter!(name), |c| c.increment(by));
+}
+
 /// As [`with_counter`], for a histogram.
 fn with_histogram(key: HandleKey, make: impl FnOnce() -> Histogram, apply: impl FnOnce(&Histogram)) {
     let _ = HISTOGRAMS.try_with(|cell| match cell.try_borrow_mut() {

@@ -3,6 +3,8 @@
 
 use ::metrics::{counter, gauge};
 
+use crate::telemetry;
+
 /// Its metrics exist from the start at zero, so a dashboard or an alert
 /// reads 0 rather than "no data" before the first transaction.
 pub fn register() {
@@ -21,7 +23,7 @@ pub fn register() {
 /// A wallet script outcome: `OK`, `REPLAY`, `NOOP` (expiry not due) or a
 /// refusal code.
 pub fn wallet_outcome(outcome: &'static str) {
-    counter!("stampede_wallet_outcomes_total", "outcome" => outcome).increment(1);
+    telemetry::count_labelled("stampede_wallet_outcomes_total", "outcome", outcome, 1);
 }
 
 /// Bonuses the expiry task expired.
@@ -36,7 +38,7 @@ pub fn wallet_sse_streams(delta: f64) {
 
 /// Events written to event streams, and streams refused at the bound.
 pub fn wallet_sse_events(sent: u64) {
-    counter!("stampede_wallet_sse_events_total").increment(sent);
+    telemetry::count("stampede_wallet_sse_events_total", sent);
 }
 
 pub fn wallet_sse_refused() {
