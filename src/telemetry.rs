@@ -162,8 +162,9 @@ pub fn http_request(route: &'static str, status: StatusCode, elapsed: Duration) 
 /// Finding a labelled metric in the registry (building its key, hashing
 /// and comparing it) cost about 2% of the engine's CPU under load, three to
 /// five times per request. Every label kept here is a `'static` value from
-/// a fixed set (routes, statuses, callers, scripts, outcomes), so a map
-/// holds at most their product.
+/// a fixed set (routes, statuses, scripts, outcomes, and the callers: the
+/// service keys' names, new ones only when the keys are read again), so a
+/// map holds at most their product.
 type HandleKey = [usize; 6];
 
 fn handle_key(name: &'static str, first: &'static str, second: &'static str) -> HandleKey {

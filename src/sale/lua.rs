@@ -33,8 +33,9 @@ pub struct SaleKeys {
     pub meta: String,
     pub sold: String,
     pub users: String,
-    /// The part's shard's key start, which codes and tickets follow.
-    start: String,
+    /// How long the part's shard's key start is: `meta` begins with it,
+    /// and codes and tickets follow it.
+    start_len: usize,
 }
 
 impl SaleKeys {
@@ -52,7 +53,7 @@ impl SaleKeys {
             sold: joined(&meta, ":sold"),
             users: joined(&meta, ":users"),
             meta,
-            start: keys.key_start(shard).to_owned(),
+            start_len: keys.key_start(shard).len(),
         }
     }
 
@@ -71,8 +72,9 @@ impl SaleKeys {
     }
 
     fn under_start(&self, kind: &str, code: &CheckoutCode) -> String {
-        let mut key = String::with_capacity(self.start.len() + kind.len() + code.as_str().len());
-        key.push_str(&self.start);
+        let start = self.meta.get(..self.start_len).unwrap_or_default();
+        let mut key = String::with_capacity(start.len() + kind.len() + code.as_str().len());
+        key.push_str(start);
         key.push_str(kind);
         key.push_str(code.as_str());
         key
