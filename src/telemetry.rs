@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -183,17 +184,30 @@ thread_local! {
     static HISTOGRAMS: RefCell<HashMap<HandleKey, Histogram>> = RefCell::new(HashMap::new());
 }
 
-/// Applies `apply` to the counter `make` registers, made once per thread.
-/// The recorder is installed before the first is made, so no handle kept
-/// here is one that records nothing.
-fn with_counter(key: HandleKey, make: impl FnOnce() -> Counter, apply: impl FnOnce(&Counter)) {
-    let _ = COUNTERS.try_with(|cell| match cell.try_borrow_mut() {
+/// Applies `apply` to the handle `make` registers, kept in `handles`: made
+/// once per thread. The recorder is installed before the first is made, so
+/// no kept handle is one that records nothing.
+fn with_handle<H: 'static>(
+    handles: &'static LocalKey<RefCell<HashMap<HandleKey, H>>>,
+    key: HandleKey,
+    make: impl FnOnce() -> H,
+    apply: impl FnOnce(&H),
+) {
+    let _ = handles.try_with(|cell| match cell.try_borrow_mut() {
         Ok(mut map) => apply(map.entry(key).or_insert_with(|| {
             metrics_handle();
             make()
         })),
         Err(_) => apply(&make()),
     });
+}
+
+fn with_counter(key: HandleKey, make: impl FnOnce() -> Counter, apply: impl FnOnce(&Counter)) {
+    with_handle(&COUNTERS, key, make, apply);
+}
+
+fn with_histogram(key: HandleKey, make: impl FnOnce() -> Histogram, apply: impl FnOnce(&Histogram)) {
+    with_handle(&HISTOGRAMS, key, make, apply);
 }
 
 /// Adds `by` to the counter `name` with one label, through a handle kept
@@ -211,17 +225,6 @@ pub fn count_labelled(name: &'static str, label: &'static str, value: &'static s
 /// kept per thread.
 pub fn count(name: &'static str, by: u64) {
     with_counter(handle_key(name, "", ""), || counter!(name), |c| c.increment(by));
-}
-
-/// As [`with_counter`], for a histogram.
-fn with_histogram(key: HandleKey, make: impl FnOnce() -> Histogram, apply: impl FnOnce(&Histogram)) {
-    let _ = HISTOGRAMS.try_with(|cell| match cell.try_borrow_mut() {
-        Ok(mut map) => apply(map.entry(key).or_insert_with(|| {
-            metrics_handle();
-            make()
-        })),
-        Err(_) => apply(&make()),
-    });
 }
 
 /// Requests by caller: a service key's name (keys are few, so the label
