@@ -88,8 +88,8 @@ local function update(order_key, product, buyers, holds, idem, now, action, orde
     -- Writes start here.
     -- The order's quantity as the strings redis.call takes (a Lua number
     -- would be printed with %.14g first).
-    local n = tonumber(o[2])
-    local qty, less = string.format('%d', n), string.format('%d', -n)
+    local count = tonumber(o[2])
+    local qty, less = string.format('%d', count), string.format('%d', -count)
     redis.call('HINCRBY', product, 'reserved', less)
     if to == 'completed' then
       redis.call('HINCRBY', product, 'sold', qty)

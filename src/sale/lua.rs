@@ -50,8 +50,8 @@ impl SaleKeys {
         let meta = keys.key(shard, format_args!("sale:{sale_id}"));
         Self {
             shard,
-            sold: joined(&meta, ":sold"),
-            users: joined(&meta, ":users"),
+            sold: [meta.as_str(), ":sold"].concat(),
+            users: [meta.as_str(), ":users"].concat(),
             meta,
             start_len: keys.key_start(shard).len(),
         }
@@ -59,7 +59,7 @@ impl SaleKeys {
 
     /// A split sale's reservations on this part (sale_user.lua).
     pub fn reserving(&self) -> String {
-        joined(&self.meta, ":reserving")
+        [self.meta.as_str(), ":reserving"].concat()
     }
 
     pub fn code(&self, code: &CheckoutCode) -> String {
@@ -73,19 +73,8 @@ impl SaleKeys {
 
     fn under_start(&self, kind: &str, code: &CheckoutCode) -> String {
         let start = self.meta.get(..self.start_len).unwrap_or_default();
-        let mut key = String::with_capacity(start.len() + kind.len() + code.as_str().len());
-        key.push_str(start);
-        key.push_str(kind);
-        key.push_str(code.as_str());
-        key
+        [start, kind, code.as_str()].concat()
     }
-}
-
-fn joined(key: &str, suffix: &str) -> String {
-    let mut joined = String::with_capacity(key.len() + suffix.len());
-    joined.push_str(key);
-    joined.push_str(suffix);
-    joined
 }
 
 /// A sale as Redis holds it, over all its parts: the size and limit it

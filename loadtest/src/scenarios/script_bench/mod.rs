@@ -133,23 +133,13 @@ async fn block(
         format!("{prefix}:sale:users"),
     );
     let items = u64::from(args.batch) * u64::from(args.rounds);
-    let mut written = vec![
-        outbox.clone(),
-        counter.clone(),
-        meta.clone(),
-        sold.clone(),
-        users.clone(),
-    ];
+    // Every checkout call names these first; the block unlinks them after.
+    let sale_keys = vec![outbox.clone(), counter.clone(), meta, sold.clone(), users.clone()];
+    let mut written = sale_keys.clone();
     let (mut requests, mut not_ok, mut item) = (0u64, 0u64, 0u64);
     for round in 0..u64::from(args.rounds) {
         let at = now + round;
-        let mut keys = vec![
-            outbox.clone(),
-            counter.clone(),
-            meta.clone(),
-            sold.clone(),
-            users.clone(),
-        ];
+        let mut keys = sale_keys.clone();
         let mut argv = vec![args.batch.to_string(), OUTBOX_BOUND.to_string()];
         let mut codes = Vec::with_capacity(args.batch as usize);
         for i in 0..args.batch {
