@@ -93,6 +93,11 @@
 #                         + 10000), stopped and deleted afterwards: the cost table per primary (the
 #                         sale's Redis checks read the standalone key layout and FAIL there)
 #   COST_SLOWLOG=0        no slow-log sampling even on run.sh's own Redis (no split by script)
+#   REDIS_PERF=1          record Redis with perf for each measured phase (engine's, baseline's) into
+#                         $OUT_DIR/perf-redis-<server>-<scenario>-<epoch>.data and split Redis's CPU
+#                         by what it did (commands, redis.call glue, Lua, AOF, network); useful only
+#                         with a redis-server built with frame pointers first in PATH (README.md);
+#                         best with COST_SLOWLOG=0, as the slow log's slices are recorded too
 #   DATABASE_URL          use this Postgres instead of the private one (see scripts/services.sh)
 #   ENGINE_URL, ENGINE_PID, COST_SECS (10), COST_REQUESTS   costs: see above
 #   STAMPEDE_QUEUE_DEADLINE_MS  faults: given to the engine (50 unless set), so the flood is shed fast
@@ -479,6 +484,13 @@ fi
 # The cost table's split by script: the slow log, only on our own Redis.
 COST_FLAGS=()
 if [[ -n $OWN_REDIS_DIR$OWN_CLUSTER_DIR && ${COST_SLOWLOG:-1} != 0 ]]; then COST_FLAGS=(--slowlog-sample); fi
+# Redis's profile per measured phase: the engine's and the baseline's each
+# their own file.
+ENGINE_PERF=() BASELINE_PERF=()
+if [[ ${REDIS_PERF:-0} == 1 ]]; then
+  ENGINE_PERF=(--perf-redis "$OUT_DIR/perf-redis-engine-$SCENARIO-$EPOCH.data")
+  BASELINE_PERF=(--perf-redis "$OUT_DIR/perf-redis-baseline-$SCENARIO-$EPOCH.data")
+fi
 
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $LOAD_DB" >/dev/null
 DB_CREATED=1
@@ -540,7 +552,7 @@ elif [[ $SCENARIO == orders ]]; then
     --products "${PRODUCTS:-20}" --stock "${STOCK:-5000}" --buyers "${BUYERS:-2000}"
     --database-url "$LOAD_URL"
     --operations "${OPERATIONS:-150000}" --connections "${CONNECTIONS:-200}"
-    --server-pid "$ENGINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}"
+    --server-pid "$ENGINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}" "${ENGINE_PERF[@]}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
@@ -551,7 +563,7 @@ elif [[ $SCENARIO == wallet ]]; then
     --players "$PLAYERS" --sse-clients "$SSE_CLIENTS"
     --connections "$CONNECTIONS" --secs "$SECS"
     --database-url "$LOAD_URL"
-    --redis-url "$REDIS_URL" "${COST_FLAGS[@]}"
+    --redis-url "$REDIS_URL" "${COST_FLAGS[@]}" "${ENGINE_PERF[@]}"
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
@@ -600,7 +612,7 @@ else
     --json "$JSON_OUT"
     --threads "${DRIVER_THREADS:-1}"
   )
-  case $SCENARIO in contest|sustained|contention) driver_args+=("${COST_FLAGS[@]}") ;; esac
+  case $SCENARIO in contest|sustained|contention) driver_args+=("${COST_FLAGS[@]}" "${ENGINE_PERF[@]}") ;; esac
 fi
 
 set +e
@@ -635,7 +647,7 @@ if [[ -n $BASELINE_SERVER ]]; then
     fi
     set +e
     "$BIN/loadtest" wallet --server baseline --url "http://127.0.0.1:$BASELINE_PORT" \
-      --server-pid "$BASELINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}" \
+      --server-pid "$BASELINE_PID" --redis-url "$REDIS_URL" "${COST_FLAGS[@]}" "${BASELINE_PERF[@]}" \
       --connections "${CONNECTIONS:-200}" --secs "$baseline_secs" --engine-json "$JSON_OUT" \
       --json "$BASELINE_JSON" --threads "${DRIVER_THREADS:-1}"
     baseline_rc=$?
@@ -653,7 +665,7 @@ if [[ -n $BASELINE_SERVER ]]; then
       --key-prefix "$BASELINE_PREFIX" \
       --json "$BASELINE_JSON" \
       --threads "${DRIVER_THREADS:-1}" \
-      "${COST_FLAGS[@]}" \
+      "${COST_FLAGS[@]}" "${BASELINE_PERF[@]}" \
       "${baseline_extra[@]}"
     baseline_rc=$?
     set -e

@@ -22,6 +22,7 @@
 
 pub mod info;
 pub mod metrics;
+pub mod perf;
 pub mod redis;
 pub mod report;
 pub mod scripts;
@@ -40,6 +41,7 @@ use crate::common::proc::cpu_split::{CpuSplit, CpuUsage, Snapshot};
 use crate::common::stores::connect_pg;
 use info::NodeCounters;
 use metrics::EngineCounters;
+use perf::PerfRecording;
 use redis::{RedisNodes, SlowlogGuard};
 use report::{CostReport, Growth, Measured};
 use scripts::ScriptNames;
@@ -77,6 +79,12 @@ pub struct CostArgs {
     /// [default: ./lua or <repo>/lua, and loadtest/lua].
     #[arg(long = "scripts-dir", value_name = "DIR")]
     pub scripts_dirs: Vec<PathBuf>,
+    /// Record Redis's processes with `perf record -g` into FILE for the
+    /// phase, and split Redis's CPU by what it was doing (`perf.rs`): needs
+    /// `perf`, Redis on this machine, and for a useful split a
+    /// redis-server with frame pointers and symbols (loadtest/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub perf_redis: Option<PathBuf>,
 }
 
 impl CostArgs {
@@ -150,6 +158,9 @@ struct Shared {
     /// (off, on) lengths of the slices, when the slow log is sampled.
     slices: Option<(Duration, Duration)>,
     max_len: u64,
+    /// Redis's local processes, and where to record them (`--perf-redis`).
+    redis_pids: Vec<u32>,
+    perf_file: Option<PathBuf>,
     notes: Vec<String>,
 }
 
@@ -202,6 +213,11 @@ impl CostProbe {
     /// rest a round trip later) and keeps reading at every slice's edge
     /// until [`CostWatch::finish`].
     pub fn start(self, requests: Requests) -> CostWatch {
+        let perf = self
+            .shared
+            .perf_file
+            .as_deref()
+            .map(|file| PerfRecording::start(&self.shared.redis_pids, file));
         let first = self.shared.mark(&requests, None);
         let (stop, stopped) = oneshot::channel();
         let _ = self.launch.send(Launch {
@@ -214,6 +230,7 @@ impl CostProbe {
             requests,
             stop,
             recorded: self.recorded,
+            perf,
         }
     }
 }
@@ -240,6 +257,10 @@ impl Shared {
             None => None,
         };
         let node_names = redis.as_ref().map(|r| r.names().to_vec()).unwrap_or_default();
+        let redis_pids = match &pids {
+            Some(Ok(pids)) => pids.clone(),
+            _ => Vec::new(),
+        };
         if let Some(nodes) = &redis {
             nodes.quit().await;
         }
@@ -277,6 +298,8 @@ impl Shared {
             names,
             slices,
             max_len: setup.args.slowlog_max_len,
+            redis_pids,
+            perf_file: setup.args.perf_redis.clone(),
             notes,
         }
     }
@@ -361,6 +384,7 @@ pub struct CostWatch {
     requests: Requests,
     stop: oneshot::Sender<Mark>,
     recorded: oneshot::Receiver<Recording>,
+    perf: Option<Result<PerfRecording, String>>,
 }
 
 /// The watch's thread: connects and sets the slow log up before the phase
@@ -635,6 +659,22 @@ impl CostWatch {
             script_commands: probe.names.commands.clone(),
             notes,
         };
-        report::compute(measured)
+        let mut report = report::compute(measured);
+        // Stopped after the last reading: perf's own exit is not the phase's.
+        let profile = match self.perf {
+            Some(Ok(recording)) => Some(
+                tokio::task::spawn_blocking(move || recording.finish())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("perf's reader failed: {e}"))),
+            ),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
+        match profile {
+            Some(Ok(profile)) => report.redis_profile = Some(profile),
+            Some(Err(e)) => report.notes.push(format!("Redis not profiled: {e}")),
+            None => {}
+        }
+        report
     }
 }

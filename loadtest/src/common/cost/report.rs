@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::info::{CommandStat, NodeCounters, is_script_command};
 use super::metrics::EngineCounters;
+use super::perf::RedisProfile;
 use super::slowlog::Sample;
 use crate::common::fmt::fmt_value;
 use crate::common::proc::cpu_split::CpuReport;
@@ -171,6 +172,8 @@ pub struct CostReport {
     pub cpu: CpuReport,
     pub phase_cpu: CpuReport,
     pub slowlog: Option<SlowlogSummary>,
+    /// Redis's CPU split by what it was doing (`--perf-redis`).
+    pub redis_profile: Option<RedisProfile>,
     pub notes: Vec<String>,
 }
 
@@ -394,6 +397,7 @@ pub fn compute(m: Measured) -> CostReport {
         cpu: m.cpu,
         phase_cpu: m.phase_cpu,
         slowlog,
+        redis_profile: None,
         notes,
     }
 }
@@ -498,6 +502,7 @@ impl CostReport {
                 "overhead_us_per_inner_command": s.overhead_us,
                 "stray_inner_calls": s.stray_inner.calls,
             })),
+            "redis_profile": self.redis_profile.as_ref().map(|p| p.to_json(self.redis_cpu_per_unit())),
             "notes": self.notes,
         })
     }
@@ -656,9 +661,20 @@ impl CostReport {
                 }
             }
         }
+        if let Some(profile) = &self.redis_profile {
+            profile.print_human(unit, self.redis_cpu_per_unit());
+        }
         for note in &self.notes {
             println!("  note: {note}");
         }
+    }
+
+    /// Redis's CPU per unit (`INFO cpu`), which a profile's shares split.
+    fn redis_cpu_per_unit(&self) -> Option<f64> {
+        self.redis
+            .as_ref()
+            .and_then(|t| t.cpu_us)
+            .and_then(|c| self.per(c as f64))
     }
 }
 
