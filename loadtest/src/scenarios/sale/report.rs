@@ -107,7 +107,7 @@ impl Summary<'_> {
             "endpoint", "p50 ms", "p90 ms", "p99 ms", "max ms", "requests"
         );
         for (name, ep) in [("checkout", &s.checkout), ("purchase", &s.purchase)] {
-            let l = Latency::of(&ep.latency_us);
+            let l = Latency::of(&ep.latency());
             let statuses: Vec<String> = ep.statuses.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             println!(
                 "{:<10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}  {}",
@@ -185,8 +185,8 @@ impl Summary<'_> {
             "purchases_per_sec": self.purchases_per_sec(),
             "requests_per_sec": self.requests_per_sec(),
             "latency": {
-                "checkout": Latency::of(&s.checkout.latency_us).to_json(),
-                "purchase": Latency::of(&s.purchase.latency_us).to_json(),
+                "checkout": Latency::of(&s.checkout.latency()).to_json(),
+                "purchase": Latency::of(&s.purchase.latency()).to_json(),
             },
             "status_counts": {
                 "checkout": s.checkout.statuses,
