@@ -339,6 +339,17 @@ impl PerfRecording {
     }
 }
 
+/// A run that ends before the phase does (an error, a panic) leaves no
+/// `perf record` behind.
+impl Drop for PerfRecording {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
