@@ -7,15 +7,37 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// Latencies in µs, as they came, for one connection task or merged. A
+/// task does not keep a histogram of its own: one of 1 µs .. 120 s at 3
+/// significant digits takes ~150 KB, and 1000 connections' two made the
+/// driver zero ~300 MB, on page faults that stalled its thread into the
+/// measured window (the first run after a quiet spell paid most). The
+/// histogram is made once, from everything merged.
+#[derive(Debug, Default)]
+pub struct Latencies(Vec<u32>);
+
+impl Latencies {
+    pub fn record(&mut self, latency: Duration) {
+        self.0.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    /// As a histogram ([`new_histogram`]'s bounds; below 1 µs counts as 1).
+    pub fn histogram(&self) -> Histogram<u64> {
+        let mut h = new_histogram();
+        for &us in &self.0 {
+            h.saturating_record(u64::from(us).max(1));
+        }
+        h
+    }
+}
+
 /// Latencies + status counts of one endpoint.
 pub struct EndpointStats {
-    /// Each answer's latency in µs, as it came. A connection task does not
-    /// keep a histogram of its own: one of 1 µs .. 120 s at 3 significant
-    /// digits takes ~150 KB, and 1000 connections' two made the driver zero
-    /// ~300 MB, on page faults that stalled its thread into the measured
-    /// window (the first run after a quiet spell paid most). The histogram
-    /// is made once, from everything merged ([`EndpointStats::latency`]).
-    latencies_us: Vec<u32>,
+    latencies: Latencies,
     /// "200", "409 ITEM_SOLD", "timeout", "transport", ... -> count.
     pub statuses: BTreeMap<String, u64>,
     /// Requests that got any answer or failed (everything that was sent).
@@ -25,15 +47,14 @@ pub struct EndpointStats {
 impl EndpointStats {
     pub fn new() -> EndpointStats {
         EndpointStats {
-            latencies_us: Vec::new(),
+            latencies: Latencies::default(),
             statuses: BTreeMap::new(),
             requests: 0,
         }
     }
 
     pub fn record_response(&mut self, status_key: &str, latency: Duration) {
-        self.latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        self.latencies.record(latency);
         self.requests += 1;
         // The key is allocated once per distinct status, not per request.
         match self.statuses.get_mut(status_key) {
@@ -49,13 +70,9 @@ impl EndpointStats {
         *self.statuses.entry(kind.to_string()).or_insert(0) += 1;
     }
 
-    /// The answers' latencies as a histogram (µs, as [`new_histogram`]).
+    /// The answers' latencies as a histogram.
     pub fn latency(&self) -> Histogram<u64> {
-        let mut h = new_histogram();
-        for &us in &self.latencies_us {
-            h.saturating_record(u64::from(us).max(1));
-        }
-        h
+        self.latencies.histogram()
     }
 
     pub fn count(&self, status_key: &str) -> u64 {
@@ -72,7 +89,7 @@ impl EndpointStats {
     }
 
     pub fn merge(&mut self, other: &EndpointStats) {
-        self.latencies_us.extend_from_slice(&other.latencies_us);
+        self.latencies.merge(&other.latencies);
         self.requests += other.requests;
         for (k, v) in &other.statuses {
             *self.statuses.entry(k.clone()).or_insert(0) += v;

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use rand::RngExt;
 use serde_json::json;
 
 use crate::common::engine;
 use crate::common::http::{Answer, Client, Method, Target};
-use crate::common::stats::{new_histogram, record};
+use crate::common::stats::Latencies;
 
 /// A request's budget.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,9 +95,9 @@ pub struct UnknownAction {
 /// What the connections were told.
 pub struct Records {
     /// `POST /orders` latencies, µs.
-    pub orders_us: Histogram<u64>,
+    pub orders_us: Latencies,
     /// Every answered request's latency, µs.
-    pub all_us: Histogram<u64>,
+    pub all_us: Latencies,
     /// `POST /orders` answered 200 or 409 (decided).
     pub orders_decided: u64,
     pub orders_ok: u64,
@@ -118,8 +117,8 @@ pub struct Records {
 impl Records {
     pub fn new() -> Records {
         Records {
-            orders_us: new_histogram(),
-            all_us: new_histogram(),
+            orders_us: Latencies::default(),
+            all_us: Latencies::default(),
             orders_decided: 0,
             orders_ok: 0,
             out_of_stock: 0,
@@ -137,8 +136,8 @@ impl Records {
     }
 
     pub fn merge(&mut self, o: Records) {
-        let _ = self.orders_us.add(&o.orders_us);
-        let _ = self.all_us.add(&o.all_us);
+        self.orders_us.merge(&o.orders_us);
+        self.all_us.merge(&o.all_us);
         self.orders_decided += o.orders_decided;
         self.orders_ok += o.orders_ok;
         self.out_of_stock += o.out_of_stock;
@@ -172,9 +171,9 @@ impl Records {
         self.requests += 1;
         live.fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = answer.latency() {
-            record(&mut self.all_us, latency);
+            self.all_us.record(latency);
             if order {
-                record(&mut self.orders_us, latency);
+                self.orders_us.record(latency);
             }
         }
     }
