@@ -2,7 +2,7 @@
 //! the tasks have finished (no shared state on the hot path).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -38,6 +38,9 @@ impl Latencies {
 /// Latencies + status counts of one endpoint.
 pub struct EndpointStats {
     latencies: Latencies,
+    /// When each answered request was sent, in the order of `latencies`:
+    /// where in the run its slowest requests fall ([`EndpointStats::tail`]).
+    sent: Vec<Instant>,
     /// "200", "409 ITEM_SOLD", "timeout", "transport", ... -> count.
     pub statuses: BTreeMap<String, u64>,
     /// Requests that got any answer or failed (everything that was sent).
@@ -48,13 +51,15 @@ impl EndpointStats {
     pub fn new() -> EndpointStats {
         EndpointStats {
             latencies: Latencies::default(),
+            sent: Vec::new(),
             statuses: BTreeMap::new(),
             requests: 0,
         }
     }
 
-    pub fn record_response(&mut self, status_key: &str, latency: Duration) {
+    pub fn record_response(&mut self, status_key: &str, sent: Instant, latency: Duration) {
         self.latencies.record(latency);
+        self.sent.push(sent);
         self.requests += 1;
         // The key is allocated once per distinct status, not per request.
         match self.statuses.get_mut(status_key) {
@@ -75,6 +80,33 @@ impl EndpointStats {
         self.latencies.histogram()
     }
 
+    /// The requests at or above the `q` quantile of latency: how many, and
+    /// when they were sent (ms after `start`: first, median, last).
+    pub fn tail(&self, start: Instant, q: f64) -> Option<Tail> {
+        let h = self.latency();
+        if h.is_empty() {
+            return None;
+        }
+        let bound = h.value_at_quantile(q);
+        let mut sent_ms: Vec<f64> = self
+            .latencies
+            .0
+            .iter()
+            .zip(&self.sent)
+            .filter(|(us, _)| u64::from(**us).max(1) >= bound)
+            .map(|(_, at)| at.saturating_duration_since(start).as_secs_f64() * 1000.0)
+            .collect();
+        sent_ms.sort_by(f64::total_cmp);
+        let (first, last) = (*sent_ms.first()?, *sent_ms.last()?);
+        Some(Tail {
+            requests: sent_ms.len(),
+            from_ms: bound as f64 / 1000.0,
+            first_ms: first,
+            median_ms: sent_ms[sent_ms.len() / 2],
+            last_ms: last,
+        })
+    }
+
     pub fn count(&self, status_key: &str) -> u64 {
         self.statuses.get(status_key).copied().unwrap_or(0)
     }
@@ -90,6 +122,7 @@ impl EndpointStats {
 
     pub fn merge(&mut self, other: &EndpointStats) {
         self.latencies.merge(&other.latencies);
+        self.sent.extend_from_slice(&other.sent);
         self.requests += other.requests;
         for (k, v) in &other.statuses {
             *self.statuses.entry(k.clone()).or_insert(0) += v;
@@ -118,6 +151,26 @@ pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
         0.0
     } else {
         h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// The slowest requests of an endpoint: those of `from_ms` or more, and
+/// when they were sent after the load's start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tail {
+    pub requests: usize,
+    pub from_ms: f64,
+    pub first_ms: f64,
+    pub median_ms: f64,
+    pub last_ms: f64,
+}
+
+impl Tail {
+    pub fn to_json(self) -> Value {
+        json!({
+            "requests": self.requests, "from_ms": self.from_ms, "sent_first_ms": self.first_ms,
+            "sent_median_ms": self.median_ms, "sent_last_ms": self.last_ms,
+        })
     }
 }
 
@@ -151,11 +204,13 @@ mod tests {
 
     #[test]
     fn merged_latencies_make_one_histogram() {
+        let start = Instant::now();
         let mut all = EndpointStats::new();
         for conn in 0..3_u64 {
             let mut one = EndpointStats::new();
             for ms in 1..=100 {
-                one.record_response("200", Duration::from_millis(ms + conn * 100));
+                let sent = start + Duration::from_millis(ms);
+                one.record_response("200", sent, Duration::from_millis(ms + conn * 100));
             }
             one.record_failure("timeout");
             all.merge(&one);
@@ -165,9 +220,17 @@ mod tests {
         let latency = Latency::of(&all.latency());
         assert!((latency.p50 - 150.0).abs() < 1.0, "{latency:?}");
         assert!((latency.max - 300.0).abs() < 1.0, "{latency:?}");
+        // The slowest 1% are the third connection's last requests, sent
+        // 97-100 ms after the start (the histogram's bucket decides 3 or 4).
+        let tail = all.tail(start, 0.99).expect("a tail");
+        assert!((3..=4).contains(&tail.requests), "{tail:?}");
+        assert!(
+            tail.first_ms >= 96.99 && (tail.last_ms - 100.0).abs() < 0.01,
+            "{tail:?}"
+        );
         // Below 1 µs still counts, as 1 µs.
         let mut fast = EndpointStats::new();
-        fast.record_response("200", Duration::from_nanos(10));
+        fast.record_response("200", start, Duration::from_nanos(10));
         assert_eq!(fast.latency().len(), 1);
     }
 }

@@ -562,10 +562,12 @@ mod tests {
     fn attempts_by_code_and_outcome() {
         let mut stats = RunStats::new();
         stats.checkout_codes = vec!["7-a".into()];
-        stats.checkout.record_response("200", Duration::from_millis(1));
         stats
             .checkout
-            .record_response("409 ITEM_SOLD", Duration::from_millis(1));
+            .record_response("200", Instant::now(), Duration::from_millis(1));
+        stats
+            .checkout
+            .record_response("409 ITEM_SOLD", Instant::now(), Duration::from_millis(1));
         stats.checkout.record_failure("timeout");
         let exp = expected(&stats);
         let outcomes = exp.recorded_outcomes();

@@ -266,7 +266,7 @@ impl Vu {
                     let text: String = text.chars().take(200).collect();
                     self.stats.note_error(format!("{path} -> {status} {text}"));
                 }
-                self.endpoint_stats(endpoint).record_response(&key, latency);
+                self.endpoint_stats(endpoint).record_response(&key, now, latency);
                 Some(Reply {
                     status,
                     error_code,

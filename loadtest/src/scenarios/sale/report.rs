@@ -8,11 +8,14 @@ use serde_json::{Value, json};
 use crate::common::cost::report::CostReport;
 use crate::common::fmt::{fmt_opt, fmt_rate, fmt_ratio, ms, ratio};
 use crate::common::server::ServerKind;
-use crate::common::stats::Latency;
+use crate::common::stats::{Latency, Tail};
 use crate::common::verdict::Checks;
 
 use super::load::LoadResult;
 use super::redis_bench::Baseline;
+
+/// The tail the report places in time: the slowest 1% of each endpoint.
+const TAIL_QUANTILE: f64 = 0.99;
 
 /// Everything the report needs.
 pub struct Summary<'a> {
@@ -120,6 +123,17 @@ impl Summary<'_> {
                 statuses.join(", ")
             );
         }
+        // Where the slowest requests fall: a stall at one moment shows as a
+        // narrow span of send times, queueing as one spread over the run.
+        for (name, ep) in [("checkout", &s.checkout), ("purchase", &s.purchase)] {
+            if let Some(t) = ep.tail(self.load.start, TAIL_QUANTILE) {
+                println!(
+                    "{name} slowest 1%: {} requests of {:.1} ms or more, sent {:.1} .. {:.1} ms after the start \
+                     (median {:.1})",
+                    t.requests, t.from_ms, t.first_ms, t.last_ms, t.median_ms
+                );
+            }
+        }
         println!();
         match self.flush_lag {
             Some(lag) => println!(
@@ -187,6 +201,10 @@ impl Summary<'_> {
             "latency": {
                 "checkout": Latency::of(&s.checkout.latency()).to_json(),
                 "purchase": Latency::of(&s.purchase.latency()).to_json(),
+            },
+            "slowest_1pct": {
+                "checkout": s.checkout.tail(self.load.start, TAIL_QUANTILE).map(Tail::to_json),
+                "purchase": s.purchase.tail(self.load.start, TAIL_QUANTILE).map(Tail::to_json),
             },
             "status_counts": {
                 "checkout": s.checkout.statuses,
