@@ -153,35 +153,29 @@ pub fn categorize(frames: &[&str]) -> Part {
         }
         return Part::Lua;
     }
-    if has("evalGenericCommand") {
-        return Part::EvalSetup;
-    }
-    if ["propagatePendingCommands", "propagateNow", "feedAppendOnlyFile"]
+    // Outside a script, the first rule whose functions the stack holds.
+    OUTSIDE_SCRIPTS
         .iter()
-        .any(|f| has(f))
-    {
-        return Part::AofPropagation;
-    }
-    if ["flushAppendOnlyFile", "fdatasync", "redis_fsync"]
-        .iter()
-        .any(|f| has(f))
-    {
-        return Part::AofFsync;
-    }
-    if has("processCommand") {
-        return Part::DirectCommands;
-    }
-    if has("readQueryFromClient") {
-        return Part::NetworkRead;
-    }
-    if ["handleClientsWithPendingWrites", "writeToClient", "sendReplyToClient"]
-        .iter()
-        .any(|f| has(f))
-    {
-        return Part::NetworkWrite;
-    }
-    Part::EventLoop
+        .find(|(names, _)| names.iter().any(|n| has(n)))
+        .map_or(Part::EventLoop, |(_, part)| *part)
 }
+
+/// The parts of Redis's loop outside a script, in the order they are tried
+/// (a command's AOF propagation runs under `processCommand`, so before it).
+const OUTSIDE_SCRIPTS: [(&[&str], Part); 6] = [
+    (&["evalGenericCommand"], Part::EvalSetup),
+    (
+        &["propagatePendingCommands", "propagateNow", "feedAppendOnlyFile"],
+        Part::AofPropagation,
+    ),
+    (&["flushAppendOnlyFile", "fdatasync", "redis_fsync"], Part::AofFsync),
+    (&["processCommand"], Part::DirectCommands),
+    (&["readQueryFromClient"], Part::NetworkRead),
+    (
+        &["handleClientsWithPendingWrites", "writeToClient", "sendReplyToClient"],
+        Part::NetworkWrite,
+    ),
+];
 
 /// Redis's samples split by part.
 #[derive(Debug, Clone, Default)]
