@@ -25,11 +25,11 @@ impl Latencies {
         self.0.extend_from_slice(&other.0);
     }
 
-    /// As a histogram ([`new_histogram`]'s bounds; below 1 µs counts as 1).
+    /// As a histogram, each latency recorded as [`record`] does.
     pub fn histogram(&self) -> Histogram<u64> {
         let mut h = new_histogram();
         for &us in &self.0 {
-            h.saturating_record(u64::from(us).max(1));
+            record(&mut h, Duration::from_micros(u64::from(us)));
         }
         h
     }

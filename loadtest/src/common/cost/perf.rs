@@ -127,7 +127,7 @@ pub fn categorize(frames: &[&str]) -> Part {
     if !has("aeMain") && !has("main") {
         return Part::Unwalked;
     }
-    if has("luaCallFunction") {
+    let (rules, default): (&[(&[&str], Part)], Part) = if has("luaCallFunction") {
         if let Some(script_call) = at("scriptCall") {
             // A `call` nearer the leaf than `scriptCall` runs the command.
             return if frames[..script_call].contains(&"call") {
@@ -136,29 +136,28 @@ pub fn categorize(frames: &[&str]) -> Part {
                 Part::CallGlue
             };
         }
-        if has("luaRedisGenericCommand") {
-            return Part::CallGlue;
-        }
-        if has("luaCreateArray") {
-            return Part::KeysArgv;
-        }
-        if has("luaReplyToRedisReply") {
-            return Part::ReplyConversion;
-        }
-        if ["luaC_step", "luaC_fullgc", "singlestep", "propagatemark", "sweeplist"]
-            .iter()
-            .any(|f| has(f))
-        {
-            return Part::LuaGc;
-        }
-        return Part::Lua;
-    }
-    // Outside a script, the first rule whose functions the stack holds.
-    OUTSIDE_SCRIPTS
+        (&INSIDE_SCRIPTS, Part::Lua)
+    } else {
+        (&OUTSIDE_SCRIPTS, Part::EventLoop)
+    };
+    // The first rule whose functions the stack holds.
+    rules
         .iter()
         .find(|(names, _)| names.iter().any(|n| has(n)))
-        .map_or(Part::EventLoop, |(_, part)| *part)
+        .map_or(default, |(_, part)| *part)
 }
+
+/// The parts of a script call other than its commands, in the order they
+/// are tried; the rest is the interpreter.
+const INSIDE_SCRIPTS: [(&[&str], Part); 4] = [
+    (&["luaRedisGenericCommand"], Part::CallGlue),
+    (&["luaCreateArray"], Part::KeysArgv),
+    (&["luaReplyToRedisReply"], Part::ReplyConversion),
+    (
+        &["luaC_step", "luaC_fullgc", "singlestep", "propagatemark", "sweeplist"],
+        Part::LuaGc,
+    ),
+];
 
 /// The parts of Redis's loop outside a script, in the order they are tried
 /// (a command's AOF propagation runs under `processCommand`, so before it).
@@ -303,9 +302,8 @@ impl PerfRecording {
     pub fn finish(mut self) -> Result<RedisProfile, String> {
         let pid = self.child.id().to_string();
         let told = Command::new("kill").args(["-INT", &pid]).status();
+        // On every early return, Drop kills what is left of perf.
         if !matches!(told, Ok(s) if s.success()) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
             return Err("perf record could not be told to stop".into());
         }
         let deadline = Instant::now() + STOP_WITHIN;
@@ -313,11 +311,7 @@ impl PerfRecording {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!("perf record did not stop within {STOP_WITHIN:?}"));
-                }
+                _ => return Err(format!("perf record did not stop within {STOP_WITHIN:?}")),
             }
         }
         let out = Command::new("perf")
