@@ -19,7 +19,10 @@ RUN apt-get update \
     && useradd --system --no-create-home --shell /usr/sbin/nologin stampede
 COPY --from=builder /usr/local/bin/stampede /usr/local/bin/stampede
 USER stampede
+# MIMALLOC_ALLOW_THP=0: no transparent huge pages for the engine even on a
+# host set to `always` (docs/operations.md, Configuration).
 ENV STAMPEDE_LISTEN=0.0.0.0:8080 \
-    RUST_LOG=info
+    RUST_LOG=info \
+    MIMALLOC_ALLOW_THP=0
 EXPOSE 8080
 CMD ["stampede", "serve"]

@@ -14,7 +14,8 @@ use stampede::config::Config;
 use stampede::redis::layout::LayoutError;
 
 /// glibc malloc took a fifth of the engine's CPU under load (perf); every
-/// request allocates a little, from many threads.
+/// request allocates a little, from many threads. Built without transparent
+/// huge pages (Cargo.toml says why).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
