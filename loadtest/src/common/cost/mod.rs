@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 
 use crate::common::http::Target;
 use crate::common::proc::cpu_split::{CpuSplit, CpuUsage, Snapshot};
+use crate::common::proc::rss;
 use crate::common::stores::connect_pg;
 use info::NodeCounters;
 use metrics::EngineCounters;
@@ -161,6 +162,8 @@ struct Shared {
     /// Redis's local processes, and where to record them (`--perf-redis`).
     redis_pids: Vec<u32>,
     perf_file: Option<PathBuf>,
+    /// The server measured, whose memory is read at the end.
+    server_pid: Option<u32>,
     notes: Vec<String>,
 }
 
@@ -300,6 +303,7 @@ impl Shared {
             max_len: setup.args.slowlog_max_len,
             redis_pids,
             perf_file: setup.args.perf_redis.clone(),
+            server_pid: setup.server_pid,
             notes,
         }
     }
@@ -674,6 +678,12 @@ impl CostWatch {
             Some(Ok(profile)) => report.redis_profile = Some(profile),
             Some(Err(e)) => report.notes.push(format!("Redis not profiled: {e}")),
             None => {}
+        }
+        if let Some(pid) = probe.server_pid {
+            match rss::read_mapped(pid) {
+                Ok(memory) => report.server_memory = Some(memory),
+                Err(e) => report.notes.push(format!("{} memory not read: {e}", probe.server)),
+            }
         }
         report
     }

@@ -13,6 +13,7 @@ use super::perf::RedisProfile;
 use super::slowlog::Sample;
 use crate::common::fmt::fmt_value;
 use crate::common::proc::cpu_split::CpuReport;
+use crate::common::proc::rss::Mapped;
 
 /// The growth of every counter over a window (one slice, or several added).
 #[derive(Debug, Clone, Default)]
@@ -174,6 +175,8 @@ pub struct CostReport {
     pub slowlog: Option<SlowlogSummary>,
     /// Redis's CPU split by what it was doing (`--perf-redis`).
     pub redis_profile: Option<RedisProfile>,
+    /// The server's memory at the end of the phase (`--server-pid`).
+    pub server_memory: Option<Mapped>,
     pub notes: Vec<String>,
 }
 
@@ -398,6 +401,7 @@ pub fn compute(m: Measured) -> CostReport {
         phase_cpu: m.phase_cpu,
         slowlog,
         redis_profile: None,
+        server_memory: None,
         notes,
     }
 }
@@ -503,6 +507,7 @@ impl CostReport {
                 "stray_inner_calls": s.stray_inner.calls,
             })),
             "redis_profile": self.redis_profile.as_ref().map(|p| p.to_json(self.redis_cpu_per_unit())),
+            "server_memory": self.server_memory.map(|m| json!({"rss_kib": m.rss_kib, "anon_huge_kib": m.anon_huge_kib})),
             "notes": self.notes,
         })
     }
@@ -590,6 +595,19 @@ impl CostReport {
                 _ => String::new(),
             };
             row(&label, self.cpu_us(role), &note);
+        }
+        if let Some(m) = self.server_memory {
+            println!(
+                "  {:<34}{:>9}  MiB resident at the end, {:.1} MiB of it in transparent huge pages{}",
+                format!("{} memory", self.server),
+                format!("{:.1}", m.rss_kib as f64 / 1024.0),
+                m.anon_huge_kib as f64 / 1024.0,
+                if m.anon_huge_kib > 0 {
+                    " (each first touch zeroes 2 MiB: docs/operations.md, MIMALLOC_ALLOW_THP)"
+                } else {
+                    ""
+                }
+            );
         }
         if self.scripts.is_empty() {
             println!("  per script: no script call in the window");

@@ -1,4 +1,5 @@
-//! The engine's resident memory, from `/proc/<pid>/status`.
+//! The engine's resident memory, from `/proc/<pid>/status` (and, for the
+//! cost table, `smaps_rollup`'s transparent huge pages).
 //!
 //! Two measures of the peak during an upload:
 //! - a sampler thread reads `VmRSS` every few milliseconds. A thread, not a
@@ -43,6 +44,41 @@ pub fn read(pid: u32) -> Result<Mem, String> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     parse_status(&text)
+}
+
+/// A process's resident memory and how much of it the kernel backs with
+/// transparent huge pages, in KiB (`/proc/<pid>/smaps_rollup`). Each first
+/// touch of such a page zeroes 2 MiB: a server that allocates fresh memory
+/// in a burst pays for that in its latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapped {
+    pub rss_kib: u64,
+    pub anon_huge_kib: u64,
+}
+
+/// Parses `Rss` and `AnonHugePages` (`Rss:  123456 kB`) out of a
+/// `smaps_rollup` file.
+pub fn parse_smaps_rollup(text: &str) -> Result<Mapped, String> {
+    let field = |name: &str| -> Result<u64, String> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .ok_or_else(|| format!("no {name} in smaps_rollup"))?;
+        line.trim()
+            .strip_suffix("kB")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("unreadable {name}: {line:?}"))
+    };
+    Ok(Mapped {
+        rss_kib: field("Rss")?,
+        anon_huge_kib: field("AnonHugePages")?,
+    })
+}
+
+pub fn read_mapped(pid: u32) -> Result<Mapped, String> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_smaps_rollup(&text)
 }
 
 /// The process name (`comm`), to tell the user which process is measured.
@@ -143,6 +179,23 @@ VmSize:\t 1200000 kB\nVmHWM:\t   98765 kB\nVmRSS:\t   45678 kB\nRssAnon:\t   400
         // Kernel threads have no Vm lines.
         assert!(parse_status("Name:\tkthreadd\nState:\tS\n").is_err());
         assert!(parse_status("VmHWM:\t1 kB\nVmRSS:\tlots kB\n").is_err());
+    }
+
+    #[test]
+    fn parses_smaps_rollup() {
+        let rollup = "55d0c0a00000-7ffd1e5f4000 ---p 00000000 00:00 0                          [rollup]\n\
+Rss:              123456 kB\nPss:              120000 kB\nAnonymous:        100000 kB\n\
+AnonHugePages:      4096 kB\nShmemPmdMapped:        0 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(rollup),
+            Ok(Mapped {
+                rss_kib: 123456,
+                anon_huge_kib: 4096
+            })
+        );
+        assert!(parse_smaps_rollup("Rss: 1 kB\n").is_err());
+        let this = read_mapped(std::process::id()).unwrap();
+        assert!(this.rss_kib > 0 && this.anon_huge_kib <= this.rss_kib, "{this:?}");
     }
 
     #[test]
