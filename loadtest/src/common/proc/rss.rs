@@ -22,21 +22,25 @@ pub struct Mem {
     pub hwm_kib: u64,
 }
 
+/// The value of a `Name:   123 kB` line of a `/proc` file; `missing` says
+/// why the line may be absent.
+fn kib_field(text: &str, name: &str, missing: &str) -> Result<u64, String> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .ok_or_else(|| format!("no {name} in {missing}"))?;
+    line.trim()
+        .strip_suffix("kB")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("unreadable {name}: {line:?}"))
+}
+
 /// Parses `VmRSS` and `VmHWM` (`VmRSS:\t  123456 kB`) out of a status file.
 pub fn parse_status(text: &str) -> Result<Mem, String> {
-    let field = |name: &str| -> Result<u64, String> {
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .ok_or_else(|| format!("no {name} in the status file (a kernel thread, or a zombie?)"))?;
-        let value = line.trim().strip_suffix("kB").map(str::trim);
-        value
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| format!("unreadable {name}: {line:?}"))
-    };
+    let missing = "the status file (a kernel thread, or a zombie?)";
     Ok(Mem {
-        rss_kib: field("VmRSS")?,
-        hwm_kib: field("VmHWM")?,
+        rss_kib: kib_field(text, "VmRSS", missing)?,
+        hwm_kib: kib_field(text, "VmHWM", missing)?,
     })
 }
 
@@ -59,19 +63,9 @@ pub struct Mapped {
 /// Parses `Rss` and `AnonHugePages` (`Rss:  123456 kB`) out of a
 /// `smaps_rollup` file.
 pub fn parse_smaps_rollup(text: &str) -> Result<Mapped, String> {
-    let field = |name: &str| -> Result<u64, String> {
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .ok_or_else(|| format!("no {name} in smaps_rollup"))?;
-        line.trim()
-            .strip_suffix("kB")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("unreadable {name}: {line:?}"))
-    };
     Ok(Mapped {
-        rss_kib: field("Rss")?,
-        anon_huge_kib: field("AnonHugePages")?,
+        rss_kib: kib_field(text, "Rss", "smaps_rollup")?,
+        anon_huge_kib: kib_field(text, "AnonHugePages", "smaps_rollup")?,
     })
 }
 
