@@ -522,6 +522,8 @@ const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 const READ_BY_LIBRARIES: &[&str] = &[
     // tracing_subscriber's `EnvFilter::try_from_default_env`.
     "RUST_LOG",
+    // mimalloc's options, read by the allocator when the process starts.
+    "MIMALLOC_ALLOW_THP",
 ];
 
 /// What the source declares, each item with the top-level module that
