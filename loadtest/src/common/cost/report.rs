@@ -598,9 +598,9 @@ impl CostReport {
         }
         if let Some(m) = self.server_memory {
             println!(
-                "  {:<34}{:>9}  MiB resident at the end, {:.1} MiB of it in transparent huge pages{}",
+                "  {:<34}{:>9.1}  MiB resident at the end, {:.1} MiB of it in transparent huge pages{}",
                 format!("{} memory", self.server),
-                format!("{:.1}", m.rss_kib as f64 / 1024.0),
+                m.rss_kib as f64 / 1024.0,
                 m.anon_huge_kib as f64 / 1024.0,
                 if m.anon_huge_kib > 0 {
                     " (each first touch zeroes 2 MiB: docs/operations.md, MIMALLOC_ALLOW_THP)"
