@@ -153,13 +153,13 @@ async fn copy_paid(tx: &mut PgConnection, paid: &PaidRows, fee_bps: i64) -> Resu
             .checked_mul(fee_bps)
             .zip((total % 10_000).checked_mul(fee_bps))
             .and_then(|(whole, part)| whole.checked_add(part / 10_000));
-        let (Ok(uuid), Some(fee)) = (uuid::Uuid::parse_str(id), fee) else {
-            return Err(SinkError::Malformed {
-                event_id: paid.event_id[i].clone(),
-                field: "total",
-                problem: "gives no fee, or its order id is not a UUID",
-            });
+        let malformed = |field, problem| SinkError::Malformed {
+            event_id: paid.event_id[i].clone(),
+            field,
+            problem,
         };
+        let uuid = uuid::Uuid::parse_str(id).map_err(|_| malformed("id", "is not a UUID"))?;
+        let fee = fee.ok_or_else(|| malformed("total", "gives a fee past 2^63"))?;
         rows.row()
             .uuid(&uuid)
             .int4(merchant)
