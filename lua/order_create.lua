@@ -43,6 +43,11 @@
 -- Events: order (id, product, buyer, quantity, total, status, created_ms,
 --       expires_ms, idempotency key, at_ms).
 local RECORD = {'fp', 'outcome', 'id', 'product', 'qty', 'buyer', 'status', 'total', 'created', 'expires'}
+-- The product hashes (or buckets) this call has read, by key, kept equal to
+-- Redis by this call's own writes (nothing else runs during a script): a
+-- call's orders are mostly for a few products, and once one sells out every
+-- later order for it only reads it.
+local products = {}
 
 local function order(product, buyers, order_key, holds, idem, now, product_id, order_id, buyer, qty_arg,
                      hold_ms, key, fp, idem_ttl, order_ttl, bucket, refill, refill_max)
@@ -64,8 +69,12 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
   end
 
   local qty = tonumber(qty_arg)
-  local p = redis.call('HMGET', product, 'available', 'price_cents', 'max_per_buyer', 'reserve', 'split', 'reserved',
-    'sold')
+  local p = products[product]
+  if not p then
+    p = redis.call('HMGET', product, 'available', 'price_cents', 'max_per_buyer', 'reserve', 'split', 'reserved',
+      'sold')
+    products[product] = p
+  end
   local outcome = 'OK'
   local bought, draw, lacking = 0, 0, 0
   if not p[1] then
@@ -116,11 +125,13 @@ local function order(product, buyers, order_key, holds, idem, now, product_id, o
     end
     local held_count = string.format('%d', tonumber(p[held_at] or '0') + qty)
     if draw > 0 then
-      redis.call('HSET', product, 'available', available, held, held_count, 'reserve',
-        string.format('%d', tonumber(p[4]) - draw))
+      local reserve = string.format('%d', tonumber(p[4]) - draw)
+      redis.call('HSET', product, 'available', available, held, held_count, 'reserve', reserve)
+      p[4] = reserve
     else
       redis.call('HSET', product, 'available', available, held, held_count)
     end
+    p[1], p[held_at] = available, held_count
     -- Counted only where a limit applies: the hash would otherwise grow by
     -- one field per buyer for nothing.
     if tonumber(p[3]) > 0 then
