@@ -44,10 +44,10 @@ pub(super) struct Placed<'a> {
 /// Written as `entry = ANY($2)`, the planner chooses by the table's
 /// statistics, and a table too young to have any (a new database, before
 /// autovacuum's first `ANALYZE`) got a scan of every marker of the shard,
-/// each compared with every entry of the write: about a tenth of Postgres's
-/// CPU under the wallet's load. The subquery cannot be merged into the join
-/// (`OFFSET 0`), so each entry is looked up on its own by the key's prefix,
-/// whatever the statistics say.
+/// each compared with every entry of the write: about a twentieth of
+/// Postgres's CPU under a steady load's first minute. The subquery cannot be
+/// merged into the join (`OFFSET 0`), so each entry is looked up on its own
+/// by the key's prefix, whatever the statistics say.
 const HELD: &str = "SELECT u.entry, m.event
      FROM UNNEST($2::text[]) AS u(entry)
      CROSS JOIN LATERAL (SELECT event FROM outbox_applied WHERE shard = $1 AND entry = u.entry OFFSET 0) AS m";
