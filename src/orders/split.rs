@@ -194,7 +194,7 @@ pub async fn order(feature: &Orders, new: NewOrder<'_>) -> Result<Decided, Order
         .unwrap_or(feature.settings.stock_split);
     let bucket = (split > 1).then(|| bucket_of(new.buyer, split));
     let shard = bucket_shard(&ctx.keys, new.product, bucket.unwrap_or(0));
-    let order = OrderId::generate(shard, &ctx.keys);
+    let order = OrderId::generate(shard, &ctx.keys, ctx.clock.now_ms());
     let request = |refill: bool| CreateRequest {
         product: new.product,
         order: &order,
