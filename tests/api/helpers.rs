@@ -635,8 +635,39 @@ impl TestApp {
         if self.owns_data {
             drop_database(&self.server_url, &self.db_name).await;
             delete_keys(&self.redis, &self.prefix).await;
+            // Removed: nothing left for `drop` to do.
+            self.owns_data = false;
         }
         let _ = self.redis.quit().await;
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that fails (panics) before `finish` would leave its database
+    /// and keys behind, one per failure, on a Postgres and a Redis that
+    /// outlive the run. They are removed here instead. `drop` cannot await,
+    /// and this thread's runtime may be unwinding, so the removal runs on a
+    /// thread of its own with a runtime of its own, joined before returning.
+    fn drop(&mut self) {
+        if !self.owns_data {
+            return;
+        }
+        let (server_url, db_name, prefix) = (self.server_url.clone(), self.db_name.clone(), self.prefix.clone());
+        let redis_config = self.redis.client_config();
+        let removal = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                drop_database(&server_url, &db_name).await;
+                let redis = RedisClient::new(redis_config, None, None, None);
+                if redis.init().await.is_ok() {
+                    delete_keys(&redis, &prefix).await;
+                    let _ = redis.quit().await;
+                }
+            });
+        });
+        let _ = removal.join();
     }
 }
 
