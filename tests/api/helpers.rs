@@ -642,12 +642,17 @@ impl TestApp {
     }
 }
 
+/// How long a dropped, unfinished [`TestApp`] tries to remove its data.
+const DROP_CLEANUP_WITHIN: Duration = Duration::from_secs(15);
+
 impl Drop for TestApp {
     /// A test that fails (panics) before `finish` would leave its database
     /// and keys behind, one per failure, on a Postgres and a Redis that
     /// outlive the run. They are removed here instead. `drop` cannot await,
     /// and this thread's runtime may be unwinding, so the removal runs on a
     /// thread of its own with a runtime of its own, joined before returning.
+    /// A test may have stopped or paused the servers it used: the removal
+    /// gives up after `DROP_CLEANUP_WITHIN` rather than hang the run.
     fn drop(&mut self) {
         if !self.owns_data {
             return;
@@ -658,14 +663,15 @@ impl Drop for TestApp {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
-            runtime.block_on(async move {
+            let removal = async move {
                 drop_database(&server_url, &db_name).await;
                 let redis = RedisClient::new(redis_config, None, None, None);
                 if redis.init().await.is_ok() {
                     delete_keys(&redis, &prefix).await;
                     let _ = redis.quit().await;
                 }
-            });
+            };
+            let _ = runtime.block_on(async { tokio::time::timeout(DROP_CLEANUP_WITHIN, removal).await });
         });
         let _ = removal.join();
     }
