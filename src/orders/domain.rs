@@ -138,11 +138,10 @@ pub fn hold_secs(raw: Option<i64>) -> Result<Option<i64>, OrdersError> {
 /// per insert, and an index that stays in cache as it grows (a row keyed by
 /// a random version 4 id cost Postgres 0.4–0.5 µs more at 60,000 rows, and
 /// 1.5–1.8 µs more at a million). That millisecond is no secret: the
-/// order's `created_at` says it.
-/// Past it the id keeps at least 64 random bits (74 less the shard's up to
-/// 10). Ids made before (random, version 4) parse and name their shard the
-/// same way, and so do those made when the shard lived in the last byte
-/// alone (8 shards): 256 is a multiple of 8.
+/// order's `created_at` says it. Past it the id keeps at least 64 random
+/// bits (74 less the shard's up to 10). Ids made before (random, version 4)
+/// parse and name their shard the same way, and so do those made when the
+/// shard lived in the last byte alone (8 shards): 256 is a multiple of 8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderId {
     text: String,
