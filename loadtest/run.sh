@@ -4,7 +4,7 @@
 #
 #   loadtest/run.sh contest|sustained|contention|ingest|orders|wallet|settlement|faults|oha [extra loadtest flags]
 #   loadtest/run.sh costs [extra loadtest costs flags]   # a running deployment: starts nothing
-#   loadtest/run.sh script-bench [--variant DIR ...]     # the sale's scripts alone on a Redis of its own
+#   loadtest/run.sh script-bench [--script wallet] [--variant DIR ...]   # the sale's (or wallet's) scripts alone
 #
 # contest, sustained, contention, orders, wallet and ingest (and the baseline
 # server's runs) print a cost table over their measured phase and write it
@@ -36,8 +36,9 @@
 # orders/s or operations/s against its requests/s.
 #
 # script-bench runs the sale's batch scripts (lua/checkout.lua and
-# lua/purchase.lua, or each --variant DIR's) straight against the run's own
-# Redis, no engine: interleaved blocks per variant, EVALSHA and CPU µs per
+# lua/purchase.lua, or each --variant DIR's; with --script wallet,
+# lua/wallet_apply.lua over the wallet scenario's mix) straight against the
+# run's own Redis, no engine: interleaved blocks per variant, EVALSHA and CPU µs per
 # request, each variant's paired ratio to the first (loadtest script-bench
 # --help). Script changes too small for a whole run's noise are decided here.
 #
@@ -466,7 +467,7 @@ elif [[ $SCENARIO == faults ]]; then
   echo "run.sh: faults: REDIS_URL was given: drop and flood run against it, kill is SKIPPED" >&2
 fi
 if [[ $SCENARIO == script-bench ]]; then
-  # The sale's scripts straight against the run's own Redis: no engine and
+  # The scripts straight against the run's own Redis: no engine and
   # no Postgres. It resets that Redis's statistics, so never a given one.
   if [[ -z $OWN_REDIS_DIR ]]; then
     echo "run.sh: script-bench runs only on a Redis of its own (unset REDIS_URL, LOAD_REDIS=server)" >&2

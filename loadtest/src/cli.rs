@@ -104,6 +104,7 @@ mod tests {
     use super::*;
     use crate::common::server::ServerKind;
     use crate::scenarios::sale::args::{Args, SaleKind, Scenario};
+    use crate::scenarios::script_bench::BenchScript;
 
     fn parse(line: &str) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("loadtest").chain(line.split_whitespace()))
@@ -132,13 +133,18 @@ mod tests {
             panic!("not script-bench: {:?}", cli.command)
         };
         assert_eq!(a.variants, vec![std::path::PathBuf::from("/tmp/a")]);
-        assert_eq!((a.batch, a.rounds, a.reps), (150, 20, 30));
+        assert_eq!((a.batch(), a.rounds, a.reps), (150, 20, 30));
         let cli = parse("script-bench --redis-url redis://x:1").unwrap();
         let Command::ScriptBench(a) = cli.command else {
             panic!("not script-bench")
         };
         assert_eq!(a.variants, vec![std::path::PathBuf::from("lua")]);
         assert!(parse("script-bench --redis-url redis://x:1 --batch 0").is_err());
+        let cli = parse("script-bench --redis-url redis://x:1 --script wallet").unwrap();
+        let Command::ScriptBench(a) = cli.command else {
+            panic!("not script-bench")
+        };
+        assert_eq!((a.script, a.batch()), (BenchScript::Wallet, 22));
     }
 
     #[test]

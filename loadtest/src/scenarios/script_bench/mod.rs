@@ -1,21 +1,25 @@
-//! `loadtest script-bench`: what the sale's scripts cost Redis per request,
-//! variant against variant, where a machine's noise cannot decide it.
+//! `loadtest script-bench`: what the sale's or the wallet's scripts cost
+//! Redis per request, variant against variant, where a machine's noise
+//! cannot decide it.
 //!
 //! Whole load runs on a shared machine swing by a quarter between runs, as
 //! much as most script changes. So this runs the real batch scripts
 //! (`lua/batch/prologue.lua`, the script, `lua/batch/epilogue.lua`, joined as
-//! the engine joins them) straight against an idle Redis: a block is
+//! the engine joins them) straight against an idle Redis. A sale block is
 //! `--rounds` checkout calls of `--batch` new codes each, each followed by
-//! the purchase call that spends them; blocks of the variants interleave,
-//! `--reps` times. Per block, `INFO commandstats` gives EVALSHA's
-//! microseconds and `INFO cpu` the server's CPU, per request (a checkout or
-//! a purchase). The report gives each variant's median and minimum, and the
-//! median of its paired ratios to the first variant (block by block, so
-//! that a slow minute slows both sides of a pair).
+//! the purchase call that spends them; a wallet block is `--rounds` calls
+//! of `--batch` operations of the `wallet` scenario's mix (see `wallet`).
+//! Blocks of the variants interleave, `--reps` times. Per block, `INFO
+//! commandstats` gives EVALSHA's microseconds and `INFO cpu` the server's
+//! CPU, per request (a checkout, a purchase or a wallet operation). The
+//! report gives each variant's median and minimum, and the median of its
+//! paired ratios to the first variant (block by block, so that a slow
+//! minute slows both sides of a pair).
 
 pub mod args;
 mod checks;
 mod report;
+mod wallet;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,7 +33,7 @@ use crate::common::stores::connect_redis;
 use crate::common::summary;
 use crate::common::verdict::Checks;
 
-pub use args::ScriptBenchArgs;
+pub use args::{BenchScript, ScriptBenchArgs};
 
 /// The hash tag every key of the bench shares: one slot, as in the engine.
 const TAG: &str = "{sb}";
@@ -38,11 +42,19 @@ const OUTBOX_BOUND: &str = "1000000000";
 /// Unlinked per command when a block's keys go.
 const UNLINK_CHUNK: usize = 500;
 
-/// One variant: its folder and its two scripts' SHA-1s once loaded.
+/// One variant: its folder and its scripts' SHA-1s once loaded, in the
+/// order of [`script_files`].
 struct Variant {
     dir: String,
-    checkout: String,
-    purchase: String,
+    scripts: Vec<String>,
+}
+
+/// The files a variant's folder holds for `script`.
+fn script_files(script: BenchScript) -> &'static [&'static str] {
+    match script {
+        BenchScript::Sale => &["checkout.lua", "purchase.lua"],
+        BenchScript::Wallet => &["wallet_apply.lua"],
+    }
 }
 
 /// One block's cost per request, in microseconds.
@@ -63,31 +75,52 @@ pub async fn run(args: ScriptBenchArgs) -> Result<Checks, String> {
     for dir in &args.variants {
         let load =
             |name: &str| -> Result<String, String> { Ok(format!("{prologue}{}{epilogue}", read(&dir.join(name))?)) };
+        let mut scripts = Vec::new();
+        for name in script_files(args.script) {
+            scripts.push(send_str(&client, "SCRIPT", vec!["LOAD".into(), load(name)?]).await?);
+        }
         variants.push(Variant {
             dir: dir.display().to_string(),
-            checkout: send_str(&client, "SCRIPT", vec!["LOAD".into(), load("checkout.lua")?]).await?,
-            purchase: send_str(&client, "SCRIPT", vec!["LOAD".into(), load("purchase.lua")?]).await?,
+            scripts,
         });
     }
+    let calls = match args.script {
+        BenchScript::Sale => format!("{} checkout and {} purchase calls", args.rounds, args.rounds),
+        BenchScript::Wallet => format!("{} wallet_apply calls", args.rounds),
+    };
     println!(
-        "script-bench: {} variant(s), {} blocks each of {} checkout and {} purchase calls of {} requests",
+        "script-bench: {} variant(s), {} blocks each of {calls} of {} requests",
         variants.len(),
         args.reps,
-        args.rounds,
-        args.rounds,
-        args.batch
+        args.batch()
     );
     let run_id = format!("sb{}", std::process::id());
     let mut blocks: Vec<Vec<Block>> = vec![Vec::new(); variants.len()];
     let mut refused = 0u64;
     let mut block_no = 0u64;
+    // The wallet's players live for the whole run, so that their records
+    // pile up as under load; the sale's keys go after each block.
+    let mut players: Vec<wallet::Players> = Vec::new();
+    if args.script == BenchScript::Wallet {
+        for (v, variant) in variants.iter().enumerate() {
+            let mut own = wallet::Players::new(&run_id, v);
+            refused += own.seed(&client, &variant.scripts[0]).await?;
+            players.push(own);
+        }
+    }
     for _ in 0..args.reps {
         for (v, variant) in variants.iter().enumerate() {
             block_no += 1;
             let prefix = format!("{run_id}:{TAG}:{block_no}");
             send(&client, "CONFIG", vec!["RESETSTAT".into()]).await?;
             let before = counters(&client).await?;
-            let (requests, not_ok, keys) = block(&client, variant, &prefix, block_no, &args).await?;
+            let (requests, not_ok, keys) = match players.get_mut(v) {
+                Some(own) => {
+                    let (requests, not_ok) = own.block(&client, &variant.scripts[0], block_no, &args).await?;
+                    (requests, not_ok, Vec::new())
+                }
+                None => block(&client, variant, &prefix, block_no, &args).await?,
+            };
             let after = counters(&client).await?;
             refused += not_ok;
             for chunk in keys.chunks(UNLINK_CHUNK) {
@@ -101,12 +134,17 @@ pub async fn run(args: ScriptBenchArgs) -> Result<Checks, String> {
             });
         }
     }
+    for own in &players {
+        for chunk in own.keys().chunks(UNLINK_CHUNK) {
+            send(&client, "UNLINK", chunk.to_vec()).await?;
+        }
+    }
     let rows: Vec<report::Row> = variants
         .iter()
         .zip(&blocks)
         .map(|(variant, own)| report::Row::new(&variant.dir, own, &blocks[0]))
         .collect();
-    report::print_human(&rows);
+    report::print_human(args.script, &rows);
     let checks: Checks = checks::checks(refused).into_iter().collect();
     summary::write(args.json.as_deref(), &report::to_json(&args, &rows, &checks));
     Ok(checks)
@@ -132,7 +170,7 @@ async fn block(
         format!("{prefix}:sale:sold"),
         format!("{prefix}:sale:users"),
     );
-    let items = u64::from(args.batch) * u64::from(args.rounds);
+    let items = u64::from(args.batch()) * u64::from(args.rounds);
     // Every checkout call names these first; the block unlinks them after.
     let sale_keys = vec![outbox.clone(), counter.clone(), meta, sold.clone(), users.clone()];
     let mut written = sale_keys.clone();
@@ -140,9 +178,9 @@ async fn block(
     for round in 0..u64::from(args.rounds) {
         let at = now + round;
         let mut keys = sale_keys.clone();
-        let mut argv = vec![args.batch.to_string(), OUTBOX_BOUND.to_string()];
-        let mut codes = Vec::with_capacity(args.batch as usize);
-        for i in 0..args.batch {
+        let mut argv = vec![args.batch().to_string(), OUTBOX_BOUND.to_string()];
+        let mut codes = Vec::with_capacity(args.batch() as usize);
+        for i in 0..args.batch() {
             item += 1;
             // 20,000 buyers of 10 items each at most: every checkout is new.
             let user = format!("u{}", item % 20_000);
@@ -180,10 +218,10 @@ async fn block(
         keys.push(mark.clone());
         argv.push("60000".into());
         written.push(mark);
-        not_ok += count_not_ok(&evalsha(client, &variant.checkout, keys, argv).await?);
+        not_ok += count_not_ok(&evalsha(client, &variant.scripts[0], keys, argv).await?);
 
         let mut keys = vec![outbox.clone(), counter.clone()];
-        let mut argv = vec![args.batch.to_string(), OUTBOX_BOUND.to_string()];
+        let mut argv = vec![args.batch().to_string(), OUTBOX_BOUND.to_string()];
         for (code_key, code) in codes {
             keys.extend([code_key.clone(), sold.clone(), users.clone()]);
             argv.extend([(at + 5).to_string(), sale.to_string(), code]);
@@ -193,8 +231,8 @@ async fn block(
         keys.push(mark.clone());
         argv.push("60000".into());
         written.push(mark);
-        not_ok += count_not_ok(&evalsha(client, &variant.purchase, keys, argv).await?);
-        requests += 2 * u64::from(args.batch);
+        not_ok += count_not_ok(&evalsha(client, &variant.scripts[1], keys, argv).await?);
+        requests += 2 * u64::from(args.batch());
     }
     Ok((requests, not_ok, written))
 }

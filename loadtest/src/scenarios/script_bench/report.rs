@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
-use super::Block;
 use super::args::ScriptBenchArgs;
+use super::{BenchScript, Block};
 use crate::common::verdict::Checks;
 
 /// One variant's figures over its blocks.
@@ -33,8 +33,12 @@ impl Row {
     }
 }
 
-pub fn print_human(rows: &[Row]) {
-    println!("per request (a checkout or a purchase), EVALSHA µs and Redis CPU µs:");
+pub fn print_human(script: BenchScript, rows: &[Row]) {
+    let request = match script {
+        BenchScript::Sale => "a checkout or a purchase",
+        BenchScript::Wallet => "a wallet operation",
+    };
+    println!("per request ({request}), EVALSHA µs and Redis CPU µs:");
     println!(
         "  {:<32} {:>9} {:>9} {:>9} {:>9}  quartiles",
         "variant", "median", "min", "cpu", "/ first"
@@ -69,7 +73,8 @@ pub fn to_json(args: &ScriptBenchArgs, rows: &[Row], checks: &Checks) -> Value {
         .collect();
     json!({
         "scenario": "script-bench",
-        "batch": args.batch,
+        "script": args.script.name(),
+        "batch": args.batch(),
         "rounds": args.rounds,
         "reps": args.reps,
         "variants": variants,
