@@ -183,7 +183,12 @@ async fn accept_loop(
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_buf_size(crate::limits::REQUEST_HEAD_BYTES_MAX)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One buffer per response, not head and body as two iovecs: under
+        // load the server's CPU per request was 1.2 µs lower (median of 15
+        // interleaved pairs, lower in 11; loadtest/RESULTS.md). Responses
+        // are small; a large one is copied once more.
+        .writev(false);
     loop {
         // Room for the next connection: a slot to serve it or, at the
         // connection bound, one to turn it away with a quick 503. With
