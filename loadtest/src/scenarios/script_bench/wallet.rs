@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fred::prelude::Client;
 use fred::types::Value;
 
-use super::{ScriptBenchArgs, evalsha};
+use super::{OUTBOX_BOUND, ScriptBenchArgs, evalsha};
 
 /// The players of each variant, as many as the `wallet` scenario's.
 const PLAYERS: u64 = 2_000;
@@ -30,8 +30,6 @@ const GAMES: [&str; 3] = ["slots", "table", "live"];
 /// stream length, its retention in ms, the balance bound, the notify
 /// stream's length.
 const SETTINGS: [&str; 4] = ["1000", "86400000", "1000000000000000", "1000"];
-/// The outbox bound given to the script: never reached here.
-const OUTBOX_BOUND: &str = "1000000000";
 
 /// One variant's players and the keys written for them.
 pub struct Players {
