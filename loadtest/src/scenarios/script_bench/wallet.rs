@@ -87,14 +87,11 @@ impl Players {
             format!("{p}:wallet:seq"),
         ];
         let now = now_ms();
-        let (max_bet, expires, required, contributions) = match bonus {
-            Some(required) => (
-                "0".into(),
-                (now + 3_600_000).to_string(),
-                required.to_string(),
-                BONUS_CONTRIBUTIONS,
-            ),
-            None => ("0".into(), "0".into(), "0".into(), ""),
+        // A grant's expiry, wagering and contributions (the scenario's
+        // bonus has no bet cap); zero and empty for a transaction.
+        let (expires, required, contributions) = match bonus {
+            Some(required) => ((now + 3_600_000).to_string(), required.to_string(), BONUS_CONTRIBUTIONS),
+            None => ("0".into(), "0".into(), ""),
         };
         let mut args = vec![
             op.to_owned(),
@@ -104,7 +101,7 @@ impl Players {
             reference.to_owned(),
             amount.to_string(),
             detail.to_owned(),
-            max_bet,
+            "0".into(),
             expires,
             required,
             contributions.to_owned(),
